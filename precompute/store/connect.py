@@ -1,0 +1,75 @@
+"""Open a run folder as DuckDB tables and views, by name.
+
+``connect(run)`` gives an in-memory DuckDB connection where every finished table of the run is
+a view named after it (``pairs``, ``head_attention``, ...) plus the derived views registered in
+``VIEWS``. ``write_catalog(run)`` saves the same views into ``<run>/atlas.duckdb`` (absolute
+paths) so the DuckDB CLI reaches them from any working directory::
+
+    duckdb -readonly data/store/dl20__minilm-l6-msmarco-ce/atlas.duckdb -c "SELECT count(*) FROM pairs"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from precompute.names import DIRECTIONS
+from precompute.store.schema import TABLES
+
+CATALOG = "atlas.duckdb"
+
+# Derived views: name -> (tables they need, SQL). Other modules add theirs with register_view.
+VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
+    "head_attention_long": (
+        ("head_attention",),
+        "SELECT pair_id, layer, head, split_part(direction, '_', 1) AS src, split_part(direction, '_', 2) AS dst, mass "
+        f"FROM (UNPIVOT head_attention ON {', '.join(DIRECTIONS)} INTO NAME direction VALUE mass)",
+    ),
+}
+
+
+def register_view(name: str, needs: tuple[str, ...], sql: str) -> None:
+    VIEWS[name] = (needs, sql)
+
+
+def _statements(run: Path) -> list[str]:
+    run = Path(run).resolve()
+    present = [name for name in TABLES if (run / f"{name}.parquet").exists()]
+    out = [
+        f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{_sql_str(str(run / f'{name}.parquet'))}')"
+        for name in present
+    ]
+    out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items() if set(needs) <= set(present)]
+    return out
+
+
+def connect(run: Path | str, *, threads: int | None = None):
+    """An in-memory DuckDB connection with the run's tables and views defined by name."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": threads} if threads else {})
+    for stmt in _statements(Path(run)):
+        con.execute(stmt)
+    return con
+
+
+def write_catalog(run: Path | str) -> Path:
+    """Write ``atlas.duckdb`` holding the run's views, atomically (it holds no data, only views)."""
+    import duckdb
+
+    run = Path(run).resolve()
+    target = run / CATALOG
+    tmp = run / f".{CATALOG}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        for stmt in _statements(run):
+            con.execute(stmt)
+    finally:
+        con.close()
+    os.replace(tmp, target)
+    return target
+
+
+def _sql_str(s: str) -> str:
+    return s.replace("'", "''")

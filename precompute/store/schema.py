@@ -1,0 +1,128 @@
+"""The store's schema as code: every table, every column, its Arrow type and its meaning.
+
+Writers validate against these schemas, ``docs/store.md`` is checked against them by a test,
+and ``SCHEMA_VERSION`` guards readers: bump it whenever a column changes meaning or type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from precompute.names import DIRECTIONS, METRICS, SEGMENT_LABELS, split_direction
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    grain: str
+    columns: tuple[Column, ...]
+    sort_key: tuple[str, ...]
+    doc: str
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, c.type, nullable=c.nullable, metadata={"doc": c.doc}) for c in self.columns],
+            metadata={"table": self.name, "schema_version": str(SCHEMA_VERSION)},
+        )
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _direction_doc(name: str) -> str:
+    src, dst = split_direction(name)
+    return (
+        f"{SEGMENT_LABELS[src]} -> {SEGMENT_LABELS[dst]}: mean over {SEGMENT_LABELS[src]} tokens of the summed "
+        f"attention weight they give to {SEGMENT_LABELS[dst]} tokens. The five masses of one src sum to 1."
+    )
+
+
+_MATCHING_DOCS = {
+    "q2d_max": "Mean over query tokens of their largest attention weight on any document token.",
+    "d2q_max": "Mean over document tokens of their largest attention weight on any query token.",
+    "q_d_exact": "Mean over query tokens of the summed weight on document tokens with the same token id "
+    "(exact lexical match); 0 for query tokens with no match. q_d_exact + q_d_other = q_d.",
+    "q_d_other": "Mean over query tokens of the summed weight on document tokens with a different token id.",
+}
+
+PAIRS = Table(
+    name="pairs",
+    grain="one row per query-passage pair",
+    sort_key=("pair_id",),
+    doc="The query-passage pairs the model scored, with their judgments and the model's relevance score.",
+    columns=(
+        Column("pair_id", pa.int32(), "Pair number, 0-based, ordered by qid then neg_type then docid; joins every other table."),
+        Column("qid", pa.string(), "Query id (official TREC/MS MARCO id)."),
+        Column("docid", pa.string(), "Passage id (official MS MARCO passage id)."),
+        Column("query", pa.string(), "Query text."),
+        Column("doc", pa.string(), "Passage text (before truncation)."),
+        Column("grade", pa.int8(), "NIST relevance grade 0-3; -1 when the passage was never judged for this query."),
+        Column("neg_type", pa.string(), "'relevant' (grade >= 1), 'hard' (judged grade 0), 'easy' (random passage from "
+               "other queries' candidates), 'unjudged' (run candidate with no judgment; only with --candidates run:NAME)."),
+        Column("score", pa.float32(), "The model's relevance score: the logit of one-label models, the log-probability "
+               "of the positive class for two-label models (MonoBERT)."),
+        Column("q_tokens", pa.int16(), "Number of query tokens (segment Q)."),
+        Column("d_tokens", pa.int16(), "Number of document tokens kept after truncation (segment D)."),
+        Column("d_tokens_full", pa.int32(), "Number of document tokens before truncation."),
+        Column("truncated", pa.bool_(), "True when the document was cut to fit max_length (only the document is ever cut)."),
+        Column("q_exact_tokens", pa.int16(), "Query tokens whose token id occurs among the kept document tokens."),
+        Column("d_exact_tokens", pa.int16(), "Kept document tokens whose token id occurs in the query (the tokens q_d_exact covers)."),
+        Column("run_rank", pa.int16(), "1-based rank in the candidate run (--candidates run:NAME); NULL for pairs not taken from a run.", nullable=True),
+        Column("run_score", pa.float32(), "Score in the candidate run; NULL for pairs not taken from a run.", nullable=True),
+    ),
+)
+
+HEAD_ATTENTION = Table(
+    name="head_attention",
+    grain="one row per pair x layer x head",
+    sort_key=("layer", "head", "pair_id"),
+    doc="Per-head attention summaries over the five segments CLS, Q, SEP1, D, SEP2 (25 directions) and matching signals.",
+    columns=(
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
+        Column("layer", pa.int8(), "Layer, 0-based."),
+        Column("head", pa.int8(), "Head within the layer, 0-based."),
+        *(Column(name, pa.float32(), _direction_doc(name)) for name in DIRECTIONS),
+        *(Column(name, pa.float32(), _MATCHING_DOCS[name]) for name in METRICS[len(DIRECTIONS):]),
+    ),
+)
+
+HEAD_ATTENTION_AGG = Table(
+    name="head_attention_agg",
+    grain="one row per layer x head x qid x neg_type x grade",
+    sort_key=("layer", "head", "qid", "neg_type", "grade"),
+    doc="Sums and sums of squares of every head_attention metric per (layer, head, query, negative type, grade). "
+    "Means and variances of any slice come from it without scanning head_attention: "
+    "mean = sum(<m>_sum) / sum(n), var = sum(<m>_sumsq) / sum(n) - mean^2.",
+    columns=(
+        Column("layer", pa.int8(), "Layer, 0-based."),
+        Column("head", pa.int8(), "Head, 0-based."),
+        Column("qid", pa.string(), "Query id."),
+        Column("neg_type", pa.string(), "Pair kind, as pairs.neg_type."),
+        Column("grade", pa.int8(), "Grade, as pairs.grade."),
+        Column("n", pa.int32(), "Number of pairs in the group."),
+        *(Column(f"{m}_sum", pa.float64(), f"Sum of head_attention.{m} over the group.") for m in METRICS),
+        *(Column(f"{m}_sumsq", pa.float64(), f"Sum of squares of head_attention.{m} over the group.") for m in METRICS),
+    ),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG)}
+
+
+def register(table: Table) -> Table:
+    """Add a table (used by the ablation and spectra modules) to the store's registry."""
+    TABLES[table.name] = table
+    return table

@@ -1,0 +1,161 @@
+"""Streaming, atomic, resumable writes of one run folder.
+
+Work is cut into *parts* (a fixed, deterministic slice of the job each, e.g. 256 pairs). A part
+is written to ``_parts/<table>/<key>.parquet`` through a temporary file and ``os.replace``, so a
+killed run leaves either the whole part or nothing. A rerun skips the parts that exist; when every
+part is there, ``finalize`` merges them (DuckDB, sorted by the table's sort key, spilling to disk,
+so memory stays flat) into ``<table>.parquet``, again through a temporary file. Readers only ever
+see finished tables, and only once ``manifest.json`` (written last, atomically) says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from precompute.store.schema import SCHEMA_VERSION, TABLES, Table
+
+MANIFEST = "manifest.json"
+PARTS = "_parts"
+ROW_GROUP_SIZE = 122_880  # DuckDB's row-group size: zone maps then prune per layer/head
+
+
+class StoreError(Exception):
+    """A run folder that cannot be written or read as asked (message is one line, for the CLI)."""
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_parquet(table: Table, data: pa.Table, path: Path) -> None:
+    """Validate ``data`` against ``table``'s schema and write it to ``path`` atomically."""
+    data = data.select(table.column_names).cast(table.schema)
+    tmp = _atomic_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(data, tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_json(payload: dict[str, Any], path: Path) -> None:
+    tmp = _atomic_path(path)
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class RunWriter:
+    """Writes the tables of one run folder, part by part."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # -- checks --------------------------------------------------------------------------
+    def ensure_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise StoreError(f"output folder {self.root} is not writable ({err.strerror}); pass --out with a folder you can write to") from err
+        manifest = self.read_manifest()
+        if manifest is not None and manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.root} holds a store of schema version {manifest.get('schema_version')}, this job writes "
+                f"version {SCHEMA_VERSION}; pass another --out or delete that folder"
+            )
+
+    # -- parts ---------------------------------------------------------------------------
+    def part_path(self, table: str, key: str) -> Path:
+        return self.root / PARTS / table / f"{key}.parquet"
+
+    def has_part(self, table: str, key: str) -> bool:
+        return self.part_path(table, key).exists()
+
+    def write_part(self, table: str, key: str, data: pa.Table) -> None:
+        write_parquet(TABLES[table], data, self.part_path(table, key))
+
+    def part_paths(self, table: str) -> list[Path]:
+        return sorted((self.root / PARTS / table).glob("*.parquet"))
+
+    # -- tables --------------------------------------------------------------------------
+    def table_path(self, table: str) -> Path:
+        return self.root / f"{table}.parquet"
+
+    def has_table(self, table: str) -> bool:
+        return self.table_path(table).exists()
+
+    def write_table(self, table: str, data: pa.Table) -> None:
+        """Write a whole (small) table at once, sorted by its sort key."""
+        spec = TABLES[table]
+        data = data.sort_by([(k, "ascending") for k in spec.sort_key]) if spec.sort_key else data
+        write_parquet(spec, data, self.table_path(table))
+
+    def merge_parts(self, table: str, *, select_sql: str | None = None, sources: dict[str, Path] | None = None) -> None:
+        """Merge every part of ``table`` into ``<table>.parquet``, sorted by its sort key.
+
+        ``select_sql`` (optional) derives the table from the parts of other tables: it may name
+        ``parts_<name>`` for each entry of ``sources`` (a table name -> parts folder).
+        """
+        import duckdb
+
+        spec = TABLES[table]
+        target = self.table_path(table)
+        tmp = _atomic_path(target)
+        con = duckdb.connect()
+        try:
+            spill = self.root / PARTS / ".duckdb-tmp"
+            con.execute(f"SET temp_directory = '{spill}'")
+            con.execute("SET preserve_insertion_order = true")
+            if select_sql is None:
+                select_sql = f"SELECT * FROM read_parquet('{self.root / PARTS / table}/*.parquet')"
+            for name, folder in (sources or {}).items():
+                con.execute(f"CREATE VIEW parts_{name} AS SELECT * FROM read_parquet('{folder}/*.parquet')")
+            casts = ", ".join(f"CAST({_q(c.name)} AS {_duck_type(c.type)}) AS {_q(c.name)}" for c in spec.columns)
+            order = ", ".join(_q(k) for k in spec.sort_key)
+            con.execute(
+                f"COPY (SELECT {casts} FROM ({select_sql}) ORDER BY {order}) TO '{tmp}' "
+                f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+            )
+        finally:
+            con.close()
+        os.replace(tmp, target)
+
+    def drop_parts(self, table: str) -> None:
+        shutil.rmtree(self.root / PARTS / table, ignore_errors=True)
+
+    # -- manifest ------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any] | None:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json({**manifest, "schema_version": SCHEMA_VERSION}, self.root / MANIFEST)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_DUCK_TYPES = {
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+def _duck_type(t: pa.DataType) -> str:
+    return _DUCK_TYPES[t]

@@ -1,0 +1,28 @@
+"""Shared test fixtures: where ../shared lives, and skips when it is absent (a user's clone)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ATLAS_SHARED", REPO.parent / "shared"))
+DL20 = SHARED / "data" / "trec-dl-2020"
+DL19 = SHARED / "data" / "trec-dl-2019"
+MINILM = SHARED / "models" / "minilm-l6-msmarco-ce"
+
+
+@pytest.fixture(scope="session")
+def dl20_dir() -> Path:
+    if not (DL20 / "queries.tsv").exists():
+        pytest.skip("../shared/data/trec-dl-2020 is not present")
+    return DL20
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    if not (MINILM / "config.json").exists():
+        pytest.skip("../shared/models/minilm-l6-msmarco-ce is not present")
+    return MINILM
