@@ -25,6 +25,11 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
         "SELECT pair_id, layer, head, split_part(direction, '_', 1) AS src, split_part(direction, '_', 2) AS dst, mass "
         f"FROM (UNPIVOT head_attention ON {', '.join(DIRECTIONS)} INTO NAME direction VALUE mass)",
     ),
+    "head_alignment": (
+        ("svd",),
+        "SELECT layer, head, sum(sigma * alignment) / sum(sigma) AS alignment_score, max(sigma) AS sigma_max, "
+        "count(*) AS rank FROM svd GROUP BY layer, head",
+    ),
 }
 
 

@@ -119,10 +119,119 @@ HEAD_ATTENTION_AGG = Table(
     ),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG)}
+_CONDITION_COLUMNS = (
+    Column("condition_id", pa.string(), "Unique id of the ablation condition, e.g. 'q_d@all/zero', 'cross@3/mask', "
+           "'head:3.5/zero', 'none' for the unablated baseline (joins ablation_conditions)."),
+    Column("condition", pa.string(), "Condition name: a direction (q_d = Query -> Document), a group name "
+           "(see ablation_conditions.directions), 'head' for a head ablation, 'none' for the baseline."),
+    Column("mode", pa.string(), "'zero' (post-softmax weights set to 0, not renormalised; the paper's), 'mask' "
+           "(removed before the softmax), 'none' for the baseline."),
+    Column("layers", pa.string(), "Layers the condition applies to: 'all', a range '0-5', a single layer '3'."),
+    Column("layer", pa.int8(), "The single layer of a per-layer sweep or head ablation; NULL when several layers.", nullable=True),
+    Column("head", pa.int8(), "The ablated head (head ablation); NULL otherwise.", nullable=True),
+)
 
+ABLATION_CONDITIONS = Table(
+    name="ablation_conditions",
+    grain="one row per ablation condition",
+    sort_key=("condition_id",),
+    doc="Every ablation condition computed for the run (and the baseline 'none').",
+    columns=(
+        *_CONDITION_COLUMNS,
+        Column("kind", pa.string(), "'baseline', 'direction', 'group', 'layer_sweep' or 'head'."),
+        Column("directions", pa.string(), "Comma-separated directions removed (e.g. 'q_d,d_q'); NULL for head ablations.", nullable=True),
+    ),
+)
 
-def register(table: Table) -> Table:
-    """Add a table (used by the ablation and spectra modules) to the store's registry."""
-    TABLES[table.name] = table
-    return table
+ABLATION_SCORES = Table(
+    name="ablation_scores",
+    grain="one row per condition x pair",
+    sort_key=("condition_id", "pair_id"),
+    doc="The model's score of every pair under every ablation condition.",
+    columns=(
+        Column("condition_id", pa.string(), "Condition (joins ablation_conditions)."),
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
+        Column("score", pa.float32(), "Relevance score under the ablation (same definition as pairs.score)."),
+    ),
+)
+
+ABLATION_METRICS = Table(
+    name="ablation_metrics",
+    grain="one row per condition x scope x measure x query",
+    sort_key=("condition_id", "scope", "measure", "qid"),
+    doc="Per-query effectiveness (ir_measures) of the ranking each condition's scores induce.",
+    columns=(
+        *_CONDITION_COLUMNS,
+        Column("scope", pa.string(), "Which pairs are ranked: 'pairs' (all pairs of the run; easy negatives count as "
+               "non-relevant), 'judged' (judged pairs only), 'run' (the candidate run's pairs)."),
+        Column("qid", pa.string(), "Query id."),
+        Column("measure", pa.string(), "ir_measures name, e.g. 'nDCG@10'."),
+        Column("value", pa.float64(), "The measure's value for this query."),
+    ),
+)
+
+ABLATION_SUMMARY = Table(
+    name="ablation_summary",
+    grain="one row per condition x scope x measure",
+    sort_key=("scope", "measure", "condition_id"),
+    doc="Run-level effect of each condition: mean over queries, delta to the baseline, paired two-sided t-test "
+    "over queries, Holm-corrected across the run's conditions (per scope and measure).",
+    columns=(
+        *_CONDITION_COLUMNS,
+        Column("kind", pa.string(), "As ablation_conditions.kind."),
+        Column("scope", pa.string(), "As ablation_metrics.scope."),
+        Column("measure", pa.string(), "ir_measures name."),
+        Column("n_queries", pa.int32(), "Queries the mean is over."),
+        Column("mean", pa.float64(), "Mean of the measure over queries under the condition."),
+        Column("baseline", pa.float64(), "Mean of the measure over the same queries without ablation."),
+        Column("delta", pa.float64(), "mean - baseline."),
+        Column("t", pa.float64(), "Paired t statistic (condition vs baseline, per query); NULL if undefined.", nullable=True),
+        Column("p", pa.float64(), "Two-sided p-value of the paired t-test; NULL if undefined (identical scores).", nullable=True),
+        Column("p_holm", pa.float64(), "p after Holm correction across the conditions of the run.", nullable=True),
+    ),
+)
+
+SVD = Table(
+    name="svd",
+    grain="one row per layer x head x singular value",
+    sort_key=("layer", "head", "k"),
+    doc="Spectrum of each head's query-key matrix W_Q^h (W_K^h)^T (d_model x d_model, rank <= head_dim).",
+    columns=(
+        Column("layer", pa.int8(), "Layer, 0-based."),
+        Column("head", pa.int8(), "Head, 0-based."),
+        Column("k", pa.int16(), "Index of the singular value, 0 = largest."),
+        Column("sigma", pa.float32(), "k-th singular value."),
+        Column("alignment", pa.float32(), "u_k . v_k: cosine between the k-th left and right singular vectors (1 = "
+               "the head matches a direction with itself, the signature of a matching head)."),
+    ),
+)
+
+HEAD_CONTRASTS = Table(
+    name="head_contrasts",
+    grain="one row per layer x head x metric x contrast",
+    sort_key=("contrast", "metric", "layer", "head"),
+    doc="Matching-head statistics: how each head's summary metric differs between relevant passages and negatives.",
+    columns=(
+        Column("layer", pa.int8(), "Layer, 0-based."),
+        Column("head", pa.int8(), "Head, 0-based."),
+        Column("metric", pa.string(), "A head_attention metric column (e.g. 'q_d', 'q2d_max', 'q_d_exact')."),
+        Column("contrast", pa.string(), "'relevant_vs_easy' or 'relevant_vs_hard'."),
+        Column("n_a", pa.int32(), "Relevant pairs."),
+        Column("n_b", pa.int32(), "Negative pairs."),
+        Column("mean_a", pa.float64(), "Mean over relevant pairs."),
+        Column("mean_b", pa.float64(), "Mean over the negatives."),
+        Column("diff", pa.float64(), "mean_a - mean_b."),
+        Column("cohen_d", pa.float64(), "Cohen's d (pooled standard deviation); NULL when both groups are constant.", nullable=True),
+        Column("u", pa.float64(), "Mann-Whitney U statistic of the relevant group."),
+        Column("p", pa.float64(), "Two-sided Mann-Whitney p-value."),
+        Column("p_holm", pa.float64(), "p after Holm correction across all layers x heads x metrics of the contrast."),
+    ),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG, ABLATION_CONDITIONS, ABLATION_SCORES, ABLATION_METRICS,
+        ABLATION_SUMMARY, SVD, HEAD_CONTRASTS,
+    )
+}
