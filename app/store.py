@@ -1,0 +1,161 @@
+"""Finding the store and its runs, and deciding which runs the app can read.
+
+A store is a folder of run folders (``<dataset>__<model>``), each with a ``manifest.json`` written
+last by the precompute job. The app reads a run only when its manifest says ``status: complete``
+and ``schema_version`` equals the schema this checkout was written for; anything else is shown
+as a one-line reason instead of being opened. Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from precompute.store.schema import SCHEMA_VERSION, TABLES
+from precompute.store.writer import MANIFEST
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STORE = Path("data") / "store"
+STORE_ENV = "ATLAS_STORE"
+
+# Tables a run must have for the app to open it; the others are optional (pages explain their absence).
+REQUIRED_TABLES: tuple[str, ...] = ("pairs", "head_attention", "head_attention_agg")
+
+# The command that builds a first store (shown on the welcome page; keep in step with the README).
+PRECOMPUTE_COMMAND = (
+    "python -m precompute --dataset ../shared/data/trec-dl-2020 "
+    "--model ../shared/models/minilm-l6-msmarco-ce --out data/store"
+)
+ABLATIONS_COMMAND = PRECOMPUTE_COMMAND + " --ablations directions,groups,layers,heads"
+SPECTRA_COMMAND = PRECOMPUTE_COMMAND + " --spectra"
+CONTRASTS_COMMAND = PRECOMPUTE_COMMAND + " --contrasts"
+
+
+def store_from_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Path:
+    """The store folder: ``--store`` (after ``streamlit run app/main.py --``), else $ATLAS_STORE, else data/store.
+
+    A relative default is looked up in the working directory first and then in the repository,
+    so ``streamlit run app/main.py`` finds ``data/store`` from the repository root or anywhere else.
+    """
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store")
+    args, _ = parser.parse_known_args(argv or [])
+    if args.store:
+        return Path(args.store).expanduser()
+    if environ.get(STORE_ENV):
+        return Path(environ[STORE_ENV]).expanduser()
+    if (Path.cwd() / DEFAULT_STORE).is_dir():
+        return DEFAULT_STORE
+    return REPO / DEFAULT_STORE
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder and what the app makes of it."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    problem: str | None = None
+    tables: frozenset[str] = frozenset()
+    token: str = ""  # changes whenever the run is rewritten: part of every cache key
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def key(self) -> str:
+        """Cache key of the run: its resolved path and its version token."""
+        return f"{self.path}|{self.token}"
+
+    def has(self, table: str) -> bool:
+        return table in self.tables
+
+    # -- manifest accessors (tolerant: the manifest is a draft contract) ----------------------
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest.get("model") or {}
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.manifest.get("dataset") or {}
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model.get("name") or self.name.partition("__")[2] or "?")
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.dataset.get("name") or self.name.partition("__")[0] or "?")
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset_name} x {self.model_name}" + ("" if self.ok else " (cannot open)")
+
+
+def inspect_run(path: Path) -> RunInfo:
+    """Read one run folder's manifest and decide whether the app can open it."""
+    path = Path(path).resolve()
+    mpath = path / MANIFEST
+    tables = frozenset(name for name in TABLES if (path / f"{name}.parquet").exists())
+    try:
+        stat = mpath.stat()
+        token = f"{stat.st_mtime_ns}-{stat.st_size}"
+        manifest = json.loads(mpath.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        return RunInfo(path.name, path, {}, "no manifest.json: the precompute job has not finished this run", tables)
+    except (OSError, ValueError) as err:
+        return RunInfo(path.name, path, {}, f"manifest.json cannot be read ({err})", tables)
+    version = manifest.get("schema_version")
+    problem = None
+    if version != SCHEMA_VERSION:
+        problem = (
+            f"this run was written with store schema version {version}, this app reads version {SCHEMA_VERSION}: "
+            f"rebuild it with this checkout's precompute job (or open it with a matching version of the app)"
+        )
+    elif manifest.get("status") != "complete":
+        problem = (
+            f"the run's status is {manifest.get('status')!r}, not 'complete': the precompute job is still running "
+            "or was interrupted (rerun the same command: it resumes)"
+        )
+    else:
+        missing = [t for t in REQUIRED_TABLES if t not in tables]
+        if missing:
+            problem = f"the run lacks the table(s) {', '.join(missing)}"
+    return RunInfo(path.name, path, manifest, problem, tables, token)
+
+
+def find_runs(store: Path) -> list[RunInfo]:
+    """Every subfolder of ``store`` holding a manifest.json (or parquet tables), sorted by name."""
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    runs = []
+    for child in sorted(store.iterdir()):
+        if not child.is_dir() or child.name.startswith((".", "_")):
+            continue
+        if (child / MANIFEST).exists() or any(child.glob("*.parquet")):
+            runs.append(inspect_run(child))
+    return runs
+
+
+def model_folder(run: RunInfo) -> tuple[Path | None, str]:
+    """The local folder of the run's model, if there is one, and a reason when there is none."""
+    model_id = run.model.get("id") or run.model.get("path")
+    if not model_id:
+        return None, "the manifest names no model"
+    candidates = [Path(model_id).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates += [Path.cwd() / model_id, REPO / model_id, run.path / model_id]
+    for cand in candidates:
+        if (cand / "config.json").is_file():
+            return cand.resolve(), ""
+    return None, f"the model {model_id!r} named in the manifest is not a folder on this machine"

@@ -1,0 +1,181 @@
+"""Matching-head statistics: which heads summarise relevant passages differently from negatives.
+
+For every layer, head and summary metric (``names.METRICS``) we compare the relevant pairs with
+the easy negatives (random passages: lexical matching alone separates them) and with the hard
+negatives (judged non-relevant candidates: matching alone does not). Each comparison gives means,
+Cohen's d (pooled sd, ddof=1), a two-sided Mann-Whitney U test and a Holm correction across all
+layers x heads x metrics of the contrast, written as the ``head_contrasts`` table.
+
+The Mann-Whitney test always uses the normal approximation (with tie and continuity corrections):
+runs hold hundreds of pairs per group, where scipy's ``method='auto'`` picks it anyway, and fixing
+it keeps one head's p-value independent of ties in other heads (auto decides once per call).
+
+scipy is imported inside the functions so that importing this module (for ``MATCHING_HEADS_SQL``)
+stays light.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from precompute.names import MATCHING_METRICS, METRICS
+from precompute.store.schema import HEAD_CONTRASTS
+
+# contrast name -> (group a, group b), as pairs.neg_type values.
+CONTRASTS: dict[str, tuple[str, str]] = {
+    "relevant_vs_easy": ("relevant", "easy"),
+    "relevant_vs_hard": ("relevant", "hard"),
+}
+_KINDS = tuple(sorted({g for ab in CONTRASTS.values() for g in ab}))
+_CONTRASTED = f"neg_type IN ({', '.join(repr(k) for k in _KINDS)})"  # SQL filter of the pairs any contrast uses
+ALPHA = 0.05  # family-wise error rate of a head's Holm-corrected test
+# Metrics that measure query-document interaction: a matching head shows its effect on one of these.
+CANDIDATE_METRICS: tuple[str, ...] = ("q_d", "d_q", *MATCHING_METRICS)
+
+_CANDIDATES_SQL = """
+SELECT contrast, layer, head, metric, cohen_d, diff, mean_a, mean_b, p_holm, n_significant,
+       row_number() OVER (PARTITION BY contrast ORDER BY cohen_d DESC, layer, head) AS rank
+FROM (
+    SELECT *,
+           count(*) OVER (PARTITION BY contrast, layer, head) AS n_significant,
+           row_number() OVER (PARTITION BY contrast, layer, head ORDER BY cohen_d DESC, metric) AS best
+    FROM head_contrasts
+    WHERE metric IN ({metrics}) AND p_holm < {alpha} AND cohen_d > 0
+)
+WHERE best = 1
+"""
+
+
+def _candidates_sql(metrics: tuple[str, ...]) -> str:
+    return _CANDIDATES_SQL.format(metrics=", ".join(f"'{m}'" for m in metrics), alpha=ALPHA)
+
+
+# The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
+MATCHING_HEADS_SQL = _candidates_sql(CANDIDATE_METRICS)
+
+
+def contrasts_table(con) -> pa.Table:
+    """The ``head_contrasts`` table from a connection with the ``pairs`` and ``head_attention`` views.
+
+    Reads one metric at a time (a [heads, pairs] float64 matrix), so memory stays at one column of
+    head_attention. A contrast whose groups are not both present in the run gives no rows.
+    """
+    groups = _group_pair_ids(con)  # neg_type -> sorted pair ids
+    contrasts = {name: ab for name, ab in CONTRASTS.items() if all(len(groups[g]) for g in ab)}
+    if not contrasts:
+        return HEAD_CONTRASTS.schema.empty_table()
+    pair_ids = np.unique(np.concatenate(list(groups.values())))  # [n_pairs]: the matrix columns
+    heads = _heads(con)  # [n_heads, 2]: (layer, head)
+    parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in contrasts}
+    for metric in METRICS:
+        values = _metric_matrix(con, metric, pair_ids, heads)  # [n_heads, n_pairs]
+        for name, (a, b) in contrasts.items():
+            cols_a, cols_b = np.searchsorted(pair_ids, groups[a]), np.searchsorted(pair_ids, groups[b])
+            stats = compare(values[:, cols_a], values[:, cols_b])
+            parts[name].append({"layer": heads[:, 0], "head": heads[:, 1], "metric": np.full(len(heads), metric), **stats})
+    return pa.concat_tables([_contrast_table(name, rows) for name, rows in parts.items()])
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """Group a vs group b for many heads at once: a [heads, n_a], b [heads, n_b] -> one array [heads] per statistic.
+
+    cohen_d is NaN (stored NULL) when both groups are constant, where the pooled sd is 0.
+    """
+    from scipy.stats import mannwhitneyu
+
+    n_a, n_b = a.shape[1], b.shape[1]
+    mean_a, mean_b = a.mean(axis=1), b.mean(axis=1)  # [heads]
+    squares = ((a - mean_a[:, None]) ** 2).sum(axis=1) + ((b - mean_b[:, None]) ** 2).sum(axis=1)  # [heads]
+    pooled_sd = np.sqrt(squares / max(n_a + n_b - 2, 1))  # [heads]
+    constant = (np.ptp(a, axis=1) == 0) & (np.ptp(b, axis=1) == 0)  # [heads]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cohen_d = np.where(constant, np.nan, (mean_a - mean_b) / pooled_sd)
+    u, p = mannwhitneyu(a, b, axis=1, alternative="two-sided", method="asymptotic")
+    return {
+        "n_a": np.full(len(a), n_a, dtype=np.int32),
+        "n_b": np.full(len(a), n_b, dtype=np.int32),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "diff": mean_a - mean_b,
+        "cohen_d": cohen_d,
+        "u": np.asarray(u, dtype=np.float64),
+        "p": np.asarray(p, dtype=np.float64),
+    }
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values, in the input order; NaN stays NaN and does not count as a test.
+
+    The i-th smallest of m p-values becomes max_{j <= i} (m - j + 1) p_(j), capped at 1 (i, j 1-based).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    scaled = (len(order) - np.arange(len(order))) * p[order]
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def candidate_heads(con, contrast: str = "relevant_vs_easy", metric: str | None = None, top: int = 20):
+    """Heads ranked as candidate matching heads, as a pandas DataFrame (needs the ``head_contrasts`` view).
+
+    Rule: a (head, metric) row counts when its Holm-corrected p < ALPHA and cohen_d > 0, i.e. the
+    head gives *more* of the metric to relevant passages. Each head is represented by its row with
+    the largest cohen_d among the metrics considered (``metric``, or all of CANDIDATE_METRICS when
+    None: Q->D and D->Q masses and the four matching signals); heads rank by that cohen_d, largest
+    first. ``n_significant`` counts the head's qualifying metrics.
+    """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r}: expected one of {', '.join(CONTRASTS)}")
+    if metric is not None and metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: expected a head_attention metric such as q_d or q2d_max")
+    sql = _candidates_sql(CANDIDATE_METRICS if metric is None else (metric,))
+    return con.execute(f"SELECT * FROM ({sql}) WHERE contrast = ? ORDER BY rank LIMIT ?", [contrast, top]).df()
+
+
+def _contrast_table(name: str, rows: list[dict[str, np.ndarray]]) -> pa.Table:
+    """One contrast's rows (one dict per metric) as a head_contrasts table, with p_holm across all of them."""
+    columns = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+    columns["contrast"] = np.full(len(columns["p"]), name)
+    columns["p_holm"] = holm(columns["p"])
+    arrays = {
+        c.name: pa.array(columns[c.name], type=c.type, from_pandas=c.nullable)  # from_pandas: NaN -> NULL
+        for c in HEAD_CONTRASTS.columns
+    }
+    return pa.table(arrays, schema=HEAD_CONTRASTS.schema)
+
+
+def _group_pair_ids(con) -> dict[str, np.ndarray]:
+    """neg_type -> sorted pair ids of the pairs of that kind, for every kind a contrast uses (maybe empty)."""
+    rows = con.execute(f"SELECT neg_type, pair_id FROM pairs WHERE {_CONTRASTED} ORDER BY pair_id").fetchnumpy()
+    neg_type, pair_id = np.asarray(rows["neg_type"]), np.asarray(rows["pair_id"])
+    return {kind: pair_id[neg_type == kind] for kind in _KINDS}
+
+
+def _heads(con) -> np.ndarray:
+    """[n_heads, 2] int array of the (layer, head) present in head_attention, sorted."""
+    rows = con.execute("SELECT DISTINCT layer, head FROM head_attention ORDER BY layer, head").fetchnumpy()
+    return np.stack([np.asarray(rows["layer"], dtype=np.int64), np.asarray(rows["head"], dtype=np.int64)], axis=1)
+
+
+def _metric_matrix(con, metric: str, pair_ids: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """One head_attention metric as a dense [n_heads, n_pairs] float64 matrix (rows: heads, columns: pair_ids)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    rows = con.execute(
+        f'SELECT layer, head, pair_id, "{metric}" AS value FROM head_attention '
+        f"WHERE pair_id IN (SELECT pair_id FROM pairs WHERE {_CONTRASTED})"
+    ).fetchnumpy()
+    if len(rows["value"]) != len(heads) * len(pair_ids):
+        raise ValueError(
+            f"head_attention has {len(rows['value'])} rows of the {len(pair_ids)} contrasted pairs, expected one per "
+            f"pair x {len(heads)} heads: the store is incomplete"
+        )
+    row_of = np.full((heads[:, 0].max() + 1, heads[:, 1].max() + 1), -1)
+    row_of[heads[:, 0], heads[:, 1]] = np.arange(len(heads))
+    values = np.empty((len(heads), len(pair_ids)))  # [n_heads, n_pairs]
+    layer, head = np.asarray(rows["layer"], dtype=np.int64), np.asarray(rows["head"], dtype=np.int64)
+    values[row_of[layer, head], np.searchsorted(pair_ids, np.asarray(rows["pair_id"]))] = rows["value"]
+    return values

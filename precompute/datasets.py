@@ -1,0 +1,259 @@
+"""Resolve a ``--dataset`` spec into a lazy handle on queries, judgments, passages and runs.
+
+A spec is an alias (``dl19``, ``dl20``), a local folder laid out like ``../shared/data/trec-dl-2020``
+(``queries.tsv``, ``docs.tsv``, ``qrels.txt``, optional ``runs/*.trec``), or any ir_datasets id with
+queries, docs and qrels. Everything is read through ir_datasets so local folders and registry datasets
+parse identically. Naming a dataset loads nothing: files are read on first use and kept in the object.
+
+The job never writes into a dataset folder (it may be read-only): the passage lookup of a local folder
+is built in a cache folder of the job's own, not beside ``docs.tsv`` where ir_datasets would put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+# Without network ir_datasets retries each mirror with a 15 s timeout; fail fast instead.
+# Must be set before ir_datasets reads them (it reads them when a download starts).
+os.environ.setdefault("IR_DATASETS_DL_TRIES", "1")
+os.environ.setdefault("IR_DATASETS_DL_TIMEOUT", "5")
+
+ALIASES: dict[str, str] = {
+    "dl19": "msmarco-passage/trec-dl-2019/judged",
+    "dl20": "msmarco-passage/trec-dl-2020/judged",
+}
+# Local copies of the aliased datasets, suggested when the registry cannot be reached.
+LOCAL_FOLDERS: dict[str, str] = {
+    "dl19": "../shared/data/trec-dl-2019",
+    "dl20": "../shared/data/trec-dl-2020",
+}
+FOLDER_FILES: tuple[str, ...] = ("queries.tsv", "docs.tsv", "qrels.txt")
+FOLDER_HINT = "a local folder with queries.tsv, docs.tsv, qrels.txt and optional runs/*.trec"
+
+Run = dict[str, list[tuple[str, int, float]]]
+
+
+class DatasetError(Exception):
+    """A problem with the user's --dataset or --candidates, worded as one line for the CLI."""
+
+
+@dataclass
+class Dataset:
+    """One resolved dataset; every accessor reads on first use and caches the result."""
+
+    spec: str
+    name: str
+    source: str
+    handle: Any = field(repr=False)
+    """The ir_datasets dataset object everything is read through."""
+    doc_store_path: Path | None = field(default=None, repr=False)
+    """Where a local folder's passage lookup is built; None for registry datasets (ir_datasets' own cache)."""
+    runs_dir: Path | None = field(default=None, repr=False)
+    _runs: dict[str, Run] = field(default_factory=dict, init=False, repr=False)
+
+    def queries(self) -> dict[str, str]:
+        """qid -> text, in dataset order (callers rely on it for a stable pair order)."""
+        return self._queries
+
+    def qrels(self) -> dict[str, dict[str, int]]:
+        """qid -> docid -> grade."""
+        return self._qrels
+
+    def docs(self, docids: Iterable[str]) -> dict[str, str]:
+        """docid -> text for the requested ids that exist; missing ids are simply absent so callers can count them."""
+        wanted = sorted(set(docids))
+        if not wanted:
+            return {}
+        with self._reading("docs"):
+            found = self._doc_store().get_many(wanted)
+        return {docid: _text(doc) for docid, doc in found.items()}
+
+    def run_names(self) -> list[str]:
+        """Names of the candidate runs shipped with a local folder (file stems of runs/*.trec)."""
+        if self.runs_dir is None or not self.runs_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.runs_dir.glob("*.trec"))
+
+    def run(self, name: str) -> Run:
+        """qid -> [(docid, rank, score)] sorted by rank, for one run of runs/*.trec."""
+        if name not in self._runs:
+            names = self.run_names()
+            if name not in names:
+                available = ", ".join(names) if names else f"none (runs come only with {FOLDER_HINT})"
+                raise DatasetError(f"dataset {self.spec} has no run {name!r}; available runs: {available}")
+            self._runs[name] = _read_run(self.runs_dir / f"{name}.trec")
+        return self._runs[name]
+
+    @cached_property
+    def _queries(self) -> dict[str, str]:
+        with self._reading("queries"):
+            return {q.query_id: _text(q) for q in self.handle.queries_iter()}
+
+    @cached_property
+    def _qrels(self) -> dict[str, dict[str, int]]:
+        qrels: dict[str, dict[str, int]] = {}
+        with self._reading("qrels"):
+            for qrel in self.handle.qrels_iter():
+                qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
+        return qrels
+
+    def _doc_store(self) -> Any:
+        """ir_datasets' docstore for registry ids; for folders the same kind of store, but in our cache.
+
+        Not cached: the folder store holds memory maps whose __del__ fails at interpreter exit, so it is
+        dropped after each lookup (rebuilding the object is free; the files are built once).
+        """
+        if self.doc_store_path is None:
+            return self.handle.docs_store()
+        from ir_datasets.indices import PickleLz4FullStore
+
+        return PickleLz4FullStore(
+            path=str(self.doc_store_path),
+            init_iter_fn=self.handle.docs_iter,
+            data_cls=self.handle.docs_cls(),
+            lookup_field="doc_id",
+            index_fields=["doc_id"],
+        )
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Turn ir_datasets' download and parse failures into one-line DatasetErrors."""
+        try:
+            yield
+        except DatasetError:
+            raise
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DatasetError(self._read_error(what, e)) from e
+
+    def _read_error(self, what: str, error: Exception) -> str:
+        if self.doc_store_path is not None:
+            return f"could not read the {what} of dataset folder {self.source}: {_one_line(error)}"
+        if _is_download_error(error):
+            folder = LOCAL_FOLDERS.get(self.name, "PATH/TO/FOLDER")
+            return (
+                f"dataset {self.spec} could not be downloaded (no network?); "
+                f"pass a local folder instead: --dataset {folder}"
+            )
+        return f"could not read the {what} of dataset {self.spec} ({self.source}): {_one_line(error)}"
+
+
+def resolve(spec: str, cache_root: Path) -> Dataset:
+    """Alias, then existing folder, then ir_datasets id; anything else is a DatasetError saying what is accepted."""
+    if spec in ALIASES:
+        return _registry(spec, ALIASES[spec], name=spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _folder(spec, path, cache_root)
+    if _in_registry(spec):
+        alias = {v: k for k, v in ALIASES.items()}.get(spec)
+        return _registry(spec, spec, name=alias or spec.replace("/", "-"))
+    if spec.startswith((".", "/", "~")):
+        raise DatasetError(f"dataset folder {spec} does not exist; expected {FOLDER_HINT}")
+    raise DatasetError(
+        f"unknown dataset {spec!r}: expected an alias ({', '.join(ALIASES)}), {FOLDER_HINT} "
+        f"(e.g. {LOCAL_FOLDERS['dl20']}), or an ir_datasets id with queries, docs and qrels"
+    )
+
+
+def _registry(spec: str, dataset_id: str, name: str) -> Dataset:
+    """A registry dataset: ir_datasets.load is cheap (no download) so it is safe to do here."""
+    import ir_datasets
+
+    handle = ir_datasets.load(dataset_id)
+    lacking = [part for part in ("queries", "docs", "qrels") if not getattr(handle, f"has_{part}")()]
+    if lacking:
+        raise DatasetError(
+            f"ir_datasets id {dataset_id} has no {' or '.join(lacking)}; "
+            f"expected a dataset with queries, docs and qrels (e.g. {ALIASES['dl20']})"
+        )
+    return Dataset(spec=spec, name=name, source=dataset_id, handle=handle)
+
+
+def _folder(spec: str, path: Path, cache_root: Path) -> Dataset:
+    """A local folder, read through ir_datasets' TSV/TREC readers without ever writing beside the files."""
+    folder = path.resolve()
+    if not folder.is_dir():
+        raise DatasetError(f"dataset {spec} is a file; expected {FOLDER_HINT}")
+    missing = [f for f in FOLDER_FILES if not (folder / f).is_file()]
+    if missing:
+        raise DatasetError(f"dataset folder {folder} lacks {', '.join(missing)}; expected {FOLDER_HINT}")
+    return Dataset(
+        spec=spec,
+        name=folder.name,
+        source=str(folder),
+        handle=_folder_handle(folder),
+        doc_store_path=Path(cache_root) / folder.name / f"docs-{_fingerprint(folder / 'docs.tsv')}.pklz4",
+        runs_dir=folder / "runs",
+    )
+
+
+def _folder_handle(folder: Path) -> Any:
+    """What ir_datasets.create_dataset builds, but with mkdir=False so nothing is created in the folder."""
+    from ir_datasets.datasets.base import Dataset as IrDataset
+    from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
+    from ir_datasets.util import LocalDownload
+
+    return IrDataset(
+        TsvDocs(LocalDownload(folder / "docs.tsv", mkdir=False)),
+        TsvQueries(LocalDownload(folder / "queries.tsv", mkdir=False)),
+        TrecQrels(LocalDownload(folder / "qrels.txt", mkdir=False), {}),
+    )
+
+
+def _fingerprint(path: Path) -> str:
+    """Short key of a file's identity, so two folders of the same name, or an edited docs.tsv, never share a store."""
+    stat = path.stat()
+    return hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def _in_registry(dataset_id: str) -> bool:
+    import ir_datasets
+
+    try:
+        ir_datasets.load(dataset_id)
+    except KeyError:
+        return False
+    return True
+
+
+def _read_run(path: Path) -> Run:
+    """TREC run lines ``qid Q0 docid rank score tag``; ir_datasets' TrecScoredDocs drops the rank, so parse here."""
+    run: Run = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            cols = line.split()
+            if not cols:
+                continue
+            try:
+                qid, _, docid, rank, score, _ = cols
+                run.setdefault(qid, []).append((docid, int(rank), float(score)))
+            except ValueError as e:
+                raise DatasetError(
+                    f"{path}:{lineno}: expected a TREC run line 'qid Q0 docid rank score tag', got {line.strip()!r}"
+                ) from e
+    for entries in run.values():
+        entries.sort(key=lambda entry: entry[1])
+    return run
+
+
+def _text(record: Any) -> str:
+    """The text of an ir_datasets query or doc, whatever its class (GenericDoc, MS MARCO, TREC topics...)."""
+    return record.default_text() if hasattr(record, "default_text") else record.text
+
+
+def _is_download_error(error: Exception) -> bool:
+    if isinstance(error, RuntimeError):
+        return bool(error.args) and error.args[0] == "All download sources failed"
+    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
