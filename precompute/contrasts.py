@@ -67,11 +67,11 @@ def contrasts_table(con) -> pa.Table:
         return HEAD_CONTRASTS.schema.empty_table()
     pair_ids = np.unique(np.concatenate(list(groups.values())))  # [n_pairs]: the matrix columns
     heads = _heads(con)  # [n_heads, 2]: (layer, head)
+    columns = {name: (np.searchsorted(pair_ids, groups[a]), np.searchsorted(pair_ids, groups[b])) for name, (a, b) in contrasts.items()}
     parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in contrasts}
     for metric in METRICS:
         values = _metric_matrix(con, metric, pair_ids, heads)  # [n_heads, n_pairs]
-        for name, (a, b) in contrasts.items():
-            cols_a, cols_b = np.searchsorted(pair_ids, groups[a]), np.searchsorted(pair_ids, groups[b])
+        for name, (cols_a, cols_b) in columns.items():
             stats = compare(values[:, cols_a], values[:, cols_b])
             parts[name].append({"layer": heads[:, 0], "head": heads[:, 1], "metric": np.full(len(heads), metric), **stats})
     return pa.concat_tables([_contrast_table(name, rows) for name, rows in parts.items()])
@@ -87,7 +87,7 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     n_a, n_b = a.shape[1], b.shape[1]
     mean_a, mean_b = a.mean(axis=1), b.mean(axis=1)  # [heads]
     squares = ((a - mean_a[:, None]) ** 2).sum(axis=1) + ((b - mean_b[:, None]) ** 2).sum(axis=1)  # [heads]
-    pooled_sd = np.sqrt(squares / max(n_a + n_b - 2, 1))  # [heads]
+    pooled_sd = np.sqrt(squares / max(n_a + n_b - 2, 1))  # [heads]; two singletons: squares = 0, constant below
     constant = (np.ptp(a, axis=1) == 0) & (np.ptp(b, axis=1) == 0)  # [heads]
     with np.errstate(divide="ignore", invalid="ignore"):
         cohen_d = np.where(constant, np.nan, (mean_a - mean_b) / pooled_sd)

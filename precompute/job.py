@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from precompute import evaluation
 from precompute.store.writer import RunWriter, StoreError
 
 PACKAGES = ("torch", "transformers", "ir_datasets", "ir_measures", "pyarrow", "duckdb", "numpy")
@@ -39,7 +37,7 @@ class JobConfig:
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = True
-    stages: tuple[str, ...] = ("summaries",)
+    stages: tuple[str, ...] = ("summaries", "spectra", "contrasts")
     extra: dict = field(default_factory=dict)  # stage-specific settings, recorded in the manifest
 
     def pair_parameters(self) -> dict:
@@ -94,7 +92,7 @@ def run(cfg: JobConfig) -> Path:
     writer = RunWriter(root)
     writer.ensure_writable()
     manifest = writer.read_manifest()
-    identity = {"model": cfg.model, "dataset": ds.source, "dtype": cfg.dtype, **cfg.pair_parameters()}
+    identity = {"model": model.identity(cfg.model), "dataset": ds.source, "dtype": cfg.dtype, **cfg.pair_parameters()}
     check_same_run(manifest, identity)
 
     pair_set = pairs_mod.build_pairs(

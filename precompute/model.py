@@ -39,8 +39,10 @@ class LoadedModel:
 
     def describe(self) -> dict:
         cfg = self.config
+        local = Path(self.spec)
         return {
             "id": self.spec,
+            "path": str(local.resolve()) if local.exists() else None,
             "name": self.name,
             "revision": getattr(cfg, "_commit_hash", None),
             "architecture": (cfg.architectures or [type(self.model).__name__])[0],
@@ -84,6 +86,12 @@ def pick_dtype(requested: str, device: str) -> str:
     if requested in ("bfloat16", "float16") and device == "cpu":
         raise ModelError(f"--dtype {requested} is for GPUs; on the CPU use --dtype float32")
     return requested
+
+
+def identity(spec: str) -> str:
+    """What names a model across working directories: the absolute path of a local folder, else the hub id."""
+    local = Path(spec)
+    return str(local.resolve()) if local.exists() else spec
 
 
 def load(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:

@@ -63,6 +63,7 @@ def metric_label(name: str) -> str:
     return f"{direction_label(name)} attention mass"
 
 
-# Pair kinds. Easy negatives are stored with grade -1 (never judged for that query).
-NEG_TYPES: tuple[str, ...] = ("relevant", "hard", "easy")
+# Pair kinds. Easy negatives and unjudged run candidates are stored with grade -1 (never judged for that query).
+UNJUDGED = "unjudged"  # a run candidate with no judgment (only with --candidates run:NAME)
+NEG_TYPES: tuple[str, ...] = ("relevant", "hard", "easy", UNJUDGED)
 EASY_GRADE = -1

@@ -14,10 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from precompute.datasets import Dataset, DatasetError
-from precompute.names import EASY_GRADE
+from precompute.names import EASY_GRADE, UNJUDGED
 
-UNJUDGED = "unjudged"
-"""neg_type of a run candidate that has no judgment for its query (grade -1, like easy negatives)."""
 JUDGED_TYPES: tuple[str, ...] = ("relevant", "hard", "easy")
 RUN_TYPES: tuple[str, ...] = ("relevant", "hard", UNJUDGED, "easy")
 RUN_PREFIX = "run:"

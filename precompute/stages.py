@@ -97,4 +97,33 @@ def _record_summary_stats(writer, ds, pair_set, manifest) -> None:
     manifest["tables"] = {**manifest.get("tables", {}), "pairs": {"rows": table.num_rows}, "head_attention": {"rows": heads}}
 
 
-STAGES = {"summaries": summaries}
+def spectra(*, cfg, lm, ds, pair_set, writer, manifest) -> None:
+    """SVD spectra of every head's query-key matrix (from the weights; no pairs needed)."""
+    from precompute.job import log
+    from precompute.spectra import SpectraError, spectra_table
+
+    if writer.has_table("svd"):
+        return
+    try:
+        table = spectra_table(lm.model)
+    except SpectraError as err:  # not a plain bilinear attention: say so, keep the rest of the run
+        log(f"spectra skipped: {err}")
+        manifest["spectra"] = {"computed": False, "reason": str(err)}
+        return
+    writer.write_table("svd", table)
+    manifest["spectra"] = {"computed": True, "rows": table.num_rows, "matrix": "W_Q^h (W_K^h)^T, unscaled"}
+
+
+def contrasts(*, cfg, lm, ds, pair_set, writer, manifest) -> None:
+    """Matching-head statistics (relevant vs easy / hard negatives) over the finished summary tables."""
+    from precompute.contrasts import contrasts_table
+    from precompute.store.connect import connect
+
+    if writer.has_table("head_contrasts"):
+        return
+    table = contrasts_table(connect(writer.root))
+    writer.write_table("head_contrasts", table)
+    manifest["contrasts"] = {"rows": table.num_rows, "test": "Mann-Whitney U, two-sided, Holm per contrast"}
+
+
+STAGES = {"summaries": summaries, "spectra": spectra, "contrasts": contrasts}

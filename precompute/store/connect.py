@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from precompute.contrasts import MATCHING_HEADS_SQL
 from precompute.names import DIRECTIONS
 from precompute.store.schema import TABLES
 
@@ -28,8 +29,9 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
     "head_alignment": (
         ("svd",),
         "SELECT layer, head, sum(sigma * alignment) / sum(sigma) AS alignment_score, max(sigma) AS sigma_max, "
-        "count(*) AS rank FROM svd GROUP BY layer, head",
+        "count(*) AS n_sigma FROM svd GROUP BY layer, head",
     ),
+    "matching_heads": (("head_contrasts",), MATCHING_HEADS_SQL),
 }
 
 
@@ -66,7 +68,8 @@ def write_catalog(run: Path | str) -> Path:
     target = run / CATALOG
     tmp = run / f".{CATALOG}.tmp-{os.getpid()}"
     tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
+    # The oldest storage format that holds views: DuckDB CLIs older than this Python package open it too.
+    con = duckdb.connect(str(tmp), config={"storage_compatibility_version": "v1.0.0"})
     try:
         for stmt in _statements(run):
             con.execute(stmt)

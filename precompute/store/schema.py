@@ -65,7 +65,7 @@ PAIRS = Table(
     sort_key=("pair_id",),
     doc="The query-passage pairs the model scored, with their judgments and the model's relevance score.",
     columns=(
-        Column("pair_id", pa.int32(), "Pair number, 0-based, ordered by qid then neg_type then docid; joins every other table."),
+        Column("pair_id", pa.int32(), "Pair number, 0-based: queries in dataset order; within a query relevant, hard, easy, each by docid (with --candidates: run candidates by rank, then easy). Joins every other table."),
         Column("qid", pa.string(), "Query id (official TREC/MS MARCO id)."),
         Column("docid", pa.string(), "Passage id (official MS MARCO passage id)."),
         Column("query", pa.string(), "Query text."),
@@ -200,7 +200,7 @@ SVD = Table(
         Column("layer", pa.int8(), "Layer, 0-based."),
         Column("head", pa.int8(), "Head, 0-based."),
         Column("k", pa.int16(), "Index of the singular value, 0 = largest."),
-        Column("sigma", pa.float32(), "k-th singular value."),
+        Column("sigma", pa.float32(), "k-th singular value of the unscaled W_Q^h (W_K^h)^T (the attention logit divides by sqrt(head_dim))."),
         Column("alignment", pa.float32(), "u_k . v_k: cosine between the k-th left and right singular vectors (1 = "
                "the head matches a direction with itself, the signature of a matching head)."),
     ),

@@ -64,6 +64,7 @@ class RunWriter:
             probe.unlink()
         except OSError as err:
             raise StoreError(f"output folder {self.root} is not writable ({err.strerror}); pass --out with a folder you can write to") from err
+        self.remove_stale_temporaries()
         manifest = self.read_manifest()
         if manifest is not None and manifest.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(
@@ -128,7 +129,17 @@ class RunWriter:
         os.replace(tmp, target)
 
     def drop_parts(self, table: str) -> None:
-        shutil.rmtree(self.root / PARTS / table, ignore_errors=True)
+        """Remove a merged table's parts; the parts folder goes too once nothing is left in it."""
+        parts = self.root / PARTS
+        shutil.rmtree(parts / table, ignore_errors=True)
+        shutil.rmtree(parts / ".duckdb-tmp", ignore_errors=True)
+        if parts.exists() and not any(parts.iterdir()):
+            parts.rmdir()
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files a killed run left behind (never read: only finished files are renamed into place)."""
+        for tmp in self.root.rglob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
 
     # -- manifest ------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:

@@ -85,6 +85,13 @@ def _roberta():
     return RobertaForSequenceClassification(RobertaConfig(**TINY)).eval()
 
 
+def _electra():
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    torch.manual_seed(3)
+    return ElectraForSequenceClassification(ElectraConfig(**TINY, embedding_size=16)).eval()
+
+
 def _distilbert():
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
@@ -102,7 +109,7 @@ def _self_attention_weights(model, layer: int) -> tuple[torch.Tensor, torch.Tens
     return attention.query.weight, attention.key.weight
 
 
-@pytest.mark.parametrize("build", [_bert, _roberta, _distilbert], ids=["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("build", [_bert, _roberta, _electra, _distilbert], ids=["bert", "roberta", "electra", "distilbert"])
 def test_tiny_model_table_matches_direct_computation(build):
     model = build()
     table = spectra_table(model)

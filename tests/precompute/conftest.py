@@ -1,0 +1,47 @@
+"""Fixtures for the precompute tests: a tiny dataset folder in the tiny models' vocabulary, and finished runs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import WORDS, build
+
+
+def make_dataset(root: Path, n_queries: int = 6, n_docs: int = 60, seed: int = 0) -> Path:
+    """A dataset folder (layout of ../shared/data/trec-dl-2020) whose texts use the tiny models' vocabulary."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
+    (root / "queries.tsv").write_text("".join(f"{100 + q}\t{text(rng.randint(2, 6))}\n" for q in range(n_queries)))
+    (root / "docs.tsv").write_text("".join(f"{1000 + d}\t{text(rng.randint(5, 40))}\n" for d in range(n_docs)))
+    lines = [f"{100 + q} 0 {1000 + d} {rng.choice([0, 0, 1, 2, 3])}\n" for q in range(n_queries) for d in rng.sample(range(n_docs), 8)]
+    (root / "qrels.txt").write_text("".join(lines))
+    (root / "runs").mkdir()
+    (root / "runs" / "first.trec").write_text(
+        "".join(f"{100 + q} Q0 {1000 + d} {d + 1} {60.0 - d} first\n" for q in range(n_queries) for d in range(12))
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny-dl")
+
+
+def run_tiny_job(kind: str, dataset: Path, tmp_path_factory, **overrides):
+    """(config, run folder) of a finished job of a tiny random ``kind`` model over ``dataset``."""
+    from precompute.job import JobConfig, run
+
+    model = build(kind, tmp_path_factory.mktemp(kind))
+    settings = dict(dataset=str(dataset), model=str(model), out=tmp_path_factory.mktemp("run") / "store",
+                    cache=tmp_path_factory.mktemp("cache"), easy_negatives=3, batch_size=4, chunk_size=16, progress=False)
+    cfg = JobConfig(**{**settings, **overrides})
+    return cfg, run(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_run(tiny_dataset, tmp_path_factory):
+    return run_tiny_job("bert", tiny_dataset, tmp_path_factory)

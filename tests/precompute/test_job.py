@@ -1,0 +1,227 @@
+"""The job end to end on tiny models and a tiny dataset folder: tables, numbers, resume after kill -9, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from precompute import evaluation
+from precompute.cli import main
+from precompute.job import JobConfig, run
+from precompute.model import load
+from precompute.names import METRICS
+from precompute.segments import encode
+from precompute.store.connect import connect
+from precompute.store.schema import SCHEMA_VERSION, TABLES
+from tests.conftest import REPO
+from tests.precompute.test_datasets import listing
+from tests.precompute.conftest import run_tiny_job
+from tests.tiny_models import build
+
+
+@pytest.fixture
+def dataset(tiny_dataset) -> Path:
+    return tiny_dataset
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def finished(request, tiny_dataset, tiny_bert_run, tmp_path_factory):
+    """A finished run of a tiny model over the tiny dataset: (config, run folder, dataset listing before)."""
+    before = listing(tiny_dataset)
+    if request.param == "bert":
+        return (*tiny_bert_run, before)
+    return (*run_tiny_job(request.param, tiny_dataset, tmp_path_factory), before)
+
+
+def test_tables_and_manifest(finished):
+    cfg, root, _ = finished
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["schema_version"] == SCHEMA_VERSION
+    con = connect(root)
+    n_pairs = con.execute("SELECT count(*) FROM pairs").fetchone()[0]
+    assert n_pairs == manifest["counts"]["pairs"] == sum(manifest["counts"]["neg_type"].values())
+    layers, heads = manifest["model"]["layers"], manifest["model"]["heads"]
+    assert con.execute("SELECT count(*) FROM head_attention").fetchone()[0] == n_pairs * layers * heads
+    assert con.execute("SELECT count(*) FROM pairs WHERE neg_type = 'easy'").fetchone()[0] == 3 * manifest["counts"]["queries"]
+    assert con.execute("SELECT count(*) FROM pairs WHERE neg_type = 'easy' AND grade <> -1").fetchone()[0] == 0
+    for name in ("pairs", "head_attention", "head_attention_agg"):
+        assert pq.read_schema(root / f"{name}.parquet").names == TABLES[name].column_names
+    assert not (root / "_parts").exists()
+
+
+def test_head_attention_is_sorted_and_masses_sum_to_one(finished):
+    _, root, _ = finished
+    t = pq.read_table(root / "head_attention.parquet", columns=["layer", "head", "pair_id"]).to_pandas()
+    assert t.equals(t.sort_values(["layer", "head", "pair_id"]).reset_index(drop=True))
+    con = connect(root)
+    worst = con.execute(
+        "SELECT max(abs(total - 1)) FROM (SELECT sum(mass) AS total FROM head_attention_long GROUP BY pair_id, layer, head, src)"
+    ).fetchone()[0]
+    assert worst < 1e-5
+
+
+def test_scores_equal_a_plain_forward_pass(finished):
+    cfg, root, _ = finished
+    lm = load(cfg.model, device="cpu")
+    pairs = connect(root).sql("SELECT query, doc, score FROM pairs ORDER BY pair_id").df()
+    batch = encode(lm.tokenizer, list(pairs["query"]), list(pairs["doc"]), cfg.max_length)
+    import torch
+
+    with torch.no_grad():
+        want = lm.model(**batch.inputs).logits[:, 0].numpy()
+    np.testing.assert_allclose(pairs["score"].to_numpy(), want, atol=1e-5)
+
+
+def test_manifest_ndcg_equals_ir_measures_over_the_store(finished):
+    import ir_measures
+
+    cfg, root, _ = finished
+    manifest = json.loads((root / "manifest.json").read_text())
+    pairs = connect(root).sql("SELECT qid, docid, score FROM pairs").df()
+    qids = set(pairs["qid"])
+    qrels = [ir_measures.Qrel(q, d, int(g)) for q, _, d, g in
+             (line.split() for line in (Path(cfg.dataset) / "qrels.txt").read_text().splitlines()) if q in qids]
+    run_ = [ir_measures.ScoredDoc(r.qid, r.docid, float(r.score)) for r in pairs.itertuples()]
+    want = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run_)[ir_measures.nDCG @ 10]
+    assert manifest["metrics"]["nDCG@10"] == pytest.approx(want, abs=1e-12)
+
+
+def test_aggregate_table_equals_direct_aggregation(finished):
+    _, root, _ = finished
+    con = connect(root)
+    direct = con.sql(
+        "SELECT h.layer, h.head, p.neg_type, count(*) AS n, avg(h.q_d) AS q_d, avg(h.q2d_max) AS q2d "
+        "FROM head_attention h JOIN pairs p USING (pair_id) GROUP BY ALL ORDER BY ALL"
+    ).df()
+    agg = con.sql(
+        "SELECT layer, head, neg_type, sum(n) AS n, sum(q_d_sum) / sum(n) AS q_d, sum(q2d_max_sum) / sum(n) AS q2d "
+        "FROM head_attention_agg GROUP BY ALL ORDER BY ALL"
+    ).df()
+    np.testing.assert_array_equal(direct["n"], agg["n"])
+    np.testing.assert_allclose(direct[["q_d", "q2d"]], agg[["q_d", "q2d"]], atol=1e-9)
+
+
+def test_dataset_folder_is_unchanged(finished):
+    cfg, _, before = finished
+    assert listing(Path(cfg.dataset)) == before
+
+
+def test_duckdb_catalog_answers_from_another_directory(finished, tmp_path):
+    _, root, _ = finished
+    out = subprocess.run(
+        [sys.executable, "-c", f"import duckdb; print(duckdb.connect({str(root / 'atlas.duckdb')!r}, read_only=True)"
+         ".execute('SELECT count(*) FROM head_attention_long').fetchone()[0])"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )
+    con = connect(root)
+    assert int(out.stdout) == 25 * con.execute("SELECT count(*) FROM head_attention").fetchone()[0]
+
+
+def test_rerun_is_a_no_op_and_other_parameters_are_refused(finished, capsys):
+    cfg, root, _ = finished
+    before = {p.name: p.stat().st_mtime_ns for p in root.glob("*.parquet")}
+    run(cfg)
+    assert {p.name: p.stat().st_mtime_ns for p in root.glob("*.parquet")} == before
+    code = main(["--dataset", cfg.dataset, "--model", cfg.model, "--out", str(root), "--seed", "7",
+                 "--cache", str(cfg.cache), "--no-progress", "--easy-negatives", "3", "--batch-size", "4"])
+    assert code == 2
+    assert "differs from the run already in this folder" in capsys.readouterr().err
+
+
+def _tables(root: Path) -> dict:
+    return {name: pq.read_table(root / f"{name}.parquet") for name in ("pairs", "head_attention", "head_attention_agg")}
+
+
+def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(dataset, tmp_path):
+    model = build("bert", tmp_path / "model")
+    args = ["--dataset", str(dataset), "--model", str(model), "--cache", str(tmp_path / "cache"), "--easy-negatives", "3",
+            "--batch-size", "1", "--chunk-size", "2", "--no-progress"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "precompute", *args, "--out", str(killed)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = killed / "_parts" / "pairs"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["status"] == "running", "the job finished before it could be killed; the test proves nothing"
+    assert not (killed / "pairs.parquet").exists()
+
+    assert main([*args, "--out", str(killed)]) == 0
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+    resumed, clean = _tables(killed), _tables(tmp_path / "clean")
+    assert resumed["pairs"].equals(clean["pairs"])
+    assert resumed["head_attention"].equals(clean["head_attention"])
+    agg_r, agg_c = resumed["head_attention_agg"].to_pandas(), clean["head_attention_agg"].to_pandas()
+    assert agg_r[["layer", "head", "qid", "neg_type", "grade", "n"]].equals(agg_c[["layer", "head", "qid", "neg_type", "grade", "n"]])
+    np.testing.assert_allclose(agg_r.filter(like="_sum").to_numpy(), agg_c.filter(like="_sum").to_numpy(), rtol=1e-12)
+    assert not list(killed.rglob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "no-such-dataset"], "unknown dataset"),
+        (["--model", "/nonexistent/model"], "could not be loaded"),
+        (["--max-queries", "0"], "--max-queries must be at least 1"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(extra, message, dataset, tmp_path, capsys):
+    model = build("bert", tmp_path / "model")
+    args = ["--dataset", str(dataset), "--model", str(model), "--out", str(tmp_path / "out"), "--cache",
+            str(tmp_path / "cache"), "--no-progress", *extra]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(message in line for line in err), err
+
+
+def test_model_without_classification_head_is_refused(dataset, tmp_path, capsys):
+    from transformers import BertConfig, BertModel
+
+    folder = build("bert", tmp_path / "model")
+    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64)).save_pretrained(folder)
+    code = main(["--dataset", str(dataset), "--model", str(folder), "--out", str(tmp_path / "out"),
+                 "--cache", str(tmp_path / "cache"), "--no-progress"])
+    assert code == 2
+    assert "not a sequence-classification cross-encoder" in capsys.readouterr().err
+
+
+def test_unwritable_output_and_other_schema_version(dataset, tmp_path, capsys):
+    model = build("bert", tmp_path / "model")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    base = ["--dataset", str(dataset), "--model", str(model), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main([*base, "--out", str(blocker / "run")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 100}))
+    assert main([*base, "--out", str(old)]) == 2
+    assert "schema version" in capsys.readouterr().err
+    assert json.loads((old / "manifest.json").read_text())["schema_version"] == SCHEMA_VERSION + 100
+
+
+def test_help_explains_every_flag():
+    from precompute.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
