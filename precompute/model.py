@@ -88,6 +88,32 @@ def pick_dtype(requested: str, device: str) -> str:
     return requested
 
 
+def _in_hub_cache(spec: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the hub, so an offline machine fails in seconds, not after minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def identity(spec: str) -> str:
     """What names a model across working directories: the absolute path of a local folder, else the hub id."""
     local = Path(spec)
@@ -101,8 +127,9 @@ def load(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
 
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
+    offline = not Path(spec).exists() and not _in_hub_cache(spec) and not _hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(spec)
+        config = AutoConfig.from_pretrained(spec, local_files_only=offline)
     except OSError as err:
         where = "folder" if Path(spec).exists() else "Hugging Face id (no network here?)"
         raise ModelError(f"model {spec!r} could not be loaded as a {where}: {str(err).splitlines()[0]}; pass a local model folder with --model") from err

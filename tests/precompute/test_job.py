@@ -176,6 +176,7 @@ def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(dataset, tmp_pat
     [
         (["--dataset", "no-such-dataset"], "unknown dataset"),
         (["--model", "/nonexistent/model"], "could not be loaded"),
+        (["--model", "no-such-org/no-such-cross-encoder"], "could not be loaded"),
         (["--max-queries", "0"], "--max-queries must be at least 1"),
     ],
 )
