@@ -17,7 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from app.slice import Slice
-from precompute.names import DIRECTIONS, METRICS, SEGMENTS, split_direction
+from precompute.names import DIRECTIONS, METRICS, split_direction
 
 CONTRASTS: dict[str, tuple[str, str]] = {
     "relevant_vs_easy": ("relevant", "easy"),
@@ -159,17 +159,22 @@ def pair_counts(con, sl: Slice) -> pd.DataFrame:
 def ndcg_per_query(con, sl: Slice, k: int = 10) -> pd.DataFrame:
     """nDCG@k per query of the model's ranking of the slice's pairs (linear gains = grades, as trec_eval).
 
-    Easy negatives and grade-0 pairs have gain 0; the ideal ranking is over the same pairs.
+    Easy negatives and grade-0 pairs have gain 0; the ideal ranking is over the same pairs. Ties in
+    score are broken by docid, descending (trec_eval's order). Top-k lists per query come from
+    ``max_by(..., k)``, so no query's pairs are fully sorted.
     """
     k = int(k)
     sql = f"""
-        WITH p AS (SELECT qid, docid, score, greatest(grade, 0) AS g FROM pairs WHERE {_where(sl, layer_head=False)}),
-        ranked AS (SELECT qid, g, row_number() OVER (PARTITION BY qid ORDER BY score DESC, docid DESC) AS r FROM p),
-        ideal AS (SELECT qid, g, row_number() OVER (PARTITION BY qid ORDER BY g DESC) AS r FROM p),
-        dcg AS (SELECT qid, sum(g / log2(r + 1)) AS dcg FROM ranked WHERE r <= {k} GROUP BY qid),
-        idcg AS (SELECT qid, sum(g / log2(r + 1)) AS idcg FROM ideal WHERE r <= {k} GROUP BY qid)
-        SELECT dcg.qid, coalesce(dcg / nullif(idcg, 0), 0) AS ndcg, dcg, idcg
-        FROM dcg JOIN idcg USING (qid) ORDER BY qid
+        WITH t AS (
+            SELECT qid, max_by(greatest(grade, 0), (score, docid), {k}) AS top, max(greatest(grade, 0), {k}) AS best
+            FROM pairs WHERE {_where(sl, layer_head=False)} GROUP BY qid
+        ), d AS (
+            SELECT qid, list_sum(list_transform(top, lambda g, i: g / log2(i + 1))) AS dcg,
+                   list_sum(list_transform(best, lambda g, i: g / log2(i + 1))) AS idcg
+            FROM t
+        )
+        SELECT qid, coalesce(dcg / nullif(idcg, 0), 0) AS ndcg, CAST(dcg AS DOUBLE) AS dcg, CAST(idcg AS DOUBLE) AS idcg
+        FROM d ORDER BY qid
     """
     return _df(con, sql)
 
@@ -283,14 +288,19 @@ def head_histogram(con, sl: Slice, layer: int, head: int, metric: str, bins: int
 
 def head_top_pairs(con, sl: Slice, layer: int, head: int, metric: str, limit: int = 20,
                    descending: bool = True) -> pd.DataFrame:
-    """The pairs with the largest (or smallest) ``metric`` on one head."""
+    """The pairs with the largest (or smallest) ``metric`` on one head (top-k first, then their texts)."""
     m = _metric(metric)
+    pair_filter = _where(sl, layer_head=False)
+    semi = "" if pair_filter == "TRUE" else f" AND pair_id IN (SELECT pair_id FROM pairs WHERE {pair_filter})"
+    order = "DESC" if descending else "ASC"
     sql = f"""
-        SELECT h.pair_id, p.qid, p.query, p.docid, p.neg_type, p.grade, p.score, h.{m} AS value,
-               left(p.doc, 240) AS doc
-        FROM head_attention h JOIN pairs p USING (pair_id)
-        WHERE h.layer = {int(layer)} AND h.head = {int(head)} AND {_where(sl, alias='p', layer_head=False)}
-        ORDER BY value {'DESC' if descending else 'ASC'}, h.pair_id LIMIT {int(limit)}
+        WITH top AS (
+            SELECT pair_id, {m} AS value FROM head_attention
+            WHERE layer = {int(layer)} AND head = {int(head)}{semi}
+            ORDER BY value {order}, pair_id LIMIT {int(limit)}
+        )
+        SELECT top.pair_id, p.qid, p.query, p.docid, p.neg_type, p.grade, p.score, top.value, left(p.doc, 240) AS doc
+        FROM top JOIN pairs p USING (pair_id) ORDER BY top.value {order}, top.pair_id
     """
     return _ints(_df(con, sql), "pair_id", "grade")
 
@@ -330,7 +340,7 @@ def direction_by_layer(con, sl: Slice, directions: tuple[str, ...] = DIRECTIONS)
 def ablation_options(con) -> pd.DataFrame:
     """The (scope, measure) combinations of ablation_summary, most useful first."""
     return _df(con, """
-        SELECT scope, measure, count(*) AS conditions FROM ablation_summary GROUP BY ALL
+        SELECT scope, measure, count(*) AS conditions FROM ablation_summary GROUP BY scope, measure
         ORDER BY scope <> 'pairs', measure <> 'nDCG@10', scope, measure
     """)
 
@@ -413,10 +423,10 @@ def svd_spectra(con, sl: Slice) -> pd.DataFrame:
 def alignment_scores(con, sl: Slice) -> pd.DataFrame:
     """Head-level alignment score (sigma-weighted mean alignment, view head_alignment) of the slice's heads."""
     sql = f"""
-        SELECT layer, head, alignment_score, sigma_max, rank FROM head_alignment
+        SELECT layer, head, alignment_score, sigma_max, n_sigma FROM head_alignment
         WHERE {_where(sl, pair_filters=False)} ORDER BY layer, head
     """
-    return _ints(_df(con, sql), "layer", "head", "rank")
+    return _ints(_df(con, sql), "layer", "head", "n_sigma")
 
 
 def alignment_vs_contrast(con, sl: Slice, metric: str, contrast: str) -> pd.DataFrame:
@@ -457,9 +467,41 @@ def pair_row(con, pair_id: int) -> pd.DataFrame:
     return _ints(_df(con, "SELECT * FROM pairs WHERE pair_id = ?", [int(pair_id)]), "pair_id", "grade")
 
 
+def _layout(con) -> tuple[int, int, int] | None:
+    """(layers, heads, pairs) when head_attention is dense and positions can be computed (app.connection)."""
+    has = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'atlas_layout'").fetchone()[0]
+    if not has:
+        return None
+    layers, heads, pairs, dense = con.execute("SELECT layers, heads, pairs, dense FROM atlas_layout").fetchone()
+    return (int(layers), int(heads), int(pairs)) if dense else None
+
+
+def _pair_rows(con, pair_id: int, cells: list[tuple[int, int]], columns: str) -> pd.DataFrame | None:
+    """head_attention rows of one pair on the given (layer, head) cells read by row position, or None
+    when the store's layout does not allow it (or what was read is not what was asked)."""
+    layout = _layout(con)
+    if layout is None or not cells:
+        return None
+    layers, heads, pairs = layout
+    if not (0 <= pair_id < pairs) or any(not (0 <= l < layers and 0 <= h < heads) for l, h in cells):
+        return None
+    rows = sorted((l * heads + h) * pairs + pair_id for l, h in cells)
+    df = _df(con, f"""
+        SELECT layer, head, pair_id, {columns} FROM head_attention_rows
+        WHERE row_number IN ({', '.join(map(str, rows))}) ORDER BY layer, head
+    """)
+    if len(df) != len(cells) or (df["pair_id"] != pair_id).any() or \
+            sorted(zip(df["layer"].astype(int), df["head"].astype(int))) != sorted(cells):
+        return None
+    return df
+
+
 def pair_head_metrics(con, pair_id: int, layer: int, head: int) -> pd.DataFrame:
     """The stored summaries (25 masses and matching signals) of one pair on one head."""
     cols = ", ".join(METRICS)
+    fast = _pair_rows(con, int(pair_id), [(int(layer), int(head))], cols)
+    if fast is not None:
+        return fast[list(METRICS)]
     sql = f"""
         SELECT {cols} FROM head_attention
         WHERE layer = {int(layer)} AND head = {int(head)} AND pair_id = {int(pair_id)}
@@ -470,6 +512,14 @@ def pair_head_metrics(con, pair_id: int, layer: int, head: int) -> pd.DataFrame:
 def pair_metric_grid(con, sl: Slice, pair_id: int, metric: str) -> pd.DataFrame:
     """One metric of one pair on every layer x head of the slice."""
     m = _metric(metric)
+    layout = _layout(con)
+    if layout is not None:
+        layers, heads, _ = layout
+        lo, hi = sl.layers if sl.layers is not None else (0, layers - 1)
+        cells = [(l, h) for l in range(lo, hi + 1) for h in (sl.heads or range(heads))]
+        fast = _pair_rows(con, int(pair_id), cells, f"{m} AS value")
+        if fast is not None:
+            return _ints(fast[["layer", "head", "value"]], "layer", "head")
     sql = f"""
         SELECT layer, head, {m} AS value FROM head_attention
         WHERE pair_id = {int(pair_id)} AND {_where(sl, pair_filters=False)} ORDER BY layer, head
@@ -501,5 +551,3 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], value: str
     out["diff"] = out[value + suffixes[1]] - out[value + suffixes[0]]
     return out.sort_values(keys).reset_index(drop=True)
 
-
-SEGMENT_ORDER = list(SEGMENTS)

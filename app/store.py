@@ -25,14 +25,22 @@ STORE_ENV = "ATLAS_STORE"
 # Tables a run must have for the app to open it; the others are optional (pages explain their absence).
 REQUIRED_TABLES: tuple[str, ...] = ("pairs", "head_attention", "head_attention_agg")
 
-# The command that builds a first store (shown on the welcome page; keep in step with the README).
+# The command that builds a first store: the README's first try (tests/app/test_store.py keeps them equal).
+# The job writes <store>/<dataset>__<model> under its default --store data/store, where the app looks.
 PRECOMPUTE_COMMAND = (
-    "python -m precompute --dataset ../shared/data/trec-dl-2020 "
-    "--model ../shared/models/minilm-l6-msmarco-ce --out data/store"
+    "python -m precompute --dataset ../shared/data/trec-dl-2020 --model ../shared/models/minilm-l6-msmarco-ce "
+    "--max-queries 3"
 )
-ABLATIONS_COMMAND = PRECOMPUTE_COMMAND + " --ablations directions,groups,layers,heads"
-SPECTRA_COMMAND = PRECOMPUTE_COMMAND + " --spectra"
-CONTRASTS_COMMAND = PRECOMPUTE_COMMAND + " --contrasts"
+FULL_COMMAND = (
+    "python -m precompute --dataset ../shared/data/trec-dl-2020 --model ../shared/models/minilm-l6-msmarco-ce "
+    "--out data/store/trec-dl-2020__minilm-l6-msmarco-ce-all"
+)
+ABLATIONS_FLAGS = "--ablations directions,groups"  # the job's default sets (Table 1)
+SWEEP_FLAGS = "--ablations directions,groups,layers,heads"  # plus per-layer sweeps and head ablations
+
+# The job's defaults for the settings that identify a run (precompute.job.JobConfig); a resume must repeat the rest.
+_IDENTITY_DEFAULTS = {"easy_negatives": 20, "seed": 0, "candidates": None, "depth": None, "max_queries": None,
+                      "max_length": 512, "batch_size": 32, "chunk_size": 256, "dtype": "auto"}
 
 
 def store_from_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Path:
@@ -147,15 +155,33 @@ def find_runs(store: Path) -> list[RunInfo]:
     return runs
 
 
+def command_for(run: "RunInfo", extra: str = "") -> str:
+    """The precompute command that resumes ``run`` (same dataset, model and identifying settings, read from
+    its manifest), plus ``extra`` flags. The job keeps finished tables and computes only what is missing."""
+    spec = run.dataset.get("spec") or "../shared/data/trec-dl-2020"
+    model = run.model.get("id") or "../shared/models/minilm-l6-msmarco-ce"
+    try:
+        out = run.path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        out = run.path
+    parts = ["python -m precompute", f"--dataset {spec}", f"--model {model}"]
+    identity = run.manifest.get("identity") or {}
+    for key, default in _IDENTITY_DEFAULTS.items():
+        value = identity.get(key, default)
+        if value != default and value is not None and not (key == "depth" and not identity.get("candidates")):
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    parts.append(f"--out {out}")
+    return " ".join(parts + ([extra] if extra else []))
+
+
 def model_folder(run: RunInfo) -> tuple[Path | None, str]:
     """The local folder of the run's model, if there is one, and a reason when there is none."""
-    model_id = run.model.get("id") or run.model.get("path")
-    if not model_id:
+    names = [str(v) for v in (run.model.get("path"), run.model.get("id")) if v]
+    if not names:
         return None, "the manifest names no model"
-    candidates = [Path(model_id).expanduser()]
-    if not candidates[0].is_absolute():
-        candidates += [Path.cwd() / model_id, REPO / model_id, run.path / model_id]
-    for cand in candidates:
-        if (cand / "config.json").is_file():
-            return cand.resolve(), ""
-    return None, f"the model {model_id!r} named in the manifest is not a folder on this machine"
+    for name in names:
+        cand = Path(name).expanduser()
+        for path in ([cand] if cand.is_absolute() else [Path.cwd() / cand, REPO / cand, run.path / cand]):
+            if (path / "config.json").is_file():
+                return path.resolve(), ""
+    return None, f"the model {names[-1]!r} named in the manifest is not a folder on this machine"

@@ -1,0 +1,134 @@
+"""Small Streamlit building blocks shared by the pages: a chart with its downloads, empty states,
+the run context the sidebar computed, and the head selection of a clicked heatmap cell."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app import charts
+from app.slice import Slice
+from app.store import RunInfo
+
+CONTEXT_KEY = "_atlas_context"
+
+
+@dataclass
+class Context:
+    """What the sidebar decided this run: the store, its runs, the chosen run and the slice."""
+
+    store: Path
+    runs: list[RunInfo] = field(default_factory=list)
+    run: RunInfo | None = None
+    slice: Slice = field(default_factory=Slice)
+    layers: int = 0
+    heads: int = 0
+
+    @property
+    def ok_runs(self) -> list[RunInfo]:
+        return [r for r in self.runs if r.ok]
+
+
+def context() -> Context:
+    ctx = st.session_state.get(CONTEXT_KEY)
+    if ctx is None:
+        st.error("The app's sidebar did not run: start the app with `streamlit run app/main.py`.")
+        st.stop()
+    return ctx
+
+
+def require_run() -> tuple[Context, RunInfo]:
+    ctx = context()
+    if ctx.run is None or not ctx.run.ok:
+        st.info("Choose a run in the sidebar.")
+        st.stop()
+    return ctx, ctx.run
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80] or "chart"
+
+
+def chart(
+    ch: alt.TopLevelMixin,
+    data: pd.DataFrame,
+    name: str,
+    *,
+    key: str,
+    select: str | None = None,
+) -> Any:
+    """Draw an Altair chart with PNG, SVG and CSV downloads under it; returns the selection event."""
+    kwargs: dict[str, Any] = {"key": key, "width": "stretch"}
+    if select:
+        kwargs.update(on_select="rerun", selection_mode=[select])
+    event = st.altair_chart(ch, **kwargs)
+    fname = _slug(name)
+    row = st.container(horizontal=True, gap="small")
+    row.download_button("PNG", data=lambda: charts.to_png(ch), file_name=f"{fname}.png", mime="image/png",
+                        key=f"{key}__png", on_click="ignore", icon=":material/image:", type="tertiary",
+                        help="Download the chart as a PNG image")
+    row.download_button("SVG", data=lambda: charts.to_svg(ch), file_name=f"{fname}.svg", mime="image/svg+xml",
+                        key=f"{key}__svg", on_click="ignore", icon=":material/draw:", type="tertiary",
+                        help="Download the chart as an SVG image")
+    row.download_button("CSV", data=lambda: data.to_csv(index=False), file_name=f"{fname}.csv", mime="text/csv",
+                        key=f"{key}__csv", on_click="ignore", icon=":material/table:", type="tertiary",
+                        help="Download the chart's data as CSV")
+    return event
+
+
+def table_download(df: pd.DataFrame, name: str, *, key: str, label: str = "CSV") -> None:
+    st.download_button(label, data=lambda: df.to_csv(index=False), file_name=f"{_slug(name)}.csv", mime="text/csv",
+                       key=key, on_click="ignore", icon=":material/table:")
+
+
+def missing_table(what: str, command: str) -> None:
+    """The empty state of a page whose table the run does not have yet."""
+    st.info(f"This run has no {what} yet. Compute them with:")
+    st.code(command, language="bash", wrap_lines=True)
+
+
+def cell_from_event(event: Any) -> tuple[int, int] | None:
+    """The (layer, head) of a click on a head heatmap, from ``st.altair_chart``'s event (or its session state)."""
+    try:
+        sel = event["selection"][charts.CELL]
+    except (KeyError, TypeError, IndexError):
+        return None
+    if isinstance(sel, dict):  # {"layer": [1], "head": [2]} or {"layer": 1, "head": 2}
+        layer, head = sel.get("layer"), sel.get("head")
+        layer = layer[0] if isinstance(layer, list) and layer else layer
+        head = head[0] if isinstance(head, list) and head else head
+    elif isinstance(sel, list) and sel and isinstance(sel[0], dict):
+        layer, head = sel[0].get("layer"), sel[0].get("head")
+    else:
+        return None
+    try:
+        return int(layer), int(head)
+    except (TypeError, ValueError):
+        return None
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"{int(layer)}.{int(head)}"
+
+
+def parse_head(label: str) -> tuple[int, int]:
+    layer, _, head = str(label).partition(".")
+    return int(layer), int(head)
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or pd.isna(p):
+        return "n/a"
+    return f"{p:.2g}"
+
+
+def stars(p: float | None) -> str:
+    if p is None or pd.isna(p):
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "n.s."

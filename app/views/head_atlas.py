@@ -1,0 +1,153 @@
+"""Head atlas: layer x head heatmap of any summary metric for the slice, or of a relevant-minus-negative
+difference with its effect size; clicking a cell opens that head (distributions and top pairs)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, queries, state, ui
+from app.store import command_for
+from precompute.names import METRICS, metric_label
+
+ctx, run = ui.require_run()
+sl = ctx.slice
+
+VIEWS = {
+    "mean": "Mean over the slice",
+    "relevant_vs_easy": "Relevant - easy negatives",
+    "relevant_vs_hard": "Relevant - hard negatives",
+}
+COLOR_BY = {"diff": "Difference of means", "cohen_d": "Effect size (Cohen's d)"}
+
+st.title("Head atlas")
+st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}")
+
+c1, c2, c3 = st.columns([3, 2, 2])
+state.bind("atlas_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
+c1.selectbox("Metric", list(METRICS), key="atlas_metric", format_func=lambda m: f"{m}: {metric_label(m)}")
+state.publish("atlas_metric", default="q_d")
+state.bind("atlas_view", "mean", clean=state.choice(list(VIEWS), "mean"))
+c2.radio("Show", list(VIEWS), key="atlas_view", format_func=VIEWS.get)
+state.publish("atlas_view", default="mean")
+metric, view = st.session_state["atlas_metric"], st.session_state["atlas_view"]
+diff_view = view != "mean"
+if diff_view:
+    state.bind("atlas_color", "diff", clean=state.choice(list(COLOR_BY), "diff"))
+    c3.radio("Colour by", list(COLOR_BY), key="atlas_color", format_func=COLOR_BY.get)
+    state.publish("atlas_color", default="diff")
+color_by = st.session_state.get("atlas_color", "diff") if diff_view else "mean"
+label = metric_label(metric)
+
+# -- the heatmap's data -----------------------------------------------------------------------
+if not diff_view:
+    grid = data.query(run, queries.head_means, sl, metric)
+    value, value_title = "mean", f"Mean {metric}"
+    title = f"{label} per head: mean over the slice"
+    tooltip = ["n", "sd"]
+else:
+    grid = data.query(run, queries.head_difference, sl, metric, view)
+    a, b = queries.CONTRASTS[view]
+    value = color_by
+    value_title = (f"{metric}: {a} - {b}" if color_by == "diff" else f"Cohen's d of {metric}, {a} vs {b}")
+    title = (f"{label} per head: {a} minus {b} negatives" if color_by == "diff"
+             else f"Effect size (Cohen's d) of {label}, {a} vs {b} negatives")
+    tooltip = ["diff", "cohen_d", "mean_a", "mean_b", "n_a", "n_b"]
+    if run.has("head_contrasts"):
+        stats = data.query(run, queries.head_contrasts, metric, view)
+        if len(stats):
+            stats = stats[["layer", "head", "cohen_d", "p_holm"]].rename(
+                columns={"cohen_d": "run_cohen_d", "p_holm": "run_p_holm"})
+            grid = grid.merge(stats, on=["layer", "head"], how="left")
+            grid["significant"] = grid["run_p_holm"] < 0.05
+            tooltip += ["run_cohen_d", "run_p_holm"]
+
+if grid.empty:
+    st.warning("The slice holds no pairs for this view (check the negative types and grades in the sidebar).")
+    st.stop()
+
+heads = [ui.head_label(layer, head) for layer, head in zip(grid["layer"], grid["head"])]
+default_head = heads[int(pd.to_numeric(grid[value], errors="coerce").abs().fillna(-1).to_numpy().argmax())]
+
+# A click on the map (its event is in the session state before the chart is drawn) selects the head.
+clicked = ui.cell_from_event(st.session_state.get("atlas_map"))
+if clicked is not None and clicked != st.session_state.get("_atlas_last_click"):
+    st.session_state["_atlas_last_click"] = clicked
+    if ui.head_label(*clicked) in heads:
+        st.session_state["atlas_head"] = ui.head_label(*clicked)
+state.bind("atlas_head", default_head, clean=state.choice(heads, default_head))
+sel_layer, sel_head = ui.parse_head(st.session_state["atlas_head"])
+
+ui.chart(
+    charts.head_heatmap(grid, value, title=f"{title} ({run.model_name}, {run.dataset_name})",
+                        value_title=value_title, diverging=diff_view, tooltip=tooltip,
+                        mark_significant="significant" if "significant" in grid else None,
+                        selected=(sel_layer, sel_head)),
+    grid, f"{run.name}-head-atlas-{metric}-{view}-{color_by}", key="atlas_map", select=charts.CELL,
+)
+if diff_view:
+    notes = ["Differences and Cohen's d are computed for the slice from head_attention_agg "
+             "(the slice's grade filter applies to the relevant side)."]
+    if "significant" in grid:
+        notes.append("Stars mark heads significant in the run's matching-head statistics (Mann-Whitney, "
+                     "Holm-corrected p < 0.05, all queries).")
+    st.caption(" ".join(notes))
+    if not run.has("head_contrasts"):
+        st.caption("This run has no matching-head statistics (head_contrasts) yet, so no significance is shown; "
+                   f"compute them with `{command_for(run)}` (it resumes the run and adds what is missing).")
+with st.expander("Values of the map"):
+    st.dataframe(grid, hide_index=True, key="atlas_values")
+
+# -- one head ---------------------------------------------------------------------------------
+st.divider()
+st.subheader("One head")
+st.caption("Click a cell of the map, or choose the head here.")
+h1, h2 = st.columns([1, 3])
+h1.selectbox("Head (layer.head)", heads, key="atlas_head")
+state.publish("atlas_head", default=default_head)
+sel_layer, sel_head = ui.parse_head(st.session_state["atlas_head"])
+row = grid[(grid["layer"] == sel_layer) & (grid["head"] == sel_head)].iloc[0]
+with h2:
+    m = st.columns(4)
+    if not diff_view:
+        m[0].metric(f"Mean {metric}", f"{row['mean']:.4f}")
+        m[1].metric("Standard deviation", f"{row['sd']:.4f}")
+        m[2].metric("Pairs", f"{int(row['n']):,}")
+    else:
+        m[0].metric(f"Difference of {metric}", f"{row['diff']:+.4f}")
+        m[1].metric("Cohen's d (slice)", f"{row['cohen_d']:+.3f}" if pd.notna(row["cohen_d"]) else "n/a")
+        m[2].metric("Pairs (relevant / negative)", f"{int(row['n_a'])} / {int(row['n_b'])}")
+        if "run_p_holm" in row:
+            m[3].metric("p (Holm, run)", ui.fmt_p(row["run_p_holm"]), ui.stars(row["run_p_holm"]) or None,
+                        delta_color="off")
+
+stats = data.query(run, queries.head_values, sl, sel_layer, sel_head, metric)
+if stats.empty:
+    st.info("No pair of the slice on this head.")
+    st.stop()
+left, right = st.columns(2)
+with left:
+    ui.chart(
+        charts.box_from_stats(stats, title=f"Head {sel_layer}.{sel_head}: {metric} by negative type and grade",
+                              y_title=label),
+        stats, f"{run.name}-head-{sel_layer}.{sel_head}-{metric}-box", key="atlas_box",
+    )
+with right:
+    hist = data.query(run, queries.head_histogram, sl, sel_layer, sel_head, metric, 30)
+    ui.chart(
+        charts.histogram(hist, title=f"Head {sel_layer}.{sel_head}: distribution of {metric} per negative type",
+                         x_title=label),
+        hist, f"{run.name}-head-{sel_layer}.{sel_head}-{metric}-hist", key="atlas_hist",
+    )
+st.dataframe(stats, hide_index=True, key="atlas_head_stats")
+
+state.bind("atlas_order", "largest", clean=state.choice(["largest", "smallest"], "largest"))
+st.radio("Top pairs by", ["largest", "smallest"], key="atlas_order", horizontal=True,
+         format_func=lambda o: f"{o} {metric}")
+state.publish("atlas_order", default="largest")
+top = data.query(run, queries.head_top_pairs, sl, sel_layer, sel_head, metric, 20,
+                 st.session_state["atlas_order"] == "largest")
+st.dataframe(top, hide_index=True, key="atlas_top",
+             column_config={"value": st.column_config.NumberColumn(metric, format="%.4f"),
+                            "score": st.column_config.NumberColumn("score", format="%.3f")})
+ui.table_download(top, f"{run.name}-head-{sel_layer}.{sel_head}-{metric}-top-pairs", key="atlas_top_csv")

@@ -1,0 +1,88 @@
+"""Overview: model and dataset of the run, counts by negative type and grade, nDCG@10, score distributions."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, data, queries, state, ui
+from precompute.names import NEG_TYPES
+
+ctx, run = ui.require_run()
+sl = ctx.slice
+man = run.manifest
+
+st.title(f"Overview: {run.dataset_name} x {run.model_name}")
+st.caption(f"Run folder `{run.path}` · created {man.get('created', '?')} · slice: {sl.describe()}")
+
+counts = data.query(run, queries.pair_counts, sl.pairs_only())
+ndcg = data.query(run, queries.ndcg_per_query, sl.pairs_only())
+n_pairs = int(counts["pairs"].sum()) if len(counts) else 0
+n_queries = int(ndcg["qid"].nunique()) if len(ndcg) else 0
+manifest_ndcg = (man.get("metrics") or {}).get("nDCG@10")
+
+c = st.columns(5)
+c[0].metric("Pairs in the slice", f"{n_pairs:,}")
+c[1].metric("Queries in the slice", f"{n_queries:,}")
+c[2].metric("Layers x heads", f"{ctx.layers} x {ctx.heads}")
+c[3].metric("nDCG@10 of the slice", f"{ndcg['ndcg'].mean():.4f}" if len(ndcg) else "n/a",
+            help="Mean over the slice's queries of nDCG@10 of the model's ranking of the slice's pairs "
+                 "(linear gains = NIST grades; easy negatives and grade 0 gain nothing; ideal ranking "
+                 "over the same pairs).")
+c[4].metric("nDCG@10 (manifest)", f"{manifest_ndcg:.4f}" if isinstance(manifest_ndcg, (int, float)) else "n/a",
+            help="ir_measures over all pairs of the run and the qrels, as computed by the precompute job.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Model")
+    model = run.model
+    st.markdown(
+        f"**{run.model_name}** · `{model.get('id', '?')}` · {model.get('architecture', '?')} "
+        f"({model.get('model_type', '?')}) · hidden {model.get('hidden', '?')} · "
+        f"{model.get('num_labels', '?')} label(s), score = {model.get('score', '?')}"
+    )
+with right:
+    st.subheader("Dataset")
+    ds = run.dataset
+    params = man.get("parameters") or {}
+    st.markdown(
+        f"**{run.dataset_name}** · `{ds.get('spec', '?')}` · max length {params.get('max_length', '?')} · "
+        f"{params.get('easy_negatives', '?')} easy negatives per query · seed {params.get('seed', '?')}"
+    )
+with st.expander("Manifest"):
+    st.json(man, expanded=1)
+
+st.subheader("Pairs by negative type and grade")
+st.dataframe(
+    counts,
+    hide_index=True,
+    column_config={
+        "neg_type": "Negative type", "grade": "Grade", "pairs": "Pairs", "queries": "Queries",
+        "mean_score": st.column_config.NumberColumn("Mean score", format="%.3f"),
+        "truncated": "Truncated passages",
+    },
+    key="ov_counts",
+)
+ui.table_download(counts, f"{run.name}-pair-counts", key="ov_counts_csv")
+
+st.subheader("Score distributions by negative type")
+state.bind("ov_bins", 40, parse=int, clean=lambda v: min(100, max(5, int(v))))
+st.slider("Bins", 5, 100, key="ov_bins")
+state.publish("ov_bins", default=40)
+hist = data.query(run, queries.score_histogram, sl.pairs_only(), int(st.session_state["ov_bins"]))
+score_word = "log-probability of relevance" if run.model.get("score") == "logprob" else "relevance score (logit)"
+if len(hist):
+    ui.chart(
+        charts.histogram(hist, title=f"Model score by negative type ({run.model_name}, {run.dataset_name})",
+                         x_title=f"Model {score_word}"),
+        hist, f"{run.name}-score-histogram", key="ov_hist",
+    )
+    summary = data.query(run, queries.score_summary, sl.pairs_only())
+    summary = summary.set_index("neg_type").reindex([n for n in NEG_TYPES if n in set(summary["neg_type"])]
+                                                    + [n for n in summary["neg_type"] if n not in NEG_TYPES])
+    st.dataframe(summary.reset_index(), hide_index=True, key="ov_summary")
+else:
+    st.info("The slice holds no pairs.")
+
+with st.expander("nDCG@10 per query"):
+    st.dataframe(ndcg, hide_index=True, key="ov_ndcg")
+    ui.table_download(ndcg, f"{run.name}-ndcg10-per-query", key="ov_ndcg_csv")

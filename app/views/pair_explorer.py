@@ -1,0 +1,142 @@
+"""Pair explorer: one query and one of its passages: score, grade, negative type, the stored summaries
+of a chosen head, and (when the run's model can be loaded here) the token-level attention, live."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, live, queries, state, ui
+from precompute.names import DIRECTIONS, MATCHING_METRICS, METRICS, SEGMENT_LABELS, metric_label, split_direction
+
+ctx, run = ui.require_run()
+sl = ctx.slice
+
+st.title("Pair explorer")
+st.caption(f"{run.dataset_name} x {run.model_name} · queries and passages of the slice: {sl.describe()}")
+
+qdf = data.query(run, queries.query_list)
+if sl.qids:
+    qdf = qdf[qdf["qid"].isin(sl.qids)]
+qids = list(qdf["qid"])
+qtext = dict(zip(qdf["qid"], qdf["query"]))
+if not qids:
+    st.warning("The slice holds no query.")
+    st.stop()
+
+state.bind("pair_q", qids[0], clean=state.choice(qids, qids[0]))
+st.selectbox("Query", qids, key="pair_q", format_func=lambda q: f"{q}: {qtext.get(q, '')}")
+state.publish("pair_q", default=qids[0])
+qid = st.session_state["pair_q"]
+
+pairs = data.query(run, queries.query_pairs, sl, qid)
+if pairs.empty:
+    st.warning("This query has no passage in the slice (check the negative types and grades in the sidebar).")
+    st.stop()
+ids = [int(p) for p in pairs["pair_id"]]
+info = {int(r.pair_id): r for r in pairs.itertuples()}
+state.bind("pair_id", ids[0], parse=int, clean=state.choice(ids, ids[0]))
+st.selectbox(
+    "Passage (best score first)", ids, key="pair_id",
+    format_func=lambda p: f"#{ids.index(p) + 1} · {info[p].neg_type} · grade {info[p].grade} · "
+                          f"score {info[p].score:.3f} · {info[p].docid}: {info[p].doc[:70]}",
+)
+state.publish("pair_id", default=ids[0])
+pair_id = int(st.session_state["pair_id"])
+pair = data.query(run, queries.pair_row, pair_id).iloc[0]
+
+m = st.columns(5)
+m[0].metric("Model score", f"{pair['score']:.4f}")
+m[1].metric("Grade", f"{int(pair['grade'])}", help="NIST grade 0-3; -1 = easy negative (never judged).")
+m[2].metric("Negative type", str(pair["neg_type"]))
+m[3].metric("Rank among the query's pairs", f"{ids.index(pair_id) + 1} / {len(ids)}")
+m[4].metric("Tokens (query / passage kept / passage full)",
+            f"{int(pair['q_tokens'])} / {int(pair['d_tokens'])} / {int(pair['d_tokens_full'])}")
+st.markdown(f"**Query** `{pair['qid']}`: {pair['query']}")
+with st.container(border=True):
+    st.markdown(f"**Passage** `{pair['docid']}`" + (" (truncated to fit the model)" if pair["truncated"] else ""))
+    st.write(str(pair["doc"]))
+
+st.divider()
+c1, c2, c3 = st.columns([1, 1, 3])
+layer_opts = list(range(sl.layers[0], sl.layers[1] + 1)) if sl.layers else list(range(ctx.layers))
+head_opts = list(sl.heads) or list(range(ctx.heads))
+state.bind("pair_layer", layer_opts[0], parse=int, clean=state.choice(layer_opts, layer_opts[0]))
+c1.selectbox("Layer", layer_opts, key="pair_layer")
+state.publish("pair_layer", default=layer_opts[0])
+state.bind("pair_head", head_opts[0], parse=int, clean=state.choice(head_opts, head_opts[0]))
+c2.selectbox("Head", head_opts, key="pair_head")
+state.publish("pair_head", default=head_opts[0])
+layer, head = int(st.session_state["pair_layer"]), int(st.session_state["pair_head"])
+
+stored = data.query(run, queries.pair_head_metrics, pair_id, layer, head)
+left, right = st.columns(2)
+with left:
+    if stored.empty:
+        st.info("No stored summary for this pair and head.")
+    else:
+        row = stored.iloc[0]
+        mat = pd.DataFrame([{"src": s, "dst": d, "direction": x, "mean": float(row[x])}
+                            for x in DIRECTIONS for s, d in [split_direction(x)]])
+        ui.chart(charts.direction_matrix(mat, title=f"Stored segment attention of this pair, head {layer}.{head}",
+                                         value_title="Attention mass"),
+                 mat, f"{run.name}-pair-{pair_id}-head-{layer}.{head}-segments", key="pair_matrix")
+        mm = st.columns(len(MATCHING_METRICS))
+        for col, name in zip(mm, MATCHING_METRICS):
+            col.metric(name, f"{float(row[name]):.4f}", help=metric_label(name))
+with right:
+    state.bind("pair_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
+    st.selectbox("Metric on every head", list(METRICS), key="pair_metric",
+                 format_func=lambda x: f"{x}: {metric_label(x)}")
+    state.publish("pair_metric", default="q_d")
+    pm = st.session_state["pair_metric"]
+    grid = data.query(run, queries.pair_metric_grid, sl, pair_id, pm)
+    if len(grid):
+        ui.chart(charts.head_heatmap(grid, "value", title=f"{pm} of this pair on every head",
+                                     value_title=pm, selectable=False, selected=(layer, head)),
+                 grid, f"{run.name}-pair-{pair_id}-{pm}-heads", key="pair_grid")
+
+# -- live token attention ---------------------------------------------------------------------
+st.subheader(f"Token-level attention, head {layer}.{head}")
+folder, why = live.availability(run)
+if folder is None:
+    st.info(f"Token-level attention is computed live from the run's model, but {why}; this page shows the stored "
+            "summaries only. Run the app on a machine with the model folder (and torch + transformers) to see "
+            "token weights.", icon=":material/info:")
+    st.stop()
+
+PAIRS_OF_SEGMENTS = {"q_d": "Query -> Document", "d_q": "Document -> Query", "q_q": "Query -> Query",
+                     "d_d": "Document -> Document"}
+state.bind("pair_tokens", "q_d", clean=state.choice(list(PAIRS_OF_SEGMENTS), "q_d"))
+c3.radio("Token weights", list(PAIRS_OF_SEGMENTS), key="pair_tokens", format_func=PAIRS_OF_SEGMENTS.get,
+         horizontal=True)
+state.publish("pair_tokens", default="q_d")
+src, dst = split_direction(st.session_state["pair_tokens"])
+params = run.manifest.get("parameters") or {}
+try:
+    pa = live.pair_attention(str(folder), str(pair["query"]), str(pair["doc"]), layer,
+                             int(params.get("max_length") or 512), str(run.model.get("score") or "logit"))
+except Exception as err:  # a model that loads but does not run here: say so, keep the page
+    st.warning(f"The model at `{folder}` could not be run on this pair: {err}")
+    st.stop()
+if head >= pa.attention.shape[0]:
+    st.warning(f"The model at `{folder}` has {pa.attention.shape[0]} heads per layer; head {head} does not exist.")
+    st.stop()
+frame = live.attention_frame(pa, head, src, dst)
+masses = live.segment_masses(pa, head)
+live_mass = float(masses.loc[masses["direction"] == f"{src}_{dst}", "mean"].iloc[0])
+k = st.columns(3)
+k[0].metric("Live score", f"{pa.score:.4f}", f"{pa.score - float(pair['score']):+.4f} vs stored", delta_color="off")
+k[1].metric(f"Live {SEGMENT_LABELS[src]}->{SEGMENT_LABELS[dst]} mass", f"{live_mass:.4f}")
+if not stored.empty:
+    k[2].metric("Stored mass", f"{float(stored.iloc[0][f'{src}_{dst}']):.4f}")
+ui.chart(charts.token_heatmap(frame, title=f"{SEGMENT_LABELS[src]} -> {SEGMENT_LABELS[dst]} attention weights, "
+                                           f"head {layer}.{head} ({run.model_name}, live)",
+                              x_title=f"{SEGMENT_LABELS[dst]} token (attended)",
+                              y_title=f"{SEGMENT_LABELS[src]} token (attending)"),
+         frame, f"{run.name}-pair-{pair_id}-head-{layer}.{head}-{src}-{dst}-tokens", key="pair_tokens_map")
+top = (frame.groupby(["dst_pos", "dst_token"], as_index=False)["weight"].sum()
+       .sort_values("weight", ascending=False).head(15))
+st.caption(f"The {SEGMENT_LABELS[dst]} tokens that receive the most attention from {SEGMENT_LABELS[src]} tokens "
+           "(summed weight):")
+st.dataframe(top, hide_index=True, key="pair_top_tokens")

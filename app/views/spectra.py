@@ -1,0 +1,95 @@
+"""Spectra: singular values and alignment of each head's W_Q W_K^T, the head-level alignment score,
+and how it relates to the head's matching statistics."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, data, queries, state, ui
+from app.store import command_for
+from precompute.names import METRICS, metric_label
+
+ctx, run = ui.require_run()
+sl = ctx.slice
+
+st.title("Query-key spectra")
+st.caption(f"{run.model_name} · the slice's layers and heads ({sl.describe()}). "
+           "Alignment u_k . v_k near 1 means the head matches a direction of the residual stream with itself: "
+           "the signature of a matching head.")
+
+if not run.has("svd"):
+    ui.missing_table("spectra", command_for(run))
+    st.stop()
+
+align = data.query(run, queries.alignment_scores, sl)
+if align.empty:
+    st.warning("No head of the slice has a spectrum.")
+    st.stop()
+
+heads = [ui.head_label(layer, head) for layer, head in zip(align["layer"], align["head"])]
+default_head = heads[int(align["alignment_score"].to_numpy().argmax())]
+clicked = ui.cell_from_event(st.session_state.get("spec_map"))
+if clicked is not None and clicked != st.session_state.get("_spec_last_click"):
+    st.session_state["_spec_last_click"] = clicked
+    if ui.head_label(*clicked) in heads:
+        st.session_state["spec_head"] = ui.head_label(*clicked)
+state.bind("spec_head", default_head, clean=state.choice(heads, default_head))
+sel_layer, sel_head = ui.parse_head(st.session_state["spec_head"])
+
+left, right = st.columns([3, 2])
+with left:
+    ui.chart(charts.head_heatmap(align, "alignment_score",
+                                 title=f"Alignment score per head ({run.model_name})",
+                                 value_title="Alignment score", diverging=True, tooltip=["sigma_max", "n_sigma"],
+                                 selected=(sel_layer, sel_head)),
+             align, f"{run.name}-alignment-scores", key="spec_map", select=charts.CELL)
+with right:
+    st.selectbox("Head (layer.head)", heads, key="spec_head")
+    state.publish("spec_head", default=default_head)
+    sel_layer, sel_head = ui.parse_head(st.session_state["spec_head"])
+    row = align[(align["layer"] == sel_layer) & (align["head"] == sel_head)].iloc[0]
+    st.metric("Alignment score", f"{row['alignment_score']:+.4f}")
+    st.metric("Largest singular value", f"{row['sigma_max']:.4f}")
+    st.metric("Singular values stored", f"{int(row['n_sigma'])}")
+    st.caption("Alignment score: the sigma-weighted mean of u_k . v_k over the head's spectrum.")
+
+st.subheader(f"Spectra of layer {sel_layer}")
+spectra = data.query(run, queries.svd_spectra, sl.with_(layers=(sel_layer, sel_layer)))
+c1, c2 = st.columns(2)
+with c1:
+    ui.chart(charts.spectrum_lines(spectra, "sigma_rel", title=f"Layer {sel_layer}: singular values of W_Q W_K^T",
+                                   y_title="sigma_k / sigma_0 (relative to the head's largest)"),
+             spectra, f"{run.name}-spectra-layer-{sel_layer}", key="spec_sigma")
+with c2:
+    ui.chart(charts.spectrum_lines(spectra, "alignment", title=f"Layer {sel_layer}: alignment u_k . v_k",
+                                   y_title="Alignment u_k . v_k (cosine)"),
+             spectra, f"{run.name}-alignment-layer-{sel_layer}", key="spec_align")
+
+st.subheader("Alignment and matching")
+c1, c2 = st.columns(2)
+state.bind("spec_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
+c1.selectbox("Matching statistic of", list(METRICS), key="spec_metric", format_func=lambda m: f"{m}: {metric_label(m)}")
+state.publish("spec_metric", default="q_d")
+contrasts = list(queries.CONTRASTS)
+state.bind("spec_contrast", contrasts[0], clean=state.choice(contrasts, contrasts[0]))
+c2.selectbox("Contrast", contrasts, key="spec_contrast", format_func=lambda c: c.replace("_", " "))
+state.publish("spec_contrast", default=contrasts[0])
+metric, contrast = st.session_state["spec_metric"], st.session_state["spec_contrast"]
+if run.has("head_contrasts"):
+    rel = data.query(run, queries.alignment_vs_contrast, sl, metric, contrast)
+    source = "the run's matching-head statistics (head_contrasts, all queries)"
+else:
+    rel = data.query(run, queries.alignment_vs_slice_difference, sl, metric, contrast)
+    source = "the slice (computed from head_attention_agg; the run has no head_contrasts table yet)"
+if rel.empty or rel["cohen_d"].isna().all():
+    st.info("No matching statistic for these heads.")
+    st.stop()
+rel = rel.assign(head_label=[ui.head_label(a, b) for a, b in zip(rel["layer"], rel["head"])])
+corr = rel[["alignment_score", "cohen_d"]].corr().iloc[0, 1]
+ui.chart(charts.scatter(rel, "alignment_score", "cohen_d",
+                        title=f"Alignment score vs Cohen's d of {metric} ({contrast.replace('_', ' ')}; {run.model_name})",
+                        x_title="Alignment score of the head", y_title=f"Cohen's d of {metric}, {contrast.replace('_', ' ')}",
+                        color="layer", color_title="Layer", tooltip=["head_label", "alignment_score", "cohen_d", "diff",
+                                                                     "p_holm"]),
+         rel, f"{run.name}-alignment-vs-{metric}-{contrast}", key="spec_scatter")
+st.caption(f"Each point is a head; effect sizes from {source}. Pearson correlation over the heads: {corr:+.3f}.")

@@ -1,0 +1,291 @@
+"""Interaction latency of the explorer: time the queries behind each page on a 10^8-row store.
+
+    python bench/app.py                      # generate (or reuse) /tmp/atlas-bench, then time
+    python bench/app.py --dir data/bench --rows 100000000 --repeat 7
+
+The synthetic run has the shape of a BERT-base cross-encoder on a large judged set: 12 layers x
+12 heads x 694,445 pairs = 100,000,080 head_attention rows (sorted by layer, head, pair_id, as the
+precompute job writes it), 2,000 queries, and every other table of the store schema at a matching
+size. It is written with DuckDB ``COPY (SELECT ... FROM range(...))`` straight to Parquet (a few
+minutes, ~12 GB) and reused when present. The numbers are uniform noise: only the sizes matter.
+
+Every query is an ``app.queries`` function, called exactly as the pages call it (a fresh cursor of
+one connection made by ``precompute.store.connect.connect``, as ``app.data`` does), without the
+Streamlit result cache: what a user waits for on a cache miss. Each query runs once to warm the
+OS page cache, then ``--repeat`` times; the median and the maximum are printed, and the script
+exits 1 if any median is over ``--budget`` seconds (0.5 s by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from app import queries as Q  # noqa: E402
+from app.slice import Slice  # noqa: E402
+from precompute.names import DIRECTIONS, METRICS  # noqa: E402
+from precompute.store.schema import SCHEMA_VERSION, TABLES  # noqa: E402
+
+RUN_NAME = "bench__synthetic-bert-base"
+ROW_GROUP = 122_880
+
+
+def _copy(con, select: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    con.execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})")
+    os.replace(tmp, path)
+
+
+def _cast(table: str, exprs: dict[str, str]) -> str:
+    """SELECT list casting each expression to the schema's type, in the schema's column order."""
+    from precompute.store.writer import _duck_type
+
+    cols = TABLES[table].columns
+    return ", ".join(f"CAST({exprs[c.name]} AS {_duck_type(c.type)}) AS \"{c.name}\"" for c in cols)
+
+
+def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, threads: int) -> Path:
+    import duckdb
+
+    run = root / RUN_NAME
+    if (run / "manifest.json").exists():
+        man = json.loads((run / "manifest.json").read_text())
+        if man.get("bench", {}).get("rows") == rows and man.get("schema_version") == SCHEMA_VERSION:
+            print(f"reusing {run} ({man['tables']['head_attention']['rows']:,} head_attention rows)")
+            return run
+    run.mkdir(parents=True, exist_ok=True)
+    n_pairs = math.ceil(rows / (layers * heads))
+    per_q = math.ceil(n_pairs / queries)
+    con = duckdb.connect(config={"threads": threads, "preserve_insertion_order": True})
+    con.execute(f"SET temp_directory = '{root / '.duckdb-tmp'}'")
+    t0 = time.time()
+
+    # pairs: per query 30% relevant (grades 1-3), 40% hard (grade 0), 30% easy (grade -1)
+    pos = f"(i % {per_q}) / {per_q}"
+    neg_type = f"CASE WHEN {pos} < 0.3 THEN 'relevant' WHEN {pos} < 0.7 THEN 'hard' ELSE 'easy' END"
+    grade = f"CASE WHEN {pos} < 0.3 THEN 1 + (i % 3) WHEN {pos} < 0.7 THEN 0 ELSE -1 END"
+    pairs = {
+        "pair_id": "i", "qid": f"CAST(1000000 + i // {per_q} AS VARCHAR)", "docid": "CAST(8000000 + i * 7 AS VARCHAR)",
+        "query": f"'synthetic query number ' || (i // {per_q})",
+        "doc": "'synthetic passage ' || i || ' ' || repeat('lorem ipsum dolor sit amet ', 1 + (i % 7))",
+        "grade": grade, "neg_type": neg_type, "score": f"(CASE WHEN {pos} < 0.3 THEN 2 ELSE 0 END) + random() * 4 - 2",
+        "q_tokens": "4 + (i % 9)", "d_tokens": "40 + (i % 200)", "d_tokens_full": "40 + (i % 260)",
+        "truncated": "(i % 260) >= 200", "q_exact_tokens": "i % 4", "d_exact_tokens": "i % 11",
+        "run_rank": "NULL", "run_score": "NULL",
+    }
+    _copy(con, f"SELECT {_cast('pairs', pairs)} FROM range({n_pairs}) t(i) ORDER BY i", run / "pairs.parquet")
+    print(f"  pairs: {n_pairs:,} rows ({time.time() - t0:.0f} s)")
+
+    # head_attention: i enumerates (layer, head, pair_id) in sort order
+    per_head = n_pairs
+    ha = {"pair_id": f"i % {per_head}", "layer": f"i // ({heads} * {per_head})", "head": f"(i // {per_head}) % {heads}"}
+    ha.update({m: "random()" for m in METRICS})
+    t1 = time.time()
+    _copy(con, f"SELECT {_cast('head_attention', ha)} FROM range({layers * heads * per_head}) t(i)",
+          run / "head_attention.parquet")
+    print(f"  head_attention: {layers * heads * per_head:,} rows ({time.time() - t1:.0f} s)")
+
+    # head_attention_agg: one row per layer x head x (qid, neg_type, grade) group of pairs, sums of the right size
+    t1 = time.time()
+    con.execute(f"CREATE TEMP TABLE groups AS SELECT qid, neg_type, grade, count(*) AS n FROM "
+                f"read_parquet('{run / 'pairs.parquet'}') GROUP BY ALL")
+    agg = {"layer": "l.layer", "head": "h.head", "qid": "g.qid", "neg_type": "g.neg_type", "grade": "g.grade", "n": "g.n"}
+    agg.update({f"{m}_sum": "g.n * (0.25 + random() * 0.5)" for m in METRICS})
+    agg.update({f"{m}_sumsq": "g.n * (0.1 + random() * 0.2)" for m in METRICS})
+    _copy(con, f"SELECT {_cast('head_attention_agg', agg)} FROM range({layers}) l(layer), range({heads}) h(head), groups g "
+               "ORDER BY l.layer, h.head, g.qid, g.neg_type, g.grade", run / "head_attention_agg.parquet")
+    print(f"  head_attention_agg ({time.time() - t1:.0f} s)")
+
+    # ablations: baseline, 25 directions, 6 groups, 3 layer sweeps x layers, every head
+    conds = [("none", "none", "none", "all", "NULL", "NULL", "baseline", "NULL")]
+    conds += [(f"{d}@all/zero", d, "zero", "all", "NULL", "NULL", "direction", f"'{d}'") for d in DIRECTIONS]
+    conds += [(f"{g}@all/zero", g, "zero", "all", "NULL", "NULL", "group", "'q_d,d_q'")
+              for g in ("cross", "q_to_special", "d_to_special", "within", "to_cls", "to_sep")]
+    conds += [(f"{c}@{layer}/zero", c, "zero", str(layer), str(layer), "NULL", "layer_sweep", f"'{c}'")
+              for c in ("q_d", "d_q", "cross") for layer in range(layers)]
+    conds += [(f"head:{layer}.{head}/zero", "head", "zero", str(layer), str(layer), str(head), "head", "NULL")
+              for layer in range(layers) for head in range(heads)]
+    values = ", ".join(f"('{c[0]}', '{c[1]}', '{c[2]}', '{c[3]}', {c[4]}, {c[5]}, '{c[6]}', {c[7]})" for c in conds)
+    con.execute("CREATE TEMP TABLE conds(condition_id VARCHAR, condition VARCHAR, mode VARCHAR, layers VARCHAR, "
+                "layer TINYINT, head TINYINT, kind VARCHAR, directions VARCHAR)")
+    con.execute(f"INSERT INTO conds VALUES {values}")
+    _copy(con, f"SELECT {_cast('ablation_conditions', {c: c for c in TABLES['ablation_conditions'].column_names})} "
+               "FROM conds ORDER BY condition_id", run / "ablation_conditions.parquet")
+    t1 = time.time()
+    _copy(con, "SELECT CAST(c.condition_id AS VARCHAR) AS condition_id, CAST(p.i AS INTEGER) AS pair_id, "
+               f"CAST(random() AS FLOAT) AS score FROM (SELECT * FROM conds WHERE kind IN ('baseline', 'direction', "
+               f"'group')) c, range({n_pairs}) p(i) ORDER BY condition_id, pair_id", run / "ablation_scores.parquet")
+    con.execute("CREATE TEMP TABLE qids AS SELECT DISTINCT qid FROM groups")
+    cond_cols = ["condition_id", "condition", "mode", "layers", "layer", "head"]
+    metrics = {c: f"c.{c}" for c in cond_cols}
+    metrics.update({"scope": "s.scope", "qid": "q.qid", "measure": "m.measure",
+                    "value": "CASE WHEN c.kind = 'baseline' THEN 0.7 ELSE 0.7 - random() * 0.2 END + random() * 0.1"})
+    _copy(con, f"SELECT {_cast('ablation_metrics', metrics)} FROM conds c, qids q, "
+               "(VALUES ('pairs'), ('judged')) s(scope), (VALUES ('nDCG@10'), ('RR@10')) m(measure) "
+               "ORDER BY condition_id, scope, measure, qid", run / "ablation_metrics.parquet")
+    summary = {c: f"c.{c}" for c in cond_cols}
+    summary.update({"kind": "c.kind", "scope": "s.scope", "measure": "m.measure", "n_queries": str(queries),
+                    "mean": "0.7 - random() * 0.2", "baseline": "0.7", "delta": "-random() * 0.2",
+                    "t": "-random() * 5", "p": "random() * 0.1", "p_holm": "random() * 0.2"})
+    _copy(con, f"SELECT {_cast('ablation_summary', summary)} FROM conds c, "
+               "(VALUES ('pairs'), ('judged')) s(scope), (VALUES ('nDCG@10'), ('RR@10')) m(measure) "
+               "ORDER BY scope, measure, condition_id", run / "ablation_summary.parquet")
+    print(f"  ablations: {len(conds)} conditions ({time.time() - t1:.0f} s)")
+
+    svd = {"layer": "l.layer", "head": "h.head", "k": "k.k", "sigma": "(64 - k.k) * (1 + random())",
+           "alignment": "random() * 2 - 1"}
+    _copy(con, f"SELECT {_cast('svd', svd)} FROM range({layers}) l(layer), range({heads}) h(head), range(64) k(k) "
+               "ORDER BY 1, 2, 3", run / "svd.parquet")
+    hc = {"layer": "l.layer", "head": "h.head", "metric": "m.metric", "contrast": "c.contrast", "n_a": "60000",
+          "n_b": "80000", "mean_a": "random()", "mean_b": "random()", "diff": "random() - 0.5",
+          "cohen_d": "random() * 2 - 1", "u": "random() * 1e9", "p": "random()", "p_holm": "random()"}
+    mlist = ", ".join(f"('{m}')" for m in METRICS)
+    _copy(con, f"SELECT {_cast('head_contrasts', hc)} FROM range({layers}) l(layer), range({heads}) h(head), "
+               f"(VALUES {mlist}) m(metric), (VALUES ('relevant_vs_easy'), ('relevant_vs_hard')) c(contrast) "
+               "ORDER BY contrast, metric, layer, head", run / "head_contrasts.parquet")
+    counts = {t: con.execute(f"SELECT count(*) FROM read_parquet('{run / (t + '.parquet')}')").fetchone()[0]
+              for t in TABLES}
+    con.close()
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "status": "complete",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"id": "synthetic/bert-base-shape", "name": "synthetic-bert-base", "layers": layers, "heads": heads,
+                  "hidden": 768, "num_labels": 1, "score": "logit", "architecture": "synthetic", "model_type": "bert"},
+        "dataset": {"spec": "synthetic", "name": "bench", "source": "bench/app.py"},
+        "parameters": {"max_length": 512, "seed": 0},
+        "counts": {"pairs": n_pairs, "queries": queries},
+        "metrics": {"nDCG@10": None},
+        "tables": {t: {"rows": n} for t, n in counts.items()},
+        "bench": {"rows": rows, "seconds": round(time.time() - t0, 1)},
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"generated {run} in {time.time() - t0:.0f} s")
+    return run
+
+
+def page_queries(con, layers: int, heads: int) -> list[tuple[str, str, object]]:
+    """(page, label, thunk) for the queries each page runs, with the default slice and a narrow one."""
+    full = Slice()
+    qids = [r[0] for r in con.execute("SELECT DISTINCT qid FROM head_attention_agg ORDER BY qid LIMIT 50").fetchall()]
+    narrow = Slice(layers=(layers // 3, 2 * layers // 3), neg_types=("relevant", "hard"), qids=tuple(qids))
+    L, H = layers // 2, heads // 2
+    pair_id = con.execute("SELECT max(pair_id) // 2 FROM pairs").fetchone()[0]
+    qid = qids[0]
+    out = []
+
+    def add(page, label, fn, *args):
+        out.append((page, label, lambda: fn(con.cursor(), *args)))
+
+    add("sidebar", "slice_options", Q.slice_options)
+    add("sidebar", "query_list", Q.query_list)
+    add("overview", "pair_counts (all)", Q.pair_counts, full)
+    add("overview", "ndcg_per_query (all)", Q.ndcg_per_query, full)
+    add("overview", "score_histogram (all)", Q.score_histogram, full, 40)
+    add("overview", "score_summary (all)", Q.score_summary, full)
+    add("overview", "pair_counts (50 queries, rel+hard)", Q.pair_counts, narrow.pairs_only())
+    add("head atlas", "head_means q_d (all)", Q.head_means, full, "q_d")
+    add("head atlas", "head_means q2d_max (narrow)", Q.head_means, narrow, "q2d_max")
+    add("head atlas", "head_difference relevant-easy (all)", Q.head_difference, full, "q_d", "relevant_vs_easy")
+    add("head atlas", "head_difference relevant-hard (narrow)", Q.head_difference, narrow, "q_d_exact", "relevant_vs_hard")
+    add("head atlas", "head_contrasts", Q.head_contrasts, "q_d", "relevant_vs_easy")
+    add("head atlas", f"head_values {L}.{H} (all)", Q.head_values, full, L, H, "q_d")
+    add("head atlas", f"head_values {L}.{H} (narrow)", Q.head_values, narrow, L, H, "q_d")
+    add("head atlas", f"head_histogram {L}.{H} (all)", Q.head_histogram, full, L, H, "q_d", 30)
+    add("head atlas", f"head_top_pairs {L}.{H} (all)", Q.head_top_pairs, full, L, H, "q_d", 20, True)
+    add("head atlas", f"head_top_pairs {L}.{H} (narrow)", Q.head_top_pairs, narrow, L, H, "q_d", 20, False)
+    add("directions", "direction_matrix (all)", Q.direction_matrix, full)
+    add("directions", "direction_matrix (narrow)", Q.direction_matrix, narrow)
+    add("directions", f"direction_matrix head {L}.{H}", Q.direction_matrix, full.with_(layers=(L, L), heads=(H,)))
+    add("directions", "direction_by_layer 8 dirs (all)", Q.direction_by_layer, full,
+        ("q_d", "d_q", "q_q", "d_d", "q_cls", "d_cls", "q_sep2", "d_sep2"))
+    add("directions", "direction_by_layer 25 dirs (narrow)", Q.direction_by_layer, narrow, DIRECTIONS)
+    add("ablations", "ablation_options", Q.ablation_options)
+    add("ablations", "ablation_table", Q.ablation_table, "pairs", "nDCG@10")
+    add("ablations", "ablation_layer_sweeps", Q.ablation_layer_sweeps, "pairs", "nDCG@10")
+    add("ablations", "ablation_heads", Q.ablation_heads, "pairs", "nDCG@10")
+    add("ablations", "ablation_per_query (all)", Q.ablation_per_query, full, "q_d@all/zero", "pairs", "nDCG@10")
+    add("ablations", "ablation_slice_means (50 queries)", Q.ablation_slice_means, narrow, "pairs", "nDCG@10")
+    add("spectra", "alignment_scores", Q.alignment_scores, full)
+    add("spectra", f"svd_spectra layer {L}", Q.svd_spectra, full.with_(layers=(L, L)))
+    add("spectra", "alignment_vs_contrast", Q.alignment_vs_contrast, full, "q_d", "relevant_vs_easy")
+    add("spectra", "alignment_vs_slice_difference", Q.alignment_vs_slice_difference, full, "q_d", "relevant_vs_easy")
+    add("pair explorer", "query_pairs", Q.query_pairs, full, qid)
+    add("pair explorer", "pair_row", Q.pair_row, pair_id)
+    add("pair explorer", f"pair_head_metrics {L}.{H}", Q.pair_head_metrics, pair_id, L, H)
+    add("pair explorer", "pair_metric_grid (all heads)", Q.pair_metric_grid, full, pair_id, "q_d")
+    add("pair explorer", "pair_metric_grid (narrow)", Q.pair_metric_grid, narrow, pair_id, "q2d_max")
+    add("sql", "schema_listing", Q.schema_listing)
+    add("compare", "head_means q_d (second run = same store)", Q.head_means, full, "q_d")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=Path(os.environ.get("ATLAS_BENCH_DIR", "/tmp/atlas-bench")),
+                    help="store folder of the synthetic run (reused when present). Default: %(default)s")
+    ap.add_argument("--rows", type=int, default=100_000_000, help="head_attention rows (at least). Default: %(default)s")
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=7, help="timed runs per query after one warm-up. Default: %(default)s")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--budget", type=float, default=0.5, help="fail when a median is above this (s). Default: %(default)s")
+    ap.add_argument("--sql", action="store_true", help="also time a query through the SQL page's locked connection")
+    args = ap.parse_args(argv)
+
+    run = generate(args.dir, rows=args.rows, layers=args.layers, heads=args.heads, queries=args.queries,
+                   threads=args.threads)
+    from app.connection import open_run
+
+    t = time.perf_counter()
+    con = open_run(run, threads=min(4, args.threads))  # as app/data.py (once per run and server process)
+    setup = time.perf_counter() - t
+    n = con.execute("SELECT count(*) FROM head_attention").fetchone()[0]
+    print(f"\nrun {run}: {n:,} head_attention rows; {args.threads} cores; median of {args.repeat} after 1 warm-up")
+    print(f"connection setup (once per run and server process, cached by st.cache_resource): {setup:.2f} s\n")
+    rows = []
+    for page, label, thunk in page_queries(con, args.layers, args.heads):
+        t = time.perf_counter()
+        thunk()
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            thunk()
+            times.append(time.perf_counter() - t)
+        rows.append((page, label, first, statistics.median(times), max(times)))
+    if args.sql:
+        from app.sandbox import open_sandbox, run_sql
+
+        sb = open_sandbox(run, threads=min(4, args.threads))
+        sql = "SELECT neg_type, count(*) AS n, avg(score) FROM pairs GROUP BY ALL"
+        times = []
+        for _ in range(args.repeat + 1):
+            t = time.perf_counter()
+            run_sql(sb, sql)
+            times.append(time.perf_counter() - t)
+        rows.append(("sql", "user SQL: pairs by neg_type", times[0], statistics.median(times[1:]), max(times[1:])))
+
+    width = max(len(r[1]) for r in rows)
+    print(f"{'page':<14} {'query':<{width}}  {'first s':>8} {'median s':>9} {'max s':>7}")
+    for page, label, first, med, mx in rows:
+        flag = "  OVER" if med > args.budget else ""
+        print(f"{page:<14} {label:<{width}}  {first:8.3f} {med:9.3f} {mx:7.3f}{flag}")
+    worst = max(rows, key=lambda r: r[3])
+    print(f"\nslowest median: {worst[1]} ({worst[0]}) {worst[3]:.3f} s; budget {args.budget} s")
+    return 1 if worst[3] > args.budget else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

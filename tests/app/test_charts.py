@@ -1,0 +1,78 @@
+"""Charts are plain functions: titles, axis titles, diverging scales around 0, export."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import charts as C, queries as Q
+from app.slice import Slice
+from precompute.store.connect import connect
+from tests.app.conftest import DL20
+
+
+@pytest.fixture(scope="module")
+def con(store):
+    return connect(store / DL20)
+
+
+def _all_charts(con):
+    sl = Slice()
+    diff = Q.head_difference(con, sl, "q_d", "relevant_vs_easy").assign(sig=lambda d: d["cohen_d"] > 1)
+    return {
+        "heatmap": C.head_heatmap(Q.head_means(con, sl, "q_d"), "mean", title="t", value_title="v", selected=(1, 1)),
+        "diff": C.head_heatmap(diff, "diff", title="t", value_title="v", diverging=True, mark_significant="sig"),
+        "matrix": C.direction_matrix(Q.direction_matrix(con, sl), title="t"),
+        "hist": C.histogram(Q.score_histogram(con, sl), title="t", x_title="x"),
+        "box": C.box_from_stats(Q.head_values(con, sl, 1, 1, "q_d"), title="t", y_title="y"),
+        "lines": C.direction_lines(Q.direction_by_layer(con, sl, ("q_d", "d_q")), title="t"),
+        "sweep": C.layer_sweep(Q.ablation_layer_sweeps(con, "pairs", "nDCG@10"), title="t", y_title="y"),
+        "bars": C.delta_bars(Q.ablation_per_query(con, sl, "q_d@all/zero", "pairs", "nDCG@10"), title="t",
+                             x_title="x"),
+        "scatter": C.scatter(Q.alignment_vs_contrast(con, sl, "q_d", "relevant_vs_easy"), "alignment_score", "cohen_d",
+                             title="t", x_title="x", y_title="y", color="layer"),
+        "spectrum": C.spectrum_lines(Q.svd_spectra(con, sl), "sigma", title="t", y_title="y"),
+    }
+
+
+def _encodings(spec):
+    for key in ("layer", "spec"):
+        if key in spec:
+            for sub in spec[key] if isinstance(spec[key], list) else [spec[key]]:
+                yield from _encodings(sub)
+    if "encoding" in spec:
+        yield spec["encoding"]
+
+
+def test_every_chart_has_a_title_and_axis_titles(con):
+    for name, chart in _all_charts(con).items():
+        spec = chart.to_dict()
+        assert spec.get("title"), name
+        encs = list(_encodings(spec))
+        assert encs, name
+        for enc in encs:
+            for ch in ("x", "y"):
+                if ch in enc and "field" in enc[ch]:
+                    assert enc[ch].get("title"), (name, ch, enc[ch])
+
+
+def test_difference_maps_diverge_around_zero(con):
+    spec = _all_charts(con)["diff"].to_dict()
+    scale = spec["layer"][0]["encoding"]["color"]["scale"]
+    assert scale["domainMid"] == 0 and scale["scheme"] == C.DIVERGING
+    lo, hi = scale["domain"]
+    assert lo == -hi and hi > 0
+    seq = _all_charts(con)["heatmap"].to_dict()
+    assert seq["layer"][0]["encoding"]["color"]["scale"]["scheme"] == C.SEQUENTIAL
+
+
+def test_heatmap_cells_are_selectable(con):
+    spec = _all_charts(con)["heatmap"].to_dict()
+    params = spec["layer"][0].get("params") or spec.get("params")
+    assert params[0]["name"] == C.CELL and params[0]["select"]["fields"] == ["layer", "head"]
+
+
+def test_export_png_and_svg(con):
+    chart = _all_charts(con)["diff"]
+    png = C.to_png(chart, scale=1)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert C.to_svg(chart).lstrip().startswith("<svg")

@@ -1,0 +1,131 @@
+"""app.queries against independent computations on the tiny store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app import queries as Q
+from app.slice import Slice
+from precompute.names import METRICS
+from precompute.store.connect import connect
+from tests.app.conftest import DL20
+
+
+@pytest.fixture(scope="module")
+def con(store):
+    return connect(store / DL20)
+
+
+@pytest.fixture(scope="module")
+def joined(con):
+    return con.execute("SELECT h.*, p.qid, p.neg_type, p.grade FROM head_attention h JOIN pairs p USING (pair_id)").df()
+
+
+@pytest.mark.parametrize("metric", ["q_d", "sep2_cls", "q_d_exact", "d2q_max"])
+def test_head_means_from_the_aggregate_equal_head_attention(con, joined, metric):
+    sl = Slice(layers=(1, 2), grades=(0, 2, 3))
+    got = Q.head_means(con, sl, metric)
+    sub = joined[joined["layer"].between(1, 2) & joined["grade"].isin([0, 2, 3])]
+    want = sub.groupby(["layer", "head"])[metric].agg(["mean", "std", "count"]).reset_index()
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-6)
+    np.testing.assert_allclose(got["sd"], want["std"] * np.sqrt((want["count"] - 1) / want["count"]), rtol=1e-4)
+
+
+def test_head_difference_cohen_d_equals_pandas(con, joined):
+    got = Q.head_difference(con, Slice(heads=(1,)), "q2d_max", "relevant_vs_easy")
+    for row in got.itertuples():
+        g = joined[(joined["layer"] == row.layer) & (joined["head"] == row.head)]
+        a = g[g.neg_type == "relevant"]["q2d_max"].astype(float)
+        b = g[g.neg_type == "easy"]["q2d_max"].astype(float)
+        sd = np.sqrt(((len(a) - 1) * a.var() + (len(b) - 1) * b.var()) / (len(a) + len(b) - 2))
+        assert row.diff == pytest.approx(a.mean() - b.mean(), rel=1e-6)
+        assert row.cohen_d == pytest.approx((a.mean() - b.mean()) / sd, rel=1e-5)
+
+
+def test_grade_filter_applies_to_the_relevant_side_only(con):
+    got = Q.head_difference(con, Slice(grades=(3,)), "q_d", "relevant_vs_hard")
+    assert (got["n_a"] == 6).all() and (got["n_b"] == 18).all()
+
+
+def test_ndcg_matches_ir_measures(con):
+    ir_measures = pytest.importorskip("ir_measures")
+    pairs = con.execute("SELECT qid, docid, score, grade FROM pairs").df()
+    qrels = [ir_measures.Qrel(r.qid, r.docid, max(int(r.grade), 0)) for r in pairs.itertuples()]
+    run = [ir_measures.ScoredDoc(r.qid, r.docid, float(r.score)) for r in pairs.itertuples()]
+    want = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], qrels, run)}
+    got = Q.ndcg_per_query(con, Slice()).set_index("qid")["ndcg"]
+    for qid, value in want.items():
+        assert got[qid] == pytest.approx(value, abs=1e-4)
+
+
+def test_histogram_shares_sum_to_one(con):
+    hist = Q.score_histogram(con, Slice(), 17)
+    assert hist["bin"].between(0, 16).all()
+    np.testing.assert_allclose(hist.groupby("neg_type")["share"].sum(), 1.0)
+    assert hist.groupby("neg_type")["n"].sum().to_dict() == {"easy": 12, "hard": 18, "relevant": 18}
+
+
+def test_unknown_names_are_refused(con):
+    with pytest.raises(Q.QueryError):
+        Q.head_means(con, Slice(), "q_d; DROP VIEW pairs")
+    with pytest.raises(Q.QueryError):
+        Q.head_difference(con, Slice(), "q_d", "relevant_vs_everything")
+    assert Q._lit("o'brien") == "'o''brien'"
+    assert len(Q.query_pairs(con, Slice(), "x' OR '1'='1")) == 0
+
+
+def test_every_metric_has_a_column(con):
+    cols = set(con.execute("DESCRIBE head_attention_agg").df()["column_name"])
+    assert {f"{m}_sum" for m in METRICS} <= cols
+
+
+def test_compare_frames():
+    import pandas as pd
+
+    a = pd.DataFrame({"layer": [0, 0, 1], "head": [0, 1, 0], "v": [1.0, 2.0, 3.0]})
+    b = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "v": [1.5, 1.0]})
+    out = Q.compare_frames(a, b, ["layer", "head"], "v")
+    assert out["diff"].tolist()[:2] == [0.5, -1.0] and np.isnan(out["diff"].iloc[2])
+
+
+def test_fast_pair_lookups_equal_the_plain_queries(store, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from app.connection import open_run
+
+    fast, plain = open_run(store / DL20), connect(store / DL20)
+    assert Q._layout(fast) == (3, 4, 48) and Q._layout(plain) is None
+    for sl in (Slice(), Slice(layers=(1, 2), heads=(0, 3))):
+        for pid in (0, 17, 47):
+            a, b = Q.pair_metric_grid(fast, sl, pid, "q_d"), Q.pair_metric_grid(plain, sl, pid, "q_d")
+            pd_testing(a, b)
+    pd_testing(Q.pair_head_metrics(fast, 9, 2, 1), Q.pair_head_metrics(plain, 9, 2, 1))
+    # the in-memory aggregate gives the same numbers as the Parquet view
+    pd_testing(Q.head_means(fast, Slice(), "q_d"), Q.head_means(plain, Slice(), "q_d"))
+
+    # a run where one pair lacks a head: no positional reads, same answers
+    holey = tmp_path / DL20
+    shutil.copytree(store / DL20, holey)
+    t = pq.read_table(holey / "head_attention.parquet").to_pandas()
+    t = t[~((t["pair_id"] == 5) & (t["layer"] == 0) & (t["head"] == 0))]
+    pq.write_table(pa_table(t), holey / "head_attention.parquet")
+    con = open_run(holey)
+    assert Q._layout(con) is None
+    grid = Q.pair_metric_grid(con, Slice(), 6, "q_d")
+    pd_testing(grid, Q.pair_metric_grid(plain, Slice(), 6, "q_d"))
+    assert len(Q.pair_metric_grid(con, Slice(), 5, "q_d")) == 11
+
+
+def pd_testing(a, b):
+    import pandas.testing
+
+    pandas.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
+
+
+def pa_table(df):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df, preserve_index=False)
