@@ -51,6 +51,46 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when a GPU is visible. Default: %(default)s")
     m.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="auto = bfloat16 on GPU, float32 on CPU; summaries are always reduced in float32. Default: %(default)s")
+    from precompute import ablation
+
+    a = p.add_argument_group(
+        "ablations",
+        "Re-score every pair with attention removed inside the attention function (one model load serves every "
+        "condition).\nCondition ids: <direction or group>@<layers>/<mode> (q_d@all/zero, cross@3/mask), head:<L>.<H>/zero, "
+        "none (the baseline).\n" + ablation.help_text(),
+    )
+    a.add_argument("--ablations", default="directions,groups", metavar="SETS",
+                   help="comma-separated condition sets: directions (the 25), groups (the named groups above plus "
+                   "--ablation-group), layers (per-layer sweeps of --ablation-sweep), heads (zero one head's output at a "
+                   "time), none (skip ablations). Rerunning with more sets computes only what the folder lacks. "
+                   "Default: %(default)s")
+    a.add_argument("--ablation-mode", default="zero", metavar="MODE",
+                   help="zero: set the removed post-softmax weights to 0, no renormalisation (the paper's); mask: remove "
+                   "them before the softmax (a row left with nothing outputs zeros); zero,mask: both. Default: %(default)s")
+    a.add_argument("--ablation-layers", default="all", metavar="SPECS",
+                   help="layers the directions and groups are removed at: all, a range 0-5, a layer 3; several specs "
+                   "comma-separated give one condition each (all,0-2,3-5). Default: %(default)s")
+    a.add_argument("--ablation-group", action="append", default=[], metavar="[NAME=]DIRS",
+                   help="a user group, repeatable: NAME=Q->D,D->Q or q_d,d_q (named q_d+d_q); accepts q_d, Q->D, "
+                   "Query->Document, Q<->D, wildcards *->CLS and q_*, and group names. Computed whenever given")
+    a.add_argument("--ablation-sweep", default=",".join(ablation.DEFAULT_SWEEP), metavar="TARGETS",
+                   help="directions or groups swept layer by layer by the 'layers' set (n_layers conditions each). "
+                   "Default: %(default)s")
+    a.add_argument("--ablation-heads", default="all", metavar="HEADS",
+                   help="heads zeroed one at a time by the 'heads' set: all, or LAYER.HEAD items with * wildcards "
+                   "(3.5,4.0 or 3.* or *.0). Default: %(default)s")
+    a.add_argument("--ablation-stack", type=int, default=1, metavar="K",
+                   help="conditions sharing a forward pass (each forward holds batch-size/K pairs x K conditions). "
+                   "Default: %(default)s")
+    a.add_argument("--ablation-kernel", choices=ablation.KERNELS, default="sdpa",
+                   help="sdpa: fused scaled_dot_product_attention; eager: the summary pass's attention function "
+                   "(bit-identical baseline, slower). Default: %(default)s")
+    a.add_argument("--measures", default="nDCG@10", metavar="MEASURES",
+                   help="ir_measures names evaluated per query for every condition, comma-separated (nDCG@10,RR@10,"
+                   "nDCG@20). Default: %(default)s")
+    a.add_argument("--eval-scopes", metavar="SCOPES",
+                   help="pairs ranked per query: pairs (all; easy negatives non-relevant), judged (judged pairs only), "
+                   "run (the run's candidates, with --candidates). Default: pairs, plus run with --candidates")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default: <store>/<dataset>__<model>)")
     o.add_argument("--store", type=Path, default=Path("data/store"), help="store root holding one folder per run. Default: %(default)s")
@@ -68,6 +108,34 @@ def _check(args, parser) -> None:
             parser.error(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
     if args.max_queries is not None and args.max_queries < 1:
         parser.error(f"--max-queries must be at least 1, got {args.max_queries}")
+    if args.ablation_stack < 1:
+        parser.error(f"--ablation-stack must be at least 1, got {args.ablation_stack}")
+    from precompute.ablation import AblationSpecError
+
+    try:
+        _request(args).check()
+    except AblationSpecError as err:
+        parser.error(str(err))
+    from precompute import evaluation, significance
+
+    try:
+        evaluation.parse_measures(_split(args.measures) or ("",))
+        significance.resolve_scopes(_split(args.eval_scopes), args.candidates)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _request(args):
+    from precompute.ablation import AblationRequest
+
+    return AblationRequest(
+        sets=_split(args.ablations), modes=_split(args.ablation_mode), layers=_split(args.ablation_layers),
+        groups=tuple(args.ablation_group), sweep=_split(args.ablation_sweep), heads=_split(args.ablation_heads),
+    )
 
 
 def config_from_args(args):
@@ -78,6 +146,11 @@ def config_from_args(args):
         easy_negatives=args.easy_negatives, seed=args.seed, candidates=args.candidates, depth=args.depth,
         max_queries=args.max_queries, max_length=args.max_length, batch_size=args.batch_size,
         chunk_size=args.chunk_size, device=args.device, dtype=args.dtype, progress=not args.no_progress,
+        ablations=tuple(s for s in _split(args.ablations) if s != "none"), ablation_modes=_split(args.ablation_mode),
+        ablation_layers=_split(args.ablation_layers), ablation_groups=tuple(args.ablation_group),
+        ablation_sweep=_split(args.ablation_sweep), ablation_heads=_split(args.ablation_heads),
+        ablation_stack=args.ablation_stack, ablation_kernel=args.ablation_kernel, measures=_split(args.measures),
+        eval_scopes=_split(args.eval_scopes) or None,
     )
 
 

@@ -52,3 +52,10 @@ def aggregate(measures: Sequence, qrels: list, run: list) -> dict[str, float]:
     import ir_measures
 
     return {str(m): float(v) for m, v in ir_measures.calc_aggregate(list(measures), qrels, run).items()}
+
+
+def evaluator(measures: Sequence, qrels: list):
+    """An ir_measures evaluator bound to ``qrels``: ``.iter_calc(run)`` for many runs without re-reading the qrels."""
+    import ir_measures
+
+    return ir_measures.evaluator(list(measures), qrels)

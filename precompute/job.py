@@ -37,7 +37,20 @@ class JobConfig:
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = True
-    stages: tuple[str, ...] = ("summaries", "spectra", "contrasts")
+    # Stages, run in this order (precompute.stages.STAGES). Ablations last: the longest, and the others need no scores.
+    stages: tuple[str, ...] = ("summaries", "spectra", "contrasts", "ablations")
+    # Ablations (precompute.ablation). Not part of the run identity: conditions accumulate in the folder and a
+    # rerun computes only the missing ones (kernel and stack must stay those of the folder).
+    ablations: tuple[str, ...] = ("directions", "groups")  # condition sets; () = skip the stage (--ablations none)
+    ablation_modes: tuple[str, ...] = ("zero",)  # 'zero' (the paper's) and/or 'mask'
+    ablation_layers: tuple[str, ...] = ("all",)  # layer specs: 'all', '3', '0-5'
+    ablation_groups: tuple[str, ...] = ()  # user groups: 'NAME=q_d,d_q' or 'Q->D,D->Q'
+    ablation_sweep: tuple[str, ...] = ("q_d", "d_q", "cross")  # per-layer sweep targets (set 'layers')
+    ablation_heads: tuple[str, ...] = ("all",)  # heads to zero one at a time (set 'heads'): 'all', '3.5', '3.*'
+    ablation_stack: int = 1  # conditions sharing a forward pass
+    ablation_kernel: str = "sdpa"  # 'sdpa' (fused) or 'eager' (the summary pass's attention function)
+    measures: tuple[str, ...] = ("nDCG@10",)  # ablation_metrics measures (ir_measures names)
+    eval_scopes: tuple[str, ...] | None = None  # None: ('pairs',), plus 'run' with --candidates
     extra: dict = field(default_factory=dict)  # stage-specific settings, recorded in the manifest
 
     def pair_parameters(self) -> dict:

@@ -126,4 +126,13 @@ def contrasts(*, cfg, lm, ds, pair_set, writer, manifest) -> None:
     manifest["contrasts"] = {"rows": table.num_rows, "test": "Mann-Whitney U, two-sided, Holm per contrast"}
 
 
-STAGES = {"summaries": summaries, "spectra": spectra, "contrasts": contrasts}
+def ablations(*, cfg, lm, ds, pair_set, writer, manifest) -> None:
+    """Re-score every pair under the requested ablation conditions the folder lacks; write the ablation_* tables."""
+    from precompute.ablation import run_stage
+
+    if not cfg.ablations:
+        return  # --ablations none
+    run_stage(cfg=cfg, lm=lm, ds=ds, pair_set=pair_set, writer=writer, manifest=manifest)
+
+
+STAGES = {"summaries": summaries, "spectra": spectra, "contrasts": contrasts, "ablations": ablations}

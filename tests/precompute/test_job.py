@@ -145,7 +145,7 @@ def _tables(root: Path) -> dict:
 def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(dataset, tmp_path):
     model = build("bert", tmp_path / "model")
     args = ["--dataset", str(dataset), "--model", str(model), "--cache", str(tmp_path / "cache"), "--easy-negatives", "3",
-            "--batch-size", "1", "--chunk-size", "2", "--no-progress"]
+            "--batch-size", "1", "--chunk-size", "2", "--ablations", "none", "--no-progress"]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "precompute", *args, "--out", str(killed)], cwd=REPO, env=env,

@@ -1,0 +1,120 @@
+"""Cost of ablations relative to plain scoring, on the reference model and real DL20 pairs.
+
+    python bench/ablation.py [--pairs 256] [--sweep-pairs 64] [--batch-size 32] [--device cpu] [--repeats 3]
+
+Measures, on the same pairs, batches (length-sorted), device and thread count:
+
+* plain scoring: ``precompute.summaries.plain_scores`` with the stock SDPA attention, nothing else;
+* one ablation condition (``q_d@all/zero`` by default, ``--condition``) through the ablation pass
+  (``precompute.ablation.score_conditions``: tokenisation, batching, intervention tensors, the attention function),
+  with the sdpa kernel (the default) and, for reference, its mask mode and the eager kernel;
+* their ratio (target: one condition <= 1.2x one plain scoring pass);
+* the full default sweep (baseline + 25 directions + the named groups) measured in full on ``--sweep-pairs`` pairs,
+  and that time scaled linearly to the pair counts of DL20 runs (stated as an extrapolation).
+
+Timings are the best of ``--repeats`` runs after a warm-up (the sweep: one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(REPO.parent / "shared/models/minilm-l6-msmarco-ce"))
+    p.add_argument("--dataset", default=str(REPO.parent / "shared/data/trec-dl-2020"))
+    p.add_argument("--pairs", type=int, default=256, help="pairs for the plain vs one-condition comparison")
+    p.add_argument("--sweep-pairs", type=int, default=64, help="pairs the full sweep is measured on (0: skip)")
+    p.add_argument("--condition", default="q_d@all/zero")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-extra", action="store_true", help="skip the mask-mode and eager-kernel reference timings")
+    p.add_argument("--cache", default=str(REPO / "data/cache"))
+    args = p.parse_args()
+
+    import torch
+
+    from precompute import ablation
+    from precompute.datasets import resolve
+    from precompute.model import load
+    from precompute.pairs import build_pairs
+    from precompute.summaries import plain_scores
+
+    pairs = build_pairs(resolve(args.dataset, Path(args.cache)), easy_negatives=20).pairs
+    step = max(1, len(pairs) // args.pairs)
+    sample = pairs[::step][: args.pairs]  # spread over queries and pair kinds
+    lm = load(args.model, args.device, args.dtype)
+    n_layers, n_heads = lm.config.num_hidden_layers, lm.config.num_attention_heads
+    everything = {c.condition_id: c for c in ablation.AblationRequest(modes=("zero", "mask")).conditions(n_layers, n_heads)}
+    if args.condition not in everything:
+        p.error(f"--condition {args.condition!r}: one of {', '.join(everything)}")
+    cond = everything[args.condition]
+    masked = everything.get(args.condition.replace("/zero", "/mask"))
+    sync = torch.cuda.synchronize if lm.device == "cuda" else (lambda: None)
+
+    def best(fn, repeats=args.repeats) -> float:
+        fn()  # warm-up (allocator, kernels)
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    kw = dict(batch_size=args.batch_size, max_length=args.max_length)
+    runs = {
+        "plain scoring (sdpa)": lambda: plain_scores(lm, sample, **kw),
+        f"ablation {cond.condition_id} (sdpa kernel)": lambda: ablation.score_conditions(lm, sample, [cond], **kw),
+    }
+    if not args.no_extra:
+        if masked is not None and masked is not cond:
+            runs[f"ablation {masked.condition_id} (sdpa kernel)"] = lambda: ablation.score_conditions(lm, sample, [masked], **kw)
+        runs[f"ablation {cond.condition_id} (eager kernel)"] = lambda: ablation.score_conditions(lm, sample, [cond], kernel="eager", **kw)
+        runs["plain scoring (eager attention)"] = lambda: plain_scores(lm, sample, implementation="eager", **kw)
+    times = {name: best(fn) for name, fn in runs.items()}
+
+    device = torch.cuda.get_device_name() if lm.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"model {Path(args.model).name}, {len(sample)} DL20 pairs (every {step}th of {len(pairs):,}), batch {args.batch_size}, "
+          f"max_length {args.max_length}, {device}, {lm.dtype}, best of {args.repeats} after a warm-up")
+    t_plain = times["plain scoring (sdpa)"]
+    for name, t in times.items():
+        print(f"  {name:<42}: {len(sample) / t:8.1f} pairs/s  ({t:6.2f} s, {t / t_plain:.2f}x plain sdpa)")
+    ratio = times[f"ablation {cond.condition_id} (sdpa kernel)"] / t_plain
+    print(f"one condition / one plain scoring pass: {ratio:.2f}x  (target <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})")
+
+    if args.sweep_pairs:
+        sweep = [c for c in ablation.AblationRequest().conditions(n_layers, n_heads)]
+        few = pairs[:: max(1, len(pairs) // args.sweep_pairs)][: args.sweep_pairs]
+        plain_few = best(lambda: plain_scores(lm, few, **kw), repeats=1)
+        sync()
+        t0 = time.perf_counter()
+        for c in sweep:  # one condition per forward, as the job does by default
+            ablation.score_conditions(lm, few, [c], **kw)
+        sync()
+        t_sweep = time.perf_counter() - t0
+        n = len(sweep)
+        print(f"full default sweep, measured in full: {n} conditions (none + 25 directions + {n - 26} groups) x {len(few)} pairs "
+              f"= {t_sweep:.1f} s ({n * len(few) / t_sweep:.1f} scorings/s; {t_sweep / plain_few:.1f}x one plain pass over "
+              f"those pairs, i.e. {t_sweep / plain_few / n:.2f}x per condition)")
+        per_pair = t_sweep / len(few)
+        for label, count in (("DL20 --max-queries 20", 2343), ("DL20 all 54 queries", len(pairs))):
+            print(f"  extrapolated linearly to {label} ({count:,} pairs): {per_pair * count / 60:.0f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

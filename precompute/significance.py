@@ -1,0 +1,225 @@
+"""Per-query effectiveness of every ablation condition and its significance against the baseline.
+
+For each condition (the baseline ``none`` included), each *scope* and each measure we re-rank the scope's
+pairs of every query by the condition's scores and evaluate with ir_measures (``ablation_metrics``):
+
+* ``pairs``: all pairs of the run; pairs never judged for their query (easy negatives, unjudged run
+  candidates) count as non-relevant, as trec_eval counts unjudged documents;
+* ``judged``: judged pairs only (grade >= 0), on request;
+* ``run``: the candidate run's pairs (``run_rank`` not NULL), i.e. the run file's ranking re-ranked; only
+  for runs built with ``--candidates run:NAME`` (easy negatives added to such runs are left out).
+
+The ideal ranking of nDCG always uses every judgment of the query (``evaluation.qrels_for``), in every scope.
+
+``ablation_summary`` gives per (condition, scope, measure) the mean over queries, the baseline mean over the
+same queries, the delta, a paired two-sided t-test over queries (``scipy.stats.ttest_rel``; condition vs
+baseline) and the Holm-corrected p across all the run's conditions (baseline excluded) of that scope and
+measure. A condition whose per-query values equal the baseline's everywhere has no t-test (t, p NULL) and is
+not counted in the Holm family. As the run folder gains conditions the family grows, so corrected p-values
+are recomputed whenever conditions are added.
+
+Both tables are small (conditions x scopes x measures x queries rows) and are rewritten whole, atomically;
+the scores are streamed condition by condition from ``ablation_scores`` (sorted by condition).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from precompute import evaluation
+
+SCOPES: tuple[str, ...] = ("pairs", "judged", "run")
+BASELINE = "none"
+_CONDITION_COLUMNS = ("condition_id", "condition", "mode", "layers", "layer", "head")
+
+
+def resolve_scopes(requested: Sequence[str] | None, candidates: str | None) -> list[str]:
+    """The scopes to evaluate: ``requested`` (validated) or the default, ``pairs`` plus ``run`` for run candidates."""
+    if not requested:
+        return ["pairs", "run"] if candidates else ["pairs"]
+    scopes = list(dict.fromkeys(s.strip() for s in requested if s.strip()))
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad:
+        raise ValueError(f"--eval-scopes {bad[0]!r}: expected any of {', '.join(SCOPES)}")
+    if "run" in scopes and not candidates:
+        raise ValueError("--eval-scopes run needs pairs taken from a run (--candidates run:NAME)")
+    return scopes
+
+
+def scope_mask(scope: str, grade: np.ndarray, run_rank: np.ndarray) -> np.ndarray:
+    """Which pairs a scope ranks. ``run_rank`` is float with NaN for NULL."""
+    if scope == "pairs":
+        return np.ones(len(grade), bool)
+    if scope == "judged":
+        return grade >= 0
+    if scope == "run":
+        return ~np.isnan(run_rank)
+    raise ValueError(f"unknown scope {scope!r}")
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); None stays None and is not counted."""
+    present = [(p, i) for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    m = len(present)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def paired_ttest(values: np.ndarray, baseline: np.ndarray) -> tuple[float | None, float | None]:
+    """Two-sided paired t-test of ``values`` against ``baseline`` (same queries, same order); None when undefined."""
+    from scipy import stats
+
+    values, baseline = np.asarray(values, float), np.asarray(baseline, float)
+    if len(values) < 2 or np.array_equal(values, baseline):
+        return None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_rel(values, baseline)
+    t, p = float(res.statistic), float(res.pvalue)
+    return (None if math.isnan(t) else t), (None if math.isnan(p) else p)
+
+
+def per_query_metrics(pairs: dict[str, np.ndarray], scores: np.ndarray, qrels_evaluator, scopes: Sequence[str]
+                      ) -> dict[tuple[str, str], dict[str, float]]:
+    """(scope, measure) -> qid -> value for one condition's scores (aligned with ``pairs`` arrays)."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for scope in scopes:
+        mask = scope_mask(scope, pairs["grade"], pairs["run_rank"])
+        run = evaluation.run_records(pairs["qid"][mask], pairs["docid"][mask], scores[mask])
+        for metric in qrels_evaluator.iter_calc(run):
+            out.setdefault((scope, str(metric.measure)), {})[metric.query_id] = float(metric.value)
+    return out
+
+
+def _load_pairs(path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["pair_id", "qid", "docid", "grade", "run_rank"]).sort_by("pair_id")
+    rank = t.column("run_rank").to_numpy(zero_copy_only=False)
+    return {
+        "pair_id": t.column("pair_id").to_numpy(),
+        "qid": np.asarray(t.column("qid").to_pylist(), dtype=object),
+        "docid": np.asarray(t.column("docid").to_pylist(), dtype=object),
+        "grade": t.column("grade").to_numpy().astype(int),
+        "run_rank": np.asarray(rank, dtype=float),
+    }
+
+
+def iter_condition_scores(path, n_pairs: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(condition_id, pair_ids, scores) per condition, streamed from ablation_scores (sorted by condition, pair)."""
+    import pyarrow.parquet as pq
+
+    current, ids, vals = None, [], []
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=max(65_536, n_pairs), columns=["condition_id", "pair_id", "score"]):
+        cids = batch.column(0).to_numpy(zero_copy_only=False)
+        pids, scs = batch.column(1).to_numpy(), batch.column(2).to_numpy()
+        bounds = np.flatnonzero(cids[1:] != cids[:-1]) + 1
+        for lo, hi in zip([0, *bounds], [*bounds, len(cids)]):
+            cid = cids[lo]
+            if cid != current and current is not None:
+                yield current, np.concatenate(ids), np.concatenate(vals)
+                ids, vals = [], []
+            current = cid
+            ids.append(pids[lo:hi])
+            vals.append(scs[lo:hi])
+    if current is not None:
+        yield current, np.concatenate(ids), np.concatenate(vals)
+
+
+def metric_rows(writer, ds, pair_set, measures: Sequence[str], scopes: Sequence[str], conditions: dict[str, dict]) -> list[dict]:
+    """ablation_metrics rows of every condition in the run folder's ablation_scores."""
+    qrels = evaluation.qrels_for(ds.qrels(), pair_set.queries)
+    ev = evaluation.evaluator(evaluation.parse_measures(measures), qrels)
+    pairs = _load_pairs(writer.table_path("pairs"))
+    n = len(pairs["pair_id"])
+    position = np.full(int(pairs["pair_id"].max()) + 1, -1)
+    position[pairs["pair_id"]] = np.arange(n)
+    rows = []
+    for cid, pids, scores in iter_condition_scores(writer.table_path("ablation_scores"), n):
+        if len(pids) != n:
+            raise ValueError(f"condition {cid} has {len(pids)} scores for {n} pairs")
+        aligned = np.empty(n, np.float64)
+        aligned[position[pids]] = scores
+        base = {k: conditions[cid][k] for k in _CONDITION_COLUMNS}
+        for (scope, measure), per_q in per_query_metrics(pairs, aligned, ev, scopes).items():
+            rows += [{**base, "scope": scope, "measure": measure, "qid": qid, "value": v} for qid, v in per_q.items()]
+    return rows
+
+
+def summary_rows(metrics: list[dict], conditions: dict[str, dict]) -> tuple[list[dict], int]:
+    """ablation_summary rows from ablation_metrics rows; also the largest Holm family size."""
+    grouped: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for r in metrics:
+        grouped.setdefault((r["scope"], r["measure"]), {}).setdefault(r["condition_id"], {})[r["qid"]] = r["value"]
+    out, family = [], 0
+    for (scope, measure), by_cond in sorted(grouped.items()):
+        base = by_cond.get(BASELINE)
+        if base is None:
+            raise ValueError(f"no baseline ('none') metrics for {scope} {measure}")
+        rows = []
+        for cid in sorted(by_cond):
+            vals = by_cond[cid]
+            qids = sorted(set(vals) & set(base))
+            x = np.array([vals[q] for q in qids], float)
+            y = np.array([base[q] for q in qids], float)
+            t, p = (None, None) if cid == BASELINE else paired_ttest(x, y)
+            mean = float(x.mean()) if len(x) else float("nan")
+            baseline = float(y.mean()) if len(y) else float("nan")
+            rows.append({
+                **{k: conditions[cid][k] for k in _CONDITION_COLUMNS}, "kind": conditions[cid]["kind"],
+                "scope": scope, "measure": measure, "n_queries": len(qids), "mean": mean, "baseline": baseline,
+                "delta": mean - baseline, "t": t, "p": p,
+            })
+        adjusted = holm([r["p"] for r in rows])
+        family = max(family, sum(a is not None for a in adjusted))
+        for r, a in zip(rows, adjusted):
+            r["p_holm"] = a
+        out += rows
+    return out, family
+
+
+def _covered(writer, measures: Sequence[str], scopes: Sequence[str], n_conditions: int) -> bool:
+    """Do the finished metric tables hold every (condition, scope, measure) asked for?"""
+    if not (writer.has_table("ablation_metrics") and writer.has_table("ablation_summary")):
+        return False
+    import duckdb
+
+    path = str(writer.table_path("ablation_summary")).replace("'", "''")
+    have = duckdb.sql(f"SELECT scope, measure, count(DISTINCT condition_id) FROM read_parquet('{path}') GROUP BY ALL").fetchall()
+    have = {(s, m): n for s, m, n in have}
+    return all(have.get((s, str(m))) == n_conditions for s in scopes for m in evaluation.parse_measures(measures))
+
+
+def write_tables(writer, ds, pair_set, measures: Sequence[str], scopes: Sequence[str], *, rebuild: bool) -> dict:
+    """(Re)write ablation_metrics and ablation_summary when conditions changed or coverage is lacking.
+
+    Returns {"holm_family": n, "tables": {name: {"rows": n}}} for the manifest.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    conditions = {r["condition_id"]: r for r in pq.read_table(writer.table_path("ablation_conditions")).to_pylist()}
+    if rebuild or not _covered(writer, measures, scopes, len(conditions)):
+        metrics = metric_rows(writer, ds, pair_set, measures, scopes, conditions)
+        summary, _ = summary_rows(metrics, conditions)
+        writer.write_table("ablation_metrics", pa.Table.from_pylist(metrics))
+        writer.write_table("ablation_summary", pa.Table.from_pylist(summary))
+    summary = pq.read_table(writer.table_path("ablation_summary"), columns=["scope", "measure", "p_holm"]).to_pylist()
+    families: dict[tuple, int] = {}
+    for r in summary:
+        families[(r["scope"], r["measure"])] = families.get((r["scope"], r["measure"]), 0) + (r["p_holm"] is not None)
+    return {
+        "holm_family": max(families.values(), default=0),
+        "tables": {
+            name: {"rows": pq.ParquetFile(writer.table_path(name)).metadata.num_rows}
+            for name in ("ablation_conditions", "ablation_scores", "ablation_metrics", "ablation_summary")
+        },
+    }
