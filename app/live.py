@@ -41,7 +41,6 @@ def availability(run: RunInfo) -> tuple[Path | None, str]:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
 def _load(folder: str):
-    import torch  # noqa: F401  (lazy: only when a pair's live attention is asked for)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)

@@ -17,7 +17,6 @@ Timings are the best of ``--repeats`` runs after a warm-up (the sweep: one run).
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -26,34 +25,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import all_pairs, best_of, device_label, parser, spread, synchronizer  # noqa: E402
+
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(REPO.parent / "shared/models/minilm-l6-msmarco-ce"))
-    p.add_argument("--dataset", default=str(REPO.parent / "shared/data/trec-dl-2020"))
-    p.add_argument("--pairs", type=int, default=256, help="pairs for the plain vs one-condition comparison")
+    p = parser(__doc__)
     p.add_argument("--sweep-pairs", type=int, default=64, help="pairs the full sweep is measured on (0: skip)")
     p.add_argument("--condition", default="q_d@all/zero")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-extra", action="store_true", help="skip the mask-mode and eager-kernel reference timings")
-    p.add_argument("--cache", default=str(REPO / "data/cache"))
     args = p.parse_args()
 
-    import torch
-
     from precompute import ablation
-    from precompute.datasets import resolve
     from precompute.model import load
-    from precompute.pairs import build_pairs
     from precompute.summaries import plain_scores
 
-    pairs = build_pairs(resolve(args.dataset, Path(args.cache)), easy_negatives=20).pairs
+    pairs = all_pairs(args)
+    sample = spread(pairs, args.pairs)
     step = max(1, len(pairs) // args.pairs)
-    sample = pairs[::step][: args.pairs]  # spread over queries and pair kinds
     lm = load(args.model, args.device, args.dtype)
     n_layers, n_heads = lm.config.num_hidden_layers, lm.config.num_attention_heads
     everything = {c.condition_id: c for c in ablation.AblationRequest(modes=("zero", "mask")).conditions(n_layers, n_heads)}
@@ -61,18 +49,10 @@ def main() -> int:
         p.error(f"--condition {args.condition!r}: one of {', '.join(everything)}")
     cond = everything[args.condition]
     masked = everything.get(args.condition.replace("/zero", "/mask"))
-    sync = torch.cuda.synchronize if lm.device == "cuda" else (lambda: None)
+    sync = synchronizer(lm.device)
 
     def best(fn, repeats=args.repeats) -> float:
-        fn()  # warm-up (allocator, kernels)
-        times = []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return best_of(fn, repeats, lm.device)
 
     kw = dict(batch_size=args.batch_size, max_length=args.max_length)
     runs = {
@@ -86,7 +66,7 @@ def main() -> int:
         runs["plain scoring (eager attention)"] = lambda: plain_scores(lm, sample, implementation="eager", **kw)
     times = {name: best(fn) for name, fn in runs.items()}
 
-    device = torch.cuda.get_device_name() if lm.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    device = device_label(lm.device)
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"model {Path(args.model).name}, {len(sample)} DL20 pairs (every {step}th of {len(pairs):,}), batch {args.batch_size}, "
           f"max_length {args.max_length}, {device}, {lm.dtype}, best of {args.repeats} after a warm-up")
@@ -98,7 +78,7 @@ def main() -> int:
 
     if args.sweep_pairs:
         sweep = [c for c in ablation.AblationRequest().conditions(n_layers, n_heads)]
-        few = pairs[:: max(1, len(pairs) // args.sweep_pairs)][: args.sweep_pairs]
+        few = spread(pairs, args.sweep_pairs)
         plain_few = best(lambda: plain_scores(lm, few, **kw), repeats=1)
         sync()
         t0 = time.perf_counter()

@@ -455,14 +455,16 @@ class _State:
     def __init__(self, segments, intervention):
         import torch
 
+        from precompute.attention import padded_segments, segment_pair_index
+
         self.segments = segments
         self.intervention = intervention
         self.layer = 0
         self.key_padding = segments < 0  # [batch, seq]
-        self.seg6 = torch.where(segments >= 0, segments, len(SEGMENTS))  # padding -> 6th index, never removed
+        self.seg6 = padded_segments(segments)
         self._cached: tuple | None = None  # (directions of one layer [batch, 5, 5], masks)
         if intervention is not None and intervention.directions is not None:
-            self.pair_index = (self.seg6[:, :, None] * (len(SEGMENTS) + 1) + self.seg6[:, None, :]).flatten(1)
+            self.pair_index = segment_pair_index(segments)
             self.onehot = torch.nn.functional.one_hot(segments.clamp(min=0), len(SEGMENTS)) * (~self.key_padding)[..., None]
 
     def masks(self, layer: int):
@@ -470,6 +472,8 @@ class _State:
         rows that lose something [b, s]) for that layer, cached across layers with the same table."""
         import torch
         import torch.nn.functional as F
+
+        from precompute.attention import token_removal
 
         iv = self.intervention
         if iv is None or iv.directions is None:
@@ -481,8 +485,7 @@ class _State:
             masks = None
         else:
             b, s = self.segments.shape
-            table = F.pad(remove, (0, 1, 0, 1)).flatten(1)  # [batch, 36]; padding row/col never removed
-            removal = table.gather(1, self.pair_index).view(b, s, s)
+            removal = token_removal(remove, self.pair_index)  # [batch, seq, seq]
             keep6 = F.pad(~remove, (0, 0, 0, 1), value=True)  # [batch, 6, 5]: padding rows keep everything
             keep_rows = keep6.gather(1, self.seg6[..., None].expand(b, s, len(SEGMENTS)))  # [batch, seq, 5]
             loses = F.pad(remove.any(-1), (0, 1)).gather(1, self.seg6)  # [batch, seq]
@@ -507,7 +510,6 @@ def ablation_attention(module, query, key, value, attention_mask, scaling=None, 
 
     query, key, value: [batch, head, seq, head_dim]; returns ([batch, seq, head, head_dim], None).
     """
-    import torch
     import torch.nn.functional as F
 
     state = _ACTIVE
@@ -642,7 +644,6 @@ def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, ba
     repeated per condition (condition-major); a batch holds ``batch_size // len(conditions)`` pairs.
     """
     import numpy as np
-    import torch
 
     from precompute.attention import Intervention
     from precompute.model import relevance

@@ -67,12 +67,30 @@ class _BatchState:
         self.exact = same.float() * self.q_rows[..., None] * self.d_tok[:, None, :]  # [batch, nq, seq]
         self.other = (~same).float() * self.q_rows[..., None] * self.d_tok[:, None, :]
         if self.intervention is not None and self.intervention.directions is not None:
-            seg6 = torch.where(seg >= 0, seg.long(), N_SEG)  # padding -> 6th index, never removed
-            self.pair_index = (seg6[:, :, None] * (N_SEG + 1) + seg6[:, None, :]).flatten(1)  # [batch, seq*seq]
+            self.pair_index = segment_pair_index(seg)  # [batch, seq*seq]
             self.key_padding = seg < 0  # [batch, seq]
 
 
 _ACTIVE: _BatchState | None = None
+
+
+def padded_segments(segments: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] long segment ids with padding mapped to a 6th index (which no intervention removes)."""
+    return torch.where(segments >= 0, segments.long(), N_SEG)
+
+
+def segment_pair_index(segments: torch.Tensor) -> torch.Tensor:
+    """[batch, seq*seq]: for every (query_pos, key_pos) its cell in a padded 6 x 6 segment table."""
+    seg6 = padded_segments(segments)
+    return (seg6[:, :, None] * (N_SEG + 1) + seg6[:, None, :]).flatten(1)
+
+
+def token_removal(remove: torch.Tensor, pair_index: torch.Tensor) -> torch.Tensor:
+    """Expand a per-row direction table remove [batch, 5, 5] to tokens: [batch, seq, seq] bool."""
+    b = remove.shape[0]
+    s = int(round(pair_index.shape[1] ** 0.5))
+    table = F.pad(remove, (0, 1, 0, 1)).flatten(1)  # [batch, 36]; padding row/col never removed
+    return table.gather(1, pair_index).view(b, s, s)
 
 
 def _token_removal(state: _BatchState, layer: int) -> torch.Tensor | None:
@@ -83,9 +101,7 @@ def _token_removal(state: _BatchState, layer: int) -> torch.Tensor | None:
     remove = iv.directions[:, layer]  # [batch, 5, 5]
     if not bool(remove.any()):
         return None
-    table = F.pad(remove, (0, 1, 0, 1)).flatten(1)  # [batch, 36]; padding row/col never removed
-    b, s = state.segments.shape
-    return table.gather(1, state.pair_index).view(b, s, s)
+    return token_removal(remove, state.pair_index)
 
 
 def summarise(weights: torch.Tensor, state: _BatchState) -> torch.Tensor:

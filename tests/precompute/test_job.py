@@ -10,16 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from precompute import evaluation
 from precompute.cli import main
-from precompute.job import JobConfig, run
+from precompute.job import run
 from precompute.model import load
-from precompute.names import METRICS
 from precompute.segments import encode
 from precompute.store.connect import connect
 from precompute.store.schema import SCHEMA_VERSION, TABLES
