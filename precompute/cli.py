@@ -11,7 +11,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EPILOG = """\
 examples:
   first try on a CPU (minutes):
-    python -m precompute --dataset ../shared/data/trec-dl-2020 --model ../shared/models/minilm-l6-msmarco-ce --max-queries 5
+    python -m precompute --dataset ../shared/data/trec-dl-2020 --model ../shared/models/minilm-l6-msmarco-ce --max-queries 3
   the paper's setting (GPU):
     python -m precompute --dataset dl20 --model castorini/monobert-large-msmarco --device cuda --dtype bfloat16
 

@@ -22,9 +22,9 @@ def _progress(total: int, desc: str, unit: str, enabled: bool):
 def estimate(lm, pairs, cfg) -> float:
     """Seconds the summary pass will take, from one timed batch of typical length (the batch is discarded)."""
     from precompute.attention import AtlasProbe
-    from precompute.summaries import summarise_batch
+    from precompute.summaries import summarise_batch, typical_batch
 
-    sample = sorted(pairs, key=lambda p: len(p.query) + len(p.doc))[len(pairs) // 2 :][: cfg.batch_size]
+    sample = typical_batch(pairs, cfg.batch_size)
     with AtlasProbe(lm.model) as probe:
         summarise_batch(probe, lm, sample, cfg.max_length)  # warm-up
         t0 = time.perf_counter()
@@ -45,7 +45,7 @@ def summaries(*, cfg, lm, ds, pair_set, writer, manifest) -> None:
             if lm.device == "cpu":
                 threads = os.environ.get("OMP_NUM_THREADS") or __import__("torch").get_num_threads()
                 log(f"No GPU in use: running on the CPU ({threads} threads). For a first try use a small model and "
-                    "--max-queries, e.g. --model ../shared/models/minilm-l6-msmarco-ce --max-queries 5.")
+                    "--max-queries, e.g. --model ../shared/models/minilm-l6-msmarco-ce --max-queries 3.")
             seconds = estimate(lm, [p for _, c in todo for p in c], cfg)
             log(f"Summary pass: {len(pair_set.pairs):,} pairs ({done:,} already done), "
                 f"estimated {seconds / 60:.1f} min on {lm.device} ({lm.dtype}).")

@@ -37,6 +37,11 @@ def length_batches(lm: LoadedModel, pairs: Sequence[Pair], batch_size: int, max_
     return [[pairs[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
 
 
+def typical_batch(pairs: Sequence[Pair], batch_size: int) -> list[Pair]:
+    """A batch of pairs of typical (median and just above) length, for timing estimates before a pass."""
+    return sorted(pairs, key=lambda p: len(p.query) + len(p.doc))[len(pairs) // 2 :][:batch_size]
+
+
 def exact_match_counts(batch: EncodedBatch) -> tuple[list[int], list[int]]:
     """Per pair: query tokens whose id occurs in the kept document, document tokens whose id occurs in the query."""
     ids, seg = batch.inputs["input_ids"], batch.segments
