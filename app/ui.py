@@ -12,7 +12,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import charts
+from app import charts, state
 from app.slice import Slice
 from app.store import RunInfo
 
@@ -111,6 +111,20 @@ def cell_from_event(event: Any) -> tuple[int, int] | None:
         return int(layer), int(head)
     except (TypeError, ValueError):
         return None
+
+
+def selected_head(map_key: str, head_key: str, heads: list[str], default: str) -> tuple[int, int]:
+    """The head a page shows: the last clicked cell of the heatmap ``map_key``, else the ``head_key``
+    selectbox / URL value, else ``default``. A click's event is in the session state before the chart is
+    drawn, so it selects the head in the same rerun."""
+    clicked = cell_from_event(st.session_state.get(map_key))
+    last = f"_{map_key}_last_click"
+    if clicked is not None and clicked != st.session_state.get(last):
+        st.session_state[last] = clicked
+        if head_label(*clicked) in heads:
+            st.session_state[head_key] = head_label(*clicked)
+    state.bind(head_key, default, clean=state.choice(heads, default))
+    return parse_head(st.session_state[head_key])
 
 
 def head_label(layer: int, head: int) -> str:

@@ -14,6 +14,15 @@ WORDS = (
     "nebraska average cost wedding dress records public information of and to for on with how why when"
 ).split()
 
+# A few pairs in that vocabulary: different lengths (padding), exact matches and unknown words.
+QUERIES = ["what is a cat", "hi", "average salary dental hygienist in nebraska", "why dog"]
+DOCS = [
+    "a cat is an animal that purrs a cat",
+    "hello there my friend you are hi",
+    "the average salary of a dental hygienist in nebraska is high",
+    "dog barks",
+]
+
 
 def _tokenizer(kind: str):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors

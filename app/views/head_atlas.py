@@ -69,14 +69,7 @@ if grid.empty:
 heads = [ui.head_label(layer, head) for layer, head in zip(grid["layer"], grid["head"])]
 default_head = heads[int(pd.to_numeric(grid[value], errors="coerce").abs().fillna(-1).to_numpy().argmax())]
 
-# A click on the map (its event is in the session state before the chart is drawn) selects the head.
-clicked = ui.cell_from_event(st.session_state.get("atlas_map"))
-if clicked is not None and clicked != st.session_state.get("_atlas_last_click"):
-    st.session_state["_atlas_last_click"] = clicked
-    if ui.head_label(*clicked) in heads:
-        st.session_state["atlas_head"] = ui.head_label(*clicked)
-state.bind("atlas_head", default_head, clean=state.choice(heads, default_head))
-sel_layer, sel_head = ui.parse_head(st.session_state["atlas_head"])
+sel_layer, sel_head = ui.selected_head("atlas_map", "atlas_head", heads, default_head)
 
 ui.chart(
     charts.head_heatmap(grid, value, title=f"{title} ({run.model_name}, {run.dataset_name})",

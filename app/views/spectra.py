@@ -28,13 +28,7 @@ if align.empty:
 
 heads = [ui.head_label(layer, head) for layer, head in zip(align["layer"], align["head"])]
 default_head = heads[int(align["alignment_score"].to_numpy().argmax())]
-clicked = ui.cell_from_event(st.session_state.get("spec_map"))
-if clicked is not None and clicked != st.session_state.get("_spec_last_click"):
-    st.session_state["_spec_last_click"] = clicked
-    if ui.head_label(*clicked) in heads:
-        st.session_state["spec_head"] = ui.head_label(*clicked)
-state.bind("spec_head", default_head, clean=state.choice(heads, default_head))
-sel_layer, sel_head = ui.parse_head(st.session_state["spec_head"])
+sel_layer, sel_head = ui.selected_head("spec_map", "spec_head", heads, default_head)
 
 left, right = st.columns([3, 2])
 with left:

@@ -18,15 +18,8 @@ from precompute.names import DIRECTIONS, SEGMENTS
 from precompute.pairs import Pair
 from precompute.segments import encode
 from precompute.store.writer import RunWriter, StoreError
-from tests.tiny_models import build
+from tests.tiny_models import DOCS, QUERIES, build
 
-QUERIES = ["what is a cat", "hi", "average salary dental hygienist in nebraska", "why dog"]
-DOCS = [
-    "a cat is an animal that purrs a cat",
-    "hello there my friend you are hi",
-    "the average salary of a dental hygienist in nebraska is high",
-    "dog barks",
-]
 LAYERS, HEADS = 3, 4
 TABLES = ("ablation_conditions", "ablation_scores", "ablation_metrics", "ablation_summary")
 

@@ -11,15 +11,8 @@ from precompute.model import load, relevance
 from precompute.names import METRICS
 from precompute.segments import encode
 from tests import reference
-from tests.tiny_models import build
+from tests.tiny_models import DOCS, QUERIES, build
 
-QUERIES = ["what is a cat", "hi", "average salary dental hygienist in nebraska", "why dog"]
-DOCS = [
-    "a cat is an animal that purrs a cat",
-    "hello there my friend you are hi",
-    "the average salary of a dental hygienist in nebraska is high",
-    "dog barks",
-]
 
 
 @pytest.fixture(scope="module", params=["bert", "roberta"])
