@@ -36,6 +36,7 @@ def main() -> int:
     args = p.parse_args()
 
     from precompute import ablation
+    from precompute.conditions import AblationRequest
     from precompute.model import load
     from precompute.summaries import plain_scores
 
@@ -44,7 +45,7 @@ def main() -> int:
     step = max(1, len(pairs) // args.pairs)
     lm = load(args.model, args.device, args.dtype)
     n_layers, n_heads = lm.config.num_hidden_layers, lm.config.num_attention_heads
-    everything = {c.condition_id: c for c in ablation.AblationRequest(modes=("zero", "mask")).conditions(n_layers, n_heads)}
+    everything = {c.condition_id: c for c in AblationRequest(modes=("zero", "mask")).conditions(n_layers, n_heads)}
     if args.condition not in everything:
         p.error(f"--condition {args.condition!r}: one of {', '.join(everything)}")
     cond = everything[args.condition]
@@ -77,7 +78,7 @@ def main() -> int:
     print(f"one condition / one plain scoring pass: {ratio:.2f}x  (target <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})")
 
     if args.sweep_pairs:
-        sweep = [c for c in ablation.AblationRequest().conditions(n_layers, n_heads)]
+        sweep = [c for c in AblationRequest().conditions(n_layers, n_heads)]
         few = spread(pairs, args.sweep_pairs)
         plain_few = best(lambda: plain_scores(lm, few, **kw), repeats=1)
         sync()

@@ -51,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when a GPU is visible. Default: %(default)s")
     m.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="auto = bfloat16 on GPU, float32 on CPU; summaries are always reduced in float32. Default: %(default)s")
-    from precompute import ablation
+    from precompute import conditions
 
     a = p.add_argument_group(
         "ablations",
         "Re-score every pair with attention removed inside the attention function (one model load serves every "
         "condition).\nCondition ids: <direction or group>@<layers>/<mode> (q_d@all/zero, cross@3/mask), head:<L>.<H>/zero, "
-        "none (the baseline).\n" + ablation.help_text(),
+        "none (the baseline).\n" + conditions.help_text(),
     )
     a.add_argument("--ablations", default="directions,groups", metavar="SETS",
                    help="comma-separated condition sets: directions (the 25), groups (the named groups above plus "
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ablation-group", action="append", default=[], metavar="[NAME=]DIRS",
                    help="a user group, repeatable: NAME=Q->D,D->Q or q_d,d_q (named q_d+d_q); accepts q_d, Q->D, "
                    "Query->Document, Q<->D, wildcards *->CLS and q_*, and group names. Computed whenever given")
-    a.add_argument("--ablation-sweep", default=",".join(ablation.DEFAULT_SWEEP), metavar="TARGETS",
+    a.add_argument("--ablation-sweep", default=",".join(conditions.DEFAULT_SWEEP), metavar="TARGETS",
                    help="directions or groups swept layer by layer by the 'layers' set (n_layers conditions each). "
                    "Default: %(default)s")
     a.add_argument("--ablation-heads", default="all", metavar="HEADS",
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ablation-stack", type=int, default=1, metavar="K",
                    help="conditions sharing a forward pass (each forward holds batch-size/K pairs x K conditions). "
                    "Default: %(default)s")
-    a.add_argument("--ablation-kernel", choices=ablation.KERNELS, default="sdpa",
+    a.add_argument("--ablation-kernel", choices=conditions.KERNELS, default="sdpa",
                    help="sdpa: fused scaled_dot_product_attention; eager: the summary pass's attention function "
                    "(bit-identical baseline, slower). Default: %(default)s")
     a.add_argument("--measures", default="nDCG@10", metavar="MEASURES",
@@ -110,7 +110,7 @@ def _check(args, parser) -> None:
         parser.error(f"--max-queries must be at least 1, got {args.max_queries}")
     if args.ablation_stack < 1:
         parser.error(f"--ablation-stack must be at least 1, got {args.ablation_stack}")
-    from precompute.ablation import AblationSpecError
+    from precompute.conditions import AblationSpecError
 
     try:
         _request(args).check()
@@ -130,7 +130,7 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 
 def _request(args):
-    from precompute.ablation import AblationRequest
+    from precompute.conditions import AblationRequest
 
     return AblationRequest(
         sets=_split(args.ablations), modes=_split(args.ablation_mode), layers=_split(args.ablation_layers),

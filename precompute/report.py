@@ -91,7 +91,7 @@ def load(run: Path, measure: str, scope: str):
 
 
 def _label(row: dict) -> str:
-    from precompute.ablation import GROUPS, short_label
+    from precompute.conditions import GROUPS, short_label
 
     name = row["condition"]
     if row["kind"] == "group":
@@ -100,7 +100,7 @@ def _label(row: dict) -> str:
 
 
 def _sort_key(row: dict):
-    from precompute.ablation import GROUPS
+    from precompute.conditions import GROUPS
     from precompute.names import DIRECTIONS
 
     name = row["condition"]

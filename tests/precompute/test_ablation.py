@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from precompute import ablation as A
+from precompute import conditions as C
 from precompute.attention import Intervention
 from precompute.model import load
 from precompute.names import DIRECTIONS, SEGMENTS
@@ -128,8 +129,8 @@ PAIRS = [_P(i) for i in range(len(QUERIES))]
 CONDITIONS = ["q_d@all", "cross@all", "into_cls@all", "d_q@1", "into_sep@0-1", "all@all"]
 
 
-def _conditions(mode: str) -> list[A.Condition]:
-    req = A.AblationRequest(sets=("directions", "groups", "heads"), modes=(mode,), layers=("all", "1", "0-1"),
+def _conditions(mode: str) -> list[C.Condition]:
+    req = C.AblationRequest(sets=("directions", "groups", "heads"), modes=(mode,), layers=("all", "1", "0-1"),
                             heads=("1.2", "2.0"))
     by_id = {c.condition_id: c for c in req.conditions(LAYERS, HEADS)}
     return [by_id[f"{c}/{mode}"] for c in CONDITIONS] + [by_id["head:1.2/zero"], by_id["head:2.0/zero"]]
@@ -137,7 +138,7 @@ def _conditions(mode: str) -> list[A.Condition]:
 
 def _reference(lm, conditions, mode):
     batch = encode(lm.tokenizer, QUERIES, DOCS, 64)
-    dirs, heads = A.intervention_arrays(conditions, LAYERS, HEADS)
+    dirs, heads = C.intervention_arrays(conditions, LAYERS, HEADS)
     dirs = dirs if dirs is not None else torch.zeros(len(conditions), LAYERS, 5, 5, dtype=torch.bool)
     heads = heads if heads is not None else torch.zeros(len(conditions), LAYERS, HEADS, dtype=torch.bool)
     out = {}
@@ -147,8 +148,8 @@ def _reference(lm, conditions, mode):
     return out
 
 
-@pytest.mark.parametrize("kernel", A.KERNELS)
-@pytest.mark.parametrize("mode", A.MODES)
+@pytest.mark.parametrize("kernel", C.KERNELS)
+@pytest.mark.parametrize("mode", C.MODES)
 def test_ablations_equal_hand_written_forward(tiny, mode, kernel):
     """Single direction, groups, a layer and a layer range, every direction, two heads: all within 1e-5."""
     conditions = _conditions(mode)
@@ -187,7 +188,7 @@ def test_ablating_nothing_reproduces_the_baseline(tiny):
     pairs_part, _ = summarise_chunk(tiny, pairs, batch_size=2, max_length=64)
     stored = dict(zip(pairs_part.column("pair_id").to_pylist(), pairs_part.column("score").to_numpy()))
     stored = np.array([stored[p.pair_id] for p in pairs], np.float32)
-    none = [A.baseline_condition()]
+    none = [C.baseline_condition()]
     eager = A.score_conditions(tiny, pairs, none, batch_size=2, max_length=64, kernel="eager")["none"]
     assert np.array_equal(eager, stored)
     sdpa = A.score_conditions(tiny, pairs, none, batch_size=2, max_length=64, kernel="sdpa")["none"]
@@ -200,7 +201,7 @@ def test_ablating_nothing_reproduces_the_baseline(tiny):
     np.testing.assert_allclose(mixed, stored, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", A.KERNELS)
+@pytest.mark.parametrize("kernel", C.KERNELS)
 def test_fully_masked_rows_give_zeros_not_nan(tiny, kernel):
     """Mask mode with every direction removed: the attention output is exactly zero on every real row, scores are
     finite; removing everything a query token attends to zeroes only the query rows."""
@@ -221,7 +222,7 @@ def test_fully_masked_rows_give_zeros_not_nan(tiny, kernel):
         assert out[gone].abs().max() == 0
         if src == "q":  # the other rows still attend
             assert (out[(seg >= 0) & ~gone].abs().amax(-1) > 0).all()
-    every = [c for c in A.AblationRequest(sets=("groups",), modes=("mask",)).conditions(LAYERS, HEADS) if c.condition == "all"]
+    every = [c for c in C.AblationRequest(sets=("groups",), modes=("mask",)).conditions(LAYERS, HEADS) if c.condition == "all"]
     scores = A.score_conditions(tiny, PAIRS, every, batch_size=4, max_length=64, kernel=kernel)["all@all/mask"]
     assert np.isfinite(scores).all()
 
@@ -250,7 +251,7 @@ def test_stacked_conditions_equal_one_per_forward(tiny):
     conditions = [c for c in _conditions("zero")]
     alone = {c.condition_id: A.score_conditions(tiny, PAIRS, [c], batch_size=4, max_length=64)[c.condition_id] for c in conditions}
     for stack in (2, 3):
-        for group in A.forward_groups(conditions, stack):
+        for group in C.forward_groups(conditions, stack):
             together = A.score_conditions(tiny, PAIRS, group, batch_size=4, max_length=64)
             for c in group:
                 np.testing.assert_allclose(together[c.condition_id], alone[c.condition_id], atol=1e-5)
@@ -262,10 +263,10 @@ def test_stacked_conditions_equal_one_per_forward(tiny):
 
 
 def test_default_conditions_are_25_directions_and_the_groups():
-    conds = A.AblationRequest().conditions(6, 12)
+    conds = C.AblationRequest().conditions(6, 12)
     ids = [c.condition_id for c in conds]
-    assert ids[0] == "none" and len(ids) == len(set(ids)) == 1 + 25 + len(A.GROUPS)
-    assert {f"{d}@all/zero" for d in DIRECTIONS} | {f"{g}@all/zero" for g in A.GROUPS} == set(ids[1:])
+    assert ids[0] == "none" and len(ids) == len(set(ids)) == 1 + 25 + len(C.GROUPS)
+    assert {f"{d}@all/zero" for d in DIRECTIONS} | {f"{g}@all/zero" for g in C.GROUPS} == set(ids[1:])
     by = {c.condition_id: c for c in conds}
     assert by["q_d@all/zero"].row() == {"condition_id": "q_d@all/zero", "condition": "q_d", "mode": "zero", "layers": "all",
                                         "layer": None, "head": None, "kind": "direction", "directions": "q_d"}
@@ -274,7 +275,7 @@ def test_default_conditions_are_25_directions_and_the_groups():
 
 
 def test_layer_sweeps_heads_modes_and_user_groups():
-    req = A.AblationRequest(sets=("groups", "layers", "heads"), modes=("zero", "mask"), layers=("0-5", "3", "2-4"),
+    req = C.AblationRequest(sets=("groups", "layers", "heads"), modes=("zero", "mask"), layers=("0-5", "3", "2-4"),
                             groups=("qd=Q->D,D->Q", "Query->Document", "*->SEP2"), sweep=("q_d", "qd"), heads=("3.*", "*.0"))
     by = {c.condition_id: c for c in req.conditions(6, 12)}
     assert "qd@all/mask" in by and by["qd@all/mask"].directions == ("q_d", "d_q")  # 0-5 covers every layer: 'all'
@@ -292,30 +293,30 @@ def test_layer_sweeps_heads_modes_and_user_groups():
     ("cross, cls_cls", ("cls_cls", "q_d", "d_q")),
 ])
 def test_direction_specs(spec, want):
-    assert A.parse_directions(spec) == tuple(d for d in DIRECTIONS if d in want)
+    assert C.parse_directions(spec) == tuple(d for d in DIRECTIONS if d in want)
 
 
 @pytest.mark.parametrize("bad", ["Q->X", "", "foo", "q_d_d"])
 def test_bad_direction_specs(bad):
-    with pytest.raises(A.AblationSpecError):
-        A.parse_directions(bad)
+    with pytest.raises(C.AblationSpecError):
+        C.parse_directions(bad)
 
 
 def test_flag_errors_and_help(capsys):
     from precompute.cli import build_parser, main
 
     text = build_parser().format_help()
-    assert all(d in text for d in DIRECTIONS) and all(g in text for g in A.GROUPS)
+    assert all(d in text for d in DIRECTIONS) and all(g in text for g in C.GROUPS)
     for argv in (["--ablations", "directions,bogus"], ["--ablations", "none,groups"], ["--ablation-mode", "soft"],
                  ["--ablation-layers", "a-b"], ["--ablation-heads", "3"], ["--ablation-group", "none=q_d"],
                  ["--ablation-sweep", "cross,Q<->D"], ["--measures", "nDCG@"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2, argv
-    with pytest.raises(A.AblationSpecError):
-        A.AblationRequest(layers=("7",)).conditions(6, 12)
-    with pytest.raises(A.AblationSpecError):
-        A.AblationRequest(sets=("heads",), heads=("6.0",)).conditions(6, 12)
+    with pytest.raises(C.AblationSpecError):
+        C.AblationRequest(layers=("7",)).conditions(6, 12)
+    with pytest.raises(C.AblationSpecError):
+        C.AblationRequest(sets=("heads",), heads=("6.0",)).conditions(6, 12)
 
 
 def test_cli_flags_reach_the_config():
@@ -374,9 +375,9 @@ def test_tables_manifest_and_baseline(tiny_dataset, bert_folder, tmp_path):
     cfg, root = run_job(tiny_dataset, bert_folder, tmp_path / "run")
     manifest = json.loads((root / "manifest.json").read_text())
     n_pairs = manifest["counts"]["pairs"]
-    ids = ["none", *(f"{g}@all/zero" for g in A.GROUPS)]
+    ids = ["none", *(f"{g}@all/zero" for g in C.GROUPS)]
     ab = manifest["ablations"]
-    assert sorted(ab["conditions"]) == sorted(ids) and ab["counts"] == {"baseline": 1, "group": len(A.GROUPS)}
+    assert sorted(ab["conditions"]) == sorted(ids) and ab["counts"] == {"baseline": 1, "group": len(C.GROUPS)}
     assert ab["kernel"] == "sdpa" and ab["measures"] == ["nDCG@10"] and ab["scopes"] == ["pairs"]
     for table in TABLES:
         assert manifest["tables"][table]["rows"] == pq.ParquetFile(root / f"{table}.parquet").metadata.num_rows
@@ -404,7 +405,7 @@ def test_rerun_computes_only_missing_conditions(tiny_dataset, bert_folder, tmp_p
     count.ids.clear()
     run_job(tiny_dataset, bert_folder, tmp_path / "inc", ablations=("groups",))
     assert count.ids == []
-    assert read(inc, "ablation_summary").num_rows == 1 + len(A.GROUPS) + HEADS
+    assert read(inc, "ablation_summary").num_rows == 1 + len(C.GROUPS) + HEADS
     assert json.loads((inc / "manifest.json").read_text())["ablations"]["last_request"]["computed_now"] == 0
 
 
@@ -431,7 +432,7 @@ def test_resume_after_a_failure_mid_pass(tiny_dataset, bert_folder, tmp_path, mo
     count = _Count(monkeypatch)
     _, cut = run_job(tiny_dataset, bert_folder, cut)
     n_chunks = -(-json.loads((cut / "manifest.json").read_text())["counts"]["pairs"] // 8)
-    assert len(count.ids) == (1 + len(A.GROUPS)) * n_chunks - 5
+    assert len(count.ids) == (1 + len(C.GROUPS)) * n_chunks - 5
     for table in TABLES:
         assert read(cut, table).equals(read(ref, table)), table
     assert not (cut / "_parts").exists()
