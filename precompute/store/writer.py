@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from precompute.store.schema import SCHEMA_VERSION, TABLES, Table
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 PARTS = "_parts"
 ROW_GROUP_SIZE = 122_880  # DuckDB's row-group size: zone maps then prune per layer/head
 
@@ -64,13 +65,26 @@ class RunWriter:
             probe.unlink()
         except OSError as err:
             raise StoreError(f"output folder {self.root} is not writable ({err.strerror}); pass --out with a folder you can write to") from err
-        self.remove_stale_temporaries()
+        self._lock()
+        self.remove_stale_temporaries()  # safe now: no other job can be writing here
         manifest = self.read_manifest()
         if manifest is not None and manifest.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.root} holds a store of schema version {manifest.get('schema_version')}, this job writes "
                 f"version {SCHEMA_VERSION}; pass another --out or delete that folder"
             )
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the run folder for the life of the process: two jobs never write one run."""
+        import fcntl
+
+        handle = open(self.root / LOCK, "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            handle.close()
+            raise StoreError(f"another precompute job is writing {self.root}; wait for it to finish or pass another --out") from err
+        self._lock_handle = handle  # released when the process ends (or the writer is collected)
 
     # -- parts ---------------------------------------------------------------------------
     def part_path(self, table: str, key: str) -> Path:

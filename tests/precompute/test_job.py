@@ -217,6 +217,18 @@ def test_unwritable_output_and_other_schema_version(dataset, tmp_path, capsys):
     assert json.loads((old / "manifest.json").read_text())["schema_version"] == SCHEMA_VERSION + 100
 
 
+def test_a_second_job_on_the_same_folder_is_refused(dataset, tmp_path, capsys):
+    from precompute.store.writer import RunWriter
+
+    model = build("bert", tmp_path / "model")
+    busy = RunWriter(tmp_path / "run")
+    busy.ensure_writable()  # holds the folder's lock, as a running job does
+    code = main(["--dataset", str(dataset), "--model", str(model), "--out", str(tmp_path / "run"),
+                 "--cache", str(tmp_path / "cache"), "--no-progress"])
+    assert code == 2
+    assert "another precompute job is writing" in capsys.readouterr().err
+
+
 def test_help_explains_every_flag():
     from precompute.cli import build_parser
 
