@@ -50,6 +50,7 @@ from precompute.conditions import (
     forward_mode,
     intervention_arrays,
 )
+from precompute.hooks import AttentionHooks, next_layer
 from precompute.names import SEGMENTS
 
 # --------------------------------------------------------------------------------------------------
@@ -57,7 +58,6 @@ from precompute.names import SEGMENTS
 # --------------------------------------------------------------------------------------------------
 
 IMPLEMENTATION = "matching_atlas_ablation"
-_ACTIVE = None
 
 
 class _State:
@@ -123,13 +123,7 @@ def ablation_attention(module, query, key, value, attention_mask, scaling=None, 
     """
     import torch.nn.functional as F
 
-    state = _ACTIVE
-    if state is None:
-        raise RuntimeError("matching_atlas_ablation attention called outside AblationProbe.run(); use AblationProbe")
-    layer = state.layer
-    state.layer += 1
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
+    state, layer, scaling = next_layer(query, scaling)
     masks = state.masks(layer)
     if masks is None:  # nothing removed here: exactly the stock SDPA call
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, scale=scaling)
@@ -173,46 +167,25 @@ def _kept_mass(query, key, state, keep_rows, loses, scaling):
     return torch.ones(b, h, s, dtype=query.dtype, device=query.device).scatter(2, idx[:, None].expand(b, h, rows), kept)
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(IMPLEMENTATION, ablation_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
-
-
-class AblationProbe:
+class AblationProbe(AttentionHooks):
     """Installs :func:`ablation_attention` for the duration of a ``with`` block (restores the previous one)."""
 
-    def __init__(self, model):
-        self.model = model
-        self._previous: str | None = None
+    implementation = IMPLEMENTATION
 
-    def __enter__(self) -> "AblationProbe":
-        _register()
-        self._previous = self.model.config._attn_implementation
-        self.model.set_attn_implementation(IMPLEMENTATION)
-        return self
+    @staticmethod
+    def register() -> None:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    def __exit__(self, *exc) -> None:
-        self.model.set_attn_implementation(self._previous or "eager")
+        AttentionInterface.register(IMPLEMENTATION, ablation_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
 
     def run(self, inputs: dict, segments, *, intervention=None):
         """One forward pass; returns logits [batch, labels]."""
         import torch
 
-        global _ACTIVE
         with torch.inference_mode():
-            state = _State(segments.long(), intervention)
-            _ACTIVE = state
-            try:
-                logits = self.model(**inputs).logits
-            finally:
-                _ACTIVE = None
-        n_layers = self.model.config.num_hidden_layers
-        if state.layer != n_layers:
-            raise RuntimeError(f"attention ran {state.layer} times for a {n_layers}-layer model; is it a plain encoder?")
-        return logits
+            return self._forward(inputs, _State(segments.long(), intervention))
 
 
 class _EagerProbe:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from precompute.hooks import AttentionHooks, next_layer
 from precompute.names import METRICS, SEGMENTS
 from precompute.segments import D, Q
 
@@ -69,9 +70,6 @@ class _BatchState:
         if self.intervention is not None and self.intervention.directions is not None:
             self.pair_index = segment_pair_index(seg)  # [batch, seq*seq]
             self.key_padding = seg < 0  # [batch, seq]
-
-
-_ACTIVE: _BatchState | None = None
 
 
 def padded_segments(segments: torch.Tensor) -> torch.Tensor:
@@ -135,13 +133,7 @@ def atlas_attention(module, query, key, value, attention_mask, scaling=None, dro
 
     query, key, value: [batch, head, seq, head_dim]; returns ([batch, seq, head, head_dim], None).
     """
-    state = _ACTIVE
-    if state is None:
-        raise RuntimeError("matching_atlas attention called outside AtlasProbe.run(); use AtlasProbe")
-    layer = state.layer
-    state.layer += 1
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
+    state, layer, scaling = next_layer(query, scaling)
     logits = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, head, seq, seq]
     if attention_mask is not None:
         logits = logits + attention_mask
@@ -165,47 +157,28 @@ def atlas_attention(module, query, key, value, attention_mask, scaling=None, dro
     return out.contiguous(), None
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
-
-    AttentionInterface.register(IMPLEMENTATION, atlas_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
-
-
-class AtlasProbe:
-    """Installs ``matching_atlas`` attention into a model for the duration of a ``with`` block.
+class AtlasProbe(AttentionHooks):
+    """Installs ``matching_atlas`` attention (summaries and interventions) into a model.
 
     >>> with AtlasProbe(model) as probe:
-    ...     logits, summaries = probe.run(batch, summarise=True)
+    ...     logits, summaries = probe.run(batch.inputs, batch.segments, summarise=True)
     """
 
-    def __init__(self, model):
-        self.model = model
-        self._previous: str | None = None
+    implementation = IMPLEMENTATION
 
-    def __enter__(self) -> "AtlasProbe":
-        _register()
-        self._previous = self.model.config._attn_implementation
-        self.model.set_attn_implementation(IMPLEMENTATION)
-        return self
+    @staticmethod
+    def register() -> None:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
-    def __exit__(self, *exc) -> None:
-        self.model.set_attn_implementation(self._previous or "eager")
+        AttentionInterface.register(IMPLEMENTATION, atlas_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
 
     @torch.inference_mode()
     def run(self, inputs: dict, segments: torch.Tensor, *, summarise: bool = False, intervention: Intervention | None = None):
         """One forward pass. Returns (logits [batch, labels], summaries [batch, layer, head, N_METRICS] or None)."""
-        global _ACTIVE
         state = _BatchState(segments.long(), inputs["input_ids"], summarise, intervention)
-        _ACTIVE = state
-        try:
-            logits = self.model(**inputs).logits
-        finally:
-            _ACTIVE = None
-        n_layers = self.model.config.num_hidden_layers
-        if state.layer != n_layers:
-            raise RuntimeError(f"attention ran {state.layer} times for a {n_layers}-layer model; is it a plain encoder?")
+        logits = self._forward(inputs, state)
         summaries = torch.stack(state.summaries, 1) if summarise else None
         return logits, summaries
 

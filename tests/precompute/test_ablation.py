@@ -228,21 +228,22 @@ def test_fully_masked_rows_give_zeros_not_nan(tiny, kernel):
 
 
 def _attention(kernel, q, k, v, seg, iv):
+    """One attention call of ``kernel`` outside a model, with the batch state set as a probe's run() sets it."""
+    from precompute import attention, hooks
+
     mask = (seg >= 0)[:, None, None, :].expand(-1, 1, seg.shape[1], -1)
     if kernel == "sdpa":
-        A._ACTIVE = A._State(seg.long(), iv)
+        hooks._ACTIVE = A._State(seg.long(), iv)
         try:
             return A.ablation_attention(None, q, k, v, mask, scaling=q.shape[-1] ** -0.5)[0]
         finally:
-            A._ACTIVE = None
-    from precompute import attention
-
-    attention._ACTIVE = attention._BatchState(seg.long(), torch.zeros_like(seg), False, iv)
+            hooks._ACTIVE = None
+    hooks._ACTIVE = attention._BatchState(seg.long(), torch.zeros_like(seg), False, iv)
     try:
         additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
         return attention.atlas_attention(None, q, k, v, additive, scaling=q.shape[-1] ** -0.5)[0]
     finally:
-        attention._ACTIVE = None
+        hooks._ACTIVE = None
 
 
 def test_stacked_conditions_equal_one_per_forward(tiny):
