@@ -6,7 +6,6 @@ resume where a killed run stopped.
 
 from __future__ import annotations
 
-import os
 import time
 
 from precompute import evaluation
@@ -43,7 +42,9 @@ def summaries(*, cfg, lm, ds, pair_set, writer, manifest) -> None:
         done = len(pair_set.pairs) - sum(len(c) for _, c in todo)
         if todo:
             if lm.device == "cpu":
-                threads = os.environ.get("OMP_NUM_THREADS") or __import__("torch").get_num_threads()
+                import torch
+
+                threads = torch.get_num_threads()
                 log(f"No GPU in use: running on the CPU ({threads} threads). For a first try use a small model and "
                     "--max-queries, e.g. --model ../shared/models/minilm-l6-msmarco-ce --max-queries 3.")
             seconds = estimate(lm, [p for _, c in todo for p in c], cfg)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from precompute.names import DIRECTIONS, METRICS, SEGMENT_LABELS, split_direction
+from precompute.names import DIRECTIONS, MATCHING_METRICS, METRICS, SEGMENT_LABELS, split_direction
 
 SCHEMA_VERSION = 1
 
@@ -96,7 +96,7 @@ HEAD_ATTENTION = Table(
         Column("layer", pa.int8(), "Layer, 0-based."),
         Column("head", pa.int8(), "Head within the layer, 0-based."),
         *(Column(name, pa.float32(), _direction_doc(name)) for name in DIRECTIONS),
-        *(Column(name, pa.float32(), _MATCHING_DOCS[name]) for name in METRICS[len(DIRECTIONS):]),
+        *(Column(name, pa.float32(), _MATCHING_DOCS[name]) for name in MATCHING_METRICS),
     ),
 )
 
