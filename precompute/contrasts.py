@@ -19,17 +19,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from precompute.names import MATCHING_METRICS, METRICS
+from precompute.names import CONTRASTS, MATCHING_METRICS, METRICS
+from precompute.statistics import ALPHA, holm
 from precompute.store.schema import HEAD_CONTRASTS
 
-# contrast name -> (group a, group b), as pairs.neg_type values.
-CONTRASTS: dict[str, tuple[str, str]] = {
-    "relevant_vs_easy": ("relevant", "easy"),
-    "relevant_vs_hard": ("relevant", "hard"),
-}
 _KINDS = tuple(sorted({g for ab in CONTRASTS.values() for g in ab}))
 _CONTRASTED = f"neg_type IN ({', '.join(repr(k) for k in _KINDS)})"  # SQL filter of the pairs any contrast uses
-ALPHA = 0.05  # family-wise error rate of a head's Holm-corrected test
 # Metrics that measure query-document interaction: a matching head shows its effect on one of these.
 CANDIDATE_METRICS: tuple[str, ...] = ("q_d", "d_q", *MATCHING_METRICS)
 
@@ -102,20 +97,6 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
         "u": np.asarray(u, dtype=np.float64),
         "p": np.asarray(p, dtype=np.float64),
     }
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values, in the input order; NaN stays NaN and does not count as a test.
-
-    The i-th smallest of m p-values becomes max_{j <= i} (m - j + 1) p_(j), capped at 1 (i, j 1-based).
-    """
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full_like(p, np.nan)
-    tested = np.flatnonzero(~np.isnan(p))
-    order = tested[np.argsort(p[tested], kind="stable")]
-    scaled = (len(order) - np.arange(len(order))) * p[order]
-    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return out
 
 
 def candidate_heads(con, contrast: str = "relevant_vs_easy", metric: str | None = None, top: int = 20):

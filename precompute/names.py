@@ -67,3 +67,19 @@ def metric_label(name: str) -> str:
 UNJUDGED = "unjudged"  # a run candidate with no judgment (only with --candidates run:NAME)
 NEG_TYPES: tuple[str, ...] = ("relevant", "hard", "easy", UNJUDGED)
 EASY_GRADE = -1
+
+# Matching-head contrasts (head_contrasts.contrast): name -> (group a, group b) as pairs.neg_type values, and labels.
+CONTRASTS: dict[str, tuple[str, str]] = {
+    "relevant_vs_easy": ("relevant", "easy"),
+    "relevant_vs_hard": ("relevant", "hard"),
+}
+CONTRAST_LABELS: dict[str, str] = {
+    "relevant_vs_easy": "Relevant - easy negatives",
+    "relevant_vs_hard": "Relevant - hard negatives",
+}
+
+# What pairs.score is, per manifest model.score value (the app's axis titles and the report read it from here).
+SCORE_KINDS: dict[str, str] = {
+    "logit": "relevance score (logit)",
+    "log_softmax[1]": "log-probability of relevance",
+}

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from precompute import evaluation
+from precompute import evaluation, statistics
 
 SCOPES: tuple[str, ...] = ("pairs", "judged", "run")
 BASELINE = "none"
@@ -62,15 +62,8 @@ def scope_mask(scope: str, grade: np.ndarray, run_rank: np.ndarray) -> np.ndarra
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); None stays None and is not counted."""
-    present = [(p, i) for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
-    m = len(present)
-    out: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(sorted(present)):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
-    return out
+    """Holm-adjusted p-values as a list where an untested condition (None) stays None (see statistics.holm)."""
+    return [None if math.isnan(a) else float(a) for a in statistics.holm(pvalues)]
 
 
 def paired_ttest(values: np.ndarray, baseline: np.ndarray) -> tuple[float | None, float | None]:

@@ -1,0 +1,283 @@
+"""The run folder's ``manifest.json`` as typed sections: the one place that reads and writes it.
+
+Every section is a dataclass whose fields carry a description (``field(metadata={"doc": ...})``);
+``docs/store.md``'s manifest section is generated from them (``python -m precompute.store.docs``)
+and a test fails when the two drift. The JSON layout is the one schema version 1 wrote, so older
+manifests open unchanged; keys this checkout does not know are kept (``extra``) and written back.
+
+    manifest = read_manifest(run)          # Manifest, or None when the folder has none
+    manifest.counts.pairs, manifest.model.layers, manifest.ablations.conditions
+    write_manifest(run, manifest)          # atomic (temporary file + rename)
+
+Imports nothing heavy: the app and ``--help`` read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"
+
+
+class ManifestError(Exception):
+    """A manifest.json that cannot be read (message is one line and names the file)."""
+
+
+def doc(text: str, default: Any = None, *, factory: Any = None) -> Any:
+    """A dataclass field with its description (the generated docs read it)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class Section:
+    """Base of every section: tolerant JSON round trip (missing keys take defaults, unknown keys are kept)."""
+
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"doc": None})
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Section":
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"section {cls.__name__} is {type(data).__name__}, expected an object")
+        hints = typing.get_type_hints(cls)
+        known, kwargs = set(), {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            known.add(f.name)
+            if f.name in data:
+                kwargs[f.name] = _load(hints[f.name], data[f.name])
+        return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name != "extra":
+                out[f.name] = _dump(getattr(self, f.name))
+        return out
+
+
+def _load(hint: Any, value: Any) -> Any:
+    """A JSON value as the field's type: sections recursively, optional sections as None; scalars as they are."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is dict:
+        if len(args) == 2 and _is_section(args[1]):
+            return {k: args[1].from_dict(v) for k, v in (value or {}).items()}
+        return value
+    section = next((a for a in (hint, *args) if _is_section(a)), None)  # a section, or an optional one
+    if section is not None:
+        return None if value is None else section.from_dict(value)
+    return value
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Section)
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Identity(Section):
+    """What a run folder holds one of: a rerun with another value of any field is refused."""
+
+    model: str | None = doc("The model: absolute path of a local folder, else the Hugging Face id.")
+    dataset: str | None = doc("The dataset's source: absolute path of a local folder, else the ir_datasets id.")
+    dtype: str | None = doc("--dtype as given (auto, float32, bfloat16, float16).")
+    easy_negatives: int | None = doc("--easy-negatives: random passages per query.")
+    seed: int | None = doc("--seed of the easy-negative draw.")
+    candidates: str | None = doc("--candidates run:NAME, or null for the judged set.")
+    depth: int | None = doc("--depth of the candidate run; null without --candidates.")
+    max_queries: int | None = doc("--max-queries, or null for every judged query.")
+    max_length: int | None = doc("--max-length: tokens per pair (only the document is truncated).")
+    batch_size: int | None = doc("--batch-size: pairs per forward pass (fixes the float summation order).")
+    chunk_size: int | None = doc("--chunk-size: pairs per resumable part.")
+
+
+@dataclass
+class ModelInfo(Section):
+    """The model that scored the pairs, as loaded."""
+
+    id: str | None = doc("--model as given (hub id or folder).")
+    path: str | None = doc("Absolute path of the model folder when local; null for a hub id.")
+    name: str | None = doc("Short name (last path component), used in run folder names.")
+    revision: str | None = doc("Hub commit hash when known.")
+    architecture: str | None = doc("Transformers class, e.g. BertForSequenceClassification.")
+    model_type: str | None = doc("config.model_type, e.g. bert, roberta.")
+    layers: int | None = doc("Number of attention layers (head_attention.layer is 0..layers-1).")
+    heads: int | None = doc("Attention heads per layer.")
+    hidden: int | None = doc("Hidden size (d_model).")
+    num_labels: int | None = doc("Output labels of the classification head (1 or 2).")
+    score: str | None = doc("What pairs.score is: 'logit' (one label) or 'log_softmax[1]' (two labels: log-probability of relevance).")
+
+
+@dataclass
+class DatasetInfo(Section):
+    """The dataset the pairs come from."""
+
+    spec: str | None = doc("--dataset as given (dl19, dl20, an ir_datasets id or a folder).")
+    name: str | None = doc("Short name used in run folder names, e.g. trec-dl-2020.")
+    source: str | None = doc("Resolved source: the ir_datasets id or the folder's absolute path.")
+
+
+@dataclass
+class Counts(Section):
+    """How many pairs and queries the run holds, and what was left out."""
+
+    pairs: int | None = doc("Pairs scored (rows of the pairs table).")
+    queries: int | None = doc("Queries with at least one pair.")
+    neg_type: dict[str, int] = doc("Pairs per pairs.neg_type.", factory=dict)
+    skipped: dict[str, int] = doc("Judged pairs left out for missing passage text, per kind.", factory=dict)
+    truncated: int | None = doc("Pairs whose document was truncated to --max-length.")
+
+
+@dataclass
+class TableInfo(Section):
+    """One finished table of the run folder."""
+
+    rows: int | None = doc("Rows of the table when it was written.")
+
+
+@dataclass
+class SpectraInfo(Section):
+    """The spectra stage's outcome."""
+
+    computed: bool | None = doc("Whether the svd table was computed (false: the model's attention is not a plain bilinear form).")
+    rows: int | None = doc("Rows of the svd table.")
+    matrix: str | None = doc("Which matrix the spectrum is of.")
+    reason: str | None = doc("Why the spectra were not computed (when computed is false).")
+
+
+@dataclass
+class ContrastsInfo(Section):
+    """The matching-head statistics stage's outcome."""
+
+    rows: int | None = doc("Rows of head_contrasts.")
+    test: str | None = doc("The test and its multiple-testing correction.")
+
+
+@dataclass
+class AblationsInfo(Section):
+    """The ablation stage: how the scores were computed and which conditions the folder holds."""
+
+    kernel: str | None = doc("--ablation-kernel the scores were computed with (sdpa or eager); fixed for the folder.")
+    stack: int | None = doc("--ablation-stack: conditions sharing a forward pass; fixed for the folder.")
+    conditions: list[str] = doc("Condition ids in ablation_scores, sorted.", factory=list)
+    counts: dict[str, int] = doc("Conditions per ablation_conditions.kind.", factory=dict)
+    measures: list[str] = doc("ir_measures names in ablation_metrics.", factory=list)
+    scopes: list[str] = doc("Scopes in ablation_metrics (pairs, judged, run).", factory=list)
+    groups: dict[str, list[str]] = doc("User and built-in groups computed: name -> directions.", factory=dict)
+    last_request: dict[str, Any] = doc("The ablation flags of the last job that ran the stage, and how many conditions it computed.", factory=dict)
+    holm_family: int | None = doc("Largest number of tested conditions in one Holm family (per scope x measure).")
+
+
+@dataclass
+class Manifest(Section):
+    """``manifest.json``: written first with status 'running', rewritten after every stage, 'complete' last."""
+
+    schema_version: int | None = doc("Store schema version the folder was written with (precompute.store.schema.SCHEMA_VERSION).")
+    status: str | None = doc("'running' while a job writes the folder, 'complete' when every requested stage finished.")
+    created: str | None = doc("When the folder's first job started (UTC, ISO 8601).")
+    identity: Identity = doc("What fixes the run's numbers; a rerun with other values is refused.", factory=Identity)
+    model: ModelInfo = doc("The model, as loaded.", factory=ModelInfo)
+    dataset: DatasetInfo = doc("The dataset.", factory=DatasetInfo)
+    parameters: dict[str, Any] = doc("Settings of the last job: the identity's pair parameters plus device and dtype as resolved.", factory=dict)
+    counts: Counts = doc("Pair and query counts.", factory=Counts)
+    metrics: dict[str, Any] = doc("Effectiveness of the stored scores over the run's pairs (ir_measures): measure -> value, plus 'scope'.", factory=dict)
+    tables: dict[str, TableInfo] = doc("Finished tables and their row counts.", factory=dict)
+    timings: dict[str, float] = doc("Seconds per stage of the last job (<stage>_s) and in all (total_s).", factory=dict)
+    versions: dict[str, str] = doc("Python and package versions of the last job.", factory=dict)
+    spectra: SpectraInfo | None = doc("The spectra stage's outcome; absent before it ran.")
+    contrasts: ContrastsInfo | None = doc("The contrasts stage's outcome; absent before it ran.")
+    ablations: AblationsInfo | None = doc("The ablation stage's settings and conditions; absent before it ran.")
+
+    @property
+    def complete(self) -> bool:
+        return self.status == STATUS_COMPLETE
+
+
+SECTIONS: tuple[type[Section], ...] = (
+    Manifest, Identity, ModelInfo, DatasetInfo, Counts, TableInfo, SpectraInfo, ContrastsInfo, AblationsInfo,
+)
+
+
+# -- reading and writing -------------------------------------------------------------------------------
+
+
+def manifest_path(run: Path | str) -> Path:
+    return Path(run) / MANIFEST
+
+
+def parse_manifest(text: str, *, source: str = MANIFEST) -> Manifest:
+    """A manifest from its JSON text; ManifestError (naming ``source``) when it is not one."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ManifestError(f"{source} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source} holds a JSON {type(data).__name__}, expected an object")
+    try:
+        return Manifest.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ManifestError(f"{source} is not a Matching Atlas manifest ({err})") from err
+
+
+def read_manifest(run: Path | str) -> Manifest | None:
+    """The run folder's manifest, None when it has none; ManifestError when it cannot be read."""
+    path = manifest_path(run)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path} cannot be read ({err})") from err
+    return parse_manifest(text, source=str(path))
+
+
+def write_manifest(run: Path | str, manifest: Manifest) -> None:
+    """Write ``manifest.json`` atomically (temporary file, then rename)."""
+    path = manifest_path(run)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def field_docs(section: type[Section]) -> list[tuple[str, str, str]]:
+    """(field, type, description) of a section, for the generated docs."""
+    hints = typing.get_type_hints(section)
+    out = []
+    for f in dataclasses.fields(section):
+        text = f.metadata.get("doc")
+        if text is None:
+            continue
+        out.append((f.name, _type_name(hints[f.name]), text))
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return f"`{hint.__name__}` section" if issubclass(hint, Section) else hint.__name__
+    text = str(hint).replace("typing.", "")
+    for name in ("precompute.store.manifest.",):
+        text = text.replace(name, "")
+    return text.replace("NoneType", "null")
