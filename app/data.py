@@ -1,64 +1,43 @@
-"""Cached access to a run: one DuckDB connection per run (``st.cache_resource``) and every query
-result cached per run and arguments (``st.cache_data``).
+"""Page query results: cached per run and arguments, and a failure shown as one line on the page.
 
-The cache key of a run is its resolved path plus a token that changes when the manifest is
-rewritten, so rebuilding a run in place is picked up without restarting the app. DuckDB
-connections are not meant to be shared between threads (Streamlit runs each session in its own
-thread), so every query runs on a fresh ``cursor()`` of the cached connection.
+``query(run, fn, *args)`` runs ``fn`` (a function of ``app.queries`` or ``app.pair_queries``) on a
+cursor of the run's shared connection (``app.connections``) and caches the result with
+``st.cache_data``, keyed by the run's path, its version token (it changes when a file of the run is
+rewritten, so a rebuilt run is picked up without a restart), the function and its arguments. A query
+that fails (a Parquet page that cannot be decoded, a file removed under the app) stops the page
+with one line naming the run instead of a traceback; failures are not cached. The SQL page's
+visitor queries never come here (``app.sql_console``: they are not cached).
 """
 
 from __future__ import annotations
 
-import os
+from types import ModuleType
 from typing import Callable
 
 import pandas as pd
 import streamlit as st
 
-from app import queries
-from app.sandbox import SqlResult, open_sandbox, run_sql
-from app.store import RunInfo
-from app.connection import open_run
+from app import pair_queries, queries
+from app.connections import run_cursor
+from app.errors import one_line
+from app.runs import RunInfo
 
-THREADS = max(1, min(4, os.cpu_count() or 1))
-
-
-@st.cache_resource(max_entries=6, show_spinner="Opening the run ...")
-def _connection(path: str, token: str):
-    return open_run(path, threads=THREADS)
-
-
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _sandbox(path: str, token: str):
-    return open_sandbox(path, threads=THREADS)
+QUERY_MODULES: dict[str, ModuleType] = {m.__name__: m for m in (queries, pair_queries)}
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
-def _query(path: str, token: str, name: str, args: tuple, kwargs: tuple) -> pd.DataFrame:
-    cur = _connection(path, token).cursor()
-    try:
-        return getattr(queries, name)(cur, *args, **dict(kwargs))
-    finally:
-        cur.close()
+def _query(path: str, token: str, module: str, name: str, args: tuple, kwargs: tuple) -> pd.DataFrame:
+    with run_cursor(path, token) as cur:
+        return getattr(QUERY_MODULES[module], name)(cur, *args, **dict(kwargs))
 
 
 def query(run: RunInfo, fn: Callable[..., pd.DataFrame], *args, **kwargs) -> pd.DataFrame:
-    """Call ``fn`` (a function of ``app.queries``) on the run's connection; the result is cached."""
-    if getattr(queries, fn.__name__, None) is not fn:
-        raise ValueError(f"{fn!r} is not a query of app.queries")
-    return _query(str(run.path), run.token, fn.__name__, args, tuple(sorted(kwargs.items())))
-
-
-def sandbox(run: RunInfo):
-    """The SQL page's locked connection for the run (see app.sandbox)."""
-    return _sandbox(str(run.path), run.token)
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def _sql(path: str, token: str, sql: str, limit: int) -> SqlResult:
-    return run_sql(_sandbox(path, token), sql, limit=limit)
-
-
-def sql(run: RunInfo, text: str, limit: int) -> SqlResult:
-    """Run the SQL page's query on the run's locked connection (SandboxError on refusal; errors are not cached)."""
-    return _sql(str(run.path), run.token, text, int(limit))
+    """Call ``fn`` on the run's connection; the result is cached. On failure: one line on the page, and it stops."""
+    module = QUERY_MODULES.get(getattr(fn, "__module__", ""))
+    if module is None or getattr(module, fn.__name__, None) is not fn:
+        raise ValueError(f"{fn!r} is not a query of app.queries or app.pair_queries")
+    try:
+        return _query(str(run.path), run.token, fn.__module__, fn.__name__, args, tuple(sorted(kwargs.items())))
+    except Exception as err:  # noqa: BLE001 - DuckDB, Arrow or OS errors: the page says so in one line
+        st.error(f"The run `{run.name}` could not be read for this view: {one_line(err)}", icon=":material/error:")
+        st.stop()

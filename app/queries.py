@@ -1,9 +1,9 @@
-"""Every SQL query of the app, as a named function returning a DataFrame.
+"""The SQL behind every page, as named functions returning a DataFrame (one pair's rows: ``app.pair_queries``).
 
-Each function takes a DuckDB connection (from ``precompute.store.connect.connect``: the run's
-tables and views by name) and, where it applies, the :class:`~app.slice.Slice`. Pages never hold
-SQL: they call these functions through ``app.data.query`` (which caches the result per run).
-The bench (``bench/app.py``) times these same functions on a 10^8-row store.
+Each function takes a DuckDB connection (``app.connections.open_run``: the run's tables and views
+by name) and, where it applies, the :class:`~app.slice.Slice`. Pages never hold SQL: they call these
+functions through ``app.data.query`` (which caches the result per run). The bench (``bench/app.py``)
+times these same functions on a 10^8-row store. Text reaches SQL only through ``app.sqltext``.
 
 Speed rules: the head-level views read ``head_attention_agg`` (sums per layer x head x query x
 negative type x grade: ``mean = sum(m_sum) / sum(n)``) and never scan ``head_attention``; a
@@ -16,144 +16,43 @@ from __future__ import annotations
 
 import pandas as pd
 
+from app import sqltext as sq
 from app.slice import Slice
-from precompute.names import DIRECTIONS, METRICS, split_direction
+from precompute.conditions import BASELINE
+from precompute.names import CONTRASTS, DIRECTIONS, split_direction
 
-CONTRASTS: dict[str, tuple[str, str]] = {
-    "relevant_vs_easy": ("relevant", "easy"),
-    "relevant_vs_hard": ("relevant", "hard"),
-}
-BASELINE_CONDITION = "none"
-TABLE1_KINDS = ("baseline", "direction", "group")
+TABLE1_KINDS = ("baseline", "direction", "group")  # ablation_summary.kind rows of the paper's Table 1
 
 
-class QueryError(ValueError):
-    """A query asked with an argument the store cannot have (unknown metric, ...)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# SQL building blocks (private): literals are quoted here, column names are checked against the
-# schema's vocabulary, so nothing a user types reaches SQL unescaped.
-# ---------------------------------------------------------------------------------------------
-def _lit(value) -> str:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float):
-        return repr(float(value))
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _in(col: str, values) -> str:
-    return f"{col} IN ({', '.join(_lit(v) for v in values)})"
-
-
-def _metric(name: str) -> str:
-    if name not in METRICS:
-        raise QueryError(f"unknown metric {name!r}")
-    return name
-
-
-def _where(
-    sl: Slice,
-    *,
-    alias: str = "",
-    layer_head: bool = True,
-    pair_filters: bool = True,
-    neg_types: bool = True,
-    grades: bool = True,
-) -> str:
-    """The slice as a SQL condition on columns layer, head, qid, neg_type, grade (of ``alias``)."""
-    p = f"{alias}." if alias else ""
-    cond: list[str] = []
-    if layer_head:
-        if sl.layers is not None:
-            cond.append(f"{p}layer BETWEEN {int(sl.layers[0])} AND {int(sl.layers[1])}")
-        if sl.heads:
-            cond.append(_in(f"{p}head", [int(h) for h in sl.heads]))
-    if pair_filters:
-        if sl.qids:
-            cond.append(_in(f"{p}qid", sl.qids))
-        if neg_types and sl.neg_types:
-            cond.append(_in(f"{p}neg_type", sl.neg_types))
-        if grades and sl.grades:
-            cond.append(_in(f"{p}grade", [int(g) for g in sl.grades]))
-    return " AND ".join(cond) if cond else "TRUE"
-
-
-def _df(con, sql: str, params: list | None = None) -> pd.DataFrame:
-    return con.execute(sql, params or []).df()
-
-
-def _ints(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
-    for c in cols:
-        if c in df.columns and len(df):
-            df[c] = df[c].astype("int64")
-    return df
-
-
-def _binned(con, source_sql: str, value: str, group: str, bins: int) -> pd.DataFrame:
-    """Histogram of ``value`` per ``group`` over ``source_sql`` with shared bin edges.
-
-    Columns: group, bin, bin_start, bin_end, n, share (fraction of the group's rows in the bin).
-    """
-    bins = max(1, int(bins))
-    sql = f"""
-        WITH src AS ({source_sql}),
-        rng AS (SELECT min({value}) AS lo, max({value}) AS hi FROM src),
-        b AS (
-            SELECT {group} AS grp,
-                   least(CAST(floor(({value} - lo) / greatest((hi - lo) / {bins}, 1e-12)) AS INTEGER), {bins - 1}) AS bin
-            FROM src, rng WHERE {value} IS NOT NULL
-        )
-        SELECT grp AS {group}, bin, any_value(lo) + bin * greatest((any_value(hi) - any_value(lo)) / {bins}, 1e-12) AS bin_start,
-               any_value(lo) + (bin + 1) * greatest((any_value(hi) - any_value(lo)) / {bins}, 1e-12) AS bin_end,
-               count(*) AS n
-        FROM b, rng GROUP BY grp, bin ORDER BY grp, bin
-    """
-    df = _df(con, sql)
-    if len(df):
-        df["share"] = df["n"] / df.groupby(group)["n"].transform("sum")
-        df = _ints(df, "bin", "n")
-    else:
-        df["share"] = []
-    return df
-
-
-# ---------------------------------------------------------------------------------------------
-# Run shape and slice options (sidebar)
-# ---------------------------------------------------------------------------------------------
+# -- Run shape and slice options (sidebar) ----------------------------------------------------------
 def model_shape(con) -> pd.DataFrame:
     """One row: layers, heads (counted from head_attention_agg)."""
-    return _df(con, "SELECT CAST(max(layer) + 1 AS INTEGER) AS layers, CAST(max(head) + 1 AS INTEGER) AS heads "
+    return sq.frame(con, "SELECT CAST(max(layer) + 1 AS INTEGER) AS layers, CAST(max(head) + 1 AS INTEGER) AS heads "
                     "FROM head_attention_agg")
 
 
 def slice_options(con) -> pd.DataFrame:
     """The (neg_type, grade) combinations present in the run, with their pair counts."""
-    return _ints(_df(con, "SELECT neg_type, grade, count(*) AS n FROM pairs GROUP BY ALL ORDER BY neg_type, grade"),
+    return sq.ints(sq.frame(con, "SELECT neg_type, grade, count(*) AS n FROM pairs GROUP BY ALL ORDER BY neg_type, grade"),
                  "grade", "n")
 
 
 def query_list(con) -> pd.DataFrame:
     """Every query of the run: qid, text, number of pairs."""
-    return _ints(_df(con, "SELECT qid, any_value(query) AS query, count(*) AS pairs FROM pairs GROUP BY qid ORDER BY qid"),
+    return sq.ints(sq.frame(con, "SELECT qid, any_value(query) AS query, count(*) AS pairs FROM pairs GROUP BY qid ORDER BY qid"),
                  "pairs")
 
 
-# ---------------------------------------------------------------------------------------------
-# Overview
-# ---------------------------------------------------------------------------------------------
+# -- Overview ---------------------------------------------------------------------------------------
 def pair_counts(con, sl: Slice) -> pd.DataFrame:
     """Pairs per negative type and grade in the slice: pairs, queries, mean score."""
     sql = f"""
         SELECT neg_type, grade, count(*) AS pairs, count(DISTINCT qid) AS queries, avg(score) AS mean_score,
                sum(CASE WHEN truncated THEN 1 ELSE 0 END) AS truncated
-        FROM pairs WHERE {_where(sl, layer_head=False)}
+        FROM pairs WHERE {sq.where(sl, layer_head=False)}
         GROUP BY neg_type, grade ORDER BY neg_type, grade
     """
-    return _ints(_df(con, sql), "grade", "pairs", "queries", "truncated")
+    return sq.ints(sq.frame(con, sql), "grade", "pairs", "queries", "truncated")
 
 
 def ndcg_per_query(con, sl: Slice, k: int = 10) -> pd.DataFrame:
@@ -167,7 +66,7 @@ def ndcg_per_query(con, sl: Slice, k: int = 10) -> pd.DataFrame:
     sql = f"""
         WITH t AS (
             SELECT qid, max_by(greatest(grade, 0), (score, docid), {k}) AS top, max(greatest(grade, 0), {k}) AS best
-            FROM pairs WHERE {_where(sl, layer_head=False)} GROUP BY qid
+            FROM pairs WHERE {sq.where(sl, layer_head=False)} GROUP BY qid
         ), d AS (
             SELECT qid, list_sum(list_transform(top, lambda g, i: g / log2(i + 1))) AS dcg,
                    list_sum(list_transform(best, lambda g, i: g / log2(i + 1))) AS idcg
@@ -176,13 +75,13 @@ def ndcg_per_query(con, sl: Slice, k: int = 10) -> pd.DataFrame:
         SELECT qid, coalesce(dcg / nullif(idcg, 0), 0) AS ndcg, CAST(dcg AS DOUBLE) AS dcg, CAST(idcg AS DOUBLE) AS idcg
         FROM d ORDER BY qid
     """
-    return _df(con, sql)
+    return sq.frame(con, sql)
 
 
 def score_histogram(con, sl: Slice, bins: int = 40) -> pd.DataFrame:
     """Histogram of the model's scores per negative type in the slice."""
-    src = f"SELECT neg_type, score FROM pairs WHERE {_where(sl, layer_head=False)}"
-    return _binned(con, src, "score", "neg_type", bins)
+    src = f"SELECT neg_type, score FROM pairs WHERE {sq.where(sl, layer_head=False)}"
+    return sq.binned(con, src, "score", "neg_type", bins)
 
 
 def score_summary(con, sl: Slice) -> pd.DataFrame:
@@ -190,24 +89,22 @@ def score_summary(con, sl: Slice) -> pd.DataFrame:
     sql = f"""
         SELECT neg_type, count(*) AS pairs, avg(score) AS mean, quantile_cont(score, 0.25) AS q1,
                median(score) AS median, quantile_cont(score, 0.75) AS q3, min(score) AS min, max(score) AS max
-        FROM pairs WHERE {_where(sl, layer_head=False)} GROUP BY neg_type ORDER BY neg_type
+        FROM pairs WHERE {sq.where(sl, layer_head=False)} GROUP BY neg_type ORDER BY neg_type
     """
-    return _ints(_df(con, sql), "pairs")
+    return sq.ints(sq.frame(con, sql), "pairs")
 
 
-# ---------------------------------------------------------------------------------------------
-# Head atlas
-# ---------------------------------------------------------------------------------------------
+# -- Head atlas -------------------------------------------------------------------------------------
 def head_means(con, sl: Slice, metric: str) -> pd.DataFrame:
     """Mean and standard deviation of ``metric`` per layer x head over the slice (from head_attention_agg)."""
-    m = _metric(metric)
+    m = sq.metric(metric)
     sql = f"""
         SELECT layer, head, sum(n) AS n, sum({m}_sum) / sum(n) AS mean,
                sqrt(greatest(sum({m}_sumsq) / sum(n) - pow(sum({m}_sum) / sum(n), 2), 0)) AS sd
-        FROM head_attention_agg WHERE {_where(sl)}
+        FROM head_attention_agg WHERE {sq.where(sl)}
         GROUP BY layer, head HAVING sum(n) > 0 ORDER BY layer, head
     """
-    return _ints(_df(con, sql), "layer", "head", "n")
+    return sq.ints(sq.frame(con, sql), "layer", "head", "n")
 
 
 def head_difference(con, sl: Slice, metric: str, contrast: str) -> pd.DataFrame:
@@ -216,24 +113,24 @@ def head_difference(con, sl: Slice, metric: str, contrast: str) -> pd.DataFrame:
     The slice's layers, heads and queries apply; its negative-type filter does not (the contrast
     names both groups) and its grade filter applies to the relevant side only.
     """
-    m = _metric(metric)
+    m = sq.metric(metric)
     if contrast not in CONTRASTS:
-        raise QueryError(f"unknown contrast {contrast!r}")
+        raise sq.QueryError(f"unknown contrast {contrast!r}")
     a, b = CONTRASTS[contrast]
-    grade_a = f" AND {_in('grade', [int(g) for g in sl.grades])}" if sl.grades else ""
+    grade_a = f" AND {sq.is_in('grade', [int(g) for g in sl.grades])}" if sl.grades else ""
     sql = f"""
         WITH g AS (
             SELECT layer, head, neg_type, sum(n) AS n, sum({m}_sum) AS s, sum({m}_sumsq) AS ss
             FROM head_attention_agg
-            WHERE {_where(sl, neg_types=False, grades=False)}
-              AND ((neg_type = {_lit(a)}{grade_a}) OR neg_type = {_lit(b)})
+            WHERE {sq.where(sl, neg_types=False, grades=False)}
+              AND ((neg_type = {sq.lit(a)}{grade_a}) OR neg_type = {sq.lit(b)})
             GROUP BY layer, head, neg_type
         ), w AS (
             SELECT layer, head,
-                   sum(n) FILTER (WHERE neg_type = {_lit(a)}) AS n_a, sum(s) FILTER (WHERE neg_type = {_lit(a)}) AS s_a,
-                   sum(ss) FILTER (WHERE neg_type = {_lit(a)}) AS ss_a,
-                   sum(n) FILTER (WHERE neg_type = {_lit(b)}) AS n_b, sum(s) FILTER (WHERE neg_type = {_lit(b)}) AS s_b,
-                   sum(ss) FILTER (WHERE neg_type = {_lit(b)}) AS ss_b
+                   sum(n) FILTER (WHERE neg_type = {sq.lit(a)}) AS n_a, sum(s) FILTER (WHERE neg_type = {sq.lit(a)}) AS s_a,
+                   sum(ss) FILTER (WHERE neg_type = {sq.lit(a)}) AS ss_a,
+                   sum(n) FILTER (WHERE neg_type = {sq.lit(b)}) AS n_b, sum(s) FILTER (WHERE neg_type = {sq.lit(b)}) AS s_b,
+                   sum(ss) FILTER (WHERE neg_type = {sq.lit(b)}) AS ss_b
             FROM g GROUP BY layer, head
         ), v AS (
             SELECT layer, head, n_a, n_b, s_a / n_a AS mean_a, s_b / n_b AS mean_b,
@@ -245,7 +142,7 @@ def head_difference(con, sl: Slice, metric: str, contrast: str) -> pd.DataFrame:
                (mean_a - mean_b) / nullif(sqrt((m2_a + m2_b) / nullif(n_a + n_b - 2, 0)), 0) AS cohen_d
         FROM v ORDER BY layer, head
     """
-    return _ints(_df(con, sql), "layer", "head", "n_a", "n_b")
+    return sq.ints(sq.frame(con, sql), "layer", "head", "n_a", "n_b")
 
 
 def head_contrasts(con, metric: str, contrast: str) -> pd.DataFrame:
@@ -254,43 +151,43 @@ def head_contrasts(con, metric: str, contrast: str) -> pd.DataFrame:
         SELECT layer, head, n_a, n_b, mean_a, mean_b, diff, cohen_d, u, p, p_holm
         FROM head_contrasts WHERE metric = ? AND contrast = ? ORDER BY layer, head
     """
-    return _ints(_df(con, sql, [_metric(metric), contrast]), "layer", "head", "n_a", "n_b")
+    return sq.ints(sq.frame(con, sql, [sq.metric(metric), contrast]), "layer", "head", "n_a", "n_b")
 
 
 def contrast_metrics(con) -> pd.DataFrame:
     """Which (metric, contrast) combinations head_contrasts holds."""
-    return _df(con, "SELECT DISTINCT metric, contrast FROM head_contrasts ORDER BY contrast, metric")
+    return sq.frame(con, "SELECT DISTINCT metric, contrast FROM head_contrasts ORDER BY contrast, metric")
 
 
 def head_values(con, sl: Slice, layer: int, head: int, metric: str) -> pd.DataFrame:
     """Summary statistics of ``metric`` for one head, per negative type and grade (reads head_attention)."""
-    m = _metric(metric)
+    m = sq.metric(metric)
     sql = f"""
         SELECT p.neg_type, p.grade, count(*) AS n, avg(h.{m}) AS mean, min(h.{m}) AS min,
                quantile_cont(h.{m}, 0.25) AS q1, median(h.{m}) AS median, quantile_cont(h.{m}, 0.75) AS q3,
                max(h.{m}) AS max
         FROM head_attention h JOIN pairs p USING (pair_id)
-        WHERE h.layer = {int(layer)} AND h.head = {int(head)} AND {_where(sl, alias='p', layer_head=False)}
+        WHERE h.layer = {int(layer)} AND h.head = {int(head)} AND {sq.where(sl, alias='p', layer_head=False)}
         GROUP BY p.neg_type, p.grade ORDER BY p.neg_type, p.grade
     """
-    return _ints(_df(con, sql), "grade", "n")
+    return sq.ints(sq.frame(con, sql), "grade", "n")
 
 
 def head_histogram(con, sl: Slice, layer: int, head: int, metric: str, bins: int = 30) -> pd.DataFrame:
     """Histogram of ``metric`` for one head per negative type."""
-    m = _metric(metric)
+    m = sq.metric(metric)
     src = f"""
         SELECT p.neg_type, h.{m} AS value FROM head_attention h JOIN pairs p USING (pair_id)
-        WHERE h.layer = {int(layer)} AND h.head = {int(head)} AND {_where(sl, alias='p', layer_head=False)}
+        WHERE h.layer = {int(layer)} AND h.head = {int(head)} AND {sq.where(sl, alias='p', layer_head=False)}
     """
-    return _binned(con, src, "value", "neg_type", bins)
+    return sq.binned(con, src, "value", "neg_type", bins)
 
 
 def head_top_pairs(con, sl: Slice, layer: int, head: int, metric: str, limit: int = 20,
                    descending: bool = True) -> pd.DataFrame:
     """The pairs with the largest (or smallest) ``metric`` on one head (top-k first, then their texts)."""
-    m = _metric(metric)
-    pair_filter = _where(sl, layer_head=False)
+    m = sq.metric(metric)
+    pair_filter = sq.where(sl, layer_head=False)
     semi = "" if pair_filter == "TRUE" else f" AND pair_id IN (SELECT pair_id FROM pairs WHERE {pair_filter})"
     order = "DESC" if descending else "ASC"
     sql = f"""
@@ -302,16 +199,14 @@ def head_top_pairs(con, sl: Slice, layer: int, head: int, metric: str, limit: in
         SELECT top.pair_id, p.qid, p.query, p.docid, p.neg_type, p.grade, p.score, top.value, left(p.doc, 240) AS doc
         FROM top JOIN pairs p USING (pair_id) ORDER BY top.value {order}, top.pair_id
     """
-    return _ints(_df(con, sql), "pair_id", "grade")
+    return sq.ints(sq.frame(con, sql), "pair_id", "grade")
 
 
-# ---------------------------------------------------------------------------------------------
-# Directions
-# ---------------------------------------------------------------------------------------------
+# -- Directions -------------------------------------------------------------------------------------
 def direction_matrix(con, sl: Slice) -> pd.DataFrame:
     """Mean attention mass of the 25 directions over the slice, long: src, dst, direction, mean, n."""
     cols = ", ".join(f"sum({d}_sum) / sum(n) AS {d}" for d in DIRECTIONS)
-    row = _df(con, f"SELECT sum(n) AS n, {cols} FROM head_attention_agg WHERE {_where(sl)}")
+    row = sq.frame(con, f"SELECT sum(n) AS n, {cols} FROM head_attention_agg WHERE {sq.where(sl)}")
     n = int(row["n"].iloc[0]) if len(row) and pd.notna(row["n"].iloc[0]) else 0
     out = []
     for d in DIRECTIONS:
@@ -324,22 +219,20 @@ def direction_by_layer(con, sl: Slice, directions: tuple[str, ...] = DIRECTIONS)
     """Mean mass of each direction per layer and negative type (heads of the slice averaged), long."""
     dirs = [d for d in directions if d in DIRECTIONS]
     if not dirs:
-        raise QueryError("no direction selected")
+        raise sq.QueryError("no direction selected")
     cols = ", ".join(f"sum({d}_sum) / sum(n) AS {d}" for d in dirs)
-    wide = _df(con, f"""
-        SELECT layer, neg_type, sum(n) AS n, {cols} FROM head_attention_agg WHERE {_where(sl)}
+    wide = sq.frame(con, f"""
+        SELECT layer, neg_type, sum(n) AS n, {cols} FROM head_attention_agg WHERE {sq.where(sl)}
         GROUP BY layer, neg_type ORDER BY layer, neg_type
     """)
     long = wide.melt(id_vars=["layer", "neg_type", "n"], value_vars=dirs, var_name="direction", value_name="mean")
-    return _ints(long, "layer", "n")
+    return sq.ints(long, "layer", "n")
 
 
-# ---------------------------------------------------------------------------------------------
-# Ablations
-# ---------------------------------------------------------------------------------------------
+# -- Ablations --------------------------------------------------------------------------------------
 def ablation_options(con) -> pd.DataFrame:
     """The (scope, measure) combinations of ablation_summary, most useful first."""
-    return _df(con, """
+    return sq.frame(con, """
         SELECT scope, measure, count(*) AS conditions FROM ablation_summary GROUP BY scope, measure
         ORDER BY scope <> 'pairs', measure <> 'nDCG@10', scope, measure
     """)
@@ -350,10 +243,10 @@ def ablation_table(con, scope: str, measure: str) -> pd.DataFrame:
     sql = f"""
         SELECT condition_id, kind, condition, mode, layers, n_queries, mean, baseline, delta, t, p, p_holm
         FROM ablation_summary
-        WHERE scope = ? AND measure = ? AND {_in('kind', TABLE1_KINDS)}
+        WHERE scope = ? AND measure = ? AND {sq.is_in('kind', TABLE1_KINDS)}
         ORDER BY kind <> 'baseline', kind, condition, mode, layers
     """
-    return _ints(_df(con, sql, [scope, measure]), "n_queries")
+    return sq.ints(sq.frame(con, sql, [scope, measure]), "n_queries")
 
 
 def ablation_layer_sweeps(con, scope: str, measure: str) -> pd.DataFrame:
@@ -363,7 +256,7 @@ def ablation_layer_sweeps(con, scope: str, measure: str) -> pd.DataFrame:
         FROM ablation_summary WHERE scope = ? AND measure = ? AND kind = 'layer_sweep' AND layer IS NOT NULL
         ORDER BY condition, mode, layer
     """
-    return _ints(_df(con, sql, [scope, measure]), "layer")
+    return sq.ints(sq.frame(con, sql, [scope, measure]), "layer")
 
 
 def ablation_heads(con, scope: str, measure: str) -> pd.DataFrame:
@@ -374,59 +267,57 @@ def ablation_heads(con, scope: str, measure: str) -> pd.DataFrame:
               AND layer IS NOT NULL AND head IS NOT NULL
         ORDER BY mode, layer, head
     """
-    return _ints(_df(con, sql, [scope, measure]), "layer", "head")
+    return sq.ints(sq.frame(con, sql, [scope, measure]), "layer", "head")
 
 
 def ablation_per_query(con, sl: Slice, condition_id: str, scope: str, measure: str) -> pd.DataFrame:
     """Per-query value under one condition and under the baseline, and the delta (queries of the slice)."""
-    qfilter = f"AND {_in('c.qid', sl.qids)}" if sl.qids else ""
+    qfilter = f"AND {sq.is_in('c.qid', sl.qids)}" if sl.qids else ""
     sql = f"""
         WITH q AS (SELECT qid, any_value(query) AS query FROM pairs GROUP BY qid)
         SELECT c.qid, q.query, c.value, b.value AS baseline, c.value - b.value AS delta
         FROM ablation_metrics c
         JOIN ablation_metrics b ON b.qid = c.qid AND b.scope = c.scope AND b.measure = c.measure
-             AND b.condition_id = {_lit(BASELINE_CONDITION)}
+             AND b.condition_id = {sq.lit(BASELINE)}
         LEFT JOIN q ON q.qid = c.qid
         WHERE c.condition_id = ? AND c.scope = ? AND c.measure = ? {qfilter}
         ORDER BY delta, c.qid
     """
-    return _df(con, sql, [condition_id, scope, measure])
+    return sq.frame(con, sql, [condition_id, scope, measure])
 
 
 def ablation_slice_means(con, sl: Slice, scope: str, measure: str) -> pd.DataFrame:
     """Mean of each condition and of the baseline over the slice's queries (from ablation_metrics)."""
-    qfilter = f"AND {_in('c.qid', sl.qids)}" if sl.qids else ""
+    qfilter = f"AND {sq.is_in('c.qid', sl.qids)}" if sl.qids else ""
     sql = f"""
         SELECT c.condition_id, count(*) AS n_queries, avg(c.value) AS mean, avg(b.value) AS baseline,
                avg(c.value - b.value) AS delta
         FROM ablation_metrics c
         JOIN ablation_metrics b ON b.qid = c.qid AND b.scope = c.scope AND b.measure = c.measure
-             AND b.condition_id = {_lit(BASELINE_CONDITION)}
+             AND b.condition_id = {sq.lit(BASELINE)}
         WHERE c.scope = ? AND c.measure = ? {qfilter}
         GROUP BY c.condition_id ORDER BY c.condition_id
     """
-    return _ints(_df(con, sql, [scope, measure]), "n_queries")
+    return sq.ints(sq.frame(con, sql, [scope, measure]), "n_queries")
 
 
-# ---------------------------------------------------------------------------------------------
-# Spectra
-# ---------------------------------------------------------------------------------------------
+# -- Spectra ----------------------------------------------------------------------------------------
 def svd_spectra(con, sl: Slice) -> pd.DataFrame:
     """Singular values and alignments of the slice's heads: layer, head, k, sigma, sigma_rel, alignment."""
     sql = f"""
         SELECT layer, head, k, sigma, sigma / max(sigma) OVER (PARTITION BY layer, head) AS sigma_rel, alignment
-        FROM svd WHERE {_where(sl, pair_filters=False)} ORDER BY layer, head, k
+        FROM svd WHERE {sq.where(sl, pair_filters=False)} ORDER BY layer, head, k
     """
-    return _ints(_df(con, sql), "layer", "head", "k")
+    return sq.ints(sq.frame(con, sql), "layer", "head", "k")
 
 
 def alignment_scores(con, sl: Slice) -> pd.DataFrame:
     """Head-level alignment score (sigma-weighted mean alignment, view head_alignment) of the slice's heads."""
     sql = f"""
         SELECT layer, head, alignment_score, sigma_max, n_sigma FROM head_alignment
-        WHERE {_where(sl, pair_filters=False)} ORDER BY layer, head
+        WHERE {sq.where(sl, pair_filters=False)} ORDER BY layer, head
     """
-    return _ints(_df(con, sql), "layer", "head", "n_sigma")
+    return sq.ints(sq.frame(con, sql), "layer", "head", "n_sigma")
 
 
 def alignment_vs_contrast(con, sl: Slice, metric: str, contrast: str) -> pd.DataFrame:
@@ -434,10 +325,10 @@ def alignment_vs_contrast(con, sl: Slice, metric: str, contrast: str) -> pd.Data
     sql = f"""
         SELECT a.layer, a.head, a.alignment_score, c.diff, c.cohen_d, c.p_holm
         FROM head_alignment a JOIN head_contrasts c ON c.layer = a.layer AND c.head = a.head
-        WHERE c.metric = ? AND c.contrast = ? AND {_where(sl, alias='a', pair_filters=False)}
+        WHERE c.metric = ? AND c.contrast = ? AND {sq.where(sl, alias='a', pair_filters=False)}
         ORDER BY a.layer, a.head
     """
-    return _ints(_df(con, sql, [_metric(metric), contrast]), "layer", "head")
+    return sq.ints(sq.frame(con, sql, [sq.metric(metric), contrast]), "layer", "head")
 
 
 def alignment_vs_slice_difference(con, sl: Slice, metric: str, contrast: str) -> pd.DataFrame:
@@ -448,106 +339,11 @@ def alignment_vs_slice_difference(con, sl: Slice, metric: str, contrast: str) ->
     out["p_holm"] = float("nan")
     return out[["layer", "head", "alignment_score", "diff", "cohen_d", "p_holm"]]
 
-
-# ---------------------------------------------------------------------------------------------
-# Pair explorer
-# ---------------------------------------------------------------------------------------------
-def query_pairs(con, sl: Slice, qid: str) -> pd.DataFrame:
-    """The pairs of one query in the slice, best score first."""
-    sql = f"""
-        SELECT pair_id, docid, neg_type, grade, score, d_tokens, truncated, left(doc, 120) AS doc
-        FROM pairs WHERE qid = ? AND {_where(sl.with_(qids=()), layer_head=False)}
-        ORDER BY score DESC, docid
-    """
-    return _ints(_df(con, sql, [qid]), "pair_id", "grade", "d_tokens")
-
-
-def pair_row(con, pair_id: int) -> pd.DataFrame:
-    """Everything the pairs table holds about one pair."""
-    return _ints(_df(con, "SELECT * FROM pairs WHERE pair_id = ?", [int(pair_id)]), "pair_id", "grade")
-
-
-def _layout(con) -> tuple[int, int, int] | None:
-    """(layers, heads, pairs) when head_attention is dense and positions can be computed (app.connection)."""
-    has = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'atlas_layout'").fetchone()[0]
-    if not has:
-        return None
-    layers, heads, pairs, dense = con.execute("SELECT layers, heads, pairs, dense FROM atlas_layout").fetchone()
-    return (int(layers), int(heads), int(pairs)) if dense else None
-
-
-def _pair_rows(con, pair_id: int, cells: list[tuple[int, int]], columns: str) -> pd.DataFrame | None:
-    """head_attention rows of one pair on the given (layer, head) cells read by row position, or None
-    when the store's layout does not allow it (or what was read is not what was asked)."""
-    layout = _layout(con)
-    if layout is None or not cells:
-        return None
-    layers, heads, pairs = layout
-    if not (0 <= pair_id < pairs) or any(not (0 <= l < layers and 0 <= h < heads) for l, h in cells):
-        return None
-    rows = sorted((l * heads + h) * pairs + pair_id for l, h in cells)
-    df = _df(con, f"""
-        SELECT layer, head, pair_id, {columns} FROM head_attention_rows
-        WHERE row_number IN ({', '.join(map(str, rows))}) ORDER BY layer, head
-    """)
-    if len(df) != len(cells) or (df["pair_id"] != pair_id).any() or \
-            sorted(zip(df["layer"].astype(int), df["head"].astype(int))) != sorted(cells):
-        return None
-    return df
-
-
-def pair_head_metrics(con, pair_id: int, layer: int, head: int) -> pd.DataFrame:
-    """The stored summaries (25 masses and matching signals) of one pair on one head."""
-    cols = ", ".join(METRICS)
-    fast = _pair_rows(con, int(pair_id), [(int(layer), int(head))], cols)
-    if fast is not None:
-        return fast[list(METRICS)]
-    sql = f"""
-        SELECT {cols} FROM head_attention
-        WHERE layer = {int(layer)} AND head = {int(head)} AND pair_id = {int(pair_id)}
-    """
-    return _df(con, sql)
-
-
-def pair_metric_grid(con, sl: Slice, pair_id: int, metric: str) -> pd.DataFrame:
-    """One metric of one pair on every layer x head of the slice."""
-    m = _metric(metric)
-    layout = _layout(con)
-    if layout is not None:
-        layers, heads, _ = layout
-        lo, hi = sl.layers if sl.layers is not None else (0, layers - 1)
-        cells = [(l, h) for l in range(lo, hi + 1) for h in (sl.heads or range(heads))]
-        fast = _pair_rows(con, int(pair_id), cells, f"{m} AS value")
-        if fast is not None:
-            return _ints(fast[["layer", "head", "value"]], "layer", "head")
-    sql = f"""
-        SELECT layer, head, {m} AS value FROM head_attention
-        WHERE pair_id = {int(pair_id)} AND {_where(sl, pair_filters=False)} ORDER BY layer, head
-    """
-    return _ints(_df(con, sql), "layer", "head")
-
-
-# ---------------------------------------------------------------------------------------------
-# SQL page
-# ---------------------------------------------------------------------------------------------
+# -- SQL page ---------------------------------------------------------------------------------------
 def schema_listing(con) -> pd.DataFrame:
     """Tables/views and their columns, as the SQL page lists them beside the editor."""
-    return _df(con, """
+    return sq.frame(con, """
         SELECT table_name AS "table", column_name AS "column", data_type AS type
         FROM duckdb_columns() WHERE NOT internal AND schema_name = 'main'
         ORDER BY table_name, column_index
     """)
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparisons (pure pandas over the results of two runs: no SQL)
-# ---------------------------------------------------------------------------------------------
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], value: str,
-                   suffixes: tuple[str, str] = ("_a", "_b")) -> pd.DataFrame:
-    """Outer-join two results on ``keys`` and add ``diff`` = b - a of ``value`` (NaN where one side lacks the key)."""
-    left = a[keys + [value]].rename(columns={value: value + suffixes[0]})
-    right = b[keys + [value]].rename(columns={value: value + suffixes[1]})
-    out = left.merge(right, on=keys, how="outer")
-    out["diff"] = out[value + suffixes[1]] - out[value + suffixes[0]]
-    return out.sort_values(keys).reset_index(drop=True)
-

@@ -1,15 +1,20 @@
-"""The slice every page respects, and its round trip through the URL (``st.query_params``).
+"""The slice every page respects: the filter itself, its sidebar widgets and their URL parameters.
 
 A slice is a filter on the store: a range of layers, a set of heads, negative types, grades and
-queries. An empty set means *all*. It is a frozen dataclass (hashable) so cached query functions
-can take it as an argument. Nothing here imports Streamlit: ``to_params``/``from_params`` work
-on plain ``dict[str, str]``, which is what ``st.query_params`` holds.
+queries. An empty set means *all*. :class:`Slice` is a frozen dataclass (hashable), so cached query
+functions take it as an argument. :func:`widgets` draws it in the sidebar; each widget mirrors one
+URL parameter (``PARAM_KEYS``) through ``app.state``, so a shared link carries the slice, and a
+value the run does not have (a link from another run, a hand-edited one) is dropped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
+
+import streamlit as st
+
+from app import state
+from precompute.names import NEG_TYPES
 
 # URL keys of the slice (short, so a shared URL stays readable).
 PARAM_LAYERS = "layers"
@@ -48,9 +53,6 @@ class Slice:
         """The same slice without its layer/head filter (for tables with no layer or head)."""
         return replace(self, layers=None, heads=())
 
-    def is_empty(self) -> bool:
-        return self == Slice()
-
     def describe(self) -> str:
         """One line for captions, e.g. ``layers 0-3, heads 1,2, relevant, all grades, 5 queries``."""
         parts = [
@@ -62,70 +64,73 @@ class Slice:
         ]
         return ", ".join(parts)
 
-    # -- URL round trip -------------------------------------------------------------------
-    def to_params(self) -> dict[str, str]:
-        """Query-string entries for the non-empty filters (empty filters are left out of the URL)."""
-        out: dict[str, str] = {}
-        if self.layers is not None:
-            out[PARAM_LAYERS] = f"{self.layers[0]}-{self.layers[1]}"
-        if self.heads:
-            out[PARAM_HEADS] = ",".join(map(str, self.heads))
-        if self.neg_types:
-            out[PARAM_NEG] = ",".join(self.neg_types)
-        if self.grades:
-            out[PARAM_GRADES] = ",".join(map(str, self.grades))
-        if self.qids:
-            out[PARAM_QUERIES] = ",".join(self.qids)
-        return out
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> "Slice":
-        """Parse what :meth:`to_params` wrote; malformed entries are ignored (a hand-edited URL must not crash)."""
-        layers = _parse_range(params.get(PARAM_LAYERS))
-        return cls(
-            layers=layers,
-            heads=tuple(_parse_ints(params.get(PARAM_HEADS))),
-            neg_types=tuple(_parse_strs(params.get(PARAM_NEG))),
-            grades=tuple(_parse_ints(params.get(PARAM_GRADES))),
-            qids=tuple(_parse_strs(params.get(PARAM_QUERIES))),
-        )
-
-    def clamp(self, *, layers: int, heads: int, neg_types=None, grades=None, qids=None) -> "Slice":
-        """Drop values the run does not have (a URL shared from another run, or a hand-edited one)."""
+    def clamp(self, *, layers: int, heads: int) -> "Slice":
+        """Drop layers and heads a model does not have (another run's model on the Compare page)."""
         lay = self.layers
         if lay is not None:
             lo, hi = max(0, lay[0]), min(layers - 1, lay[1])
             lay = None if lo > hi or (lo == 0 and hi == layers - 1) else (lo, hi)
-        keep = lambda values, allowed: tuple(v for v in values if allowed is None or v in allowed)  # noqa: E731
-        return Slice(
-            layers=lay,
-            heads=tuple(h for h in self.heads if 0 <= h < heads),
-            neg_types=keep(self.neg_types, None if neg_types is None else set(neg_types)),
-            grades=keep(self.grades, None if grades is None else set(grades)),
-            qids=keep(self.qids, None if qids is None else set(qids)),
-        )
+        return replace(self, layers=lay, heads=tuple(h for h in self.heads if 0 <= h < heads))
+
+# -- the sidebar widgets and their URL round trip -------------------------------------------------
+def _parse_range(raw: str) -> tuple[int, int]:
+    lo, _, hi = raw.partition("-")
+    return (int(lo), int(hi or lo))
 
 
-def _parse_ints(raw: str | None) -> list[int]:
-    out = []
-    for tok in (raw or "").split(","):
-        tok = tok.strip()
-        try:
-            out.append(int(tok))
-        except ValueError:
-            continue
-    return out
+def _reset(layers: int) -> None:
+    st.session_state["sl_layers"] = (0, max(layers - 1, 0))
+    for key in ("sl_heads", "sl_neg", "sl_grades", "sl_qids"):
+        st.session_state[key] = []
 
 
-def _parse_strs(raw: str | None) -> list[str]:
-    return [tok.strip() for tok in (raw or "").split(",") if tok.strip()]
+def neg_order(values) -> list[str]:
+    """Negative types in the project's order (relevant, hard, easy, unjudged), then any other, sorted."""
+    values = list(values)
+    return [n for n in NEG_TYPES if n in values] + sorted(v for v in values if v not in NEG_TYPES)
 
 
-def _parse_range(raw: str | None) -> tuple[int, int] | None:
-    if not raw:
-        return None
-    lo, sep, hi = raw.partition("-")
-    try:
-        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
-    except ValueError:
-        return None
+def widgets(*, layers: int, heads: int, neg_types, grades, queries: dict[str, str]) -> Slice:
+    """Draw the slice in the sidebar (options: the run's negative types, grades and ``{qid: text}``) and return it."""
+    sb = st.sidebar
+    neg_options = neg_order(neg_types)
+    grade_options = sorted(int(g) for g in grades)
+    qids = list(queries)
+    full = (0, max(layers - 1, 0))
+
+    sb.subheader("Slice", help="Every page shows the pairs and heads of this slice. An empty box means all.")
+    if layers > 1:
+        state.bind("sl_layers", full, param=PARAM_LAYERS, parse=_parse_range,
+                   clean=lambda v: (max(0, min(int(v[0]), full[1])), max(0, min(int(v[1]), full[1]))))
+        sb.slider("Layers", min_value=0, max_value=full[1], key="sl_layers")
+        state.publish("sl_layers", param=PARAM_LAYERS, fmt=lambda v: f"{v[0]}-{v[1]}", default=full)
+    lay = tuple(st.session_state.get("sl_layers", full)) if layers > 1 else full
+
+    state.bind("sl_heads", [], param=PARAM_HEADS, parse=lambda s: [int(x) for x in state.split(s)],
+               clean=state.subset(list(range(heads))))
+    sb.multiselect("Heads", list(range(heads)), key="sl_heads", placeholder="all heads")
+    state.publish("sl_heads", param=PARAM_HEADS, fmt=state.join, default=[])
+
+    state.bind("sl_neg", [], param=PARAM_NEG, parse=state.split, clean=state.subset(neg_options))
+    sb.multiselect("Negative types", neg_options, key="sl_neg", placeholder="all negative types")
+    state.publish("sl_neg", param=PARAM_NEG, fmt=state.join, default=[])
+
+    state.bind("sl_grades", [], param=PARAM_GRADES, parse=lambda s: [int(x) for x in state.split(s)],
+               clean=state.subset(grade_options))
+    sb.multiselect("Grades", grade_options, key="sl_grades", placeholder="all grades",
+                   help="NIST grades 0-3; -1 = easy negative (never judged for the query).")
+    state.publish("sl_grades", param=PARAM_GRADES, fmt=state.join, default=[])
+
+    state.bind("sl_qids", [], param=PARAM_QUERIES, parse=state.split, clean=state.subset(qids))
+    sb.multiselect("Queries", qids, key="sl_qids", placeholder=f"all {len(qids)} queries",
+                   format_func=lambda q: f"{q}: {str(queries.get(q, ''))[:60]}")
+    state.publish("sl_qids", param=PARAM_QUERIES, fmt=state.join, default=[])
+
+    sb.button("Reset slice", on_click=_reset, args=(layers,), icon=":material/restart_alt:")
+    return Slice(
+        layers=None if lay == full else lay,
+        heads=tuple(st.session_state["sl_heads"]),
+        neg_types=tuple(st.session_state["sl_neg"]),
+        grades=tuple(st.session_state["sl_grades"]),
+        qids=tuple(st.session_state["sl_qids"]),
+    )

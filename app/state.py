@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 import streamlit as st
 
 MISSING: Any = object()
-GLOBAL_PARAMS: set[str] = {"store", "run"}
+GLOBAL_PARAMS: set[str] = {"run"}  # plus the slice's (app.slice.PARAM_KEYS); the store root is never a URL parameter
 
 
 def _kept(key: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from precompute.store.schema import SCHEMA_VERSION, TABLES
-from precompute.store.writer import MANIFEST
+from precompute.store.manifest import MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = Path("data") / "store"

@@ -14,14 +14,14 @@ import streamlit as st
 
 from app import charts, state
 from app.slice import Slice
-from app.store import RunInfo
+from app.runs import RunInfo
 
 CONTEXT_KEY = "_atlas_context"
 
 
 @dataclass
 class Context:
-    """What the sidebar decided this run: the store, its runs, the chosen run and the slice."""
+    """What the sidebar decided this run: the store root (fixed by the server), its runs, the chosen run, the slice."""
 
     store: Path
     runs: list[RunInfo] = field(default_factory=list)
@@ -135,14 +135,3 @@ def parse_head(label: str) -> tuple[int, int]:
     layer, _, head = str(label).partition(".")
     return int(layer), int(head)
 
-
-def fmt_p(p: float | None) -> str:
-    if p is None or pd.isna(p):
-        return "n/a"
-    return f"{p:.2g}"
-
-
-def stars(p: float | None) -> str:
-    if p is None or pd.isna(p):
-        return ""
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "n.s."

@@ -27,26 +27,17 @@ delta compares like with like. With the eager kernel and ``stack`` 1 it is bit-i
 (two kernels summing in a different order; 3e-6 on MiniLM logits of magnitude ~10). Stacking conditions
 (``stack`` > 1) changes the shapes of the matrix products and moves scores by float noise (< 1e-5) too.
 
-Storage
--------
-Scores go to ``_parts/ablation_scores/c<chunk>-<hash>.parquet``, one part per (chunk, group of conditions
-sharing forwards), written atomically. A rerun reads which (condition, chunk) the parts hold and computes
-only the rest; when every requested condition is complete the parts are merged with the existing
-``ablation_scores.parquet`` (the conditions of earlier runs are kept), ``ablation_conditions`` is rewritten,
-and ``ablation_metrics`` / ``ablation_summary`` are recomputed (:mod:`precompute.significance`).
+Where the scores go and how reruns resume: :mod:`precompute.stages.ablations`.
 
-This module imports no torch or pyarrow at import time; the job imports it only when ablations run.
+This module imports no torch or pyarrow at import time.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 
 from precompute.conditions import (
-    AblationRequest,
     Condition,
-    forward_groups,
     forward_mode,
     intervention_arrays,
 )
@@ -265,225 +256,21 @@ def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, ba
     return {c.condition_id: out[i] for i, c in enumerate(conditions)}
 
 
-# --------------------------------------------------------------------------------------------------
-# The stage
-# --------------------------------------------------------------------------------------------------
-
-SCORES, CONDITIONS = "ablation_scores", "ablation_conditions"
-
-
 # The estimate's timing probe scores a throw-away batch; it calls this name, not score_conditions, so
 # what the pass itself scores stays observable (the tests count score_conditions calls).
 _timing_scorer = score_conditions
 
 
-def _seconds_per_scoring(lm, pairs: Sequence, condition: Condition, cfg, kernel: str) -> float:
-    """From one timed batch of typical length after a warm-up (its scores are discarded)."""
+def seconds_per_scoring(lm, pairs: Sequence, condition: Condition, *, batch_size: int, max_length: int,
+                        kernel: str) -> float:
+    """Seconds per (pair, condition) scoring, from one timed batch of typical length after a warm-up (discarded)."""
     import time
 
     from precompute.summaries import typical_batch
 
-    sample = typical_batch(pairs, cfg.batch_size)
-    kw = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, kernel=kernel)
+    sample = typical_batch(pairs, batch_size)
+    kw = dict(batch_size=batch_size, max_length=max_length, kernel=kernel)
     _timing_scorer(lm, sample, [condition], **kw)  # warm-up
     t0 = time.perf_counter()
     _timing_scorer(lm, sample, [condition], **kw)
     return (time.perf_counter() - t0) / len(sample)
-
-
-def _part_key(chunk_key: str, ids: Sequence[str]) -> str:
-    return f"c{chunk_key}-{hashlib.sha1(','.join(ids).encode()).hexdigest()[:12]}"
-
-
-def _done_in_parts(writer) -> set[tuple[str, str]]:
-    """(condition_id, chunk key) held by the score parts already on disk."""
-    import pyarrow.parquet as pq
-
-    done = set()
-    for path in writer.part_paths(SCORES):
-        chunk = path.stem.split("-", 1)[0][1:]
-        for cid in set(pq.read_table(path, columns=["condition_id"]).column("condition_id").to_pylist()):
-            done.add((cid, chunk))
-    return done
-
-
-def _computed(writer) -> set[str]:
-    """Condition ids in the finished ablation_scores table."""
-    if not writer.has_table(SCORES):
-        return set()
-    import duckdb
-
-    path = str(writer.table_path(SCORES)).replace("'", "''")
-    return {r[0] for r in duckdb.sql(f"SELECT DISTINCT condition_id FROM read_parquet('{path}')").fetchall()}
-
-
-def _known_definitions(writer) -> dict[str, dict]:
-    """condition_id -> ablation_conditions row, from the finished table and pending parts."""
-    import pyarrow.parquet as pq
-
-    rows: dict[str, dict] = {}
-    paths = ([writer.table_path(CONDITIONS)] if writer.has_table(CONDITIONS) else []) + writer.part_paths(CONDITIONS)
-    for path in paths:
-        for row in pq.read_table(path).to_pylist():
-            rows.setdefault(row["condition_id"], row)
-    return rows
-
-
-def _check_definitions(requested: Sequence[Condition], known: dict[str, dict]) -> None:
-    for c in requested:
-        old = known.get(c.condition_id)
-        if old is not None and old["directions"] != c.row()["directions"]:
-            raise ValueError(
-                f"condition {c.condition_id} was computed in this run folder with directions {old['directions']}, "
-                f"now {c.row()['directions']}; give the group another name (--ablation-group NAME=...)"
-            )
-
-
-def _check_settings(manifest: dict, writer, kernel: str, stack: int) -> None:
-    from precompute.store.writer import StoreError
-
-    old = manifest.get("ablations") or {}
-    if not (writer.has_table(SCORES) or writer.part_paths(SCORES)):
-        return
-    for key, value, flag in (("kernel", kernel, "--ablation-kernel"), ("stack", stack, "--ablation-stack")):
-        if key in old and old[key] != value:
-            raise StoreError(
-                f"{flag} {value} differs from the ablations already in this folder ({old[key]}); "
-                f"pass {flag} {old[key]}, another --out, or delete that folder"
-            )
-
-
-def run_stage(*, cfg, lm, ds, pair_set, writer, manifest) -> None:
-    """Compute the requested conditions that the run folder lacks, then (re)write the ablation tables."""
-    import numpy as np
-    import pyarrow as pa
-
-    from precompute import significance
-    from precompute.job import log
-    from precompute.stages import _progress
-    from precompute.store.writer import StoreError
-    from precompute.summaries import chunked
-
-    request = AblationRequest.from_config(cfg)
-    n_layers, n_heads = lm.config.num_hidden_layers, lm.config.num_attention_heads
-    requested = request.conditions(n_layers, n_heads)
-    if not requested:
-        return
-    if not writer.has_table("pairs"):
-        raise StoreError("the ablations stage needs the pairs table of the summary pass; run the summaries stage first")
-    kernel, stack = cfg.ablation_kernel, max(1, int(cfg.ablation_stack))
-    _check_settings(manifest, writer, kernel, stack)
-    known = _known_definitions(writer)
-    _check_definitions(requested, known)
-    computed = _computed(writer)
-    todo = [c for c in requested if c.condition_id not in computed]
-    chunks = list(chunked(pair_set.pairs, cfg.chunk_size))
-    chunk_keys = {key for key, _ in chunks}
-
-    if todo:
-        # kernel and stack fix the numbers of every part: record them before the first part is written
-        manifest["ablations"] = {**(manifest.get("ablations") or {}), "kernel": kernel, "stack": stack}
-        writer.write_manifest(manifest)
-        pending = [c for c in todo if c.condition_id not in known]
-        if pending:  # definitions first, so a folder never holds scores it cannot describe
-            writer.write_part(CONDITIONS, _part_key("defs", [c.condition_id for c in pending]),
-                              pa.Table.from_pylist([c.row() for c in pending]))
-        done = _done_in_parts(writer)
-        work = [(group, key, chunk) for group in forward_groups(todo, stack) for key, chunk in chunks]
-        total = len(todo) * len(pair_set.pairs)
-        left = sum(len(chunk) * sum((c.condition_id, key) not in done for c in group) for group, key, chunk in work)
-        seconds = _seconds_per_scoring(lm, pair_set.pairs, todo[0], cfg, kernel) * left if left else 0.0
-        log(f"Ablation pass: {len(todo)} of {len(requested)} requested conditions to compute ({len(requested) - len(todo)} "
-            f"already in the folder) x {len(pair_set.pairs):,} pairs: {left:,} scorings left (kernel {kernel}, "
-            f"{stack} condition(s) per forward, on {lm.device}), estimated {seconds / 60:.1f} min.")
-        with _progress(total, "ablations", "scoring", cfg.progress) as bar:
-            bar.update(total - left)
-            for group, key, chunk in work:
-                missing = [c for c in group if (c.condition_id, key) not in done]
-                if not missing:
-                    continue
-                scores = score_conditions(lm, chunk, missing, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                          kernel=kernel, on_batch=bar.update)
-                ids = [p.pair_id for p in chunk]
-                writer.write_part(SCORES, _part_key(key, [c.condition_id for c in missing]), pa.table({
-                    "condition_id": [c.condition_id for c in missing for _ in ids],
-                    "pair_id": pa.array(ids * len(missing), pa.int32()),
-                    "score": pa.array(np.concatenate([scores[c.condition_id] for c in missing]), pa.float32()),
-                }))
-    complete = _complete_in_parts(writer, chunk_keys) - computed
-    if complete:
-        _merge_scores(writer, complete)
-    computed = _computed(writer)
-    lacking = {c.condition_id for c in requested} - computed
-    if lacking:
-        raise RuntimeError(f"ablation scores missing after the pass: {sorted(lacking)[:5]}")
-
-    definitions = {**_known_definitions(writer), **{c.condition_id: c.row() for c in requested}}
-    if computed - set(definitions):
-        raise StoreError(f"ablation_scores holds conditions without a definition ({sorted(computed - set(definitions))[:3]}); "
-                         "delete the ablation_* tables and rerun")
-    rows = [definitions[cid] for cid in sorted(computed)]
-    changed = bool(complete) or not writer.has_table(CONDITIONS)
-    if changed:
-        writer.write_table(CONDITIONS, pa.Table.from_pylist(rows))
-
-    old = manifest.get("ablations") or {}
-    measures = list(dict.fromkeys([*old.get("measures", []), *cfg.measures]))
-    scopes = significance.resolve_scopes(cfg.eval_scopes, cfg.candidates)
-    scopes = [s for s in significance.SCOPES if s in set(old.get("scopes", [])) | set(scopes)]
-    stats = significance.write_tables(writer, ds, pair_set, measures, scopes, rebuild=changed)
-    _clean_parts(writer, computed)
-
-    kinds: dict[str, int] = {}
-    for row in rows:
-        kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
-    manifest["ablations"] = {
-        "kernel": kernel,
-        "stack": stack,
-        "conditions": sorted(computed),
-        "counts": kinds,
-        "measures": measures,
-        "scopes": scopes,
-        "groups": {r["condition"]: r["directions"].split(",") for r in rows if r["kind"] == "group"},
-        "last_request": {
-            "sets": list(request.sets), "modes": list(request.modes), "layers": list(request.layers),
-            "groups": list(request.groups), "sweep": list(request.sweep), "heads": list(request.heads),
-            "requested": len(requested), "computed_now": len(todo),
-        },
-        "holm_family": stats["holm_family"],
-    }
-    manifest["tables"] = {**manifest.get("tables", {}), **stats["tables"]}
-
-
-def _complete_in_parts(writer, chunk_keys: set[str]) -> set[str]:
-    """Condition ids whose score parts cover every chunk of the run."""
-    chunks: dict[str, set[str]] = {}
-    for cid, key in _done_in_parts(writer):
-        chunks.setdefault(cid, set()).add(key)
-    return {cid for cid, keys in chunks.items() if keys >= chunk_keys}
-
-
-def _merge_scores(writer, new: set[str]) -> None:
-    """Existing ablation_scores + the conditions ``new`` from the parts -> ablation_scores.parquet (atomic)."""
-    parts = writer.root / "_parts" / SCORES
-    ids = ", ".join("'" + cid.replace("'", "''") + "'" for cid in sorted(new))
-    pieces = [
-        f"SELECT condition_id, pair_id, score FROM parts_scores WHERE condition_id IN ({ids}) "
-        "QUALIFY row_number() OVER (PARTITION BY condition_id, pair_id) = 1"
-    ]
-    if writer.has_table(SCORES):
-        old = str(writer.table_path(SCORES)).replace("'", "''")
-        pieces.insert(0, f"SELECT condition_id, pair_id, score FROM read_parquet('{old}') WHERE condition_id NOT IN ({ids})")
-    writer.merge_parts(SCORES, select_sql=" UNION ALL ".join(f"({p})" for p in pieces), sources={"scores": parts})
-
-
-def _clean_parts(writer, computed: set[str]) -> None:
-    """Remove the parts whose conditions are all in the finished tables; keep the work of unfinished ones."""
-    import pyarrow.parquet as pq
-
-    for table in (SCORES, CONDITIONS):
-        for path in writer.part_paths(table):
-            if set(pq.read_table(path, columns=["condition_id"]).column("condition_id").to_pylist()) <= computed:
-                path.unlink()
-        if not writer.part_paths(table):
-            writer.drop_parts(table)

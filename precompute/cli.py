@@ -139,7 +139,7 @@ def _request(args):
 
 
 def config_from_args(args):
-    from precompute.job import JobConfig
+    from precompute.config import JobConfig
 
     return JobConfig(
         dataset=args.dataset, model=args.model, out=args.out, store=args.store, cache=args.cache,
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check(args, parser)
     from precompute.datasets import DatasetError
-    from precompute.job import log, run
+    from precompute.console import log
+    from precompute.job import run
     from precompute.model import ModelError
     from precompute.store.writer import StoreError
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL = "castorini/monobert-large-msmarco"
 
 
 class ModelError(Exception):

@@ -179,7 +179,7 @@ def summary_rows(metrics: list[dict], conditions: dict[str, dict]) -> tuple[list
     return out, family
 
 
-def _covered(writer, measures: Sequence[str], scopes: Sequence[str], n_conditions: int) -> bool:
+def covered(writer, measures: Sequence[str], scopes: Sequence[str], n_conditions: int) -> bool:
     """Do the finished metric tables hold every (condition, scope, measure) asked for?"""
     if not (writer.has_table("ablation_metrics") and writer.has_table("ablation_summary")):
         return False
@@ -191,28 +191,25 @@ def _covered(writer, measures: Sequence[str], scopes: Sequence[str], n_condition
     return all(have.get((s, str(m))) == n_conditions for s in scopes for m in evaluation.parse_measures(measures))
 
 
-def write_tables(writer, ds, pair_set, measures: Sequence[str], scopes: Sequence[str], *, rebuild: bool) -> dict:
-    """(Re)write ablation_metrics and ablation_summary when conditions changed or coverage is lacking.
-
-    Returns {"holm_family": n, "tables": {name: {"rows": n}}} for the manifest.
-    """
+def write_tables(writer, ds, pair_set, measures: Sequence[str], scopes: Sequence[str], *, rebuild: bool) -> None:
+    """(Re)write ablation_metrics and ablation_summary when conditions changed or coverage is lacking."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     conditions = {r["condition_id"]: r for r in pq.read_table(writer.table_path("ablation_conditions")).to_pylist()}
-    if rebuild or not _covered(writer, measures, scopes, len(conditions)):
+    if rebuild or not covered(writer, measures, scopes, len(conditions)):
         metrics = metric_rows(writer, ds, pair_set, measures, scopes, conditions)
         summary, _ = summary_rows(metrics, conditions)
         writer.write_table("ablation_metrics", pa.Table.from_pylist(metrics))
         writer.write_table("ablation_summary", pa.Table.from_pylist(summary))
+
+
+def holm_family(writer) -> int:
+    """The largest number of tested conditions in one Holm family (scope x measure) of ablation_summary."""
+    import pyarrow.parquet as pq
+
     summary = pq.read_table(writer.table_path("ablation_summary"), columns=["scope", "measure", "p_holm"]).to_pylist()
     families: dict[tuple, int] = {}
     for r in summary:
         families[(r["scope"], r["measure"])] = families.get((r["scope"], r["measure"]), 0) + (r["p_holm"] is not None)
-    return {
-        "holm_family": max(families.values(), default=0),
-        "tables": {
-            name: {"rows": pq.ParquetFile(writer.table_path(name)).metadata.num_rows}
-            for name in ("ablation_conditions", "ablation_scores", "ablation_metrics", "ablation_summary")
-        },
-    }
+    return max(families.values(), default=0)

@@ -49,6 +49,12 @@ class SpectraError(Exception):
     """The model's attention is not one the spectra can describe (message is one line, for the CLI)."""
 
 
+def check_supported(model: nn.Module) -> None:
+    """Raise SpectraError (one line, with the reason) unless the spectra of ``model`` can be computed."""
+    _check_bilinear(model)
+    _attention_modules(model)
+
+
 def qk_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the query and key factors of every head: (W_Q, W_K), each [heads, d_model, dh], float32 on CPU.
 

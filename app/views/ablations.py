@@ -6,7 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, data, queries, state, ui
-from app.store import ABLATIONS_FLAGS, SWEEP_FLAGS, command_for
+from app.commands import ABLATIONS_FLAGS, SWEEP_FLAGS, command_for
+from precompute.conditions import BASELINE
+from precompute.statistics import ALPHA, STARS_LEGEND, stars
 
 ctx, run = ui.require_run()
 ABLATIONS_COMMAND = command_for(run, ABLATIONS_FLAGS)
@@ -44,12 +46,12 @@ table = data.query(run, queries.ablation_table, scope, measure)
 sweeps = data.query(run, queries.ablation_layer_sweeps, scope, measure)
 heads = data.query(run, queries.ablation_heads, scope, measure)
 conditions = [c for c in list(table["condition_id"]) + list(sweeps["condition_id"]) + list(heads["condition_id"])
-              if c != queries.BASELINE_CONDITION]
+              if c != BASELINE]
 
 # -- Table 1 ----------------------------------------------------------------------------------
 st.subheader(f"Table 1: {measure} under each ablation ({scope})")
 shown = table.copy()
-shown["significance"] = [ui.stars(p) for p in shown["p_holm"]]
+shown["significance"] = [stars(p, not_significant="n.s.") for p in shown["p_holm"]]
 if sl.qids:
     part = data.query(run, queries.ablation_slice_means, sl, scope, measure)
     shown = shown.merge(part[["condition_id", "n_queries", "mean", "delta"]].rename(
@@ -66,7 +68,7 @@ event = st.dataframe(
     },
 )
 st.caption("Delta = condition - baseline, mean over queries; paired t-test over queries, Holm-corrected across the "
-           "run's conditions. Select a row to see its per-query deltas below.")
+           f"run's conditions ({STARS_LEGEND}). Select a row to see its per-query deltas below.")
 ui.table_download(shown, f"{run.name}-table1-{scope}-{measure}", key="abl_table_csv")
 
 picked = None
@@ -99,13 +101,13 @@ if len(heads):
         state.publish("abl_head_mode", default=modes[0])
         hmode = st.session_state["abl_head_mode"]
     hm = heads[heads["mode"] == hmode].copy()
-    hm["significant"] = hm["p_holm"] < 0.05
+    hm["significant"] = hm["p_holm"] < ALPHA
     ui.chart(charts.head_heatmap(hm, "delta", title=f"{measure} change when one head is ablated ({hmode}; "
                                                     f"{run.model_name}, {run.dataset_name})",
                                  value_title=f"Delta {measure}", diverging=True,
                                  tooltip=["mean", "p_holm", "condition_id"], mark_significant="significant"),
              hm, f"{run.name}-head-ablations-{scope}-{measure}", key="abl_heads_map", select=charts.CELL)
-    st.caption("Stars mark Holm-corrected p < 0.05. Click a head to see its per-query deltas below.")
+    st.caption(f"Stars mark Holm-corrected p < {ALPHA}. Click a head to see its per-query deltas below.")
     if clicked is not None and clicked != st.session_state.get("_abl_last_click"):
         st.session_state["_abl_last_click"] = clicked
         hit = hm[(hm["layer"] == clicked[0]) & (hm["head"] == clicked[1])]
@@ -121,7 +123,7 @@ if not conditions:
     st.info("The run has only the baseline.")
     st.stop()
 # Default: the Table 1 condition with the largest effect (else the first condition).
-effects = table[table["condition_id"] != queries.BASELINE_CONDITION].dropna(subset=["delta"])
+effects = table[table["condition_id"] != BASELINE].dropna(subset=["delta"])
 default = str(effects.loc[effects["delta"].abs().idxmax(), "condition_id"]) if len(effects) else conditions[0]
 if picked is not None and picked in conditions and picked != st.session_state.get("_abl_last_pick"):
     st.session_state["_abl_last_pick"] = picked

@@ -7,9 +7,20 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, data, queries, state, ui
+from app.commands import ABLATIONS_FLAGS, command_for
+from app.runs import run_labels
 from app.slice import Slice
-from app.store import ABLATIONS_FLAGS, command_for
-from precompute.names import METRICS, metric_label
+from precompute.names import CONTRAST_LABELS, METRICS, metric_label
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """Outer-join two results on ``keys`` and add ``diff`` = b - a of ``value`` (NaN where one side lacks the key)."""
+    left = a[keys + [value]].rename(columns={value: value + "_a"})
+    right = b[keys + [value]].rename(columns={value: value + "_b"})
+    out = left.merge(right, on=keys, how="outer")
+    out["diff"] = out[value + "_b"] - out[value + "_a"]
+    return out.sort_values(keys).reset_index(drop=True)
+
 
 ctx, run_a = ui.require_run()
 sl = ctx.slice
@@ -27,13 +38,13 @@ default = next((r.name for r in others if r.model_name == run_a.model_name),
                next((r.name for r in others if r.dataset_name == run_a.dataset_name), names[0]))
 state.bind("cmp_run", default, clean=state.choice(names, default))
 c1, c2, c3 = st.columns([2, 2, 2])
-c1.selectbox("Compare the sidebar's run with", names, key="cmp_run", format_func=lambda n: by_name[n].label)
+c1.selectbox("Compare the sidebar's run with", names, key="cmp_run", format_func=run_labels(ctx.runs).get)
 state.publish("cmp_run", default=default)
 run_b = by_name[st.session_state["cmp_run"]]
 state.bind("cmp_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
 c2.selectbox("Metric", list(METRICS), key="cmp_metric", format_func=lambda m: f"{m}: {metric_label(m)}")
 state.publish("cmp_metric", default="q_d")
-VIEWS = {"mean": "Mean over the slice", "relevant_vs_easy": "Relevant - easy", "relevant_vs_hard": "Relevant - hard"}
+VIEWS = {"mean": "Mean over the slice", **CONTRAST_LABELS}
 state.bind("cmp_view", "mean", clean=state.choice(list(VIEWS), "mean"))
 c3.radio("Show", list(VIEWS), key="cmp_view", format_func=VIEWS.get, horizontal=True)
 state.publish("cmp_view", default="mean")
@@ -44,10 +55,9 @@ st.caption(f"**{A}** vs **{B}** · slice: {sl.describe()}. A and B share one col
 
 # The slice's queries only exist in the run of the same dataset; layers/heads are clamped to each model.
 def slice_for(run) -> Slice:
-    model = run.model
     same_dataset = run.dataset_name == run_a.dataset_name
     s = sl if same_dataset else sl.with_(qids=())
-    return s.clamp(layers=int(model.get("layers") or 10**6), heads=int(model.get("heads") or 10**6))
+    return s.clamp(layers=int(run.model.layers or 10**6), heads=int(run.model.heads or 10**6))
 
 
 sl_a, sl_b = slice_for(run_a), slice_for(run_b)
@@ -85,7 +95,7 @@ for col, grid, run, tag, key in ((left, grid_a, run_a, "A", "cmp_map_a"), (right
                  grid, f"compare-{tag}-{run.name}-{metric}-{view}", key=key)
 
 if len(grid_a) and len(grid_b):
-    diff = queries.compare_frames(grid_a, grid_b, ["layer", "head"], value)
+    diff = compare_frames(grid_a, grid_b, ["layer", "head"], value)
     common = diff.dropna(subset=["diff"])
     if common.empty:
         st.info("The two runs share no layer x head.")
@@ -122,7 +132,7 @@ state.publish("cmp_abl", default=combos[0])
 scope, measure = st.session_state["cmp_abl"].split(" · ", 1)
 ta = data.query(run_a, queries.ablation_table, scope, measure)
 tb = data.query(run_b, queries.ablation_table, scope, measure)
-table = queries.compare_frames(ta, tb, ["condition_id"], "delta")
+table = compare_frames(ta, tb, ["condition_id"], "delta")
 table = table.merge(ta[["condition_id", "mean", "p_holm"]].rename(columns={"mean": "mean_a", "p_holm": "p_holm_a"}),
                     on="condition_id", how="left")
 table = table.merge(tb[["condition_id", "mean", "p_holm"]].rename(columns={"mean": "mean_b", "p_holm": "p_holm_b"}),

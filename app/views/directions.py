@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, data, queries, state, ui
-from precompute.names import DIRECTIONS, direction_label
+from precompute.names import CONTRAST_LABELS, CONTRASTS, DIRECTIONS, direction_label
 
 ctx, run = ui.require_run()
 sl = ctx.slice
@@ -16,7 +16,7 @@ st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}. "
            "Rows attend, columns are attended: each row of the matrix sums to 1 (the five masses of one segment).")
 
 SCOPES = {"slice": "Averaged over the slice's layers and heads", "head": "One head"}
-SHOW = {"mean": "Mean mass", "relevant_vs_easy": "Relevant - easy", "relevant_vs_hard": "Relevant - hard"}
+SHOW = {"mean": "Mean mass", **CONTRAST_LABELS}
 
 c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
 state.bind("dir_scope", "slice", clean=state.choice(list(SCOPES), "slice"))
@@ -48,7 +48,7 @@ if show == "mean":
     value_title = "Mean attention mass"
     title = f"Segment-to-segment attention, {where} ({run.model_name}, {run.dataset_name})"
 else:
-    a, b = queries.CONTRASTS[show]
+    a, b = CONTRASTS[show]
     ma = data.query(run, queries.direction_matrix, msl.with_(neg_types=(a,)))
     mb = data.query(run, queries.direction_matrix, msl.with_(neg_types=(b,), grades=()))
     matrix = ma[["src", "dst", "direction"]].copy()

@@ -7,17 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, data, queries, state, ui
-from app.store import command_for
-from precompute.names import METRICS, metric_label
+from app.commands import command_for
+from precompute.names import CONTRAST_LABELS, CONTRASTS, METRICS, metric_label
+from precompute.statistics import ALPHA, fmt_p, stars
 
 ctx, run = ui.require_run()
 sl = ctx.slice
 
-VIEWS = {
-    "mean": "Mean over the slice",
-    "relevant_vs_easy": "Relevant - easy negatives",
-    "relevant_vs_hard": "Relevant - hard negatives",
-}
+VIEWS = {"mean": "Mean over the slice", **CONTRAST_LABELS}
 COLOR_BY = {"diff": "Difference of means", "cohen_d": "Effect size (Cohen's d)"}
 
 st.title("Head atlas")
@@ -47,7 +44,7 @@ if not diff_view:
     tooltip = ["n", "sd"]
 else:
     grid = data.query(run, queries.head_difference, sl, metric, view)
-    a, b = queries.CONTRASTS[view]
+    a, b = CONTRASTS[view]
     value = color_by
     value_title = (f"{metric}: {a} - {b}" if color_by == "diff" else f"Cohen's d of {metric}, {a} vs {b}")
     title = (f"{label} per head: {a} minus {b} negatives" if color_by == "diff"
@@ -59,7 +56,7 @@ else:
             stats = stats[["layer", "head", "cohen_d", "p_holm"]].rename(
                 columns={"cohen_d": "run_cohen_d", "p_holm": "run_p_holm"})
             grid = grid.merge(stats, on=["layer", "head"], how="left")
-            grid["significant"] = grid["run_p_holm"] < 0.05
+            grid["significant"] = grid["run_p_holm"] < ALPHA
             tooltip += ["run_cohen_d", "run_p_holm"]
 
 if grid.empty:
@@ -83,7 +80,7 @@ if diff_view:
              "(the slice's grade filter applies to the relevant side)."]
     if "significant" in grid:
         notes.append("Stars mark heads significant in the run's matching-head statistics (Mann-Whitney, "
-                     "Holm-corrected p < 0.05, all queries).")
+                     f"Holm-corrected p < {ALPHA}, all queries).")
     st.caption(" ".join(notes))
     if not run.has("head_contrasts"):
         st.caption("This run has no matching-head statistics (head_contrasts) yet, so no significance is shown; "
@@ -111,7 +108,7 @@ with h2:
         m[1].metric("Cohen's d (slice)", f"{row['cohen_d']:+.3f}" if pd.notna(row["cohen_d"]) else "n/a")
         m[2].metric("Pairs (relevant / negative)", f"{int(row['n_a'])} / {int(row['n_b'])}")
         if "run_p_holm" in row:
-            m[3].metric("p (Holm, run)", ui.fmt_p(row["run_p_holm"]), ui.stars(row["run_p_holm"]) or None,
+            m[3].metric("p (Holm, run)", fmt_p(row["run_p_holm"], missing="n/a"), stars(row["run_p_holm"]) or None,
                         delta_color="off")
 
 stats = data.query(run, queries.head_values, sl, sel_layer, sel_head, metric)

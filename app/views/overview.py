@@ -5,20 +5,23 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, data, queries, state, ui
-from precompute.names import NEG_TYPES
+from app.slice import neg_order
+from precompute.names import SCORE_KINDS
 
 ctx, run = ui.require_run()
 sl = ctx.slice
 man = run.manifest
+# What pairs.score is (the job writes "logit" or "log_softmax[1]"); an unknown kind is shown as written.
+SCORE_WORDS = SCORE_KINDS.get(str(run.model.score), f"score ({run.model.score or 'unknown kind'})")
 
 st.title(f"Overview: {run.dataset_name} x {run.model_name}")
-st.caption(f"Run folder `{run.path}` · created {man.get('created', '?')} · slice: {sl.describe()}")
+st.caption(f"Run folder `{run.path}` · created {man.created or '?'} · slice: {sl.describe()}")
 
 counts = data.query(run, queries.pair_counts, sl.pairs_only())
 ndcg = data.query(run, queries.ndcg_per_query, sl.pairs_only())
 n_pairs = int(counts["pairs"].sum()) if len(counts) else 0
 n_queries = int(ndcg["qid"].nunique()) if len(ndcg) else 0
-manifest_ndcg = (man.get("metrics") or {}).get("nDCG@10")
+manifest_ndcg = man.metrics.get("nDCG@10")
 
 c = st.columns(5)
 c[0].metric("Pairs in the slice", f"{n_pairs:,}")
@@ -36,20 +39,18 @@ with left:
     st.subheader("Model")
     model = run.model
     st.markdown(
-        f"**{run.model_name}** · `{model.get('id', '?')}` · {model.get('architecture', '?')} "
-        f"({model.get('model_type', '?')}) · hidden {model.get('hidden', '?')} · "
-        f"{model.get('num_labels', '?')} label(s), score = {model.get('score', '?')}"
+        f"**{run.model_name}** · `{model.id or '?'}` · {model.architecture or '?'} ({model.model_type or '?'}) · "
+        f"hidden {model.hidden or '?'} · {model.num_labels or '?'} label(s), score = {SCORE_WORDS}"
     )
 with right:
     st.subheader("Dataset")
-    ds = run.dataset
-    params = man.get("parameters") or {}
+    params = man.parameters
     st.markdown(
-        f"**{run.dataset_name}** · `{ds.get('spec', '?')}` · max length {params.get('max_length', '?')} · "
+        f"**{run.dataset_name}** · `{run.dataset.spec or '?'}` · max length {params.get('max_length', '?')} · "
         f"{params.get('easy_negatives', '?')} easy negatives per query · seed {params.get('seed', '?')}"
     )
 with st.expander("Manifest"):
-    st.json(man, expanded=1)
+    st.json(man.to_dict(), expanded=1)
 
 st.subheader("Pairs by negative type and grade")
 st.dataframe(
@@ -69,16 +70,14 @@ state.bind("ov_bins", 40, parse=int, clean=lambda v: min(100, max(5, int(v))))
 st.slider("Bins", 5, 100, key="ov_bins")
 state.publish("ov_bins", default=40)
 hist = data.query(run, queries.score_histogram, sl.pairs_only(), int(st.session_state["ov_bins"]))
-score_word = "log-probability of relevance" if run.model.get("score") == "logprob" else "relevance score (logit)"
 if len(hist):
     ui.chart(
         charts.histogram(hist, title=f"Model score by negative type ({run.model_name}, {run.dataset_name})",
-                         x_title=f"Model {score_word}"),
+                         x_title=f"Model {SCORE_WORDS}"),
         hist, f"{run.name}-score-histogram", key="ov_hist",
     )
     summary = data.query(run, queries.score_summary, sl.pairs_only())
-    summary = summary.set_index("neg_type").reindex([n for n in NEG_TYPES if n in set(summary["neg_type"])]
-                                                    + [n for n in summary["neg_type"] if n not in NEG_TYPES])
+    summary = summary.set_index("neg_type").reindex(neg_order(summary["neg_type"]))
     st.dataframe(summary.reset_index(), hide_index=True, key="ov_summary")
 else:
     st.info("The slice holds no pairs.")

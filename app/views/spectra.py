@@ -6,8 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, data, queries, state, ui
-from app.store import command_for
-from precompute.names import METRICS, metric_label
+from app.commands import command_for
+from precompute.names import CONTRAST_LABELS, CONTRASTS, METRICS, metric_label
 
 ctx, run = ui.require_run()
 sl = ctx.slice
@@ -64,9 +64,9 @@ c1, c2 = st.columns(2)
 state.bind("spec_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
 c1.selectbox("Matching statistic of", list(METRICS), key="spec_metric", format_func=lambda m: f"{m}: {metric_label(m)}")
 state.publish("spec_metric", default="q_d")
-contrasts = list(queries.CONTRASTS)
+contrasts = list(CONTRASTS)
 state.bind("spec_contrast", contrasts[0], clean=state.choice(contrasts, contrasts[0]))
-c2.selectbox("Contrast", contrasts, key="spec_contrast", format_func=lambda c: c.replace("_", " "))
+c2.selectbox("Contrast", contrasts, key="spec_contrast", format_func=CONTRAST_LABELS.get)
 state.publish("spec_contrast", default=contrasts[0])
 metric, contrast = st.session_state["spec_metric"], st.session_state["spec_contrast"]
 if run.has("head_contrasts"):
@@ -81,8 +81,8 @@ if rel.empty or rel["cohen_d"].isna().all():
 rel = rel.assign(head_label=[ui.head_label(a, b) for a, b in zip(rel["layer"], rel["head"])])
 corr = rel[["alignment_score", "cohen_d"]].corr().iloc[0, 1]
 ui.chart(charts.scatter(rel, "alignment_score", "cohen_d",
-                        title=f"Alignment score vs Cohen's d of {metric} ({contrast.replace('_', ' ')}; {run.model_name})",
-                        x_title="Alignment score of the head", y_title=f"Cohen's d of {metric}, {contrast.replace('_', ' ')}",
+                        title=f"Alignment score vs Cohen's d of {metric} ({CONTRAST_LABELS[contrast]}; {run.model_name})",
+                        x_title="Alignment score of the head", y_title=f"Cohen's d of {metric}, {CONTRAST_LABELS[contrast]}",
                         color="layer", color_title="Layer", tooltip=["head_label", "alignment_score", "cohen_d", "diff",
                                                                      "p_holm"]),
          rel, f"{run.name}-alignment-vs-{metric}-{contrast}", key="spec_scatter")

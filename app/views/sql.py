@@ -1,22 +1,27 @@
-"""SQL: ad-hoc, read-only DuckDB SQL over the run's tables, with the schema beside the editor."""
+"""SQL: a visitor's read-only DuckDB query over the run's tables, with the schema beside the editor.
+
+What may run, on which connection and with which bounds is decided in ``app.sql_console`` and
+``app.connections`` (threat model: docs/app.md); this page only draws the editor and the result.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from app import data, queries, state, ui
-from app.sandbox import DEFAULT_ROW_LIMIT, SandboxError
+from app.errors import one_line
+from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError, run_sql
 from precompute.store.schema import TABLES
 
 ctx, run = ui.require_run()
 
 st.title("SQL")
-st.caption(f"Read-only DuckDB over the tables of `{run.name}` (views over its Parquet files). Only SELECT / "
-           "WITH / FROM / DESCRIBE / SUMMARIZE / EXPLAIN run; files outside the run folder, COPY, ATTACH, "
-           "INSTALL and any write are refused.")
+st.caption(f"Read-only DuckDB over the tables of `{run.name}` (views over its Parquet files). One statement: "
+           f"{ALLOWED}. Files outside the run folder, COPY, ATTACH, INSTALL and any write are refused.")
 
 EXAMPLE = ("SELECT neg_type, grade, count(*) AS pairs, round(avg(score), 3) AS mean_score\n"
            "FROM pairs\nGROUP BY ALL\nORDER BY neg_type, grade")
+PLANS = dict(zip(EXPLAIN_MODES, ("Result", "Plan (EXPLAIN)", "Plan with timings (EXPLAIN ANALYZE)")))
 
 left, right = st.columns([3, 1])
 with right:
@@ -31,17 +36,30 @@ with left:
     state.bind("sql_q", EXAMPLE, clean=lambda v: str(v))
     st.text_area("Query (Ctrl+Enter runs it)", key="sql_q", height=180)
     state.publish("sql_q", default=EXAMPLE)
-    state.bind("sql_limit", DEFAULT_ROW_LIMIT, parse=int, clean=lambda v: min(100_000, max(1, int(v))))
-    st.number_input("Row limit", min_value=1, max_value=100_000, step=1000, key="sql_limit")
+    c1, c2 = st.columns([1, 3])
+    state.bind("sql_limit", DEFAULT_ROW_LIMIT, parse=int, clean=lambda v: min(MAX_ROW_LIMIT, max(1, int(v))))
+    c1.number_input("Row limit", min_value=1, max_value=MAX_ROW_LIMIT, step=1000, key="sql_limit")
     state.publish("sql_limit", default=DEFAULT_ROW_LIMIT)
-    text = st.session_state["sql_q"]
+    state.bind("sql_plan", "", clean=state.choice(list(PLANS), ""))
+    c2.radio("Show", list(PLANS), key="sql_plan", format_func=PLANS.get, horizontal=True)
+    state.publish("sql_plan", default="")
+    plan = st.session_state["sql_plan"]
     try:
-        result = data.sql(run, text, int(st.session_state["sql_limit"]))
-    except SandboxError as err:
+        result = run_sql(run, st.session_state["sql_q"], explain=plan, limit=int(st.session_state["sql_limit"]))
+    except SqlError as err:
         st.error(str(err), icon=":material/block:")
+        st.stop()
+    rows = len(result.frame)
+    st.caption(f"{rows:,} row(s) in {result.elapsed_s * 1000:.0f} ms")
+    if result.truncated:
+        st.warning(f"The result was {result.truncated}.", icon=":material/content_cut:")
+    if plan:
+        for value in result.frame.get("explain_value", []):
+            st.code(str(value), language=None)
     else:
-        rows = len(result.frame)
-        st.caption(f"{rows:,} row(s){' (truncated at the row limit)' if result.truncated else ''} "
-                   f"in {result.elapsed_s * 1000:.0f} ms")
-        st.dataframe(result.frame, hide_index=True, key="sql_result")
+        try:
+            st.dataframe(result.frame, hide_index=True, key="sql_result")
+        except Exception as err:  # noqa: BLE001 - a value the table widget cannot carry: one line, not a traceback
+            st.error(f"The result cannot be shown as a table: {one_line(err)}", icon=":material/block:")
+            st.stop()
         ui.table_download(result.frame, f"{run.name}-query", key="sql_csv", label="Download CSV")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app import ui
-from app.store import FULL_COMMAND, PRECOMPUTE_COMMAND, STORE_ENV, command_for
+from app.commands import (ABLATION_SCORINGS_PER_S, DEFAULT_CONDITIONS, FIRST_TRY_TIME, FULL_COMMAND, FULL_PAIRS,
+                          FULL_QUERIES, PRECOMPUTE_COMMAND, SUMMARY_PAIRS_PER_S, command_for, full_run_minutes)
+from app.runs import STORE_ENV
 
 ctx = ui.context()
 st.title("Matching Atlas")
@@ -15,7 +17,7 @@ store = ctx.store.resolve() if ctx.store.exists() else ctx.store
 
 if ctx.run is not None and not ctx.run.ok:
     st.error(f"The run **{ctx.run.name}** cannot be opened: {ctx.run.problem}.")
-    if ctx.run.manifest and ctx.run.manifest.get("status") not in (None, "complete"):
+    if ctx.run.manifest is not None and ctx.run.manifest.status not in (None, "complete"):
         st.markdown("Once the job has finished, reload this page. If it was stopped, resume it (finished work is kept):")
         st.code(command_for(ctx.run), language="bash", wrap_lines=True)
     usable = ctx.ok_runs
@@ -31,13 +33,19 @@ else:
         st.warning(f"The store `{store}` holds no run yet.")
     st.markdown(
         "**Build a first store** with the precompute job, from the repository root (the first 3 queries of "
-        "TREC DL 2020 with the reference MiniLM cross-encoder: a few minutes on a CPU):"
+        f"TREC DL 2020 with the reference MiniLM cross-encoder: {FIRST_TRY_TIME} on 2 CPU cores):"
     )
     st.code(PRECOMPUTE_COMMAND, language="bash", wrap_lines=True)
-    st.markdown("All 54 queries (6,084 pairs: about 10-15 minutes on 2 CPU cores, much less on a GPU):")
+    summary_min, ablation_min = full_run_minutes()
+    st.markdown(
+        f"All {FULL_QUERIES} queries ({FULL_PAIRS:,} pairs): about {summary_min + ablation_min:.0f} minutes on 2 CPU "
+        f"cores, much less on a GPU: the summary pass ({summary_min:.0f} min at {SUMMARY_PAIRS_PER_S:.0f} pairs/s) "
+        f"and the default ablations ({DEFAULT_CONDITIONS} conditions x {FULL_PAIRS:,} pairs, {ablation_min:.0f} min "
+        f"at {ABLATION_SCORINGS_PER_S:.0f} scorings/s); `--ablations none` skips the second."
+    )
     st.code(FULL_COMMAND, language="bash", wrap_lines=True)
     st.markdown(
-        "Then reload this page. The app looks for `data/store` by default; point it elsewhere with "
-        f"`streamlit run app/main.py -- --store PATH`, the environment variable `{STORE_ENV}`, or the "
-        "*Store folder* box in the sidebar."
+        "Then reload this page. The app looks for `data/store` by default; the server is pointed elsewhere when it "
+        f"starts: `streamlit run app/main.py -- --store PATH` (a store or one run folder) or the environment variable "
+        f"`{STORE_ENV}`."
     )

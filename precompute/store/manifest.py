@@ -61,9 +61,12 @@ class Section:
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.extra)
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            if f.name != "extra":
-                out[f.name] = _dump(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.name == "extra" or (value is None and any(_is_section(a) for a in typing.get_args(hints[f.name]))):
+                continue  # an absent optional section stays absent, as schema version 1 wrote it
+            out[f.name] = _dump(value)
         return out
 
 

@@ -10,18 +10,16 @@ see finished tables, and only once ``manifest.json`` (written last, atomically) 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from precompute.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from precompute.store.schema import SCHEMA_VERSION, TABLES, Table
 
-MANIFEST = "manifest.json"
 LOCK = ".lock"
 PARTS = "_parts"
 ROW_GROUP_SIZE = 122_880  # DuckDB's row-group size: zone maps then prune per layer/head
@@ -44,12 +42,6 @@ def write_parquet(table: Table, data: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_json(payload: dict[str, Any], path: Path) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 class RunWriter:
     """Writes the tables of one run folder, part by part."""
 
@@ -68,9 +60,9 @@ class RunWriter:
         self._lock()
         self.remove_stale_temporaries()  # safe now: no other job can be writing here
         manifest = self.read_manifest()
-        if manifest is not None and manifest.get("schema_version") != SCHEMA_VERSION:
+        if manifest is not None and manifest.schema_version != SCHEMA_VERSION:
             raise StoreError(
-                f"{self.root} holds a store of schema version {manifest.get('schema_version')}, this job writes "
+                f"{self.root} holds a store of schema version {manifest.schema_version}, this job writes "
                 f"version {SCHEMA_VERSION}; pass another --out or delete that folder"
             )
 
@@ -156,14 +148,15 @@ class RunWriter:
             tmp.unlink(missing_ok=True)
 
     # -- manifest ------------------------------------------------------------------------
-    def read_manifest(self) -> dict[str, Any] | None:
-        path = self.root / MANIFEST
-        if not path.exists():
-            return None
-        return json.loads(path.read_text())
+    def read_manifest(self) -> Manifest | None:
+        try:
+            return read_manifest(self.root)
+        except ManifestError as err:
+            raise StoreError(f"{err}; delete it to start the run over, or pass another --out") from err
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json({**manifest, "schema_version": SCHEMA_VERSION}, self.root / MANIFEST)
+    def write_manifest(self, manifest: Manifest) -> None:
+        manifest.schema_version = SCHEMA_VERSION
+        write_manifest(self.root, manifest)
 
 
 def _q(name: str) -> str:

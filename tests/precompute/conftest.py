@@ -33,7 +33,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 def run_tiny_job(kind: str, dataset: Path, tmp_path_factory, **overrides):
     """(config, run folder) of a finished job of a tiny random ``kind`` model over ``dataset``."""
-    from precompute.job import JobConfig, run
+    from precompute.config import JobConfig
+    from precompute.job import run
 
     model = build(kind, tmp_path_factory.mktemp(kind))
     settings = dict(dataset=str(dataset), model=str(model), out=tmp_path_factory.mktemp("run") / "store",

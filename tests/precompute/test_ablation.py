@@ -340,7 +340,8 @@ def test_cli_flags_reach_the_config():
 
 def run_job(dataset: Path, model: Path, out: Path, **overrides):
     """A finished job (summaries + ablations only) of ``model`` over the first 3 queries of ``dataset``."""
-    from precompute.job import JobConfig, run
+    from precompute.config import JobConfig
+    from precompute.job import run
 
     settings = dict(dataset=str(dataset), model=str(model), out=out, cache=out.parent / "cache", easy_negatives=2,
                     max_queries=3, batch_size=4, chunk_size=8, progress=False, stages=("summaries", "ablations"),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from precompute.job import JobConfig, run
+from precompute.config import JobConfig
+from precompute.job import run
 from precompute.model import load
 from precompute.names import METRICS
 from precompute.segments import encode

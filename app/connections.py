@@ -1,0 +1,223 @@
+"""Every DuckDB connection the app opens, in one place. There are two kinds.
+
+**The run connection** (``open_run``, shared): one per run and server process, kept by
+``st.cache_resource``; each page query runs on a fresh ``cursor()`` of it (sessions run in threads).
+Only the app's own SQL (``app.queries``) runs on it. It starts from ``precompute.store.connect.connect``
+(every table and view by name) and adds what makes the pages fast on large runs:
+
+* ``head_attention_agg`` becomes an in-memory table when its file is small enough
+  (``ATLAS_AGG_IN_MEMORY_MB``, default 2048): every head-level page aggregates it, and DuckDB scans
+  memory about ten times faster than it decodes Parquet (a real run's is a few MB; the 10^8-row
+  bench's ~0.9 GB in memory, ~2 s to load, once);
+* ``atlas_layout`` (one row) and the view ``head_attention_rows`` (head_attention with its
+  ``file_row_number``): when head_attention holds every pair on every head, sorted by (layer, head,
+  pair_id) as the store guarantees, the row of (layer, head, pair) is ``(layer * heads + head) * pairs
+  + pair`` and one pair's summaries are read from the few row groups that hold them
+  (``app.pair_queries`` checks what it reads and falls back otherwise).
+
+**The SQL connection** (``open_sql``, one per browser session): the SQL page runs a visitor's text
+on it, so it is locked before any user text reaches it: the run's tables are views created first,
+then ``allowed_directories`` = the run folder and a private spill folder, ``enable_external_access =
+false`` (no other file, no Python object, no network), no extension install or autoload, a memory
+cap (``SQL_MEMORY_LIMIT``) and a spill cap, and ``lock_configuration = true`` so no statement can
+undo any of it. Each session has its own ``duckdb.connect()``: cursors of one connection share one
+catalog, so a statement that got through on one session could otherwise change what every other
+session sees. :class:`SqlSessions` holds at most ``MAX_SQL_SESSIONS`` of them (each may use
+``SQL_MEMORY_LIMIT``): a new session takes the slot of the least recently used idle one (that
+session gets a fresh connection on its next query), and is refused with a message while every
+slot is running a query. What may run on it is decided by ``app.sql_console``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import streamlit as st
+
+from app.runs import RunInfo
+from precompute.store.connect import connect
+
+AGG_IN_MEMORY_MB = float(os.environ.get("ATLAS_AGG_IN_MEMORY_MB", "2048"))
+THREADS = max(1, min(4, os.cpu_count() or 1))
+
+MAX_SQL_SESSIONS = int(os.environ.get("ATLAS_SQL_SESSIONS", "8"))
+SQL_MEMORY_LIMIT = os.environ.get("ATLAS_SQL_MEMORY", "1GB")  # per session; DuckDB spills beyond it
+SQL_SPILL_LIMIT = "4GB"  # per session, on disk
+SQL_THREADS = min(2, THREADS)
+
+
+def _q(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+# -- the run connection of the pages ----------------------------------------------------------------
+def open_run(run: Path | str, *, threads: int | None = None, agg_in_memory_mb: float | None = None):
+    """The pages' connection to one run (see the module doc); no Streamlit here, the bench opens it the same way."""
+    run = Path(run).resolve()
+    con = connect(run, threads=threads)
+    con.execute("SET parquet_metadata_cache = true")
+    limit = AGG_IN_MEMORY_MB if agg_in_memory_mb is None else agg_in_memory_mb
+    agg = run / "head_attention_agg.parquet"
+    if agg.exists() and agg.stat().st_size <= limit * 1e6:
+        con.execute("DROP VIEW IF EXISTS head_attention_agg")
+        con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({_q(agg)})")
+    ha = run / "head_attention.parquet"
+    if ha.exists() and (run / "pairs.parquet").exists():
+        con.execute(f"CREATE OR REPLACE VIEW head_attention_rows AS SELECT *, file_row_number AS row_number "
+                    f"FROM read_parquet({_q(ha)}, file_row_number = true)")
+        rows = con.execute(f"SELECT num_rows FROM parquet_file_metadata({_q(ha)})").fetchone()[0] or 0
+        pairs, max_id = con.execute("SELECT count(*), max(pair_id) FROM pairs").fetchone()
+        layers, heads = con.execute("SELECT max(layer) + 1, max(head) + 1 FROM head_attention_agg").fetchone()
+        dense = bool(pairs and layers and heads and rows == layers * heads * pairs and max_id == pairs - 1)
+        con.execute("CREATE OR REPLACE TABLE atlas_layout AS SELECT ? AS layers, ? AS heads, ? AS pairs, ? AS dense",
+                    [int(layers or 0), int(heads or 0), int(pairs or 0), dense])
+    return con
+
+
+@st.cache_resource(max_entries=6, show_spinner="Opening the run ...")
+def _run_connection(path: str, token: str):
+    return open_run(path, threads=THREADS)
+
+
+@contextmanager
+def run_cursor(path: str, token: str) -> Iterator[Any]:
+    """A fresh cursor of the shared connection to the run at ``path`` (version ``token``), closed afterwards."""
+    cur = _run_connection(path, token).cursor()
+    try:
+        yield cur
+    finally:
+        cur.close()
+
+
+# -- the SQL page's connections ---------------------------------------------------------------------
+def open_sql(run: Path | str, spill: Path, *, threads: int = SQL_THREADS, memory_limit: str = SQL_MEMORY_LIMIT):
+    """A locked in-memory DuckDB connection where the run's tables are views (see the module doc)."""
+    run = Path(run).resolve()
+    con = connect(run, threads=threads)
+    dirs = ", ".join(_q(Path(f"{d}/")) for d in (run, spill))
+    for setting in (
+        f"SET temp_directory = {_q(spill)}",
+        f"SET max_temp_directory_size = '{SQL_SPILL_LIMIT}'",
+        f"SET memory_limit = '{memory_limit}'",
+        "SET parquet_metadata_cache = true",
+        f"SET allowed_directories = [{dirs}]",
+        "SET autoinstall_known_extensions = false",
+        "SET autoload_known_extensions = false",
+        "SET enable_external_access = false",
+        "SET lock_configuration = true",
+    ):
+        con.execute(setting)
+    return con
+
+
+class SqlBusy(Exception):
+    """No SQL connection can be given to this session now (message shown to the user)."""
+
+
+@dataclass
+class _Slot:
+    run_key: str
+    con: Any
+    spill: Path
+    busy: threading.Lock = field(default_factory=threading.Lock)
+    last: Any = None  # the session's last result (app.sql_console keeps it here, so it goes with the slot)
+
+    def close(self) -> None:
+        try:
+            self.con.close()
+        finally:
+            shutil.rmtree(self.spill, ignore_errors=True)
+
+
+class SqlSessions:
+    """At most ``limit`` locked SQL connections, one per browser session (see the module doc)."""
+
+    def __init__(self, limit: int = MAX_SQL_SESSIONS, *, memory_limit: str = SQL_MEMORY_LIMIT):
+        self.limit = max(1, int(limit))
+        self.memory_limit = memory_limit
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @contextmanager
+    def session(self, session_id: str, run: RunInfo) -> Iterator[_Slot]:
+        """The session's slot (its connection to ``run`` and its last result), held for one query.
+
+        A query still running for the same session (the page was rerun meanwhile) is interrupted first.
+        """
+        slot = self._acquire(session_id, run)
+        try:
+            yield slot
+        finally:
+            slot.busy.release()
+
+    def _acquire(self, session_id: str, run: RunInfo) -> _Slot:
+        for _ in range(3):
+            with self._lock:
+                slot = self._slots.get(session_id)
+                if slot is None:
+                    return self._open(session_id, run)
+                if slot.busy.acquire(blocking=False):
+                    if slot.run_key == run.key:
+                        self._slots.move_to_end(session_id)
+                        return slot
+                    del self._slots[session_id]  # the session switched runs: a connection to the new one
+                    slot.close()
+                    slot.busy.release()
+                    return self._open(session_id, run)
+            slot.con.interrupt()  # this session's previous query: stop it, then take the slot
+            if slot.busy.acquire(timeout=10):
+                slot.busy.release()
+        raise SqlBusy("the previous query of this session is still stopping: try again in a moment")
+
+    def _open(self, session_id: str, run: RunInfo) -> _Slot:
+        """A new slot for the session, already held (called with the registry lock)."""
+        if len(self._slots) >= self.limit:
+            self._evict()
+        spill = Path(tempfile.mkdtemp(prefix="atlas-sql-"))
+        try:
+            slot = _Slot(run.key, open_sql(run.path, spill, memory_limit=self.memory_limit), spill)
+        except BaseException:
+            shutil.rmtree(spill, ignore_errors=True)
+            raise
+        slot.busy.acquire()
+        self._slots[session_id] = slot
+        return slot
+
+    def _evict(self) -> None:
+        """Close the least recently used idle slot; refuse when every slot is running a query."""
+        for sid, slot in list(self._slots.items()):
+            if slot.busy.acquire(blocking=False):
+                del self._slots[sid]
+                slot.close()
+                slot.busy.release()
+                return
+        raise SqlBusy(f"all {self.limit} SQL sessions of this server are running a query: try again in a moment")
+
+    def close_all(self) -> None:
+        with self._lock:
+            while self._slots:
+                self._slots.popitem(last=False)[1].close()
+
+
+SQL_SESSIONS = SqlSessions()
+atexit.register(SQL_SESSIONS.close_all)
+
+
+def session_id() -> str:
+    """The browser session running this script (Streamlit's id; one per tab)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"

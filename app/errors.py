@@ -1,0 +1,19 @@
+"""Errors as the app shows them: one line, never a traceback (no Streamlit here)."""
+
+from __future__ import annotations
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message's first line (DuckDB puts the message there and the query
+    context after it), prefixed with the exception's type unless the message already names its kind."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[0]
+    return text if _names_its_kind(err, text) else f"{type(err).__name__}: {text}"
+
+
+def _names_its_kind(err: BaseException, text: str) -> bool:
+    """DuckDB's messages start with their kind ("Parser Error: ...", "Permission Error: ...")."""
+    head = text.split(":", 1)[0]
+    return head.endswith(("Error", "Exception")) or type(err).__module__.split(".")[0] in ("duckdb", "_duckdb")

@@ -1,0 +1,214 @@
+"""Which runs the app shows, and whether each one can be opened.
+
+The store root is fixed when the server starts: ``streamlit run app/main.py -- --store PATH``, else
+$ATLAS_STORE, else ``data/store``. It never comes from a URL or a widget, so a shared link cannot
+point the app (or its SQL page) at another folder of the server; a link may only pick one of the
+runs listed here, by folder name. ``PATH`` may be a store (a folder of run folders) or a single run
+folder. Runs are told apart by their folder: two runs of the same dataset x model (the README's
+``--out ...-all`` layout) are two entries.
+
+``inspect_run`` checks everything ``app.connections.open_run`` relies on, so that a damaged run is
+listed with a one-line reason naming the file instead of failing on every page:
+
+* ``manifest.json`` reads through ``precompute.store.manifest`` (the only reader of it in the app);
+* its ``schema_version`` is one this checkout reads and its ``status`` is ``complete``;
+* the required tables are present;
+* every table present, required or optional, has a readable Parquet footer, with the row count the
+  manifest recorded for it. An unreadable optional table makes the run damaged too: opening a run
+  binds a view to every table file, and a file the job did not finish writing this way means the
+  folder was changed after the job (a copy cut short, a full disk), so the fix is the same for
+  all: delete the file and rerun the job, which recomputes what is missing.
+
+Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from precompute.store import schema
+from precompute.store.manifest import MANIFEST, DatasetInfo, Manifest, ManifestError, ModelInfo, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STORE = Path("data") / "store"
+STORE_ENV = "ATLAS_STORE"
+
+# Store schema versions this app opens. A later schema may keep older ones readable; precompute then says which.
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = tuple(
+    getattr(schema, "READABLE_SCHEMA_VERSIONS", (schema.SCHEMA_VERSION,)))
+
+# Tables a run must have for the app to open it; the others are optional (pages explain their absence).
+REQUIRED_TABLES: tuple[str, ...] = ("pairs", "head_attention", "head_attention_agg")
+
+
+def store_from_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Path:
+    """The store root: ``--store`` (after ``streamlit run app/main.py --``), else $ATLAS_STORE, else data/store.
+
+    The default is looked up in the working directory first and then in the repository, so
+    ``streamlit run app/main.py`` finds ``data/store`` from the repository root or anywhere else.
+    """
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store")
+    args, _ = parser.parse_known_args(argv or [])
+    if args.store:
+        return Path(args.store).expanduser()
+    if environ.get(STORE_ENV):
+        return Path(environ[STORE_ENV]).expanduser()
+    if (Path.cwd() / DEFAULT_STORE).is_dir():
+        return DEFAULT_STORE
+    return REPO / DEFAULT_STORE
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder and what the app makes of it. ``name`` (the folder's name) identifies it."""
+
+    path: Path
+    manifest: Manifest | None
+    problem: str | None
+    tables: frozenset[str]
+    token: str  # changes whenever a file of the run is rewritten: part of every cache key
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def key(self) -> str:
+        """Cache key of the run: its resolved path and its version token."""
+        return f"{self.path}|{self.token}"
+
+    def has(self, table: str) -> bool:
+        return table in self.tables
+
+    @property
+    def model(self) -> ModelInfo:
+        return self.manifest.model if self.manifest else ModelInfo()
+
+    @property
+    def dataset(self) -> DatasetInfo:
+        return self.manifest.dataset if self.manifest else DatasetInfo()
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model.name or self.name.partition("__")[2] or "?")
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.dataset.name or self.name.partition("__")[0] or "?")
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset_name} x {self.model_name}"
+
+
+def run_labels(runs: list[RunInfo]) -> dict[str, str]:
+    """A label per run, keyed by folder name: dataset x model, plus the folder where two runs share that label
+    (a selectbox tells its options apart by their labels), plus "(cannot open)" for a refused run."""
+    counts = Counter(r.label for r in runs)
+    return {r.name: (r.label if counts[r.label] == 1 else f"{r.label} ({r.name})") + ("" if r.ok else " (cannot open)")
+            for r in runs}
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder the job wrote into: it has a manifest or Parquet tables."""
+    return path.is_dir() and ((path / MANIFEST).exists() or any(path.glob("*.parquet")))
+
+
+def find_runs(root: Path) -> list[RunInfo]:
+    """The runs of a store root (its run folders, sorted by name), or ``[root]`` itself when it is a run folder."""
+    root = Path(root)
+    if is_run_folder(root):
+        return [inspect_run(root)]
+    if not root.is_dir():
+        return []
+    return [inspect_run(child) for child in sorted(root.iterdir())
+            if not child.name.startswith((".", "_")) and is_run_folder(child)]
+
+
+def _files(path: Path) -> list[Path]:
+    return [path / MANIFEST] + [path / f"{name}.parquet" for name in schema.TABLES]
+
+
+def inspect_run(path: Path) -> RunInfo:
+    """Decide whether the app can open one run folder (see the module doc). Cached per state of its files."""
+    path = Path(path).resolve()
+    signature = []
+    for f in _files(path):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        signature.append(f"{f.name}:{st.st_mtime_ns}:{st.st_size}")
+    return _inspect(path, "|".join(signature))
+
+
+@functools.lru_cache(maxsize=256)
+def _inspect(path: Path, token: str) -> RunInfo:
+    tables = frozenset(name for name in schema.TABLES if (path / f"{name}.parquet").exists())
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as err:
+        return RunInfo(path, None, str(err), tables, token)
+    return RunInfo(path, manifest, _problem(path, manifest, tables), tables, token)
+
+
+def _problem(path: Path, manifest: Manifest | None, tables: frozenset[str]) -> str | None:
+    if manifest is None:
+        return f"{path / MANIFEST} is missing: the precompute job has not finished this run"
+    if manifest.schema_version not in READABLE_SCHEMA_VERSIONS:
+        readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
+        return (f"this run was written with store schema version {manifest.schema_version}, this app reads version "
+                f"{readable}: rebuild it with this checkout's precompute job (or open it with a matching version "
+                "of the app)")
+    if not manifest.complete:
+        return (f"the run's status is {manifest.status!r}, not 'complete': the precompute job is still running "
+                "or was interrupted (rerun the same command: it resumes)")
+    missing = [t for t in REQUIRED_TABLES if t not in tables]
+    if missing:
+        return f"the run lacks the table(s) {', '.join(missing)} ({path})"
+    for name in sorted(tables):
+        problem = _unreadable(path / f"{name}.parquet", manifest.tables.get(name))
+        if problem:
+            return problem
+    return None
+
+
+def _unreadable(file: Path, recorded) -> str | None:
+    """Why ``file`` is not a whole Parquet table (footer unreadable, row count not the one recorded), or None."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(file).num_rows
+    except (OSError, ValueError, pa.ArrowException) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"{file} is damaged ({detail}): delete it and rerun the job's command to rebuild it"
+    expected = getattr(recorded, "rows", None)
+    if isinstance(expected, int) and rows != expected:
+        return (f"{file} has {rows:,} rows, the manifest recorded {expected:,}: the file was replaced or cut short; "
+                "delete it and rerun the job's command to rebuild it")
+    return None
+
+
+def model_folder(run: RunInfo) -> tuple[Path | None, str]:
+    """The local folder of the run's model, if there is one, and a reason when there is none."""
+    names = [str(v) for v in (run.model.path, run.model.id) if v]
+    if not names:
+        return None, "the manifest names no model"
+    for name in names:
+        cand = Path(name).expanduser()
+        for path in ([cand] if cand.is_absolute() else [Path.cwd() / cand, REPO / cand, run.path / cand]):
+            if (path / "config.json").is_file():
+                return path.resolve(), ""
+    return None, f"the model {names[-1]!r} named in the manifest is not a folder on this machine"

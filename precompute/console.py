@@ -1,0 +1,40 @@
+"""What the job tells its user while it works: one-line log messages and tqdm progress bars.
+
+The ground floor of the package: it imports nothing of precompute, so every stage, pass and the
+job can report without importing each other. Messages go to stderr (stdout stays free for data).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+def log(message: str) -> None:
+    """One line to stderr, flushed at once (a job's log is read while it runs)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Console:
+    """Where a run reports: log lines always, progress bars unless ``progress`` is off (--no-progress)."""
+
+    progress: bool = True
+
+    def log(self, message: str) -> None:
+        log(message)
+
+    def bar(self, total: int, desc: str, unit: str):
+        """A tqdm bar with rate and ETA (a disabled one with --no-progress); use it as a context manager."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not self.progress, smoothing=0.1)
+
+    def iterate(self, items: Iterable, desc: str, unit: str) -> Iterable:
+        """``items`` with a bar when progress is on (tqdm is imported only then)."""
+        if not self.progress:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True)

@@ -1,0 +1,13 @@
+"""The job's stages, in the order they run. Each is a :class:`~precompute.stages.base.Stage` (check what
+exists, compute what is missing, merge, record) over one :class:`~precompute.stages.context.RunContext`.
+
+Adding a stage: one module here with a ``STAGE`` object, plus its entry below.
+"""
+
+from __future__ import annotations
+
+from precompute.stages import ablations, contrasts, spectra, summaries
+from precompute.stages.base import Stage
+
+# Ablations last: the longest, and the others need no ablation scores.
+STAGES: dict[str, Stage] = {s.name: s for s in (summaries.STAGE, spectra.STAGE, contrasts.STAGE, ablations.STAGE)}

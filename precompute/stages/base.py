@@ -1,0 +1,53 @@
+"""The one shape every stage has: check what exists, compute what is missing, merge, record.
+
+* ``wanted``: does this run ask for the stage at all (``--ablations none`` does not)?
+* ``check``: refuse a request that contradicts what the folder holds (one-line StoreError), before any work.
+* ``done``: are its finished tables all in the run folder? Then ``compute`` and ``merge`` are skipped.
+* ``compute``: write the missing parts (resumable: a part on disk is never computed again).
+* ``merge``: turn the parts into finished tables, atomically.
+* ``record``: write the stage's manifest section from the finished tables. It runs every time, so a
+  manifest rebuilt after a crash or a deletion says the same as one written in a single run.
+
+Adding a stage is one module with a :class:`Stage` subclass plus one entry in ``precompute.stages.STAGES``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from precompute.stages.context import RunContext
+
+
+class Stage:
+    name: str = ""
+    tables: tuple[str, ...] = ()  # the finished tables the stage leaves in the run folder
+
+    def wanted(self, ctx: "RunContext") -> bool:
+        return True
+
+    def check(self, ctx: "RunContext") -> None:
+        """Nothing to refuse by default."""
+
+    def done(self, ctx: "RunContext") -> bool:
+        return all(ctx.writer.has_table(t) for t in self.tables)
+
+    def compute(self, ctx: "RunContext") -> int | None:
+        """Returns how many units (pairs, scorings) this job computed, for the manifest; None when not counted."""
+        raise NotImplementedError
+
+    def merge(self, ctx: "RunContext") -> None:
+        """Parts -> finished tables; stages that write whole tables in ``compute`` have nothing to merge."""
+
+    def record(self, ctx: "RunContext") -> None:
+        raise NotImplementedError
+
+    def run(self, ctx: "RunContext") -> None:
+        if not self.wanted(ctx):
+            return
+        self.check(ctx)
+        ctx.computed[self.name] = 0
+        if not self.done(ctx):
+            ctx.computed[self.name] = self.compute(ctx) or 0
+            self.merge(ctx)
+        self.record(ctx)

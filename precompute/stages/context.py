@@ -1,0 +1,32 @@
+"""Everything a stage works with, in one object: the run's settings, model, dataset, pairs, writer, manifest
+and console. A stage takes a :class:`RunContext` and nothing else, so its signature never grows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types only: the context is built by precompute.job, which imports the stages
+    from precompute.config import JobConfig
+    from precompute.console import Console
+    from precompute.datasets import Dataset
+    from precompute.model import LoadedModel
+    from precompute.pairs import PairSet
+    from precompute.store.manifest import Manifest
+    from precompute.store.writer import RunWriter
+
+
+@dataclass
+class RunContext:
+    cfg: "JobConfig"
+    lm: "LoadedModel"
+    ds: "Dataset"
+    pair_set: "PairSet"
+    writer: "RunWriter"
+    manifest: "Manifest"
+    console: "Console"
+    computed: dict[str, int] = field(default_factory=dict)  # stage -> units computed by this job (0: all there)
+
+    def save_manifest(self) -> None:
+        """Write the manifest as it stands (atomically): after each stage, and before parts whose numbers it fixes."""
+        self.writer.write_manifest(self.manifest)

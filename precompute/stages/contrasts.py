@@ -1,0 +1,28 @@
+"""The contrasts stage: matching-head statistics, relevant vs easy and hard negatives (table ``head_contrasts``)."""
+
+from __future__ import annotations
+
+from precompute.stages.base import Stage
+from precompute.store.manifest import ContrastsInfo
+
+TEST = "Mann-Whitney U, two-sided, Holm per contrast"
+
+
+class Contrasts(Stage):
+    name = "contrasts"
+    tables = ("head_contrasts",)
+
+    def compute(self, ctx) -> None:
+        from precompute.contrasts import contrasts_table
+        from precompute.store.connect import connect
+
+        ctx.writer.write_table("head_contrasts", contrasts_table(connect(ctx.writer.root)))
+
+    def record(self, ctx) -> None:
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(ctx.writer.table_path("head_contrasts")).metadata.num_rows
+        ctx.manifest.contrasts = ContrastsInfo(rows=rows, test=TEST)
+
+
+STAGE = Contrasts()
