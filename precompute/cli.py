@@ -17,7 +17,8 @@ examples:
 
 The store lands in --out (default data/store/<dataset>__<model>), one folder per run; see docs/store.md.
 Rerunning the same command resumes an interrupted run and skips finished work.
-exit codes: 0 done, 1 unexpected failure, 2 bad input (dataset, model, output folder, flags), 130 interrupted.
+exit codes: 0 done, 1 unexpected failure (a bug: one line, the traceback saved in <cache>/last-error.txt),
+2 bad input (dataset, model, output folder, flags, damaged files, full disk), 130 interrupted.
 """
 
 
@@ -82,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ablation-stack", type=int, default=1, metavar="K",
                    help="conditions sharing a forward pass (each forward holds batch-size/K pairs x K conditions). "
                    "Default: %(default)s")
-    a.add_argument("--ablation-kernel", choices=conditions.KERNELS, default="sdpa",
-                   help="sdpa: fused scaled_dot_product_attention; eager: the summary pass's attention function "
+    a.add_argument("--ablation-kernel", choices=conditions.KERNELS, default="auto",
+                   help="auto: sdpa where it computes the model family's attention exactly, else eager; "
+                   "sdpa: fused scaled_dot_product_attention; eager: the summary pass's attention function "
                    "(bit-identical baseline, slower). Default: %(default)s")
     a.add_argument("--measures", default="nDCG@10", metavar="MEASURES",
                    help="ir_measures names evaluated per query for every condition, comma-separated (nDCG@10,RR@10,"
@@ -110,12 +112,16 @@ def _check(args, parser) -> None:
         parser.error(f"--max-queries must be at least 1, got {args.max_queries}")
     if args.ablation_stack < 1:
         parser.error(f"--ablation-stack must be at least 1, got {args.ablation_stack}")
+    from precompute.checks import reversed_layer_range
     from precompute.conditions import AblationSpecError
 
     try:
         _request(args).check()
     except AblationSpecError as err:
         parser.error(str(err))
+    reversed_range = reversed_layer_range(_split(args.ablation_layers))
+    if reversed_range:
+        parser.error(reversed_range)
     from precompute import evaluation, significance
 
     try:
@@ -164,13 +170,41 @@ def main(argv: list[str] | None = None) -> int:
     from precompute.model import ModelError
     from precompute.store.writer import StoreError
 
+    cfg = config_from_args(args)
     try:
-        root = run(config_from_args(args))
+        root = run(cfg)
     except (DatasetError, ModelError, StoreError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: finished parts are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:  # a bug: one line for the user, the traceback kept for the report
+        print(f"error: unexpected {type(err).__name__}: {_first_line(err)} (a bug; the traceback is in "
+              f"{_save_traceback(cfg.cache)}); finished parts are kept, run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_FAILED
     log(f"store ready: {root}  (open it: duckdb -readonly {root / 'atlas.duckdb'})")
     return EXIT_OK
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _save_traceback(cache: Path) -> Path:
+    """Write the current exception's traceback to ``<cache>/last-error.txt`` (or the temp folder when the cache
+    cannot be written) and return where it went."""
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    for folder in (Path(cache), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "last-error.txt").write_text(text)
+            return folder / "last-error.txt"
+        except OSError:
+            continue
+    return Path("(nowhere: no writable folder)")

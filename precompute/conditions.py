@@ -42,9 +42,8 @@ from precompute.names import DIRECTIONS, SEGMENT_INDEX, SEGMENTS, split_directio
 CONDITION_SETS: tuple[str, ...] = ("directions", "groups", "layers", "heads", "none")
 DEFAULT_SETS: tuple[str, ...] = ("directions", "groups")
 MODES: tuple[str, ...] = ("zero", "mask")
-KERNELS: tuple[str, ...] = ("sdpa", "eager")
+KERNELS: tuple[str, ...] = ("auto", "sdpa", "eager")  # precompute.ablation.resolve_kernel
 DEFAULT_SWEEP: tuple[str, ...] = ("q_d", "d_q", "cross")
-KINDS: tuple[str, ...] = ("baseline", "direction", "group", "layer_sweep", "head")
 BASELINE = "none"
 HEAD_MODE = "zero"
 

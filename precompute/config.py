@@ -41,7 +41,7 @@ class JobConfig:
     ablation_sweep: tuple[str, ...] = ("q_d", "d_q", "cross")  # per-layer sweep targets (set 'layers')
     ablation_heads: tuple[str, ...] = ("all",)  # heads to zero one at a time (set 'heads'): 'all', '3.5', '3.*'
     ablation_stack: int = 1  # conditions sharing a forward pass
-    ablation_kernel: str = "sdpa"  # 'sdpa' (fused) or 'eager' (the summary pass's attention function)
+    ablation_kernel: str = "auto"  # 'sdpa' (fused), 'eager' (the summary kernel) or 'auto' (sdpa where exact)
     measures: tuple[str, ...] = ("nDCG@10",)  # ablation_metrics measures (ir_measures names)
     eval_scopes: tuple[str, ...] | None = None  # None: ('pairs',), plus 'run' with --candidates
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from precompute.names import CONTRASTS, MATCHING_METRICS, METRICS
+from precompute.metrics import MATCHING_METRICS, METRICS
+from precompute.names import CONTRASTS
 from precompute.statistics import ALPHA, holm
 from precompute.store.schema import HEAD_CONTRASTS
 

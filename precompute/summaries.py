@@ -8,17 +8,18 @@ pairs are sorted by token length and batched, so padding stays small.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from precompute.attention import AtlasProbe, plain_attention
-from precompute.model import LoadedModel, relevance
-from precompute.names import METRICS
+from precompute.kernels.summary import SummaryProbe
+from precompute.metrics import METRICS
+from precompute.model import LoadedModel
 from precompute.pairs import Pair
-from precompute.segments import D, Q, EncodedBatch, encode
+from precompute.segments import D, Q, EncodedBatch
 
 
 def chunked(pairs: Sequence[Pair], chunk_size: int) -> Iterator[tuple[str, Sequence[Pair]]]:
@@ -29,10 +30,7 @@ def chunked(pairs: Sequence[Pair], chunk_size: int) -> Iterator[tuple[str, Seque
 
 def length_batches(lm: LoadedModel, pairs: Sequence[Pair], batch_size: int, max_length: int) -> list[list[Pair]]:
     """Batches of similar token length (longest first), so padding wastes little compute."""
-    lengths = lm.tokenizer(
-        [p.query for p in pairs], [p.doc for p in pairs], truncation="only_second", max_length=max_length,
-        return_length=True, return_attention_mask=False, return_token_type_ids=False,
-    )["length"]
+    lengths = lm.family.token_lengths(lm, [p.query for p in pairs], [p.doc for p in pairs], max_length)
     order = sorted(range(len(pairs)), key=lambda i: (-lengths[i], pairs[i].pair_id))
     return [[pairs[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
 
@@ -49,12 +47,12 @@ def exact_match_counts(batch: EncodedBatch) -> tuple[list[int], list[int]]:
     return same.any(2).sum(1).tolist(), same.any(1).sum(1).tolist()
 
 
-def summarise_batch(probe: AtlasProbe, lm: LoadedModel, pairs: list[Pair], max_length: int) -> tuple[dict, np.ndarray]:
-    """Score one batch and summarise its attention: (pair columns, summaries [batch, layer, head, metric])."""
-    batch = encode(lm.tokenizer, [p.query for p in pairs], [p.doc for p in pairs], max_length)
+def summarise_batch(probe: SummaryProbe, lm: LoadedModel, pairs: list[Pair], max_length: int):
+    """Score one batch and summarise its attention: (pair columns, summaries [batch, layer, head, metric],
+    decoder cross-attention masses [batch, decoder layer, head, 5] or None)."""
+    batch = lm.encode([p.query for p in pairs], [p.doc for p in pairs], max_length)
     q_exact, d_exact = exact_match_counts(batch)
-    on_device = batch.to(lm.device)
-    logits, summaries = probe.run(on_device.inputs, on_device.segments, summarise=True)
+    scores, summaries, cross = probe.run(batch.to(lm.device), summarise=True)
     columns = {
         "pair_id": [p.pair_id for p in pairs],
         "qid": [p.qid for p in pairs],
@@ -63,7 +61,7 @@ def summarise_batch(probe: AtlasProbe, lm: LoadedModel, pairs: list[Pair], max_l
         "doc": [p.doc for p in pairs],
         "grade": [p.grade for p in pairs],
         "neg_type": [p.neg_type for p in pairs],
-        "score": relevance(logits).cpu().numpy(),
+        "score": scores.cpu().numpy(),
         "q_tokens": batch.q_tokens,
         "d_tokens": batch.d_tokens,
         "d_tokens_full": batch.d_tokens_full,
@@ -73,38 +71,70 @@ def summarise_batch(probe: AtlasProbe, lm: LoadedModel, pairs: list[Pair], max_l
         "run_rank": [p.run_rank for p in pairs],
         "run_score": [p.run_score for p in pairs],
     }
-    return columns, summaries.cpu().numpy()
+    return columns, summaries.cpu().numpy(), None if cross is None else cross.cpu().numpy()
 
 
-def head_rows(pair_ids: np.ndarray, summaries: np.ndarray) -> pa.Table:
-    """Long head_attention rows from summaries [pair, layer, head, metric]."""
-    n, n_layers, n_heads, _ = summaries.shape
-    table = {
+def _grid(pair_ids: np.ndarray, n_layers: int, n_heads: int) -> dict[str, np.ndarray]:
+    """pair_id, layer, head columns of [pair, layer, head]-shaped values flattened in C order."""
+    n = len(pair_ids)
+    return {
         "pair_id": np.repeat(pair_ids.astype(np.int32), n_layers * n_heads),
         "layer": np.tile(np.repeat(np.arange(n_layers, dtype=np.int8), n_heads), n),
         "head": np.tile(np.arange(n_heads, dtype=np.int8), n * n_layers),
     }
+
+
+def head_rows(pair_ids: np.ndarray, summaries: np.ndarray) -> pa.Table:
+    """Long head_attention rows from summaries [pair, layer, head, metric]; NaN (undefined) is stored as NULL."""
+    n, n_layers, n_heads, _ = summaries.shape
+    table = _grid(pair_ids, n_layers, n_heads)
     flat = summaries.reshape(n * n_layers * n_heads, len(METRICS)).astype(np.float32)
-    table.update({name: flat[:, i] for i, name in enumerate(METRICS)})
-    return pa.table(table)
+    columns = {name: pa.array(flat[:, i], pa.float32(), from_pandas=True) for i, name in enumerate(METRICS)}
+    return pa.table({**{k: pa.array(v) for k, v in table.items()}, **columns})
+
+
+def cross_rows(pair_ids: np.ndarray, cross: np.ndarray) -> pa.Table:
+    """Long decoder_cross_attention rows from masses [pair, decoder layer, head, 5] (segment columns)."""
+    from precompute.names import SEGMENTS
+
+    n, n_layers, n_heads, _ = cross.shape
+    flat = cross.reshape(n * n_layers * n_heads, len(SEGMENTS)).astype(np.float32)
+    return pa.table({**_grid(pair_ids, n_layers, n_heads), **{seg: flat[:, i] for i, seg in enumerate(SEGMENTS)}})
 
 
 def summarise_chunk(lm: LoadedModel, pairs: Sequence[Pair], *, batch_size: int, max_length: int,
-                    on_batch: Callable[[int], None] | None = None) -> tuple[pa.Table, pa.Table]:
-    """(pairs part, head_attention part) of one chunk."""
+                    on_batch: Callable[[int], None] | None = None) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+    """(pairs part, head_attention part, decoder_cross_attention part or None) of one chunk."""
     cols: dict[str, list] = {}
-    summaries = []
-    with AtlasProbe(lm.model) as probe:
+    summaries, crosses = [], []
+    with SummaryProbe(lm) as probe:
         for batch in length_batches(lm, pairs, batch_size, max_length):
-            batch_cols, batch_summaries = summarise_batch(probe, lm, batch, max_length)
+            batch_cols, batch_summaries, batch_cross = summarise_batch(probe, lm, batch, max_length)
             for k, v in batch_cols.items():
                 cols.setdefault(k, []).extend(list(v))
             summaries.append(batch_summaries)
+            if batch_cross is not None:
+                crosses.append(batch_cross)
             if on_batch:
                 on_batch(len(batch))
-    pairs_part = pa.table(cols)
-    heads_part = head_rows(np.asarray(cols["pair_id"]), np.concatenate(summaries))
-    return pairs_part, heads_part
+    pair_ids = np.asarray(cols["pair_id"])
+    cross_part = cross_rows(pair_ids, np.concatenate(crosses)) if crosses else None
+    return pa.table(cols), head_rows(pair_ids, np.concatenate(summaries)), cross_part
+
+
+@contextlib.contextmanager
+def plain_attention(lm: LoadedModel, implementation: str = "sdpa"):
+    """Run the model with a stock attention implementation (the plain scoring baseline); families that compute
+    attention inline (DeBERTa-v2, MPNet) have only their own."""
+    if lm.family.attention != "interface":
+        yield lm
+        return
+    previous = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation(implementation)
+    try:
+        yield lm
+    finally:
+        lm.model.set_attn_implementation(previous)
 
 
 @torch.inference_mode()
@@ -112,9 +142,9 @@ def plain_scores(lm: LoadedModel, pairs: Sequence[Pair], *, batch_size: int, max
                  implementation: str = "sdpa") -> np.ndarray:
     """Scores with a stock attention implementation and no summaries: the baseline the summary pass is measured against."""
     scores = {}
-    with plain_attention(lm.model, implementation):
+    with plain_attention(lm, implementation):
         for batch in length_batches(lm, pairs, batch_size, max_length):
-            enc = encode(lm.tokenizer, [p.query for p in batch], [p.doc for p in batch], max_length).to(lm.device)
-            for p, s in zip(batch, relevance(lm.model(**enc.inputs).logits).cpu().numpy()):
+            enc = lm.encode([p.query for p in batch], [p.doc for p in batch], max_length).to(lm.device)
+            for p, s in zip(batch, lm.family.scores(lm, enc).cpu().numpy()):
                 scores[p.pair_id] = s
     return np.array([scores[p.pair_id] for p in pairs], dtype=np.float32)

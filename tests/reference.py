@@ -1,7 +1,7 @@
 """Independent re-computation of the store's numbers from Hugging Face's own eager attention.
 
 Written straight from the definitions in docs/store.md, with numpy and boolean indexing, sharing
-no code with precompute/attention.py, so the two can disagree.
+no code with precompute/kernels/ or precompute/metrics.py, so the two can disagree.
 """
 
 from __future__ import annotations

@@ -4,63 +4,31 @@
 Storage. Scores go to ``_parts/ablation_scores/c<chunk>-<hash>.parquet``, one part per (chunk, group of
 conditions sharing forwards), written atomically; condition definitions to ``_parts/ablation_conditions``
 before any score, so a folder never holds scores it cannot describe. A rerun reads which (condition, chunk)
-the parts hold and computes only the rest (:mod:`precompute.ablation` is the pass). When every requested
-condition is complete the parts are merged with the existing ``ablation_scores.parquet`` (the conditions of
-earlier runs are kept), ``ablation_conditions`` is rewritten, and ``ablation_metrics`` / ``ablation_summary``
-are recomputed (:mod:`precompute.significance`).
+the parts hold (damaged parts are deleted and computed again) and computes only the rest
+(:mod:`precompute.ablation` is the pass). When every requested condition is complete, the four tables are
+rebuilt (the conditions of earlier runs are kept) and installed in one atomic commit
+(:mod:`precompute.stages.ablation_folder`): they always describe the same conditions.
 
 Kernel and stack fix the numbers of every score, so a folder keeps the ones it was started with.
 """
-
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
+from precompute import crash
 from precompute.conditions import AblationRequest, Condition, forward_groups
+from precompute.stages import ablation_folder as folder
+from precompute.stages.ablation_folder import CONDITIONS, METRICS, SCORES, SUMMARY
 from precompute.stages.base import Stage
 from precompute.store.manifest import AblationsInfo, TableInfo
 from precompute.store.writer import StoreError
 
-SCORES, CONDITIONS, METRICS, SUMMARY = "ablation_scores", "ablation_conditions", "ablation_metrics", "ablation_summary"
 
+def _kernel(ctx) -> str:
+    """The kernel this run's ablations use (--ablation-kernel auto resolved for the model)."""
+    from precompute.ablation import resolve_kernel
 
-def _part_key(chunk_key: str, ids: Sequence[str]) -> str:
-    return f"c{chunk_key}-{hashlib.sha1(','.join(ids).encode()).hexdigest()[:12]}"
-
-
-def _done_in_parts(writer) -> set[tuple[str, str]]:
-    """(condition_id, chunk key) held by the score parts already on disk."""
-    import pyarrow.parquet as pq
-
-    done = set()
-    for path in writer.part_paths(SCORES):
-        chunk = path.stem.split("-", 1)[0][1:]
-        for cid in set(pq.read_table(path, columns=["condition_id"]).column("condition_id").to_pylist()):
-            done.add((cid, chunk))
-    return done
-
-
-def _computed(writer) -> set[str]:
-    """Condition ids in the finished ablation_scores table."""
-    if not writer.has_table(SCORES):
-        return set()
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    return set(pc.unique(pq.read_table(writer.table_path(SCORES), columns=["condition_id"]).column(0)).to_pylist())
-
-
-def _known_definitions(writer) -> dict[str, dict]:
-    """condition_id -> ablation_conditions row, from the finished table and pending parts."""
-    import pyarrow.parquet as pq
-
-    rows: dict[str, dict] = {}
-    paths = ([writer.table_path(CONDITIONS)] if writer.has_table(CONDITIONS) else []) + writer.part_paths(CONDITIONS)
-    for path in paths:
-        for row in pq.read_table(path).to_pylist():
-            rows.setdefault(row["condition_id"], row)
-    return rows
+    return resolve_kernel(ctx.lm, ctx.cfg.ablation_kernel)
 
 
 def _check_definitions(requested: Sequence[Condition], known: dict[str, dict]) -> None:
@@ -86,49 +54,20 @@ def _check_settings(ctx, kernel: str, stack: int) -> None:
             )
 
 
-def _complete_in_parts(writer, chunk_keys: set[str]) -> set[str]:
-    """Condition ids whose score parts cover every chunk of the run."""
-    chunks: dict[str, set[str]] = {}
-    for cid, key in _done_in_parts(writer):
-        chunks.setdefault(cid, set()).add(key)
-    return {cid for cid, keys in chunks.items() if keys >= chunk_keys}
-
-
-def _merge_scores(writer, new: set[str]) -> None:
-    """Existing ablation_scores + the conditions ``new`` from the parts -> ablation_scores.parquet (atomic)."""
-    parts = writer.root / "_parts" / SCORES
-    ids = ", ".join("'" + cid.replace("'", "''") + "'" for cid in sorted(new))
-    pieces = [
-        f"SELECT condition_id, pair_id, score FROM parts_scores WHERE condition_id IN ({ids}) "
-        "QUALIFY row_number() OVER (PARTITION BY condition_id, pair_id) = 1"
-    ]
-    if writer.has_table(SCORES):
-        old = str(writer.table_path(SCORES)).replace("'", "''")
-        pieces.insert(0, f"SELECT condition_id, pair_id, score FROM read_parquet('{old}') WHERE condition_id NOT IN ({ids})")
-    writer.merge_parts(SCORES, select_sql=" UNION ALL ".join(f"({p})" for p in pieces), sources={"scores": parts})
-
-
-def _clean_parts(writer, computed: set[str]) -> None:
-    """Remove the parts whose conditions are all in the finished tables; keep the work of unfinished ones."""
-    import pyarrow.parquet as pq
-
-    for table in (SCORES, CONDITIONS):
-        for path in writer.part_paths(table):
-            if set(pq.read_table(path, columns=["condition_id"]).column("condition_id").to_pylist()) <= computed:
-                path.unlink()
-        if not writer.part_paths(table):
-            writer.drop_parts(table)
-
-
 class Ablations(Stage):
     name = "ablations"
     tables = (CONDITIONS, SCORES, METRICS, SUMMARY)
+    needs = ("pairs",)
+    rebuildable = (CONDITIONS, METRICS, SUMMARY)  # from the scores and the known definitions
+
+    def way_out(self, table: str) -> str:
+        return ("delete it and rerun the same command to score its conditions again (conditions this command does "
+                "not ask for are dropped), or restore it from a copy")
 
     # -- what is asked for -------------------------------------------------------------------------
     @staticmethod
     def requested(ctx) -> list[Condition]:
-        cfg = ctx.lm.config
-        return AblationRequest.from_config(ctx.cfg).conditions(cfg.num_hidden_layers, cfg.num_attention_heads)
+        return AblationRequest.from_config(ctx.cfg).conditions(*ctx.lm.shape)
 
     @staticmethod
     def settings(ctx) -> tuple[list[str], list[str]]:
@@ -136,9 +75,10 @@ class Ablations(Stage):
         from precompute import significance
 
         old = ctx.manifest.ablations or AblationsInfo()
-        measures = list(dict.fromkeys([*old.measures, *ctx.cfg.measures]))
+        held_measures, held_scopes = folder.stored_settings(ctx.writer)
+        measures = list(dict.fromkeys([*old.measures, *held_measures, *ctx.cfg.measures]))
         scopes = significance.resolve_scopes(ctx.cfg.eval_scopes, ctx.cfg.candidates)
-        scopes = [s for s in significance.SCOPES if s in set(old.scopes) | set(scopes)]
+        scopes = [s for s in significance.SCOPES if s in {*old.scopes, *held_scopes, *scopes}]
         return measures, scopes
 
     def wanted(self, ctx) -> bool:
@@ -147,20 +87,17 @@ class Ablations(Stage):
     def check(self, ctx) -> None:
         if not ctx.writer.has_table("pairs"):
             raise StoreError("the ablations stage needs the pairs table of the summary pass; run the summaries stage first")
-        _check_settings(ctx, ctx.cfg.ablation_kernel, max(1, int(ctx.cfg.ablation_stack)))
-        _check_definitions(self.requested(ctx), _known_definitions(ctx.writer))
+        _check_settings(ctx, _kernel(ctx), max(1, int(ctx.cfg.ablation_stack)))
+        _check_definitions(self.requested(ctx), folder.known_definitions(ctx.writer))
 
     def done(self, ctx) -> bool:
-        from precompute import significance
-
         writer = ctx.writer
         if not super().done(ctx) or writer.part_paths(SCORES) or writer.part_paths(CONDITIONS):
             return False
-        computed = _computed(writer)
+        computed = folder.computed(writer)
         if not {c.condition_id for c in self.requested(ctx)} <= computed:
             return False
-        measures, scopes = self.settings(ctx)
-        return significance.covered(writer, measures, scopes, len(computed))
+        return folder.consistent(writer, computed, *self.settings(ctx))
 
     # -- the shape ---------------------------------------------------------------------------------
     def compute(self, ctx) -> int:
@@ -172,9 +109,9 @@ class Ablations(Stage):
 
         cfg, lm, writer, pairs = ctx.cfg, ctx.lm, ctx.writer, ctx.pair_set.pairs
         requested = self.requested(ctx)
-        kernel, stack = cfg.ablation_kernel, max(1, int(cfg.ablation_stack))
-        known = _known_definitions(writer)
-        computed = _computed(writer)
+        kernel, stack = _kernel(ctx), max(1, int(cfg.ablation_stack))
+        known = folder.known_definitions(writer)
+        computed = folder.computed(writer)
         todo = [c for c in requested if c.condition_id not in computed]
         if not todo:
             return 0
@@ -182,11 +119,13 @@ class Ablations(Stage):
         ctx.manifest.ablations = ctx.manifest.ablations or AblationsInfo()
         ctx.manifest.ablations.kernel, ctx.manifest.ablations.stack = kernel, stack
         ctx.save_manifest()
+        crash.point("ablations.settings")
         pending = [c for c in todo if c.condition_id not in known]
         if pending:  # definitions first, so a folder never holds scores it cannot describe
-            writer.write_part(CONDITIONS, _part_key("defs", [c.condition_id for c in pending]),
+            writer.write_part(CONDITIONS, folder.part_key("defs", [c.condition_id for c in pending]),
                               pa.Table.from_pylist([c.row() for c in pending]))
-        done = _done_in_parts(writer)
+            crash.point("ablations.definitions")
+        done = folder.done_in_parts(writer)
         chunks = list(chunked(pairs, cfg.chunk_size))
         work = [(group, key, chunk) for group in forward_groups(todo, stack) for key, chunk in chunks]
         total = len(todo) * len(pairs)
@@ -206,39 +145,35 @@ class Ablations(Stage):
                 scores = ablation.score_conditions(lm, chunk, missing, batch_size=cfg.batch_size,
                                                    max_length=cfg.max_length, kernel=kernel, on_batch=bar.update)
                 ids = [p.pair_id for p in chunk]
-                writer.write_part(SCORES, _part_key(key, [c.condition_id for c in missing]), pa.table({
+                writer.write_part(SCORES, folder.part_key(key, [c.condition_id for c in missing]), pa.table({
                     "condition_id": [c.condition_id for c in missing for _ in ids],
                     "pair_id": pa.array(ids * len(missing), pa.int32()),
                     "score": pa.array(np.concatenate([scores[c.condition_id] for c in missing]), pa.float32()),
                 }))
+                crash.point("ablations.part")
         return len(todo)
 
     def merge(self, ctx) -> None:
-        import pyarrow as pa
-
-        from precompute import significance
+        """Completed parts + the finished scores -> the four tables, in one commit, when anything changed or the
+        tables disagree (a folder an older version left half-merged); then the merged parts go."""
         from precompute.summaries import chunked
 
         writer, requested = ctx.writer, self.requested(ctx)
         chunk_keys = {key for key, _ in chunked(ctx.pair_set.pairs, ctx.cfg.chunk_size)}
-        computed = _computed(writer)
-        complete = _complete_in_parts(writer, chunk_keys) - computed
-        if complete:
-            _merge_scores(writer, complete)
-        computed = _computed(writer)
-        lacking = {c.condition_id for c in requested} - computed
+        computed = folder.computed(writer)
+        new = folder.complete_in_parts(writer, chunk_keys) - computed
+        ids = computed | new
+        lacking = {c.condition_id for c in requested} - ids
         if lacking:
             raise RuntimeError(f"ablation scores missing after the pass: {sorted(lacking)[:5]}")
-        definitions = {**_known_definitions(writer), **{c.condition_id: c.row() for c in requested}}
-        if computed - set(definitions):
-            raise StoreError(f"ablation_scores holds conditions without a definition ({sorted(computed - set(definitions))[:3]}); "
+        definitions = {**folder.known_definitions(writer), **{c.condition_id: c.row() for c in requested}}
+        if ids - set(definitions):
+            raise StoreError(f"ablation_scores holds conditions without a definition ({sorted(ids - set(definitions))[:3]}); "
                              "delete the ablation_* tables and rerun")
-        changed = bool(complete) or not writer.has_table(CONDITIONS)
-        if changed:
-            writer.write_table(CONDITIONS, pa.Table.from_pylist([definitions[cid] for cid in sorted(computed)]))
         measures, scopes = self.settings(ctx)
-        significance.write_tables(writer, ctx.ds, ctx.pair_set, measures, scopes, rebuild=changed)
-        _clean_parts(writer, computed)
+        if new or not folder.consistent(writer, ids, measures, scopes):
+            folder.commit_tables(writer, ctx.ds, ctx.pair_set, new, ids, definitions, measures, scopes)
+        folder.clean_parts(writer, ids)
 
     def record(self, ctx) -> None:
         import pyarrow.parquet as pq
@@ -255,7 +190,7 @@ class Ablations(Stage):
         old = ctx.manifest.ablations or AblationsInfo()
         requested = self.requested(ctx)
         ctx.manifest.ablations = AblationsInfo(
-            kernel=old.kernel or cfg.ablation_kernel,
+            kernel=old.kernel or _kernel(ctx),
             stack=old.stack or max(1, int(cfg.ablation_stack)),
             conditions=sorted(r["condition_id"] for r in rows),
             counts=kinds,
@@ -267,7 +202,7 @@ class Ablations(Stage):
                 "groups": list(request.groups), "sweep": list(request.sweep), "heads": list(request.heads),
                 "requested": len(requested), "computed_now": ctx.computed.get(self.name, 0),
             },
-            holm_family=significance.holm_family(writer),
+            holm_family=significance.holm_family(writer.table_path(SUMMARY)),
         )
         ctx.manifest.tables.update({
             name: TableInfo(rows=pq.ParquetFile(writer.table_path(name)).metadata.num_rows) for name in self.tables

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import time
 
-from precompute import evaluation
-from precompute.names import METRICS
+from precompute import crash, evaluation
+from precompute.metrics import METRICS
 from precompute.stages.base import Stage
 from precompute.store.manifest import TableInfo
 
-PAIRS, HEADS, AGG = "pairs", "head_attention", "head_attention_agg"
+PAIRS, HEADS, AGG, CROSS = "pairs", "head_attention", "head_attention_agg", "decoder_cross_attention"
+
+
+def has_cross_attention(ctx) -> bool:
+    """Encoder-decoder families (MonoT5) also summarise the decoder's cross-attention onto the encoder segments."""
+    return any(site.role == "cross" for _, site in ctx.lm.family.attention_sites(ctx.lm.model))
 
 
 def estimate(ctx, pairs) -> float:
     """Seconds the summary pass will take for ``pairs``, from one timed batch of typical length (discarded)."""
-    from precompute.attention import AtlasProbe
+    from precompute.kernels.summary import SummaryProbe
     from precompute.summaries import summarise_batch, typical_batch
 
     lm, cfg = ctx.lm, ctx.cfg
     sample = typical_batch(pairs, cfg.batch_size)
-    with AtlasProbe(lm.model) as probe:
+    with SummaryProbe(lm) as probe:
         summarise_batch(probe, lm, sample, cfg.max_length)  # warm-up
         t0 = time.perf_counter()
         summarise_batch(probe, lm, sample, cfg.max_length)
@@ -34,13 +39,33 @@ def estimate(ctx, pairs) -> float:
 class Summaries(Stage):
     name = "summaries"
     tables = (PAIRS, HEADS, AGG)
+    optional = (CROSS,)
+    rebuildable = (AGG,)  # from pairs and head_attention
+
+    def done(self, ctx) -> bool:
+        return super().done(ctx) and (not has_cross_attention(ctx) or ctx.writer.has_table(CROSS))
+
+    @staticmethod
+    def part_tables(ctx) -> tuple[str, ...]:
+        """The tables a chunk writes parts of, pairs last (its part marks the chunk done)."""
+        return (HEADS, CROSS, PAIRS) if has_cross_attention(ctx) else (HEADS, PAIRS)
+
+    @classmethod
+    def pass_finished(cls, ctx) -> bool:
+        """The pass's own tables are finished: only a table derived from them (the aggregate) is missing."""
+        return all(ctx.writer.has_table(t) for t in cls.part_tables(ctx))
 
     def compute(self, ctx) -> None:
         from precompute.summaries import chunked, summarise_chunk
 
         cfg, lm, writer, pairs = ctx.cfg, ctx.lm, ctx.writer, ctx.pair_set.pairs
+        if self.pass_finished(ctx):
+            return
+        tables = self.part_tables(ctx)
+        for table in tables:
+            writer.verify_parts(table)
         todo = [(key, chunk) for key, chunk in chunked(pairs, cfg.chunk_size)
-                if not (writer.has_part(PAIRS, key) and writer.has_part(HEADS, key))]
+                if not all(writer.has_part(table, key) for table in tables)]
         done = len(pairs) - sum(len(c) for _, c in todo)
         if todo:
             if lm.device == "cpu":
@@ -55,31 +80,28 @@ class Summaries(Stage):
         with ctx.console.bar(len(pairs), "summaries", "pair") as bar:
             bar.update(done)
             for key, chunk in todo:
-                pairs_part, heads_part = summarise_chunk(lm, chunk, batch_size=cfg.batch_size,
-                                                         max_length=cfg.max_length, on_batch=bar.update)
+                pairs_part, heads_part, cross_part = summarise_chunk(lm, chunk, batch_size=cfg.batch_size,
+                                                                     max_length=cfg.max_length, on_batch=bar.update)
                 writer.write_part(HEADS, key, heads_part)
+                if cross_part is not None:
+                    writer.write_part(CROSS, key, cross_part)
+                crash.point("summaries.part")
                 writer.write_part(PAIRS, key, pairs_part)  # written last: its presence marks the chunk done
+                crash.point("summaries.chunk")
 
     def merge(self, ctx) -> None:
+        """The new tables are staged, then installed together with the parts dropped (one atomic commit). When the
+        pass's tables are finished and only the aggregate is missing (it was damaged), it is rebuilt from them."""
         writer = ctx.writer
-        parts = {name: writer.root / "_parts" / name for name in (PAIRS, HEADS)}
-        agg_cols = ", ".join(
-            [f"sum(CAST(h.{m} AS DOUBLE)) AS {m}_sum" for m in METRICS]
-            + [f"sum(CAST(h.{m} AS DOUBLE) * CAST(h.{m} AS DOUBLE)) AS {m}_sumsq" for m in METRICS]
-        )
-        writer.merge_parts(
-            AGG,
-            sources=parts,
-            select_sql=(
-                f"SELECT h.layer, h.head, p.qid, p.neg_type, p.grade, count(*) AS n, {agg_cols} "
-                "FROM parts_head_attention h JOIN parts_pairs p USING (pair_id) "
-                "GROUP BY h.layer, h.head, p.qid, p.neg_type, p.grade"
-            ),
-        )
-        writer.merge_parts(HEADS)
-        writer.merge_parts(PAIRS)  # last: pairs.parquet present = every summary table finished
-        writer.drop_parts(HEADS)
-        writer.drop_parts(PAIRS)
+        if self.pass_finished(ctx):
+            merge_aggregate(writer, {name: writer.table_path(name) for name in (PAIRS, HEADS)})
+            writer.commit(self.name, [AGG])
+            return
+        tables = self.part_tables(ctx)
+        merge_aggregate(writer, {name: writer.root / "_parts" / name for name in (PAIRS, HEADS)})
+        for table in tables:
+            writer.merge_parts(table, staged=True)
+        writer.commit(self.name, [AGG, *tables], drop_parts=list(tables))
 
     def record(self, ctx) -> None:
         """Counts and nDCG@10 of the stored scores (ir_measures over the stored table, not in-memory copies)."""
@@ -93,8 +115,32 @@ class Summaries(Stage):
         measures = evaluation.parse_measures(evaluation.DEFAULT_MEASURES)
         manifest.metrics = {**evaluation.aggregate(measures, qrels, run), "scope": "pairs"}
         manifest.counts.truncated = int(sum(cols["truncated"]))
-        heads = pq.ParquetFile(writer.table_path(HEADS)).metadata.num_rows
-        manifest.tables.update({PAIRS: TableInfo(rows=table.num_rows), HEADS: TableInfo(rows=heads)})
+        for name in (HEADS, CROSS):
+            if writer.has_table(name):
+                manifest.tables[name] = TableInfo(rows=pq.ParquetFile(writer.table_path(name)).metadata.num_rows)
+        manifest.tables[PAIRS] = TableInfo(rows=table.num_rows)
+
+
+def merge_aggregate(writer, sources) -> None:
+    """Stage head_attention_agg from ``sources`` (pairs and head_attention: parts folders or finished tables).
+
+    Every sum runs in pair order (``ORDER BY pair_id``): DuckDB otherwise adds in whatever order its threads
+    finish, and two identical runs would differ in the last bits (up to 5e-20); ordered, they are bit-identical.
+    """
+    agg_cols = ", ".join(
+        [f"sum(CAST(h.{m} AS DOUBLE) ORDER BY h.pair_id) AS {m}_sum" for m in METRICS]
+        + [f"sum(CAST(h.{m} AS DOUBLE) * CAST(h.{m} AS DOUBLE) ORDER BY h.pair_id) AS {m}_sumsq" for m in METRICS]
+    )
+    writer.merge_parts(
+        AGG,
+        sources=sources,
+        staged=True,
+        select_sql=(
+            f"SELECT h.layer, h.head, p.qid, p.neg_type, p.grade, count(*) AS n, {agg_cols} "
+            "FROM parts_head_attention h JOIN parts_pairs p USING (pair_id) "
+            "GROUP BY h.layer, h.head, p.qid, p.neg_type, p.grade"
+        ),
+    )
 
 
 STAGE = Summaries()

@@ -10,9 +10,14 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from precompute.names import DIRECTIONS, MATCHING_METRICS, METRICS, SEGMENT_LABELS, split_direction
+from precompute.metrics import METRICS, SUMMARY_METRICS
+from precompute.names import SEGMENTS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this checkout reads. Version 2 added decoder_cross_attention, made the summary metrics nullable (NULL
+# where a metric is undefined: directions a causal model cannot attend, empty template segments) and the model
+# family to the manifest; a version-1 store is a version-2 store without NULLs or the new table.
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -42,22 +47,6 @@ class Table:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-
-def _direction_doc(name: str) -> str:
-    src, dst = split_direction(name)
-    return (
-        f"{SEGMENT_LABELS[src]} -> {SEGMENT_LABELS[dst]}: mean over {SEGMENT_LABELS[src]} tokens of the summed "
-        f"attention weight they give to {SEGMENT_LABELS[dst]} tokens. The five masses of one src sum to 1."
-    )
-
-
-_MATCHING_DOCS = {
-    "q2d_max": "Mean over query tokens of their largest attention weight on any document token.",
-    "d2q_max": "Mean over document tokens of their largest attention weight on any query token.",
-    "q_d_exact": "Mean over query tokens of the summed weight on document tokens with the same token id "
-    "(exact lexical match); 0 for query tokens with no match. q_d_exact + q_d_other = q_d.",
-    "q_d_other": "Mean over query tokens of the summed weight on document tokens with a different token id.",
-}
 
 PAIRS = Table(
     name="pairs",
@@ -95,8 +84,8 @@ HEAD_ATTENTION = Table(
         Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
         Column("layer", pa.int8(), "Layer, 0-based."),
         Column("head", pa.int8(), "Head within the layer, 0-based."),
-        *(Column(name, pa.float32(), _direction_doc(name)) for name in DIRECTIONS),
-        *(Column(name, pa.float32(), _MATCHING_DOCS[name]) for name in MATCHING_METRICS),
+        *(Column(m.name, pa.float32(), m.doc + " NULL where undefined (see Segments and families).", nullable=True)
+          for m in SUMMARY_METRICS),
     ),
 )
 
@@ -114,8 +103,10 @@ HEAD_ATTENTION_AGG = Table(
         Column("neg_type", pa.string(), "Pair kind, as pairs.neg_type."),
         Column("grade", pa.int8(), "Grade, as pairs.grade."),
         Column("n", pa.int32(), "Number of pairs in the group."),
-        *(Column(f"{m}_sum", pa.float64(), f"Sum of head_attention.{m} over the group.") for m in METRICS),
-        *(Column(f"{m}_sumsq", pa.float64(), f"Sum of squares of head_attention.{m} over the group.") for m in METRICS),
+        *(Column(f"{m}_sum", pa.float64(), f"Sum of head_attention.{m} over the group; NULL where it is undefined.",
+                 nullable=True) for m in METRICS),
+        *(Column(f"{m}_sumsq", pa.float64(), f"Sum of squares of head_attention.{m} over the group; NULL where it "
+                 "is undefined.", nullable=True) for m in METRICS),
     ),
 )
 
@@ -228,10 +219,25 @@ HEAD_CONTRASTS = Table(
     ),
 )
 
+DECODER_CROSS_ATTENTION = Table(
+    name="decoder_cross_attention",
+    grain="one row per pair x decoder layer x head (encoder-decoder families only: MonoT5)",
+    sort_key=("layer", "head", "pair_id"),
+    doc="Cross-attention of the decoder's scoring position (its first step) onto the encoder's five segments: the "
+    "weight it gives each segment's tokens, summed. The five values of a row sum to 1.",
+    columns=(
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
+        Column("layer", pa.int8(), "Decoder layer, 0-based."),
+        Column("head", pa.int8(), "Head within the layer, 0-based."),
+        *(Column(seg, pa.float32(), f"Summed cross-attention weight on the encoder's {seg} segment (meaning per "
+                 "family in the manifest's model.segment_labels).") for seg in SEGMENTS),
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG, ABLATION_CONDITIONS, ABLATION_SCORES, ABLATION_METRICS,
-        ABLATION_SUMMARY, SVD, HEAD_CONTRASTS,
+        ABLATION_SUMMARY, SVD, HEAD_CONTRASTS, DECODER_CROSS_ATTENTION,
     )
 }

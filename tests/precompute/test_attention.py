@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.attention import AtlasProbe
-from precompute.model import load, relevance
-from precompute.names import METRICS
+from precompute.families.encoders import classifier_relevance
+from precompute.kernels.summary import SummaryProbe
+from precompute.metrics import METRICS
+from precompute.model import load
 from precompute.segments import encode
 from tests import reference
 from tests.tiny_models import DOCS, QUERIES, build
@@ -21,18 +22,18 @@ def tiny(request, tmp_path_factory):
 
 
 def _probe(lm, queries, docs, max_length=64):
-    batch = encode(lm.tokenizer, queries, docs, max_length)
-    with AtlasProbe(lm.model) as probe:
-        logits, summaries = probe.run(batch.inputs, batch.segments, summarise=True)
-    return batch, logits, summaries.numpy()
+    batch = lm.encode(queries, docs, max_length)
+    with SummaryProbe(lm) as probe:
+        scores, summaries, _ = probe.run(batch, summarise=True)
+    return batch, scores, summaries.numpy()
 
 
 def test_summaries_equal_direct_computation(tiny):
-    batch, logits, got = _probe(tiny, QUERIES, DOCS)
+    batch, scores, got = _probe(tiny, QUERIES, DOCS)
     ref_logits, attentions = reference.eager_attentions(tiny.model, batch.inputs)
     want = reference.summaries(attentions, batch.segments.numpy(), batch.inputs["input_ids"].numpy())
     np.testing.assert_allclose(got, want, atol=1e-5)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores, ref_logits[:, 0], atol=1e-5, rtol=1e-5)
 
 
 def test_masses_of_each_source_sum_to_one(tiny):
@@ -49,15 +50,15 @@ def test_exact_and_other_split_query_to_document_mass(tiny):
 
 def test_padding_does_not_change_a_pair(tiny):
     """A pair summarised alone equals the same pair padded inside a batch of longer ones."""
-    _, alone_logits, alone = _probe(tiny, QUERIES[1:2], DOCS[1:2])
-    _, batch_logits, batched = _probe(tiny, QUERIES, DOCS)
+    _, alone_scores, alone = _probe(tiny, QUERIES[1:2], DOCS[1:2])
+    _, batch_scores, batched = _probe(tiny, QUERIES, DOCS)
     np.testing.assert_allclose(batched[1], alone[0], atol=1e-5)
-    torch.testing.assert_close(batch_logits[1], alone_logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch_scores[1], alone_scores[0], atol=1e-5, rtol=1e-5)
 
 
 def test_probe_restores_attention_implementation(tiny):
     before = tiny.model.config._attn_implementation
-    with AtlasProbe(tiny.model):
+    with SummaryProbe(tiny):
         assert tiny.model.config._attn_implementation == "matching_atlas"
     assert tiny.model.config._attn_implementation == before
 
@@ -84,7 +85,7 @@ def test_two_label_model_scores_log_probability_of_relevant(tmp_path):
     lm = load(str(build("bert", tmp_path, num_labels=2)))
     batch = encode(lm.tokenizer, QUERIES, DOCS, 64)
     logits = lm.model(**batch.inputs).logits.detach()
-    np.testing.assert_allclose(relevance(logits).numpy(), torch.log_softmax(logits, -1)[:, 1].numpy(), atol=1e-6)
+    np.testing.assert_allclose(classifier_relevance(logits).numpy(), torch.log_softmax(logits, -1)[:, 1].numpy(), atol=1e-6)
     assert lm.score_kind == "log_softmax[1]"
 
 
@@ -106,10 +107,10 @@ def test_reference_model_on_real_pairs(minilm_dir, dl20_dir):
     dids = list(docs)
     pairs = [(queries[q], docs[dids[i]]) for q in qids for i in rng.choice(len(dids), 2, replace=False)]
     lm = load(str(minilm_dir), device="cpu")
-    batch, logits, got = _probe(lm, [p[0] for p in pairs], [p[1] for p in pairs], max_length=512)
+    batch, scores, got = _probe(lm, [p[0] for p in pairs], [p[1] for p in pairs], max_length=512)
     ref_logits, attentions = reference.eager_attentions(lm.model, batch.inputs)
     want = reference.summaries(attentions, batch.segments.numpy(), batch.inputs["input_ids"].numpy())
     np.testing.assert_allclose(got, want, atol=1e-4)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores, ref_logits[:, 0], atol=1e-4, rtol=1e-4)
     masses = got[..., :25].reshape(*got.shape[:3], 5, 5)
     np.testing.assert_allclose(masses.sum(-1), 1.0, atol=1e-4)

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from precompute.contrasts import CONTRASTS, candidate_heads, compare, contrasts_table, holm
-from precompute.names import METRICS
+from precompute.metrics import METRICS
 from precompute.store.connect import connect
 from precompute.store.schema import HEAD_CONTRASTS, PAIRS
 from precompute.store.writer import RunWriter

@@ -12,7 +12,7 @@ import pytest
 from precompute.config import JobConfig
 from precompute.job import run
 from precompute.model import load
-from precompute.names import METRICS
+from precompute.metrics import METRICS
 from precompute.segments import encode
 from precompute.store.connect import connect
 from tests import reference

@@ -1,0 +1,188 @@
+"""Encoder cross-encoders: ``[CLS] query [SEP] document [SEP]`` through the tokenizer's pair template, scored by
+a sequence-classification head (one logit, or the log-probability of the positive class of two).
+
+* ``bert``: BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA, DistilBERT, ModernBERT (sliding-window local
+  layers: the window is in the mask transformers builds), all through ``AttentionInterface``.
+* ``deberta-v2``: DeBERTa-v2/v3 (disentangled attention: content-to-position and position-to-content terms).
+* ``mpnet``: MPNet (relative position bias).
+
+DeBERTa-v2 and MPNet compute their softmax inline in their own self-attention ``forward``; a hook could read
+those probabilities but not change them, so while a probe runs each attention module's ``forward`` is replaced
+by one that computes the same logits with the module's own projections and position terms, then hands them to
+the kernel's :func:`~precompute.kernels.summary.attend` (summaries and interventions). The module's own forward
+is restored when the probe exits. Tests compare both with the module's own output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from dataclasses import dataclass
+
+from precompute.families.base import Family, FamilyError
+from precompute.kernels.state import KernelError
+
+
+def classifier_relevance(logits):
+    """[batch, labels] logits -> [batch] float32: the single logit, or log-softmax[1] of two labels."""
+    import torch
+
+    logits = logits.float()
+    if logits.shape[-1] == 1:
+        return logits[:, 0]
+    if logits.shape[-1] == 2:
+        return torch.log_softmax(logits, dim=-1)[:, 1]
+    raise FamilyError(f"the model has {logits.shape[-1]} output labels; a cross-encoder has 1 (score) or 2 "
+                      "(not relevant, relevant)")
+
+
+@dataclass(frozen=True)
+class PairEncoder(Family):
+    def check(self, lm) -> None:
+        labels = lm.model.config.num_labels
+        if labels not in (1, 2):
+            raise FamilyError(f"model has {labels} labels; a cross-encoder has 1 (score) or 2 (not relevant, relevant)")
+
+    def encode(self, lm, queries, docs, max_length):
+        import inspect
+
+        from precompute.segments import encode
+
+        batch = encode(lm.tokenizer, queries, docs, max_length)
+        if "token_type_ids" not in inspect.signature(lm.model.forward).parameters:  # DistilBERT, ModernBERT, ...
+            batch.inputs.pop("token_type_ids", None)  # a model without them would pass them on to its attention
+        return batch
+
+    def token_lengths(self, lm, queries, docs, max_length):
+        return lm.tokenizer(queries, docs, truncation="only_second", max_length=max_length, return_length=True,
+                            return_attention_mask=False, return_token_type_ids=False)["length"]
+
+    def scores(self, lm, batch):
+        return classifier_relevance(lm.model(**batch.inputs).logits)
+
+    def score_kind(self, lm) -> str:
+        return "logit" if lm.model.config.num_labels == 1 else "log_softmax[1]"
+
+
+def _swap_forwards(model, family: Family, make_forward) -> contextlib.AbstractContextManager:
+    """Replace every attention module's forward by ``make_forward(module, layer)`` for a ``with`` block."""
+
+    @contextlib.contextmanager
+    def swapped():
+        modules = [module for module, _ in family.attention_sites(model)]
+        try:
+            for module in modules:
+                module.forward = types.MethodType(make_forward(), module)
+            yield
+        finally:
+            for module in modules:
+                module.__dict__.pop("forward", None)  # the class's own forward again
+
+    return swapped()
+
+
+def _refuse_unknown(module, **kwargs) -> None:
+    for name, value in kwargs.items():
+        if value is not None and value is not False:
+            raise KernelError(f"{type(module).__name__} was called with {name!r}, which the swapped forward does not "
+                              "implement; refusing rather than computing attention without it")
+
+
+def _deberta_forward():
+    def forward(self, hidden_states, attention_mask, output_attentions=False, query_states=None, relative_pos=None,
+                rel_embeddings=None):
+        """DisentangledSelfAttention.forward (transformers 5.24) up to the softmax, then the kernel."""
+        import torch
+        from transformers.models.deberta_v2.modeling_deberta_v2 import scaled_size_sqrt
+
+        from precompute.kernels.probe import current_state
+        from precompute.kernels.summary import attend
+
+        state = current_state()
+        site = state.enter(self)
+        _refuse_unknown(self, query_states=query_states)
+        heads = self.num_attention_heads
+        query = self.transpose_for_scores(self.query_proj(hidden_states), heads)
+        key = self.transpose_for_scores(self.key_proj(hidden_states), heads)
+        value = self.transpose_for_scores(self.value_proj(hidden_states), heads)
+        scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
+        scale = scaled_size_sqrt(query, scale_factor)
+        scores = query @ (key.transpose(-1, -2) / scale.to(dtype=query.dtype))
+        if self.relative_attention:
+            rel = self.disentangled_attention_bias(query, key, relative_pos, self.pos_dropout(rel_embeddings), scale_factor)
+            scores = scores + rel
+        b, s = hidden_states.shape[:2]
+        scores = scores.view(b, heads, s, s)
+        scores = scores.masked_fill(~attention_mask.bool(), torch.finfo(query.dtype).min)
+        out = attend(state, site.layer, scores.float(), value.view(b, heads, s, -1))  # [b, h, s, dv]
+        return out.permute(0, 2, 1, 3).reshape(b, s, -1), None
+
+    return forward
+
+
+def _mpnet_forward():
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
+        """MPNetSelfAttention.forward (transformers 5.24) up to the softmax, then the kernel, then its output projection."""
+        from precompute.kernels.probe import current_state
+        from precompute.kernels.summary import attend
+
+        state = current_state()
+        site = state.enter(self)
+        _refuse_unknown(self, **kwargs)
+        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+        q = self.q(hidden_states).view(shape).transpose(1, 2)
+        k = self.k(hidden_states).view(shape).transpose(1, 2)
+        v = self.v(hidden_states).view(shape).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
+        if position_bias is not None:
+            scores = scores + position_bias
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        c = attend(state, site.layer, scores.float(), v)  # [b, h, s, dh]
+        c = c.permute(0, 2, 1, 3).reshape(*hidden_states.shape[:-1], self.all_head_size)
+        return (self.o(c),)
+
+    return forward
+
+
+@dataclass(frozen=True)
+class SwappedEncoder(PairEncoder):
+    """A pair encoder whose attention modules compute their softmax inline (DeBERTa-v2, MPNet)."""
+
+    forward_factory: str = ""  # name of the swapped forward's factory in this module
+
+    def swap(self, model, probe):
+        return _swap_forwards(model, self, _FACTORIES[self.forward_factory])
+
+
+_FACTORIES = {"deberta": _deberta_forward, "mpnet": _mpnet_forward}
+
+_BERT_PATHS = dict(layers_path="encoder.layer", attention_path="attention.self",
+                   attention_output_path="attention.output.dense", mlp_output_path="output.dense")
+
+BERT = PairEncoder(
+    name="bert", description="BERT-style encoders (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA)",
+    model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra"),
+    architectures=("ForSequenceClassification",), **_BERT_PATHS,
+)
+DISTILBERT = PairEncoder(
+    name="distilbert", description="DistilBERT", model_types=("distilbert",), architectures=("ForSequenceClassification",),
+    layers_path="transformer.layer", attention_path="attention", attention_output_path="attention.out_lin",
+    mlp_output_path="ffn.lin2",
+)
+MODERNBERT = PairEncoder(
+    name="modernbert", description="ModernBERT (global and sliding-window local attention layers)",
+    model_types=("modernbert",), architectures=("ForSequenceClassification",),
+    layers_path="layers", attention_path="attn", attention_output_path="attn.Wo", mlp_output_path="mlp.Wo",
+)
+DEBERTA_V2 = SwappedEncoder(
+    name="deberta-v2", description="DeBERTa-v2/v3 (disentangled attention)", model_types=("deberta-v2",),
+    architectures=("ForSequenceClassification",), attention="swap", forward_factory="deberta",
+    **_BERT_PATHS,
+)
+MPNET = SwappedEncoder(
+    name="mpnet", description="MPNet (relative position bias)", model_types=("mpnet",),
+    architectures=("ForSequenceClassification",), layers_path="encoder.layer", attention_path="attention.attn",
+    attention_output_path="attention.attn.o", mlp_output_path="output.dense", attention="swap", forward_factory="mpnet",
+)

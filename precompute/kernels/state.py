@@ -1,0 +1,198 @@
+"""The batch state: what an attention kernel knows about the forward pass in flight.
+
+Transformers calls a layer's attention with the layer's tensors only; the kernels need the batch's
+segments, what to summarise and what to remove. :class:`BatchState` holds all of it for one forward
+pass, shared by the summary kernel, the SDPA ablation kernel and the swapped module forwards. Derived
+tensors (one-hot segments, query span, exact-match masks, removal tables) are computed on first use
+only, so each kernel pays for what it reads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from precompute.names import SEGMENT_INDEX, SEGMENTS
+
+N_SEG = len(SEGMENTS)
+Q, D = SEGMENT_INDEX["q"], SEGMENT_INDEX["d"]
+
+
+class KernelError(RuntimeError):
+    """An attention call the kernel cannot compute faithfully (message is one line, for the CLI)."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an attention module sits: ``role`` 'self' (an encoder or decoder-only layer: summarised and
+    ablated), 'decoder' (an encoder-decoder's decoder self-attention) or 'cross' (its cross-attention)."""
+
+    role: str
+    layer: int
+
+
+@dataclass
+class Intervention:
+    """Per-row ablation of one forward pass (rows = pairs x conditions)."""
+
+    mode: str = "zero"  # 'zero' | 'mask'
+    directions: torch.Tensor | None = None  # [batch, layers, 5, 5] bool, True = remove src -> dst
+    heads: torch.Tensor | None = None  # [batch, layers, heads] bool, True = zero that head's output
+
+    def __post_init__(self):
+        if self.mode not in ("zero", "mask"):
+            raise ValueError(f"ablation mode {self.mode!r}: expected 'zero' or 'mask'")
+
+
+def causal_impossible(device=None) -> torch.Tensor:
+    """[5, 5] bool: True where src -> dst cannot exist in a causal model (dst comes after src in the input)."""
+    index = torch.arange(N_SEG, device=device)
+    return index[None, :] > index[:, None]
+
+
+def padded_segments(segments: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] long segment ids with padding mapped to a 6th index (which no intervention removes)."""
+    return torch.where(segments >= 0, segments.long(), N_SEG)
+
+
+def token_removal(remove: torch.Tensor, pair_index: torch.Tensor) -> torch.Tensor:
+    """Expand a per-row direction table remove [batch, 5, 5] to tokens: [batch, seq, seq] bool."""
+    b = remove.shape[0]
+    s = int(round(pair_index.shape[1] ** 0.5))
+    table = F.pad(remove, (0, 1, 0, 1)).flatten(1)  # [batch, 36]; padding row/col never removed
+    return table.gather(1, pair_index).view(b, s, s)
+
+
+class BatchState:
+    """One forward pass: its segments, what to summarise and remove, and what the kernels produced."""
+
+    def __init__(self, segments: torch.Tensor, input_ids: torch.Tensor, *, sites: dict[int, Site],
+                 summarise: bool = False, intervention: Intervention | None = None, causal: bool = False):
+        self.segments = segments.long()  # [batch, seq], -1 = padding
+        self.input_ids = input_ids  # [batch, seq]
+        self.sites = sites  # id(attention module) -> Site
+        self.summarise = summarise
+        self.intervention = intervention
+        self.impossible = causal_impossible(segments.device) if causal else None
+        self.summaries: dict[int, torch.Tensor] = {}  # layer -> [batch, head, N_METRICS]
+        self.cross: dict[int, torch.Tensor] = {}  # decoder layer -> [batch, head, 5]: cross-attention masses
+        self.calls: Counter[Site] = Counter()
+        self._masks_cache: tuple | None = None
+
+    # -- where a call comes from -------------------------------------------------------------------
+    def enter(self, module) -> Site:
+        """The site of the attention module calling the kernel; KernelError for a module the probe did not map."""
+        site = self.sites.get(id(module))
+        if site is None:
+            raise KernelError(f"attention was called by a {type(module).__name__} the model family does not map to a "
+                              "layer; this architecture is not supported as loaded")
+        self.calls[site] += 1
+        return site
+
+    # -- segments ------------------------------------------------------------------------------------
+    @cached_property
+    def onehot(self) -> torch.Tensor:
+        """[batch, seq, 5] float: token -> its segment (padding rows are zero)."""
+        seg = self.segments
+        return F.one_hot(seg.clamp(min=0), N_SEG).float() * (seg >= 0)[..., None].float()
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        return self.onehot.sum(1)  # [batch, 5] tokens per segment
+
+    @cached_property
+    def key_padding(self) -> torch.Tensor:
+        return self.segments < 0  # [batch, seq]
+
+    @cached_property
+    def _query_span(self) -> tuple[int, int]:
+        q_pos = (self.segments == Q).any(0).nonzero().flatten()
+        return int(q_pos.min()), int(q_pos.max()) + 1  # the query span over the batch
+
+    @property
+    def q_lo(self) -> int:
+        return self._query_span[0]
+
+    @property
+    def q_hi(self) -> int:
+        return self._query_span[1]
+
+    @cached_property
+    def q_rows(self) -> torch.Tensor:
+        return (self.segments[:, self.q_lo : self.q_hi] == Q).float()  # [batch, nq]
+
+    @cached_property
+    def n_query(self) -> torch.Tensor:
+        return self.q_rows.sum(1).clamp(min=1)  # [batch]
+
+    @cached_property
+    def d_tok(self) -> torch.Tensor:
+        return (self.segments == D).float()  # [batch, seq]
+
+    @cached_property
+    def n_doc(self) -> torch.Tensor:
+        return self.d_tok.sum(1).clamp(min=1)  # [batch]
+
+    @cached_property
+    def _same(self) -> torch.Tensor:
+        q_ids = self.input_ids[:, self.q_lo : self.q_hi]
+        return q_ids[:, :, None] == self.input_ids[:, None, :]  # [batch, nq, seq]
+
+    @cached_property
+    def exact(self) -> torch.Tensor:
+        return self._same.float() * self.q_rows[..., None] * self.d_tok[:, None, :]  # [batch, nq, seq]
+
+    @cached_property
+    def other(self) -> torch.Tensor:
+        return (~self._same).float() * self.q_rows[..., None] * self.d_tok[:, None, :]  # [batch, nq, seq]
+
+    # -- interventions -------------------------------------------------------------------------------
+    @cached_property
+    def seg6(self) -> torch.Tensor:
+        return padded_segments(self.segments)  # [batch, seq]
+
+    @cached_property
+    def pair_index(self) -> torch.Tensor:
+        """[batch, seq*seq]: for every (query_pos, key_pos) its cell in a padded 6 x 6 segment table."""
+        return (self.seg6[:, :, None] * (N_SEG + 1) + self.seg6[:, None, :]).flatten(1)
+
+    def directions_removed(self, layer: int) -> torch.Tensor | None:
+        """[batch, 5, 5] bool of the directions removed at ``layer``; None when nothing is."""
+        iv = self.intervention
+        if iv is None or iv.directions is None:
+            return None
+        remove = iv.directions[:, layer]
+        return remove if bool(remove.any()) else None
+
+    def removal(self, layer: int) -> torch.Tensor | None:
+        """[batch, seq, seq] bool: True where the intervention removes query_pos -> key_pos at ``layer``."""
+        remove = self.directions_removed(layer)
+        return None if remove is None else token_removal(remove, self.pair_index)
+
+    def removal_masks(self, layer: int):
+        """For the SDPA kernel: None when nothing is removed at ``layer``; else (removal [b, s, s], row keeps a
+        segment [b, s, 5], rows that lose something [b, s]), cached across consecutive layers with one table."""
+        remove = self.directions_removed(layer)
+        if remove is None:
+            return None
+        if self._masks_cache is not None and torch.equal(self._masks_cache[0], remove):
+            return self._masks_cache[1]
+        b, s = self.segments.shape
+        removal = token_removal(remove, self.pair_index)  # [batch, seq, seq]
+        keep6 = F.pad(~remove, (0, 0, 0, 1), value=True)  # [batch, 6, 5]: padding rows keep everything
+        keep_rows = keep6.gather(1, self.seg6[..., None].expand(b, s, N_SEG))  # [batch, seq, 5]
+        loses = F.pad(remove.any(-1), (0, 1)).gather(1, self.seg6)  # [batch, seq]
+        masks = (removal, keep_rows, loses)
+        self._masks_cache = (remove, masks)
+        return masks
+
+    def heads_removed(self, layer: int) -> torch.Tensor | None:
+        """[batch, heads] bool of the heads whose output is zeroed at ``layer``; None when none are."""
+        iv = self.intervention
+        if iv is None or iv.heads is None:
+            return None
+        return iv.heads[:, layer]
