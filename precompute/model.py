@@ -30,7 +30,7 @@ class LoadedModel:
         if self.family is None:  # a model built in code: its family from its config
             from precompute.families import family_for
 
-            self.family = family_for(self.model.config)
+            self.family = family_for(self.model.config, architecture=type(self.model).__name__)
         if self.settings is None:
             self.settings = self.family.settings(self.tokenizer, None, None)
 

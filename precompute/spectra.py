@@ -22,9 +22,21 @@ Decisions the numbers depend on:
 * **Rank.** Every head keeps head_dim values (k = 0 largest); numerically zero ones carry
   arbitrary alignments but no weight in the head score.
 
-Only plain bilinear attention is supported: relative-position terms (DeBERTa's disentangled
-attention, BERT's ``relative_key``) and rotary embeddings make the logit depend on positions
-through more than the input vectors, and such models raise :class:`SpectraError`.
+What the matrix is depends on how the family adds positions (``note``, written to the manifest):
+
+* absolute positions (BERT, RoBERTa, ELECTRA, DistilBERT, XLM-R): the whole content interaction;
+* an additive relative position bias (MPNet, T5): the bias depends on the distance only, not on the
+  hidden states, so ``W_Q W_K^T`` is still the whole content interaction;
+* disentangled attention (DeBERTa-v2/v3): the content-to-content term only; its content-to-position and
+  position-to-content terms are left out;
+* rotary embeddings (ModernBERT, Llama, Qwen2, Mistral, Gemma): the logit is ``x_i^T W_Q R_{j-i} W_K^T x_j``
+  with a rotation by the distance; the spectrum is the position-free ``W_Q W_K^T`` (two tokens at the same
+  position);
+* grouped-query attention: several query heads share one key head; ``svd.kv_head`` says which.
+
+Refused with :class:`SpectraError` (one line, with the reason): BERT's ``relative_key`` positions (content
+times position terms inside the product) and per-head query/key normalisation (Qwen3, Gemma-3), where the
+logit is not a bilinear form of the hidden states.
 """
 
 from __future__ import annotations
@@ -36,35 +48,36 @@ from torch import nn
 
 from precompute.store.schema import SVD
 
-# (query attribute, key attribute, heads attribute) of the self-attention modules we read:
-# BERT, RoBERTa, ELECTRA, XLM-R, MiniLM (``attention.self``) and DistilBERT (``attention``).
-_PROJECTIONS: tuple[tuple[str, str, str], ...] = (
-    ("query", "key", "num_attention_heads"),
-    ("q_lin", "k_lin", "n_heads"),
+# (query attribute, key attribute) of the self-attention modules of every family; ModernBERT fuses them (Wqkv).
+_PROJECTIONS: tuple[tuple[str, str], ...] = (
+    ("query", "key"), ("q_lin", "k_lin"), ("query_proj", "key_proj"), ("q_proj", "k_proj"), ("q", "k"),
 )
-_ROTARY_CONFIG_KEYS = ("rope_parameters", "rope_theta", "rotary_dim", "rotary_emb_base", "rotary_pct")
+_QK_NORMS = ("q_norm", "k_norm", "q_layernorm", "k_layernorm")
+_ROTARY_CONFIG_KEYS = ("rope_parameters", "rope_theta", "rotary_dim", "rotary_emb_base", "rotary_pct", "global_rope_theta")
+
+NOTE_ABSOLUTE = "W_Q^h (W_K^h)^T, unscaled"
+NOTE_BIAS = ("W_Q^h (W_K^h)^T, unscaled; the relative position bias is added per (head, distance), content-free, and "
+             "left out like the projection biases")
+NOTE_DISENTANGLED = ("W_Q^h (W_K^h)^T, unscaled: the content-to-content term only; the content-to-position and "
+                     "position-to-content terms of disentangled attention are left out")
+NOTE_ROTARY = ("position-free W_Q^h (W_K^h)^T, unscaled: rotary embeddings rotate queries and keys by position, so the "
+               "logit is x_i^T W_Q R_(j-i) W_K^T x_j; this is the spectrum at distance 0")
 
 
 class SpectraError(Exception):
     """The model's attention is not one the spectra can describe (message is one line, for the CLI)."""
 
 
-def check_supported(model: nn.Module) -> None:
-    """Raise SpectraError (one line, with the reason) unless the spectra of ``model`` can be computed."""
-    _check_bilinear(model)
-    _attention_modules(model)
+def check_supported(model: nn.Module) -> str:
+    """The note describing the matrix the spectra of ``model`` are of; SpectraError (one line) when there is none."""
+    return _note(model)
 
 
 def qk_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the query and key factors of every head: (W_Q, W_K), each [heads, d_model, dh], float32 on CPU.
-
-    Raises SpectraError for attention that is not a plain bilinear form or not found.
-    """
-    _check_bilinear(model)
-    factors = []
-    for query, key, heads in _attention_modules(model):
-        factors.append((_split_heads(query.weight, heads), _split_heads(key.weight, heads)))
-    return factors
+    """Per layer, the query and key factors of every query head: (W_Q, W_K), each [heads, d_model, dh], float32 on
+    CPU (under grouped-query attention a query head's W_K is its key head's). SpectraError when not bilinear."""
+    _note(model)
+    return [(wq, wk[kv]) for wq, wk, kv in _layer_factors(model)]
 
 
 def head_spectrum(wq: torch.Tensor, wk: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -73,18 +86,22 @@ def head_spectrum(wq: torch.Tensor, wk: torch.Tensor) -> tuple[np.ndarray, np.nd
     return sigma[0].numpy(), alignment[0].numpy()
 
 
-def spectra_table(model: nn.Module) -> pa.Table:
-    """The ``svd`` table of ``model``: one row per layer x head x k, sorted by (layer, head, k)."""
+def spectra_table(model: nn.Module) -> tuple[pa.Table, str]:
+    """(the ``svd`` table of ``model``: one row per layer x head x k, sorted by (layer, head, k); the note saying
+    which matrix it is the spectrum of)."""
+    note = _note(model)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in SVD.column_names}
-    for layer, (wq, wk) in enumerate(qk_factors(model)):
-        sigma, alignment = _spectra(wq, wk)  # [heads, dh] each
+    for layer, (wq, wk, kv) in enumerate(_layer_factors(model)):
+        sigma, alignment = _spectra(wq, wk[kv])  # [heads, dh] each
         heads, dh = sigma.shape
         columns["layer"].append(np.full(heads * dh, layer, dtype=np.int8))
         columns["head"].append(np.repeat(np.arange(heads, dtype=np.int8), dh))
+        columns["kv_head"].append(np.repeat(kv.numpy().astype(np.int8), dh))
         columns["k"].append(np.tile(np.arange(dh, dtype=np.int16), heads))
         columns["sigma"].append(sigma.reshape(-1).numpy().astype(np.float32))
         columns["alignment"].append(alignment.reshape(-1).numpy().astype(np.float32))
-    return pa.Table.from_pydict({name: np.concatenate(parts) for name, parts in columns.items()}, schema=SVD.schema)
+    table = pa.Table.from_pydict({name: np.concatenate(parts) for name, parts in columns.items()}, schema=SVD.schema)
+    return table, note
 
 
 def _spectra(wq: torch.Tensor, wk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,55 +127,71 @@ def _split_heads(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, out // heads, d_model).transpose(1, 2).contiguous()  # [heads, d_model, dh]
 
 
-def _attention_modules(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear, int]]:
-    """(query Linear, key Linear, number of heads) of each encoder layer, in layer order."""
-    found = []
-    for module in getattr(model, "base_model", model).modules():
-        for q_name, k_name, heads_name in _PROJECTIONS:
-            query, key = getattr(module, q_name, None), getattr(module, k_name, None)
-            if isinstance(query, nn.Linear) and isinstance(key, nn.Linear) and hasattr(module, heads_name):
-                found.append((query, key, int(getattr(module, heads_name))))
-    name = _model_name(model)
-    if not found:
-        raise SpectraError(
-            f"{name}: no self-attention module with query/key (BERT, RoBERTa, ELECTRA) or q_lin/k_lin (DistilBERT) "
-            "projections found; spectra support only these architectures"
-        )
-    layers = getattr(model.config, "num_hidden_layers", len(found))
-    if len(found) != layers:
-        raise SpectraError(
-            f"{name}: found {len(found)} attention modules for {layers} layers (shared or cross-attention layers "
-            "are not supported by spectra)"
-        )
-    for query, key, heads in found:
-        if query.weight.shape != key.weight.shape or query.out_features % heads:
-            raise SpectraError(
-                f"{name}: query {tuple(query.weight.shape)} and key {tuple(key.weight.shape)} projections do not "
-                f"split into {heads} equal heads"
-            )
-    return found
+def _family(model: nn.Module):
+    from precompute.families import family_for
+
+    return family_for(model.config, architecture=type(model).__name__)
 
 
-def _check_bilinear(model: nn.Module) -> None:
-    """Refuse models whose attention logit is not ``x_i^T W_Q W_K^T x_j`` (plus biases)."""
+def _projections(module: nn.Module, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query and key Linear weights [out, in] of one attention module."""
+    for q_name, k_name in _PROJECTIONS:
+        query, key = getattr(module, q_name, None), getattr(module, k_name, None)
+        if isinstance(query, nn.Linear) and isinstance(key, nn.Linear):
+            return query.weight, key.weight
+    fused = getattr(module, "Wqkv", None)
+    if isinstance(fused, nn.Linear) and fused.out_features == 3 * hidden:
+        return fused.weight[:hidden], fused.weight[hidden : 2 * hidden]
+    raise SpectraError(f"{type(module).__name__} has no query/key projections the spectra know "
+                       f"({', '.join('/'.join(p) for p in _PROJECTIONS)}, Wqkv)")
+
+
+def _layer_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per layer: (W_Q [heads, d_model, dh], W_K [kv_heads, d_model, dh], kv head of each query head [heads])."""
+    family = _family(model)
+    _, heads = family.shape(model)
+    out = []
+    for module, site in family.attention_sites(model):
+        if site.role != "self":
+            continue
+        wq, wk = _projections(module, _hidden(model))
+        if wq.shape[0] % heads:
+            raise SpectraError(f"query projection {tuple(wq.shape)} does not split into {heads} heads")
+        dh = wq.shape[0] // heads
+        kv_heads = wk.shape[0] // dh
+        if kv_heads < 1 or wk.shape[0] % dh or heads % kv_heads:
+            raise SpectraError(f"key projection {tuple(wk.shape)} does not split into key heads of size {dh} shared "
+                               f"evenly by {heads} query heads")
+        out.append((_split_heads(wq, heads), _split_heads(wk, kv_heads), torch.arange(heads) // (heads // kv_heads)))
+    return out
+
+
+def _hidden(model: nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "dim"))
+
+
+def _note(model: nn.Module) -> str:
+    """Which matrix the spectrum is of (module docstring); SpectraError for attention that is not bilinear."""
     config, name = model.config, _model_name(model)
     position = getattr(config, "position_embedding_type", None) or "absolute"
-    if position != "absolute":
+    if position not in ("absolute", "rotary"):
         raise SpectraError(
-            f"{name}: position_embedding_type={position!r} adds relative-position terms to the attention logits; "
-            "spectra describe only plain bilinear attention (position_embedding_type='absolute')"
+            f"{name}: position_embedding_type={position!r} multiplies content by relative positions inside the "
+            "attention logits; its spectra are not defined (position_embedding_type='absolute' is)"
         )
+    norms = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in _QK_NORMS})
+    if norms:
+        raise SpectraError(f"{name}: queries and keys are normalised per head ({', '.join(norms)}) before their "
+                           "product, so the attention logit is not a bilinear form of the hidden states; no spectra")
     if getattr(config, "relative_attention", False):
-        raise SpectraError(
-            f"{name}: disentangled relative-position attention (DeBERTa) is not a plain bilinear form of the "
-            "hidden states; spectra are not defined for it"
-        )
+        return NOTE_DISENTANGLED
     rotary = [key for key in _ROTARY_CONFIG_KEYS if getattr(config, key, None) is not None]
     if rotary or any("rotary" in module_name.lower() for module_name, _ in model.named_modules()):
-        raise SpectraError(
-            f"{name}: rotary position embeddings ({', '.join(rotary) or 'rotary module'}) rotate queries and keys "
-            "by position; spectra describe only plain bilinear attention"
-        )
+        return NOTE_ROTARY
+    if getattr(config, "relative_attention_num_buckets", None):  # T5, MPNet
+        return NOTE_BIAS
+    return NOTE_ABSOLUTE
 
 
 def _model_name(model: nn.Module) -> str:

@@ -20,6 +20,7 @@ TEMPLATE_WORDS = ("query document relevant true false yes no answer instruct jud
 PAIR_KINDS = ("distilbert", "electra", "modernbert", "xlm-roberta", "deberta-v2", "mpnet")
 DECODER_KINDS = ("llama", "qwen2", "mistral", "gemma2")
 ALL_KINDS = (*PAIR_KINDS, "monot5", *(f"{k}-cls" for k in DECODER_KINDS), "qwen3-yesno", "llama-yesno")
+EXTRA_KINDS = ("qwen2-yesno",)  # built on request (spectra of a grouped-query generative model)
 
 
 def _vocab() -> dict[str, int]:

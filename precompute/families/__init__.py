@@ -35,10 +35,11 @@ def supported() -> str:
     return "; ".join(f"{f.name} ({', '.join(f.model_types)}, *{'/*'.join(f.architectures)})" for f in FAMILIES)
 
 
-def family_for(config) -> Family:
-    """The family of a model config; FamilyError (naming the supported families) when none fits."""
+def family_for(config, architecture: str | None = None) -> Family:
+    """The family of a model config (``architecture``: the class of a model built in code, whose config names
+    none); FamilyError (naming the supported families) when none fits."""
     model_type = getattr(config, "model_type", None)
-    archs = list(getattr(config, "architectures", None) or [])
+    archs = list(getattr(config, "architectures", None) or ([architecture] if architecture else []))
     if not archs:
         raise FamilyError(f"the model's config.json names no architectures (model_type {model_type!r}), so its head "
                           "cannot be known; add the architecture, e.g. \"architectures\": [\"BertForSequenceClassification\"]")

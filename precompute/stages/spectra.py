@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+from precompute import crash
 from precompute.stages.base import Stage
 from precompute.store.manifest import SpectraInfo
-
-MATRIX = "W_Q^h (W_K^h)^T, unscaled"
 
 
 class Spectra(Stage):
     name = "spectra"
     tables = ("svd",)
+    rebuildable = ("svd",)  # from the model's weights
 
     def compute(self, ctx) -> None:
         from precompute.spectra import SpectraError, spectra_table
 
         try:
-            table = spectra_table(ctx.lm.model)
+            table, _ = spectra_table(ctx.lm.model)
         except SpectraError as err:  # not a plain bilinear attention: say so (record keeps the reason), go on
             ctx.console.log(f"spectra skipped: {err}")
             return
         ctx.writer.write_table("svd", table)
+        crash.point("spectra.written")
 
     def record(self, ctx) -> None:
         from precompute.spectra import SpectraError, check_supported
@@ -29,7 +30,7 @@ class Spectra(Stage):
             import pyarrow.parquet as pq
 
             rows = pq.ParquetFile(ctx.writer.table_path("svd")).metadata.num_rows
-            ctx.manifest.spectra = SpectraInfo(computed=True, rows=rows, matrix=MATRIX)
+            ctx.manifest.spectra = SpectraInfo(computed=True, rows=rows, matrix=check_supported(ctx.lm.model))
             return
         try:
             check_supported(ctx.lm.model)

@@ -186,10 +186,14 @@ SVD = Table(
     name="svd",
     grain="one row per layer x head x singular value",
     sort_key=("layer", "head", "k"),
-    doc="Spectrum of each head's query-key matrix W_Q^h (W_K^h)^T (d_model x d_model, rank <= head_dim).",
+    doc="Spectrum of each head's query-key matrix W_Q^h (W_K^h)^T (d_model x d_model, rank <= head_dim); which part of "
+    "the attention logit it describes for the run's family is the manifest's spectra.matrix.",
     columns=(
         Column("layer", pa.int8(), "Layer, 0-based."),
         Column("head", pa.int8(), "Head, 0-based."),
+        Column("kv_head", pa.int8(), "The key head whose keys this (query) head meets: under grouped-query attention "
+               "several heads share one (head // (heads / key heads)); equal to head otherwise. Absent from "
+               "schema-version-1 stores."),
         Column("k", pa.int16(), "Index of the singular value, 0 = largest."),
         Column("sigma", pa.float32(), "k-th singular value of the unscaled W_Q^h (W_K^h)^T (the attention logit divides by sqrt(head_dim))."),
         Column("alignment", pa.float32(), "u_k . v_k: cosine between the k-th left and right singular vectors (1 = "

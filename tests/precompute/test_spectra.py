@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.spectra import SpectraError, head_spectrum, qk_factors, spectra_table
+from precompute.spectra import NOTE_ABSOLUTE, NOTE_DISENTANGLED, SpectraError, head_spectrum, qk_factors, spectra_table
 from precompute.store.schema import SVD
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99)
@@ -112,7 +112,8 @@ def _self_attention_weights(model, layer: int) -> tuple[torch.Tensor, torch.Tens
 @pytest.mark.parametrize("build", [_bert, _roberta, _electra, _distilbert], ids=["bert", "roberta", "electra", "distilbert"])
 def test_tiny_model_table_matches_direct_computation(build):
     model = build()
-    table = spectra_table(model)
+    table, note = spectra_table(model)
+    assert note == NOTE_ABSOLUTE
     layers, heads, dh = 2, 4, 8
     assert table.schema.equals(SVD.schema)
     assert table.num_rows == layers * heads * dh
@@ -158,12 +159,17 @@ def test_relative_position_bert_is_refused():
         spectra_table(_bert(position_embedding_type="relative_key"))
 
 
-def test_deberta_is_refused():
+def test_deberta_gives_its_content_to_content_term_with_a_note():
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     config = DebertaV2Config(**TINY, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=16)
-    with pytest.raises(SpectraError, match="disentangled"):
-        spectra_table(DebertaV2ForSequenceClassification(config))
+    model = DebertaV2ForSequenceClassification(config).eval()
+    table, note = spectra_table(model)
+    assert note == NOTE_DISENTANGLED
+    attention = model.deberta.encoder.layer[1].attention.self
+    m = attention.query_proj.weight[8:16].T.detach() @ attention.key_proj.weight[8:16].detach()  # head 1
+    sigma = np.array(table.column("sigma").to_pylist()).reshape(2, 4, 8)
+    np.testing.assert_allclose(sigma[1, 1], _full_spectrum(m, 8)[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.shared
@@ -171,10 +177,48 @@ def test_minilm_reference_model(minilm_dir):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir)
-    table = spectra_table(model)
+    table, _ = spectra_table(model)
     assert table.num_rows == 6 * 12 * 32
     sigma = np.array(table.column("sigma").to_pylist()).reshape(6 * 12, 32)
     assert np.all(np.diff(sigma, axis=1) <= 0)
     assert np.all(sigma[:, 0] > 0)
     alignment = np.array(table.column("alignment").to_pylist())
     assert np.all(np.abs(alignment) <= 1 + 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mpnet", "monot5", "modernbert", "llama-cls", "qwen2-yesno"])
+def test_every_family_with_a_bilinear_content_term_has_spectra(kind, tmp_path):
+    """Each head's spectrum equals the full SVD of its own W_Q^h W_K^T (grouped-query heads: their key head's)."""
+    from precompute.families import family_for
+    from precompute.model import load
+    from precompute.spectra import NOTE_BIAS, NOTE_ROTARY, _projections
+    from tests.tiny_families import build_family
+
+    lm = load(str(build_family(kind, tmp_path)), device="cpu")
+    table, note = spectra_table(lm.model)
+    assert note == (NOTE_BIAS if kind in ("mpnet", "monot5") else NOTE_ROTARY)
+    rows = table.to_pydict()
+    layers, heads = lm.shape
+    dh = len(rows["k"]) // (layers * heads)
+    sigma = np.array(rows["sigma"]).reshape(layers, heads, dh)
+    kv_head = np.array(rows["kv_head"]).reshape(layers, heads, dh)[..., 0]
+    for layer, (module, _) in enumerate([s for s in family_for(lm.model.config).attention_sites(lm.model)
+                                         if s[1].role == "self"]):
+        wq, wk = _projections(module, lm.model.config.hidden_size)
+        groups = heads // (wk.shape[0] // dh)
+        for head in range(heads):
+            assert kv_head[layer, head] == head // groups
+            key = slice(head // groups * dh, (head // groups + 1) * dh)
+            m = wq[head * dh : (head + 1) * dh].T.detach() @ wk[key].detach()
+            np.testing.assert_allclose(sigma[layer, head], _full_spectrum(m, dh)[0], rtol=1e-5, atol=1e-6)
+    if kind in ("llama-cls", "qwen2-yesno"):
+        assert len(set(kv_head[0])) == heads // 2  # grouped-query: two query heads per key head
+
+
+def test_query_key_normalisation_is_refused(tmp_path):
+    from precompute.model import load
+    from tests.tiny_families import build_family
+
+    lm = load(str(build_family("qwen3-yesno", tmp_path)), device="cpu")
+    with pytest.raises(SpectraError, match="normalised per head .k_norm, q_norm."):
+        spectra_table(lm.model)
