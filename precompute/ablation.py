@@ -52,7 +52,7 @@ def resolve_kernel(lm, kernel: str) -> str:
 
 
 class _EagerAblation:
-    """The summary kernel's eager path (interventions, no summaries) behind the ablation probe's interface."""
+    """The summary kernel's eager path (interventions, summaries on request) behind the ablation probe's interface."""
 
     def __init__(self, lm):
         from precompute.kernels.summary import SummaryProbe
@@ -66,8 +66,9 @@ class _EagerAblation:
     def __exit__(self, *exc):
         self._probe.__exit__(*exc)
 
-    def run(self, batch, *, intervention=None):
-        return self._probe.run(batch, intervention=intervention)[0]
+    def run(self, batch, *, intervention=None, summarise: bool = False):
+        scores, summaries, _ = self._probe.run(batch, intervention=intervention, summarise=summarise)
+        return (scores, summaries) if summarise else scores
 
 
 def probe(lm, kernel: str):
@@ -84,44 +85,81 @@ def probe(lm, kernel: str):
 # --------------------------------------------------------------------------------------------------
 
 
+def _subspace_edits(lm, conditions: Sequence[Condition], n: int):
+    """The QK edits of the subspace conditions among ``conditions``, for rows = pairs x conditions (condition-major)."""
+    import torch
+
+    from precompute.subspace import head_factors, qk_edit
+
+    k = len(conditions)
+    edits, factors = [], {}
+    for i, c in enumerate(conditions):
+        if c.kind != "subspace":
+            continue
+        if (c.layer, c.head) not in factors:
+            factors[(c.layer, c.head)] = head_factors(lm.model, c.layer, c.head)
+        rows = torch.zeros(k * n, dtype=torch.bool)
+        rows[i * n : (i + 1) * n] = True
+        edits.append(qk_edit(factors[(c.layer, c.head)], c.layer, c.head, c.k, c.factor, rows, lm.device))
+    return tuple(edits)
+
+
 def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, batch_size: int, max_length: int,
-                     kernel: str = "auto", on_batch: Callable[[int], None] | None = None) -> dict:
+                     kernel: str = "auto", means=None, head_metrics: dict | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> dict:
     """Score ``pairs`` under every condition, all conditions sharing each forward pass.
 
     Returns condition_id -> float32 scores aligned with ``pairs``. Rows of a forward are the batch's pairs
     repeated per condition (condition-major); a batch holds ``batch_size // len(conditions)`` pairs.
+    ``means`` [layers, 2, 5, hidden]: the run's component means (mean-mode component conditions).
+    ``head_metrics``: when a dict, the summary kernel scores and fills it with condition_id -> [pairs, metrics] of
+    each subspace condition's own head (what the intervention did to that head's attention).
     """
+    import contextlib
+
     import numpy as np
 
+    from precompute.conditions.components import component_targets
+    from precompute.kernels.components import ComponentHooks
     from precompute.kernels.state import Intervention
     from precompute.summaries import length_batches
 
     if not conditions or not pairs:
         return {c.condition_id: np.zeros(0, np.float32) for c in conditions}
-    kernel = resolve_kernel(lm, kernel)
+    summarise = head_metrics is not None
+    kernel = "eager" if summarise else resolve_kernel(lm, kernel)
     k = len(conditions)
-    mode = forward_mode(conditions)
-    dirs, heads = intervention_arrays(conditions, *lm.shape)
-    dirs = dirs.to(lm.device) if dirs is not None else None
-    heads = heads.to(lm.device) if heads is not None else None
+    direction_mode, component_mode = forward_mode(conditions)
+    n_layers, n_heads = lm.shape
+    dirs, heads = intervention_arrays(conditions, n_layers, n_heads)
+    comps = component_targets(conditions, n_layers)
+    on = lambda t: None if t is None else t.to(lm.device)  # noqa: E731
+    dirs, heads, comps, means = on(dirs), on(heads), on(comps), on(means)
     position = {p.pair_id: i for i, p in enumerate(pairs)}
     out = np.full((k, len(pairs)), np.nan, dtype=np.float32)
-    with probe(lm, kernel) as pr:
+    own = [(i, c) for i, c in enumerate(conditions) if c.kind == "subspace"]
+    metrics_out = {c.condition_id: np.full((len(pairs), 29), np.nan, np.float32) for _, c in own} if summarise else {}
+    hooks = ComponentHooks(lm) if comps is not None else contextlib.nullcontext()
+    with probe(lm, kernel) as pr, hooks:
         for batch in length_batches(lm, pairs, max(1, batch_size // k), max_length):
             enc = lm.encode([p.query for p in batch], [p.doc for p in batch], max_length).to(lm.device)
             n = len(batch)
-            iv = Intervention(
-                mode,
-                dirs.repeat_interleave(n, 0) if dirs is not None else None,
-                heads.repeat_interleave(n, 0) if heads is not None else None,
-            )
-            scores = pr.run(enc.repeat(k), intervention=iv).view(k, n).cpu().numpy()
+            rep = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
+            iv = Intervention(direction_mode, rep(dirs), rep(heads), rep(comps), component_mode,
+                              means if component_mode == "mean" else None, _subspace_edits(lm, conditions, n))
+            result = pr.run(enc.repeat(k), intervention=iv, summarise=True) if summarise else \
+                pr.run(enc.repeat(k), intervention=iv)
+            scores = result[0] if summarise else result
             cols = [position[p.pair_id] for p in batch]
-            out[:, cols] = scores
+            out[:, cols] = scores.view(k, n).cpu().numpy()
+            for i, c in own if summarise else ():
+                metrics_out[c.condition_id][cols] = result[1][i * n : (i + 1) * n, c.layer, c.head].cpu().numpy()
             if on_batch:
                 on_batch(n * k)
     if np.isnan(out).any():
         raise RuntimeError("ablation pass produced NaN scores")
+    if summarise:
+        head_metrics.update(metrics_out)
     return {c.condition_id: out[i] for i, c in enumerate(conditions)}
 
 

@@ -68,16 +68,11 @@ class SpectraError(Exception):
     """The model's attention is not one the spectra can describe (message is one line, for the CLI)."""
 
 
-def check_supported(model: nn.Module) -> str:
-    """The note describing the matrix the spectra of ``model`` are of; SpectraError (one line) when there is none."""
-    return _note(model)
-
-
 def qk_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the query and key factors of every query head: (W_Q, W_K), each [heads, d_model, dh], float32 on
     CPU (under grouped-query attention a query head's W_K is its key head's). SpectraError when not bilinear."""
-    _note(model)
-    return [(wq, wk[kv]) for wq, wk, kv in _layer_factors(model)]
+    matrix_note(model)
+    return [(wq, wk[kv]) for wq, wk, kv in layer_factors(model)]
 
 
 def head_spectrum(wq: torch.Tensor, wk: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -89,9 +84,9 @@ def head_spectrum(wq: torch.Tensor, wk: torch.Tensor) -> tuple[np.ndarray, np.nd
 def spectra_table(model: nn.Module) -> tuple[pa.Table, str]:
     """(the ``svd`` table of ``model``: one row per layer x head x k, sorted by (layer, head, k); the note saying
     which matrix it is the spectrum of)."""
-    note = _note(model)
+    note = matrix_note(model)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in SVD.column_names}
-    for layer, (wq, wk, kv) in enumerate(_layer_factors(model)):
+    for layer, (wq, wk, kv) in enumerate(layer_factors(model)):
         sigma, alignment = _spectra(wq, wk[kv])  # [heads, dh] each
         heads, dh = sigma.shape
         columns["layer"].append(np.full(heads * dh, layer, dtype=np.int8))
@@ -112,12 +107,19 @@ def _spectra(wq: torch.Tensor, wk: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     so ``u_k . v_k = (U^T Qq^T Qk V)_kk``. Cost O(d dh^2) per head instead of O(d^3). Float64
     throughout so that tests against the full SVD hold to 1e-5.
     """
-    qq, rq = torch.linalg.qr(wq.double())  # [heads, d_model, dh], [heads, dh, dh]
-    qk, rk = torch.linalg.qr(wk.double())  # [heads, d_model, dh], [heads, dh, dh]
-    u, sigma, vh = torch.linalg.svd(rq @ rk.mT)  # [heads, dh, dh], [heads, dh], [heads, dh, dh]
+    qq, rq, qk, rk, u, sigma, vh = core_svd(wq, wk)
     cross = u.mT @ (qq.mT @ qk)  # [heads, dh, dh]: U^T Qq^T Qk
     alignment = (cross * vh).sum(-1)  # [heads, dh]: diagonal of cross @ V
     return sigma, alignment
+
+
+def core_svd(wq: torch.Tensor, wk: torch.Tensor):
+    """(Qq, Rq, Qk, Rk, U, sigma, V^T) of ``wq @ wk^T`` (batched over heads, float64): thin QRs of both factors and
+    the SVD of the dh x dh core ``Rq Rk^T``, so that ``u_k = Qq U[:, k]`` and ``v_k = Qk V[:, k]``."""
+    qq, rq = torch.linalg.qr(wq.double())  # [heads, d_model, dh], [heads, dh, dh]
+    qk, rk = torch.linalg.qr(wk.double())  # [heads, d_model, dh], [heads, dh, dh]
+    u, sigma, vh = torch.linalg.svd(rq @ rk.mT)  # [heads, dh, dh], [heads, dh], [heads, dh, dh]
+    return qq, rq, qk, rk, u, sigma, vh
 
 
 def _split_heads(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -133,12 +135,20 @@ def _family(model: nn.Module):
     return family_for(model.config, architecture=type(model).__name__)
 
 
-def _projections(module: nn.Module, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The query and key Linear weights [out, in] of one attention module."""
+def projection_modules(module: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+    """The separate query and key Linear modules of one attention module, None when they are fused or absent."""
     for q_name, k_name in _PROJECTIONS:
         query, key = getattr(module, q_name, None), getattr(module, k_name, None)
         if isinstance(query, nn.Linear) and isinstance(key, nn.Linear):
-            return query.weight, key.weight
+            return query, key
+    return None
+
+
+def _projections(module: nn.Module, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query and key Linear weights [out, in] of one attention module."""
+    found = projection_modules(module)
+    if found is not None:
+        return found[0].weight, found[1].weight
     fused = getattr(module, "Wqkv", None)
     if isinstance(fused, nn.Linear) and fused.out_features == 3 * hidden:
         return fused.weight[:hidden], fused.weight[hidden : 2 * hidden]
@@ -146,7 +156,7 @@ def _projections(module: nn.Module, hidden: int) -> tuple[torch.Tensor, torch.Te
                        f"({', '.join('/'.join(p) for p in _PROJECTIONS)}, Wqkv)")
 
 
-def _layer_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def layer_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per layer: (W_Q [heads, d_model, dh], W_K [kv_heads, d_model, dh], kv head of each query head [heads])."""
     family = _family(model)
     _, heads = family.shape(model)
@@ -171,7 +181,7 @@ def _hidden(model: nn.Module) -> int:
     return int(getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "dim"))
 
 
-def _note(model: nn.Module) -> str:
+def matrix_note(model: nn.Module) -> str:
     """Which matrix the spectrum is of (module docstring); SpectraError for attention that is not bilinear."""
     config, name = model.config, _model_name(model)
     position = getattr(config, "position_embedding_type", None) or "absolute"

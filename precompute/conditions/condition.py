@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 from precompute.conditions.vocabulary import BASELINE, HEAD_MODE, short_label
 from precompute.names import SEGMENT_INDEX, split_direction
 
+# Which analysis a condition kind belongs to: each analysis is its own Holm family (precompute.significance).
+ANALYSIS_OF_KIND: dict[str, str] = {
+    "baseline": "attention", "direction": "attention", "group": "attention", "layer_sweep": "attention",
+    "head": "attention", "component": "components", "subspace": "subspace",
+}
+
+
 @dataclass(frozen=True)
 class Condition:
     """One ablation condition (a row of ``ablation_conditions``) plus the layers it resolves to."""
@@ -21,6 +28,10 @@ class Condition:
     kind: str
     directions: tuple[str, ...] | None
     layer_set: tuple[int, ...] = field(default=(), compare=False)
+    component: str | None = field(default=None, compare=False)  # 'attn' | 'mlp' (kind 'component')
+    segment: str | None = field(default=None, compare=False)  # tokens a component is removed at; None = all
+    k: int | None = field(default=None, compare=False)  # top singular components (kind 'subspace')
+    factor: float | None = field(default=None, compare=False)  # 0 = remove (kind 'subspace')
 
     def row(self) -> dict:
         return {
@@ -30,9 +41,15 @@ class Condition:
         }
 
     @property
+    def analysis(self) -> str:
+        return ANALYSIS_OF_KIND[self.kind]
+
+    @property
     def label(self) -> str:
         if self.kind == "head":
             return f"L{self.layer}.H{self.head}"
+        if self.kind in ("component", "subspace"):
+            return self.condition_id
         if self.kind == "baseline":
             return "baseline"
         return short_label(self.condition)
@@ -69,21 +86,34 @@ def intervention_arrays(conditions: Sequence[Condition], n_layers: int, n_heads:
     return (dirs if bool(dirs.any()) else None), (heads if bool(heads.any()) else None)
 
 
-def forward_mode(conditions: Sequence[Condition]) -> str:
-    modes = {c.mode for c in conditions if c.kind not in ("head", "baseline")}
-    if len(modes) > 1:
-        raise ValueError(f"conditions sharing a forward pass must share a mode, got {sorted(modes)}")
-    return modes.pop() if modes else "zero"
+def forward_key(c: Condition) -> str:
+    """Conditions with one key can share a forward pass (one direction mode, one component mode per forward)."""
+    if c.kind in ("head", "baseline"):
+        return "_any"
+    if c.kind == "component":
+        return f"component/{c.mode}"
+    if c.kind == "subspace":
+        return "subspace"
+    return f"direction/{c.mode}"
+
+
+def forward_mode(conditions: Sequence[Condition]) -> tuple[str, str]:
+    """(direction mode, component mode) of conditions sharing a forward pass; ValueError when they disagree."""
+    keys = {forward_key(c) for c in conditions} - {"_any", "subspace"}
+    directions = {k.split("/")[1] for k in keys if k.startswith("direction/")}
+    components = {k.split("/")[1] for k in keys if k.startswith("component/")}
+    if len(directions) > 1 or len(components) > 1:
+        raise ValueError(f"conditions sharing a forward pass must share a mode, got {sorted(keys)}")
+    return (directions.pop() if directions else "zero"), (components.pop() if components else "zero")
 
 
 def forward_groups(conditions: Sequence[Condition], stack: int) -> list[list[Condition]]:
-    """Conditions cut into groups of ``stack`` that share forwards (same mode within a group), in order."""
-    by_mode: dict[str, list[Condition]] = {}
+    """Conditions cut into groups of ``stack`` that share forwards (one forward key per group), in order."""
+    by_key: dict[str, list[Condition]] = {}
     for c in conditions:
-        key = c.mode if c.kind not in ("head", "baseline") else "_any"
-        by_mode.setdefault(key, []).append(c)
+        by_key.setdefault(forward_key(c), []).append(c)
     out = []
-    for key in sorted(by_mode, key=lambda k: (k == "_any", k)):
-        cs = by_mode[key]
+    for key in sorted(by_key, key=lambda k: (k == "_any", k)):
+        cs = by_key[key]
         out += [cs[i : i + stack] for i in range(0, len(cs), stack)]
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from precompute.conditions import components as comp
+from precompute.conditions import subspace as qk
 from precompute.conditions.condition import Condition, baseline_condition, direction_condition, head_condition
 from precompute.conditions.vocabulary import (
     DEFAULT_SETS,
@@ -31,11 +33,18 @@ class AblationRequest:
     groups: tuple[str, ...] = ()
     sweep: tuple[str, ...] = DEFAULT_SWEEP
     heads: tuple[str, ...] = ("all",)
+    component_mode: str = comp.DEFAULT_COMPONENT_MODE  # the 'components' set's mode
+    components: tuple[str, ...] = ()  # explicit component conditions, computed whenever given
+    subspace_heads: str = "top:5"
+    subspace_k: str = "1-4"
+    subspace_ops: tuple[str, ...] = ("remove", "scale=2")
 
     @classmethod
     def from_config(cls, cfg) -> "AblationRequest":
         return cls(tuple(cfg.ablations), tuple(cfg.ablation_modes), tuple(cfg.ablation_layers),
-                   tuple(cfg.ablation_groups), tuple(cfg.ablation_sweep), tuple(cfg.ablation_heads))
+                   tuple(cfg.ablation_groups), tuple(cfg.ablation_sweep), tuple(cfg.ablation_heads),
+                   cfg.component_mode, tuple(cfg.ablation_components), cfg.subspace_heads, cfg.subspace_k,
+                   tuple(cfg.subspace_ops))
 
     def check(self) -> None:
         """Validate the flags' syntax without a model (layer and head numbers are checked against the model later)."""
@@ -57,6 +66,17 @@ class AblationRequest:
             for item in (t for t in re.split(r"[,\s]+", spec.strip()) if t):
                 if item.lower() != "all" and not re.fullmatch(r"(\d+|\*)\.(\d+|\*)", item):
                     raise AblationSpecError(f"--ablation-heads {item!r}: expected all or LAYER.HEAD such as 3.5, 3.* or *.0")
+        if self.component_mode not in comp.COMPONENT_MODES:
+            raise AblationSpecError(f"--component-mode {self.component_mode!r}: expected zero or mean")
+        for spec in self.components:
+            comp.check_component_spec(spec)
+        if "subspace" in sets:
+            from precompute.subspace import parse_operation
+
+            qk.parse_heads_spec(self.subspace_heads)
+            qk.parse_ks(self.subspace_k)
+            for op in self.subspace_ops:
+                parse_operation(op)
 
     def user_groups(self) -> dict[str, tuple[str, ...]]:
         out: dict[str, tuple[str, ...]] = {}
@@ -71,8 +91,15 @@ class AblationRequest:
             out[name] = dirs
         return out
 
-    def conditions(self, n_layers: int, n_heads: int) -> list[Condition]:
-        """Every condition requested, baseline first, deduplicated by id (first wins), in a stable order."""
+    def subspace_targets(self) -> int | list[tuple[int, int]]:
+        """``top:N`` as N (the stage ranks heads in head_contrasts), or the listed (layer, head) pairs."""
+        return qk.parse_heads_spec(self.subspace_heads)
+
+    def conditions(self, n_layers: int, n_heads: int, *, subspace_heads: list[tuple[int, int]] = (),
+                   head_dim: int | None = None) -> list[Condition]:
+        """Every condition requested, baseline first, deduplicated by id (first wins), in a stable order.
+
+        ``subspace_heads``: the heads of the 'subspace' set, resolved by the stage (``top:N`` needs head_contrasts)."""
         sets = check_sets(self.sets)
         if not sets:
             return []
@@ -111,4 +138,21 @@ class AblationRequest:
         if "heads" in sets:
             for layer, head in parse_heads(self.heads or ("all",), n_layers, n_heads):
                 add(head_condition(layer, head))
+        if "components" in sets:
+            for c in comp.sweep(n_layers, self.component_mode):
+                add(c)
+        for spec in self.components:
+            add(comp.parse_component(spec, n_layers))
+        if "subspace" in sets:
+            from precompute.subspace import parse_operation
+
+            for layer, head in subspace_heads:
+                if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                    raise AblationSpecError(f"--subspace-heads {layer}.{head}: the model has layers 0-{n_layers - 1} "
+                                            f"and heads 0-{n_heads - 1}")
+                for k in qk.parse_ks(self.subspace_k):
+                    if head_dim is not None and k > head_dim:
+                        raise AblationSpecError(f"--subspace-k {k}: a head has only {head_dim} singular components")
+                    for op in self.subspace_ops:
+                        add(qk.subspace_condition(layer, head, k, op.strip(), parse_operation(op)))
         return list(out.values())

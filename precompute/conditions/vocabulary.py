@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from precompute.names import DIRECTIONS, SEGMENTS, split_direction
 
-CONDITION_SETS: tuple[str, ...] = ("directions", "groups", "layers", "heads", "none")
+CONDITION_SETS: tuple[str, ...] = ("directions", "groups", "layers", "heads", "components", "subspace", "none")
 DEFAULT_SETS: tuple[str, ...] = ("directions", "groups")
 MODES: tuple[str, ...] = ("zero", "mask")
 KERNELS: tuple[str, ...] = ("auto", "sdpa", "eager")  # precompute.ablation.resolve_kernel

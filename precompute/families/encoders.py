@@ -102,6 +102,9 @@ def _deberta_forward():
         state = current_state()
         site = state.enter(self)
         _refuse_unknown(self, query_states=query_states)
+        if state.qk_edits(site.layer):
+            raise KernelError("QK-subspace interventions are not defined for disentangled attention (DeBERTa): its "
+                              "position terms share the query projection")
         heads = self.num_attention_heads
         query = self.transpose_for_scores(self.query_proj(hidden_states), heads)
         key = self.transpose_for_scores(self.key_proj(hidden_states), heads)
@@ -134,7 +137,10 @@ def _mpnet_forward():
         q = self.q(hidden_states).view(shape).transpose(1, 2)
         k = self.k(hidden_states).view(shape).transpose(1, 2)
         v = self.v(hidden_states).view(shape).transpose(1, 2)
+        q, correction = state.edit_queries(site.layer, q)  # QK-subspace interventions (precompute.subspace)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
+        if correction is not None:
+            scores = scores + correction[..., None] / math.sqrt(self.attention_head_size)
         if position_bias is not None:
             scores = scores + position_bias
         if attention_mask is not None:

@@ -49,6 +49,8 @@ def ablation_attention(module, query, key, value, attention_mask, scaling=None, 
     call = parse_call(module, query, key, value, attention_mask, scaling, dropout, kwargs)
     if call.softcap is not None:
         raise KernelError("logit soft-capping cannot run in the SDPA ablation kernel; use --ablation-kernel eager")
+    if site.role == "self":  # QK-subspace edits; their per-row logit correction cannot change a softmax
+        call.query, _ = state.edit_queries(site.layer, call.query)
     q, k, v = call.query, call.key, call.value
     allowed = _allowed(call)
     masks = state.removal_masks(site.layer) if site.role == "self" else None

@@ -36,16 +36,44 @@ class Site:
 
 
 @dataclass
-class Intervention:
-    """Per-row ablation of one forward pass (rows = pairs x conditions)."""
+class QKEdit:
+    """Remove (factor 0) or scale the top-k singular components of one head's W_Q W_K^T, for some rows.
 
-    mode: str = "zero"  # 'zero' | 'mask'
+    With ``c = (q - b_q) . A`` (the query's content coordinates on the top-k left singular directions, read in the
+    head's query space) the query becomes ``q + (factor - 1) c B^T``, so ``q' . k = q . k + (factor - 1) sum_k
+    sigma_k (x_i . u_k)(x_j . v_k) - correction``: the content term of exactly those components is scaled, and the
+    key bias' share (``correction``, constant over keys) is added back to the logits (see precompute.subspace).
+    """
+
+    rows: torch.Tensor  # [batch] bool
+    layer: int
+    head: int
+    a: torch.Tensor  # [head_dim, k]
+    b: torch.Tensor  # [head_dim, k], sigma folded in
+    factor: float
+    query_bias: torch.Tensor | None  # [head_dim]
+    key_bias_b: torch.Tensor | None  # [k]: b_k . b, the key bias' coordinates (for the correction)
+
+
+@dataclass
+class Intervention:
+    """Per-row interventions of one forward pass (rows = pairs x conditions)."""
+
+    mode: str = "zero"  # directions: 'zero' | 'mask'
     directions: torch.Tensor | None = None  # [batch, layers, 5, 5] bool, True = remove src -> dst
     heads: torch.Tensor | None = None  # [batch, layers, heads] bool, True = zero that head's output
+    components: torch.Tensor | None = None  # [batch, layers, 2] int: attn/mlp target (kernels.components)
+    component_mode: str = "zero"  # 'zero' | 'mean'
+    means: torch.Tensor | None = None  # [layers, 2, 5, hidden]: component means per segment (mean mode)
+    qk: tuple[QKEdit, ...] = ()
 
     def __post_init__(self):
         if self.mode not in ("zero", "mask"):
             raise ValueError(f"ablation mode {self.mode!r}: expected 'zero' or 'mask'")
+        if self.component_mode not in ("zero", "mean"):
+            raise ValueError(f"component mode {self.component_mode!r}: expected 'zero' or 'mean'")
+        if self.component_mode == "mean" and self.components is not None and self.means is None:
+            raise ValueError("mean component ablation needs the run's component means")
 
 
 def causal_impossible(device=None) -> torch.Tensor:
@@ -71,7 +99,8 @@ class BatchState:
     """One forward pass: its segments, what to summarise and remove, and what the kernels produced."""
 
     def __init__(self, segments: torch.Tensor, input_ids: torch.Tensor, *, sites: dict[int, Site],
-                 summarise: bool = False, intervention: Intervention | None = None, causal: bool = False):
+                 summarise: bool = False, intervention: Intervention | None = None, causal: bool = False,
+                 capture: frozenset[str] = frozenset(), patches: tuple = (), skipped: frozenset[int] = frozenset()):
         self.segments = segments.long()  # [batch, seq], -1 = padding
         self.input_ids = input_ids  # [batch, seq]
         self.sites = sites  # id(attention module) -> Site
@@ -81,6 +110,10 @@ class BatchState:
         self.summaries: dict[int, torch.Tensor] = {}  # layer -> [batch, head, N_METRICS]
         self.cross: dict[int, torch.Tensor] = {}  # decoder layer -> [batch, head, 5]: cross-attention masses
         self.calls: Counter[Site] = Counter()
+        self.capture = capture  # output kinds to keep: 'resid', 'attn', 'mlp' (kernels.components), 'head'
+        self.captured: dict[tuple[str, int], object] = {}  # (kind, layer) -> output
+        self.patches = patches  # kernels.components.PatchOp, applied where their kind and layer come by
+        self.skipped = skipped  # layers resumed from captured outputs (their attention does not run)
         self._masks_cache: tuple | None = None
 
     # -- where a call comes from -------------------------------------------------------------------
@@ -189,6 +222,26 @@ class BatchState:
         masks = (removal, keep_rows, loses)
         self._masks_cache = (remove, masks)
         return masks
+
+    def qk_edits(self, layer: int) -> list[QKEdit]:
+        return [e for e in (self.intervention.qk if self.intervention is not None else ()) if e.layer == layer]
+
+    def edit_queries(self, layer: int, query: torch.Tensor):
+        """(query [b, h, q, dh] with the QK-subspace edits of ``layer`` applied, logit correction [b, h, q] or None)."""
+        edits = self.qk_edits(layer)
+        if not edits:
+            return query, None
+        query = query.clone()
+        correction = torch.zeros(query.shape[:3], dtype=torch.float32, device=query.device)
+        for e in edits:
+            q = query[:, e.head].float()  # [b, q, dh]
+            content = q - e.query_bias.float() if e.query_bias is not None else q
+            c = content @ e.a.float()  # [b, q, k]
+            rows = e.rows[:, None, None].float()
+            query[:, e.head] = (q + (e.factor - 1.0) * rows * (c @ e.b.float().T)).to(query.dtype)
+            if e.key_bias_b is not None:  # give back the key bias' share: constant over keys, exact logits
+                correction[:, e.head] -= (e.factor - 1.0) * rows[..., 0] * (c @ e.key_bias_b.float())
+        return query, correction
 
     def heads_removed(self, layer: int) -> torch.Tensor | None:
         """[batch, heads] bool of the heads whose output is zeroed at ``layer``; None when none are."""

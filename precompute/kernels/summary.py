@@ -45,6 +45,12 @@ def attend(state: BatchState, layer: int, logits: torch.Tensor, value: torch.Ten
     heads = state.heads_removed(layer)
     if heads is not None:
         out = out * (~heads).to(out.dtype)[:, :, None, None]
+    for op in state.patches:  # activation patching of one head's output (kernels.components.PatchOp)
+        if op.kind == "head" and op.layer == layer:
+            out = out.clone()
+            out[:, op.head] = torch.where(op.positions[..., None], op.source.to(out.dtype), out[:, op.head])
+    if "head" in state.capture:
+        state.captured[("head", layer)] = out
     return out
 
 
@@ -61,11 +67,14 @@ def atlas_attention(module, query, key, value, attention_mask, scaling=None, dro
     state = current_state()
     site = state.enter(module)
     call = parse_call(module, query, key, value, attention_mask, scaling, dropout, kwargs)
-    logits = call.logits()
     if site.role == "self":
+        call.query, correction = state.edit_queries(site.layer, call.query)
+        logits = call.logits()
+        if correction is not None:
+            logits = logits + correction[..., None] * call.scaling
         out = attend(state, site.layer, logits, call.value)
     else:  # an encoder-decoder's decoder: computed as the model does; cross-attention summarised on request
-        weights = F.softmax(logits, dim=-1)
+        weights = F.softmax(call.logits(), dim=-1)
         if site.role == "cross" and state.summarise:
             state.cross[site.layer] = cross_masses(weights, state)
         out = torch.matmul(weights.to(call.value.dtype), call.value)

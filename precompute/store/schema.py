@@ -35,6 +35,7 @@ class Table:
     columns: tuple[Column, ...]
     sort_key: tuple[str, ...]
     doc: str
+    internal: bool = False  # a table of resumable parts only, merged into a public one; not in docs/store.md
 
     @property
     def schema(self) -> pa.Schema:
@@ -238,10 +239,46 @@ DECODER_CROSS_ATTENTION = Table(
     ),
 )
 
+_COMPONENT = Column("component", pa.string(), "'attn' (the attention block's output projection) or 'mlp' (the MLP "
+                    "block's output projection), before the block's residual add.")
+_SEGMENT = Column("segment", pa.string(), "Segment of the tokens averaged: cls, q, sep1, d, sep2 (meaning per family "
+                  "in the manifest's model.segment_labels).")
+
+COMPONENT_MEANS = Table(
+    name="component_means",
+    grain="one row per layer x component x segment",
+    sort_key=("layer", "component", "segment"),
+    doc="Mean output of each layer's attention and MLP blocks over every token of a segment, across all the run's "
+    "pairs: what mean-mode component ablations (mlp@3:d/mean) put in place of the removed output, stored so the "
+    "ablation scores are reproducible.",
+    columns=(
+        Column("layer", pa.int8(), "Layer, 0-based."),
+        _COMPONENT,
+        _SEGMENT,
+        Column("tokens", pa.int64(), "Tokens averaged over (all pairs)."),
+        Column("mean", pa.list_(pa.float32()), "The mean output vector (hidden size)."),
+    ),
+)
+
+COMPONENT_SUMS = Table(
+    name="component_sums",
+    grain="one row per chunk x layer x component x segment",
+    sort_key=("layer", "component", "segment"),
+    doc="Per-chunk sums behind component_means (resumable parts).",
+    internal=True,
+    columns=(
+        Column("layer", pa.int8(), "Layer."),
+        _COMPONENT,
+        _SEGMENT,
+        Column("tokens", pa.int64(), "Tokens summed."),
+        Column("sum", pa.list_(pa.float64()), "Sum of the output vectors."),
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG, ABLATION_CONDITIONS, ABLATION_SCORES, ABLATION_METRICS,
-        ABLATION_SUMMARY, SVD, HEAD_CONTRASTS, DECODER_CROSS_ATTENTION,
+        ABLATION_SUMMARY, SVD, HEAD_CONTRASTS, DECODER_CROSS_ATTENTION, COMPONENT_MEANS, COMPONENT_SUMS,
     )
 }
