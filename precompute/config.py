@@ -31,7 +31,7 @@ class JobConfig:
     dtype: str = "auto"
     progress: bool = True
     # Stages, run in this order (precompute.stages.STAGES). Ablations last: the longest, and the others need no scores.
-    stages: tuple[str, ...] = ("summaries", "spectra", "contrasts", "component_means", "ablations")
+    stages: tuple[str, ...] = ("summaries", "spectra", "contrasts", "component_means", "ablations", "patching")
     # Ablations (precompute.ablation). Not part of the run identity: conditions accumulate in the folder and a
     # rerun computes only the missing ones (kernel and stack must stay those of the folder).
     ablations: tuple[str, ...] = ("directions", "groups")  # condition sets; () = skip the stage (--ablations none)
@@ -47,6 +47,8 @@ class JobConfig:
     subspace_heads: str = "top:5"  # heads of the 'subspace' set: top:N (Cohen's d of q_d, relevant vs easy) or L.H list
     subspace_k: str = "1-4"  # top singular components removed or scaled
     subspace_ops: tuple[str, ...] = ("remove", "scale=2")
+    patching: tuple[str, ...] = ()  # activation-patching experiments: 'tfc1', 'cls' (precompute.patching)
+    patching_pairs: int = 10  # (relevant, hard) combinations per query of the cls experiment
     measures: tuple[str, ...] = ("nDCG@10",)  # ablation_metrics measures (ir_measures names)
     eval_scopes: tuple[str, ...] | None = None  # None: ('pairs',), plus 'run' with --candidates
 

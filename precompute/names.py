@@ -82,4 +82,5 @@ CONTRAST_LABELS: dict[str, str] = {
 SCORE_KINDS: dict[str, str] = {
     "logit": "relevance score (logit)",
     "log_softmax[1]": "log-probability of relevance",
+    "log_softmax[answer]": "log-probability of the positive answer token (vs the negative one)",
 }

@@ -209,15 +209,17 @@ def _capture(patcher: Patcher, batch):
     return scores, state.captured
 
 
-def patch_batch(patcher: Patcher, experiment: str, clean, corrupted, *, rows_per_forward: int, resume: bool = True):
+def patch_batch(patcher: Patcher, experiment: str, clean, corrupted, *, rows_per_forward: int, resume: bool = True,
+                only: str | None = None):
     """Effects of every variant at every layer for one batch of patch pairs: (clean [n], corrupted [n],
-    patched {(layer, Variant): [n]}). ``resume`` False recomputes the layers below each patched one."""
+    patched {(layer, Variant): [n]}). ``resume`` False recomputes the layers below each patched one; ``only`` keeps
+    the variants of one component ('head': the head sweep)."""
     lm = patcher.lm
     n = corrupted.segments.shape[0]
     clean_scores, clean_acts = _capture(patcher, clean)
     corrupted_scores, corrupted_acts = _capture(patcher, corrupted)
     layers, heads = lm.shape
-    todo = variants(experiment, heads)
+    todo = [v for v in variants(experiment, heads) if only is None or v.component == only]
     per_forward = max(1, rows_per_forward // n)
     patched: dict[tuple[int, Variant], torch.Tensor] = {}
     for layer in range(layers):

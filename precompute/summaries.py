@@ -124,13 +124,17 @@ def summarise_chunk(lm: LoadedModel, pairs: Sequence[Pair], *, batch_size: int, 
 
 @contextlib.contextmanager
 def plain_attention(lm: LoadedModel, implementation: str = "sdpa"):
-    """Run the model with a stock attention implementation (the plain scoring baseline); families that compute
-    attention inline (DeBERTa-v2, MPNet) have only their own."""
+    """Run the model with a stock attention implementation (the plain scoring baseline): ``implementation``, or eager
+    where the architecture refuses it (Gemma-2 has no SDPA); families that compute attention inline (DeBERTa-v2,
+    MPNet) have only their own."""
     if lm.family.attention != "interface":
         yield lm
         return
     previous = lm.model.config._attn_implementation
-    lm.model.set_attn_implementation(implementation)
+    try:
+        lm.model.set_attn_implementation(implementation)
+    except ValueError:
+        lm.model.set_attn_implementation("eager")
     try:
         yield lm
     finally:

@@ -6,9 +6,9 @@ Adding a stage: one module here with a ``STAGE`` object, plus its entry below.
 
 from __future__ import annotations
 
-from precompute.stages import ablations, component_means, contrasts, spectra, summaries
+from precompute.stages import ablations, component_means, contrasts, patching, spectra, summaries
 from precompute.stages.base import Stage
 
-# Ablations last: the longest, and the others need no ablation scores (component means: only mean-mode components).
+# Ablations and patching last: the longest, and the others need neither (component means: mean-mode components only).
 STAGES: dict[str, Stage] = {s.name: s for s in (summaries.STAGE, spectra.STAGE, contrasts.STAGE, component_means.STAGE,
-                                                ablations.STAGE)}
+                                                ablations.STAGE, patching.STAGE)}

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from precompute.contrasts import MATCHING_HEADS_SQL
+from precompute.metrics import METRICS
 from precompute.names import DIRECTIONS
 from precompute.store.schema import TABLES
 
@@ -32,6 +33,21 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
         "count(*) AS n_sigma FROM svd GROUP BY layer, head",
     ),
     "matching_heads": (("head_contrasts",), MATCHING_HEADS_SQL),
+    "patching_agg": (
+        ("patching_effects", "pairs"),
+        "SELECT e.experiment, e.layer, e.head, e.component, e.segment, p.neg_type, p.grade, count(e.effect) AS n, "
+        "avg(e.effect) AS mean_effect, stddev_samp(e.effect) AS sd_effect, count(*) - count(e.effect) AS n_null "
+        "FROM patching_effects e JOIN pairs p USING (pair_id) GROUP BY ALL",
+    ),
+    "subspace_effects": (
+        ("subspace_head_metrics", "head_attention"),
+        f"SELECT s.condition_id, s.layer, s.head, s.metric, count(*) AS n, avg(s.value) AS mean, "
+        f"avg(h.value) AS baseline, avg(s.value - h.value) AS delta, stddev_samp(s.value - h.value) AS sd_delta "
+        f"FROM (UNPIVOT subspace_head_metrics ON {', '.join(METRICS)} INTO NAME metric VALUE value) s "
+        f"JOIN (UNPIVOT (SELECT * FROM head_attention WHERE (layer, head) IN "
+        f"(SELECT DISTINCT layer, head FROM subspace_head_metrics)) ON {', '.join(METRICS)} INTO NAME metric VALUE value) h "
+        f"USING (pair_id, layer, head, metric) GROUP BY ALL",
+    ),
 }
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from precompute import crash
+
 MANIFEST = "manifest.json"
 STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"
 
@@ -131,7 +133,22 @@ class ModelInfo(Section):
     heads: int | None = doc("Attention heads per layer.")
     hidden: int | None = doc("Hidden size (d_model).")
     num_labels: int | None = doc("Output labels of the classification head (1 or 2).")
-    score: str | None = doc("What pairs.score is: 'logit' (one label) or 'log_softmax[1]' (two labels: log-probability of relevance).")
+    score: str | None = doc("What pairs.score is (names.SCORE_KINDS): 'logit' (one label), 'log_softmax[1]' (two labels: "
+                            "log-probability of relevance), 'log_softmax[answer]' (generative rerankers: log-probability "
+                            "of the positive answer token against the negative one).")
+    family: str | None = doc("The model family (precompute.families), e.g. bert, deberta-v2, monot5, decoder-classifier. "
+                             "Absent from schema-version-1 manifests (all of them bert-style encoders).")
+    segment_labels: dict[str, str] = doc("What the five segment columns (cls, q, sep1, d, sep2) mean for this family: "
+                                         "CLS/Query/SEP1/Document/SEP2 for pair templates, Prefix/Query/Middle/"
+                                         "Document/Suffix for text templates.", factory=dict)
+    causal: bool | None = doc("Whether a token attends only to earlier ones (decoders): directions into a later "
+                              "segment are then NULL in head_attention.")
+    attention: str | None = doc("How the kernels reach attention: 'interface' (transformers' AttentionInterface) or "
+                                "'swap' (the attention module's forward, replaced while a probe runs).")
+    template: str | None = doc("The input template of template families ({query}, {document} slots; {bos}/{eos} for "
+                               "the tokenizer's special tokens).")
+    answer_tokens: list[str] = doc("Generative rerankers: the (positive, negative) answer token strings.", factory=list)
+    answer_ids: list[int] = doc("Their token ids.", factory=list)
 
 
 @dataclass
@@ -191,7 +208,24 @@ class AblationsInfo(Section):
     scopes: list[str] = doc("Scopes in ablation_metrics (pairs, judged, run).", factory=list)
     groups: dict[str, list[str]] = doc("User and built-in groups computed: name -> directions.", factory=dict)
     last_request: dict[str, Any] = doc("The ablation flags of the last job that ran the stage, and how many conditions it computed.", factory=dict)
-    holm_family: int | None = doc("Largest number of tested conditions in one Holm family (per scope x measure).")
+    holm_family: int | None = doc("Largest number of tested conditions in one Holm family (per analysis x scope x "
+                                  "measure).")
+    refused: list[str] = doc("Conditions refused before the run because they remove only directions the model cannot "
+                             "attend (causal models: into a later segment); they are not in the Holm families.",
+                             factory=list)
+
+
+@dataclass
+class PatchingInfo(Section):
+    """The patching stage: which experiments the folder holds and what was left out."""
+
+    experiments: list[str] = doc("Experiments in patching_effects (tfc1, cls).", factory=list)
+    pairs: dict[str, int] = doc("Input pairs per experiment.", factory=dict)
+    skipped: dict[str, int] = doc("Run pairs without an aligned term and filler, per experiment (tfc1).", factory=dict)
+    null_effects: dict[str, int] = doc("Rows whose effect is NULL (|clean - corrupted| < epsilon), per experiment.",
+                                       factory=dict)
+    epsilon: float | None = doc("Score difference below which an effect is NULL.")
+    cls_pairs_per_query: int | None = doc("--patching-pairs: (relevant, hard) combinations drawn per query (cls).")
 
 
 @dataclass
@@ -213,6 +247,7 @@ class Manifest(Section):
     spectra: SpectraInfo | None = doc("The spectra stage's outcome; absent before it ran.")
     contrasts: ContrastsInfo | None = doc("The contrasts stage's outcome; absent before it ran.")
     ablations: AblationsInfo | None = doc("The ablation stage's settings and conditions; absent before it ran.")
+    patching: PatchingInfo | None = doc("The patching stage's experiments; absent before it ran.")
 
     @property
     def complete(self) -> bool:
@@ -221,6 +256,7 @@ class Manifest(Section):
 
 SECTIONS: tuple[type[Section], ...] = (
     Manifest, Identity, ModelInfo, DatasetInfo, Counts, TableInfo, SpectraInfo, ContrastsInfo, AblationsInfo,
+    PatchingInfo,
 )
 
 
@@ -262,6 +298,7 @@ def write_manifest(run: Path | str, manifest: Manifest) -> None:
     path = manifest_path(run)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    crash.point("manifest.temporary")
     os.replace(tmp, path)
 
 

@@ -275,10 +275,70 @@ COMPONENT_SUMS = Table(
     ),
 )
 
+PATCHING_PAIRS = Table(
+    name="patching_pairs",
+    grain="one row per experiment x patch pair",
+    sort_key=("experiment", "patch_id"),
+    doc="The (clean, corrupted) inputs of each activation-patching experiment (precompute/patching.py): tfc1 = a pair "
+    "with a query term (clean) or a filler of as many tokens (corrupted) inserted at the passage's start; cls = a "
+    "relevant passage (clean) against a hard negative (corrupted) of the same query.",
+    columns=(
+        Column("experiment", pa.string(), "'tfc1' or 'cls'."),
+        Column("patch_id", pa.int32(), "The input pair within the experiment (joins patching_effects)."),
+        Column("pair_id", pa.int32(), "The run's pair the corrupted input is (tfc1: the pair whose passage got the "
+               "filler; cls: the hard negative). Joins pairs."),
+        Column("clean_pair_id", pa.int32(), "cls: the relevant pair (the clean input); NULL for tfc1.", nullable=True),
+        Column("term", pa.string(), "tfc1: the query term inserted in the clean passage; NULL for cls.", nullable=True),
+        Column("filler", pa.string(), "tfc1: the filler inserted in the corrupted passage; NULL for cls.", nullable=True),
+    ),
+)
+
+PATCHING_EFFECTS = Table(
+    name="patching_effects",
+    grain="one row per experiment x patch pair x layer x patched activation",
+    sort_key=("experiment", "layer", "component", "segment", "head", "patch_id"),
+    doc="Activation patching: the corrupted input run with one activation replaced by the clean run's. effect = "
+    "(patched - corrupted) / (clean - corrupted), the share of the score difference the activation recovers.",
+    columns=(
+        Column("experiment", pa.string(), "'tfc1' or 'cls' (see patching_pairs)."),
+        Column("patch_id", pa.int32(), "The input pair (joins patching_pairs)."),
+        Column("pair_id", pa.int32(), "The run's pair the corrupted input is (joins pairs: neg_type, grade)."),
+        Column("layer", pa.int8(), "Layer of the patched activation, 0-based."),
+        Column("head", pa.int8(), "The patched head (component 'head'); NULL for block components.", nullable=True),
+        Column("component", pa.string(), "'resid' (the layer's output: the residual stream), 'attn' and 'mlp' (the "
+               "blocks' output projections, before their residual add), 'head' (one head's attention output before "
+               "the output projection)."),
+        Column("segment", pa.string(), "Where it is patched: 'all' tokens or one segment's (tfc1; the inputs align), "
+               "'cls' = the model's pooling position only (cls experiment)."),
+        Column("clean", pa.float32(), "Score of the clean input."),
+        Column("corrupted", pa.float32(), "Score of the corrupted input."),
+        Column("patched", pa.float32(), "Score of the corrupted input with the activation patched in."),
+        Column("effect", pa.float32(), "(patched - corrupted) / (clean - corrupted); NULL where |clean - corrupted| < "
+               "1e-3 (precompute.patching.EPSILON).", nullable=True),
+    ),
+)
+
+SUBSPACE_HEAD_METRICS = Table(
+    name="subspace_head_metrics",
+    grain="one row per subspace condition x pair",
+    sort_key=("condition_id", "pair_id"),
+    doc="The summary metrics of a QK-subspace condition's own head (layer, head) on every pair, under the "
+    "intervention; the same head's head_attention row is its value without it (view subspace_effects).",
+    columns=(
+        Column("condition_id", pa.string(), "A subspace condition, e.g. 'qk:3.5:k2/remove' (joins ablation_conditions)."),
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
+        Column("layer", pa.int8(), "The condition's layer."),
+        Column("head", pa.int8(), "The condition's head."),
+        *(Column(m.name, pa.float32(), f"{m.label} of the head under the intervention (head_attention.{m.name}).",
+                 nullable=True) for m in SUMMARY_METRICS),
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG, ABLATION_CONDITIONS, ABLATION_SCORES, ABLATION_METRICS,
         ABLATION_SUMMARY, SVD, HEAD_CONTRASTS, DECODER_CROSS_ATTENTION, COMPONENT_MEANS, COMPONENT_SUMS,
+        PATCHING_PAIRS, PATCHING_EFFECTS, SUBSPACE_HEAD_METRICS,
     )
 }
