@@ -176,14 +176,16 @@ def _source(clean: torch.Tensor, clean_batch, corrupted_batch, lm, experiment: s
 
 
 class Patcher:
-    """The summary probe and the component hooks of a model, installed together for a sweep."""
+    """A probe (the SDPA kernel where it computes the family's attention exactly, else the summary kernel's eager
+    path) and the component hooks of a model, installed together for a sweep."""
 
     def __init__(self, lm):
+        from precompute.kernels.ablation import AblationProbe
         from precompute.kernels.components import ComponentHooks
         from precompute.kernels.summary import SummaryProbe
 
         self.lm = lm
-        self.probe = SummaryProbe(lm)
+        self.probe = AblationProbe(lm) if lm.family.sdpa_ablation(lm.model) else SummaryProbe(lm)
         self.hooks = ComponentHooks(lm)
 
     def __enter__(self):
@@ -228,15 +230,11 @@ def patch_batch(patcher: Patcher, experiment: str, clean, corrupted, *, rows_per
             k = len(group)
             ops = []
             for i, v in enumerate(group):
-                rows = torch.zeros(k * n, dtype=torch.bool, device=corrupted.segments.device)
-                rows[i * n : (i + 1) * n] = True
-                where = _positions(lm, experiment, v, corrupted).repeat(k, 1) & rows[:, None]
-                if v.component == "head":
-                    src = clean_acts[("head", layer)][:, v.head]  # [n, seq, head_dim]
-                else:
-                    src = hidden_of(clean_acts[(v.component, layer)])  # [n, seq, hidden]
-                source = _source(src, clean, corrupted, lm, experiment)
-                ops.append(PatchOp(v.component, layer, where, source.repeat(k, *[1] * (source.dim() - 1)), v.head))
+                where = _positions(lm, experiment, v, corrupted)
+                src = clean_acts[("head", layer)][:, v.head] if v.component == "head" else \
+                    hidden_of(clean_acts[(v.component, layer)])  # [n, seq, head_dim | hidden]
+                ops.append(PatchOp(v.component, layer, slice(i * n, (i + 1) * n), where,
+                                   _source(src, clean, corrupted, lm, experiment), v.head))
             batch = corrupted.repeat(k)
             if resume and layer > 0:
                 outputs = {i: repeat_rows(corrupted_acts[("resid", i)], k, n) for i in range(layer)}

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from precompute.kernels.arguments import AttentionCall, parse_call
+from precompute.kernels.components import head_outputs
 from precompute.kernels.probe import Probe, current_state
 from precompute.kernels.state import N_SEG, BatchState, Intervention, KernelError
 
@@ -67,9 +68,11 @@ def ablation_attention(module, query, key, value, attention_mask, scaling=None, 
         if state.intervention.mode == "zero":
             out = out * _kept_mass(call, allowed, state, keep_rows, loses)[..., None]
         out = out.masked_fill(empty[..., None], 0.0)  # also clears NaN where a kernel gives NaN for such rows
-    heads = state.heads_removed(site.layer) if site.role == "self" else None
-    if heads is not None:
-        out = out * (~heads).to(out.dtype)[:, :, None, None]
+    if site.role == "self":
+        heads = state.heads_removed(site.layer)
+        if heads is not None:
+            out = out * (~heads).to(out.dtype)[:, :, None, None]
+        out = head_outputs(state, site.layer, out)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -36,13 +36,19 @@ ALL_TOKENS = -2  # component target: every (non-padding) token; 0..4 = one segme
 
 @dataclass
 class PatchOp:
-    """Replace ``kind`` output of ``layer`` (head ``head`` for kind 'head') at ``positions`` of ``rows`` by ``source``."""
+    """Replace the ``kind`` output of ``layer`` (head ``head`` for kind 'head') of the batch rows ``rows`` at
+    ``positions`` by ``source`` (both given for those rows only)."""
 
     kind: str  # 'resid' | 'attn' | 'mlp' | 'head'
     layer: int
-    positions: torch.Tensor  # [batch, seq] bool: where (rows that are not patched have no position)
-    source: torch.Tensor  # [batch, seq, hidden] (or [batch, seq, head_dim] for 'head')
+    rows: slice  # the batch rows patched (one variant's block of rows = pairs x variants, variant-major)
+    positions: torch.Tensor  # [rows, seq] bool
+    source: torch.Tensor  # [rows, seq, hidden] (or [rows, seq, head_dim] for 'head')
     head: int | None = None
+
+    def apply(self, out: torch.Tensor) -> None:
+        """Patch ``out`` ([batch, seq, dim] of the op's rows, already selected for a head) in place."""
+        out[self.rows] = torch.where(self.positions[..., None], self.source.to(out.dtype), out[self.rows])
 
 
 def hidden_of(output: Any) -> torch.Tensor:
@@ -61,6 +67,19 @@ def repeat_rows(output: Any, k: int, batch: int) -> Any:
     if isinstance(output, torch.Tensor) and output.dim() > 0 and output.shape[0] == batch and k > 1:
         return output.repeat(k, *[1] * (output.dim() - 1))
     return output
+
+
+def head_outputs(state, layer: int, out: torch.Tensor) -> torch.Tensor:
+    """The heads' outputs [batch, head, q, dv] of ``layer`` with the state's head patches applied (and captured when
+    asked): called by both attention kernels right after their attention product."""
+    ops = [op for op in state.patches if op.kind == "head" and op.layer == layer]
+    if ops:
+        out = out.clone()
+        for op in ops:
+            op.apply(out[:, op.head])  # a view of one head: patched in place
+    if "head" in state.capture:
+        state.captured[("head", layer)] = out
+    return out
 
 
 def _remove(state, kind: str, layer: int, out: torch.Tensor) -> torch.Tensor:
@@ -84,9 +103,11 @@ def _hook(kind: str, layer: int):
         out = hidden_of(output)
         if kind in COMPONENTS and state.intervention is not None and state.intervention.components is not None:
             out = _remove(state, kind, layer, out)
-        for op in state.patches:
-            if op.kind == kind and op.layer == layer:
-                out = torch.where(op.positions[..., None], op.source.to(out.dtype), out)
+        ops = [op for op in state.patches if op.kind == kind and op.layer == layer]
+        if ops:
+            out = out.clone()
+            for op in ops:
+                op.apply(out)
         if kind in state.capture:
             state.captured[(kind, layer)] = output if kind == "resid" else out
         return with_hidden(output, out)

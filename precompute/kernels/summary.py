@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from precompute import metrics
 from precompute.kernels.arguments import parse_call
+from precompute.kernels.components import head_outputs
 from precompute.kernels.probe import Probe, current_state
 from precompute.kernels.state import BatchState, Intervention
 
@@ -45,13 +46,7 @@ def attend(state: BatchState, layer: int, logits: torch.Tensor, value: torch.Ten
     heads = state.heads_removed(layer)
     if heads is not None:
         out = out * (~heads).to(out.dtype)[:, :, None, None]
-    for op in state.patches:  # activation patching of one head's output (kernels.components.PatchOp)
-        if op.kind == "head" and op.layer == layer:
-            out = out.clone()
-            out[:, op.head] = torch.where(op.positions[..., None], op.source.to(out.dtype), out[:, op.head])
-    if "head" in state.capture:
-        state.captured[("head", layer)] = out
-    return out
+    return head_outputs(state, layer, out)
 
 
 def cross_masses(weights: torch.Tensor, state: BatchState) -> torch.Tensor:
