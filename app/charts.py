@@ -1,10 +1,13 @@
 """Every chart of the app, as a plain function from a DataFrame to an ``alt.Chart``.
 
-No Streamlit here, so each chart can be built and checked in a test (and exported with
+Over 350 lines on purpose: every chart lives here so that all share one style (titles, axis titles, scales,
+how a NULL value is drawn) and ``tests/app/test_charts.py`` builds each one. No Streamlit here, so each chart can be built and checked in a test (and exported with
 vl-convert). Every chart has a title and axis titles that say what is measured; a difference
 uses a diverging scale centred on 0 (``domainMid=0`` and a symmetric domain) so that the sign
 reads at a glance. Heatmaps of heads carry a point selection named ``cell`` on (layer, head)
-that ``st.altair_chart(on_select=...)`` turns into a click.
+that ``st.altair_chart(on_select=...)`` turns into a click. Segment names are drawn in the run's family's words
+(:class:`app.family.Labels`); a NULL value is never drawn as 0: a grey cell with a cross and the reason in the
+tooltip (heatmaps) or the reason written in the cell (the 5 x 5 matrix).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import math
 import altair as alt
 import pandas as pd
 
-from precompute.names import SEGMENT_LABELS, SEGMENTS, direction_label, metric_label
+from app.family import Labels
+from precompute.names import SEGMENTS
 
 alt.data_transformers.disable_max_rows()
 
@@ -22,6 +26,8 @@ SEQUENTIAL = "viridis"
 DIVERGING = "redblue"  # reversed below: blue = negative, red = positive
 NEG_TYPE_COLORS = {"relevant": "#2ca02c", "hard": "#ff7f0e", "easy": "#1f77b4", "unjudged": "#7f7f7f"}
 CELL = "cell"  # name of the (layer, head) selection of head heatmaps
+POINT = "point"  # name of the (layer, component, segment) selection of the patching curves
+MISSING_FILL = "#d0d0d0"  # cells whose value is NULL (not possible, undefined)
 
 
 def neg_type_scale(values=None) -> alt.Scale:
@@ -62,9 +68,11 @@ def head_heatmap(
     mark_significant: str | None = None,
     selected: tuple[int, int] | None = None,
     domain: tuple[float, float] | None = None,
+    missing: str = "no value",
 ) -> alt.Chart:
     """Layer x head heatmap of ``value`` (layer 0 on top). ``mark_significant``: a boolean column
-    whose true cells get a star. ``selected``: the (layer, head) drawn with a black outline."""
+    whose true cells get a star. ``selected``: the (layer, head) drawn with a black outline. Cells whose
+    value is NULL are grey with a cross, ``missing`` (e.g. "not possible (causal)") in their tooltip."""
     tips = [alt.Tooltip("layer:O", title="layer"), alt.Tooltip("head:O", title="head"),
             alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")]
     for col in tooltip or []:
@@ -76,18 +84,23 @@ def head_heatmap(
         x=alt.X("head:O", title="Head", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="Layer", sort="ascending"),
     )
+    valid = df[value].notna() if value in df else pd.Series(dtype=bool)
     rect = base.mark_rect().encode(
-        color=alt.Color(f"{value}:Q", title=value_title, legend=alt.Legend(titleLimit=320, orient="right"),
+        color=alt.Color(f"{value}:Q", title=value_title,
+                        legend=alt.Legend(titleLimit=320, orient="right") if valid.any() else None,
                         scale=color_scale(df[value] if value in df else None, diverging=diverging, domain=domain)),
         tooltip=tips,
     )
     layers = [rect]
+    empty = _missing_cells(df[~valid], ["layer", "head"], missing,
+                           x=alt.X("head:O", title="Head"), y=alt.Y("layer:O", title="Layer")) if len(valid) else []
     if selectable:
         sel = alt.selection_point(name=CELL, fields=["layer", "head"], on="click", clear="dblclick", toggle=False)
         rect = rect.add_params(sel).encode(
             opacity=alt.condition(sel, alt.value(1.0), alt.value(0.55)),
         )
         layers = [rect]
+    layers += empty
     if mark_significant and mark_significant in df.columns:
         layers.append(
             base.transform_filter(alt.datum[mark_significant] == True)  # noqa: E712
@@ -103,27 +116,51 @@ def head_heatmap(
     return chart.properties(title=title, height=alt.Step(30))
 
 
+def _missing_cells(df: pd.DataFrame, keys: list[str], text: str, *, x: alt.X, y: alt.Y) -> list[alt.Chart]:
+    """Grey cells with a cross for rows whose value is NULL, ``text`` in their tooltip (none when every row has one)."""
+    if df.empty:
+        return []
+    d = df[keys].copy()
+    d["status"] = text
+    tips = [alt.Tooltip(f"{k}:O" if k in ("layer", "head") else f"{k}:N", title=k) for k in keys]
+    tips.append(alt.Tooltip("status:N", title="value"))
+    base = alt.Chart(d).encode(x=x, y=y, tooltip=tips)
+    return [base.mark_rect(color=MISSING_FILL), base.mark_text(text="×", fontSize=13, color="#555555")]
+
+
 def direction_matrix(df: pd.DataFrame, *, title: str, value: str = "mean", value_title: str = "Mean attention mass",
-                     diverging: bool = False) -> alt.Chart:
-    """The 5 x 5 segment-to-segment matrix: rows = attending segment (src), columns = attended (dst)."""
+                     diverging: bool = False, labels: Labels | None = None) -> alt.Chart:
+    """The 5 x 5 segment-to-segment matrix: rows = attending segment (src), columns = attended (dst), in the
+    family's words. A NULL cell says why in the cell: "not possible (causal)" or "undefined"."""
+    labels = labels or Labels()
     d = df.copy()
-    d["from"] = d["src"].map(SEGMENT_LABELS)
-    d["to"] = d["dst"].map(SEGMENT_LABELS)
-    order = [SEGMENT_LABELS[s] for s in SEGMENTS]
-    base = alt.Chart(d).encode(
-        x=alt.X("to:N", sort=order, title="Attended segment (keys)", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("from:N", sort=order, title="Attending segment (queries of attention)"),
-    )
-    rect = base.mark_rect().encode(
+    d["from"] = d["src"].map(labels.segment)
+    d["to"] = d["dst"].map(labels.segment)
+    d["direction_label"] = d["direction"].map(labels.direction)
+    d["status"] = ["" if pd.notna(v) else labels.missing(x) for v, x in zip(d[value], d["direction"])]
+    d["status_text"] = d["status"].str.replace(" (", "\n(", regex=False)
+    order = list(labels.names)
+    x = alt.X("to:N", sort=order, title="Attended segment (keys)", axis=alt.Axis(labelAngle=0))
+    y = alt.Y("from:N", sort=order, title="Attending segment (queries of attention)")
+    tips = [alt.Tooltip("direction:N"), alt.Tooltip("direction_label:N", title="meaning"),
+            alt.Tooltip(f"{value}:Q", title=value_title, format=".4f"), alt.Tooltip("status:N", title="note")]
+    base = alt.Chart(d).encode(x=x, y=y)
+    ok = base.transform_filter(f"isValid(datum['{value}']) && isFinite(datum['{value}'])")
+    rect = ok.mark_rect().encode(
         color=alt.Color(f"{value}:Q", title=value_title, scale=color_scale(d[value], diverging=diverging)),
-        tooltip=[alt.Tooltip("direction:N"), alt.Tooltip("from:N"), alt.Tooltip("to:N"),
-                 alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")],
+        tooltip=tips,
     )
-    text = base.mark_text(baseline="middle", fontSize=13).encode(
+    text = ok.mark_text(baseline="middle", fontSize=13).encode(
         text=alt.Text(f"{value}:Q", format=".3f"),
         color=alt.value("white") if not diverging else alt.value("black"),
     )
-    return alt.layer(rect, text).properties(title=title, width=alt.Step(80), height=alt.Step(44))
+    layers = [rect, text]
+    if (d["status"] != "").any():
+        miss = base.transform_filter("datum.status != ''")
+        layers += [miss.mark_rect(color=MISSING_FILL).encode(tooltip=tips),
+                   miss.mark_text(baseline="middle", fontSize=10, color="#333333", lineBreak="\n").encode(
+                       text=alt.Text("status_text:N"))]
+    return alt.layer(*layers).properties(title=title, width=alt.Step(80), height=alt.Step(44))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,11 +207,12 @@ def box_from_stats(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
 # ---------------------------------------------------------------------------------------------
 # Lines, bars, scatter
 # ---------------------------------------------------------------------------------------------
-def direction_lines(df: pd.DataFrame, *, title: str, columns: int = 5) -> alt.Chart:
-    """Mean mass per layer, one line per negative type, one small panel per direction."""
+def direction_lines(df: pd.DataFrame, *, title: str, columns: int = 5, labels: Labels | None = None) -> alt.Chart:
+    """Mean mass per layer, one line per negative type, one small panel per direction (family's words)."""
+    labels = labels or Labels()
     d = df.copy()
-    d["direction_label"] = d["direction"].map(direction_label)
-    order = [direction_label(x) for x in dict.fromkeys(d["direction"])]
+    d["direction_label"] = d["direction"].map(labels.direction)
+    order = [labels.direction(x) for x in dict.fromkeys(d["direction"])]
     chart = (
         alt.Chart(d)
         .mark_line(point=True)
@@ -311,6 +349,145 @@ def token_heatmap(df: pd.DataFrame, *, title: str, x_title: str, y_title: str) -
 
 
 # ---------------------------------------------------------------------------------------------
+# Components, subspaces, patching, depth, cross-attention
+# ---------------------------------------------------------------------------------------------
+def component_grid(df: pd.DataFrame, *, title: str, value_title: str, labels: Labels | None = None,
+                   mark_significant: str | None = None) -> alt.Chart:
+    """Layer x segment grid of a component ablation's delta, one panel per component (attn, mlp): columns
+    ``layer``, ``component``, ``segment`` ('all' or a segment), ``delta``; diverging around 0."""
+    labels = labels or Labels()
+    d = df.copy()
+    d["where"] = [("all tokens" if s == "all" else labels.segment(s)) for s in d["segment"]]
+    order = ["all tokens"] + [labels.segment(s) for s in SEGMENTS]
+    tips = [alt.Tooltip("condition_id:N", title="condition"), alt.Tooltip("layer:O"), alt.Tooltip("where:N", title="tokens"),
+            alt.Tooltip("delta:Q", title=value_title, format="+.4f"), alt.Tooltip("p_holm:Q", title="p (Holm)", format=".3g")]
+    base = alt.Chart().encode(
+        x=alt.X("where:N", title="Removed at", sort=order, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("layer:O", title="Layer", sort="ascending"),
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color("delta:Q", title=value_title, scale=color_scale(d["delta"], diverging=True)), tooltip=tips)
+    layers = [rect]
+    if mark_significant and mark_significant in d.columns:
+        layers.append(base.transform_filter(alt.datum[mark_significant] == True)  # noqa: E712
+                      .mark_text(text="*", fontSize=16, color="black", baseline="middle"))
+    return (alt.layer(*layers, data=d).properties(width=alt.Step(70), height=alt.Step(26))
+            .facet(column=alt.Column("component:N", title="Component (block output removed)"))
+            .properties(title=title))
+
+
+def metric_deltas(df: pd.DataFrame, *, title: str, x_title: str, labels: Labels | None = None) -> alt.Chart:
+    """Change of each of a head's metrics (columns ``metric``, ``delta``, ``mean``, ``baseline``), one bar each."""
+    labels = labels or Labels()
+    d = df.copy()
+    d["label"] = [f"{m}: {labels.metric(m)}" for m in d["metric"]]
+    return (
+        alt.Chart(d).mark_bar().encode(
+            y=alt.Y("label:N", title="Metric of the head", sort=list(d["label"])),
+            x=alt.X("delta:Q", title=x_title),
+            color=alt.Color("delta:Q", title=x_title, scale=color_scale(d["delta"], diverging=True)),
+            tooltip=[alt.Tooltip("label:N", title="metric"), alt.Tooltip("baseline:Q", title="without", format=".4f"),
+                     alt.Tooltip("mean:Q", title="with", format=".4f"), alt.Tooltip("delta:Q", format="+.4f")],
+        ).properties(title=title, height=alt.Step(14))
+    )
+
+
+def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str = "item") -> alt.Chart:
+    """Mean effect with its 95% confidence interval (columns ``label``, ``mean``, ``ci_lo``, ``ci_hi``, ``n``,
+    ``n_null``), one row per item, largest first."""
+    d = df.copy()
+    order = list(d.sort_values("mean", ascending=False)[label].astype(str))
+    d[label] = d[label].astype(str)
+    tips = [alt.Tooltip(f"{label}:N"), alt.Tooltip("mean:Q", title="mean effect", format="+.4f"),
+            alt.Tooltip("ci_lo:Q", title="95% CI low", format="+.4f"),
+            alt.Tooltip("ci_hi:Q", title="95% CI high", format="+.4f"),
+            alt.Tooltip("n:Q", title="pairs with an effect"), alt.Tooltip("n_null:Q", title="NULL effects")]
+    base = alt.Chart(d).encode(y=alt.Y(f"{label}:N", sort=order, title="Patched activation"), tooltip=tips)
+    bar = base.mark_rule(strokeWidth=2, color="#555555").encode(x=alt.X("ci_lo:Q", title=x_title), x2="ci_hi:Q")
+    point = base.mark_point(filled=True, size=60).encode(
+        x=alt.X("mean:Q", title=x_title),
+        color=alt.Color("mean:Q", title=x_title, scale=color_scale(d["mean"], diverging=True)))
+    zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(
+        x=alt.X("x:Q", title=x_title))
+    return alt.layer(zero, bar, point).properties(title=title, height=alt.Step(16))
+
+
+def component_curves(df: pd.DataFrame, *, title: str, y_title: str, labels: Labels | None = None,
+                     segment_names: dict[str, str] | None = None) -> alt.Chart:
+    """Mean effect per layer with its 95% band, one line per segment, one panel per component (resid, attn, mlp).
+    Points carry a selection named ``point`` on (layer, component, segment): a click opens its pairs."""
+    labels = labels or Labels()
+    d = df.copy()
+    names = dict(segment_names or {})
+    d["where"] = [names.get(s) or ("all tokens" if s == "all" else labels.segment(s)) for s in d["segment"]]
+    order = list(dict.fromkeys(d["where"]))
+    sel = alt.selection_point(name=POINT, fields=["layer", "component", "segment"], on="click", clear="dblclick",
+                              toggle=False)
+    color = alt.Color("where:N", title="Patched at", sort=order)
+    tips = [alt.Tooltip("component:N"), alt.Tooltip("where:N", title="tokens"), alt.Tooltip("layer:O"),
+            alt.Tooltip("mean:Q", title="mean effect", format="+.4f"),
+            alt.Tooltip("ci_lo:Q", title="95% CI low", format="+.4f"),
+            alt.Tooltip("ci_hi:Q", title="95% CI high", format="+.4f"),
+            alt.Tooltip("n:Q", title="pairs with an effect"), alt.Tooltip("n_null:Q", title="NULL effects")]
+    x = alt.X("layer:O", title="Layer", axis=alt.Axis(labelAngle=0))
+    band = alt.Chart().mark_area(opacity=0.15).encode(x=x, y=alt.Y("ci_lo:Q", title=y_title), y2="ci_hi:Q", color=color)
+    line = alt.Chart().mark_line().encode(x=x, y=alt.Y("mean:Q", title=y_title), color=color)
+    points = alt.Chart().mark_point(filled=True, size=50).encode(
+        x=x, y=alt.Y("mean:Q", title=y_title), color=color, tooltip=tips,
+        opacity=alt.condition(sel, alt.value(1.0), alt.value(0.5))).add_params(sel)
+    return (alt.layer(band, line, points, data=d).properties(width=230, height=200)
+            .facet(column=alt.Column("component:N", title="Patched component", sort=["resid", "attn", "mlp"]))
+            .properties(title=title))
+
+
+def depth_lines(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
+    """A per-layer value against relative depth (columns ``depth``, ``value``, ``run``, ``layer``, ``layers``),
+    one line per run: models of different depths on one axis."""
+    return (
+        alt.Chart(df).mark_line(point=True).encode(
+            x=alt.X("depth:Q", title="Relative depth ((layer + 0.5) / layers)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+            color=alt.Color("run:N", title="Run", legend=alt.Legend(orient="bottom", direction="vertical")),
+            tooltip=[alt.Tooltip("run:N"), alt.Tooltip("layer:O"), alt.Tooltip("layers:Q", title="layers"),
+                     alt.Tooltip("depth:Q", format=".3f"), alt.Tooltip("value:Q", format=".4f")],
+        ).properties(title=title, height=280)
+    )
+
+
+def depth_bins(df: pd.DataFrame, *, title: str, x_title: str) -> alt.Chart:
+    """B - A per depth bin (columns ``bin``, ``diff``, ``layers_a``, ``layers_b``, ``value_a``, ``value_b``)."""
+    d = df.copy()
+    d["bin_label"] = [f"{b}: A {la} / B {lb}" for b, la, lb in zip(d["bin"], d["layers_a"], d["layers_b"])]
+    return (
+        alt.Chart(d).mark_bar().encode(
+            y=alt.Y("bin_label:N", title="Depth bin (layers of A / of B)", sort=list(d["bin_label"])),
+            x=alt.X("diff:Q", title=x_title),
+            color=alt.Color("diff:Q", title=x_title, scale=color_scale(d["diff"], diverging=True)),
+            tooltip=[alt.Tooltip("bin_label:N", title="bin"), alt.Tooltip("value_a:Q", title="A", format=".4f"),
+                     alt.Tooltip("value_b:Q", title="B", format=".4f"), alt.Tooltip("diff:Q", format="+.4f")],
+        ).properties(title=title, height=alt.Step(22))
+    )
+
+
+def cross_attention_maps(df: pd.DataFrame, *, title: str, value_title: str) -> alt.Chart:
+    """Decoder layer x head heatmaps of one encoder segment's cross-attention mass, one panel per negative type
+    (columns ``layer``, ``head``, ``neg_type``, ``mean``, ``n``)."""
+    tips = [alt.Tooltip("neg_type:N", title="negative type"), alt.Tooltip("layer:O", title="decoder layer"),
+            alt.Tooltip("head:O"), alt.Tooltip("mean:Q", title=value_title, format=".4f"),
+            alt.Tooltip("n:Q", title="pairs")]
+    return (
+        alt.Chart(df).mark_rect().encode(
+            x=alt.X("head:O", title="Head", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("layer:O", title="Decoder layer", sort="ascending"),
+            color=alt.Color("mean:Q", title=value_title, scale=color_scale(df["mean"])),
+            tooltip=tips,
+        ).properties(width=alt.Step(22), height=alt.Step(22))
+        .facet(column=alt.Column("neg_type:N", title="Negative type", sort=list(NEG_TYPE_COLORS)))
+        .properties(title=title)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
 def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
@@ -323,7 +500,3 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert as vlc
 
     return vlc.vegalite_to_svg(chart.to_json())
-
-
-def metric_title(metric: str) -> str:
-    return metric_label(metric)

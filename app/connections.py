@@ -55,7 +55,7 @@ SQL_SPILL_LIMIT = "4GB"  # per session, on disk
 SQL_THREADS = min(2, THREADS)
 
 
-def _q(path: Path) -> str:
+def _q(path: Path | str) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
@@ -103,7 +103,8 @@ def open_sql(run: Path | str, spill: Path, *, threads: int = SQL_THREADS, memory
     """A locked in-memory DuckDB connection where the run's tables are views (see the module doc)."""
     run = Path(run).resolve()
     con = connect(run, threads=threads)
-    dirs = ", ".join(_q(Path(f"{d}/")) for d in (run, spill))
+    # Directories, with their separator: a sibling <run>-all must stay out of reach (tested).
+    dirs = ", ".join(_q(str(d).rstrip("/") + "/") for d in (run, spill))
     for setting in (
         f"SET temp_directory = {_q(spill)}",
         f"SET max_temp_directory_size = '{SQL_SPILL_LIMIT}'",

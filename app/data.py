@@ -1,6 +1,7 @@
 """Page query results: cached per run and arguments, and a failure shown as one line on the page.
 
-``query(run, fn, *args)`` runs ``fn`` (a function of ``app.queries`` or ``app.pair_queries``) on a
+``query(run, fn, *args)`` runs ``fn`` (a function of ``app.queries``, ``app.pair_queries``,
+``app.ablation_queries`` or ``app.patching_queries``) on a
 cursor of the run's shared connection (``app.connections``) and caches the result with
 ``st.cache_data``, keyed by the run's path, its version token (it changes when a file of the run is
 rewritten, so a rebuilt run is picked up without a restart), the function and its arguments. A query
@@ -17,12 +18,13 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
-from app import pair_queries, queries
+from app import ablation_queries, pair_queries, patching_queries, queries
 from app.connections import run_cursor
 from app.errors import one_line
 from app.runs import RunInfo
 
-QUERY_MODULES: dict[str, ModuleType] = {m.__name__: m for m in (queries, pair_queries)}
+QUERY_MODULES: dict[str, ModuleType] = {m.__name__: m for m in (queries, pair_queries, ablation_queries,
+                                                                 patching_queries)}
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
@@ -35,7 +37,7 @@ def query(run: RunInfo, fn: Callable[..., pd.DataFrame], *args, **kwargs) -> pd.
     """Call ``fn`` on the run's connection; the result is cached. On failure: one line on the page, and it stops."""
     module = QUERY_MODULES.get(getattr(fn, "__module__", ""))
     if module is None or getattr(module, fn.__name__, None) is not fn:
-        raise ValueError(f"{fn!r} is not a query of app.queries or app.pair_queries")
+        raise ValueError(f"{fn!r} is not a query of {', '.join(QUERY_MODULES)}")
     try:
         return _query(str(run.path), run.token, fn.__module__, fn.__name__, args, tuple(sorted(kwargs.items())))
     except Exception as err:  # noqa: BLE001 - DuckDB, Arrow or OS errors: the page says so in one line

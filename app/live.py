@@ -1,14 +1,22 @@
-"""Token-level attention of one pair, computed live from the run's model when this machine can load it.
+"""One pair run live through the run's model, when this machine can load it: token weights and summaries.
 
-Nothing heavy is imported at module import: torch and transformers are imported inside the
-functions, and only after ``availability`` found the model folder named in the manifest and both
-packages installed. The model is loaded once per process (``st.cache_resource``) with
-``attn_implementation="eager"`` so that ``output_attentions=True`` returns the weights.
+The pair goes through the job's own code, so the live numbers and the stored ones are one computation:
+``precompute.model.load`` (CPU, float32), the model's own encoding (``LoadedModel.encode``: segments from
+the tokenizer's sequence ids, so RoBERTa's ``</s></s>`` between query and document is SEP1) and the
+summary kernel (``precompute.kernels.summary.SummaryProbe``: the score, and the 25 masses and matching
+signals in ``names.METRICS`` order). The token heatmap's weights are the same loaded model's eager
+attention (``output_attentions=True``).
+
+Every torch / precompute-model call is in :func:`_load_model` and :func:`_run_pair`; torch and
+transformers are imported there only, and only the Pair explorer calls them, after
+:func:`availability` found the model folder and both packages.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +24,21 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.store import RunInfo, model_folder
+from app.runs import RunInfo, model_folder
+from precompute.metrics import METRICS
+from precompute.names import PADDING, SEGMENTS
+
+# AtlasProbe swaps the attention implementation of the one cached model: one pair at a time per process.
+_MODEL_LOCK = threading.Lock()
 
 
 @dataclass
 class PairAttention:
     tokens: list[str]
     ids: list[int]
-    segments: list[str]  # one of cls, q, sep1, d, sep2 per token
-    attention: np.ndarray  # [head, query_pos, key_pos] of the requested layer
+    segments: list[str]  # one of names.SEGMENTS per token ("pad" for padding: none for a single pair)
+    attention: np.ndarray  # [head, query_pos, key_pos] eager weights of the requested layer
+    summaries: np.ndarray  # [layer, head, metric] from the summary kernel, in names.METRICS order
     score: float
 
 
@@ -40,53 +54,50 @@ def availability(run: RunInfo) -> tuple[Path | None, str]:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
-def _load(folder: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_model(folder: str):
+    from precompute.model import load
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager")
-    model.eval()
-    return tok, model
+    return load(folder, device="cpu", dtype="float32")
 
 
-def segments_of(input_ids: list[int], sep_id: int) -> list[str]:
-    """Segment name of every token of ``[CLS] query [SEP] document [SEP]``."""
-    seps = [i for i, t in enumerate(input_ids) if t == sep_id]
-    first, last = (seps[0], seps[-1]) if seps else (len(input_ids), len(input_ids))
-    out = []
-    for i in range(len(input_ids)):
-        if i == 0:
-            out.append("cls")
-        elif i < first:
-            out.append("q")
-        elif i == first:
-            out.append("sep1")
-        elif i < last:
-            out.append("d")
-        elif i == last:
-            out.append("sep2")
-        else:
-            out.append("d")
-    return out
-
-
-@st.cache_data(max_entries=64, show_spinner="Running the model on the pair ...")
-def pair_attention(folder: str, query: str, doc: str, layer: int, max_length: int, score_kind: str) -> PairAttention:
+def _run_pair(folder: str, query: str, doc: str, layer: int, max_length: int) -> PairAttention:
+    """The pair through the job's encoding, summary kernel and score, plus one layer's eager weights."""
     import torch
 
-    tok, model = _load(folder)
-    enc = tok(query, doc, truncation="only_second", max_length=int(max_length), return_tensors="pt")
-    with torch.no_grad():
-        out = model(**enc, output_attentions=True)
-    logits = out.logits[0]
-    if logits.numel() == 1:
-        score = float(logits[0])
-    else:
-        score = float(torch.log_softmax(logits, dim=-1)[-1])
-    att = out.attentions[int(layer)][0].float().numpy()  # [head, query_pos, key_pos]
-    ids = enc["input_ids"][0].tolist()
-    return PairAttention(tokens=tok.convert_ids_to_tokens(ids), ids=ids, segments=segments_of(ids, tok.sep_token_id),
-                         attention=att, score=score)
+    from precompute.kernels.summary import SummaryProbe
+
+    lm = _load_model(folder)
+    batch = lm.encode([query], [doc], int(max_length))
+    with _MODEL_LOCK, torch.inference_mode():
+        with SummaryProbe(lm) as probe:
+            scores, summaries, _ = probe.run(batch, summarise=True)
+        weights = lm.model(**batch.inputs, output_attentions=True).attentions[int(layer)][0]
+    ids = batch.inputs["input_ids"][0].tolist()
+    return PairAttention(tokens=lm.tokenizer.convert_ids_to_tokens(ids), ids=ids,
+                         segments=[SEGMENTS[s] if s != PADDING else "pad" for s in batch.segments[0].tolist()],
+                         attention=weights.float().numpy(), summaries=summaries[0].float().numpy(),
+                         score=float(scores[0]))
+
+
+@st.cache_data(max_entries=8, show_spinner="Running the model on the pair ...")
+def pair_attention(folder: str, query: str, doc: str, layer: int, max_length: int) -> PairAttention:
+    """:func:`_run_pair`, cached per pair and layer (one layer's weights: a few MB for a 512-token pair)."""
+    return _run_pair(folder, query, doc, layer, max_length)
+
+
+def metrics(pa: PairAttention, layer: int, head: int) -> dict[str, float]:
+    """Every summary metric of one head, live (names.METRICS -> value)."""
+    return {m: float(v) for m, v in zip(METRICS, pa.summaries[int(layer), int(head)])}
+
+
+def largest_gap(live: dict[str, float], stored: dict[str, float]) -> float:
+    """The largest |live - stored| over the metrics both hold; a metric defined (not NaN) on one side only: inf."""
+    gaps = [0.0]
+    for name, value in stored.items():
+        a, b = live[name], value
+        gaps.append(abs(a - b) if not (math.isnan(a) or math.isnan(b)) else 0.0 if math.isnan(a) and math.isnan(b)
+                    else math.inf)
+    return max(gaps)
 
 
 def attention_frame(pa: PairAttention, head: int, src: str, dst: str) -> pd.DataFrame:
@@ -104,19 +115,3 @@ def attention_frame(pa: PairAttention, head: int, src: str, dst: str) -> pd.Data
         for i in rows for j in cols
     ]
     return pd.DataFrame(out, columns=["src_pos", "src_token", "dst_pos", "dst_token", "weight", "exact"])
-
-
-def segment_masses(pa: PairAttention, head: int) -> pd.DataFrame:
-    """The 25 masses of one head recomputed from the live weights (mean over src tokens of summed weight)."""
-    from precompute.names import SEGMENTS
-
-    seg = np.array(pa.segments)
-    a = pa.attention[int(head)]
-    rows = []
-    for s in SEGMENTS:
-        si = np.where(seg == s)[0]
-        for d in SEGMENTS:
-            di = np.where(seg == d)[0]
-            mass = float(a[np.ix_(si, di)].sum(axis=1).mean()) if len(si) and len(di) else float("nan")
-            rows.append({"src": s, "dst": d, "direction": f"{s}_{d}", "mean": mass})
-    return pd.DataFrame(rows)

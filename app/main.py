@@ -29,6 +29,7 @@ PAGES: list[tuple[str, str, str, str, str]] = [
     ("head_atlas.py", "Head atlas", ":material/grid_on:", "head-atlas", "atlas_"),
     ("directions.py", "Directions", ":material/swap_horiz:", "directions", "dir_"),
     ("ablations.py", "Ablations", ":material/content_cut:", "ablations", "abl_"),
+    ("patching.py", "Patching", ":material/science:", "patching", "pat_"),
     ("spectra.py", "Spectra", ":material/ssid_chart:", "spectra", "spec_"),
     ("pair_explorer.py", "Pair explorer", ":material/compare_arrows:", "pair-explorer", "pair_"),
     ("sql.py", "SQL", ":material/terminal:", "sql", "sql_"),

@@ -12,7 +12,7 @@ import pandas as pd
 
 from app import sqltext as sq
 from app.slice import Slice
-from precompute.names import METRICS
+from precompute.metrics import METRICS
 
 
 def query_pairs(con, sl: Slice, qid: str) -> pd.DataFrame:

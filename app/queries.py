@@ -1,4 +1,5 @@
-"""The SQL behind every page, as named functions returning a DataFrame (one pair's rows: ``app.pair_queries``).
+"""The SQL behind every page, as named functions returning a DataFrame (one pair's rows: ``app.pair_queries``;
+ablations: ``app.ablation_queries``; activation patching: ``app.patching_queries``).
 
 Each function takes a DuckDB connection (``app.connections.open_run``: the run's tables and views
 by name) and, where it applies, the :class:`~app.slice.Slice`. Pages never hold SQL: they call these
@@ -18,11 +19,7 @@ import pandas as pd
 
 from app import sqltext as sq
 from app.slice import Slice
-from precompute.conditions import BASELINE
-from precompute.names import CONTRASTS, DIRECTIONS, split_direction
-
-TABLE1_KINDS = ("baseline", "direction", "group")  # ablation_summary.kind rows of the paper's Table 1
-
+from precompute.names import CONTRASTS, DIRECTIONS, SEGMENTS, split_direction
 
 # -- Run shape and slice options (sidebar) ----------------------------------------------------------
 def model_shape(con) -> pd.DataFrame:
@@ -33,14 +30,14 @@ def model_shape(con) -> pd.DataFrame:
 
 def slice_options(con) -> pd.DataFrame:
     """The (neg_type, grade) combinations present in the run, with their pair counts."""
-    return sq.ints(sq.frame(con, "SELECT neg_type, grade, count(*) AS n FROM pairs GROUP BY ALL ORDER BY neg_type, grade"),
-                 "grade", "n")
+    sql = "SELECT neg_type, grade, count(*) AS n FROM pairs GROUP BY ALL ORDER BY neg_type, grade"
+    return sq.ints(sq.frame(con, sql), "grade", "n")
 
 
 def query_list(con) -> pd.DataFrame:
     """Every query of the run: qid, text, number of pairs."""
-    return sq.ints(sq.frame(con, "SELECT qid, any_value(query) AS query, count(*) AS pairs FROM pairs GROUP BY qid ORDER BY qid"),
-                 "pairs")
+    sql = "SELECT qid, any_value(query) AS query, count(*) AS pairs FROM pairs GROUP BY qid ORDER BY qid"
+    return sq.ints(sq.frame(con, sql), "pairs")
 
 
 # -- Overview ---------------------------------------------------------------------------------------
@@ -117,20 +114,21 @@ def head_difference(con, sl: Slice, metric: str, contrast: str) -> pd.DataFrame:
     if contrast not in CONTRASTS:
         raise sq.QueryError(f"unknown contrast {contrast!r}")
     a, b = CONTRASTS[contrast]
+    la, lb = sq.lit(a), sq.lit(b)
     grade_a = f" AND {sq.is_in('grade', [int(g) for g in sl.grades])}" if sl.grades else ""
     sql = f"""
         WITH g AS (
             SELECT layer, head, neg_type, sum(n) AS n, sum({m}_sum) AS s, sum({m}_sumsq) AS ss
             FROM head_attention_agg
             WHERE {sq.where(sl, neg_types=False, grades=False)}
-              AND ((neg_type = {sq.lit(a)}{grade_a}) OR neg_type = {sq.lit(b)})
+              AND ((neg_type = {la}{grade_a}) OR neg_type = {lb})
             GROUP BY layer, head, neg_type
         ), w AS (
             SELECT layer, head,
-                   sum(n) FILTER (WHERE neg_type = {sq.lit(a)}) AS n_a, sum(s) FILTER (WHERE neg_type = {sq.lit(a)}) AS s_a,
-                   sum(ss) FILTER (WHERE neg_type = {sq.lit(a)}) AS ss_a,
-                   sum(n) FILTER (WHERE neg_type = {sq.lit(b)}) AS n_b, sum(s) FILTER (WHERE neg_type = {sq.lit(b)}) AS s_b,
-                   sum(ss) FILTER (WHERE neg_type = {sq.lit(b)}) AS ss_b
+                   sum(n) FILTER (WHERE neg_type = {la}) AS n_a, sum(s) FILTER (WHERE neg_type = {la}) AS s_a,
+                   sum(ss) FILTER (WHERE neg_type = {la}) AS ss_a,
+                   sum(n) FILTER (WHERE neg_type = {lb}) AS n_b, sum(s) FILTER (WHERE neg_type = {lb}) AS s_b,
+                   sum(ss) FILTER (WHERE neg_type = {lb}) AS ss_b
             FROM g GROUP BY layer, head
         ), v AS (
             SELECT layer, head, n_a, n_b, s_a / n_a AS mean_a, s_b / n_b AS mean_b,
@@ -152,11 +150,6 @@ def head_contrasts(con, metric: str, contrast: str) -> pd.DataFrame:
         FROM head_contrasts WHERE metric = ? AND contrast = ? ORDER BY layer, head
     """
     return sq.ints(sq.frame(con, sql, [sq.metric(metric), contrast]), "layer", "head", "n_a", "n_b")
-
-
-def contrast_metrics(con) -> pd.DataFrame:
-    """Which (metric, contrast) combinations head_contrasts holds."""
-    return sq.frame(con, "SELECT DISTINCT metric, contrast FROM head_contrasts ORDER BY contrast, metric")
 
 
 def head_values(con, sl: Slice, layer: int, head: int, metric: str) -> pd.DataFrame:
@@ -229,76 +222,20 @@ def direction_by_layer(con, sl: Slice, directions: tuple[str, ...] = DIRECTIONS)
     return sq.ints(long, "layer", "n")
 
 
-# -- Ablations --------------------------------------------------------------------------------------
-def ablation_options(con) -> pd.DataFrame:
-    """The (scope, measure) combinations of ablation_summary, most useful first."""
-    return sq.frame(con, """
-        SELECT scope, measure, count(*) AS conditions FROM ablation_summary GROUP BY scope, measure
-        ORDER BY scope <> 'pairs', measure <> 'nDCG@10', scope, measure
+def cross_attention(con, sl: Slice) -> pd.DataFrame:
+    """Decoder cross-attention of the scoring position (decoder_cross_attention, MonoT5): mean weight on each encoder
+    segment per decoder layer x head x negative type, long (layer, head, neg_type, segment, mean, n). The slice's
+    queries, negative types and grades apply; its layers and heads are the encoder's and do not."""
+    cols = ", ".join(f"avg(x.{s}) AS {s}" for s in SEGMENTS)
+    wide = sq.frame(con, f"""
+        SELECT x.layer, x.head, p.neg_type, count(*) AS n, {cols}
+        FROM decoder_cross_attention x JOIN pairs p USING (pair_id)
+        WHERE {sq.where(sl, alias='p', layer_head=False)}
+        GROUP BY ALL ORDER BY x.layer, x.head, p.neg_type
     """)
-
-
-def ablation_table(con, scope: str, measure: str) -> pd.DataFrame:
-    """The paper's Table 1: baseline, direction and group ablations with mean, delta and significance."""
-    sql = f"""
-        SELECT condition_id, kind, condition, mode, layers, n_queries, mean, baseline, delta, t, p, p_holm
-        FROM ablation_summary
-        WHERE scope = ? AND measure = ? AND {sq.is_in('kind', TABLE1_KINDS)}
-        ORDER BY kind <> 'baseline', kind, condition, mode, layers
-    """
-    return sq.ints(sq.frame(con, sql, [scope, measure]), "n_queries")
-
-
-def ablation_layer_sweeps(con, scope: str, measure: str) -> pd.DataFrame:
-    """Per-layer sweeps: one row per condition x layer."""
-    sql = """
-        SELECT condition_id, condition, mode, layer, mean, baseline, delta, p_holm
-        FROM ablation_summary WHERE scope = ? AND measure = ? AND kind = 'layer_sweep' AND layer IS NOT NULL
-        ORDER BY condition, mode, layer
-    """
-    return sq.ints(sq.frame(con, sql, [scope, measure]), "layer")
-
-
-def ablation_heads(con, scope: str, measure: str) -> pd.DataFrame:
-    """Head ablations: one row per ablated layer x head (and mode)."""
-    sql = """
-        SELECT condition_id, mode, layer, head, mean, baseline, delta, p_holm
-        FROM ablation_summary WHERE scope = ? AND measure = ? AND kind = 'head'
-              AND layer IS NOT NULL AND head IS NOT NULL
-        ORDER BY mode, layer, head
-    """
-    return sq.ints(sq.frame(con, sql, [scope, measure]), "layer", "head")
-
-
-def ablation_per_query(con, sl: Slice, condition_id: str, scope: str, measure: str) -> pd.DataFrame:
-    """Per-query value under one condition and under the baseline, and the delta (queries of the slice)."""
-    qfilter = f"AND {sq.is_in('c.qid', sl.qids)}" if sl.qids else ""
-    sql = f"""
-        WITH q AS (SELECT qid, any_value(query) AS query FROM pairs GROUP BY qid)
-        SELECT c.qid, q.query, c.value, b.value AS baseline, c.value - b.value AS delta
-        FROM ablation_metrics c
-        JOIN ablation_metrics b ON b.qid = c.qid AND b.scope = c.scope AND b.measure = c.measure
-             AND b.condition_id = {sq.lit(BASELINE)}
-        LEFT JOIN q ON q.qid = c.qid
-        WHERE c.condition_id = ? AND c.scope = ? AND c.measure = ? {qfilter}
-        ORDER BY delta, c.qid
-    """
-    return sq.frame(con, sql, [condition_id, scope, measure])
-
-
-def ablation_slice_means(con, sl: Slice, scope: str, measure: str) -> pd.DataFrame:
-    """Mean of each condition and of the baseline over the slice's queries (from ablation_metrics)."""
-    qfilter = f"AND {sq.is_in('c.qid', sl.qids)}" if sl.qids else ""
-    sql = f"""
-        SELECT c.condition_id, count(*) AS n_queries, avg(c.value) AS mean, avg(b.value) AS baseline,
-               avg(c.value - b.value) AS delta
-        FROM ablation_metrics c
-        JOIN ablation_metrics b ON b.qid = c.qid AND b.scope = c.scope AND b.measure = c.measure
-             AND b.condition_id = {sq.lit(BASELINE)}
-        WHERE c.scope = ? AND c.measure = ? {qfilter}
-        GROUP BY c.condition_id ORDER BY c.condition_id
-    """
-    return sq.ints(sq.frame(con, sql, [scope, measure]), "n_queries")
+    long = wide.melt(id_vars=["layer", "head", "neg_type", "n"], value_vars=list(SEGMENTS), var_name="segment",
+                     value_name="mean")
+    return sq.ints(long, "layer", "head", "n")
 
 
 # -- Spectra ----------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ listed with a one-line reason naming the file instead of failing on every page:
 * ``manifest.json`` reads through ``precompute.store.manifest`` (the only reader of it in the app);
 * its ``schema_version`` is one this checkout reads and its ``status`` is ``complete``;
 * the required tables are present;
-* every table present, required or optional, has a readable Parquet footer, with the row count the
-  manifest recorded for it. An unreadable optional table makes the run damaged too: opening a run
+* every table present, required or optional, has a readable Parquet footer with the row count the
+  manifest recorded for it, and (for a run of the current schema version) the schema's columns. An unreadable optional table makes the run damaged too: opening a run
   binds a view to every table file, and a file the job did not finish writing this way means the
   folder was changed after the job (a copy cut short, a full disk), so the fix is the same for
   all: delete the file and rerun the job, which recomputes what is missing.
@@ -121,8 +121,12 @@ def run_labels(runs: list[RunInfo]) -> dict[str, str]:
 
 
 def is_run_folder(path: Path) -> bool:
-    """A folder the job wrote into: it has a manifest or Parquet tables."""
-    return path.is_dir() and ((path / MANIFEST).exists() or any(path.glob("*.parquet")))
+    """A folder the job wrote into: it has a manifest or Parquet tables (an unreadable folder counts, so that
+    ``inspect_run`` says why it cannot be opened)."""
+    try:
+        return path.is_dir() and ((path / MANIFEST).exists() or any(path.glob("*.parquet")))
+    except OSError:
+        return True
 
 
 def find_runs(root: Path) -> list[RunInfo]:
@@ -130,10 +134,11 @@ def find_runs(root: Path) -> list[RunInfo]:
     root = Path(root)
     if is_run_folder(root):
         return [inspect_run(root)]
-    if not root.is_dir():
+    try:
+        children = sorted(root.iterdir())
+    except OSError:  # missing, not a folder, or unreadable: the welcome page says which
         return []
-    return [inspect_run(child) for child in sorted(root.iterdir())
-            if not child.name.startswith((".", "_")) and is_run_folder(child)]
+    return [inspect_run(child) for child in children if not child.name.startswith((".", "_")) and is_run_folder(child)]
 
 
 def _files(path: Path) -> list[Path]:
@@ -167,33 +172,41 @@ def _problem(path: Path, manifest: Manifest | None, tables: frozenset[str]) -> s
     if manifest is None:
         return f"{path / MANIFEST} is missing: the precompute job has not finished this run"
     if manifest.schema_version not in READABLE_SCHEMA_VERSIONS:
-        readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
-        return (f"this run was written with store schema version {manifest.schema_version}, this app reads version "
-                f"{readable}: rebuild it with this checkout's precompute job (or open it with a matching version "
-                "of the app)")
+        *older, newest = map(str, READABLE_SCHEMA_VERSIONS)
+        readable = f"versions {', '.join(older)} and {newest}" if older else f"version {newest}"
+        return (f"this run was written with store schema version {manifest.schema_version}, this app reads {readable}: "
+                "rebuild it with this checkout's precompute job (or open it with a matching version of the app)")
     if not manifest.complete:
         return (f"the run's status is {manifest.status!r}, not 'complete': the precompute job is still running "
                 "or was interrupted (rerun the same command: it resumes)")
     missing = [t for t in REQUIRED_TABLES if t not in tables]
     if missing:
         return f"the run lacks the table(s) {', '.join(missing)} ({path})"
+    current = manifest.schema_version == schema.SCHEMA_VERSION  # older versions may lack later columns
     for name in sorted(tables):
-        problem = _unreadable(path / f"{name}.parquet", manifest.tables.get(name))
+        problem = _unreadable(path / f"{name}.parquet", manifest.tables.get(name), check_columns=current)
         if problem:
             return problem
     return None
 
 
-def _unreadable(file: Path, recorded) -> str | None:
-    """Why ``file`` is not a whole Parquet table (footer unreadable, row count not the one recorded), or None."""
+def _unreadable(file: Path, recorded, *, check_columns: bool) -> str | None:
+    """Why ``file`` is not a whole table of its name (footer unreadable, a column of this checkout's schema missing
+    when ``check_columns``, row count not the one the manifest recorded), or None. Reads the footer only."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_metadata(file).num_rows
+        meta = pq.read_metadata(file)
+        columns = set(meta.schema.to_arrow_schema().names)  # top-level names (schema.names lists nested leaves)
     except (OSError, ValueError, pa.ArrowException) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"{file} is damaged ({detail}): delete it and rerun the job's command to rebuild it"
+    missing = [c for c in schema.TABLES[file.stem].column_names if c not in columns] if check_columns else []
+    if missing:
+        return (f"{file} lacks the column(s) {', '.join(missing)} of the store schema: delete it and rerun the job's "
+                "command to rebuild it")
+    rows = meta.num_rows
     expected = getattr(recorded, "rows", None)
     if isinstance(expected, int) and rows != expected:
         return (f"{file} has {rows:,} rows, the manifest recorded {expected:,}: the file was replaced or cut short; "

@@ -74,7 +74,7 @@ def check(con, text: str) -> str:
     if len(kinds) > 1:
         raise SqlError("one statement at a time: remove the ';' between statements")
     if kinds[0] != duckdb.StatementType.SELECT:
-        hint = {"EXPLAIN": " (EXPLAIN: use the Plan choice under the editor)",
+        hint = {"EXPLAIN": " (for a plan, write the SELECT and choose a plan under *Show*)",
                 "MULTI": " (PIVOT: write SELECT ... FROM t PIVOT (...))"}.get(kinds[0].name, "")
         raise SqlError(f"{kinds[0].name} statements are not allowed here: the SQL page is read-only "
                        f"({ALLOWED} only){hint}")
@@ -112,13 +112,21 @@ def execute(con, text: str, *, explain: str = "", limit: int = DEFAULT_ROW_LIMIT
     """Check and run ``text`` on a locked connection; the result is bounded in rows and bytes (see the module doc)."""
     sql = statement(con, text, explain)
     limit = max(1, min(int(limit), MAX_ROW_LIMIT))
-    timer = threading.Timer(timeout_s, con.interrupt)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        con.interrupt()
+
+    timer = threading.Timer(timeout_s, stop)
     start = time.perf_counter()
     timer.start()
     try:
         table, truncated = _fetch(con, sql, limit, max_bytes)
     except duckdb.InterruptException as err:
-        raise SqlError(f"the query ran longer than {timeout_s:.0f} s and was stopped") from err
+        if timed_out.is_set():
+            raise SqlError(f"the query ran longer than {timeout_s:.0f} s and was stopped") from err
+        raise SqlError("the query was interrupted (a newer query of this session replaced it)") from err
     except SqlError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever DuckDB or Arrow raise, the page shows one line
@@ -144,9 +152,9 @@ def _fetch(con, sql: str, limit: int, max_bytes: int) -> tuple[pa.Table, str]:
                 batch = batch.slice(0, limit - rows)
                 truncated = f"cut at the row limit ({limit:,} rows)"
             if size + batch.nbytes > max_bytes:
-                truncated = (f"cut at {rows:,} rows: the result is over {max_bytes / 2**20:.0f} MB; "
+                batch = batch.slice(0, _rows_that_fit(batch, max_bytes - size))
+                truncated = (f"cut at {rows + batch.num_rows:,} rows: the result is over {max_bytes / 2**20:.0f} MB; "
                              "add a LIMIT or select fewer or smaller columns")
-                break
             batches.append(batch)
             rows, size = rows + batch.num_rows, size + batch.nbytes
             if truncated:
@@ -154,6 +162,18 @@ def _fetch(con, sql: str, limit: int, max_bytes: int) -> tuple[pa.Table, str]:
         return pa.Table.from_batches(batches, schema=reader.schema), truncated
     finally:
         reader.close()
+
+
+def _rows_that_fit(batch: pa.RecordBatch, budget: int) -> int:
+    """The most leading rows of ``batch`` whose Arrow bytes stay within ``budget`` (bisection on slices)."""
+    lo, hi = 0, batch.num_rows
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if batch.slice(0, mid).nbytes <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def unique_names(names: list[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """SQL text building blocks of the pages' queries (``app.queries``, ``app.pair_queries``).
 
 Everything a user can choose reaches SQL through here: literals are quoted by :func:`lit`, metric
-names are checked against ``precompute.names.METRICS`` by :func:`metric`, and the slice becomes a
+names are checked against ``precompute.metrics.METRICS`` by :func:`metric`, and the slice becomes a
 ``WHERE`` condition in :func:`where`, so no widget value or URL parameter is pasted into SQL as is.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from app.slice import Slice
-from precompute.names import METRICS
+from precompute.metrics import METRICS
 
 
 class QueryError(ValueError):

@@ -113,6 +113,26 @@ def cell_from_event(event: Any) -> tuple[int, int] | None:
         return None
 
 
+def point_from_event(event: Any, name: str, fields: tuple[str, ...]) -> tuple | None:
+    """The values of ``fields`` of a click on a chart's point selection ``name`` (e.g. charts.POINT), or None."""
+    try:
+        sel = event["selection"][name]
+    except (KeyError, TypeError, IndexError):
+        return None
+    if isinstance(sel, list) and sel and isinstance(sel[0], dict):
+        sel = sel[0]
+    if not isinstance(sel, dict) or not sel:
+        return None
+    out = []
+    for f in fields:
+        v = sel.get(f)
+        v = v[0] if isinstance(v, list) and v else v
+        if v is None or isinstance(v, list):
+            return None
+        out.append(v)
+    return tuple(out)
+
+
 def selected_head(map_key: str, head_key: str, heads: list[str], default: str) -> tuple[int, int]:
     """The head a page shows: the last clicked cell of the heatmap ``map_key``, else the ``head_key``
     selectbox / URL value, else ``default``. A click's event is in the session state before the chart is

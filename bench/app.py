@@ -9,8 +9,8 @@ precompute job writes it), 2,000 queries, and every other table of the store sch
 size. It is written with DuckDB ``COPY (SELECT ... FROM range(...))`` straight to Parquet (a few
 minutes, ~12 GB) and reused when present. The numbers are uniform noise: only the sizes matter.
 
-Every query is an ``app.queries`` function, called exactly as the pages call it (a fresh cursor of
-one connection made by ``precompute.store.connect.connect``, as ``app.data`` does), without the
+Every query is an ``app.queries`` / ``app.pair_queries`` function, called exactly as the pages call it
+(a fresh cursor of the connection ``app.connections.open_run`` makes, as ``app.data`` does), without the
 Streamlit result cache: what a user waits for on a cache miss. Each query runs once to warm the
 OS page cache, then ``--repeat`` times; the median and the maximum are printed, and the script
 exits 1 if any median is over ``--budget`` seconds (0.5 s by default).
@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app import queries as Q  # noqa: E402
+from app import pair_queries as P, queries as Q  # noqa: E402
 from app.slice import Slice  # noqa: E402
-from precompute.names import DIRECTIONS, METRICS  # noqa: E402
+from precompute.metrics import METRICS  # noqa: E402
+from precompute.names import DIRECTIONS  # noqa: E402
 from precompute.store.schema import SCHEMA_VERSION, TABLES  # noqa: E402
 
 RUN_NAME = "bench__synthetic-bert-base"
@@ -143,7 +144,7 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
                "ORDER BY scope, measure, condition_id", run / "ablation_summary.parquet")
     print(f"  ablations: {len(conds)} conditions ({time.time() - t1:.0f} s)")
 
-    svd = {"layer": "l.layer", "head": "h.head", "k": "k.k", "sigma": "(64 - k.k) * (1 + random())",
+    svd = {"layer": "l.layer", "head": "h.head", "kv_head": "h.head", "k": "k.k", "sigma": "(64 - k.k) * (1 + random())",
            "alignment": "random() * 2 - 1"}
     _copy(con, f"SELECT {_cast('svd', svd)} FROM range({layers}) l(layer), range({heads}) h(head), range(64) k(k) "
                "ORDER BY 1, 2, 3", run / "svd.parquet")
@@ -155,7 +156,7 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
                f"(VALUES {mlist}) m(metric), (VALUES ('relevant_vs_easy'), ('relevant_vs_hard')) c(contrast) "
                "ORDER BY contrast, metric, layer, head", run / "head_contrasts.parquet")
     counts = {t: con.execute(f"SELECT count(*) FROM read_parquet('{run / (t + '.parquet')}')").fetchone()[0]
-              for t in TABLES}
+              for t in TABLES if (run / f"{t}.parquet").exists()}
     con.close()
     manifest = {
         "schema_version": SCHEMA_VERSION, "status": "complete",
@@ -220,11 +221,11 @@ def page_queries(con, layers: int, heads: int) -> list[tuple[str, str, object]]:
     add("spectra", f"svd_spectra layer {L}", Q.svd_spectra, full.with_(layers=(L, L)))
     add("spectra", "alignment_vs_contrast", Q.alignment_vs_contrast, full, "q_d", "relevant_vs_easy")
     add("spectra", "alignment_vs_slice_difference", Q.alignment_vs_slice_difference, full, "q_d", "relevant_vs_easy")
-    add("pair explorer", "query_pairs", Q.query_pairs, full, qid)
-    add("pair explorer", "pair_row", Q.pair_row, pair_id)
-    add("pair explorer", f"pair_head_metrics {L}.{H}", Q.pair_head_metrics, pair_id, L, H)
-    add("pair explorer", "pair_metric_grid (all heads)", Q.pair_metric_grid, full, pair_id, "q_d")
-    add("pair explorer", "pair_metric_grid (narrow)", Q.pair_metric_grid, narrow, pair_id, "q2d_max")
+    add("pair explorer", "query_pairs", P.query_pairs, full, qid)
+    add("pair explorer", "pair_row", P.pair_row, pair_id)
+    add("pair explorer", f"pair_head_metrics {L}.{H}", P.pair_head_metrics, pair_id, L, H)
+    add("pair explorer", "pair_metric_grid (all heads)", P.pair_metric_grid, full, pair_id, "q_d")
+    add("pair explorer", "pair_metric_grid (narrow)", P.pair_metric_grid, narrow, pair_id, "q2d_max")
     add("sql", "schema_listing", Q.schema_listing)
     add("compare", "head_means q_d (second run = same store)", Q.head_means, full, "q_d")
     return out
@@ -246,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run = generate(args.dir, rows=args.rows, layers=args.layers, heads=args.heads, queries=args.queries,
                    threads=args.threads)
-    from app.connection import open_run
+    from app.connections import open_run
 
     t = time.perf_counter()
-    con = open_run(run, threads=min(4, args.threads))  # as app/data.py (once per run and server process)
+    con = open_run(run, threads=min(4, args.threads))  # as app.connections does (once per run and server process)
     setup = time.perf_counter() - t
     n = con.execute("SELECT count(*) FROM head_attention").fetchone()[0]
     print(f"\nrun {run}: {n:,} head_attention rows; {args.threads} cores; median of {args.repeat} after 1 warm-up")
@@ -266,15 +267,20 @@ def main(argv: list[str] | None = None) -> int:
             times.append(time.perf_counter() - t)
         rows.append((page, label, first, statistics.median(times), max(times)))
     if args.sql:
-        from app.sandbox import open_sandbox, run_sql
+        import tempfile
 
-        sb = open_sandbox(run, threads=min(4, args.threads))
+        from app.connections import open_sql
+        from app.sql_console import execute
+
         sql = "SELECT neg_type, count(*) AS n, avg(score) FROM pairs GROUP BY ALL"
         times = []
-        for _ in range(args.repeat + 1):
-            t = time.perf_counter()
-            run_sql(sb, sql)
-            times.append(time.perf_counter() - t)
+        with tempfile.TemporaryDirectory(prefix="atlas-bench-sql-") as spill:
+            sb = open_sql(run, Path(spill))  # as one SQL page session
+            for _ in range(args.repeat + 1):
+                t = time.perf_counter()
+                execute(sb, sql)
+                times.append(time.perf_counter() - t)
+            sb.close()
         rows.append(("sql", "user SQL: pairs by neg_type", times[0], statistics.median(times[1:]), max(times[1:])))
 
     width = max(len(r[1]) for r in rows)

@@ -1,12 +1,17 @@
-"""Ablations: the paper's Table 1 for the run, per-layer sweeps, the head-ablation heatmap, and the
-per-query deltas of the condition clicked (or chosen)."""
+"""Ablations: the paper's Table 1 for the run, per-layer sweeps, the head-ablation heatmap, the conditions a causal
+model refused, component conditions (MLP and attention blocks: their table and a layer x segment grid), QK-subspace
+conditions (nDCG change beside the change of the head's own metrics), and the per-query deltas of the condition
+clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ANALYSIS_OF_KIND)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, queries, state, ui
-from app.commands import ABLATIONS_FLAGS, SWEEP_FLAGS, command_for
+import pandas as pd
+
+from app import ablation_queries as aq, charts, data, state, ui
+from app.commands import ABLATIONS_FLAGS, COMPONENT_FLAGS, SUBSPACE_FLAGS, SWEEP_FLAGS, command_for
+from app.family import labels_of, refused_reason
 from precompute.conditions import BASELINE
 from precompute.statistics import ALPHA, STARS_LEGEND, stars
 
@@ -14,6 +19,27 @@ ctx, run = ui.require_run()
 ABLATIONS_COMMAND = command_for(run, ABLATIONS_FLAGS)
 SWEEPS_COMMAND = command_for(run, SWEEP_FLAGS)
 sl = ctx.slice
+lab = labels_of(run)
+info = run.manifest.ablations if run.manifest else None
+refused = list(info.refused) if info is not None else []
+
+
+def show_refused() -> None:
+    if not refused:
+        return
+    st.subheader(f"Refused conditions ({len(refused)})")
+    rows = [(c, *refused_reason(c, info.groups if info else None, lab)) for c in refused]
+    st.dataframe(pd.DataFrame(rows, columns=["condition_id", "removes", "reason"]), hide_index=True,
+                 key="abl_refused")
+    st.caption("Listed in the manifest (ablations.refused): refused before the run, so they never dilute a Holm family.")
+
+
+def family_note(analysis: str, kinds: str) -> str:
+    """Which Holm family a section's stars use, and its size in this run."""
+    fam = families[families["analysis"] == analysis]
+    tested = int(fam["tested"].iloc[0]) if len(fam) else 0
+    return (f"Stars: Holm-corrected p within the **{analysis}** analysis' own family ({kinds}: {tested} tested "
+            f"conditions of this scope and measure), {STARS_LEGEND}.")
 
 st.title("Ablations")
 st.caption(f"{run.dataset_name} x {run.model_name} · queries of the slice: "
@@ -21,10 +47,11 @@ st.caption(f"{run.dataset_name} x {run.model_name} · queries of the slice: "
            "the slice's layers, heads and negative types do not apply here)")
 
 if not (run.has("ablation_summary") and run.has("ablation_metrics")):
+    show_refused()
     ui.missing_table("ablations", ABLATIONS_COMMAND)
     st.stop()
 
-options = data.query(run, queries.ablation_options)
+options = data.query(run, aq.ablation_options)
 if options.empty:
     ui.missing_table("ablation results", ABLATIONS_COMMAND)
     st.stop()
@@ -42,18 +69,21 @@ c2.selectbox("Measure", measures, key="abl_measure")
 state.publish("abl_measure", default=measures[0])
 measure = st.session_state["abl_measure"]
 
-table = data.query(run, queries.ablation_table, scope, measure)
-sweeps = data.query(run, queries.ablation_layer_sweeps, scope, measure)
-heads = data.query(run, queries.ablation_heads, scope, measure)
+table = data.query(run, aq.ablation_table, scope, measure)
+sweeps = data.query(run, aq.ablation_layer_sweeps, scope, measure)
+heads = data.query(run, aq.ablation_heads, scope, measure)
+components = data.query(run, aq.component_table, scope, measure)
+subspace = data.query(run, aq.subspace_table, scope, measure)
+families = data.query(run, aq.analysis_families, scope, measure)
 conditions = [c for c in list(table["condition_id"]) + list(sweeps["condition_id"]) + list(heads["condition_id"])
-              if c != BASELINE]
+              + list(components["condition_id"]) + list(subspace["condition_id"]) if c != BASELINE]
 
 # -- Table 1 ----------------------------------------------------------------------------------
 st.subheader(f"Table 1: {measure} under each ablation ({scope})")
 shown = table.copy()
 shown["significance"] = [stars(p, not_significant="n.s.") for p in shown["p_holm"]]
 if sl.qids:
-    part = data.query(run, queries.ablation_slice_means, sl, scope, measure)
+    part = data.query(run, aq.ablation_slice_means, sl, scope, measure)
     shown = shown.merge(part[["condition_id", "n_queries", "mean", "delta"]].rename(
         columns={"n_queries": "slice_queries", "mean": "slice_mean", "delta": "slice_delta"}),
         on="condition_id", how="left")
@@ -67,9 +97,11 @@ event = st.dataframe(
         "p": st.column_config.NumberColumn("p", format="%.3g"), "t": st.column_config.NumberColumn("t", format="%.2f"),
     },
 )
-st.caption("Delta = condition - baseline, mean over queries; paired t-test over queries, Holm-corrected across the "
-           f"run's conditions ({STARS_LEGEND}). Select a row to see its per-query deltas below.")
+st.caption("Delta = condition - baseline, mean over queries; paired t-test over queries. "
+           + family_note("attention", "directions, groups, layer sweeps, heads")
+           + " Select a row to see its per-query deltas below.")
 ui.table_download(shown, f"{run.name}-table1-{scope}-{measure}", key="abl_table_csv")
+show_refused()
 
 picked = None
 try:
@@ -107,7 +139,8 @@ if len(heads):
                                  value_title=f"Delta {measure}", diverging=True,
                                  tooltip=["mean", "p_holm", "condition_id"], mark_significant="significant"),
              hm, f"{run.name}-head-ablations-{scope}-{measure}", key="abl_heads_map", select=charts.CELL)
-    st.caption(f"Stars mark Holm-corrected p < {ALPHA}. Click a head to see its per-query deltas below.")
+    st.caption(f"Stars mark Holm-corrected p < {ALPHA} (the attention analysis' family). Click a head to see its "
+               "per-query deltas below.")
     if clicked is not None and clicked != st.session_state.get("_abl_last_click"):
         st.session_state["_abl_last_click"] = clicked
         hit = hm[(hm["layer"] == clicked[0]) & (hm["head"] == clicked[1])]
@@ -115,6 +148,85 @@ if len(heads):
             picked = hit.iloc[0]["condition_id"]
 else:
     st.caption(f"No head ablations in this run (`{SWEEPS_COMMAND}` computes them).")
+
+# -- component conditions ---------------------------------------------------------------------
+st.subheader("Component ablations (MLP and attention blocks)")
+if components.empty:
+    st.caption(f"No component conditions in this run (`{command_for(run, COMPONENT_FLAGS)}` computes every layer x "
+               "{mlp, attn} x {all tokens, cls, q, d}).")
+else:
+    comp = components.copy()
+    comp["tokens"] = [("all tokens" if g == "all" else lab.segment(g)) for g in comp["segment"]]
+    comp["significance"] = [stars(p, not_significant="n.s.") for p in comp["p_holm"]]
+    ev = st.dataframe(
+        comp[["condition_id", "component", "tokens", "mode", "layers", "n_queries", "mean", "baseline", "delta", "t",
+              "p", "p_holm", "significance"]],
+        hide_index=True, key="abl_comp_table", on_select="rerun", selection_mode="single-row",
+        column_config={"mean": st.column_config.NumberColumn(measure, format="%.4f"),
+                       "delta": st.column_config.NumberColumn("Delta", format="%+.4f"),
+                       "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.3g")})
+    st.caption("The block's output projection is removed before its residual add, at every token or at one "
+               "segment's tokens; 'zero' sets it to 0, 'mean' replaces it by its mean over the run's pairs "
+               "(component_means). " + family_note("components", "component conditions"))
+    ui.table_download(comp, f"{run.name}-components-{scope}-{measure}", key="abl_comp_csv")
+    try:
+        comp_rows = list(ev["selection"]["rows"])
+    except (KeyError, TypeError):
+        comp_rows = []
+    if comp_rows:
+        picked = comp.iloc[comp_rows[0]]["condition_id"]
+    grid = comp[comp["layer"].notna()].copy()
+    if len(grid):
+        grid["layer"] = grid["layer"].astype("int64")
+        cmodes = list(dict.fromkeys(grid["mode"]))
+        cmode = cmodes[0]
+        if len(cmodes) > 1:
+            state.bind("abl_comp_mode", cmodes[0], clean=state.choice(cmodes, cmodes[0]))
+            st.radio("Mode of the grid", cmodes, key="abl_comp_mode", horizontal=True)
+            state.publish("abl_comp_mode", default=cmodes[0])
+            cmode = st.session_state["abl_comp_mode"]
+        g = grid[grid["mode"] == cmode].assign(significant=lambda d: d["p_holm"] < ALPHA)
+        ui.chart(charts.component_grid(g, title=f"{measure} change when one layer's block output is removed "
+                                                f"({cmode}; {run.model_name}, {run.dataset_name}, {scope})",
+                                       value_title=f"Delta {measure}", labels=lab, mark_significant="significant"),
+                 g, f"{run.name}-component-grid-{cmode}-{scope}-{measure}", key="abl_comp_grid")
+
+# -- QK-subspace conditions -------------------------------------------------------------------
+st.subheader("QK-subspace interventions")
+if subspace.empty:
+    st.caption(f"No QK-subspace conditions in this run (`{command_for(run, SUBSPACE_FLAGS)}` computes them for the "
+               "heads of --subspace-heads, default the top 5 by Cohen's d of q_d).")
+else:
+    sub = subspace.copy()
+    sub.insert(1, "head_label", [ui.head_label(a, b) for a, b in zip(sub["layer"], sub["head"])])
+    sub["significance"] = [stars(p, not_significant="n.s.") for p in sub["p_holm"]]
+    sub["other_direction"] = [f"{d} ({lab.direction(d)})" if isinstance(d, str) else None for d in sub["other_direction"]]
+    cols = ["condition_id", "head_label", "k", "operation", "mean", "delta", "p_holm", "significance", "delta_q_d",
+            "delta_d_q", "delta_q_d_exact", "other_direction", "other_delta"]
+    st.dataframe(sub[cols], hide_index=True, key="abl_sub_table", column_config={
+        "head_label": "Head", "mean": st.column_config.NumberColumn(measure, format="%.4f"),
+        "delta": st.column_config.NumberColumn(f"Delta {measure}", format="%+.4f"),
+        "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.3g"),
+        "delta_q_d": st.column_config.NumberColumn(f"Delta q_d ({lab.direction('q_d')})", format="%+.4f"),
+        "delta_d_q": st.column_config.NumberColumn(f"Delta d_q ({lab.direction('d_q')})", format="%+.4f"),
+        "delta_q_d_exact": st.column_config.NumberColumn("Delta q_d_exact", format="%+.4f"),
+        "other_direction": "Largest change among the other directions",
+        "other_delta": st.column_config.NumberColumn("its delta", format="%+.4f")})
+    st.caption("Each condition removes (or scales) the top-k singular components of one head's W_Q W_K^T. Deltas of "
+               "the head's own metrics are means over the run's pairs of (with - without) (view subspace_effects); a "
+               "NULL delta is a metric this model does not have. " + family_note("subspace", "QK-subspace conditions"))
+    ui.table_download(sub, f"{run.name}-subspace-{scope}-{measure}", key="abl_sub_csv")
+    sub_ids = list(sub["condition_id"])
+    state.bind("abl_sub", sub_ids[0], clean=state.choice(sub_ids, sub_ids[0]))
+    st.selectbox("Condition: every metric of its head", sub_ids, key="abl_sub")
+    state.publish("abl_sub", default=sub_ids[0])
+    if run.has("subspace_head_metrics"):
+        deltas = data.query(run, aq.subspace_metric_deltas, st.session_state["abl_sub"])
+        if len(deltas):
+            ui.chart(charts.metric_deltas(deltas, title=f"Change of the head's own metrics under "
+                                                        f"{st.session_state['abl_sub']} ({run.model_name})",
+                                          x_title="Mean change over pairs (with - without)", labels=lab),
+                     deltas, f"{run.name}-subspace-{st.session_state['abl_sub']}", key="abl_sub_metrics")
 
 # -- per-query deltas -------------------------------------------------------------------------
 st.divider()
@@ -132,7 +244,7 @@ state.bind("abl_cond", default, clean=state.choice(conditions, default))
 st.selectbox("Condition", conditions, key="abl_cond")
 state.publish("abl_cond", default=default)
 cond = st.session_state["abl_cond"]
-per_query = data.query(run, queries.ablation_per_query, sl, cond, scope, measure)
+per_query = data.query(run, aq.ablation_per_query, sl, cond, scope, measure)
 if per_query.empty:
     st.info("No per-query values for this condition in the slice.")
     st.stop()

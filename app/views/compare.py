@@ -1,16 +1,20 @@
-"""Compare runs: two runs side by side (two models on one dataset, or one model on two datasets):
-the head atlas and the ablation table of each, and their difference."""
+"""Compare runs: two runs side by side (two models on one dataset, or one model on two datasets): the head atlas
+of each and their difference, aligned by layer index (the shared layer x head grid) or by relative depth (each
+layer's mean, or largest, head value against (layer + 0.5) / layers, binned into the shallower model's layers:
+``app.depth``), and the ablation table of each."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, queries, state, ui
+from app import ablation_queries as aq, charts, data, depth, queries, state, ui
 from app.commands import ABLATIONS_FLAGS, command_for
+from app.family import labels_of
 from app.runs import run_labels
 from app.slice import Slice
-from precompute.names import CONTRAST_LABELS, METRICS, metric_label
+from precompute.metrics import METRICS
+from precompute.names import CONTRAST_LABELS
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -41,28 +45,59 @@ c1, c2, c3 = st.columns([2, 2, 2])
 c1.selectbox("Compare the sidebar's run with", names, key="cmp_run", format_func=run_labels(ctx.runs).get)
 state.publish("cmp_run", default=default)
 run_b = by_name[st.session_state["cmp_run"]]
-state.bind("cmp_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
-c2.selectbox("Metric", list(METRICS), key="cmp_metric", format_func=lambda m: f"{m}: {metric_label(m)}")
-state.publish("cmp_metric", default="q_d")
+lab_a, lab_b = labels_of(run_a), labels_of(run_b)
+DEFAULT_METRIC = "q_d" if lab_a.possible("q_d") and lab_b.possible("q_d") else "d_q"
+
+
+def metric_choice(m: str) -> str:
+    gone = [tag for tag, lab in (("A", lab_a), ("B", lab_b)) if not lab.possible(m)]
+    return f"{m}: {lab_a.metric(m)}" + (f" (not possible in {' and '.join(gone)}: causal)" if gone else "")
+
+
+state.bind("cmp_metric", DEFAULT_METRIC, clean=state.choice(list(METRICS), DEFAULT_METRIC))
+c2.selectbox("Metric", list(METRICS), key="cmp_metric", format_func=metric_choice)
+state.publish("cmp_metric", default=DEFAULT_METRIC)
 VIEWS = {"mean": "Mean over the slice", **CONTRAST_LABELS}
 state.bind("cmp_view", "mean", clean=state.choice(list(VIEWS), "mean"))
 c3.radio("Show", list(VIEWS), key="cmp_view", format_func=VIEWS.get, horizontal=True)
 state.publish("cmp_view", default="mean")
 metric, view = st.session_state["cmp_metric"], st.session_state["cmp_view"]
 
-A, B = f"A: {run_a.label}", f"B: {run_b.label}"
-st.caption(f"**{A}** vs **{B}** · slice: {sl.describe()}. A and B share one colour scale.")
+ALIGN = {"layer": "Layer index (layer x head grid)", "depth": "Relative depth (layer / number of layers)"}
+layers_a, layers_b = int(run_a.model.layers or ctx.layers), int(run_b.model.layers or 0) or None
+default_align = "layer" if layers_b in (None, layers_a) else "depth"
+state.bind("cmp_align", default_align, clean=state.choice(list(ALIGN), default_align))
+st.radio("Align the two models by", list(ALIGN), key="cmp_align", format_func=ALIGN.get, horizontal=True,
+         help="Models of different depths (a 6-layer MiniLM, a 24-layer MonoBERT-large) only compare by relative "
+              "depth: layer l of an L-layer model sits at (l + 0.5) / L, and the deeper model's layers are binned "
+              "into the shallower model's.")
+state.publish("cmp_align", default=default_align)
+align = st.session_state["cmp_align"]
 
-# The slice's queries only exist in the run of the same dataset; layers/heads are clamped to each model.
+A, B = f"A: {run_a.label}", f"B: {run_b.label}"
+st.caption(f"**{A}** vs **{B}** · slice: {sl.describe()}. A and B share one colour scale."
+           + ("" if lab_a.names == lab_b.names else
+              f" Segment words differ: A {', '.join(lab_a.names)}; B {', '.join(lab_b.names)} (the columns are the "
+              "same: the labels follow A)."))
+
+# The slice's queries only exist in the run of the same dataset; layers/heads are clamped to each model (by
+# depth: B's layers whose middle lies in the depth span of the slice's layers of A).
 def slice_for(run) -> Slice:
     same_dataset = run.dataset_name == run_a.dataset_name
     s = sl if same_dataset else sl.with_(qids=())
-    return s.clamp(layers=int(run.model.layers or 10**6), heads=int(run.model.heads or 10**6))
+    n = int(run.model.layers or 10**6)
+    if align == "depth" and run is not run_a and s.layers is not None and run.model.layers:
+        s = s.with_(layers=depth.layers_in_span(s.layers[0], s.layers[1], layers_a, n) or s.layers)
+    return s.clamp(layers=n, heads=int(run.model.heads or 10**6))
 
 
 sl_a, sl_b = slice_for(run_a), slice_for(run_b)
 if sl.qids and run_b.dataset_name != run_a.dataset_name:
     st.caption(f"B is another dataset ({run_b.dataset_name}): the slice's query filter is not applied to B.")
+if align == "depth" and sl.layers is not None and sl_b.layers != sl.layers:
+    st.caption(f"The slice's layers {sl.layers[0]}-{sl.layers[1]} of A are B's layers "
+               f"{sl_b.layers[0] if sl_b.layers else 0}-{sl_b.layers[1] if sl_b.layers else (layers_b or 1) - 1} "
+               "by relative depth.")
 
 
 def grid_of(run, s):
@@ -73,11 +108,45 @@ def grid_of(run, s):
 
 grid_a, value = grid_of(run_a, sl_a)
 grid_b, _ = grid_of(run_b, sl_b)
-label = metric_label(metric)
+label = lab_a.metric(metric)
 value_title = f"Mean {label}" if view == "mean" else f"{label}: {VIEWS[view]}"
 diverging = view != "mean"
+for tag, lab, grid in (("A", lab_a, grid_a), ("B", lab_b, grid_b)):
+    if len(grid) and grid[value].isna().all():
+        st.info(f"Run {tag}: {lab.why_empty(metric)}", icon=":material/block:")
 
-st.subheader("Head atlas")
+if align == "depth":
+    st.subheader("By relative depth")
+    c1, _ = st.columns([1, 2])
+    HOW = {"mean": "Mean over the layer's heads", "max": "Largest head of the layer"}
+    state.bind("cmp_depth_stat", "mean", clean=state.choice(list(HOW), "mean"))
+    c1.radio("Per layer", list(HOW), key="cmp_depth_stat", format_func=HOW.get, horizontal=True)
+    state.publish("cmp_depth_stat", default="mean")
+    how = st.session_state["cmp_depth_stat"]
+    la, lb = int(run_a.model.layers or ctx.layers), int(run_b.model.layers or (grid_b["layer"].max() + 1))
+    prof_a = depth.layer_profile(grid_a, value, la, how) if len(grid_a) else pd.DataFrame()
+    prof_b = depth.layer_profile(grid_b, value, lb, how) if len(grid_b) else pd.DataFrame()
+    if prof_a.empty or prof_b.empty:
+        st.warning("One of the runs has no pairs in the slice for this view.")
+    else:
+        y_title = f"{HOW[how]}: {value_title}"
+        long = pd.concat([prof_a.assign(run=A), prof_b.assign(run=B)], ignore_index=True).dropna(subset=["value"])
+        if len(long):
+            ui.chart(charts.depth_lines(long, title=f"{value_title} by relative depth: {run_a.model_name} "
+                                                    f"({la} layers) vs {run_b.model_name} ({lb} layers)",
+                                        y_title=y_title),
+                     long, f"compare-depth-{run_a.name}-vs-{run_b.name}-{metric}-{view}", key="cmp_depth_lines")
+        bins = depth.align_by_depth(prof_a, la, prof_b, lb)
+        st.caption(f"Depth bins = the shallower model's {min(la, lb)} layers: layer l of an L-layer model goes to "
+                   f"bin floor((l + 0.5) x {min(la, lb)} / L); a bin's value is the mean of its layers' values.")
+        valid = bins.dropna(subset=["diff"])
+        if len(valid):
+            ui.chart(charts.depth_bins(valid, title=f"B - A by depth bin: {value_title}",
+                                       x_title=f"B - A, {y_title}"),
+                     valid, f"compare-depth-bins-{run_a.name}-vs-{run_b.name}-{metric}-{view}", key="cmp_depth_bins")
+        st.dataframe(bins, hide_index=True, key="cmp_depth_values")
+
+st.subheader("Head atlas" + (" (layer x head, by layer index)" if align == "depth" else ""))
 both = [g[value] for g in (grid_a, grid_b) if len(g)]
 shared = None
 if both:
@@ -91,14 +160,18 @@ for col, grid, run, tag, key in ((left, grid_a, run_a, "A", "cmp_map_a"), (right
             continue
         ui.chart(charts.head_heatmap(grid, value, title=f"{tag}: {value_title} ({run.model_name}, {run.dataset_name})",
                                      value_title=value_title, diverging=diverging, selectable=False,
-                                     domain=shared),
+                                     domain=shared, missing=labels_of(run).missing(metric)),
                  grid, f"compare-{tag}-{run.name}-{metric}-{view}", key=key)
 
-if len(grid_a) and len(grid_b):
+if align == "layer" and len(grid_a) and len(grid_b):
     diff = compare_frames(grid_a, grid_b, ["layer", "head"], value)
     common = diff.dropna(subset=["diff"])
-    if common.empty:
-        st.info("The two runs share no layer x head.")
+    shared_cells = diff.dropna(subset=[f"{value}_a", f"{value}_b"], how="all")
+    if common.empty and len(diff.dropna(subset=["layer"])) and len(shared_cells) and \
+            not (lab_a.possible(metric) and lab_b.possible(metric)):
+        st.info(f"No difference: {metric} is not possible (causal) in at least one of the runs.")
+    elif common.empty:
+        st.info("The two runs share no layer x head with a value.")
     else:
         ui.chart(charts.head_heatmap(common, "diff", title=f"B - A: {value_title} ({run_b.model_name} on "
                                                             f"{run_b.dataset_name} minus {run_a.model_name} on "
@@ -119,8 +192,8 @@ if not (has_a and has_b):
         if not has:
             st.info(f"Run {tag} ({run.name}) has no ablations yet: `{command_for(run, ABLATIONS_FLAGS)}`")
     st.stop()
-oa = data.query(run_a, queries.ablation_options)
-ob = data.query(run_b, queries.ablation_options)
+oa = data.query(run_a, aq.ablation_options)
+ob = data.query(run_b, aq.ablation_options)
 common_options = oa.merge(ob, on=["scope", "measure"])
 if common_options.empty:
     st.info("The two runs share no (scope, measure) of ablation results.")
@@ -130,8 +203,8 @@ state.bind("cmp_abl", combos[0], clean=state.choice(combos, combos[0]))
 st.selectbox("Scope and measure", combos, key="cmp_abl")
 state.publish("cmp_abl", default=combos[0])
 scope, measure = st.session_state["cmp_abl"].split(" · ", 1)
-ta = data.query(run_a, queries.ablation_table, scope, measure)
-tb = data.query(run_b, queries.ablation_table, scope, measure)
+ta = data.query(run_a, aq.ablation_table, scope, measure)
+tb = data.query(run_b, aq.ablation_table, scope, measure)
 table = compare_frames(ta, tb, ["condition_id"], "delta")
 table = table.merge(ta[["condition_id", "mean", "p_holm"]].rename(columns={"mean": "mean_a", "p_holm": "p_holm_a"}),
                     on="condition_id", how="left")

@@ -1,19 +1,28 @@
 """Directions: the 5 x 5 segment-to-segment attention matrix (one head, or averaged over the slice),
-and each direction's mean across layers, one line per negative type."""
+each direction's mean across layers, one line per negative type, and (MonoT5) the decoder's cross-attention from
+its scoring position onto the encoder's segments. Segments are named in the run's family's words; directions a
+causal model cannot attend are shown as "not possible (causal)", never as 0."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app import charts, data, queries, state, ui
-from precompute.names import CONTRAST_LABELS, CONTRASTS, DIRECTIONS, direction_label
+from app.family import labels_of
+from precompute.names import CONTRAST_LABELS, CONTRASTS, DIRECTIONS, SEGMENTS
 
 ctx, run = ui.require_run()
 sl = ctx.slice
+lab = labels_of(run)
 
 st.title("Attention directions")
 st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}. "
-           "Rows attend, columns are attended: each row of the matrix sums to 1 (the five masses of one segment).")
+           "Rows attend, columns are attended: each row of the matrix sums to 1 (the masses of one segment over the "
+           "segments it can attend). Segments: " + ", ".join(f"{s} = {lab.segment(s)}" for s in SEGMENTS) + ".")
+if lab.causal:
+    st.caption(f"{run.model_name} is causal: a token attends only to earlier tokens, so the {len(lab.impossible)} "
+               "directions into a later segment are not possible (the store holds NULL there, shown as such, not 0).")
 
 SCOPES = {"slice": "Averaged over the slice's layers and heads", "head": "One head"}
 SHOW = {"mean": "Mean mass", **CONTRAST_LABELS}
@@ -59,33 +68,66 @@ else:
     value_title = f"Mass difference, {a} - {b}"
     title = f"Segment-to-segment attention, {a} minus {b} negatives, {where} ({run.model_name})"
 
+matrix["meaning"] = matrix["direction"].map(lab.direction)
+matrix["note"] = ["" if pd.notna(v) else lab.missing(d) for v, d in zip(matrix[value], matrix["direction"])]
 if matrix[value].isna().all():
     st.warning("The slice holds no pairs for this matrix.")
 else:
-    ui.chart(charts.direction_matrix(matrix, title=title, value=value, value_title=value_title, diverging=diverging),
+    ui.chart(charts.direction_matrix(matrix, title=title, value=value, value_title=value_title, diverging=diverging,
+                                     labels=lab),
              matrix, f"{run.name}-directions-{scope}-{show}", key="dir_matrix")
     with st.expander("Values of the matrix"):
         st.dataframe(matrix, hide_index=True, key="dir_matrix_values")
 
 st.divider()
 st.subheader("Each direction across layers")
-st.caption("Mean mass per layer over the slice's heads, one line per negative type: the lexical-then-semantic "
-           "progression shows as Query->Document rising in the middle layers; the CLS/SEP fallback as mass on "
-           "CLS and SEP where nothing matches.")
+st.caption(f"Mean mass per layer over the slice's heads, one line per negative type: the lexical-then-semantic "
+           f"progression shows as {lab.direction('q_d')} rising in the middle layers; the fallback as mass on "
+           f"{lab.segment('cls')} and {lab.segment('sep2')} where nothing matches.")
 DEFAULT_DIRS = ["q_d", "d_q", "q_q", "d_d", "q_cls", "d_cls", "q_sep2", "d_sep2"]
 state.bind("dir_dirs", DEFAULT_DIRS, parse=state.split, clean=state.subset(list(DIRECTIONS)))
-st.multiselect("Directions", list(DIRECTIONS), key="dir_dirs", format_func=lambda d: f"{d} ({direction_label(d)})")
+st.multiselect("Directions", list(DIRECTIONS), key="dir_dirs",
+               format_func=lambda d: f"{d} ({lab.direction(d)})" + ("" if lab.possible(d) else ": not possible (causal)"))
 state.publish("dir_dirs", fmt=state.join, default=DEFAULT_DIRS)
 dirs = tuple(st.session_state["dir_dirs"])
 if not dirs:
     st.info("Choose at least one direction.")
-    st.stop()
-lines = data.query(run, queries.direction_by_layer, sl, dirs)
-if lines.empty:
-    st.warning("The slice holds no pairs.")
-    st.stop()
-ui.chart(charts.direction_lines(lines, title=f"Attention mass by layer and negative type ({run.model_name}, "
-                                             f"{run.dataset_name})", columns=4),
-         lines, f"{run.name}-directions-by-layer", key="dir_lines")
-with st.expander("Values of the lines"):
-    st.dataframe(lines, hide_index=True, key="dir_lines_values")
+else:
+    lines = data.query(run, queries.direction_by_layer, sl, dirs)
+    empty = [d for d in dirs if lines[lines["direction"] == d]["mean"].isna().all()]
+    for d in empty:
+        st.info(lab.why_empty(d), icon=":material/block:")
+    shown = lines[~lines["direction"].isin(empty)]
+    if lines.empty:
+        st.warning("The slice holds no pairs.")
+    elif not shown.empty:
+        ui.chart(charts.direction_lines(shown, title=f"Attention mass by layer and negative type ({run.model_name}, "
+                                                     f"{run.dataset_name})", columns=4, labels=lab),
+                 shown, f"{run.name}-directions-by-layer", key="dir_lines")
+    with st.expander("Values of the lines"):
+        st.dataframe(lines, hide_index=True, key="dir_lines_values")
+
+# -- decoder cross-attention (encoder-decoder families: MonoT5) --------------------------------
+if run.has("decoder_cross_attention"):
+    st.divider()
+    st.subheader("Decoder cross-attention from the scoring position")
+    st.caption(f"{run.model_name} scores at its decoder's first step: the weight that position gives each encoder "
+               "segment (summed over the segment's tokens; the five sum to 1), per decoder layer x head, by "
+               "negative type. The slice's queries, negative types and grades apply; its layers and heads are the "
+               "encoder's and do not.")
+    cross = data.query(run, queries.cross_attention, sl)
+    if cross.empty:
+        st.warning("The slice holds no pairs.")
+        st.stop()
+    segs = list(SEGMENTS)
+    state.bind("dir_cross_seg", "d", clean=state.choice(segs, "d"))
+    st.radio("Encoder segment", segs, key="dir_cross_seg", format_func=lab.segment, horizontal=True)
+    state.publish("dir_cross_seg", default="d")
+    seg = st.session_state["dir_cross_seg"]
+    one = cross[cross["segment"] == seg]
+    ui.chart(charts.cross_attention_maps(one, title=f"Cross-attention mass on the encoder's {lab.segment(seg)} from "
+                                                    f"the scoring position ({run.model_name}, {run.dataset_name})",
+                                         value_title=f"Mass on {lab.segment(seg)}"),
+             one, f"{run.name}-cross-attention-{seg}", key="dir_cross")
+    with st.expander("Values of the cross-attention maps"):
+        st.dataframe(cross, hide_index=True, key="dir_cross_values")

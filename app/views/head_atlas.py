@@ -1,5 +1,6 @@
 """Head atlas: layer x head heatmap of any summary metric for the slice, or of a relevant-minus-negative
-difference with its effect size; clicking a cell opens that head (distributions and top pairs)."""
+difference with its effect size; clicking a cell opens that head (distributions and top pairs). Metrics are labelled
+in the run's family's words; a metric a causal model cannot have is drawn as grey "not possible (causal)" cells."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import streamlit as st
 
 from app import charts, data, queries, state, ui
 from app.commands import command_for
-from precompute.names import CONTRAST_LABELS, CONTRASTS, METRICS, metric_label
+from app.family import labels_of
+from precompute.metrics import METRICS
+from precompute.names import CONTRAST_LABELS, CONTRASTS
 from precompute.statistics import ALPHA, fmt_p, stars
 
 ctx, run = ui.require_run()
 sl = ctx.slice
+lab = labels_of(run)
+DEFAULT_METRIC = "q_d" if lab.possible("q_d") else "d_q"  # causal models cannot attend Query->Document
 
 VIEWS = {"mean": "Mean over the slice", **CONTRAST_LABELS}
 COLOR_BY = {"diff": "Difference of means", "cohen_d": "Effect size (Cohen's d)"}
@@ -21,9 +26,10 @@ st.title("Head atlas")
 st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}")
 
 c1, c2, c3 = st.columns([3, 2, 2])
-state.bind("atlas_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
-c1.selectbox("Metric", list(METRICS), key="atlas_metric", format_func=lambda m: f"{m}: {metric_label(m)}")
-state.publish("atlas_metric", default="q_d")
+state.bind("atlas_metric", DEFAULT_METRIC, clean=state.choice(list(METRICS), DEFAULT_METRIC))
+c1.selectbox("Metric", list(METRICS), key="atlas_metric",
+             format_func=lambda m: f"{m}: {lab.metric(m)}" + ("" if lab.possible(m) else " (not possible: causal)"))
+state.publish("atlas_metric", default=DEFAULT_METRIC)
 state.bind("atlas_view", "mean", clean=state.choice(list(VIEWS), "mean"))
 c2.radio("Show", list(VIEWS), key="atlas_view", format_func=VIEWS.get)
 state.publish("atlas_view", default="mean")
@@ -34,7 +40,7 @@ if diff_view:
     c3.radio("Colour by", list(COLOR_BY), key="atlas_color", format_func=COLOR_BY.get)
     state.publish("atlas_color", default="diff")
 color_by = st.session_state.get("atlas_color", "diff") if diff_view else "mean"
-label = metric_label(metric)
+label = lab.metric(metric)
 
 # -- the heatmap's data -----------------------------------------------------------------------
 if not diff_view:
@@ -62,6 +68,9 @@ else:
 if grid.empty:
     st.warning("The slice holds no pairs for this view (check the negative types and grades in the sidebar).")
     st.stop()
+no_value = bool(grid[value].isna().all())
+if no_value:
+    st.info(lab.why_empty(metric), icon=":material/block:")
 
 heads = [ui.head_label(layer, head) for layer, head in zip(grid["layer"], grid["head"])]
 default_head = heads[int(pd.to_numeric(grid[value], errors="coerce").abs().fillna(-1).to_numpy().argmax())]
@@ -72,7 +81,7 @@ ui.chart(
     charts.head_heatmap(grid, value, title=f"{title} ({run.model_name}, {run.dataset_name})",
                         value_title=value_title, diverging=diff_view, tooltip=tooltip,
                         mark_significant="significant" if "significant" in grid else None,
-                        selected=(sel_layer, sel_head)),
+                        selected=(sel_layer, sel_head), missing=lab.missing(metric)),
     grid, f"{run.name}-head-atlas-{metric}-{view}-{color_by}", key="atlas_map", select=charts.CELL,
 )
 if diff_view:
@@ -97,6 +106,10 @@ h1.selectbox("Head (layer.head)", heads, key="atlas_head")
 state.publish("atlas_head", default=default_head)
 sel_layer, sel_head = ui.parse_head(st.session_state["atlas_head"])
 row = grid[(grid["layer"] == sel_layer) & (grid["head"] == sel_head)].iloc[0]
+if no_value:
+    h2.info(f"Head {sel_layer}.{sel_head}: {metric} is {lab.missing(metric)}; choose another metric to see its "
+            "distributions.")
+    st.stop()
 with h2:
     m = st.columns(4)
     if not diff_view:

@@ -1,12 +1,14 @@
-"""Overview: model and dataset of the run, counts by negative type and grade, nDCG@10, score distributions."""
+"""Overview: model (and its family: segment meanings, template, answer tokens) and dataset of the run, counts by
+negative type and grade, nDCG@10, score distributions."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from app import charts, data, queries, state, ui
+from app.family import labels_of
 from app.slice import neg_order
-from precompute.names import SCORE_KINDS
+from precompute.names import SCORE_KINDS, SEGMENTS
 
 ctx, run = ui.require_run()
 sl = ctx.slice
@@ -42,6 +44,23 @@ with left:
         f"**{run.model_name}** · `{model.id or '?'}` · {model.architecture or '?'} ({model.model_type or '?'}) · "
         f"hidden {model.hidden or '?'} · {model.num_labels or '?'} label(s), score = {SCORE_WORDS}"
     )
+    lab = labels_of(run)
+    family = model.family or "bert-style encoder (no family recorded: a schema-version-1 run)"
+    st.markdown(
+        f"**Family** {family} · {'causal (a token attends only to earlier ones)' if lab.causal else 'bidirectional'}"
+        + (f" · attention reached by: {model.attention}" if model.attention else "")
+    )
+    st.markdown("**Segments** " + " · ".join(f"`{s}` = {lab.segment(s)}" for s in SEGMENTS))
+    if model.template:
+        st.markdown("**Template**")
+        st.code(model.template, language=None, wrap_lines=True)
+    if model.answer_tokens:
+        ids = list(model.answer_ids or [])
+        tokens = [f"`{t!r}`" + (f" (id {ids[i]})" if i < len(ids) else "") for i, t in enumerate(model.answer_tokens)]
+        st.markdown("**Answer tokens** (positive, negative): " + ", ".join(tokens))
+    if lab.causal:
+        st.caption(f"{len(lab.impossible)} of the 25 directions go into a later segment and are not possible "
+                   "(NULL in the store, shown as 'not possible (causal)').")
 with right:
     st.subheader("Dataset")
     params = man.parameters

@@ -6,11 +6,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, live, queries, state, ui
-from precompute.names import DIRECTIONS, MATCHING_METRICS, METRICS, SEGMENT_LABELS, metric_label, split_direction
+from app import charts, data, live, pair_queries, queries, state, ui
+from app.errors import one_line
+from precompute.config import JobConfig
+from app.family import labels_of
+from precompute.metrics import MATCHING_METRICS, METRICS
+from precompute.names import DIRECTIONS, split_direction
 
 ctx, run = ui.require_run()
 sl = ctx.slice
+lab = labels_of(run)
+SEGMENT_LABELS = lab.mapping  # the family's words for the five segments
 
 st.title("Pair explorer")
 st.caption(f"{run.dataset_name} x {run.model_name} · queries and passages of the slice: {sl.describe()}")
@@ -29,7 +35,7 @@ st.selectbox("Query", qids, key="pair_q", format_func=lambda q: f"{q}: {qtext.ge
 state.publish("pair_q", default=qids[0])
 qid = st.session_state["pair_q"]
 
-pairs = data.query(run, queries.query_pairs, sl, qid)
+pairs = data.query(run, pair_queries.query_pairs, sl, qid)
 if pairs.empty:
     st.warning("This query has no passage in the slice (check the negative types and grades in the sidebar).")
     st.stop()
@@ -43,7 +49,7 @@ st.selectbox(
 )
 state.publish("pair_id", default=ids[0])
 pair_id = int(st.session_state["pair_id"])
-pair = data.query(run, queries.pair_row, pair_id).iloc[0]
+pair = data.query(run, pair_queries.pair_row, pair_id).iloc[0]
 
 m = st.columns(5)
 m[0].metric("Model score", f"{pair['score']:.4f}")
@@ -69,31 +75,36 @@ c2.selectbox("Head", head_opts, key="pair_head")
 state.publish("pair_head", default=head_opts[0])
 layer, head = int(st.session_state["pair_layer"]), int(st.session_state["pair_head"])
 
-stored = data.query(run, queries.pair_head_metrics, pair_id, layer, head)
+stored = data.query(run, pair_queries.pair_head_metrics, pair_id, layer, head)
 left, right = st.columns(2)
 with left:
     if stored.empty:
         st.info("No stored summary for this pair and head.")
     else:
         row = stored.iloc[0]
-        mat = pd.DataFrame([{"src": s, "dst": d, "direction": x, "mean": float(row[x])}
+        mat = pd.DataFrame([{"src": s, "dst": d, "direction": x, "mean": pd.to_numeric(row[x], errors="coerce")}
                             for x in DIRECTIONS for s, d in [split_direction(x)]])
         ui.chart(charts.direction_matrix(mat, title=f"Stored segment attention of this pair, head {layer}.{head}",
-                                         value_title="Attention mass"),
+                                         value_title="Attention mass", labels=lab),
                  mat, f"{run.name}-pair-{pair_id}-head-{layer}.{head}-segments", key="pair_matrix")
         mm = st.columns(len(MATCHING_METRICS))
         for col, name in zip(mm, MATCHING_METRICS):
-            col.metric(name, f"{float(row[name]):.4f}", help=metric_label(name))
+            v = pd.to_numeric(row[name], errors="coerce")
+            col.metric(name, f"{float(v):.4f}" if pd.notna(v) else lab.missing(name), help=lab.metric(name))
 with right:
-    state.bind("pair_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
+    default_metric = "q_d" if lab.possible("q_d") else "d_q"
+    state.bind("pair_metric", default_metric, clean=state.choice(list(METRICS), default_metric))
     st.selectbox("Metric on every head", list(METRICS), key="pair_metric",
-                 format_func=lambda x: f"{x}: {metric_label(x)}")
-    state.publish("pair_metric", default="q_d")
+                 format_func=lambda x: f"{x}: {lab.metric(x)}" + ("" if lab.possible(x) else " (not possible: causal)"))
+    state.publish("pair_metric", default=default_metric)
     pm = st.session_state["pair_metric"]
-    grid = data.query(run, queries.pair_metric_grid, sl, pair_id, pm)
+    grid = data.query(run, pair_queries.pair_metric_grid, sl, pair_id, pm)
+    if len(grid) and grid["value"].isna().all():
+        st.info(lab.why_empty(pm), icon=":material/block:")
     if len(grid):
         ui.chart(charts.head_heatmap(grid, "value", title=f"{pm} of this pair on every head",
-                                     value_title=pm, selectable=False, selected=(layer, head)),
+                                     value_title=pm, selectable=False, selected=(layer, head),
+                                     missing=lab.missing(pm)),
                  grid, f"{run.name}-pair-{pair_id}-{pm}-heads", key="pair_grid")
 
 # -- live token attention ---------------------------------------------------------------------
@@ -105,31 +116,33 @@ if folder is None:
             "token weights.", icon=":material/info:")
     st.stop()
 
-PAIRS_OF_SEGMENTS = {"q_d": "Query -> Document", "d_q": "Document -> Query", "q_q": "Query -> Query",
-                     "d_d": "Document -> Document"}
+PAIRS_OF_SEGMENTS = {d: lab.direction(d).replace("->", " -> ") for d in ("q_d", "d_q", "q_q", "d_d")}
 state.bind("pair_tokens", "q_d", clean=state.choice(list(PAIRS_OF_SEGMENTS), "q_d"))
 c3.radio("Token weights", list(PAIRS_OF_SEGMENTS), key="pair_tokens", format_func=PAIRS_OF_SEGMENTS.get,
          horizontal=True)
 state.publish("pair_tokens", default="q_d")
 src, dst = split_direction(st.session_state["pair_tokens"])
-params = run.manifest.get("parameters") or {}
+max_length = run.manifest.parameters.get("max_length") or run.manifest.identity.max_length or JobConfig.max_length
 try:
-    pa = live.pair_attention(str(folder), str(pair["query"]), str(pair["doc"]), layer,
-                             int(params.get("max_length") or 512), str(run.model.get("score") or "logit"))
-except Exception as err:  # a model that loads but does not run here: say so, keep the page
-    st.warning(f"The model at `{folder}` could not be run on this pair: {err}")
+    pa = live.pair_attention(str(folder), str(pair["query"]), str(pair["doc"]), layer, int(max_length))
+except Exception as err:  # noqa: BLE001 - a model that loads but does not run here: say so in one line, keep the page
+    st.warning(f"The model at `{folder}` could not be run on this pair: {one_line(err)}")
     st.stop()
-if head >= pa.attention.shape[0]:
-    st.warning(f"The model at `{folder}` has {pa.attention.shape[0]} heads per layer; head {head} does not exist.")
+if layer >= pa.summaries.shape[0] or head >= pa.summaries.shape[1]:
+    st.warning(f"The model at `{folder}` has {pa.summaries.shape[0]} layers x {pa.summaries.shape[1]} heads; "
+               f"head {layer}.{head} does not exist: is it the run's model?")
     st.stop()
 frame = live.attention_frame(pa, head, src, dst)
-masses = live.segment_masses(pa, head)
-live_mass = float(masses.loc[masses["direction"] == f"{src}_{dst}", "mean"].iloc[0])
-k = st.columns(3)
+live_metrics = live.metrics(pa, layer, head)
+k = st.columns(4)
 k[0].metric("Live score", f"{pa.score:.4f}", f"{pa.score - float(pair['score']):+.4f} vs stored", delta_color="off")
-k[1].metric(f"Live {SEGMENT_LABELS[src]}->{SEGMENT_LABELS[dst]} mass", f"{live_mass:.4f}")
+k[1].metric(f"Live {SEGMENT_LABELS[src]}->{SEGMENT_LABELS[dst]} mass", f"{live_metrics[f'{src}_{dst}']:.4f}")
 if not stored.empty:
     k[2].metric("Stored mass", f"{float(stored.iloc[0][f'{src}_{dst}']):.4f}")
+    gap = live.largest_gap(live_metrics, {m: float(stored.iloc[0][m]) for m in METRICS})
+    k[3].metric("Largest live - stored gap", f"{gap:.1e}",
+                help=f"Over the head's {len(METRICS)} stored summaries, recomputed live by the job's summary kernel "
+                     "(a metric defined on one side only counts as an infinite gap).")
 ui.chart(charts.token_heatmap(frame, title=f"{SEGMENT_LABELS[src]} -> {SEGMENT_LABELS[dst]} attention weights, "
                                            f"head {layer}.{head} ({run.model_name}, live)",
                               x_title=f"{SEGMENT_LABELS[dst]} token (attended)",

@@ -7,19 +7,29 @@ import streamlit as st
 
 from app import charts, data, queries, state, ui
 from app.commands import command_for
-from precompute.names import CONTRAST_LABELS, CONTRASTS, METRICS, metric_label
+from app.family import labels_of
+from precompute.metrics import METRICS
+from precompute.names import CONTRAST_LABELS, CONTRASTS
 
 ctx, run = ui.require_run()
 sl = ctx.slice
+lab = labels_of(run)
+DEFAULT_METRIC = "q_d" if lab.possible("q_d") else "d_q"
 
 st.title("Query-key spectra")
 st.caption(f"{run.model_name} · the slice's layers and heads ({sl.describe()}). "
            "Alignment u_k . v_k near 1 means the head matches a direction of the residual stream with itself: "
            "the signature of a matching head.")
 
+spectra_info = run.manifest.spectra if run.manifest else None
 if not run.has("svd"):
+    if spectra_info is not None and spectra_info.computed is False:
+        st.info(f"The job did not compute spectra for {run.model_name}: {spectra_info.reason or 'no reason recorded'}.")
+        st.stop()
     ui.missing_table("spectra", command_for(run))
     st.stop()
+if spectra_info is not None and spectra_info.matrix:
+    st.caption(f"The spectrum is of: {spectra_info.matrix}")
 
 align = data.query(run, queries.alignment_scores, sl)
 if align.empty:
@@ -61,9 +71,10 @@ with c2:
 
 st.subheader("Alignment and matching")
 c1, c2 = st.columns(2)
-state.bind("spec_metric", "q_d", clean=state.choice(list(METRICS), "q_d"))
-c1.selectbox("Matching statistic of", list(METRICS), key="spec_metric", format_func=lambda m: f"{m}: {metric_label(m)}")
-state.publish("spec_metric", default="q_d")
+state.bind("spec_metric", DEFAULT_METRIC, clean=state.choice(list(METRICS), DEFAULT_METRIC))
+c1.selectbox("Matching statistic of", list(METRICS), key="spec_metric",
+             format_func=lambda m: f"{m}: {lab.metric(m)}" + ("" if lab.possible(m) else " (not possible: causal)"))
+state.publish("spec_metric", default=DEFAULT_METRIC)
 contrasts = list(CONTRASTS)
 state.bind("spec_contrast", contrasts[0], clean=state.choice(contrasts, contrasts[0]))
 c2.selectbox("Contrast", contrasts, key="spec_contrast", format_func=CONTRAST_LABELS.get)
@@ -76,7 +87,7 @@ else:
     rel = data.query(run, queries.alignment_vs_slice_difference, sl, metric, contrast)
     source = "the slice (computed from head_attention_agg; the run has no head_contrasts table yet)"
 if rel.empty or rel["cohen_d"].isna().all():
-    st.info("No matching statistic for these heads.")
+    st.info(lab.why_empty(metric) if not lab.possible(metric) else "No matching statistic for these heads.")
     st.stop()
 rel = rel.assign(head_label=[ui.head_label(a, b) for a, b in zip(rel["layer"], rel["head"])])
 corr = rel[["alignment_score", "cohen_d"]].corr().iloc[0, 1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from app import ui
@@ -18,7 +20,8 @@ store = ctx.store.resolve() if ctx.store.exists() else ctx.store
 if ctx.run is not None and not ctx.run.ok:
     st.error(f"The run **{ctx.run.name}** cannot be opened: {ctx.run.problem}.")
     if ctx.run.manifest is not None and ctx.run.manifest.status not in (None, "complete"):
-        st.markdown("Once the job has finished, reload this page. If it was stopped, resume it (finished work is kept):")
+        st.markdown("Once the job has finished, reload this page. If it was stopped, resume it "
+                    "(finished work is kept):")
         st.code(command_for(ctx.run), language="bash", wrap_lines=True)
     usable = ctx.ok_runs
     if usable:
@@ -29,6 +32,8 @@ if ctx.run is not None and not ctx.run.ok:
 else:
     if not ctx.store.exists():
         st.warning(f"There is no store yet: the folder `{store}` does not exist.")
+    elif not os.access(ctx.store, os.R_OK | os.X_OK):
+        st.warning(f"The store `{store}` cannot be read by the app's server (permissions).")
     else:
         st.warning(f"The store `{store}` holds no run yet.")
     st.markdown(

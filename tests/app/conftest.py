@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.app.synthetic import build_bad_store, build_store
+from tests.app.synthetic import build_bad_store, build_family_store, build_store
 
 MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
 DL20 = "trec-dl-2020__tiny-ce"
@@ -27,17 +27,48 @@ def bad_store(tmp_path_factory) -> Path:
     return build_bad_store(tmp_path_factory.mktemp("bad-store"))
 
 
-@pytest.fixture
-def sql(store):
-    """Direct DuckDB queries on the test store's Parquet files: sql(run, "SELECT ... FROM {pairs} ...")."""
+@pytest.fixture(scope="session")
+def family_store(tmp_path_factory) -> Path:
+    """Other families: a causal decoder (6 layers, every optional table), a MonoT5-like run (decoder cross-attention),
+    a 12-layer encoder and a schema-version-1 run (synthetic.build_family_store)."""
+    return build_family_store(tmp_path_factory.mktemp("family-store"))
+
+
+def _direct(root: Path):
     con = duckdb.connect()
 
     def run(run_name: str, text: str, params=None):
-        tables = {p.stem: f"read_parquet('{p}')" for p in (store / run_name).glob("*.parquet")}
+        tables = {p.stem: f"read_parquet('{p}')" for p in (root / run_name).glob("*.parquet")}
         return con.execute(text.format(**tables), params or []).df()
 
+    return con, run
+
+
+@pytest.fixture
+def sql(store):
+    """Direct DuckDB queries on the test store's Parquet files: sql(run, "SELECT ... FROM {pairs} ...")."""
+    con, run = _direct(store)
     yield run
     con.close()
+
+
+@pytest.fixture
+def family_sql(family_store):
+    """The same on the family store."""
+    con, run = _direct(family_store)
+    yield run
+    con.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_component_scan():
+    """AppTest scans every installed distribution for Streamlit v2 component manifests on each new AppTest
+    (~0.3 s here, most of a page run); the app uses no such component, so the scan is skipped in these tests."""
+    from streamlit.components.v2.component_manager import BidiComponentManager
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BidiComponentManager, "discover_and_register_components", lambda self, **kwargs: None)
+        yield
 
 
 @pytest.fixture

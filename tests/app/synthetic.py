@@ -1,11 +1,17 @@
 """A tiny, internally consistent store built in code, for the app tests.
 
-Every table of ``precompute.store.schema.TABLES`` is written through ``RunWriter.write_table``;
+Every public table of ``precompute.store.schema.TABLES`` is written through ``RunWriter.write_table``;
 derived tables are derived, not invented: ``head_attention_agg`` is DuckDB's GROUP BY over
 ``head_attention`` joined with ``pairs``, ``ablation_summary`` and ``head_contrasts`` are computed
 from the per-query / per-pair tables, so a number the app shows can be checked against a direct
 DuckDB query on the store. The statistics' p-values are simple deterministic stand-ins (the app
 only displays them), so the tests need no scipy.
+
+Families (``build_run(family=...)``): ``bert`` (pair template, the default), ``causal`` (a decoder classifier:
+template labels, directions into a later segment NULL in head_attention and so in the aggregate, refused conditions
+in the manifest) and ``monot5`` (template labels and a decoder_cross_attention table). ``v1`` writes a
+schema-version-1 manifest without any family field. Component and QK-subspace conditions, component means and both
+activation-patching experiments are written with the optional tables.
 """
 
 from __future__ import annotations
@@ -18,13 +24,37 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from precompute.names import EASY_GRADE, METRICS, SEGMENTS
+from precompute.metrics import METRICS
+from precompute.names import EASY_GRADE, SEGMENTS
+from precompute.conditions.condition import ANALYSIS_OF_KIND
 from precompute.store.schema import SCHEMA_VERSION, TABLES
+from precompute.store.manifest import Manifest, write_manifest
 from precompute.store.writer import RunWriter
 
 OPTIONAL_TABLES = ("ablation_conditions", "ablation_scores", "ablation_metrics", "ablation_summary", "svd",
-                   "head_contrasts")
+                   "head_contrasts", "component_means", "subspace_head_metrics", "patching_pairs", "patching_effects")
+PAIR_LABELS = {"cls": "CLS", "q": "Query", "sep1": "SEP1", "d": "Document", "sep2": "SEP2"}
+TEMPLATE_LABELS = {"cls": "Prefix", "q": "Query", "sep1": "Middle", "d": "Document", "sep2": "Suffix"}
+FAMILIES = {
+    "bert": {"family": "bert", "segment_labels": PAIR_LABELS, "causal": False, "attention": "interface"},
+    "causal": {"family": "decoder-classifier", "segment_labels": TEMPLATE_LABELS, "causal": True,
+               "attention": "interface", "template": "query: {query} document: {document}{eos}",
+               "architecture": "Qwen2ForSequenceClassification", "model_type": "qwen2"},
+    "monot5": {"family": "monot5", "segment_labels": TEMPLATE_LABELS, "causal": False, "attention": "interface",
+               "template": "Query: {query} Document: {document} Relevant:", "answer_tokens": ["true", "false"],
+               "answer_ids": [1176, 6136], "score": "log_softmax[answer]",
+               "architecture": "T5ForConditionalGeneration", "model_type": "t5"},
+    "v1": {},
+}
+EPSILON = 1e-3  # as precompute.patching.EPSILON (that module imports torch)
+TFC1_SKIP = 7  # pairs with pair_id % 7 == 3 have no aligned term and filler (tfc1)
+
+
+def impossible(src: int, dst: int) -> bool:
+    """A causal model's src segment cannot attend a later dst segment."""
+    return dst > src
 
 
 def _ndcg10(scores: np.ndarray, grades: np.ndarray, docids: list[str]) -> float:
@@ -70,8 +100,10 @@ def build_run(
     optional: bool = True,
     model_id: str | None = None,
     manifest_overrides: dict | None = None,
+    family: str = "bert",
 ) -> Path:
-    """Write one run folder ``<store>/<dataset>__<model>`` and return it."""
+    """Write one run folder ``<store>/<dataset>__<model>`` and return it (``family``: see the module doc)."""
+    causal = family == "causal"
     rng = np.random.default_rng(seed)
     root = Path(store) / f"{dataset}__{model}"
     w = RunWriter(root)
@@ -107,13 +139,17 @@ def build_run(
     ha = grid.to_frame(index=False)
     N = len(ha)
     rel = (pairs["neg_type"].to_numpy() == "relevant")[ha["pair_id"].to_numpy()]
-    for src in SEGMENTS:
+    for i, src in enumerate(SEGMENTS):
         alpha = np.ones(5)
         mass = rng.dirichlet(alpha, size=N)
         if src == "q":  # relevant pairs and later layers look more at the document: a visible signal
             boost = 0.15 * rel + 0.05 * ha["layer"].to_numpy()
             mass[:, 3] += boost
-            mass /= mass.sum(axis=1, keepdims=True)
+        if src == "d" and causal:  # a causal model's document looks back at the query instead
+            mass[:, 1] += 0.15 * rel + 0.05 * ha["layer"].to_numpy()
+        if causal:  # nothing into a later segment; the rest sums to 1
+            mass[:, [j for j in range(5) if impossible(i, j)]] = np.nan
+        mass /= np.nansum(mass, axis=1, keepdims=True)
         for j, dst in enumerate(SEGMENTS):
             ha[f"{src}_{dst}"] = mass[:, j].astype(np.float32)
     ha["q2d_max"] = rng.uniform(0, 1, N).astype(np.float32)
@@ -121,6 +157,8 @@ def build_run(
     share = rng.uniform(0, 1, N)
     ha["q_d_exact"] = (ha["q_d"] * share).astype(np.float32)
     ha["q_d_other"] = (ha["q_d"] - ha["q_d_exact"]).astype(np.float32)
+    if causal:
+        ha["q2d_max"] = np.float32(np.nan)  # measures Query->Document, which does not exist
     w.write_table("head_attention", pa.Table.from_pandas(ha, preserve_index=False))
 
     # -- head_attention_agg: derived with DuckDB from the two tables just written ------------------
@@ -138,17 +176,25 @@ def build_run(
         con.close()
     w.write_table("head_attention_agg", agg)
 
+    if family == "monot5":
+        _write_cross_attention(w, pairs, layers, heads, rng)
+    refused: list[str] = []
     if optional:
-        _write_ablations(w, pairs, layers, heads, rng)
+        refused = _write_ablations(w, pairs, ha, layers, heads, rng, causal=causal)
         _write_svd(w, layers, heads, rng)
         _write_contrasts(w, pairs, ha)
+        _write_component_means(w, layers, rng)
+        _write_patching(w, pairs, layers, heads, rng)
 
+    model_section = {"id": model_id or f"models/{model}-not-on-this-machine", "name": model, "revision": None,
+                     "architecture": "BertForSequenceClassification", "model_type": "bert",
+                     "layers": layers, "heads": heads, "hidden": 64, "num_labels": 1, "score": "logit"}
+    model_section.update(FAMILIES[family])
     manifest = {
+        "schema_version": 1 if family == "v1" else SCHEMA_VERSION,
         "status": "complete",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"id": model_id or f"models/{model}-not-on-this-machine", "name": model, "revision": None,
-                  "architecture": "BertForSequenceClassification", "model_type": "bert",
-                  "layers": layers, "heads": heads, "hidden": 64, "num_labels": 1, "score": "logit"},
+        "model": model_section,
         "dataset": {"spec": f"../shared/data/{dataset}", "name": dataset, "source": f"/nowhere/{dataset}"},
         "parameters": {"max_length": 512, "seed": seed, "easy_negatives": 2, "candidates": None, "depth": 100,
                        "max_queries": None, "batch_size": 32, "device": "cpu", "dtype": "float32"},
@@ -157,38 +203,59 @@ def build_run(
                    "skipped": {"relevant": 0, "hard": 0, "easy": 0}, "truncated": int(pairs["truncated"].sum())},
         "metrics": {"nDCG@10": float(np.mean([
             _ndcg10(g["score"].to_numpy(), g["grade"].to_numpy(), list(g["docid"])) for _, g in pairs.groupby("qid")]))},
-        "tables": {t: {"rows": None} for t in TABLES if w.has_table(t)},
+        "tables": {t: {"rows": pq.read_metadata(w.table_path(t)).num_rows} for t in TABLES if w.has_table(t)},
         "versions": {"torch": "none", "transformers": "none"},
         "timings": {"summaries_s": 0.1},
     }
+    if optional:
+        manifest["ablations"] = {"kernel": "sdpa", "stack": 8, "refused": refused,
+                                 "groups": {"cross": ["q_d", "d_q"]}}
+        manifest["patching"] = {"experiments": ["tfc1", "cls"], "epsilon": EPSILON,
+                                "skipped": {"tfc1": int((pairs["pair_id"] % TFC1_SKIP == 3).sum())}}
     manifest.update(manifest_overrides or {})
-    w.write_manifest(manifest)
-    if manifest_overrides and "schema_version" in manifest_overrides:
-        # write_manifest stamps the current version; a test of another version rewrites it afterwards
-        import json
-
-        path = root / "manifest.json"
-        data = json.loads(path.read_text())
-        data["schema_version"] = manifest_overrides["schema_version"]
-        path.write_text(json.dumps(data))
+    write_manifest(root, Manifest.from_dict(manifest))
     return root
 
 
-def _write_ablations(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int, rng) -> None:
+def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers: int, heads: int, rng, *,
+                     causal: bool = False) -> list[str]:
+    """Direction, group, layer-sweep, head, component and QK-subspace conditions; returns the refused ids (causal:
+    direction conditions that remove only directions the model cannot attend)."""
     conds = [dict(condition_id="none", condition="none", mode="none", layers="all", layer=None, head=None,
                   kind="baseline", directions=None, effect=0.0)]
-    for d in ("q_d", "d_q", "q_cls", "d_sep2"):
+    directions = ("d_q", "q_cls", "d_cls", "sep2_d") if causal else ("q_d", "d_q", "q_cls", "d_sep2")
+    refused = ["d_sep2@all/zero", "q_d@all/zero"] if causal else []
+    for d in directions:
         conds.append(dict(condition_id=f"{d}@all/zero", condition=d, mode="zero", layers="all", layer=None, head=None,
-                          kind="direction", directions=d, effect=-1.5 if d == "q_d" else -0.3))
+                          kind="direction", directions=d, effect=-1.5 if d in ("q_d", "d_q") else -0.3))
     conds.append(dict(condition_id="cross@all/zero", condition="cross", mode="zero", layers="all", layer=None,
                       head=None, kind="group", directions="q_d,d_q", effect=-2.0))
+    sweep = "d_q" if causal else "q_d"
     for layer in range(layers):
-        conds.append(dict(condition_id=f"q_d@{layer}/zero", condition="q_d", mode="zero", layers=str(layer),
-                          layer=layer, head=None, kind="layer_sweep", directions="q_d", effect=-0.4 * (layer + 1)))
+        conds.append(dict(condition_id=f"{sweep}@{layer}/zero", condition=sweep, mode="zero", layers=str(layer),
+                          layer=layer, head=None, kind="layer_sweep", directions=sweep, effect=-0.4 * (layer + 1)))
         for head in range(heads):
             conds.append(dict(condition_id=f"head:{layer}.{head}/zero", condition="head", mode="zero",
                               layers=str(layer), layer=layer, head=head, kind="head", directions=None,
                               effect=float(rng.normal(0, 0.5))))
+    # components: every layer x {mlp, attn} x {all tokens, cls, q, d} (mean), plus one multi-layer condition
+    for layer in range(layers):
+        for comp in ("mlp", "attn"):
+            for seg in (None, "cls", "q", "d"):
+                name = comp if seg is None else f"{comp}:{seg}"
+                conds.append(dict(condition_id=f"{name}@{layer}/mean", condition=name, mode="mean", layers=str(layer),
+                                  layer=layer, head=None, kind="component", directions=None,
+                                  effect=-(0.8 if comp == "mlp" and seg in (None, "cls") else 0.1) * (layer + 1) / layers))
+    conds.append(dict(condition_id=f"attn@0-{layers - 1}/zero", condition="attn", mode="zero",
+                      layers=f"0-{layers - 1}", layer=None, head=None, kind="component", directions=None, effect=-3.0))
+    # QK-subspace: two heads x k 1, 2 x remove / scale=2
+    sub_heads = [(layers - 1, 1), (0, 0)]
+    for layer, head in sub_heads:
+        for k in (1, 2):
+            for op in ("remove", "scale=2"):
+                conds.append(dict(condition_id=f"qk:{layer}.{head}:k{k}/{op}", condition=f"qk:k{k}", mode=op,
+                                  layers=str(layer), layer=layer, head=head, kind="subspace", directions=None,
+                                  effect=(-0.6 * k if op == "remove" else 0.2)))
     cdf = pd.DataFrame(conds)
     cond_cols = ["condition_id", "condition", "mode", "layers", "layer", "head"]
     for c in ("layer", "head"):
@@ -233,9 +300,11 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int,
                          "delta": v.mean() - base.reindex(v.index).mean(), "t": t,
                          "p": None if t is None else float(_fake_p(np.array([t]))[0])})
         block = pd.DataFrame(rows)
-        mask = block["p"].notna()
         block["p_holm"] = None
-        block.loc[mask, "p_holm"] = _holm(block.loc[mask, "p"].to_numpy(dtype=float))
+        analysis = block["kind"].map(ANALYSIS_OF_KIND)
+        for _, idx in block.groupby(analysis).groups.items():  # each analysis is its own Holm family
+            mask = block.index.isin(idx) & block["p"].notna()
+            block.loc[mask, "p_holm"] = _holm(block.loc[mask, "p"].to_numpy(dtype=float))
         summary.append(block)
     adf = pd.concat(summary, ignore_index=True)
     for c in ("layer", "head"):
@@ -243,6 +312,112 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int,
     for c in ("t", "p", "p_holm"):
         adf[c] = pd.array(adf[c], dtype="Float64")
     w.write_table("ablation_summary", pa.Table.from_pandas(adf, preserve_index=False))
+    _write_subspace_metrics(w, ha, [c for c in conds if c["kind"] == "subspace"])
+    return refused
+
+
+def _write_subspace_metrics(w: RunWriter, ha: pd.DataFrame, conds: list[dict]) -> None:
+    """Each subspace condition's head on every pair: Query->Document falls when its top-k components are removed
+    (more for larger k) and rises when they are scaled; the mass goes to (comes from) Query->Query."""
+    out = []
+    for c in conds:
+        rows = ha[(ha["layer"] == c["layer"]) & (ha["head"] == c["head"])].copy()
+        k = int(c["condition"].removeprefix("qk:k"))
+        factor = 1 - 0.3 * k if c["mode"] == "remove" else 1.2
+        if rows["q_d"].notna().any():
+            moved = rows["q_d"] * (1 - factor)
+            rows["q_d"] = rows["q_d"] * factor
+            rows["q_q"] = rows["q_q"] + moved
+            rows["q_d_exact"] = rows["q_d_exact"] * factor
+            rows["q_d_other"] = rows["q_d"] - rows["q_d_exact"]
+        else:  # a causal model: its matching runs Document->Query
+            moved = rows["d_q"] * (1 - factor)
+            rows["d_q"] = rows["d_q"] * factor
+            rows["d_d"] = rows["d_d"] + moved
+        rows["d_d"] = rows["d_d"] * 1.01  # a small change elsewhere: the largest "other" direction
+        rows.insert(0, "condition_id", c["condition_id"])
+        out.append(rows)
+    df = pd.concat(out, ignore_index=True)
+    for m in METRICS:
+        df[m] = df[m].astype(np.float32)
+    w.write_table("subspace_head_metrics", pa.Table.from_pandas(df, preserve_index=False))
+
+
+def _write_component_means(w: RunWriter, layers: int, rng) -> None:
+    rows = [dict(layer=layer, component=comp, segment=seg, tokens=int(rng.integers(100, 1000)),
+                 mean=rng.normal(0, 1, 8).astype(np.float32).tolist())
+            for layer in range(layers) for comp in ("attn", "mlp") for seg in SEGMENTS]
+    w.write_table("component_means", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
+
+
+def _write_cross_attention(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int, rng) -> None:
+    """MonoT5-like: the scoring position's cross-attention over the encoder's segments, more on the document for
+    relevant passages and in later decoder layers; each row sums to 1."""
+    grid = pd.MultiIndex.from_product([range(layers), range(heads), pairs["pair_id"]],
+                                      names=["layer", "head", "pair_id"]).to_frame(index=False)
+    mass = rng.dirichlet(np.ones(5), size=len(grid))
+    rel = (pairs.set_index("pair_id")["neg_type"] == "relevant").reindex(grid["pair_id"]).to_numpy()
+    mass[:, 3] += 0.3 * rel + 0.1 * grid["layer"].to_numpy()
+    mass /= mass.sum(axis=1, keepdims=True)
+    for j, seg in enumerate(SEGMENTS):
+        grid[seg] = mass[:, j].astype(np.float32)
+    w.write_table("decoder_cross_attention", pa.Table.from_pandas(grid, preserve_index=False))
+
+
+def _write_patching(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int, rng) -> None:
+    """tfc1 (every pair but every 7th, term = the query's 'topic', filler 'the') and cls (up to 4 relevant x hard
+    combinations per query). Effects: the residual stream at every token recovers more with depth (1 at the last
+    layer), head (last layer, 1) carries a third, everything else noise; every 5th patch pair has
+    |clean - corrupted| < epsilon, so its effects are NULL."""
+    pp, fx = [], []
+    by_q = {q: g for q, g in pairs.groupby("qid")}
+    items = []
+    for p in pairs.itertuples():
+        if p.pair_id % TFC1_SKIP != 3:
+            items.append(("tfc1", p.pair_id, None, "topic", "the"))
+    for q, g in by_q.items():
+        rel = list(g[g["neg_type"] == "relevant"]["pair_id"])
+        hard = list(g[g["neg_type"] == "hard"]["pair_id"])
+        for r, h in [(r, h) for r in rel for h in hard][::2][:4]:  # every grade among the relevant sides
+            items.append(("cls", h, r, None, None))
+    score = pairs.set_index("pair_id")["score"]
+    counters = {"tfc1": 0, "cls": 0}
+    for exp, pair_id, clean_id, term, filler in items:
+        patch_id = counters[exp]
+        counters[exp] += 1
+        pp.append(dict(experiment=exp, patch_id=patch_id, pair_id=pair_id, clean_pair_id=clean_id, term=term,
+                       filler=filler))
+        corrupted = float(score[pair_id])
+        if patch_id % 5 == 2:  # the clean input scores (almost) the same: effects undefined
+            clean = corrupted + 0.0004
+        elif clean_id is not None:
+            clean = float(score[clean_id])
+            clean = clean if abs(clean - corrupted) >= 10 * EPSILON else corrupted + 0.5
+        else:
+            clean = corrupted + 0.5 + abs(rng.normal(0, 0.3))
+        segs = ("all", *SEGMENTS) if exp == "tfc1" else ("cls",)
+        head_seg = "all" if exp == "tfc1" else "cls"
+        for layer in range(layers):
+            for comp in ("resid", "attn", "mlp"):
+                for seg in segs:
+                    e = ((layer + 1) / layers if comp == "resid" and seg in ("all", "cls") else 0.05) \
+                        + rng.normal(0, 0.05)
+                    fx.append((exp, patch_id, pair_id, layer, None, comp, seg, clean, corrupted, e))
+            for head in range(heads):
+                e = (0.33 if (layer, head) == (layers - 1, 1) else 0.02) + rng.normal(0, 0.05)
+                fx.append((exp, patch_id, pair_id, layer, head, "head", head_seg, clean, corrupted, e))
+    w.write_table("patching_pairs", pa.Table.from_pandas(pd.DataFrame(pp).astype({"clean_pair_id": "Int32"}),
+                                                         preserve_index=False))
+    df = pd.DataFrame(fx, columns=["experiment", "patch_id", "pair_id", "layer", "head", "component", "segment",
+                                   "clean", "corrupted", "true_effect"])
+    df["head"] = pd.array(df["head"], dtype="Int8")
+    clean, corrupted = df["clean"].astype(np.float32), df["corrupted"].astype(np.float32)
+    df["patched"] = (corrupted + df["true_effect"] * (clean - corrupted)).astype(np.float32)
+    gap = clean.astype(np.float64) - corrupted.astype(np.float64)
+    eff = (df["patched"].astype(np.float64) - corrupted.astype(np.float64)) / gap
+    df["effect"] = eff.where(gap.abs() >= EPSILON).astype(np.float32)
+    df["clean"], df["corrupted"] = clean, corrupted
+    w.write_table("patching_effects", pa.Table.from_pandas(df.drop(columns="true_effect"), preserve_index=False))
 
 
 def _write_svd(w: RunWriter, layers: int, heads: int, rng) -> None:
@@ -251,7 +426,8 @@ def _write_svd(w: RunWriter, layers: int, heads: int, rng) -> None:
         for head in range(heads):
             sig = np.sort(rng.gamma(2.0, 1.0, 8))[::-1]
             for k, s in enumerate(sig):
-                rows.append(dict(layer=layer, head=head, k=k, sigma=float(s), alignment=float(rng.uniform(-1, 1))))
+                rows.append(dict(layer=layer, head=head, kv_head=head, k=k, sigma=float(s),
+                             alignment=float(rng.uniform(-1, 1))))
     w.write_table("svd", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
 
 
@@ -264,6 +440,8 @@ def _write_contrasts(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame) -> Non
             a_all, b_all = g[g["neg_type"] == "relevant"], g[g["neg_type"] == other]
             for m in METRICS:
                 a, b = a_all[m].to_numpy(float), b_all[m].to_numpy(float)
+                if np.isnan(a).all():  # a metric the model does not have (causal): no statistic
+                    continue
                 sd = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
                 d = (a.mean() - b.mean()) / sd if sd > 0 else None
                 u = float(sum((x > y) + 0.5 * (x == y) for x in a for y in b))
@@ -293,4 +471,19 @@ def build_bad_store(store: Path) -> Path:
               manifest_overrides={"schema_version": SCHEMA_VERSION + 1})
     build_run(store, dataset="trec-dl-2019", model="busy-ce", optional=False,
               manifest_overrides={"status": "running"})
+    return Path(store)
+
+
+CAUSAL, MONOT5, DEEP, V1 = ("trec-dl-2020__tiny-decoder", "trec-dl-2020__tiny-monot5", "trec-dl-2020__deep-ce",
+                            "trec-dl-2020__old-v1-ce")
+
+
+def build_family_store(store: Path) -> Path:
+    """Runs of other families: a causal decoder classifier (6 layers x 2 heads, every optional table), a MonoT5-like
+    encoder-decoder (4 x 3, decoder_cross_attention), a deeper bert-style encoder (12 x 2, no optional tables) and
+    a schema-version-1 run (no family fields in its manifest)."""
+    build_run(store, model="tiny-decoder", family="causal", layers=6, heads=2, n_queries=3, seed=3)
+    build_run(store, model="tiny-monot5", family="monot5", layers=4, heads=3, n_queries=3, seed=4, optional=False)
+    build_run(store, model="deep-ce", layers=12, heads=2, n_queries=3, seed=5, optional=False)
+    build_run(store, model="old-v1-ce", family="v1", layers=3, heads=2, n_queries=2, seed=6, optional=False)
     return Path(store)

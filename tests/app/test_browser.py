@@ -30,6 +30,7 @@ PAGES = [
     ("head-atlas", "Head atlas", 3),
     ("directions", "Attention directions", 2),
     ("ablations", "Ablations", 3),
+    ("patching", "Activation patching", 3),
     ("spectra", "Query-key spectra", 4),
     ("pair-explorer", "Pair explorer", 2),
     ("sql", "SQL", 0),

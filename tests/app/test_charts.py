@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from app import charts as C, queries as Q
+import pandas as pd
+
+from app import ablation_queries as AQ, charts as C, depth, patching_queries as PQ, queries as Q
+from app.family import Labels
 from app.slice import Slice
 from precompute.store.connect import connect
 from tests.app.conftest import DL20
+from tests.app.synthetic import TEMPLATE_LABELS
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +22,9 @@ def con(store):
 def _all_charts(con):
     sl = Slice()
     diff = Q.head_difference(con, sl, "q_d", "relevant_vs_easy").assign(sig=lambda d: d["cohen_d"] > 1)
+    comp = AQ.component_table(con, "pairs", "nDCG@10").dropna(subset=["layer"])
+    heads = PQ.patching_heads(con, sl, "tfc1")
+    prof = depth.layer_profile(Q.head_means(con, sl, "q_d"), "mean", 3)
     return {
         "heatmap": C.head_heatmap(Q.head_means(con, sl, "q_d"), "mean", title="t", value_title="v", selected=(1, 1)),
         "diff": C.head_heatmap(diff, "diff", title="t", value_title="v", diverging=True, mark_significant="sig"),
@@ -25,12 +32,20 @@ def _all_charts(con):
         "hist": C.histogram(Q.score_histogram(con, sl), title="t", x_title="x"),
         "box": C.box_from_stats(Q.head_values(con, sl, 1, 1, "q_d"), title="t", y_title="y"),
         "lines": C.direction_lines(Q.direction_by_layer(con, sl, ("q_d", "d_q")), title="t"),
-        "sweep": C.layer_sweep(Q.ablation_layer_sweeps(con, "pairs", "nDCG@10"), title="t", y_title="y"),
-        "bars": C.delta_bars(Q.ablation_per_query(con, sl, "q_d@all/zero", "pairs", "nDCG@10"), title="t",
+        "sweep": C.layer_sweep(AQ.ablation_layer_sweeps(con, "pairs", "nDCG@10"), title="t", y_title="y"),
+        "bars": C.delta_bars(AQ.ablation_per_query(con, sl, "q_d@all/zero", "pairs", "nDCG@10"), title="t",
                              x_title="x"),
         "scatter": C.scatter(Q.alignment_vs_contrast(con, sl, "q_d", "relevant_vs_easy"), "alignment_score", "cohen_d",
                              title="t", x_title="x", y_title="y", color="layer"),
         "spectrum": C.spectrum_lines(Q.svd_spectra(con, sl), "sigma", title="t", y_title="y"),
+        "components": C.component_grid(comp.astype({"layer": "int64"}), title="t", value_title="v"),
+        "subspace": C.metric_deltas(AQ.subspace_metric_deltas(con, "qk:2.1:k1/remove"), title="t", x_title="x"),
+        "intervals": C.effect_intervals(heads.assign(item=heads["layer"].astype(str)), title="t", x_title="x"),
+        "curves": C.component_curves(PQ.patching_components(con, sl, "tfc1"), title="t", y_title="y"),
+        "depth": C.depth_lines(pd.concat([prof.assign(run="A"), prof.assign(run="B")]), title="t", y_title="y"),
+        "bins": C.depth_bins(depth.align_by_depth(prof, 3, prof, 3), title="t", x_title="x"),
+        "cross": C.cross_attention_maps(pd.DataFrame({"layer": [0, 0], "head": [0, 1], "neg_type": ["relevant", "easy"],
+                                                      "mean": [0.2, 0.4], "n": [3, 3]}), title="t", value_title="v"),
     }
 
 
@@ -76,3 +91,24 @@ def test_export_png_and_svg(con):
     png = C.to_png(chart, scale=1)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert C.to_svg(chart).lstrip().startswith("<svg")
+
+
+def test_null_values_are_drawn_as_such(con):
+    """A NULL cell is grey with its reason (matrix: written in the cell; heatmap: in the tooltip), never 0."""
+    lab = Labels(names=tuple(TEMPLATE_LABELS[s] for s in ("cls", "q", "sep1", "d", "sep2")), causal=True)
+    m = Q.direction_matrix(con, Slice())
+    m.loc[m["direction"] == "q_d", "mean"] = float("nan")
+    spec = C.direction_matrix(m, title="t", labels=lab).to_dict()
+    assert len(spec["layer"]) == 4 and "Prefix" in str(spec) and "CLS" not in str(spec["layer"][0]["encoding"])
+    grid = Q.head_means(con, Slice(), "q_d")
+    grid.loc[0, "mean"] = float("nan")
+    spec = C.head_heatmap(grid, "mean", title="t", value_title="v", missing="not possible (causal)").to_dict()
+    assert any(isinstance(layer.get("mark"), dict) and layer["mark"].get("color") == C.MISSING_FILL
+               for layer in spec["layer"])
+    assert "not possible (causal)" in str(spec["datasets"])
+
+
+def test_patching_curves_are_clickable(con):
+    spec = C.component_curves(PQ.patching_components(con, Slice(), "tfc1"), title="t", y_title="y").to_dict()
+    params = spec.get("params") or [p for layer in spec["spec"]["layer"] for p in layer.get("params", [])]
+    assert params[0]["name"] == C.POINT and params[0]["select"]["fields"] == ["layer", "component", "segment"]

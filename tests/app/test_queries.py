@@ -1,13 +1,13 @@
-"""app.queries against independent computations on the tiny store."""
+"""app.queries and app.pair_queries against independent computations on the tiny store."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from app import queries as Q
+from app import pair_queries as P, queries as Q, sqltext
 from app.slice import Slice
-from precompute.names import METRICS
+from precompute.metrics import METRICS
 from precompute.store.connect import connect
 from tests.app.conftest import DL20
 
@@ -67,12 +67,12 @@ def test_histogram_shares_sum_to_one(con):
 
 
 def test_unknown_names_are_refused(con):
-    with pytest.raises(Q.QueryError):
+    with pytest.raises(sqltext.QueryError):
         Q.head_means(con, Slice(), "q_d; DROP VIEW pairs")
-    with pytest.raises(Q.QueryError):
+    with pytest.raises(sqltext.QueryError):
         Q.head_difference(con, Slice(), "q_d", "relevant_vs_everything")
-    assert Q._lit("o'brien") == "'o''brien'"
-    assert len(Q.query_pairs(con, Slice(), "x' OR '1'='1")) == 0
+    assert sqltext.lit("o'brien") == "'o''brien'"
+    assert len(P.query_pairs(con, Slice(), "x' OR '1'='1")) == 0
 
 
 def test_every_metric_has_a_column(con):
@@ -80,29 +80,20 @@ def test_every_metric_has_a_column(con):
     assert {f"{m}_sum" for m in METRICS} <= cols
 
 
-def test_compare_frames():
-    import pandas as pd
-
-    a = pd.DataFrame({"layer": [0, 0, 1], "head": [0, 1, 0], "v": [1.0, 2.0, 3.0]})
-    b = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "v": [1.5, 1.0]})
-    out = Q.compare_frames(a, b, ["layer", "head"], "v")
-    assert out["diff"].tolist()[:2] == [0.5, -1.0] and np.isnan(out["diff"].iloc[2])
-
-
 def test_fast_pair_lookups_equal_the_plain_queries(store, tmp_path):
     import shutil
 
     import pyarrow.parquet as pq
 
-    from app.connection import open_run
+    from app.connections import open_run
 
     fast, plain = open_run(store / DL20), connect(store / DL20)
-    assert Q._layout(fast) == (3, 4, 48) and Q._layout(plain) is None
+    assert P._layout(fast) == (3, 4, 48) and P._layout(plain) is None
     for sl in (Slice(), Slice(layers=(1, 2), heads=(0, 3))):
         for pid in (0, 17, 47):
-            a, b = Q.pair_metric_grid(fast, sl, pid, "q_d"), Q.pair_metric_grid(plain, sl, pid, "q_d")
+            a, b = P.pair_metric_grid(fast, sl, pid, "q_d"), P.pair_metric_grid(plain, sl, pid, "q_d")
             pd_testing(a, b)
-    pd_testing(Q.pair_head_metrics(fast, 9, 2, 1), Q.pair_head_metrics(plain, 9, 2, 1))
+    pd_testing(P.pair_head_metrics(fast, 9, 2, 1), P.pair_head_metrics(plain, 9, 2, 1))
     # the in-memory aggregate gives the same numbers as the Parquet view
     pd_testing(Q.head_means(fast, Slice(), "q_d"), Q.head_means(plain, Slice(), "q_d"))
 
@@ -113,10 +104,10 @@ def test_fast_pair_lookups_equal_the_plain_queries(store, tmp_path):
     t = t[~((t["pair_id"] == 5) & (t["layer"] == 0) & (t["head"] == 0))]
     pq.write_table(pa_table(t), holey / "head_attention.parquet")
     con = open_run(holey)
-    assert Q._layout(con) is None
-    grid = Q.pair_metric_grid(con, Slice(), 6, "q_d")
-    pd_testing(grid, Q.pair_metric_grid(plain, Slice(), 6, "q_d"))
-    assert len(Q.pair_metric_grid(con, Slice(), 5, "q_d")) == 11
+    assert P._layout(con) is None
+    grid = P.pair_metric_grid(con, Slice(), 6, "q_d")
+    pd_testing(grid, P.pair_metric_grid(plain, Slice(), 6, "q_d"))
+    assert len(P.pair_metric_grid(con, Slice(), 5, "q_d")) == 11
 
 
 def pd_testing(a, b):

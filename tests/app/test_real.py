@@ -59,8 +59,3 @@ def test_live_token_attention_with_the_real_model(app, tmp_path, minilm_dir):
     at.radio(key="pair_tokens").set_value("d_q").run(timeout=120)
     assert not at.exception
 
-
-def test_segments_of_a_pair():
-    from app.live import segments_of
-
-    assert segments_of([101, 7, 8, 102, 9, 9, 9, 102], sep_id=102) == ["cls", "q", "q", "sep1", "d", "d", "d", "sep2"]

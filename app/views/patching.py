@@ -1,0 +1,186 @@
+"""Activation patching: how much of the score difference between a clean and a corrupted input one activation
+recovers (effect = (patched - corrupted) / (clean - corrupted)), per layer x head and per layer x component x
+segment, with 95% confidence intervals, and the patch pairs with the largest effect of a clicked head or component.
+NULL effects (|clean - corrupted| < epsilon) are counted and shown as such, never averaged as 0."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, patching_queries as pq, state, ui
+from app.commands import PATCHING_FLAGS, command_for
+from app.family import labels_of
+
+ctx, run = ui.require_run()
+sl = ctx.slice
+lab = labels_of(run)
+info = run.manifest.patching if run.manifest else None
+EPS = f"{info.epsilon:g}" if info is not None and info.epsilon is not None else "epsilon"
+EXPERIMENT_WORDS = {
+    "tfc1": "tfc1: a query term (clean) vs a filler of as many tokens (corrupted) inserted in the passage",
+    "cls": "cls: a relevant passage (clean) vs a hard negative (corrupted) of the same query, patched at the pooling "
+           "position only",
+}
+
+st.title("Activation patching")
+st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}. Effect = (patched - corrupted) / "
+           "(clean - corrupted): 1 = the patched activation carries the whole score difference, 0 = none of it.")
+
+if not (run.has("patching_effects") and run.has("patching_pairs")):
+    ui.missing_table("activation-patching results", command_for(run, PATCHING_FLAGS))
+    st.stop()
+
+experiments = data.query(run, pq.patching_experiments)
+if experiments.empty:
+    ui.missing_table("activation-patching results", command_for(run, PATCHING_FLAGS))
+    st.stop()
+names = list(experiments["experiment"])
+default_exp = "tfc1" if "tfc1" in names else names[0]
+state.bind("pat_exp", default_exp, clean=state.choice(names, default_exp))
+st.radio("Experiment", names, key="pat_exp", horizontal=True,
+         format_func=lambda e: f"{EXPERIMENT_WORDS.get(e, e)} ({int(experiments.set_index('experiment').at[e, 'patch_pairs']):,} pairs)")
+state.publish("pat_exp", default=default_exp)
+exp = st.session_state["pat_exp"]
+if exp == "cls":
+    st.caption("cls pairs join the slice by their hard negative or their relevant passage (negative types, grades); "
+               "the slice's queries apply to both.")
+SEGMENT_NAMES = {"cls": "pooling position"} if exp == "cls" else {"all": "all tokens"}
+
+heads = data.query(run, pq.patching_heads, sl, exp)
+comps = data.query(run, pq.patching_components, sl, exp)
+rows = int(heads["n"].sum() + heads["n_null"].sum() + comps["n"].sum() + comps["n_null"].sum())
+nulls = int(heads["n_null"].sum() + comps["n_null"].sum())
+if rows == 0:
+    st.warning("The slice holds no patch pair of this experiment (check the negative types, grades and queries).")
+    st.stop()
+m = st.columns(3)
+m[0].metric("Patched activations x pairs in the slice", f"{rows:,}")
+m[1].metric("NULL effects", f"{nulls:,}", help=f"|clean - corrupted| < {EPS}: the effect is undefined; counted here "
+                                                 "and left out of every mean (never averaged as 0).")
+skipped = (info.skipped or {}).get(exp) if info is not None else None
+m[2].metric("Run pairs skipped (no aligned term and filler)", f"{skipped:,}" if isinstance(skipped, int) else "n/a")
+
+# -- layer x head --------------------------------------------------------------------------------
+st.subheader("Heads")
+head_labels = [ui.head_label(a, b) for a, b in zip(heads["layer"], heads["head"])]
+if heads.empty:
+    st.info("No head was patched in this experiment and slice.")
+else:
+    default_head = head_labels[int(heads["mean"].abs().fillna(-1).to_numpy().argmax())]
+    clicked = ui.cell_from_event(st.session_state.get("pat_heads_map"))
+    if clicked is not None and clicked != st.session_state.get("_pat_last_cell"):
+        st.session_state["_pat_last_cell"] = clicked
+        if ui.head_label(*clicked) in head_labels:
+            st.session_state["pat_head"] = ui.head_label(*clicked)
+            st.session_state["pat_target"] = "head"
+    state.bind("pat_head", default_head, clean=state.choice(head_labels, default_head))
+    sel = ui.parse_head(st.session_state["pat_head"])
+    hm = heads.copy()
+    ui.chart(charts.head_heatmap(hm, "mean", title=f"Mean patching effect per head ({exp}; {run.model_name}, "
+                                                   f"{run.dataset_name})",
+                                 value_title="Mean effect", diverging=True,
+                                 tooltip=["ci_lo", "ci_hi", "n", "n_null", "sd"], selected=sel,
+                                 missing=f"undefined: every effect NULL (|clean - corrupted| < {EPS})"),
+             hm, f"{run.name}-patching-{exp}-heads", key="pat_heads_map", select=charts.CELL)
+    st.caption("Tooltip: the 95% confidence interval mean +- 1.96 sd / sqrt(n) over the pairs with an effect, and "
+               "the NULL effects. Click a head to list its pairs below.")
+    hm["head_label"] = head_labels
+    top = hm.dropna(subset=["mean"]).sort_values("mean", ascending=False).head(20)
+    if len(top):
+        ui.chart(charts.effect_intervals(top, label="head_label",
+                                         title=f"The 20 heads with the largest mean effect, with 95% confidence "
+                                               f"intervals ({exp})", x_title="Mean effect"),
+                 top, f"{run.name}-patching-{exp}-top-heads", key="pat_top_heads")
+    with st.expander("Values per head (mean, 95% CI, n, NULL effects)"):
+        st.dataframe(hm[["layer", "head", "n", "n_null", "mean", "sd", "ci_lo", "ci_hi"]], hide_index=True,
+                     key="pat_heads_values")
+
+# -- components -----------------------------------------------------------------------------------
+st.subheader("Components by layer")
+comp_ids = [f"{a}.{c}.{g}" for a, c, g in zip(comps["layer"], comps["component"], comps["segment"])]
+
+
+def comp_words(cid: str) -> str:
+    layer, comp, seg = cid.split(".", 2)
+    return f"layer {layer} · {comp} · {SEGMENT_NAMES.get(seg) or lab.segment(seg)}"
+
+
+if comps.empty:
+    st.info("No component was patched in this experiment and slice.")
+else:
+    picked = ui.point_from_event(st.session_state.get("pat_curves"), charts.POINT, ("layer", "component", "segment"))
+    if picked is not None and picked != st.session_state.get("_pat_last_point"):
+        st.session_state["_pat_last_point"] = picked
+        cid = f"{int(picked[0])}.{picked[1]}.{picked[2]}"
+        if cid in comp_ids:
+            st.session_state["pat_comp"] = cid
+            st.session_state["pat_target"] = "component"
+    ui.chart(charts.component_curves(comps, title=f"Mean patching effect per layer and component ({exp}; "
+                                                  f"{run.model_name}, {run.dataset_name})",
+                                     y_title="Mean effect (band: 95% CI)", labels=lab, segment_names=SEGMENT_NAMES),
+             comps, f"{run.name}-patching-{exp}-components", key="pat_curves", select=charts.POINT)
+    st.caption("resid = the layer's output (the residual stream), attn / mlp = the blocks' output projections before "
+               "their residual add. Click a point to list its pairs below.")
+    with st.expander("Values per layer x component x segment"):
+        st.dataframe(comps, hide_index=True, key="pat_comp_values")
+
+# -- drill-down ------------------------------------------------------------------------------------
+st.divider()
+st.subheader("Pairs with the largest effect")
+targets = [t for t, ok in (("head", len(heads)), ("component", len(comps))) if ok]
+state.bind("pat_target", targets[0], clean=state.choice(targets, targets[0]))
+c1, c2, c3 = st.columns([1, 2, 1])
+c1.radio("Of a", targets, key="pat_target")
+state.publish("pat_target", default=targets[0])
+target = st.session_state["pat_target"]
+if len(heads):
+    c2.selectbox("Head (layer.head)", head_labels, key="pat_head", disabled=target != "head")
+    state.publish("pat_head", default=default_head)
+if len(comps):
+    default_comp = comp_ids[int(comps["mean"].abs().fillna(-1).to_numpy().argmax())]
+    state.bind("pat_comp", default_comp, clean=state.choice(comp_ids, default_comp))
+    c2.selectbox("Component", comp_ids, key="pat_comp", format_func=comp_words, disabled=target != "component")
+    state.publish("pat_comp", default=default_comp)
+state.bind("pat_order", "largest", clean=state.choice(["largest", "smallest"], "largest"))
+c3.radio("Pairs by", ["largest", "smallest"], key="pat_order", format_func=lambda o: f"{o} effect")
+state.publish("pat_order", default="largest")
+descending = st.session_state["pat_order"] == "largest"
+
+if target == "head":
+    layer, head = ui.parse_head(st.session_state["pat_head"])
+    component, segment, what = "head", None, f"head {layer}.{head}"
+    stats = heads[(heads["layer"] == layer) & (heads["head"] == head)]
+else:
+    lay, component, segment = st.session_state["pat_comp"].split(".", 2)
+    layer, head, what = int(lay), None, comp_words(st.session_state["pat_comp"])
+    stats = comps[(comps["layer"] == layer) & (comps["component"] == component) & (comps["segment"] == segment)]
+row = stats.iloc[0]
+k = st.columns(4)
+k[0].metric(f"Mean effect, {what}", f"{row['mean']:+.4f}" if pd.notna(row["mean"]) else "undefined (all NULL)")
+k[1].metric("95% confidence interval",
+            f"[{row['ci_lo']:+.3f}, {row['ci_hi']:+.3f}]" if pd.notna(row["ci_lo"]) else "n/a")
+k[2].metric("Pairs with an effect", f"{int(row['n']):,}")
+k[3].metric("NULL effects", f"{int(row['n_null']):,}", help=f"|clean - corrupted| < {EPS}: left out, not counted as 0.")
+top = data.query(run, pq.patching_top_pairs, sl, exp, layer, component, segment, head, 20, descending)
+if top.empty:
+    st.info(f"No pair of the slice has a defined effect for {what}.")
+    st.stop()
+cols = ["patch_id", "qid", "query", "term", "filler", "clean", "corrupted", "patched", "effect", "neg_type", "grade",
+        "docid", "passage", "clean_docid", "clean_passage", "clean_grade"]
+if exp != "cls":
+    cols = [c for c in cols if not c.startswith("clean_")]
+else:
+    cols = [c for c in cols if c not in ("term", "filler")]
+st.dataframe(top[cols], hide_index=True, key="pat_top", column_config={
+    "effect": st.column_config.NumberColumn("effect", format="%+.4f"),
+    "clean": st.column_config.NumberColumn("clean score", format="%.4f"),
+    "corrupted": st.column_config.NumberColumn("corrupted score", format="%.4f"),
+    "patched": st.column_config.NumberColumn("patched score", format="%.4f"),
+    "passage": "corrupted passage" if exp == "cls" else "passage",
+    "clean_passage": "clean (relevant) passage"})
+st.caption("tfc1: the clean input is the passage with the query term inserted, the corrupted one with the filler "
+           "at the same position." if exp != "cls" else
+           "cls: the clean input is the relevant passage, the corrupted one the hard negative; the pooling position "
+           "is patched.")
+ui.table_download(top, f"{run.name}-patching-{exp}-{what}-pairs", key="pat_top_csv")
