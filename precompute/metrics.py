@@ -31,47 +31,70 @@ class SummaryMetric:
 
 @dataclass(frozen=True)
 class MetricGroup:
-    """Metrics computed by one reduction (the 25 masses come from one matrix product)."""
+    """Metrics computed by one reduction (the 25 masses come from one matrix product).
+
+    A reduction is split so that attention can be processed in blocks of query rows (bounded memory at long
+    sequences): ``partial(w, state, rows)`` sums the block's contribution over its rows, ``[b, h, n]``;
+    ``denominator(state)`` is what the summed contributions of all rows are divided by, ``[b, n]``.
+    """
 
     metrics: tuple[SummaryMetric, ...]
-    reduce: Callable  # (weights [b, h, q, k] float32, state) -> [b, h, len(metrics)]
+    partial: Callable  # (weights [b, h, r, k] float32 of query rows ``rows``, state, rows: slice) -> [b, h, n]
+    denominator: Callable  # (state) -> [b, n]
 
 
 # -- reductions --------------------------------------------------------------------------------------
 
 
-def _masses(w, state):
-    """[b, h, 25]: mean over src tokens of the summed weight on dst tokens, src-major (names.DIRECTIONS order)."""
-    to_seg = w @ state.onehot[:, None]  # [b, h, q, 5]: weight each query token gives each segment
-    sums = state.onehot.transpose(1, 2)[:, None] @ to_seg  # [b, h, 5, 5] summed over src tokens
-    return (sums / state.counts[:, None, :, None]).flatten(2)  # empty src segment: 0/0 = NaN (NULL)
+def _masses(w, state, rows):
+    """Summed over the block's src tokens: the weight they give each dst segment, src-major, [b, h, 25]."""
+    to_seg = w @ state.onehot[:, None]  # [b, h, r, 5]: weight each query token gives each segment
+    return (state.onehot[:, rows].transpose(1, 2)[:, None] @ to_seg).flatten(2)  # [b, h, 5 src, 5 dst]
 
 
-def _q_rows(w, state):
-    return w[:, :, state.q_lo : state.q_hi]  # [b, h, nq, k]: query rows only
+def _mass_counts(state):
+    return state.counts.repeat_interleave(5, dim=1)  # [b, 25]: src tokens (an empty src segment: 0/0 = NaN, NULL)
 
 
-def _mean_over_query(x, state):
-    """[b, h, nq] -> [b, h]: mean over each pair's query tokens."""
-    return (x * state.q_rows[:, None]).sum(-1) / state.n_query[:, None]
+def _query_rows(w, state, rows):
+    """(weights of the block's query-span rows [b, h, r', k], their query mask [b, r'], their offset in the span)."""
+    start = rows.start or 0
+    lo, hi = max(start, state.q_lo), min(start + w.shape[2], state.q_hi)
+    if lo >= hi:
+        return None, None, None
+    return w[:, :, lo - start : hi - start], state.q_rows[:, lo - state.q_lo : hi - state.q_lo], lo - state.q_lo
 
 
-def _q2d_max(w, state):
-    return _mean_over_query((_q_rows(w, state) * state.d_tok[:, None, None]).amax(-1), state)[..., None]
+def _q2d_max(w, state, rows):
+    wq, mask, _ = _query_rows(w, state, rows)
+    if wq is None:
+        return w.new_zeros(*w.shape[:2], 1)
+    return ((wq * state.d_tok[:, None, None]).amax(-1) * mask[:, None]).sum(-1)[..., None]
 
 
-def _d2q_max(w, state):
-    wk = w[:, :, :, state.q_lo : state.q_hi]  # [b, h, q, nq]: query columns only
-    d_max = (wk * state.q_rows[:, None, None]).amax(-1)  # [b, h, q]
-    return ((d_max * state.d_tok[:, None]).sum(-1) / state.n_doc[:, None])[..., None]
+def _d2q_max(w, state, rows):
+    wk = w[..., state.q_lo : state.q_hi]  # [b, h, r, nq]: query columns only
+    d_max = (wk * state.q_rows[:, None, None]).amax(-1)  # [b, h, r]
+    return (d_max * state.d_tok[:, rows][:, None]).sum(-1)[..., None]
 
 
-def _q_d_exact(w, state):
-    return _mean_over_query((_q_rows(w, state) * state.exact[:, None]).sum(-1), state)[..., None]
+def _query_mass_on(which: str):
+    def partial(w, state, rows):
+        wq, mask, offset = _query_rows(w, state, rows)
+        if wq is None:
+            return w.new_zeros(*w.shape[:2], 1)
+        keys = getattr(state, which)[:, offset : offset + wq.shape[2]]  # [b, r', k]
+        return ((wq * keys[:, None]).sum(-1) * mask[:, None]).sum(-1)[..., None]
+
+    return partial
 
 
-def _q_d_other(w, state):
-    return _mean_over_query((_q_rows(w, state) * state.other[:, None]).sum(-1), state)[..., None]
+def _per_query(state):
+    return state.n_query[:, None]
+
+
+def _per_document_token(state):
+    return state.n_doc[:, None]
 
 
 # -- declarations --------------------------------------------------------------------------------------
@@ -88,23 +111,23 @@ def _mass(name: str) -> SummaryMetric:
     )
 
 
-MASSES = MetricGroup(tuple(_mass(d) for d in DIRECTIONS), _masses)
+MASSES = MetricGroup(tuple(_mass(d) for d in DIRECTIONS), _masses, _mass_counts)
 MATCHING_GROUPS: tuple[MetricGroup, ...] = (
     MetricGroup((SummaryMetric("q2d_max", "Query->Document max weight",
                                "Mean over query tokens of their largest attention weight on any document token.", "q_d"),),
-                _q2d_max),
+                _q2d_max, _per_query),
     MetricGroup((SummaryMetric("d2q_max", "Document->Query max weight",
                                "Mean over document tokens of their largest attention weight on any query token.", "d_q"),),
-                _d2q_max),
+                _d2q_max, _per_document_token),
     MetricGroup((SummaryMetric("q_d_exact", "Query->Document mass on exact-match tokens",
                                "Mean over query tokens of the summed weight on document tokens with the same token id "
                                "(exact lexical match); 0 for query tokens with no match. q_d_exact + q_d_other = q_d.",
                                "q_d"),),
-                _q_d_exact),
+                _query_mass_on("exact"), _per_query),
     MetricGroup((SummaryMetric("q_d_other", "Query->Document mass on other document tokens",
                                "Mean over query tokens of the summed weight on document tokens with a different token id.",
                                "q_d"),),
-                _q_d_other),
+                _query_mass_on("other"), _per_query),
 )
 GROUPS: tuple[MetricGroup, ...] = (MASSES, *MATCHING_GROUPS)
 
@@ -120,13 +143,25 @@ def metric_label(name: str) -> str:
     return BY_NAME[name].label
 
 
-def summarise(weights, state):
-    """One layer's weights [b, h, q, k] -> [b, h, len(METRICS)] float32, NaN where a metric is undefined."""
+def partial_sums(weights, state, rows: slice = slice(None)):
+    """The summed contributions [b, h, len(METRICS)] of a block of query rows' weights [b, h, r, k] (float32)."""
     import torch
 
     w = weights.float()
-    out = torch.cat([g.reduce(w, state) for g in GROUPS], dim=-1)
+    return torch.cat([g.partial(w, state, rows) for g in GROUPS], dim=-1)
+
+
+def finish(sums, state):
+    """Summed contributions of every query row -> the metrics [b, h, len(METRICS)], NaN where undefined."""
+    import torch
+
+    out = sums / torch.cat([g.denominator(state) for g in GROUPS], dim=-1)[:, None]
     if state.impossible is not None:  # causal models: directions into later segments do not exist
         undefined = state.impossible.flatten()[list(DIRECTION_INDEX)]  # [n_metrics]
         out = out.masked_fill(undefined, float("nan"))
     return out
+
+
+def summarise(weights, state):
+    """One layer's weights [b, h, q, k] -> [b, h, len(METRICS)] float32, NaN where a metric is undefined."""
+    return finish(partial_sums(weights, state), state)

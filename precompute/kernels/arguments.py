@@ -46,19 +46,26 @@ class AttentionCall:
     position_bias: torch.Tensor | None = None  # additive [1|b, h, q, k]
     softcap: float | None = None
 
-    def logits(self) -> torch.Tensor:
-        """[batch, head, q, k] float32 attention logits, exactly as the model's eager attention forms them."""
-        logits = torch.matmul(self.query, self.key.transpose(2, 3)).float() * self.scaling
+    def logits(self, rows: slice = slice(None)) -> torch.Tensor:
+        """[batch, head, q, k] float32 attention logits of the query rows ``rows``, exactly as the model's eager
+        attention forms them."""
+        logits = torch.matmul(self.query[:, :, rows], self.key.transpose(2, 3)).float() * self.scaling
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         if self.position_bias is not None:
-            logits = logits + self.position_bias.float()
+            logits = logits + _rows(self.position_bias, rows).float()
         if self.mask is not None:
-            if self.mask.dtype == torch.bool:
-                logits = logits.masked_fill(~self.mask, torch.finfo(torch.float32).min)
+            mask = _rows(self.mask, rows)
+            if mask.dtype == torch.bool:
+                logits = logits.masked_fill(~mask, torch.finfo(torch.float32).min)
             else:
-                logits = logits + self.mask.float()
+                logits = logits + mask.float()
         return logits
+
+
+def _rows(x: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Query rows of a [., ., q, k] mask or bias (one broadcast row stays as it is)."""
+    return x if x.shape[-2] == 1 else x[..., rows, :]
 
 
 def repeat_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

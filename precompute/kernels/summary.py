@@ -13,6 +13,8 @@ The softmax and every reduction run in float32 whatever the model's dtype.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -25,24 +27,50 @@ from precompute.kernels.state import BatchState, Intervention
 IMPLEMENTATION = "matching_atlas"
 
 
-def attend(state: BatchState, layer: int, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Softmax, summaries and interventions of one self-attention layer.
+BLOCK_MB = float(os.environ.get("ATLAS_ATTENTION_BLOCK_MB", "512"))
 
-    logits: [batch, head, q, k] float32, masked; value: [batch, head, k, dv]. Returns [batch, head, q, dv].
+
+def block_rows(batch: int, heads: int, rows: int, keys: int) -> int:
+    """Query rows per block so that a block's float32 logits, weights and reductions stay within ATLAS_ATTENTION_BLOCK_MB
+    (512 by default): a 24-layer model at batch 64 x 512 tokens never holds a [batch, head, seq, seq] tensor."""
+    per_row = batch * heads * keys * 4 * 3
+    return max(1, min(rows, int(BLOCK_MB * 2**20) // per_row))
+
+
+def _softmax_removing(logits: torch.Tensor, removal: torch.Tensor | None, mode: str | None,
+                      key_padding: torch.Tensor) -> torch.Tensor:
+    """Softmax over keys with an intervention's (query token, key token) removal [b, r, k] applied."""
+    if removal is not None and mode == "mask":
+        removal = removal | key_padding[:, None, :]  # padding keys must not take the freed mass
+        weights = F.softmax(logits.masked_fill(removal[:, None], float("-inf")), dim=-1)
+        return weights.masked_fill(removal.all(-1)[:, None, :, None], 0.0)  # nothing left: output 0, not NaN
+    weights = F.softmax(logits, dim=-1)
+    return weights if removal is None else weights.masked_fill(removal[:, None], 0.0)
+
+
+def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """Softmax, summaries and interventions of one self-attention layer, in blocks of query rows.
+
+    logits: [batch, head, q, k] float32 and masked, or a function of a slice of query rows giving those rows' logits
+    (then ``rows`` = q); value: [batch, head, k, dv]. Returns [batch, head, q, dv].
     """
+    b, h, k = value.shape[0], value.shape[1], value.shape[2]
+    q = logits.shape[2] if isinstance(logits, torch.Tensor) else rows
     removal = state.removal(layer)
-    if removal is not None and state.intervention.mode == "mask":
-        removal = removal | state.key_padding[:, None, :]  # padding keys must not take the freed mass
-        logits = logits.masked_fill(removal[:, None], float("-inf"))
-        weights = F.softmax(logits, dim=-1)
-        weights = weights.masked_fill(removal.all(-1)[:, None, :, None], 0.0)  # nothing left: output 0, not NaN
-    else:
-        weights = F.softmax(logits, dim=-1)
-        if removal is not None:
-            weights = weights.masked_fill(removal[:, None], 0.0)
+    mode = state.intervention.mode if state.intervention is not None else None
+    step = block_rows(b, h, q, k)
+    sums, outs = None, []
+    for start in range(0, q, step):
+        part = slice(start, min(q, start + step))
+        block = logits[:, :, part] if isinstance(logits, torch.Tensor) else logits(part)
+        weights = _softmax_removing(block, None if removal is None else removal[:, part], mode, state.key_padding)
+        if state.summarise:
+            partial = metrics.partial_sums(weights, state, part)
+            sums = partial if sums is None else sums + partial
+        outs.append(torch.matmul(weights.to(value.dtype), value))  # [batch, head, rows, dv]
     if state.summarise:
-        state.summaries[layer] = metrics.summarise(weights, state)
-    out = torch.matmul(weights.to(value.dtype), value)  # [batch, head, q, dv]
+        state.summaries[layer] = metrics.finish(sums, state)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     heads = state.heads_removed(layer)
     if heads is not None:
         out = out * (~heads).to(out.dtype)[:, :, None, None]
@@ -64,10 +92,12 @@ def atlas_attention(module, query, key, value, attention_mask, scaling=None, dro
     call = parse_call(module, query, key, value, attention_mask, scaling, dropout, kwargs)
     if site.role == "self":
         call.query, correction = state.edit_queries(site.layer, call.query)
-        logits = call.logits()
-        if correction is not None:
-            logits = logits + correction[..., None] * call.scaling
-        out = attend(state, site.layer, logits, call.value)
+
+        def logits(rows: slice) -> torch.Tensor:
+            block = call.logits(rows)
+            return block if correction is None else block + correction[:, :, rows, None] * call.scaling
+
+        out = attend(state, site.layer, logits, call.value, rows=call.query.shape[2])
     else:  # an encoder-decoder's decoder: computed as the model does; cross-attention summarised on request
         weights = F.softmax(call.logits(), dim=-1)
         if site.role == "cross" and state.summarise:

@@ -114,3 +114,35 @@ def test_reference_model_on_real_pairs(minilm_dir, dl20_dir):
     torch.testing.assert_close(scores, ref_logits[:, 0], atol=1e-4, rtol=1e-4)
     masses = got[..., :25].reshape(*got.shape[:3], 5, 5)
     np.testing.assert_allclose(masses.sum(-1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["bert", "monot5", "llama-cls"])
+def test_blocks_of_query_rows_give_the_same_numbers(kind, tmp_path, monkeypatch):
+    """Long inputs are processed a few query rows at a time (bounded memory); blocks of 3 rows change nothing."""
+    from precompute import conditions as C
+    from precompute.kernels import summary
+    from precompute.kernels.state import Intervention
+    from tests.tiny_families import build_family
+
+    folder = build(kind, tmp_path) if kind == "bert" else build_family(kind, tmp_path)
+    lm = load(str(folder), device="cpu")
+    batch = lm.encode(QUERIES, DOCS, 128)
+    layers, heads = lm.shape
+    condition = next(c for c in C.AblationRequest(sets=("directions",), modes=("mask",)).conditions(layers, heads)
+                     if c.condition_id == "d_q@all/mask")
+    dirs, _ = C.intervention_arrays([condition], layers, heads)
+    iv = Intervention("mask", dirs.repeat_interleave(len(QUERIES), 0))
+
+    def run():
+        with SummaryProbe(lm) as probe:
+            plain = probe.run(batch, summarise=True)
+            removed = probe.run(batch, summarise=True, intervention=iv)
+        return plain, removed
+
+    whole = run()
+    assert summary.block_rows(4, heads, 40, 40) == 40  # small inputs: one block
+    monkeypatch.setattr(summary, "block_rows", lambda batch, heads, rows, keys: 3)
+    rows = run()
+    for (s_whole, m_whole, _), (s_rows, m_rows, _) in zip(whole, rows):
+        torch.testing.assert_close(s_rows, s_whole, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(m_rows.numpy(), m_whole.numpy(), atol=1e-5, equal_nan=True)
