@@ -112,16 +112,12 @@ def _check(args, parser) -> None:
         parser.error(f"--max-queries must be at least 1, got {args.max_queries}")
     if args.ablation_stack < 1:
         parser.error(f"--ablation-stack must be at least 1, got {args.ablation_stack}")
-    from precompute.checks import reversed_layer_range
     from precompute.conditions import AblationSpecError
 
     try:
         _request(args).check()
     except AblationSpecError as err:
         parser.error(str(err))
-    reversed_range = reversed_layer_range(_split(args.ablation_layers))
-    if reversed_range:
-        parser.error(reversed_range)
     from precompute import evaluation, significance
 
     try:

@@ -35,6 +35,7 @@ LOCAL_FOLDERS: dict[str, str] = {
     "dl20": "../shared/data/trec-dl-2020",
 }
 FOLDER_FILES: tuple[str, ...] = ("queries.tsv", "docs.tsv", "qrels.txt")
+FOLDER_FILE_OF = {"queries": "queries.tsv", "docs": "docs.tsv", "qrels": "qrels.txt"}
 FOLDER_HINT = "a local folder with queries.tsv, docs.tsv, qrels.txt and optional runs/*.trec"
 
 Run = dict[str, list[tuple[str, int, float]]]
@@ -114,9 +115,10 @@ class Dataset:
             return self.handle.docs_store()
         from ir_datasets.indices import PickleLz4FullStore
 
+        docs_tsv = Path(self.source) / "docs.tsv"
         return PickleLz4FullStore(
             path=str(self.doc_store_path),
-            init_iter_fn=self.handle.docs_iter,
+            init_iter_fn=lambda: _unique_docs(self.handle.docs_iter(), docs_tsv),
             data_cls=self.handle.docs_cls(),
             lookup_field="doc_id",
             index_fields=["doc_id"],
@@ -134,6 +136,9 @@ class Dataset:
 
     def _read_error(self, what: str, error: Exception) -> str:
         if self.doc_store_path is not None:
+            located = _first_bad_line(Path(self.source) / FOLDER_FILE_OF[what], what)
+            if located is not None:
+                return located
             return f"could not read the {what} of dataset folder {self.source}: {_one_line(error)}"
         if _is_download_error(error):
             folder = LOCAL_FOLDERS.get(self.name, "PATH/TO/FOLDER")
@@ -241,6 +246,75 @@ def _read_run(path: Path) -> Run:
     for entries in run.values():
         entries.sort(key=lambda entry: entry[1])
     return run
+
+
+def _first_bad_line(path: Path, what: str) -> str | None:
+    """``path:line: what is wrong`` for the first line ir_datasets' reader rejects, so a parse error names the file
+    and line (ir_datasets says only "expected 2 fields, got 1"). Read only when reading failed."""
+    try:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                problem = _line_problem(raw, what)
+                if problem:
+                    return f"{path}:{lineno}: {problem}"
+    except OSError:
+        return None
+    return None
+
+
+def _line_problem(raw: bytes, what: str) -> str | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte {raw[err.start]:#x} at column {err.start + 1}); save the file as UTF-8"
+    if line in ("\n", ""):
+        return None
+    if what == "qrels":
+        cols = line.split()
+        if len(cols) != 4:
+            return f"expected a qrels line 'qid iteration docid grade' (4 columns), got {len(cols)}: {line.strip()!r}"
+        try:
+            int(cols[3])
+        except ValueError:
+            return f"the grade {cols[3]!r} is not an integer: {line.strip()!r}"
+        return None
+    cols = line.rstrip("\n").split("\t")
+    if len(cols) != 2:
+        return (f"expected 'id<TAB>text' (2 tab-separated fields), got {len(cols)}: {line.strip()[:80]!r}"
+                + ("; tabs inside a text must be replaced by spaces" if len(cols) > 2 else ""))
+    return None
+
+
+def _unique_docs(docs: Iterable[Any], path: Path) -> Iterator[Any]:
+    """The passages, refusing a docid given twice (ir_datasets would silently keep the last text).
+
+    Memory stays small on collections of millions of passages: one 64-bit hash per passage; the duplicates'
+    lines are found by a second pass over the file, only when a hash repeats.
+    """
+    import numpy as np
+
+    hashes = []
+    for doc in docs:
+        hashes.append(hash(doc.doc_id))
+        yield doc
+    values = np.sort(np.asarray(hashes, dtype=np.int64))
+    repeated = set(values[1:][values[1:] == values[:-1]].tolist())
+    if repeated:
+        _raise_duplicate(path, repeated)
+
+
+def _raise_duplicate(path: Path, repeated: set[int]) -> None:
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        lineno = 0
+        for lineno, line in enumerate(f, 1):
+            docid = line.split("\t", 1)[0]
+            if hash(docid) not in repeated or line == "\n":
+                continue
+            if docid in seen:
+                raise DatasetError(f"{path}:{lineno}: docid {docid} was already given on line {seen[docid]}; each passage "
+                                   "must appear once (remove one of the two lines)")
+            seen[docid] = lineno
 
 
 def _text(record: Any) -> str:

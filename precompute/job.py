@@ -2,7 +2,8 @@
 
 Every stage is idempotent against the run folder: a rerun of the same command skips what is
 there (parts, finished tables) and ends with the same store, and a run folder is never reused
-for different pairs or a different model (checked against its manifest). Where each stage's work
+for different pairs or a different model (checked against its manifest and against the identity every
+Parquet file of the folder carries, so deleting the manifest does not disable the check). Where each stage's work
 happens: :mod:`precompute.stages` (one module per stage, run in order by :func:`run`).
 """
 
@@ -13,12 +14,14 @@ import datetime as _dt
 import importlib.metadata
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+from precompute import crash
 from precompute.config import JobConfig
 from precompute.console import Console
 from precompute.store.manifest import STATUS_COMPLETE, STATUS_RUNNING, Counts, DatasetInfo, Identity, Manifest, ModelInfo
-from precompute.store.writer import RunWriter, StoreError
+from precompute.store.writer import RunWriter, StoreError, is_disk_full
 
 PACKAGES = ("torch", "transformers", "ir_datasets", "ir_measures", "pyarrow", "duckdb", "numpy")
 
@@ -58,31 +61,44 @@ def versions() -> dict[str, str]:
 
 
 def run(cfg: JobConfig) -> Path:
-    """Run the job; returns the run folder. Raises DatasetError / ModelError / StoreError with one-line messages."""
-    from precompute import datasets, model, pairs as pairs_mod
-    from precompute.stages import STAGES
+    """Run the job; returns the run folder. Raises DatasetError / ModelError / StoreError with one-line messages.
+
+    Every check that can refuse the run (folder, identity, model, flags, max length) runs before the first pass.
+    """
+    from precompute import checks, datasets, model, pairs as pairs_mod
     from precompute.stages.context import RunContext
-    from precompute.store.connect import write_catalog
 
     started = time.time()
     console = Console(progress=cfg.progress)
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
-    writer = RunWriter(root)
-    writer.ensure_writable()
-    previous = writer.read_manifest()
     identity = identity_of(cfg, model.identity(cfg.model), ds.source)
-    check_same_run(previous, identity)
+    writer = RunWriter(root, identity=identity.to_dict())
+    with _disk_full_names(root):
+        writer.ensure_writable()
+        previous = writer.read_manifest()
+        check_same_run(previous, identity)
+        writer.check_identity(has_manifest=previous is not None)
 
-    pair_set = pairs_mod.build_pairs(
-        ds, easy_negatives=cfg.easy_negatives, seed=cfg.seed, candidates=cfg.candidates,
-        depth=cfg.depth, max_queries=cfg.max_queries, progress=cfg.progress,
-    )
-    if not pair_set.pairs:
-        raise StoreError(f"dataset {cfg.dataset!r} gave no pairs with text; check its qrels and docs")
-    lm = model.load(cfg.model, cfg.device, cfg.dtype)
+        lm = model.load(cfg.model, cfg.device, cfg.dtype)
+        checks.check_model_settings(cfg, lm)
+        pair_set = pairs_mod.build_pairs(
+            ds, easy_negatives=cfg.easy_negatives, seed=cfg.seed, candidates=cfg.candidates,
+            depth=cfg.depth, max_queries=cfg.max_queries, progress=cfg.progress,
+        )
+        if not pair_set.pairs:
+            raise StoreError(f"dataset {cfg.dataset!r} gave no pairs with text; check its qrels and docs")
+        checks.check_pairs_fit(cfg, lm, pair_set)
+        manifest = _starting_manifest(cfg, lm, ds, pair_set, previous, identity)
+        ctx = RunContext(cfg=cfg, lm=lm, ds=ds, pair_set=pair_set, writer=writer, manifest=manifest, console=console)
+        _run_stages(ctx, started)
+    return root
+
+
+def _starting_manifest(cfg, lm, ds, pair_set, previous: Manifest | None, identity: Identity) -> Manifest:
+    """The manifest as the job starts: the previous one (sections of finished stages kept) with this job's facts."""
     manifest = previous or Manifest()
-    manifest = dataclasses.replace(
+    return dataclasses.replace(
         manifest,
         status=STATUS_RUNNING,
         identity=identity,
@@ -94,17 +110,36 @@ def run(cfg: JobConfig) -> Path:
                       skipped=pair_set.skipped, truncated=manifest.counts.truncated),
         versions=versions(),
     )
-    ctx = RunContext(cfg=cfg, lm=lm, ds=ds, pair_set=pair_set, writer=writer, manifest=manifest, console=console)
+
+
+def _run_stages(ctx, started: float) -> None:
+    from precompute.stages import STAGES
+    from precompute.store.connect import write_catalog
+
     ctx.save_manifest()
 
-    for name in cfg.stages:
+    for name in ctx.cfg.stages:
         t0 = time.time()
         STAGES[name].run(ctx)
         ctx.manifest.timings[f"{name}_s"] = round(time.time() - t0, 2)
+        crash.point("job.stage")
         ctx.save_manifest()
 
     ctx.manifest.timings["total_s"] = round(time.time() - started, 2)
     ctx.manifest.status = STATUS_COMPLETE
-    write_catalog(root)
+    write_catalog(ctx.writer.root)
+    crash.point("job.catalog")
     ctx.save_manifest()
-    return root
+
+
+@contextmanager
+def _disk_full_names(root: Path):
+    """A full disk (from Python, pyarrow or DuckDB's spill files) is a one-line error naming the folder; what was
+    finished is kept (every file is renamed into place only once written whole)."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise StoreError(f"no space left on the device of {root} ({str(err).splitlines()[0]}); free some space and "
+                         "run the same command again: finished parts are kept") from err

@@ -5,17 +5,17 @@
 One line per condition: condition, the measure's mean over queries, delta to the unablated baseline and a
 significance mark from the Holm-corrected paired t-test (``ablation_summary``). Per-layer sweeps print as a
 condition x layer grid of deltas, head ablations as a layer x head grid. Reads the store with DuckDB only.
-Exit codes: 0 printed, 2 not a finished run / no ablations / unknown measure or scope.
+Exit codes: 0 printed, 1 unexpected failure (one line), 2 not a finished run / no ablations / unknown measure or
+scope / a damaged table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 KIND_ORDER = ("direction", "group", "layer_sweep", "head")
 KIND_TITLES = {
     "direction": "Directions",
@@ -51,24 +51,25 @@ def _fmt_p(p: float | None) -> str:
 
 
 def load(run: Path, measure: str, scope: str):
-    """(manifest, summary rows as dicts) of a finished run; ReportError otherwise."""
-    from precompute.store.schema import SCHEMA_VERSION
+    """(manifest, measure, summary rows as dicts) of a finished run; ReportError otherwise."""
+    from precompute.store.manifest import STATUS_COMPLETE, ManifestError, read_manifest
+    from precompute.store.schema import READABLE_SCHEMA_VERSIONS
 
     run = Path(run)
-    manifest_path = run / "manifest.json"
-    if not run.is_dir() or not manifest_path.exists():
-        raise ReportError(f"{run} is not a run folder (no manifest.json); pass the folder the job wrote (--out)")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as err:
-        raise ReportError(f"{manifest_path} cannot be read ({err})") from err
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ReportError(f"{run} holds a store of schema version {manifest.get('schema_version')}; this report reads "
-                          f"version {SCHEMA_VERSION} (rerun the job into a new folder)")
-    if manifest.get("status") != "complete":
-        raise ReportError(f"{run} is not a finished run (status {manifest.get('status')!r}); rerun the job to finish it")
+        manifest = read_manifest(run) if run.is_dir() else None
+    except ManifestError as err:
+        raise ReportError(str(err)) from err
+    if manifest is None:
+        raise ReportError(f"{run} is not a run folder (no manifest.json); pass the folder the job wrote (--out)")
+    if manifest.schema_version not in READABLE_SCHEMA_VERSIONS:
+        raise ReportError(f"{run} holds a store of schema version {manifest.schema_version}; this report reads "
+                          f"versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (rerun the job into a new folder)")
+    if manifest.status != STATUS_COMPLETE:
+        raise ReportError(f"{run} is not a finished run (status {manifest.status!r}); rerun the job to finish it")
     if not (run / "ablation_summary.parquet").exists():
         raise ReportError(f"{run} has no ablations; add them with python -m precompute (same flags) --ablations directions,groups")
+    _check_tables(run)
     from precompute.store.connect import connect
 
     con = connect(run)
@@ -90,6 +91,19 @@ def load(run: Path, measure: str, scope: str):
     return manifest, measure, rows
 
 
+def _check_tables(run: Path) -> None:
+    """The two tables the report reads are what the job wrote (page checksums, row counts: a damaged file would
+    print numbers of nothing); ReportError naming the file otherwise."""
+    from precompute.store import integrity
+    from precompute.store.schema import TABLES
+
+    for table in ("ablation_summary", "ablation_conditions"):
+        try:
+            integrity.verify(run / f"{table}.parquet", table, TABLES[table].schema)
+        except integrity.CorruptFile as err:
+            raise ReportError(f"{err}; rerun the job with the same command to rebuild it") from err
+
+
 def _label(row: dict) -> str:
     from precompute.conditions import GROUPS, short_label
 
@@ -108,28 +122,30 @@ def _sort_key(row: dict):
     return (row["mode"], row["layers"] != "all", row["layers"], order, name)
 
 
-def render(manifest: dict, measure: str, scope: str, rows: list[dict], kinds: list[str], modes: list[str] | None,
-           sort: str = "name") -> str:
+def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict], kinds: list[str],
+           modes: list[str] | None, sort: str = "name") -> str:
+    """The report of ``rows`` (ablation_summary joined with the directions) for a run's typed ``manifest``."""
+    from precompute.names import NEG_TYPES
+    from precompute.store.manifest import AblationsInfo
+
     base = next((r for r in rows if r["kind"] == "baseline"), None)
     if base is None:
         raise ReportError("ablation_summary has no baseline row ('none'); rerun the job")
     rows = [r for r in rows if r["kind"] != "baseline" and (not modes or r["mode"] in modes)]
     family = sum(r["p_holm"] is not None for r in rows) if not modes else None
-    m, c, d = manifest.get("model", {}), manifest.get("counts", {}), manifest.get("dataset", {})
-    ab = manifest.get("ablations", {})
-    from precompute.names import NEG_TYPES
-
-    counts = c.get("neg_type", {})
+    m, c, d = manifest.model, manifest.counts, manifest.dataset
+    ab = manifest.ablations or AblationsInfo()
+    counts = c.neg_type
     neg = ", ".join(f"{k} {counts[k]:,}" for k in sorted(counts, key=lambda k: (NEG_TYPES.index(k) if k in NEG_TYPES else 99, k)) if counts[k])
     out = [
-        f"Run       {manifest.get('_root', '')}",
-        f"Model     {m.get('name')} ({m.get('architecture')}, {m.get('layers')} layers x {m.get('heads')} heads, score {m.get('score')})",
-        f"Dataset   {d.get('name')}: {c.get('queries')} queries, {c.get('pairs', 0):,} pairs ({neg})",
+        f"Run       {root}",
+        f"Model     {m.name} ({m.architecture}, {m.layers} layers x {m.heads} heads, score {m.score})",
+        f"Dataset   {d.name}: {c.queries} queries, {c.pairs or 0:,} pairs ({neg})",
         f"Scope     {scope}: {SCOPE_TEXT.get(scope, scope)}",
         f"Baseline  {measure} = {base['mean']:.4f} over {base['n_queries']} queries, no ablation "
-        f"(ablation kernel {ab.get('kernel', '?')}; device {manifest.get('parameters', {}).get('device', '?')})",
+        f"(ablation kernel {ab.kernel or '?'}; device {manifest.parameters.get('device', '?')})",
         "Test      paired two-sided t-test over queries vs the baseline, Holm-corrected across the run's "
-        f"{ab.get('holm_family', family)} tested conditions; * p<0.05  ** p<0.01  *** p<0.001 (corrected)",
+        f"{ab.holm_family if ab.holm_family is not None else family} tested conditions; * p<0.05  ** p<0.01  *** p<0.001 (corrected)",
     ]
     present = [k for k in KIND_ORDER if k in kinds and any(r["kind"] == k for r in rows)]
     if not present:
@@ -219,12 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(KIND_ORDER)}")
         manifest, measure, rows = load(args.run, args.measure, args.scope)
-        manifest["_root"] = str(args.run)
         modes = [args.mode] if args.mode else None
-        sys.stdout.write(render(manifest, measure, args.scope, rows, kinds, modes, args.sort))
+        sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:  # anything else (a bug, a store DuckDB cannot read): one line, never a traceback
+        text = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
+        print(f"error: unexpected {type(err).__name__}: {text}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

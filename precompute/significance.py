@@ -18,7 +18,8 @@ measure. A condition whose per-query values equal the baseline's everywhere has 
 not counted in the Holm family. As the run folder gains conditions the family grows, so corrected p-values
 are recomputed whenever conditions are added.
 
-Both tables are small (conditions x scopes x measures x queries rows) and are rewritten whole, atomically;
+Both tables are small (conditions x scopes x measures x queries rows) and are rebuilt whole by :func:`tables`
+whenever the conditions change (the ablation stage installs them together with the scores, in one commit);
 the scores are streamed condition by condition from ``ablation_scores`` (sorted by condition).
 """
 
@@ -127,16 +128,17 @@ def iter_condition_scores(path, n_pairs: int) -> Iterator[tuple[str, np.ndarray,
         yield current, np.concatenate(ids), np.concatenate(vals)
 
 
-def metric_rows(writer, ds, pair_set, measures: Sequence[str], scopes: Sequence[str], conditions: dict[str, dict]) -> list[dict]:
-    """ablation_metrics rows of every condition in the run folder's ablation_scores."""
+def metric_rows(pairs_path, scores_path, ds, pair_set, measures: Sequence[str], scopes: Sequence[str],
+                conditions: dict[str, dict]) -> list[dict]:
+    """ablation_metrics rows of every condition in the ablation_scores file ``scores_path``."""
     qrels = evaluation.qrels_for(ds.qrels(), pair_set.queries)
     ev = evaluation.evaluator(evaluation.parse_measures(measures), qrels)
-    pairs = _load_pairs(writer.table_path("pairs"))
+    pairs = _load_pairs(pairs_path)
     n = len(pairs["pair_id"])
     position = np.full(int(pairs["pair_id"].max()) + 1, -1)
     position[pairs["pair_id"]] = np.arange(n)
     rows = []
-    for cid, pids, scores in iter_condition_scores(writer.table_path("ablation_scores"), n):
+    for cid, pids, scores in iter_condition_scores(scores_path, n):
         if len(pids) != n:
             raise ValueError(f"condition {cid} has {len(pids)} scores for {n} pairs")
         aligned = np.empty(n, np.float64)
@@ -179,36 +181,32 @@ def summary_rows(metrics: list[dict], conditions: dict[str, dict]) -> tuple[list
     return out, family
 
 
-def covered(writer, measures: Sequence[str], scopes: Sequence[str], n_conditions: int) -> bool:
-    """Do the finished metric tables hold every (condition, scope, measure) asked for?"""
-    if not (writer.has_table("ablation_metrics") and writer.has_table("ablation_summary")):
-        return False
-    import duckdb
-
-    path = str(writer.table_path("ablation_summary")).replace("'", "''")
-    have = duckdb.sql(f"SELECT scope, measure, count(DISTINCT condition_id) FROM read_parquet('{path}') GROUP BY ALL").fetchall()
-    have = {(s, m): n for s, m, n in have}
-    return all(have.get((s, str(m))) == n_conditions for s in scopes for m in evaluation.parse_measures(measures))
-
-
-def write_tables(writer, ds, pair_set, measures: Sequence[str], scopes: Sequence[str], *, rebuild: bool) -> None:
-    """(Re)write ablation_metrics and ablation_summary when conditions changed or coverage is lacking."""
+def tables(pairs_path, scores_path, ds, pair_set, measures: Sequence[str], scopes: Sequence[str],
+           conditions: dict[str, dict]):
+    """(ablation_metrics, ablation_summary) as Arrow tables for the scores in ``scores_path``."""
     import pyarrow as pa
+
+    metrics = metric_rows(pairs_path, scores_path, ds, pair_set, measures, scopes, conditions)
+    summary, _ = summary_rows(metrics, conditions)
+    return pa.Table.from_pylist(metrics), pa.Table.from_pylist(summary)
+
+
+def condition_sets(path) -> dict[tuple[str, str], set[str]]:
+    """(scope, measure) -> the condition ids an ablation_metrics or ablation_summary file holds."""
     import pyarrow.parquet as pq
 
-    conditions = {r["condition_id"]: r for r in pq.read_table(writer.table_path("ablation_conditions")).to_pylist()}
-    if rebuild or not covered(writer, measures, scopes, len(conditions)):
-        metrics = metric_rows(writer, ds, pair_set, measures, scopes, conditions)
-        summary, _ = summary_rows(metrics, conditions)
-        writer.write_table("ablation_metrics", pa.Table.from_pylist(metrics))
-        writer.write_table("ablation_summary", pa.Table.from_pylist(summary))
+    cols = pq.read_table(path, columns=["scope", "measure", "condition_id"]).to_pydict()
+    out: dict[tuple[str, str], set[str]] = {}
+    for scope, measure, cid in zip(cols["scope"], cols["measure"], cols["condition_id"]):
+        out.setdefault((scope, measure), set()).add(cid)
+    return out
 
 
-def holm_family(writer) -> int:
+def holm_family(summary_path) -> int:
     """The largest number of tested conditions in one Holm family (scope x measure) of ablation_summary."""
     import pyarrow.parquet as pq
 
-    summary = pq.read_table(writer.table_path("ablation_summary"), columns=["scope", "measure", "p_holm"]).to_pylist()
+    summary = pq.read_table(summary_path, columns=["scope", "measure", "p_holm"]).to_pylist()
     families: dict[tuple, int] = {}
     for r in summary:
         families[(r["scope"], r["measure"])] = families.get((r["scope"], r["measure"]), 0) + (r["p_holm"] is not None)

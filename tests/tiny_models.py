@@ -58,7 +58,7 @@ def build(kind: str, folder: Path, *, num_labels: int = 1, layers: int = 2, head
 
     tokenizer, vocab_size = _tokenizer(kind)
     common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                  intermediate_size=hidden * 2, num_labels=num_labels, max_position_embeddings=128)
+                  intermediate_size=hidden * 2, num_labels=num_labels, max_position_embeddings=514)
     torch.manual_seed(seed)
     if kind == "bert":
         model = BertForSequenceClassification(BertConfig(**common, pad_token_id=0))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from precompute import crash
 from precompute.conditions import AblationRequest, Condition, forward_groups
-from precompute.stages import ablation_folder as folder
+import precompute.stages.ablation_folder as folder
 from precompute.stages.ablation_folder import CONDITIONS, METRICS, SCORES, SUMMARY
 from precompute.stages.base import Stage
 from precompute.store.manifest import AblationsInfo, TableInfo

@@ -1,6 +1,10 @@
 """The one shape every stage has: check what exists, compute what is missing, merge, record.
 
 * ``wanted``: does this run ask for the stage at all (``--ablations none`` does not)?
+* ``verify``: every finished table the stage reads (``needs``) or left (``tables``) is what was written
+  (page checksums, row counts, statistics: :mod:`precompute.store.integrity`). A damaged table the stage can
+  derive again (``rebuildable``) is deleted with a log line and rebuilt; any other is named in a one-line
+  StoreError saying what to do (``way_out``). Nothing damaged is ever merged or trusted.
 * ``check``: refuse a request that contradicts what the folder holds (one-line StoreError), before any work.
 * ``done``: are its finished tables all in the run folder? Then ``compute`` and ``merge`` are skipped.
 * ``compute``: write the missing parts (resumable: a part on disk is never computed again).
@@ -22,9 +26,36 @@ if TYPE_CHECKING:
 class Stage:
     name: str = ""
     tables: tuple[str, ...] = ()  # the finished tables the stage leaves in the run folder
+    optional: tuple[str, ...] = ()  # tables it leaves for some models only (verified when present)
+    needs: tuple[str, ...] = ()  # finished tables of earlier stages it reads
+    rebuildable: tuple[str, ...] = ()  # its tables it derives again from other data when one is damaged
 
     def wanted(self, ctx: "RunContext") -> bool:
         return True
+
+    def way_out(self, table: str) -> str:
+        """What the user does about a damaged table the stage cannot rebuild."""
+        return f"delete it and rerun the same command to compute the {self.name} stage again, or restore it from a copy"
+
+    def verify(self, ctx: "RunContext") -> None:
+        from precompute.store.writer import CorruptTable, StoreError
+
+        writer = ctx.writer
+        for table in self.needs:
+            if writer.has_table(table):
+                try:
+                    writer.check_table(table)
+                except CorruptTable as err:
+                    raise StoreError(f"{err}; the {self.name} stage reads it: delete it and rerun the same command") from err
+        for table in (*self.tables, *self.optional):
+            if not writer.has_table(table):
+                continue
+            try:
+                writer.check_table(table)
+            except CorruptTable as err:
+                if table not in self.rebuildable:
+                    raise StoreError(f"{err}; {self.way_out(table)}") from err
+                writer.drop_corrupt_table(table, str(err), f"by the {self.name} stage")
 
     def check(self, ctx: "RunContext") -> None:
         """Nothing to refuse by default."""
@@ -45,6 +76,7 @@ class Stage:
     def run(self, ctx: "RunContext") -> None:
         if not self.wanted(ctx):
             return
+        self.verify(ctx)
         self.check(ctx)
         ctx.computed[self.name] = 0
         if not self.done(ctx):

@@ -27,6 +27,7 @@ class ComponentMeans(Stage):
         from precompute.summaries import chunked
 
         cfg, writer = ctx.cfg, ctx.writer
+        writer.verify_parts(SUMS)  # a damaged part is deleted (and computed again below), never merged
         todo = [(key, chunk) for key, chunk in chunked(ctx.pair_set.pairs, cfg.chunk_size) if not writer.has_part(SUMS, key)]
         ctx.console.log(f"Component means: {sum(len(c) for _, c in todo):,} pairs to run (one plain forward pass each).")
         with ctx.console.bar(sum(len(c) for _, c in todo), "component means", "pair") as bar:

@@ -55,6 +55,7 @@ class Patching(Stage):
 
         cfg, writer = ctx.cfg, ctx.writer
         done = _stored_experiments(writer)
+        writer.verify_parts(EFFECTS)  # a damaged part is deleted (and computed again below), never merged
         total = 0
         for experiment in (e for e in cfg.patching if e not in done):
             items, skipped = inputs(ctx, experiment)

@@ -24,16 +24,16 @@ class Spectra(Stage):
         crash.point("spectra.written")
 
     def record(self, ctx) -> None:
-        from precompute.spectra import SpectraError, check_supported
+        from precompute.spectra import SpectraError, matrix_note
 
         if ctx.writer.has_table("svd"):
             import pyarrow.parquet as pq
 
             rows = pq.ParquetFile(ctx.writer.table_path("svd")).metadata.num_rows
-            ctx.manifest.spectra = SpectraInfo(computed=True, rows=rows, matrix=check_supported(ctx.lm.model))
+            ctx.manifest.spectra = SpectraInfo(computed=True, rows=rows, matrix=matrix_note(ctx.lm.model))
             return
         try:
-            check_supported(ctx.lm.model)
+            matrix_note(ctx.lm.model)
             reason = "not computed"
         except SpectraError as err:
             reason = str(err)

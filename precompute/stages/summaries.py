@@ -1,8 +1,10 @@
 """The summary stage: score every pair and summarise its attention (pairs, head_attention, head_attention_agg).
 
 The pass itself (chunks, length-sorted batches, the attention kernel) is :mod:`precompute.summaries`; this
-module decides which chunks are missing, estimates their run time first, writes one part per chunk, merges
-the parts and records counts and nDCG@10 in the manifest.
+module decides which chunks are missing (damaged parts are deleted and computed again), estimates their run
+time first, writes one part per chunk, merges the parts, sums head_attention_agg from the merged table
+(:mod:`precompute.stages.head_aggregate`: bit-identical across runs), installs the tables in one commit and
+records counts and nDCG@10 in the manifest.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import time
 
 from precompute import crash, evaluation
-from precompute.metrics import METRICS
 from precompute.stages.base import Stage
+from precompute.stages.head_aggregate import aggregate_table
 from precompute.store.manifest import TableInfo
 
 PAIRS, HEADS, AGG, CROSS = "pairs", "head_attention", "head_attention_agg", "decoder_cross_attention"
@@ -94,14 +96,14 @@ class Summaries(Stage):
         pass's tables are finished and only the aggregate is missing (it was damaged), it is rebuilt from them."""
         writer = ctx.writer
         if self.pass_finished(ctx):
-            merge_aggregate(writer, {name: writer.table_path(name) for name in (PAIRS, HEADS)})
+            stage_aggregate(writer, writer.table_path(HEADS), writer.table_path(PAIRS))
             writer.commit(self.name, [AGG])
             return
         tables = self.part_tables(ctx)
-        merge_aggregate(writer, {name: writer.root / "_parts" / name for name in (PAIRS, HEADS)})
         for table in tables:
             writer.merge_parts(table, staged=True)
-        writer.commit(self.name, [AGG, *tables], drop_parts=list(tables))
+        stage_aggregate(writer, writer.staged_path(HEADS), writer.staged_path(PAIRS))
+        writer.commit(self.name, [*tables, AGG], drop_parts=list(tables))
 
     def record(self, ctx) -> None:
         """Counts and nDCG@10 of the stored scores (ir_measures over the stored table, not in-memory copies)."""
@@ -121,26 +123,9 @@ class Summaries(Stage):
         manifest.tables[PAIRS] = TableInfo(rows=table.num_rows)
 
 
-def merge_aggregate(writer, sources) -> None:
-    """Stage head_attention_agg from ``sources`` (pairs and head_attention: parts folders or finished tables).
-
-    Every sum runs in pair order (``ORDER BY pair_id``): DuckDB otherwise adds in whatever order its threads
-    finish, and two identical runs would differ in the last bits (up to 5e-20); ordered, they are bit-identical.
-    """
-    agg_cols = ", ".join(
-        [f"sum(CAST(h.{m} AS DOUBLE) ORDER BY h.pair_id) AS {m}_sum" for m in METRICS]
-        + [f"sum(CAST(h.{m} AS DOUBLE) * CAST(h.{m} AS DOUBLE) ORDER BY h.pair_id) AS {m}_sumsq" for m in METRICS]
-    )
-    writer.merge_parts(
-        AGG,
-        sources=sources,
-        staged=True,
-        select_sql=(
-            f"SELECT h.layer, h.head, p.qid, p.neg_type, p.grade, count(*) AS n, {agg_cols} "
-            "FROM parts_head_attention h JOIN parts_pairs p USING (pair_id) "
-            "GROUP BY h.layer, h.head, p.qid, p.neg_type, p.grade"
-        ),
-    )
+def stage_aggregate(writer, heads, pairs) -> None:
+    """Stage head_attention_agg, summed from the head_attention file ``heads`` (see :mod:`.head_aggregate`)."""
+    writer.write_table(AGG, aggregate_table(heads, pairs), staged=True)
 
 
 STAGE = Summaries()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,27 @@ def run_tiny_job(kind: str, dataset: Path, tmp_path_factory, **overrides):
 @pytest.fixture(scope="session")
 def tiny_bert_run(tiny_dataset, tmp_path_factory):
     return run_tiny_job("bert", tiny_dataset, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def small_runs(tiny_dataset, tmp_path_factory):
+    """(config(out, *layers), fresh run, the fresh run after adding the groups at layer 1): one query, chunks of 4
+    pairs, the groups ablations; small enough to kill and rerun at every crash point."""
+    from precompute.config import JobConfig
+    from precompute.job import run
+    from tests.precompute.crashing import single_thread
+
+    model = build("bert", tmp_path_factory.mktemp("small-model"))
+    base = tmp_path_factory.mktemp("small")
+
+    def config(out: Path, *layers: str) -> JobConfig:
+        return JobConfig(dataset=str(tiny_dataset), model=str(model), out=out, cache=base / "cache", easy_negatives=2,
+                         max_queries=1, batch_size=4, chunk_size=4, progress=False, ablations=("groups",),
+                         ablation_layers=layers or ("all",))
+
+    with single_thread():
+        fresh = run(config(base / "fresh"))
+        added = base / "added"
+        shutil.copytree(fresh, added)
+        run(config(added, "all", "1"))
+    return config, fresh, added

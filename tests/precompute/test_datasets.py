@@ -107,6 +107,28 @@ def test_bad_run_line_names_file_and_line(tiny: Path, tmp_path: Path) -> None:
         resolve(str(tiny), tmp_path / "cache").run("bad")
 
 
+@pytest.mark.parametrize(("file", "lines", "read", "message"), [
+    ("queries.tsv", "q1\talpha query\nq2 beta query\n", "queries", r"queries\.tsv:2: expected 'id<TAB>text' \(2 tab-separated fields\), got 1"),
+    ("queries.tsv", "q1\talpha\n\nq2\tbe\xffta\n", "queries", r"queries\.tsv:3: not UTF-8 text"),
+    ("docs.tsv", "d01\tone\nd02\ttwo\tthree\n", "docs", r"docs\.tsv:2: expected 'id<TAB>text'.*got 3.*tabs inside a text"),
+    ("qrels.txt", "q1 0 d01 2\nq1 0 d02\n", "qrels", r"qrels\.txt:2: expected a qrels line 'qid iteration docid grade' \(4 columns\), got 3"),
+    ("qrels.txt", "q1 0 d01 2\nq1 0 d02 high\n", "qrels", r"qrels\.txt:2: the grade 'high' is not an integer"),
+])
+def test_parse_errors_name_file_and_line(file: str, lines: str, read: str, message: str, tiny: Path, tmp_path: Path) -> None:
+    (tiny / file).write_bytes(lines.encode("latin-1"))
+    ds = resolve(str(tiny), tmp_path / "cache")
+    with pytest.raises(DatasetError, match=message):
+        ds.queries() if read == "queries" else ds.qrels() if read == "qrels" else ds.docs(["d01"])
+
+
+def test_a_docid_given_twice_is_refused(tiny: Path, tmp_path: Path) -> None:
+    """ir_datasets would keep the second text silently; the job says where the two lines are (every time)."""
+    (tiny / "docs.tsv").write_text("d01\tfirst text\nd02\tother\nd01\tsecond text\n")
+    for _ in range(2):  # the failed build leaves no doc store that a second read would trust
+        with pytest.raises(DatasetError, match=r"docs\.tsv:3: docid d01 was already given on line 1"):
+            resolve(str(tiny), tmp_path / "cache").docs(["d01"])
+
+
 def test_folders_with_the_same_name_do_not_share_a_doc_store(tmp_path: Path) -> None:
     first = make_folder(tmp_path / "a" / "data")
     second = make_folder(tmp_path / "b" / "data", docs={"d01": "another text"})

@@ -172,7 +172,7 @@ def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(dataset, tmp_pat
     "extra, message",
     [
         (["--dataset", "no-such-dataset"], "unknown dataset"),
-        (["--model", "/nonexistent/model"], "could not be loaded"),
+        (["--model", "/nonexistent/model"], "model folder /nonexistent/model does not exist"),
         (["--model", "no-such-org/no-such-cross-encoder"], "could not be loaded"),
         (["--max-queries", "0"], "--max-queries must be at least 1"),
     ],
@@ -235,3 +235,22 @@ def test_help_explains_every_flag():
     parser = build_parser()
     for action in parser._actions:
         assert action.help, f"{action.option_strings} has no help"
+
+
+@pytest.mark.parametrize("raised, code, message", [
+    (KeyboardInterrupt(), 130, "interrupted: finished parts are kept"),
+    (RuntimeError("boom\nsecond line"), 1, "error: unexpected RuntimeError: boom (a bug; the traceback is in"),
+])
+def test_interruptions_and_bugs_are_one_line(raised, code, message, dataset, tmp_path, capsys, monkeypatch):
+    """Ctrl-C and an unexpected exception print one line (no traceback); a bug's traceback is saved for the report."""
+    import precompute.job
+
+    def fail(cfg):
+        raise raised
+
+    monkeypatch.setattr(precompute.job, "run", fail)
+    assert main(["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
+    if code == 1:
+        assert "Traceback" in (tmp_path / "cache" / "last-error.txt").read_text()

@@ -58,6 +58,11 @@ def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
     cases["scope 'run' is not in this run"] = [str(root), "--scope", "run"]
     _, plain = run_job(dataset, model, tmp_path / "plain", ablations=())
     cases["has no ablations"] = [str(plain)]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root, damaged)
+    summary = damaged / "ablation_summary.parquet"
+    summary.write_bytes(summary.read_bytes()[: summary.stat().st_size // 2])
+    cases[f"{summary} is damaged"] = [str(damaged)]
     for what, change in (("schema version", {"schema_version": 999}), ("not a finished run", {"status": "running"})):
         copy = tmp_path / what.replace(" ", "-")
         shutil.copytree(root, copy)

@@ -18,6 +18,27 @@ def test_generated_section_is_up_to_date():
     assert section.strip() == docs.render().strip(), "run: python -m precompute.store.docs --write"
 
 
+def test_generated_manifest_section_is_up_to_date():
+    section = TEXT.split(docs.MANIFEST_BEGIN, 1)[1].split(docs.MANIFEST_END, 1)[0]
+    assert section.strip() == docs.render_manifest().strip(), "run: python -m precompute.store.docs --write"
+
+
+def test_every_manifest_field_is_documented():
+    import dataclasses
+
+    from precompute.store import manifest
+
+    sections = [cls for cls in vars(manifest).values() if isinstance(cls, type) and issubclass(cls, manifest.Section)
+                and cls is not manifest.Section]
+    assert manifest.Manifest in sections and manifest.AblationsInfo in sections
+    for section in sections:
+        assert section.__doc__.strip().splitlines()[0] in TEXT, f"section {section.__name__} is not in docs/store.md"
+        for f in dataclasses.fields(section):
+            if f.name != "extra":
+                assert f.metadata.get("doc"), f"{section.__name__}.{f.name} has no description"
+                assert f"| `{f.name}` |" in TEXT, f"{section.__name__}.{f.name} is not in docs/store.md"
+
+
 def test_every_table_and_column_is_documented():
     for table in TABLES.values():
         assert f"### `{table.name}`" in TEXT

@@ -1,0 +1,240 @@
+"""What the job reads back is verified: a damaged part is recomputed, a damaged table rebuilt or named in one
+line (exit 2), never merged or trusted; the run's identity survives a deleted manifest; a full disk is one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from precompute.cli import main
+from precompute.job import run
+from precompute.store import integrity
+from precompute.store.manifest import read_manifest
+from precompute.store.schema import TABLES
+from precompute.store.writer import RunWriter
+from tests.precompute.crashing import killed_at, single_thread, tables
+from tests.tiny_models import build
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+def flip(path: Path, n: int = 200, seed: int = 0) -> None:
+    """Flip ``n`` bytes in the middle third of a file (its pages), leaving the footer readable."""
+    data = bytearray(path.read_bytes())
+    rng = random.Random(seed)
+    for _ in range(n):
+        i = rng.randrange(len(data) // 3, 2 * len(data) // 3)
+        data[i] ^= rng.randrange(1, 256)
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def args_of(cfg) -> list[str]:
+    return ["--dataset", cfg.dataset, "--model", cfg.model, "--out", str(cfg.out), "--cache", str(cfg.cache),
+            "--easy-negatives", str(cfg.easy_negatives), "--max-queries", str(cfg.max_queries),
+            "--batch-size", str(cfg.batch_size), "--chunk-size", str(cfg.chunk_size), "--ablations", "groups",
+            "--no-progress"]
+
+
+def copy_of(fresh: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "run"
+    shutil.copytree(fresh, root)
+    return root
+
+
+# -- parts -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point, table", [("summaries.chunk:2", "head_attention"), ("ablations.part:3", "ablation_scores")])
+def test_a_damaged_part_is_recomputed(point, table, small_runs, tmp_path, capsys):
+    config, fresh, _ = small_runs
+    cfg = config(tmp_path / "run")
+    assert killed_at(cfg, point) < 0
+    part = sorted((cfg.out / "_parts" / table).glob("*.parquet"))[0]
+    flip(part)
+    capsys.readouterr()
+    run(cfg)
+    assert f"{part} is damaged" in capsys.readouterr().err  # named, deleted, computed again
+    assert tables(cfg.out) == tables(fresh)
+
+
+# -- finished tables -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table, damage", [
+    ("head_attention_agg", truncate), ("head_attention_agg", flip), ("svd", truncate), ("head_contrasts", flip),
+    ("ablation_metrics", flip), ("ablation_summary", truncate), ("ablation_conditions", flip),
+])
+def test_a_damaged_derived_table_is_rebuilt(table, damage, small_runs, tmp_path, capsys):
+    config, fresh, _ = small_runs
+    root = copy_of(fresh, tmp_path)
+    damage(root / f"{table}.parquet")
+    capsys.readouterr()
+    assert main(args_of(config(root))) == 0
+    assert f"{root / table}.parquet" in capsys.readouterr().err
+    assert tables(root) == tables(fresh)
+
+
+@pytest.mark.parametrize("table", ["pairs", "head_attention", "ablation_scores"])
+def test_a_damaged_table_of_computed_work_is_named(table, small_runs, tmp_path, capsys):
+    """Hours of work are not silently recomputed: one line names the file and says what to do; exit 2."""
+    config, fresh, _ = small_runs
+    root = copy_of(fresh, tmp_path)
+    flip(root / f"{table}.parquet")
+    capsys.readouterr()
+    assert main(args_of(config(root))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {root / table}.parquet") and "delete it and rerun" in err, err
+
+
+def test_verify_catches_flipped_bytes_anywhere(tmp_path):
+    """Page checksums, row counts and statistics: 60 damaged copies (1 or 200 flipped bytes, in the pages or
+    anywhere, footer included) either fail verification or still hold exactly the data written."""
+    import pyarrow.parquet as pq
+
+    spec = TABLES["head_attention"]
+    rng = np.random.default_rng(0)
+    data = pa.table({c.name: pa.array((rng.random(5000) * 100).astype(c.type.to_pandas_dtype()), c.type)
+                     for c in spec.columns}).cast(spec.schema)
+    path = tmp_path / "t.parquet"
+    integrity.write(data, path, table=spec.name, identity={"model": "m"}, row_group_size=1000)
+    original, caught = path.read_bytes(), 0
+    for seed in range(60):
+        path.write_bytes(original)
+        if seed % 3:
+            flip(path, n=200 if seed % 2 else 1, seed=seed)
+        else:
+            flip_anywhere(path, seed)
+        try:
+            integrity.verify(path, spec.name, spec.schema)
+        except integrity.CorruptFile:
+            caught += 1
+            continue
+        assert pq.read_table(path).equals(data), f"seed {seed}: changed data passed verification"
+    assert caught >= 55
+
+
+def flip_anywhere(path: Path, seed: int) -> None:
+    data = bytearray(path.read_bytes())
+    rng = random.Random(seed)
+    for _ in range(200):
+        i = rng.randrange(len(data))
+        data[i] ^= rng.randrange(1, 256)
+    path.write_bytes(bytes(data))
+
+
+# -- identity --------------------------------------------------------------------------------------------------
+
+
+def test_deleted_manifest_another_model_is_refused(small_runs, tmp_path, capsys):
+    config, fresh, _ = small_runs
+    root = copy_of(fresh, tmp_path)
+    (root / "manifest.json").unlink()
+    other = build("bert", tmp_path / "other", seed=1)
+    capsys.readouterr()
+    assert main([*args_of(config(root)), "--model", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: model differs from the run already in this folder"), err
+    assert not (root / "manifest.json").exists()
+
+
+def test_deleted_manifest_is_rebuilt_with_every_section(small_runs, tmp_path):
+    config, fresh, _ = small_runs
+    root = copy_of(fresh, tmp_path)
+    (root / "manifest.json").unlink()
+    run(config(root))
+    before, after = read_manifest(fresh).to_dict(), read_manifest(root).to_dict()
+    for volatile in ("timings", "created", "versions"):
+        before.pop(volatile), after.pop(volatile)
+    before["ablations"]["last_request"].pop("computed_now"), after["ablations"]["last_request"].pop("computed_now")
+    assert after == before and {"spectra", "contrasts", "ablations"} <= set(after)
+    assert tables(root) == tables(fresh)
+
+
+def test_tables_without_identity_and_no_manifest_are_refused(tiny_dataset, tmp_path, capsys):
+    model = build("bert", tmp_path / "model")
+    root = tmp_path / "run"
+    RunWriter(root).write_table("svd", TABLES["svd"].schema.empty_table())  # what an older version wrote
+    capsys.readouterr()
+    assert main(["--dataset", str(tiny_dataset), "--model", str(model), "--out", str(root), "--no-progress",
+                 "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "holds tables but no manifest.json" in err and "svd.parquet" in err
+
+
+def test_a_damaged_manifest_is_named(small_runs, tmp_path, capsys):
+    config, fresh, _ = small_runs
+    root = copy_of(fresh, tmp_path)
+    (root / "manifest.json").write_text('{"status": "compl')
+    capsys.readouterr()
+    assert main(args_of(config(root))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{root / 'manifest.json'} is not valid JSON" in err and "the tables are kept" in err
+
+
+# -- full disk -------------------------------------------------------------------------------------------------
+
+
+def test_disk_full_is_one_line_and_the_parts_are_kept(small_runs, tmp_path, capsys, monkeypatch):
+    """pyarrow raises OSError(ENOSPC) on the 4th file: one line naming the folder; the rerun finishes the run."""
+    config, fresh, _ = small_runs
+    cfg = config(tmp_path / "run")
+    real, calls = integrity.write, []
+
+    def full(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, "[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(integrity, "write", full)
+    capsys.readouterr()
+    assert main(args_of(cfg)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: no space left on the device of {cfg.out}") and "finished parts are kept" in err
+    assert len(list((cfg.out / "_parts").rglob("*.parquet"))) == 3
+    monkeypatch.setattr(integrity, "write", real)
+    assert main(args_of(cfg)) == 0
+    assert tables(cfg.out) == tables(fresh)
+
+
+def test_disk_full_on_a_real_small_filesystem(small_runs, tmp_path, capsys):
+    """A 400 KiB tmpfs (root only: skipped elsewhere) fills up during the run."""
+    import pyarrow.parquet as pq
+
+    config, fresh, _ = small_runs
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        cfg = config(mount / "run")
+        capsys.readouterr()
+        assert main(args_of(cfg)) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"error: no space left on the device of {cfg.out}"), err
+        moved = tmp_path / "moved"
+        shutil.copytree(cfg.out, moved)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    for path in moved.rglob("*.parquet"):  # every file the full disk left is whole, so the rerun can use it
+        name = pq.read_metadata(path).metadata[integrity.TABLE.encode()].decode()
+        integrity.verify(path, name, TABLES[name].schema)
+    assert main(args_of(config(moved))) == 0
+    assert tables(moved) == tables(fresh)
+    assert json.loads((moved / "manifest.json").read_text())["status"] == "complete"
