@@ -169,14 +169,14 @@ _timing_scorer = score_conditions
 
 
 def seconds_per_scoring(lm, pairs: Sequence, condition: Condition, *, batch_size: int, max_length: int,
-                        kernel: str) -> float:
+                        kernel: str, means=None) -> float:
     """Seconds per (pair, condition) scoring, from one timed batch of typical length after a warm-up (discarded)."""
     import time
 
     from precompute.summaries import typical_batch
 
     sample = typical_batch(pairs, batch_size)
-    kw = dict(batch_size=batch_size, max_length=max_length, kernel=kernel)
+    kw = dict(batch_size=batch_size, max_length=max_length, kernel=kernel, means=means)
     _timing_scorer(lm, sample, [condition], **kw)  # warm-up
     t0 = time.perf_counter()
     _timing_scorer(lm, sample, [condition], **kw)

@@ -53,3 +53,22 @@ def _fits(lm, pair, max_length: int) -> bool:
     except Exception:  # the tokenizers library raises a bare Exception when the query alone overflows
         return False
     return batch.d_tokens[0] >= 1
+
+
+def check_kernels(lm) -> None:
+    """One tiny pair through the summary kernel (and the SDPA ablation kernel where the run would use it), so an
+    architecture that passes an attention argument the kernels do not implement, or that calls attention other
+    than once per layer, is refused in one line before any pass, not hours into it."""
+    from precompute.kernels.ablation import AblationProbe
+    from precompute.kernels.state import KernelError
+    from precompute.kernels.summary import SummaryProbe
+
+    batch = lm.encode(["what is a query"], ["a short document about a query"], 64).to(lm.device)
+    try:
+        with SummaryProbe(lm) as probe:
+            probe.run(batch, summarise=True)
+        if lm.family.sdpa_ablation(lm.model):
+            with AblationProbe(lm) as probe:
+                probe.run(batch)
+    except KernelError as err:
+        raise ModelError(f"model {lm.spec!r} ({lm.family.name} family) cannot be probed faithfully: {err}") from err

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="castorini/monobert-large-msmarco", help="Hugging Face id or local folder of a "
                    "sequence-classification cross-encoder (BERT, MiniLM, ELECTRA, DistilBERT, RoBERTa-style). "
                    "Default: %(default)s (the paper's)")
+    m.add_argument("--prompt-template", metavar="TEXT", help="input template of template families (MonoT5, decoder "
+                   "rerankers) with {query} and {document} (and {bos}/{eos} for the tokenizer's special tokens); @FILE "
+                   "reads it from a file. Default: the family's own (see README, Model families)")
+    m.add_argument("--answer-tokens", metavar="YES,NO", help="generative rerankers: the positive and negative answer "
+                   "tokens, each a single token (a leading space counts: ' yes, no' keeps it on yes). Default: the "
+                   "family's own (true,false for MonoT5; yes,no for Qwen3-Reranker style)")
     m.add_argument("--max-length", type=int, default=512, help="max tokens per pair; only the document is truncated "
                    "(truncated pairs are flagged). Default: %(default)s")
     m.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (length-sorted batches). Default: %(default)s")
@@ -87,12 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: sdpa where it computes the model family's attention exactly, else eager; "
                    "sdpa: fused scaled_dot_product_attention; eager: the summary pass's attention function "
                    "(bit-identical baseline, slower). Default: %(default)s")
+    a.add_argument("--ablation-components", default="", metavar="SPECS",
+                   help="component conditions computed whenever given: mlp|attn@LAYERS[:SEGMENT]/zero|mean, comma-"
+                   "separated (mlp@3:d/mean = layer 3's MLP output at document tokens replaced by its mean)")
+    a.add_argument("--component-mode", choices=conditions.COMPONENT_MODES, default=conditions.DEFAULT_COMPONENT_MODE,
+                   help="mode of the 'components' set (every layer x {mlp, attn} x {all tokens, cls, q, d}): zero, or "
+                   "mean (the block's mean output over the run's pairs, per layer and segment; stored in "
+                   "component_means). Default: %(default)s")
+    a.add_argument("--subspace-heads", default="top:5", metavar="HEADS",
+                   help="heads of the 'subspace' set: top:N (largest Cohen's d of q_d, relevant vs easy negatives, in "
+                   "head_contrasts) or LAYER.HEAD items (3.5,4.1). Default: %(default)s")
+    a.add_argument("--subspace-k", default="1-4", metavar="KS", help="top singular components of each head's "
+                   "W_Q W_K^T removed or scaled: a range (1-4) or a list (1,2,8). Default: %(default)s")
+    a.add_argument("--subspace-ops", default="remove,scale=2", metavar="OPS",
+                   help="what is done to them: remove and/or scale=F. Default: %(default)s")
     a.add_argument("--measures", default="nDCG@10", metavar="MEASURES",
                    help="ir_measures names evaluated per query for every condition, comma-separated (nDCG@10,RR@10,"
                    "nDCG@20). Default: %(default)s")
     a.add_argument("--eval-scopes", metavar="SCOPES",
                    help="pairs ranked per query: pairs (all; easy negatives non-relevant), judged (judged pairs only), "
                    "run (the run's candidates, with --candidates). Default: pairs, plus run with --candidates")
+    t = p.add_argument_group("activation patching", "The corrupted input run with one activation replaced by the clean "
+                             "run's; effect = (patched - corrupted) / (clean - corrupted), per layer x component x segment "
+                             "and per layer x head (table patching_effects).")
+    t.add_argument("--patching", default="", metavar="EXPERIMENTS",
+                   help="tfc1 (a query term vs a filler of as many tokens inserted at the passage's start) and/or cls "
+                   "(relevant vs hard negative of a query, patched at the pooling position), comma-separated")
+    t.add_argument("--patching-pairs", type=int, default=10, metavar="K",
+                   help="(relevant, hard) combinations per query of the cls experiment, drawn with --seed. "
+                   "Default: %(default)s")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default: <store>/<dataset>__<model>)")
     o.add_argument("--store", type=Path, default=Path("data/store"), help="store root holding one folder per run. Default: %(default)s")
@@ -112,6 +141,19 @@ def _check(args, parser) -> None:
         parser.error(f"--max-queries must be at least 1, got {args.max_queries}")
     if args.ablation_stack < 1:
         parser.error(f"--ablation-stack must be at least 1, got {args.ablation_stack}")
+    if args.patching_pairs < 1:
+        parser.error(f"--patching-pairs must be at least 1, got {args.patching_pairs}")
+    from precompute.patching import EXPERIMENTS
+
+    bad = [e for e in _split(args.patching) if e not in EXPERIMENTS]
+    if bad:
+        parser.error(f"--patching {bad[0]!r}: expected any of {', '.join(EXPERIMENTS)}")
+    if args.answer_tokens is not None and len(_answer_tokens(args.answer_tokens)) != 2:
+        parser.error(f"--answer-tokens {args.answer_tokens!r}: expected two tokens, positive then negative: yes,no")
+    try:
+        args.prompt_template = _template(args.prompt_template)
+    except OSError as err:
+        parser.error(f"--prompt-template {args.prompt_template!r}: cannot read the file ({err.strerror})")
     from precompute.conditions import AblationSpecError
 
     try:
@@ -127,6 +169,18 @@ def _check(args, parser) -> None:
         parser.error(str(err))
 
 
+def _answer_tokens(value: str) -> tuple[str, ...]:
+    """'yes,no' -> ('yes', 'no'); spaces inside an item are kept (' yes, no' -> (' yes', ' no'))."""
+    return tuple(v for v in value.split(",") if v.strip())
+
+
+def _template(value: str | None) -> str | None:
+    """The template text; ``@FILE`` reads it from FILE (trailing newline dropped)."""
+    if value is None or not value.startswith("@"):
+        return value
+    return Path(value[1:]).read_text().rstrip("\n")
+
+
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
@@ -137,6 +191,8 @@ def _request(args):
     return AblationRequest(
         sets=_split(args.ablations), modes=_split(args.ablation_mode), layers=_split(args.ablation_layers),
         groups=tuple(args.ablation_group), sweep=_split(args.ablation_sweep), heads=_split(args.ablation_heads),
+        component_mode=args.component_mode, components=_split(args.ablation_components),
+        subspace_heads=args.subspace_heads, subspace_k=args.subspace_k, subspace_ops=_split(args.subspace_ops),
     )
 
 
@@ -152,7 +208,11 @@ def config_from_args(args):
         ablation_layers=_split(args.ablation_layers), ablation_groups=tuple(args.ablation_group),
         ablation_sweep=_split(args.ablation_sweep), ablation_heads=_split(args.ablation_heads),
         ablation_stack=args.ablation_stack, ablation_kernel=args.ablation_kernel, measures=_split(args.measures),
-        eval_scopes=_split(args.eval_scopes) or None,
+        eval_scopes=_split(args.eval_scopes) or None, component_mode=args.component_mode,
+        ablation_components=_split(args.ablation_components), subspace_heads=args.subspace_heads,
+        subspace_k=args.subspace_k, subspace_ops=_split(args.subspace_ops), patching=_split(args.patching),
+        patching_pairs=args.patching_pairs, prompt_template=args.prompt_template,
+        answer_tokens=_answer_tokens(args.answer_tokens) if args.answer_tokens else None,
     )
 
 

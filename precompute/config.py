@@ -27,6 +27,8 @@ class JobConfig:
     max_length: int = 512
     batch_size: int = 32
     chunk_size: int = 256
+    prompt_template: str | None = None  # template families: the input template (None = the family's default)
+    answer_tokens: tuple[str, str] | None = None  # generative rerankers: (positive, negative) answer tokens
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = True

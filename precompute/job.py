@@ -33,8 +33,11 @@ def run_folder(cfg: JobConfig, dataset_name: str) -> Path:
 
 
 def identity_of(cfg: JobConfig, model_identity: str, dataset_source: str) -> Identity:
-    """What fixes the run's numbers: the model, the dataset, the dtype and the pair parameters."""
-    return Identity(model=model_identity, dataset=dataset_source, dtype=cfg.dtype, **cfg.pair_parameters())
+    """What fixes the run's numbers: the model, the dataset, the dtype, the pair parameters and a template family's
+    template and answer tokens."""
+    return Identity(model=model_identity, dataset=dataset_source, dtype=cfg.dtype, **cfg.pair_parameters(),
+                    template=cfg.prompt_template,
+                    answer_tokens=list(cfg.answer_tokens) if cfg.answer_tokens is not None else None)
 
 
 def check_same_run(manifest: Manifest | None, identity: Identity) -> None:
@@ -80,8 +83,9 @@ def run(cfg: JobConfig) -> Path:
         check_same_run(previous, identity)
         writer.check_identity(has_manifest=previous is not None)
 
-        lm = model.load(cfg.model, cfg.device, cfg.dtype)
+        lm = model.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens)
         checks.check_model_settings(cfg, lm)
+        checks.check_kernels(lm)
         pair_set = pairs_mod.build_pairs(
             ds, easy_negatives=cfg.easy_negatives, seed=cfg.seed, candidates=cfg.candidates,
             depth=cfg.depth, max_queries=cfg.max_queries, progress=cfg.progress,

@@ -37,6 +37,12 @@ def split_direction(name: str) -> tuple[str, str]:
     raise ValueError(f"unknown direction {name!r}: expected <src>_<dst> with src, dst in {', '.join(SEGMENTS)}")
 
 
+# Directions a causal model (a decoder) cannot attend: the destination segment comes after the source in the input.
+CAUSAL_IMPOSSIBLE: frozenset[str] = frozenset(
+    f"{src}_{dst}" for src in SEGMENTS for dst in SEGMENTS if SEGMENT_INDEX[dst] > SEGMENT_INDEX[src]
+)
+
+
 def direction_label(name: str) -> str:
     """Human label, e.g. ``q_d`` -> ``Query->Document`` (the paper writes Q->D)."""
     src, dst = split_direction(name)

@@ -32,9 +32,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from precompute import evaluation, statistics
+from precompute.conditions.condition import ANALYSIS_OF_KIND
+from precompute.conditions.vocabulary import BASELINE
 
 SCOPES: tuple[str, ...] = ("pairs", "judged", "run")
-BASELINE = "none"
 _CONDITION_COLUMNS = ("condition_id", "condition", "mode", "layers", "layer", "head")
 
 
@@ -170,13 +171,16 @@ def summary_rows(metrics: list[dict], conditions: dict[str, dict]) -> tuple[list
             baseline = float(y.mean()) if len(y) else float("nan")
             rows.append({
                 **{k: conditions[cid][k] for k in _CONDITION_COLUMNS}, "kind": conditions[cid]["kind"],
+                "analysis": ANALYSIS_OF_KIND[conditions[cid]["kind"]],
                 "scope": scope, "measure": measure, "n_queries": len(qids), "mean": mean, "baseline": baseline,
                 "delta": mean - baseline, "t": t, "p": p,
             })
-        adjusted = holm([r["p"] for r in rows])
-        family = max(family, sum(a is not None for a in adjusted))
-        for r, a in zip(rows, adjusted):
-            r["p_holm"] = a
+        for analysis in sorted({r["analysis"] for r in rows}):  # each analysis is its own Holm family
+            members = [r for r in rows if r["analysis"] == analysis]
+            adjusted = holm([r["p"] for r in members])
+            family = max(family, sum(a is not None for a in adjusted))
+            for r, a in zip(members, adjusted):
+                r["p_holm"] = a
         out += rows
     return out, family
 
@@ -202,12 +206,17 @@ def condition_sets(path) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def holm_family(summary_path) -> int:
-    """The largest number of tested conditions in one Holm family (scope x measure) of ablation_summary."""
+def holm_families(summary_path) -> dict[str, int]:
+    """analysis -> the largest number of tested conditions in one of its Holm families (scope x measure)."""
     import pyarrow.parquet as pq
 
-    summary = pq.read_table(summary_path, columns=["scope", "measure", "p_holm"]).to_pylist()
+    columns = ["scope", "measure", "p_holm", "kind"]
+    summary = pq.read_table(summary_path, columns=columns).to_pylist()
     families: dict[tuple, int] = {}
     for r in summary:
-        families[(r["scope"], r["measure"])] = families.get((r["scope"], r["measure"]), 0) + (r["p_holm"] is not None)
-    return max(families.values(), default=0)
+        key = (ANALYSIS_OF_KIND[r["kind"]], r["scope"], r["measure"])
+        families[key] = families.get(key, 0) + (r["p_holm"] is not None)
+    out: dict[str, int] = {}
+    for (analysis, _, _), n in families.items():
+        out[analysis] = max(out.get(analysis, 0), n)
+    return out

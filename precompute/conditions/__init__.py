@@ -29,6 +29,7 @@ Imports nothing heavy (no torch, no pyarrow): ``--help`` reads the names from he
 
 from __future__ import annotations
 
+from precompute.conditions.components import COMPONENT_MODES, DEFAULT_COMPONENT_MODE
 from precompute.conditions.condition import (
     Condition,
     baseline_condition,
@@ -61,7 +62,8 @@ from precompute.conditions.vocabulary import (
 )
 
 __all__ = [
-    "AblationRequest", "AblationSpecError", "BASELINE", "CONDITION_SETS", "Condition", "DEFAULT_SETS", "DEFAULT_SWEEP",
+    "AblationRequest", "AblationSpecError", "BASELINE", "COMPONENT_MODES", "CONDITION_SETS", "Condition",
+    "DEFAULT_COMPONENT_MODE", "DEFAULT_SETS", "DEFAULT_SWEEP",
     "GROUPS", "HEAD_MODE", "KERNELS", "MODES", "SHORT", "baseline_condition", "check_modes", "check_sets",
     "direction_condition", "forward_groups", "forward_mode", "head_condition", "help_text", "intervention_arrays",
     "parse_directions", "parse_group", "parse_heads", "parse_layers", "short_label",

@@ -16,7 +16,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from precompute.names import SEGMENT_INDEX, SEGMENTS
+from precompute.names import CAUSAL_IMPOSSIBLE, SEGMENT_INDEX, SEGMENTS
 
 N_SEG = len(SEGMENTS)
 Q, D = SEGMENT_INDEX["q"], SEGMENT_INDEX["d"]
@@ -77,9 +77,9 @@ class Intervention:
 
 
 def causal_impossible(device=None) -> torch.Tensor:
-    """[5, 5] bool: True where src -> dst cannot exist in a causal model (dst comes after src in the input)."""
-    index = torch.arange(N_SEG, device=device)
-    return index[None, :] > index[:, None]
+    """[5, 5] bool: True where src -> dst cannot exist in a causal model (names.CAUSAL_IMPOSSIBLE)."""
+    cells = [[f"{s}_{d}" in CAUSAL_IMPOSSIBLE for d in SEGMENTS] for s in SEGMENTS]
+    return torch.tensor(cells, dtype=torch.bool, device=device)
 
 
 def padded_segments(segments: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,27 @@ import hashlib
 from collections.abc import Sequence
 
 SCORES, CONDITIONS, METRICS, SUMMARY = "ablation_scores", "ablation_conditions", "ablation_metrics", "ablation_summary"
+SUBSPACE = "subspace_head_metrics"  # the edited head's own metrics under each subspace condition
+
+
+def subspace_rows(conditions, pair_ids: list[int], head_metrics: dict):
+    """subspace_head_metrics rows of one chunk: per subspace condition and pair, the head's metrics [pairs, 29]."""
+    import numpy as np
+    import pyarrow as pa
+
+    from precompute.metrics import METRICS as NAMES
+
+    own = [c for c in conditions if c.kind == "subspace"]
+    values = np.concatenate([head_metrics[c.condition_id] for c in own]).astype(np.float32)
+    n = len(pair_ids)
+    columns = {
+        "condition_id": [c.condition_id for c in own for _ in pair_ids],
+        "pair_id": pa.array(pair_ids * len(own), pa.int32()),
+        "layer": pa.array([c.layer for c in own for _ in range(n)], pa.int8()),
+        "head": pa.array([c.head for c in own for _ in range(n)], pa.int8()),
+    }
+    columns.update({name: pa.array(values[:, i], pa.float32(), from_pandas=True) for i, name in enumerate(NAMES)})
+    return pa.table(columns)
 
 
 def part_key(chunk_key: str, ids: Sequence[str]) -> str:
@@ -108,25 +129,43 @@ def merge_scores(writer, new: set[str]):
                               staged=True)
 
 
+def merge_subspace(writer, new: set[str]):
+    """Stage subspace_head_metrics: the finished table's conditions + the subspace conditions ``new`` from the parts."""
+    ids = ", ".join("'" + cid.replace("'", "''") + "'" for cid in sorted(new))
+    pieces = [f"SELECT * FROM parts_metrics WHERE condition_id IN ({ids}) "
+              "QUALIFY row_number() OVER (PARTITION BY condition_id, pair_id ORDER BY q_d) = 1"]
+    sources = {"metrics": writer.root / "_parts" / SUBSPACE}
+    if writer.has_table(SUBSPACE):
+        sources["old"] = writer.table_path(SUBSPACE)
+        pieces.insert(0, f"SELECT * FROM parts_old WHERE condition_id NOT IN ({ids})")
+    return writer.merge_parts(SUBSPACE, select_sql=" UNION ALL ".join(f"({p})" for p in pieces), sources=sources,
+                              staged=True)
+
+
 def commit_tables(writer, ds, pair_set, new: set[str], ids: set[str], definitions: dict[str, dict],
                   measures: Sequence[str], scopes: Sequence[str]) -> None:
-    """Stage the four tables for the conditions ``ids`` (``new`` of them from the parts) and install them at once."""
+    """Stage the four tables for the conditions ``ids`` (``new`` of them from the parts), and subspace_head_metrics
+    when new subspace conditions come, and install them at once."""
     import pyarrow as pa
 
     from precompute import significance
 
     scores = merge_scores(writer, new) if new else writer.table_path(SCORES)
+    new_subspace = {cid for cid in new if definitions[cid]["kind"] == "subspace"}
+    if new_subspace:
+        merge_subspace(writer, new_subspace)
     rows = {cid: definitions[cid] for cid in sorted(ids)}
     writer.write_table(CONDITIONS, pa.Table.from_pylist(list(rows.values())), staged=True)
     metrics, summary = significance.tables(writer.table_path("pairs"), scores, ds, pair_set, measures, scopes, rows)
     writer.write_table(METRICS, metrics, staged=True)
     writer.write_table(SUMMARY, summary, staged=True)
-    writer.commit("ablations", [*([SCORES] if new else []), CONDITIONS, METRICS, SUMMARY])
+    writer.commit("ablations", [*([SCORES] if new else []), *([SUBSPACE] if new_subspace else []), CONDITIONS, METRICS,
+                                SUMMARY])
 
 
 def clean_parts(writer, ids: set[str]) -> None:
     """Remove the parts whose conditions are all in the finished tables; keep the work of unfinished ones."""
-    for table in (SCORES, CONDITIONS):
+    for table in (SCORES, CONDITIONS, SUBSPACE):
         for path in writer.part_paths(table):
             if _ids(path) <= ids:
                 path.unlink()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from precompute import crash
 from precompute.conditions import AblationRequest, Condition, forward_groups
 import precompute.stages.ablation_folder as folder
-from precompute.stages.ablation_folder import CONDITIONS, METRICS, SCORES, SUMMARY
+from precompute.stages.ablation_folder import CONDITIONS, METRICS, SCORES, SUBSPACE, SUMMARY
 from precompute.stages.base import Stage
 from precompute.store.manifest import AblationsInfo, TableInfo
 from precompute.store.writer import StoreError
@@ -29,6 +29,56 @@ def _kernel(ctx) -> str:
     from precompute.ablation import resolve_kernel
 
     return resolve_kernel(ctx.lm, ctx.cfg.ablation_kernel)
+
+
+def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
+    """The heads of the 'subspace' set: those listed, or the top N by Cohen's d of q_d, relevant vs easy negatives."""
+    from precompute.conditions.subspace import TOP_CONTRAST, TOP_METRIC
+
+    if "subspace" not in request.sets:
+        return []
+    target = request.subspace_targets()
+    if isinstance(target, list):
+        return target
+    if not ctx.writer.has_table("head_contrasts"):
+        raise StoreError(f"--subspace-heads top:{target} ranks heads in head_contrasts, which this run lacks (it needs "
+                         "relevant pairs and easy negatives); name the heads instead, e.g. --subspace-heads 3.5,4.1")
+    import duckdb
+
+    path = str(ctx.writer.table_path("head_contrasts")).replace("'", "''")
+    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet('{path}') WHERE contrast = '{TOP_CONTRAST}' AND metric = "
+                      f"'{TOP_METRIC}' AND cohen_d IS NOT NULL ORDER BY cohen_d DESC, layer, head LIMIT {target}")
+    return [(int(layer), int(head)) for layer, head in rows.fetchall()]
+
+
+def _head_dim(lm) -> int:
+    config = lm.model.config
+    return int(getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
+               or (getattr(config, "hidden_size", None) or config.d_model) // lm.shape[1])
+
+
+def conditions_of(ctx) -> tuple[list[Condition], list[Condition]]:
+    """(the conditions the run asks for and can have, those refused: they remove only directions a causal model
+    cannot attend, so they would change nothing and only dilute their Holm family)."""
+    from precompute.names import CAUSAL_IMPOSSIBLE
+
+    request = AblationRequest.from_config(ctx.cfg)
+    every = request.conditions(*ctx.lm.shape, subspace_heads=_subspace_heads(ctx, request), head_dim=_head_dim(ctx.lm))
+    if not ctx.lm.family.causal:
+        return every, []
+    impossible = [c for c in every if c.directions and set(c.directions) <= CAUSAL_IMPOSSIBLE]
+    return [c for c in every if c not in impossible], impossible
+
+
+def _means(ctx, conditions: Sequence[Condition]):
+    """The run's component means [layers, 2, 5, hidden] when ``conditions`` hold a mean-mode component condition."""
+    if not any(c.kind == "component" and c.mode == "mean" for c in conditions):
+        return None
+    import pyarrow.parquet as pq
+
+    from precompute.components import means_tensor
+
+    return means_tensor(pq.read_table(ctx.writer.table_path("component_means")), ctx.lm.shape[0])
 
 
 def _check_definitions(requested: Sequence[Condition], known: dict[str, dict]) -> None:
@@ -67,7 +117,7 @@ class Ablations(Stage):
     # -- what is asked for -------------------------------------------------------------------------
     @staticmethod
     def requested(ctx) -> list[Condition]:
-        return AblationRequest.from_config(ctx.cfg).conditions(*ctx.lm.shape)
+        return conditions_of(ctx)[0]
 
     @staticmethod
     def settings(ctx) -> tuple[list[str], list[str]]:
@@ -87,6 +137,10 @@ class Ablations(Stage):
     def check(self, ctx) -> None:
         if not ctx.writer.has_table("pairs"):
             raise StoreError("the ablations stage needs the pairs table of the summary pass; run the summaries stage first")
+        if "subspace" in ctx.cfg.ablations:
+            from precompute.subspace import check_model
+
+            check_model(ctx.lm.model)
         _check_settings(ctx, _kernel(ctx), max(1, int(ctx.cfg.ablation_stack)))
         _check_definitions(self.requested(ctx), folder.known_definitions(ctx.writer))
 
@@ -130,8 +184,9 @@ class Ablations(Stage):
         work = [(group, key, chunk) for group in forward_groups(todo, stack) for key, chunk in chunks]
         total = len(todo) * len(pairs)
         left = sum(len(chunk) * sum((c.condition_id, key) not in done for c in group) for group, key, chunk in work)
+        means = _means(ctx, todo)
         per = ablation.seconds_per_scoring(lm, pairs, todo[0], batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                           kernel=kernel) if left else 0.0
+                                           kernel=kernel, means=means) if left else 0.0
         ctx.console.log(
             f"Ablation pass: {len(todo)} of {len(requested)} requested conditions to compute ({len(requested) - len(todo)} "
             f"already in the folder) x {len(pairs):,} pairs: {left:,} scorings left (kernel {kernel}, "
@@ -142,10 +197,15 @@ class Ablations(Stage):
                 missing = [c for c in group if (c.condition_id, key) not in done]
                 if not missing:
                     continue
+                head_metrics = {} if any(c.kind == "subspace" for c in missing) else None
                 scores = ablation.score_conditions(lm, chunk, missing, batch_size=cfg.batch_size,
-                                                   max_length=cfg.max_length, kernel=kernel, on_batch=bar.update)
+                                                   max_length=cfg.max_length, kernel=kernel, means=means,
+                                                   head_metrics=head_metrics, on_batch=bar.update)
                 ids = [p.pair_id for p in chunk]
-                writer.write_part(SCORES, folder.part_key(key, [c.condition_id for c in missing]), pa.table({
+                part = folder.part_key(key, [c.condition_id for c in missing])
+                if head_metrics:  # before the scores: a score part present means its chunk is complete
+                    writer.write_part(SUBSPACE, part, folder.subspace_rows(missing, ids, head_metrics))
+                writer.write_part(SCORES, part, pa.table({
                     "condition_id": [c.condition_id for c in missing for _ in ids],
                     "pair_id": pa.array(ids * len(missing), pa.int32()),
                     "score": pa.array(np.concatenate([scores[c.condition_id] for c in missing]), pa.float32()),
@@ -188,7 +248,8 @@ class Ablations(Stage):
         measures, scopes = self.settings(ctx)
         request = AblationRequest.from_config(cfg)
         old = ctx.manifest.ablations or AblationsInfo()
-        requested = self.requested(ctx)
+        requested, refused = conditions_of(ctx)
+        families = significance.holm_families(writer.table_path(SUMMARY))
         ctx.manifest.ablations = AblationsInfo(
             kernel=old.kernel or _kernel(ctx),
             stack=old.stack or max(1, int(cfg.ablation_stack)),
@@ -202,10 +263,13 @@ class Ablations(Stage):
                 "groups": list(request.groups), "sweep": list(request.sweep), "heads": list(request.heads),
                 "requested": len(requested), "computed_now": ctx.computed.get(self.name, 0),
             },
-            holm_family=significance.holm_family(writer.table_path(SUMMARY)),
+            holm_family=families.get("attention", 0),
+            holm_families=families,
+            refused=[c.condition_id for c in refused],
         )
         ctx.manifest.tables.update({
-            name: TableInfo(rows=pq.ParquetFile(writer.table_path(name)).metadata.num_rows) for name in self.tables
+            name: TableInfo(rows=pq.ParquetFile(writer.table_path(name)).metadata.num_rows)
+            for name in (*self.tables, SUBSPACE) if writer.has_table(name)
         })
 
 

@@ -64,8 +64,9 @@ class Patching(Stage):
             todo = [(key, chunk) for key, chunk in chunks if not writer.has_part(EFFECTS, key)]
             layers, heads = ctx.lm.shape
             per_pair = layers * len(patching.variants(experiment, heads))
-            ctx.console.log(f"Patching {experiment}: {len(items):,} input pairs ({skipped:,} skipped: no aligned term "
-                            f"and filler), {per_pair} patched activations each; {sum(len(c) for _, c in todo):,} to run.")
+            skip = f" ({skipped:,} run pairs skipped: no aligned term and filler)" if experiment == "tfc1" else ""
+            ctx.console.log(f"Patching {experiment}: {len(items):,} input pairs{skip}, {per_pair} patched activations "
+                            f"each; {sum(len(c) for _, c in todo):,} to run.")
             with ctx.console.bar(len(items), f"patching {experiment}", "pair") as bar:
                 bar.update(len(items) - sum(len(c) for _, c in todo))
                 for key, chunk in todo:

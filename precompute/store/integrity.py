@@ -104,8 +104,9 @@ def stored_identity(path: Path) -> dict | None:
         raise CorruptFile(f"{path} has a damaged run identity in its metadata ({err})") from err
 
 
-def verify(path: Path, name: str, expected: pa.Schema) -> int:
-    """Read ``path`` whole and check it (see the module docstring); returns its row count, else CorruptFile."""
+def verify(path: Path, name: str, expected: pa.Schema | None) -> int:
+    """Read ``path`` whole and check it (see the module docstring); returns its row count, else CorruptFile.
+    ``expected`` None skips the column check (a table of an older schema version, read as it is)."""
     try:
         return _verify(Path(path), name, expected)
     except CorruptFile:
@@ -114,14 +115,14 @@ def verify(path: Path, name: str, expected: pa.Schema) -> int:
         raise CorruptFile(f"{path} is damaged ({_first_line(err)})") from err
 
 
-def _verify(path: Path, name: str, expected: pa.Schema) -> int:
+def _verify(path: Path, name: str, expected: pa.Schema | None) -> int:
     f = pq.ParquetFile(path, page_checksum_verification=True)
     md = f.metadata
     kv = _key_values(md)
     if kv.get(TABLE, name) != name:
         raise CorruptFile(f"{path} holds table {kv[TABLE]!r}, not {name!r}")
     have = [(fld.name, fld.type) for fld in f.schema_arrow]
-    want = [(fld.name, fld.type) for fld in expected]
+    want = have if expected is None else [(fld.name, fld.type) for fld in expected]
     if have != want:
         raise CorruptFile(f"{path} has columns {_names(have)}, expected {_names(want)}")
     if ROWS in kv and kv[ROWS] != str(md.num_rows):

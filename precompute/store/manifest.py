@@ -117,6 +117,10 @@ class Identity(Section):
     max_length: int | None = doc("--max-length: tokens per pair (only the document is truncated).")
     batch_size: int | None = doc("--batch-size: pairs per forward pass (fixes the float summation order).")
     chunk_size: int | None = doc("--chunk-size: pairs per resumable part.")
+    template: str | None = doc("--prompt-template of a template family as given; null = the family's default (the "
+                               "template used is model.template).")
+    answer_tokens: list[str] | None = doc("--answer-tokens of a generative reranker as given; null = the family's "
+                                          "default (the tokens used are model.answer_tokens).")
 
 
 @dataclass
@@ -208,8 +212,10 @@ class AblationsInfo(Section):
     scopes: list[str] = doc("Scopes in ablation_metrics (pairs, judged, run).", factory=list)
     groups: dict[str, list[str]] = doc("User and built-in groups computed: name -> directions.", factory=dict)
     last_request: dict[str, Any] = doc("The ablation flags of the last job that ran the stage, and how many conditions it computed.", factory=dict)
-    holm_family: int | None = doc("Largest number of tested conditions in one Holm family (per analysis x scope x "
-                                  "measure).")
+    holm_family: int | None = doc("Largest number of tested conditions in one Holm family of the attention analysis "
+                                  "(per scope x measure).")
+    holm_families: dict[str, int] = doc("The same for every analysis (attention, components, subspace): each is its "
+                                        "own Holm family.", factory=dict)
     refused: list[str] = doc("Conditions refused before the run because they remove only directions the model cannot "
                              "attend (causal models: into a later segment); they are not in the Holm families.",
                              factory=list)

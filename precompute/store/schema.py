@@ -130,7 +130,9 @@ ABLATION_CONDITIONS = Table(
     doc="Every ablation condition computed for the run (and the baseline 'none').",
     columns=(
         *_CONDITION_COLUMNS,
-        Column("kind", pa.string(), "'baseline', 'direction', 'group', 'layer_sweep' or 'head'."),
+        Column("kind", pa.string(), "'baseline', 'direction', 'group', 'layer_sweep', 'head', 'component' (an MLP or "
+               "attention block's output removed: 'mlp@3:d/mean') or 'subspace' (a head's top-k QK singular components "
+               "removed or scaled: 'qk:3.5:k2/remove')."),
         Column("directions", pa.string(), "Comma-separated directions removed (e.g. 'q_d,d_q'); NULL for head ablations.", nullable=True),
     ),
 )
@@ -167,10 +169,13 @@ ABLATION_SUMMARY = Table(
     grain="one row per condition x scope x measure",
     sort_key=("scope", "measure", "condition_id"),
     doc="Run-level effect of each condition: mean over queries, delta to the baseline, paired two-sided t-test "
-    "over queries, Holm-corrected across the run's conditions (per scope and measure).",
+    "over queries, Holm-corrected across the run's conditions of the same analysis (per analysis, scope and measure).",
     columns=(
         *_CONDITION_COLUMNS,
         Column("kind", pa.string(), "As ablation_conditions.kind."),
+        Column("analysis", pa.string(), "The analysis the condition belongs to, its Holm family: 'attention' (directions, "
+               "groups, layer sweeps, heads), 'components' (MLP and attention blocks), 'subspace' (QK subspaces). "
+               "Absent from schema-version-1 stores (all 'attention')."),
         Column("scope", pa.string(), "As ablation_metrics.scope."),
         Column("measure", pa.string(), "ir_measures name."),
         Column("n_queries", pa.int32(), "Queries the mean is over."),
@@ -179,7 +184,8 @@ ABLATION_SUMMARY = Table(
         Column("delta", pa.float64(), "mean - baseline."),
         Column("t", pa.float64(), "Paired t statistic (condition vs baseline, per query); NULL if undefined.", nullable=True),
         Column("p", pa.float64(), "Two-sided p-value of the paired t-test; NULL if undefined (identical scores).", nullable=True),
-        Column("p_holm", pa.float64(), "p after Holm correction across the conditions of the run.", nullable=True),
+        Column("p_holm", pa.float64(), "p after Holm correction across the run's conditions of the same analysis (per "
+               "scope and measure).", nullable=True),
     ),
 )
 

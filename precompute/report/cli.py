@@ -1,0 +1,110 @@
+"""``python -m precompute.report RUN``: read a finished run and print its tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from precompute.report import patching
+from precompute.report.tables import KIND_ORDER, ReportError, render
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+USAGE = """Print a run's tables in the form of the paper's Table 1: one line per ablation condition (the measure's mean
+over queries, delta to the unablated baseline, a mark from the Holm-corrected paired t-test; each analysis -
+attention, components, subspace - is its own Holm family), per-layer sweeps and head ablations as grids, component
+ablations as a component x layer grid, QK-subspace conditions with their head's own change, then the activation
+patching summary. Exit codes: 0 printed, 1 unexpected failure (one line), 2 not a finished run, no ablations,
+unknown measure or scope, or a damaged table."""
+
+
+def load(run: Path, measure: str, scope: str):
+    """(manifest, measure, summary rows as dicts) of a finished run; ReportError otherwise."""
+    from precompute.store.manifest import STATUS_COMPLETE, ManifestError, read_manifest
+    from precompute.store.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
+
+    run = Path(run)
+    try:
+        manifest = read_manifest(run) if run.is_dir() else None
+    except ManifestError as err:
+        raise ReportError(str(err)) from err
+    if manifest is None:
+        raise ReportError(f"{run} is not a run folder (no manifest.json); pass the folder the job wrote (--out)")
+    if manifest.schema_version not in READABLE_SCHEMA_VERSIONS:
+        raise ReportError(f"{run} holds a store of schema version {manifest.schema_version}; this report reads "
+                          f"versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (rerun the job into a new folder)")
+    if manifest.status != STATUS_COMPLETE:
+        raise ReportError(f"{run} is not a finished run (status {manifest.status!r}); rerun the job to finish it")
+    if not (run / "ablation_summary.parquet").exists():
+        raise ReportError(f"{run} has no ablations; add them with python -m precompute (same flags) --ablations directions,groups")
+    _check_tables(run, current=manifest.schema_version == SCHEMA_VERSION)
+    from precompute.store.connect import connect
+
+    con = connect(run)
+    available = con.execute("SELECT DISTINCT scope, measure FROM ablation_summary ORDER BY ALL").fetchall()
+    scopes = sorted({s for s, _ in available})
+    if scope not in scopes:
+        raise ReportError(f"scope {scope!r} is not in this run; it has {', '.join(scopes)}")
+    measures = {m.lower(): m for s, m in available if s == scope}
+    if measure.lower() not in measures:
+        raise ReportError(f"measure {measure!r} is not in this run; it has {', '.join(measures.values())} "
+                          "(add one with python -m precompute ... --measures)")
+    measure = measures[measure.lower()]
+    cur = con.execute(
+        "SELECT s.*, c.directions FROM ablation_summary s JOIN ablation_conditions c USING (condition_id) "
+        "WHERE scope = ? AND measure = ?", [scope, measure],
+    )
+    cols = [d[0] for d in cur.description]
+    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    return manifest, measure, rows
+
+
+def _check_tables(run: Path, current: bool) -> None:
+    """The two tables the report reads are what the job wrote (page checksums, row counts: a damaged file would
+    print numbers of nothing; the columns too when ``current``, a store of this schema version); ReportError naming
+    the file otherwise."""
+    from precompute.store import integrity
+    from precompute.store.schema import TABLES
+
+    for table in ("ablation_summary", "ablation_conditions"):
+        try:
+            integrity.verify(run / f"{table}.parquet", table, TABLES[table].schema if current else None)
+        except integrity.CorruptFile as err:
+            raise ReportError(f"{err}; rerun the job with the same command to rebuild it") from err
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m precompute.report", description=USAGE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="run folder written by python -m precompute (--out)")
+    p.add_argument("--measure", default="nDCG@10", help="ir_measures name stored for the run. Default: %(default)s")
+    p.add_argument("--scope", default="pairs", help="pairs, judged or run (as stored). Default: %(default)s")
+    p.add_argument("--kind", default=",".join(KIND_ORDER), help="comma-separated: direction, group, layer_sweep, head, "
+                   "component, subspace. Default: all present")
+    p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
+    p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
+                   "tables. Default: %(default)s")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kinds = [k.strip() for k in args.kind.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KIND_ORDER]
+    try:
+        if bad:
+            raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(KIND_ORDER)}")
+        manifest, measure, rows = load(args.run, args.measure, args.scope)
+        modes = [args.mode] if args.mode else None
+        sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
+        sys.stdout.write(patching.render(args.run, manifest.model.segment_labels))
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as err:  # anything else (a bug, a store DuckDB cannot read): one line, never a traceback
+        text = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
+        print(f"error: unexpected {type(err).__name__}: {text}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
