@@ -443,13 +443,16 @@ def component_curves(df: pd.DataFrame, *, title: str, y_title: str, labels: Labe
 def depth_lines(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
     """A per-layer value against relative depth (columns ``depth``, ``value``, ``run``, ``layer``, ``layers``),
     one line per run: models of different depths on one axis."""
+    d = df.rename(columns={"value": "layer_value"})
     return (
-        alt.Chart(df).mark_line(point=True).encode(
+        alt.Chart(d).mark_line(point=True).encode(
             x=alt.X("depth:Q", title="Relative depth ((layer + 0.5) / layers)", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
-            color=alt.Color("run:N", title="Run", legend=alt.Legend(orient="bottom", direction="vertical")),
+            # a vertical title longer than the height would shrink the plot under Streamlit's autosize: cut it
+            y=alt.Y("layer_value:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(titleLimit=250)),
+            color=alt.Color("run:N", title="Run", legend=alt.Legend(labelLimit=360)),  # right: a legend above or
+            # below is counted inside the chart's height by Streamlit's autosize and squashes the plot
             tooltip=[alt.Tooltip("run:N"), alt.Tooltip("layer:O"), alt.Tooltip("layers:Q", title="layers"),
-                     alt.Tooltip("depth:Q", format=".3f"), alt.Tooltip("value:Q", format=".4f")],
+                     alt.Tooltip("depth:Q", format=".3f"), alt.Tooltip("layer_value:Q", title="value", format=".4f")],
         ).properties(title=title, height=280)
     )
 

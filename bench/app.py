@@ -6,7 +6,10 @@
 The synthetic run has the shape of a BERT-base cross-encoder on a large judged set: 12 layers x
 12 heads x 694,445 pairs = 100,000,080 head_attention rows (sorted by layer, head, pair_id, as the
 precompute job writes it), 2,000 queries, and every other table of the store schema at a matching
-size. It is written with DuckDB ``COPY (SELECT ... FROM range(...))`` straight to Parquet (a few
+size: 348 ablation conditions (96 component and 40 QK-subspace ones among them, the latter with
+40 x 694,445 subspace_head_metrics rows), and activation patching of 20,000 tfc1 and 20,000 cls patch pairs
+(12 layers x (12 heads + 18 components) and 12 x (12 heads + 3 components): 10,800,000 patching_effects
+rows). decoder_cross_attention (MonoT5 only) is not generated. It is written with DuckDB ``COPY (SELECT ... FROM range(...))`` straight to Parquet (a few
 minutes, ~12 GB) and reused when present. The numbers are uniform noise: only the sizes matter.
 
 Every query is an ``app.queries`` / ``app.pair_queries`` function, called exactly as the pages call it
@@ -32,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app import pair_queries as P, queries as Q  # noqa: E402
+from app import ablation_queries as AQ, pair_queries as P, patching_queries as PQ, queries as Q  # noqa: E402
 from app.slice import Slice  # noqa: E402
 from precompute.metrics import METRICS  # noqa: E402
 from precompute.names import DIRECTIONS  # noqa: E402
@@ -40,6 +43,9 @@ from precompute.store.schema import SCHEMA_VERSION, TABLES  # noqa: E402
 
 RUN_NAME = "bench__synthetic-bert-base"
 ROW_GROUP = 122_880
+BENCH_VERSION = 2  # bumped when the generated tables change: an older bench store is regenerated
+PATCH_PAIRS = 20_000  # per experiment
+SUBSPACE_HEADS = ((3, 5), (5, 1), (7, 2), (8, 8), (10, 4))
 
 
 def _copy(con, select: str, path: Path) -> None:
@@ -52,8 +58,13 @@ def _cast(table: str, exprs: dict[str, str]) -> str:
     """SELECT list casting each expression to the schema's type, in the schema's column order."""
     from precompute.store.writer import _duck_type
 
+    import pyarrow as pa
+
+    def duck(t) -> str:  # lists (component_means.mean) as DuckDB lists of their element type
+        return f"{duck(t.value_type)}[]" if pa.types.is_list(t) else _duck_type(t)
+
     cols = TABLES[table].columns
-    return ", ".join(f"CAST({exprs[c.name]} AS {_duck_type(c.type)}) AS \"{c.name}\"" for c in cols)
+    return ", ".join(f"CAST({exprs[c.name]} AS {duck(c.type)}) AS \"{c.name}\"" for c in cols)
 
 
 def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, threads: int) -> Path:
@@ -62,7 +73,9 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     run = root / RUN_NAME
     if (run / "manifest.json").exists():
         man = json.loads((run / "manifest.json").read_text())
-        if man.get("bench", {}).get("rows") == rows and man.get("schema_version") == SCHEMA_VERSION:
+        bench = man.get("bench", {})
+        if bench.get("rows") == rows and bench.get("version") == BENCH_VERSION and \
+                man.get("schema_version") == SCHEMA_VERSION:
             print(f"reusing {run} ({man['tables']['head_attention']['rows']:,} head_attention rows)")
             return run
     run.mkdir(parents=True, exist_ok=True)
@@ -117,6 +130,11 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
               for c in ("q_d", "d_q", "cross") for layer in range(layers)]
     conds += [(f"head:{layer}.{head}/zero", "head", "zero", str(layer), str(layer), str(head), "head", "NULL")
               for layer in range(layers) for head in range(heads)]
+    conds += [(f"{n}@{layer}/mean", n, "mean", str(layer), str(layer), "NULL", "component", "NULL")
+              for layer in range(layers) for c in ("mlp", "attn") for n in (c, f"{c}:cls", f"{c}:q", f"{c}:d")]
+    subspace = [(f"qk:{layer}.{head}:k{k}/{op}", f"qk:k{k}", op, str(layer), str(layer), str(head), "subspace", "NULL")
+                for layer, head in SUBSPACE_HEADS for k in range(1, 5) for op in ("remove", "scale=2")]
+    conds += subspace
     values = ", ".join(f"('{c[0]}', '{c[1]}', '{c[2]}', '{c[3]}', {c[4]}, {c[5]}, '{c[6]}', {c[7]})" for c in conds)
     con.execute("CREATE TEMP TABLE conds(condition_id VARCHAR, condition VARCHAR, mode VARCHAR, layers VARCHAR, "
                 "layer TINYINT, head TINYINT, kind VARCHAR, directions VARCHAR)")
@@ -136,7 +154,11 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
                "(VALUES ('pairs'), ('judged')) s(scope), (VALUES ('nDCG@10'), ('RR@10')) m(measure) "
                "ORDER BY condition_id, scope, measure, qid", run / "ablation_metrics.parquet")
     summary = {c: f"c.{c}" for c in cond_cols}
-    summary.update({"kind": "c.kind", "scope": "s.scope", "measure": "m.measure", "n_queries": str(queries),
+    from precompute.conditions.condition import ANALYSIS_OF_KIND
+
+    analysis = " ".join(f"WHEN '{k}' THEN '{a}'" for k, a in ANALYSIS_OF_KIND.items())
+    summary.update({"kind": "c.kind", "analysis": f"CASE c.kind {analysis} END", "scope": "s.scope",
+                    "measure": "m.measure", "n_queries": str(queries),
                     "mean": "0.7 - random() * 0.2", "baseline": "0.7", "delta": "-random() * 0.2",
                     "t": "-random() * 5", "p": "random() * 0.1", "p_holm": "random() * 0.2"})
     _copy(con, f"SELECT {_cast('ablation_summary', summary)} FROM conds c, "
@@ -155,6 +177,9 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     _copy(con, f"SELECT {_cast('head_contrasts', hc)} FROM range({layers}) l(layer), range({heads}) h(head), "
                f"(VALUES {mlist}) m(metric), (VALUES ('relevant_vs_easy'), ('relevant_vs_hard')) c(contrast) "
                "ORDER BY contrast, metric, layer, head", run / "head_contrasts.parquet")
+    t1 = time.time()
+    _generate_analyses(con, run, n_pairs=n_pairs, layers=layers, heads=heads, subspace=subspace)
+    print(f"  components, subspaces, patching ({time.time() - t1:.0f} s)")
     counts = {t: con.execute(f"SELECT count(*) FROM read_parquet('{run / (t + '.parquet')}')").fetchone()[0]
               for t in TABLES if (run / f"{t}.parquet").exists()}
     con.close()
@@ -168,11 +193,44 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
         "counts": {"pairs": n_pairs, "queries": queries},
         "metrics": {"nDCG@10": None},
         "tables": {t: {"rows": n} for t, n in counts.items()},
-        "bench": {"rows": rows, "seconds": round(time.time() - t0, 1)},
+        "bench": {"rows": rows, "version": BENCH_VERSION, "seconds": round(time.time() - t0, 1)},
     }
     (run / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"generated {run} in {time.time() - t0:.0f} s")
     return run
+
+
+def _generate_analyses(con, run: Path, *, n_pairs: int, layers: int, heads: int, subspace: list[tuple]) -> None:
+    """component_means, subspace_head_metrics (every subspace condition x pair) and both patching experiments."""
+    cm = {"layer": "l.layer", "component": "c.component", "segment": "s.segment", "tokens": "1000000",
+          "mean": "list_transform(range(768), lambda x: random() - 0.5)"}
+    _copy(con, f"SELECT {_cast('component_means', cm)} FROM range({layers}) l(layer), "
+               "(VALUES ('attn'), ('mlp')) c(component), (VALUES ('cls'), ('q'), ('sep1'), ('d'), ('sep2')) s(segment) "
+               "ORDER BY 1, 2, 3", run / "component_means.parquet")
+    values = ", ".join(f"('{c[0]}', {c[4]}, {c[5]})" for c in subspace)
+    shm = {"condition_id": "c.condition_id", "pair_id": "p.i", "layer": "c.layer", "head": "c.head"}
+    shm.update({m: "random()" for m in METRICS})
+    _copy(con, f"SELECT {_cast('subspace_head_metrics', shm)} FROM (VALUES {values}) c(condition_id, layer, head), "
+               f"range({n_pairs}) p(i) ORDER BY condition_id, pair_id", run / "subspace_head_metrics.parquet")
+    pp = {"experiment": "e.experiment", "patch_id": "p.i", "pair_id": f"(p.i * 34 + e.k) % {n_pairs}",
+          "clean_pair_id": f"CASE WHEN e.experiment = 'cls' THEN (p.i * 34 + 1) % {n_pairs} END",
+          "term": "CASE WHEN e.experiment = 'tfc1' THEN 'query' END",
+          "filler": "CASE WHEN e.experiment = 'tfc1' THEN 'the' END"}
+    _copy(con, f"SELECT {_cast('patching_pairs', pp)} FROM (VALUES ('cls', 2), ('tfc1', 0)) e(experiment, k), "
+               f"range({PATCH_PAIRS}) p(i) ORDER BY 1, 2", run / "patching_pairs.parquet")
+    # variants per layer: tfc1 = 3 components x 6 segments + every head; cls = 3 components at 'cls' + every head
+    variants = [("tfc1", c, s, "NULL") for c in ("resid", "attn", "mlp") for s in ("all", "cls", "q", "sep1", "d", "sep2")]
+    variants += [("tfc1", "head", "all", str(h)) for h in range(heads)]
+    variants += [("cls", c, "cls", "NULL") for c in ("resid", "attn", "mlp")] + [("cls", "head", "cls", str(h))
+                                                                                  for h in range(heads)]
+    vals = ", ".join(f"('{e}', '{c}', '{s}', {h})" for e, c, s, h in variants)
+    pe = {"experiment": "v.experiment", "patch_id": "p.i", "pair_id": f"(p.i * 34 + CASE WHEN v.experiment = 'cls' "
+          f"THEN 2 ELSE 0 END) % {n_pairs}", "layer": "l.layer", "head": "v.head", "component": "v.component",
+          "segment": "v.segment", "clean": "1 + (p.i % 7) * 0.1", "corrupted": "0.5 - (p.i % 5) * 0.1",
+          "patched": "random()", "effect": "CASE WHEN p.i % 20 = 0 THEN NULL ELSE random() * 1.2 - 0.1 END"}
+    _copy(con, f"SELECT {_cast('patching_effects', pe)} FROM (VALUES {vals}) v(experiment, component, segment, head), "
+               f"range({layers}) l(layer), range({PATCH_PAIRS}) p(i) "
+               "ORDER BY experiment, layer, component, segment, head, patch_id", run / "patching_effects.parquet")
 
 
 def page_queries(con, layers: int, heads: int) -> list[tuple[str, str, object]]:
@@ -211,12 +269,29 @@ def page_queries(con, layers: int, heads: int) -> list[tuple[str, str, object]]:
     add("directions", "direction_by_layer 8 dirs (all)", Q.direction_by_layer, full,
         ("q_d", "d_q", "q_q", "d_d", "q_cls", "d_cls", "q_sep2", "d_sep2"))
     add("directions", "direction_by_layer 25 dirs (narrow)", Q.direction_by_layer, narrow, DIRECTIONS)
-    add("ablations", "ablation_options", Q.ablation_options)
-    add("ablations", "ablation_table", Q.ablation_table, "pairs", "nDCG@10")
-    add("ablations", "ablation_layer_sweeps", Q.ablation_layer_sweeps, "pairs", "nDCG@10")
-    add("ablations", "ablation_heads", Q.ablation_heads, "pairs", "nDCG@10")
-    add("ablations", "ablation_per_query (all)", Q.ablation_per_query, full, "q_d@all/zero", "pairs", "nDCG@10")
-    add("ablations", "ablation_slice_means (50 queries)", Q.ablation_slice_means, narrow, "pairs", "nDCG@10")
+    add("ablations", "ablation_options", AQ.ablation_options)
+    add("ablations", "ablation_table", AQ.ablation_table, "pairs", "nDCG@10")
+    add("ablations", "ablation_layer_sweeps", AQ.ablation_layer_sweeps, "pairs", "nDCG@10")
+    add("ablations", "ablation_heads", AQ.ablation_heads, "pairs", "nDCG@10")
+    add("ablations", "ablation_per_query (all)", AQ.ablation_per_query, full, "q_d@all/zero", "pairs", "nDCG@10")
+    add("ablations", "ablation_slice_means (50 queries)", AQ.ablation_slice_means, narrow, "pairs", "nDCG@10")
+    add("ablations", "analysis_families", AQ.analysis_families, "pairs", "nDCG@10")
+    add("ablations", "component_table", AQ.component_table, "pairs", "nDCG@10")
+    add("ablations", "subspace_table (40 conditions)", AQ.subspace_table, "pairs", "nDCG@10")
+    sub = f"qk:{SUBSPACE_HEADS[0][0]}.{SUBSPACE_HEADS[0][1]}:k2/remove"
+    add("ablations", "subspace_metric_deltas (1 condition)", AQ.subspace_metric_deltas, sub)
+    add("patching", "patching_experiments", PQ.patching_experiments)
+    for exp in ("tfc1", "cls"):
+        add("patching", f"patching_heads {exp} (all)", PQ.patching_heads, full, exp)
+        add("patching", f"patching_heads {exp} (narrow)", PQ.patching_heads, narrow, exp)
+        add("patching", f"patching_components {exp} (all)", PQ.patching_components, full, exp)
+        add("patching", f"patching_components {exp} (narrow)", PQ.patching_components, narrow, exp)
+    add("patching", f"patching_top_pairs head {L}.{H} tfc1 (all)", PQ.patching_top_pairs, full, "tfc1", L, "head",
+        None, H, 20, True)
+    add("patching", f"patching_top_pairs mlp/d {L} tfc1 (narrow)", PQ.patching_top_pairs, narrow, "tfc1", L, "mlp",
+        "d", None, 20, True)
+    add("patching", f"patching_top_pairs head {L}.{H} cls (narrow)", PQ.patching_top_pairs, narrow, "cls", L, "head",
+        None, H, 20, False)
     add("spectra", "alignment_scores", Q.alignment_scores, full)
     add("spectra", f"svd_spectra layer {L}", Q.svd_spectra, full.with_(layers=(L, L)))
     add("spectra", "alignment_vs_contrast", Q.alignment_vs_contrast, full, "q_d", "relevant_vs_easy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -226,12 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     from precompute.model import ModelError
     from precompute.store.writer import StoreError
 
+    from precompute.distributed import RankFailure, World
+
     cfg = config_from_args(args)
+    if World.from_env().distributed:  # a launcher that ends the job (torchrun after a rank failed) sends SIGTERM
+        signal.signal(signal.SIGTERM, _stopped_by_launcher)
     try:
         root = run(cfg)
     except (DatasetError, ModelError, StoreError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RankFailure as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: finished parts are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -240,8 +248,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{_save_traceback(cfg.cache)}); finished parts are kept, run the same command again to resume",
               file=sys.stderr)
         return EXIT_FAILED
-    log(f"store ready: {root}  (open it: duckdb -readonly {root / 'atlas.duckdb'})")
+    if World.from_env().leader:
+        log(f"store ready: {root}  (open it: duckdb -readonly {root / 'atlas.duckdb'})")
     return EXIT_OK
+
+
+def _stopped_by_launcher(signum, frame) -> None:
+    from precompute.distributed import RankFailure
+
+    raise RankFailure("stopped by the launcher (another rank failed or the job was cancelled); finished parts are "
+                      "kept, rerun the same command to resume")
 
 
 def _first_line(err: BaseException) -> str:

@@ -18,22 +18,26 @@ def log(message: str) -> None:
 
 @dataclass
 class Console:
-    """Where a run reports: log lines always, progress bars unless ``progress`` is off (--no-progress)."""
+    """Where a run reports: log lines always, progress bars unless ``progress`` is off (--no-progress). Every rank
+    of a distributed job but rank 0 is ``quiet`` (neither), so the log reads like a single process's."""
 
     progress: bool = True
+    quiet: bool = False
 
     def log(self, message: str) -> None:
-        log(message)
+        if not self.quiet:
+            log(message)
 
     def bar(self, total: int, desc: str, unit: str):
         """A tqdm bar with rate and ETA (a disabled one with --no-progress); use it as a context manager."""
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not self.progress, smoothing=0.1)
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not self.progress or self.quiet,
+                    smoothing=0.1)
 
     def iterate(self, items: Iterable, desc: str, unit: str) -> Iterable:
         """``items`` with a bar when progress is on (tqdm is imported only then)."""
-        if not self.progress:
+        if not self.progress or self.quiet:
             return items
         from tqdm.auto import tqdm
 

@@ -151,5 +151,5 @@ class Coordinator:
                 continue  # not started yet: counted from its first beat
             silent = now - float(self.store.get(key).decode())
             if silent > DEAD_AFTER_S:
-                raise RankFailure(f"rank {r} has been silent for {silent:.0f} s (killed or lost); stopping. Rerun the "
+                raise RankFailure(f"rank {r} has been silent for {silent:.0f} s (killed or lost); stopping: rerun the "
                                   "same command to resume from the parts on disk")

@@ -53,6 +53,12 @@ def check_same_run(manifest: Manifest | None, identity: Identity) -> None:
             )
 
 
+def _ranks() -> int:
+    from precompute.distributed import World
+
+    return World.from_env().size
+
+
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     for name in PACKAGES:
@@ -67,34 +73,56 @@ def run(cfg: JobConfig) -> Path:
     """Run the job; returns the run folder. Raises DatasetError / ModelError / StoreError with one-line messages.
 
     Every check that can refuse the run (folder, identity, model, flags, max length) runs before the first pass.
+    Under torchrun or srun (several ranks, :mod:`precompute.distributed`) every rank runs this; a rank that fails
+    tells the others, which stop at their next barrier.
     """
+    from precompute.distributed import Coordinator, World
+
+    world = World.from_env()
+    coordinator = Coordinator(world)
+    try:
+        return _run(cfg, world, coordinator)
+    except BaseException as err:
+        coordinator.fail(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        raise
+    finally:
+        coordinator.close()
+
+
+def _run(cfg: JobConfig, world, coordinator) -> Path:
     from precompute import checks, datasets, model, pairs as pairs_mod
     from precompute.stages.context import RunContext
 
     started = time.time()
-    console = Console(progress=cfg.progress)
+    console = Console(progress=cfg.progress, quiet=not world.leader)
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
     identity = identity_of(cfg, model.identity(cfg.model), ds.source)
     writer = RunWriter(root, identity=identity.to_dict())
+    local_rank = world.local_rank if world.distributed else None
+    coordinator.start(model.pick_device(cfg.device, local_rank))
     with _disk_full_names(root):
-        writer.ensure_writable()
+        if world.leader:  # the job's lock, the clean-up of a killed run and the identity checks: one rank
+            writer.ensure_writable()
+            check_same_run(writer.read_manifest(), identity)
+            writer.check_identity(has_manifest=writer.read_manifest() is not None)
+        coordinator.wait("job/ready", leader_only=True)
         previous = writer.read_manifest()
-        check_same_run(previous, identity)
-        writer.check_identity(has_manifest=previous is not None)
 
-        lm = model.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens)
+        lm = model.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens,
+                        local_rank=local_rank)
         checks.check_model_settings(cfg, lm)
         checks.check_kernels(lm)
         pair_set = pairs_mod.build_pairs(
             ds, easy_negatives=cfg.easy_negatives, seed=cfg.seed, candidates=cfg.candidates,
-            depth=cfg.depth, max_queries=cfg.max_queries, progress=cfg.progress,
+            depth=cfg.depth, max_queries=cfg.max_queries, progress=cfg.progress and world.leader,
         )
         if not pair_set.pairs:
             raise StoreError(f"dataset {cfg.dataset!r} gave no pairs with text; check its qrels and docs")
         checks.check_pairs_fit(cfg, lm, pair_set)
         manifest = _starting_manifest(cfg, lm, ds, pair_set, previous, identity)
-        ctx = RunContext(cfg=cfg, lm=lm, ds=ds, pair_set=pair_set, writer=writer, manifest=manifest, console=console)
+        ctx = RunContext(cfg=cfg, lm=lm, ds=ds, pair_set=pair_set, writer=writer, manifest=manifest, console=console,
+                         world=world, coordinator=coordinator)
         _run_stages(ctx, started)
     return root
 
@@ -109,7 +137,7 @@ def _starting_manifest(cfg, lm, ds, pair_set, previous: Manifest | None, identit
         created=manifest.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo.from_dict(lm.describe()),
         dataset=DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source),
-        parameters={**cfg.pair_parameters(), "device": lm.device, "dtype": lm.dtype},
+        parameters={**cfg.pair_parameters(), "device": lm.device, "dtype": lm.dtype, "ranks": _ranks()},
         counts=Counts(pairs=len(pair_set.pairs), queries=len(pair_set.queries), neg_type=pair_set.counts(),
                       skipped=pair_set.skipped, truncated=manifest.counts.truncated),
         versions=versions(),
@@ -131,9 +159,11 @@ def _run_stages(ctx, started: float) -> None:
 
     ctx.manifest.timings["total_s"] = round(time.time() - started, 2)
     ctx.manifest.status = STATUS_COMPLETE
-    write_catalog(ctx.writer.root)
-    crash.point("job.catalog")
+    if ctx.world.leader:
+        write_catalog(ctx.writer.root)
+        crash.point("job.catalog")
     ctx.save_manifest()
+    ctx.coordinator.wait("job/complete", leader_only=True)  # every rank ends once the store is complete
 
 
 @contextmanager

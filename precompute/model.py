@@ -76,22 +76,25 @@ class LoadedModel:
         }
 
 
-def pick_device(requested: str) -> str:
+def pick_device(requested: str, local_rank: int | None = None) -> str:
+    """'cpu' or 'cuda' ('cuda:<local_rank>' for one rank of a distributed job: one GPU per rank)."""
     import torch
 
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if requested == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise ModelError(f"rank {local_rank} of this node has no GPU of its own ({torch.cuda.device_count()} "
+                             "visible); start one process per GPU (torchrun --nproc-per-node)")
+        return f"cuda:{local_rank}"
     return requested
-
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def pick_dtype(requested: str, device: str) -> str:
     if requested == "auto":
-        return "bfloat16" if device == "cuda" else "float32"
+        return "bfloat16" if device.startswith("cuda") else "float32"
     if requested in ("bfloat16", "float16") and device == "cpu":
         raise ModelError(f"--dtype {requested} is for GPUs; on the CPU use --dtype float32")
     return requested
@@ -130,7 +133,7 @@ def identity(spec: str) -> str:
 
 
 def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str | None = None,
-         answer_tokens: tuple[str, str] | None = None) -> LoadedModel:
+         answer_tokens: tuple[str, str] | None = None, local_rank: int | None = None) -> LoadedModel:
     """Load model and fast tokenizer from a Hugging Face id or local folder, eval mode, on ``device``, with the
     family its config names (template and answer tokens for template families; their defaults when None)."""
     import torch
@@ -138,7 +141,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
 
     from precompute.families import FamilyError, family_for
 
-    device = pick_device(device)
+    device = pick_device(device, local_rank)
     dtype = pick_dtype(dtype, device)
     check_local_path(spec)
     offline = not Path(spec).exists() and not _in_hub_cache(spec) and not _hub_reachable()

@@ -13,6 +13,7 @@ from app import ablation_queries as aq, charts, data, state, ui
 from app.commands import ABLATIONS_FLAGS, COMPONENT_FLAGS, SUBSPACE_FLAGS, SWEEP_FLAGS, command_for
 from app.family import labels_of, refused_reason
 from precompute.conditions import BASELINE
+from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA, STARS_LEGEND, stars
 
 ctx, run = ui.require_run()
@@ -73,14 +74,12 @@ table = data.query(run, aq.ablation_table, scope, measure)
 sweeps = data.query(run, aq.ablation_layer_sweeps, scope, measure)
 heads = data.query(run, aq.ablation_heads, scope, measure)
 components = data.query(run, aq.component_table, scope, measure)
-subspace = data.query(run, aq.subspace_table, scope, measure)
 families = data.query(run, aq.analysis_families, scope, measure)
-conditions = [c for c in list(table["condition_id"]) + list(sweeps["condition_id"]) + list(heads["condition_id"])
-              + list(components["condition_id"]) + list(subspace["condition_id"]) if c != BASELINE]
 
 # -- Table 1 ----------------------------------------------------------------------------------
 st.subheader(f"Table 1: {measure} under each ablation ({scope})")
 shown = table.copy()
+shown.insert(3, "removes", [lab.direction(c) if c in DIRECTIONS else c for c in shown["condition"]])
 shown["significance"] = [stars(p, not_significant="n.s.") for p in shown["p_holm"]]
 if sl.qids:
     part = data.query(run, aq.ablation_slice_means, sl, scope, measure)
@@ -193,6 +192,8 @@ else:
 
 # -- QK-subspace conditions -------------------------------------------------------------------
 st.subheader("QK-subspace interventions")
+with st.spinner("Reading the subspace heads' metrics (one pass over subspace_head_metrics; cached afterwards) ..."):
+    subspace = data.query(run, aq.subspace_table, scope, measure)
 if subspace.empty:
     st.caption(f"No QK-subspace conditions in this run (`{command_for(run, SUBSPACE_FLAGS)}` computes them for the "
                "heads of --subspace-heads, default the top 5 by Cohen's d of q_d).")
@@ -229,6 +230,8 @@ else:
                      deltas, f"{run.name}-subspace-{st.session_state['abl_sub']}", key="abl_sub_metrics")
 
 # -- per-query deltas -------------------------------------------------------------------------
+conditions = [c for c in list(table["condition_id"]) + list(sweeps["condition_id"]) + list(heads["condition_id"])
+              + list(components["condition_id"]) + list(subspace["condition_id"]) if c != BASELINE]
 st.divider()
 st.subheader("Per-query deltas")
 if not conditions:

@@ -129,20 +129,19 @@ if align == "depth":
     if prof_a.empty or prof_b.empty:
         st.warning("One of the runs has no pairs in the slice for this view.")
     else:
-        y_title = f"{HOW[how]}: {value_title}"
+        y_title = f"{metric}, {how} over the layer's heads"
         long = pd.concat([prof_a.assign(run=A), prof_b.assign(run=B)], ignore_index=True).dropna(subset=["value"])
         if len(long):
-            ui.chart(charts.depth_lines(long, title=f"{value_title} by relative depth: {run_a.model_name} "
-                                                    f"({la} layers) vs {run_b.model_name} ({lb} layers)",
-                                        y_title=y_title),
+            ui.chart(charts.depth_lines(long, title=f"{value_title} by relative depth: {run_a.model_name} ({la} "
+                                                    f"layers) vs {run_b.model_name} ({lb} layers)", y_title=y_title),
                      long, f"compare-depth-{run_a.name}-vs-{run_b.name}-{metric}-{view}", key="cmp_depth_lines")
         bins = depth.align_by_depth(prof_a, la, prof_b, lb)
         st.caption(f"Depth bins = the shallower model's {min(la, lb)} layers: layer l of an L-layer model goes to "
                    f"bin floor((l + 0.5) x {min(la, lb)} / L); a bin's value is the mean of its layers' values.")
         valid = bins.dropna(subset=["diff"])
         if len(valid):
-            ui.chart(charts.depth_bins(valid, title=f"B - A by depth bin: {value_title}",
-                                       x_title=f"B - A, {y_title}"),
+            ui.chart(charts.depth_bins(valid, title=f"B - A by depth bin: {value_title} ({how} over heads)",
+                                       x_title="B - A"),
                      valid, f"compare-depth-bins-{run_a.name}-vs-{run_b.name}-{metric}-{view}", key="cmp_depth_bins")
         st.dataframe(bins, hide_index=True, key="cmp_depth_values")
 

@@ -138,7 +138,8 @@ k = st.columns(4)
 k[0].metric("Live score", f"{pa.score:.4f}", f"{pa.score - float(pair['score']):+.4f} vs stored", delta_color="off")
 k[1].metric(f"Live {SEGMENT_LABELS[src]}->{SEGMENT_LABELS[dst]} mass", f"{live_metrics[f'{src}_{dst}']:.4f}")
 if not stored.empty:
-    k[2].metric("Stored mass", f"{float(stored.iloc[0][f'{src}_{dst}']):.4f}")
+    kept = pd.to_numeric(stored.iloc[0][f"{src}_{dst}"], errors="coerce")
+    k[2].metric("Stored mass", f"{float(kept):.4f}" if pd.notna(kept) else lab.missing(f"{src}_{dst}"))
     gap = live.largest_gap(live_metrics, {m: float(stored.iloc[0][m]) for m in METRICS})
     k[3].metric("Largest live - stored gap", f"{gap:.1e}",
                 help=f"Over the head's {len(METRICS)} stored summaries, recomputed live by the job's summary kernel "

@@ -159,7 +159,7 @@ row = stats.iloc[0]
 k = st.columns(4)
 k[0].metric(f"Mean effect, {what}", f"{row['mean']:+.4f}" if pd.notna(row["mean"]) else "undefined (all NULL)")
 k[1].metric("95% confidence interval",
-            f"[{row['ci_lo']:+.3f}, {row['ci_hi']:+.3f}]" if pd.notna(row["ci_lo"]) else "n/a")
+            f"{row['ci_lo']:.3f} to {row['ci_hi']:.3f}" if pd.notna(row["ci_lo"]) else "n/a")
 k[2].metric("Pairs with an effect", f"{int(row['n']):,}")
 k[3].metric("NULL effects", f"{int(row['n_null']):,}", help=f"|clean - corrupted| < {EPS}: left out, not counted as 0.")
 top = data.query(run, pq.patching_top_pairs, sl, exp, layer, component, segment, head, 20, descending)

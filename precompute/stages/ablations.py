@@ -106,6 +106,7 @@ def _check_settings(ctx, kernel: str, stack: int) -> None:
 
 class Ablations(Stage):
     name = "ablations"
+    sharded = True
     tables = (CONDITIONS, SCORES, METRICS, SUMMARY)
     needs = ("pairs",)
     rebuildable = (CONDITIONS, METRICS, SUMMARY)  # from the scores and the known definitions
@@ -175,14 +176,15 @@ class Ablations(Stage):
         ctx.save_manifest()
         crash.point("ablations.settings")
         pending = [c for c in todo if c.condition_id not in known]
-        if pending:  # definitions first, so a folder never holds scores it cannot describe
+        if pending and ctx.world.leader:  # definitions first, so a folder never holds scores it cannot describe
             writer.write_part(CONDITIONS, folder.part_key("defs", [c.condition_id for c in pending]),
                               pa.Table.from_pylist([c.row() for c in pending]))
             crash.point("ablations.definitions")
+        ctx.coordinator.wait("ablations/definitions", leader_only=True)
         done = folder.done_in_parts(writer)
         chunks = list(chunked(pairs, cfg.chunk_size))
-        work = [(group, key, chunk) for group in forward_groups(todo, stack) for key, chunk in chunks]
-        total = len(todo) * len(pairs)
+        work = ctx.world.share([(group, key, chunk) for group in forward_groups(todo, stack) for key, chunk in chunks])
+        total = sum(len(chunk) * len(group) for group, _, chunk in work)
         left = sum(len(chunk) * sum((c.condition_id, key) not in done for c in group) for group, key, chunk in work)
         means = _means(ctx, todo)
         per = ablation.seconds_per_scoring(lm, pairs, todo[0], batch_size=cfg.batch_size, max_length=cfg.max_length,

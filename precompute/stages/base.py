@@ -12,6 +12,9 @@
 * ``record``: write the stage's manifest section from the finished tables. It runs every time, so a
   manifest rebuilt after a crash or a deletion says the same as one written in a single run.
 
+With several ranks (:mod:`precompute.distributed`) every rank computes its share of the work items
+(``ctx.world.share``); rank 0 alone verifies, merges and records, and the ranks meet at barriers with deadlines.
+
 Adding a stage is one module with a :class:`Stage` subclass plus one entry in ``precompute.stages.STAGES``.
 """
 
@@ -29,6 +32,7 @@ class Stage:
     optional: tuple[str, ...] = ()  # tables it leaves for some models only (verified when present)
     needs: tuple[str, ...] = ()  # finished tables of earlier stages it reads
     rebuildable: tuple[str, ...] = ()  # its tables it derives again from other data when one is damaged
+    sharded: bool = False  # True: every rank computes its share of the work items; False: rank 0 computes alone
 
     def wanted(self, ctx: "RunContext") -> bool:
         return True
@@ -76,10 +80,20 @@ class Stage:
     def run(self, ctx: "RunContext") -> None:
         if not self.wanted(ctx):
             return
-        self.verify(ctx)
+        leader, meet = ctx.world.leader, ctx.coordinator.wait
+        if leader:  # verification may delete a damaged table: one rank decides
+            self.verify(ctx)
+        meet(f"{self.name}/verified", leader_only=True)
         self.check(ctx)
         ctx.computed[self.name] = 0
-        if not self.done(ctx):
-            ctx.computed[self.name] = self.compute(ctx) or 0
-            self.merge(ctx)
-        self.record(ctx)
+        finished = self.done(ctx)
+        meet(f"{self.name}/decided")  # every rank read the folder before any rank writes to it
+        if not finished:
+            if self.sharded or leader:
+                ctx.computed[self.name] = self.compute(ctx) or 0
+            meet(f"{self.name}/computed")  # every rank's parts are on disk
+            if leader:
+                self.merge(ctx)
+        meet(f"{self.name}/merged", leader_only=True)
+        if leader:
+            self.record(ctx)

@@ -3,6 +3,7 @@ ablations ask for a mean-mode component condition, before the ablation stage rea
 
 from __future__ import annotations
 
+from precompute import crash
 from precompute.stages.base import Stage
 from precompute.store.manifest import TableInfo
 
@@ -17,6 +18,7 @@ def needs_means(ctx) -> bool:
 
 class ComponentMeans(Stage):
     name = "component_means"
+    sharded = True
     tables = (MEANS,)
 
     def wanted(self, ctx) -> bool:
@@ -28,12 +30,14 @@ class ComponentMeans(Stage):
 
         cfg, writer = ctx.cfg, ctx.writer
         writer.verify_parts(SUMS)  # a damaged part is deleted (and computed again below), never merged
-        todo = [(key, chunk) for key, chunk in chunked(ctx.pair_set.pairs, cfg.chunk_size) if not writer.has_part(SUMS, key)]
+        mine = ctx.world.share(list(chunked(ctx.pair_set.pairs, cfg.chunk_size)))  # this rank's chunks
+        todo = [(key, chunk) for key, chunk in mine if not writer.has_part(SUMS, key)]
         ctx.console.log(f"Component means: {sum(len(c) for _, c in todo):,} pairs to run (one plain forward pass each).")
         with ctx.console.bar(sum(len(c) for _, c in todo), "component means", "pair") as bar:
             for key, chunk in todo:
                 writer.write_part(SUMS, key, sums_chunk(ctx.lm, chunk, batch_size=cfg.batch_size,
                                                         max_length=cfg.max_length))
+                crash.point("component_means.part")
                 bar.update(len(chunk))
         return sum(len(c) for _, c in todo)
 
@@ -43,8 +47,8 @@ class ComponentMeans(Stage):
         from precompute.components import means_table
 
         writer = ctx.writer
-        writer.write_table(MEANS, means_table([pq.read_table(p) for p in writer.part_paths(SUMS)]))
-        writer.drop_parts(SUMS)
+        writer.write_table(MEANS, means_table([pq.read_table(p) for p in writer.verify_parts(SUMS)]), staged=True)
+        writer.commit(self.name, [MEANS], drop_parts=[SUMS])
 
     def record(self, ctx) -> None:
         import pyarrow.parquet as pq

@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # types only: the context is built by precompute.job, which i
     from precompute.config import JobConfig
     from precompute.console import Console
     from precompute.datasets import Dataset
+    from precompute.distributed import Coordinator, World
     from precompute.model import LoadedModel
     from precompute.pairs import PairSet
     from precompute.store.manifest import Manifest
@@ -25,8 +26,18 @@ class RunContext:
     writer: "RunWriter"
     manifest: "Manifest"
     console: "Console"
+    world: "World" = None  # type: ignore[assignment]  # this process among the job's ranks (one by default)
+    coordinator: "Coordinator" = None  # type: ignore[assignment]  # barriers with deadlines between the ranks
     computed: dict[str, int] = field(default_factory=dict)  # stage -> units computed by this job (0: all there)
 
+    def __post_init__(self):
+        from precompute.distributed import Coordinator, World
+
+        self.world = self.world or World()
+        self.coordinator = self.coordinator or Coordinator(self.world)
+
     def save_manifest(self) -> None:
-        """Write the manifest as it stands (atomically): after each stage, and before parts whose numbers it fixes."""
-        self.writer.write_manifest(self.manifest)
+        """Write the manifest as it stands (atomically; rank 0 only): after each stage, and before parts whose
+        numbers it fixes."""
+        if self.world.leader:
+            self.writer.write_manifest(self.manifest)

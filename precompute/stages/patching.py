@@ -8,6 +8,7 @@ one resumable part; experiments already in the folder are kept, so a rerun with 
 
 from __future__ import annotations
 
+from precompute import crash
 from precompute.stages.base import Stage
 from precompute.store.manifest import PatchingInfo, TableInfo
 
@@ -34,6 +35,7 @@ def _stored_experiments(writer) -> set[str]:
 
 class Patching(Stage):
     name = "patching"
+    sharded = True
     tables = (PAIRS, EFFECTS)
 
     def wanted(self, ctx) -> bool:
@@ -59,27 +61,30 @@ class Patching(Stage):
         total = 0
         for experiment in (e for e in cfg.patching if e not in done):
             items, skipped = inputs(ctx, experiment)
-            chunks = [(f"{experiment}-{i // cfg.chunk_size:06d}", items[i : i + cfg.chunk_size])
-                      for i in range(0, len(items), cfg.chunk_size)]
+            chunks = ctx.world.share([(f"{experiment}-{i // cfg.chunk_size:06d}", items[i : i + cfg.chunk_size])
+                                      for i in range(0, len(items), cfg.chunk_size)])  # this rank's chunks
             todo = [(key, chunk) for key, chunk in chunks if not writer.has_part(EFFECTS, key)]
             layers, heads = ctx.lm.shape
             per_pair = layers * len(patching.variants(experiment, heads))
             skip = f" ({skipped:,} run pairs skipped: no aligned term and filler)" if experiment == "tfc1" else ""
             ctx.console.log(f"Patching {experiment}: {len(items):,} input pairs{skip}, {per_pair} patched activations "
                             f"each; {sum(len(c) for _, c in todo):,} to run.")
-            with ctx.console.bar(len(items), f"patching {experiment}", "pair") as bar:
-                bar.update(len(items) - sum(len(c) for _, c in todo))
+            with ctx.console.bar(sum(len(c) for _, c in chunks), f"patching {experiment}", "pair") as bar:
+                bar.update(sum(len(c) for _, c in chunks) - sum(len(c) for _, c in todo))
                 for key, chunk in todo:
                     cols = patching.run_experiment(ctx.lm, experiment, chunk, batch_size=cfg.batch_size,
                                                    max_length=cfg.max_length, on_batch=bar.update)
                     writer.write_part(EFFECTS, key, pa.table(cols))
+                    crash.point("patching.part")
                     total += len(chunk)
         return total
 
     def merge(self, ctx) -> None:
+        """The old tables' other experiments + the parts -> both tables, installed in one commit."""
         import pyarrow as pa
 
         writer = ctx.writer
+        writer.verify_parts(EFFECTS)
         rows = []
         for experiment in ctx.cfg.patching:
             rows += [item.row() for item in inputs(ctx, experiment)[0]]
@@ -88,15 +93,16 @@ class Patching(Stage):
 
             old = pq.read_table(writer.table_path(PAIRS)).to_pylist()
             rows = [r for r in old if r["experiment"] not in ctx.cfg.patching] + rows
-        old_effects = str(writer.table_path(EFFECTS)).replace("'", "''")
         keep = ", ".join("'" + e + "'" for e in ctx.cfg.patching)
         pieces = ["SELECT * FROM parts_effects"]
+        sources = {"effects": writer.root / "_parts" / EFFECTS}
         if writer.has_table(EFFECTS):
-            pieces.insert(0, f"SELECT * FROM read_parquet('{old_effects}') WHERE experiment NOT IN ({keep})")
-        writer.merge_parts(EFFECTS, select_sql=" UNION ALL ".join(f"({p})" for p in pieces),
-                           sources={"effects": writer.root / "_parts" / EFFECTS})
-        writer.write_table(PAIRS, pa.Table.from_pylist(rows))
-        writer.drop_parts(EFFECTS)
+            sources["old"] = writer.table_path(EFFECTS)
+            pieces.insert(0, f"SELECT * FROM parts_old WHERE experiment NOT IN ({keep})")
+        writer.merge_parts(EFFECTS, select_sql=" UNION ALL ".join(f"({p})" for p in pieces), sources=sources,
+                           staged=True)
+        writer.write_table(PAIRS, pa.Table.from_pylist(rows), staged=True)
+        writer.commit(self.name, [EFFECTS, PAIRS], drop_parts=[EFFECTS])
 
     def record(self, ctx) -> None:
         import duckdb

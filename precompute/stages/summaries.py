@@ -40,6 +40,7 @@ def estimate(ctx, pairs) -> float:
 
 class Summaries(Stage):
     name = "summaries"
+    sharded = True
     tables = (PAIRS, HEADS, AGG)
     optional = (CROSS,)
     rebuildable = (AGG,)  # from pairs and head_attention
@@ -66,9 +67,9 @@ class Summaries(Stage):
         tables = self.part_tables(ctx)
         for table in tables:
             writer.verify_parts(table)
-        todo = [(key, chunk) for key, chunk in chunked(pairs, cfg.chunk_size)
-                if not all(writer.has_part(table, key) for table in tables)]
-        done = len(pairs) - sum(len(c) for _, c in todo)
+        mine = ctx.world.share(list(chunked(pairs, cfg.chunk_size)))  # this rank's chunks (all of them alone)
+        todo = [(key, chunk) for key, chunk in mine if not all(writer.has_part(table, key) for table in tables)]
+        done = sum(len(c) for _, c in mine) - sum(len(c) for _, c in todo)
         if todo:
             if lm.device == "cpu":
                 import torch
@@ -77,9 +78,11 @@ class Summaries(Stage):
                                 "use a small model and --max-queries, e.g. --model ../shared/models/minilm-l6-msmarco-ce "
                                 "--max-queries 3.")
             seconds = estimate(ctx, [p for _, c in todo for p in c])
-            ctx.console.log(f"Summary pass: {len(pairs):,} pairs ({done:,} already done), "
+            ranks = f" (this rank's {sum(len(c) for _, c in mine):,} of {ctx.world.size} ranks)" \
+                if ctx.world.distributed else ""
+            ctx.console.log(f"Summary pass: {len(pairs):,} pairs{ranks} ({done:,} already done), "
                             f"estimated {seconds / 60:.1f} min on {lm.device} ({lm.dtype}).")
-        with ctx.console.bar(len(pairs), "summaries", "pair") as bar:
+        with ctx.console.bar(sum(len(c) for _, c in mine), "summaries", "pair") as bar:
             bar.update(done)
             for key, chunk in todo:
                 pairs_part, heads_part, cross_part = summarise_chunk(lm, chunk, batch_size=cfg.batch_size,

@@ -147,7 +147,7 @@ def _check_statistics(path: Path, group: int, name: str, column: pa.ChunkedArray
     if stats.has_null_count and stats.null_count != column.null_count:
         raise CorruptFile(f"{path}: column {name} of row group {group} has {column.null_count} NULLs, "
                           f"its statistics say {stats.null_count}")
-    if not stats.has_min_max:
+    if not stats.has_min_max or pa.types.is_nested(column.type):  # lists (component_means.mean) have no min/max
         return
     values = column.drop_null()
     if pa.types.is_floating(values.type):

@@ -302,6 +302,7 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
         block = pd.DataFrame(rows)
         block["p_holm"] = None
         analysis = block["kind"].map(ANALYSIS_OF_KIND)
+        block["analysis"] = analysis  # written where the schema has the column (write_table keeps its columns)
         for _, idx in block.groupby(analysis).groups.items():  # each analysis is its own Holm family
             mask = block.index.isin(idx) & block["p"].notna()
             block.loc[mask, "p_holm"] = _holm(block.loc[mask, "p"].to_numpy(dtype=float))

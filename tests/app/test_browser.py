@@ -171,3 +171,30 @@ def test_clicking_a_cell_opens_that_head(driver, server):
     WebDriverWait(driver, 30, poll_frequency=0.25).until(
         lambda d: any("Head 2.3:" in (e.get_attribute("textContent") or "")
                       for e in d.find_elements(By.CSS_SELECTOR, ".vega-embed")))
+
+
+def test_clicks_on_the_patching_page_open_their_pairs(driver, server):
+    """A click on a head of the patching heatmap, then on a point of the component curves, lists that target's
+    pairs (and puts it in the URL)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def main_text(d) -> str:
+        return d.find_element(By.CSS_SELECTOR, "section.stMain, [data-testid='stMain']").text
+
+    _load(driver, f"{server}/patching?run={DL20}", "Activation patching", 3)
+    cells = driver.find_elements(By.CSS_SELECTOR, ".vega-embed svg g.mark-rect path[aria-label^='Head: 0; Layer: 1;']")
+    assert cells, "no patching heatmap cell for layer 1, head 0"
+    ActionChains(driver).move_to_element(cells[0]).click().perform()
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "pat_head=1.0" in d.current_url)
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "Mean effect, head 1.0" in main_text(d))
+
+    points = [e for e in driver.find_elements(By.CSS_SELECTOR, ".vega-embed svg g.mark-symbol path[aria-label]")
+              if "component: mlp" in (e.get_attribute("aria-label") or "")
+              and "Layer: 2" in (e.get_attribute("aria-label") or "")]
+    assert points, "no point of the mlp curve at layer 2"
+    ActionChains(driver).move_to_element(points[0]).click().perform()
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(
+        lambda d: "pat_target=component" in d.current_url and "pat_comp=2.mlp." in d.current_url)
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "Mean effect, layer 2 · mlp ·" in main_text(d))

@@ -175,3 +175,22 @@ def test_compare_by_relative_depth(app, family_store, family_sql):
     assert at.query_params["cmp_align"] == "layer"
     diff = frame(at, "layer", "head", "mean_a", "mean_b", "diff")
     assert diff["diff"].notna().sum() == 2 * 2  # layers 1-2 x the 2 heads both models have
+
+
+def test_the_version1_fixture_written_by_the_old_job_opens_on_every_page(app):
+    """tests/fixtures/store-v1 was written by the version-1 precompute job: no family fields, no analysis column, no
+    component, subspace or patching tables; every page opens, with the pair template's labels."""
+    from pathlib import Path
+
+    from tests.app.test_pages import PAGES
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "store-v1"
+    at = app(fixture)
+    ok(at)
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        ok(at)
+        if page == "directions":
+            assert '"CLS"' in json.dumps(charts(at)[0])
+        if page == "patching":
+            assert any("--patching tfc1,cls" in c.value for c in at.code)

@@ -120,3 +120,49 @@ def pa_table(df):
     import pyarrow as pa
 
     return pa.Table.from_pandas(df, preserve_index=False)
+
+
+# -- ablations: subspaces; patching --------------------------------------------------------------------
+def test_subspace_deltas_equal_the_view(con):
+    """The Ablations page computes the head's metric changes as two column scans; they equal the store's view
+    subspace_effects (mean over pairs of with - without)."""
+    from app import ablation_queries as AQ
+
+    view = con.execute("SELECT condition_id, metric, n, mean, baseline, delta FROM subspace_effects").df()
+    ids = sorted(view["condition_id"].unique())
+    assert len(ids) == 8
+    for cid in ids[:3]:
+        got = AQ.subspace_metric_deltas(con, cid).set_index("metric")
+        want = view[view["condition_id"] == cid].set_index("metric")
+        assert sorted(got.index) == sorted(want.index) == sorted(METRICS)
+        assert (got.loc[want.index, "n"] == want["n"]).all()
+        np.testing.assert_allclose(got.loc[want.index, ["mean", "baseline", "delta"]].to_numpy(float),
+                                   want[["mean", "baseline", "delta"]].to_numpy(float), rtol=1e-6, atol=1e-7)
+    table = AQ.subspace_table(con, "pairs", "nDCG@10").set_index("condition_id")
+    qd = view[view["metric"] == "q_d"].set_index("condition_id")["delta"]
+    np.testing.assert_allclose(table.loc[qd.index, "delta_q_d"], qd, atol=1e-7)
+
+
+def test_patching_queries_equal_pandas(con):
+    from app import patching_queries as PQ
+
+    fx = con.execute("SELECT e.*, p.qid, p.neg_type, p.grade FROM patching_effects e JOIN pairs p USING (pair_id)").df()
+    qids = sorted(fx["qid"].unique())[:3]
+    sl = Slice(layers=(1, 2), heads=(0, 3), qids=tuple(qids))
+    got = PQ.patching_heads(con, sl, "tfc1")
+    sub = fx[(fx["experiment"] == "tfc1") & (fx["component"] == "head") & fx["layer"].between(1, 2)
+             & fx["head"].isin([0, 3]) & fx["qid"].isin(qids)]
+    want = sub.groupby(["layer", "head"])["effect"].agg(["mean", "std", "count", "size"]).reset_index()
+    assert got[["layer", "head"]].values.tolist() == want[["layer", "head"]].values.tolist()
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-6)
+    assert got["n"].tolist() == want["count"].tolist()
+    assert got["n_null"].tolist() == (want["size"] - want["count"]).tolist()
+    np.testing.assert_allclose(got["ci_hi"] - got["mean"], 1.96 * want["std"] / np.sqrt(want["count"]), rtol=1e-5)
+    comps = PQ.patching_components(con, sl, "tfc1")
+    assert set(comps["component"]) == {"resid", "attn", "mlp"} and comps["layer"].between(1, 2).all()
+    assert len(comps) == 3 * 6 * 2  # components x segments (all + 5) x layers: the head filter does not apply
+    top = PQ.patching_top_pairs(con, sl, "tfc1", 2, "resid", "all", None, 5, True)
+    best = fx[(fx["experiment"] == "tfc1") & (fx["component"] == "resid") & (fx["segment"] == "all")
+              & (fx["layer"] == 2) & fx["qid"].isin(qids)].dropna(subset=["effect"]).nlargest(5, "effect")
+    np.testing.assert_allclose(top["effect"], best["effect"], rtol=1e-6)
+    assert set(top["qid"]) <= set(qids)

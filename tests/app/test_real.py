@@ -33,8 +33,8 @@ def test_every_page_renders_with_the_real_store(app, real_store):
     import duckdb
 
     at = app(real_store, run=REAL_RUN)
-    expected = {"overview": 1, "head_atlas": 3, "directions": 2, "ablations": 0, "spectra": 0, "pair_explorer": 2,
-                "sql": 0, "compare": 0}
+    expected = {"overview": 1, "head_atlas": 3, "directions": 2, "ablations": 0, "patching": 0, "spectra": 0,
+                "pair_explorer": 2, "sql": 0, "compare": 0}
     for page, charts in expected.items():
         at.switch_page(f"views/{page}.py").run(timeout=180)
         assert not at.exception, (page, [e.value for e in at.exception])

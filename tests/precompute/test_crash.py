@@ -24,6 +24,12 @@ ADDING = [
     "ablations.settings", "ablations.definitions", "ablations.part:2", "ablations.staged", "ablations.committed",
     "ablations.installing:1", "ablations.installing:3", "ablations.installed",
 ]
+# ... and in a rerun adding a mean-mode component condition and the tfc1 patching experiment to a finished run.
+ANALYSES = [
+    "component_means.part", "component_means.staged", "component_means.committed", "component_means.installing",
+    "component_means.installed", "patching.part", "patching.staged", "patching.committed", "patching.installing:1",
+    "patching.installed",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +49,7 @@ def assert_repaired(root: Path, reference: Path) -> None:
 
 
 def test_every_point_is_tested():
-    assert {p.split(":")[0] for p in FRESH + ADDING} == set(crash.POINTS)
+    assert {p.split(":")[0] for p in FRESH + ADDING + ANALYSES} == set(crash.POINTS)
 
 
 @pytest.mark.parametrize("point", FRESH)
@@ -63,6 +69,24 @@ def test_kill_while_adding_conditions_then_rerun(point, small_runs, tmp_path):
     assert killed_at(cfg, point) == -signal.SIGKILL, f"the job never reached {point}"
     run(cfg)
     assert_repaired(cfg.out, added)
+
+
+@pytest.mark.parametrize("point", ANALYSES)
+def test_kill_while_adding_component_means_and_patching_then_rerun(point, small_runs, tmp_path):
+    from dataclasses import replace
+
+    config, fresh, _ = small_runs
+    analysed = tmp_path / "reference"
+    shutil.copytree(fresh, analysed)
+    extra = dict(ablation_components=("mlp@1:d/mean",), patching=("tfc1",))
+    run(replace(config(analysed), **extra))
+    shutil.copytree(fresh, tmp_path / "run")
+    cfg = replace(config(tmp_path / "run"), **extra)
+    assert killed_at(cfg, point) == -signal.SIGKILL, f"the job never reached {point}"
+    run(cfg)
+    assert tables(cfg.out) == tables(analysed)
+    assert not (cfg.out / "_parts").exists() and not (cfg.out / "_staged").exists()
+    assert read_manifest(cfg.out).patching.experiments == ["tfc1"]
 
 
 def test_identical_runs_write_identical_bytes(small_runs, tmp_path):
