@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from precompute.metrics import BY_NAME, metric_label as _metric_label
-from precompute.names import DIRECTIONS, SEGMENT_INDEX, SEGMENT_LABELS, SEGMENTS, direction_label, split_direction
+from precompute.names import CAUSAL_IMPOSSIBLE, DIRECTIONS, SEGMENT_LABELS, SEGMENTS, direction_label, split_direction
 from precompute.store.manifest import ModelInfo
 
 NOT_POSSIBLE = "not possible (causal)"
@@ -62,10 +62,7 @@ class Labels:
     def possible(self, name: str) -> bool:
         """False for a direction (or a metric of a direction) that this model cannot attend (causal: dst after src)."""
         d = BY_NAME[name].direction if name in BY_NAME else name
-        if not self.causal or d not in DIRECTIONS:
-            return True
-        src, dst = split_direction(d)
-        return SEGMENT_INDEX[dst] <= SEGMENT_INDEX[src]
+        return not (self.causal and d in CAUSAL_IMPOSSIBLE)
 
     @property
     def impossible(self) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ The pair goes through the job's own code, so the live numbers and the stored one
 ``precompute.model.load`` (CPU, float32), the model's own encoding (``LoadedModel.encode``: segments from
 the tokenizer's sequence ids, so RoBERTa's ``</s></s>`` between query and document is SEP1) and the
 summary kernel (``precompute.kernels.summary.SummaryProbe``: the score, and the 25 masses and matching
-signals in ``names.METRICS`` order). The token heatmap's weights are the same loaded model's eager
+signals in ``metrics.METRICS`` order). The token heatmap's weights are the same loaded model's eager
 attention (``output_attentions=True``).
 
 Every torch / precompute-model call is in :func:`_load_model` and :func:`_run_pair`; torch and
@@ -38,7 +38,7 @@ class PairAttention:
     ids: list[int]
     segments: list[str]  # one of names.SEGMENTS per token ("pad" for padding: none for a single pair)
     attention: np.ndarray  # [head, query_pos, key_pos] eager weights of the requested layer
-    summaries: np.ndarray  # [layer, head, metric] from the summary kernel, in names.METRICS order
+    summaries: np.ndarray  # [layer, head, metric] from the summary kernel, in metrics.METRICS order
     score: float
 
 
@@ -86,7 +86,7 @@ def pair_attention(folder: str, query: str, doc: str, layer: int, max_length: in
 
 
 def metrics(pa: PairAttention, layer: int, head: int) -> dict[str, float]:
-    """Every summary metric of one head, live (names.METRICS -> value)."""
+    """Every summary metric of one head, live (metrics.METRICS -> value)."""
     return {m: float(v) for m, v in zip(METRICS, pa.summaries[int(layer), int(head)])}
 
 

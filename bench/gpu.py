@@ -124,14 +124,10 @@ def measure(name: str, config, args, device, dtype) -> None:
         gib = 2**30
         print(f"{'':<22} peak GPU memory: plain {m_plain / gib:.2f} GiB, summary {m_summary / gib:.2f} GiB "
               f"({m_summary / m_plain:.2f}x), ablation {m_ablation / gib:.2f} GiB ({m_ablation / m_plain:.2f}x)", flush=True)
-    del model, lm
-    if cuda:
-        torch.cuda.empty_cache()
 
 
 def authors_way(lm, vocab: int, device, args) -> float:
     """Seconds per pair, one pair per forward at 128 tokens, output_attentions, the 25 masses in numpy."""
-    import numpy as np
     import torch
 
     one = synthetic_batch(1, min(128, args.seq), vocab, device)
@@ -183,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seq} tokens per batch, mean of {args.repeats}", flush=True)
     for name, config in models(args.cpu_smoke):
         measure(name, config, args, device, dtype)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the previous model is gone with measure()'s frame
     return 0
 
 

@@ -49,7 +49,7 @@ def main() -> int:
     from precompute.stages.summaries import AGG
     from precompute.store import integrity
     from precompute.store.schema import TABLES
-    from precompute.store.writer import ROW_GROUP_SIZE, RunWriter, _duck_type, _q
+    from precompute.store.writer import BATCH_ROWS as ROW_GROUP_SIZE, RunWriter, _duck_type, _q
 
     root = Path(tempfile.mkdtemp(prefix="atlas-integrity-"))
     try:

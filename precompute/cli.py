@@ -144,11 +144,11 @@ def _check(args, parser) -> None:
         parser.error(f"--ablation-stack must be at least 1, got {args.ablation_stack}")
     if args.patching_pairs < 1:
         parser.error(f"--patching-pairs must be at least 1, got {args.patching_pairs}")
-    from precompute.patching import EXPERIMENTS
+    from precompute.names import PATCHING_EXPERIMENTS
 
-    bad = [e for e in _split(args.patching) if e not in EXPERIMENTS]
+    bad = [e for e in _split(args.patching) if e not in PATCHING_EXPERIMENTS]
     if bad:
-        parser.error(f"--patching {bad[0]!r}: expected any of {', '.join(EXPERIMENTS)}")
+        parser.error(f"--patching {bad[0]!r}: expected any of {', '.join(PATCHING_EXPERIMENTS)}")
     if args.answer_tokens is not None and len(_answer_tokens(args.answer_tokens)) != 2:
         parser.error(f"--answer-tokens {args.answer_tokens!r}: expected two tokens, positive then negative: yes,no")
     try:

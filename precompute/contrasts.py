@@ -1,6 +1,6 @@
 """Matching-head statistics: which heads summarise relevant passages differently from negatives.
 
-For every layer, head and summary metric (``names.METRICS``) we compare the relevant pairs with
+For every layer, head and summary metric (``metrics.METRICS``) we compare the relevant pairs with
 the easy negatives (random passages: lexical matching alone separates them) and with the hard
 negatives (judged non-relevant candidates: matching alone does not). Each comparison gives means,
 Cohen's d (pooled sd, ddof=1), a two-sided Mann-Whitney U test and a Holm correction across all

@@ -1,7 +1,8 @@
 """Names shared by the precompute job, the store and the app.
 
-One module owns the vocabulary of the project (segments, directions, summary metrics,
-negative types) so that a column called ``q_d`` means Query -> Document everywhere.
+One module owns the vocabulary of the project (segments, directions, negative types, contrasts, score kinds,
+patching experiments) so that a column called ``q_d`` means Query -> Document everywhere; the summary metrics are
+declared in :mod:`precompute.metrics`.
 It imports nothing heavy: the app and ``--help`` import it without torch.
 """
 
@@ -23,13 +24,8 @@ PADDING = -1  # segment id of padding tokens: they belong to no segment
 DIRECTIONS: tuple[str, ...] = tuple(f"{src}_{dst}" for src in SEGMENTS for dst in SEGMENTS)
 
 
-def direction(src: str, dst: str) -> str:
-    """Column name of the attention mass from segment ``src`` to segment ``dst``."""
-    return f"{src}_{dst}"
-
-
 def split_direction(name: str) -> tuple[str, str]:
-    """Inverse of :func:`direction`; raises ValueError on anything that is not one of the 25 names."""
+    """``q_d`` -> ("q", "d"); raises ValueError on anything that is not one of the 25 names."""
     for src in SEGMENTS:
         for dst in SEGMENTS:
             if name == f"{src}_{dst}":
@@ -47,26 +43,6 @@ def direction_label(name: str) -> str:
     """Human label, e.g. ``q_d`` -> ``Query->Document`` (the paper writes Q->D)."""
     src, dst = split_direction(name)
     return f"{SEGMENT_LABELS[src]}->{SEGMENT_LABELS[dst]}"
-
-
-# Matching signals computed beside the 25 masses (see docs/store.md for the exact definitions).
-MATCHING_METRICS: tuple[str, ...] = ("q2d_max", "d2q_max", "q_d_exact", "q_d_other")
-MATCHING_LABELS: dict[str, str] = {
-    "q2d_max": "Query->Document max weight",
-    "d2q_max": "Document->Query max weight",
-    "q_d_exact": "Query->Document mass on exact-match tokens",
-    "q_d_other": "Query->Document mass on other document tokens",
-}
-
-# Every per-(pair, layer, head) summary metric, in the column order of the head_attention table.
-METRICS: tuple[str, ...] = DIRECTIONS + MATCHING_METRICS
-
-
-def metric_label(name: str) -> str:
-    """Axis/legend label for any summary metric."""
-    if name in MATCHING_LABELS:
-        return MATCHING_LABELS[name]
-    return f"{direction_label(name)} attention mass"
 
 
 # Pair kinds. Easy negatives and unjudged run candidates are stored with grade -1 (never judged for that query).
@@ -90,3 +66,7 @@ SCORE_KINDS: dict[str, str] = {
     "log_softmax[1]": "log-probability of relevance",
     "log_softmax[answer]": "log-probability of the positive answer token (vs the negative one)",
 }
+
+# Activation-patching experiments (precompute.patching) and the score difference below which an effect is NULL.
+PATCHING_EXPERIMENTS: tuple[str, ...] = ("tfc1", "cls")
+PATCHING_EPSILON = 1e-3

@@ -35,10 +35,9 @@ import numpy as np
 import torch
 
 from precompute.kernels.components import PATCH_COMPONENTS, PatchOp, hidden_of, repeat_rows
-from precompute.names import SEGMENTS
+from precompute.names import PATCHING_EPSILON, PATCHING_EXPERIMENTS, SEGMENTS
 
-EXPERIMENTS: tuple[str, ...] = ("tfc1", "cls")
-EPSILON = 1e-3  # |clean - corrupted| below this: the effect is undefined (NULL)
+EXPERIMENTS, EPSILON = PATCHING_EXPERIMENTS, PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the effect is NULL
 ALL = "all"  # segment of a patch at every token
 STOP_WORDS = frozenset("a an and are as at be by do does for from how in is it of on or that the to was what when "
                        "where which who why with".split())

@@ -26,7 +26,7 @@ def eager_attentions(model, inputs):
 
 
 def summaries(attentions, segments: np.ndarray, input_ids: np.ndarray) -> np.ndarray:
-    """[batch, layer, head, 29] in names.METRICS order (25 masses, q2d_max, d2q_max, q_d_exact, q_d_other)."""
+    """[batch, layer, head, 29] in metrics.METRICS order (25 masses, q2d_max, d2q_max, q_d_exact, q_d_other)."""
     b = segments.shape[0]
     n_layers, n_heads = len(attentions), attentions[0].shape[1]
     out = np.zeros((b, n_layers, n_heads, 29))

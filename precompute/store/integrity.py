@@ -63,27 +63,54 @@ def write(data: pa.Table, path: Path, *, table: str, identity: dict | None, row_
 
 
 def write_batches(reader: pa.RecordBatchReader, schema: pa.Schema, path: Path, *, table: str,
-                  identity: dict | None, row_group_size: int) -> int:
-    """Stream record batches of any size into row groups of exactly ``row_group_size`` rows (the last one
-    shorter), so memory stays at one row group and the file does not depend on how the batches were cut."""
+                  identity: dict | None, row_group_size: int, group_by: tuple[str, ...] = ()) -> int:
+    """Stream record batches of any size into row groups of ``row_group_size`` rows, so memory stays at one row group
+    and the file does not depend on how the batches were cut. With ``group_by`` (columns the stream is sorted by) a
+    row group also ends wherever their values change: no row group holds two groups, so a query on one group (one
+    head of head_attention) reads only its own row groups."""
     rows = 0
     pending: list[pa.RecordBatch] = []
     held = 0
     with pq.ParquetWriter(path, schema, **options(schema)) as w:
+        def flush(final: bool) -> None:
+            """Write every row group the pending rows complete (all of them when ``final``)."""
+            nonlocal pending, held, rows
+            while held:
+                change = _first_change(pending, group_by)
+                if change is not None:
+                    cut = min(change, row_group_size)
+                elif held >= row_group_size or final:
+                    cut = min(held, row_group_size)
+                else:
+                    return  # the current group may go on in the next batch
+                block = pa.Table.from_batches(pending, schema=schema)
+                w.write_table(block.slice(0, cut), row_group_size=cut)
+                rest = block.slice(cut)
+                pending, held = rest.to_batches(), rest.num_rows
+                rows += cut
+
         for batch in reader:
             pending.append(batch.cast(schema) if batch.schema != schema else batch)
             held += batch.num_rows
-            while held >= row_group_size:
-                block = pa.Table.from_batches(pending, schema=schema)
-                w.write_table(block.slice(0, row_group_size), row_group_size=row_group_size)
-                rest = block.slice(row_group_size)
-                pending, held = rest.to_batches(), rest.num_rows
-                rows += row_group_size
-        if held:
-            w.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=row_group_size)
-            rows += held
+            flush(final=False)
+        flush(final=True)
         w.add_key_value_metadata(metadata(table, rows, identity))
     return rows
+
+
+def _first_change(batches: list[pa.RecordBatch], keys: tuple[str, ...]) -> int | None:
+    """Index of the first row whose ``keys`` differ from the first row's, over the concatenated batches; None when all
+    rows share them (or no keys)."""
+    if not keys or not batches:
+        return None
+    table = pa.Table.from_batches(batches)
+    changed = None
+    for key in keys:
+        column = table.column(key)
+        diff = pc.not_equal(column, column[0])
+        changed = diff if changed is None else pc.or_(changed, diff)
+    index = pc.index(changed, True).as_py()
+    return index if index >= 0 else None
 
 
 def _key_values(md: pq.FileMetaData) -> dict[str, str]:

@@ -36,6 +36,8 @@ class Table:
     sort_key: tuple[str, ...]
     doc: str
     internal: bool = False  # a table of resumable parts only, merged into a public one; not in docs/store.md
+    row_groups_by: tuple[str, ...] = ()  # sort-key columns a row group never straddles (one head per row group)
+    row_group_rows: int = 122_880  # rows per row group at most (DuckDB's row-group size)
 
     @property
     def schema(self) -> pa.Schema:
@@ -80,6 +82,8 @@ HEAD_ATTENTION = Table(
     name="head_attention",
     grain="one row per pair x layer x head",
     sort_key=("layer", "head", "pair_id"),
+    row_groups_by=("layer", "head"),  # a head's rows in row groups of their own: per-head queries read only those
+    row_group_rows=1_048_576,  # about 130 MB of columns: a head of 10^6 pairs in one row group
     doc="Per-head attention summaries over the five segments CLS, Q, SEP1, D, SEP2 (25 directions) and matching signals.",
     columns=(
         Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),

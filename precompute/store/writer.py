@@ -28,7 +28,7 @@ from precompute.store.schema import SCHEMA_VERSION, TABLES, Table
 
 LOCK = ".lock"
 PARTS = "_parts"
-ROW_GROUP_SIZE = 122_880  # DuckDB's row-group size: zone maps then prune per layer/head
+BATCH_ROWS = 122_880  # rows per Arrow batch streamed out of DuckDB (row groups: schema.Table.row_group_rows)
 
 
 class StoreError(Exception):
@@ -52,7 +52,7 @@ def write_parquet(table: Table, data: pa.Table, path: Path, identity: dict | Non
     data = data.select(table.column_names).cast(table.schema)
     tmp = _atomic_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    integrity.write(data, tmp, table=table.name, identity=identity, row_group_size=ROW_GROUP_SIZE)
+    integrity.write(data, tmp, table=table.name, identity=identity, row_group_size=table.row_group_rows)
     os.replace(tmp, path)
 
 
@@ -236,9 +236,9 @@ class RunWriter:
                 con.execute(f"CREATE VIEW parts_{name} AS SELECT * FROM read_parquet('{_sql_str(glob)}')")
             casts = ", ".join(f"CAST({_q(c.name)} AS {_duck_type(c.type)}) AS {_q(c.name)}" for c in spec.columns)
             order = ", ".join(_q(k) for k in spec.sort_key)
-            reader = con.sql(f"SELECT {casts} FROM ({select_sql}) ORDER BY {order}").to_arrow_reader(ROW_GROUP_SIZE)
+            reader = con.sql(f"SELECT {casts} FROM ({select_sql}) ORDER BY {order}").to_arrow_reader(BATCH_ROWS)
             integrity.write_batches(reader, spec.schema, tmp, table=table, identity=self.identity,
-                                    row_group_size=ROW_GROUP_SIZE)
+                                    row_group_size=spec.row_group_rows, group_by=spec.row_groups_by)
         finally:
             con.close()
         os.replace(tmp, target)

@@ -126,7 +126,7 @@ def test_a_run_folder_as_the_store(store, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["app/main.py", "--store", str(store / DL19)])
     at = AppTest.from_file(str(MAIN), default_timeout=60).run()
     one_line_errors(at)
-    assert at.sidebar.selectbox(key="run").options == [f"trec-dl-2019 x tiny-ce"]
+    assert at.sidebar.selectbox(key="run").options == ["trec-dl-2019 x tiny-ce"]
     assert at.title[0].value == "Overview: trec-dl-2019 x tiny-ce"
 
 

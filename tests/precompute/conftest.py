@@ -46,7 +46,10 @@ def run_tiny_job(kind: str, dataset: Path, tmp_path_factory, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_bert_run(tiny_dataset, tmp_path_factory):
-    return run_tiny_job("bert", tiny_dataset, tmp_path_factory)
+    """Every stage: summaries, spectra, contrasts, the default ablations plus components and QK subspaces, and the
+    tfc1 patching experiment (what docs/store.md's example queries read)."""
+    return run_tiny_job("bert", tiny_dataset, tmp_path_factory, ablations=("directions", "groups", "components", "subspace"),
+                        subspace_heads="0.0,1.1", subspace_k="1", patching=("tfc1",))
 
 
 @pytest.fixture(scope="session")

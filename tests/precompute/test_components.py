@@ -131,7 +131,7 @@ def test_scale_one_changes_nothing(tiny):
 
 def test_removing_every_component_leaves_exactly_the_bias_terms(tiny):
     """The kernel's logits of the edited head equal a hand computation of its bias terms alone."""
-    from precompute.kernels.state import BatchState, Intervention, Site
+    from precompute.kernels.state import BatchState, Intervention
     from precompute.subspace import head_factors, qk_edit
 
     att = _base(tiny.model).encoder.layer[1].attention.self

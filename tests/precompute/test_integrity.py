@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from precompute.cli import main
@@ -238,3 +239,31 @@ def test_disk_full_on_a_real_small_filesystem(small_runs, tmp_path, capsys):
     assert main(args_of(config(moved))) == 0
     assert tables(moved) == tables(fresh)
     assert json.loads((moved / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_head_attention_row_groups_never_straddle_two_heads(tiny_bert_run):
+    """Per-head queries read only that head's row groups: each row group of head_attention holds one (layer, head)."""
+    _, root = tiny_bert_run
+    f = pq.ParquetFile(root / "head_attention.parquet")
+    heads = set()
+    for i in range(f.metadata.num_row_groups):
+        group = f.read_row_group(i, columns=["layer", "head"]).to_pydict()
+        pairs = set(zip(group["layer"], group["head"]))
+        assert len(pairs) == 1, f"row group {i} holds {sorted(pairs)}"
+        heads |= pairs
+    assert len(heads) == f.metadata.num_row_groups  # the tiny run's heads each fit one row group
+
+
+def test_grouped_row_groups_are_cut_at_the_size_limit_within_a_group(tmp_path):
+    import pyarrow as pa
+
+    from precompute.store import integrity
+
+    schema = pa.schema([("layer", pa.int8()), ("head", pa.int8()), ("v", pa.float32())])
+    rows = [(0, 0)] * 25 + [(0, 1)] * 3 + [(1, 0)] * 10
+    table = pa.table({"layer": [r[0] for r in rows], "head": [r[1] for r in rows], "v": [0.0] * len(rows)}, schema=schema)
+    reader = pa.RecordBatchReader.from_batches(schema, table.to_batches(max_chunksize=7))
+    path = tmp_path / "t.parquet"
+    integrity.write_batches(reader, schema, path, table="t", identity=None, row_group_size=10, group_by=("layer", "head"))
+    md = pq.ParquetFile(path).metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [10, 10, 5, 3, 10]
