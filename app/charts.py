@@ -381,15 +381,9 @@ def metric_deltas(df: pd.DataFrame, *, title: str, x_title: str, labels: Labels 
     labels = labels or Labels()
     d = df.copy()
     d["label"] = [f"{m}: {labels.metric(m)}" for m in d["metric"]]
-    return (
-        alt.Chart(d).mark_bar().encode(
-            y=alt.Y("label:N", title="Metric of the head", sort=list(d["label"])),
-            x=alt.X("delta:Q", title=x_title),
-            color=alt.Color("delta:Q", title=x_title, scale=color_scale(d["delta"], diverging=True)),
-            tooltip=[alt.Tooltip("label:N", title="metric"), alt.Tooltip("baseline:Q", title="without", format=".4f"),
-                     alt.Tooltip("mean:Q", title="with", format=".4f"), alt.Tooltip("delta:Q", format="+.4f")],
-        ).properties(title=title, height=alt.Step(14))
-    )
+    tooltip = [alt.Tooltip("label:N", title="metric"), alt.Tooltip("baseline:Q", title="without", format=".4f"),
+               alt.Tooltip("mean:Q", title="with", format=".4f"), alt.Tooltip("delta:Q", format="+.4f")]
+    return _diverging_bars(d, "label", "Metric of the head", "delta", x_title, tooltip, title=title, step=14)
 
 
 def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str = "item") -> alt.Chart:
@@ -457,19 +451,27 @@ def depth_lines(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
     )
 
 
+def _diverging_bars(d: pd.DataFrame, y: str, y_title: str, x: str, x_title: str, tooltip: list, *, title: str,
+                    step: int) -> alt.Chart:
+    """Horizontal bars of a signed value, in the rows' order, coloured on a diverging scale centred on 0."""
+    return (
+        alt.Chart(d).mark_bar().encode(
+            y=alt.Y(f"{y}:N", title=y_title, sort=list(d[y])),
+            x=alt.X(f"{x}:Q", title=x_title),
+            color=alt.Color(f"{x}:Q", title=x_title, scale=color_scale(d[x], diverging=True)),
+            tooltip=tooltip,
+        ).properties(title=title, height=alt.Step(step))
+    )
+
+
 def depth_bins(df: pd.DataFrame, *, title: str, x_title: str) -> alt.Chart:
     """B - A per depth bin (columns ``bin``, ``diff``, ``layers_a``, ``layers_b``, ``value_a``, ``value_b``)."""
     d = df.copy()
     d["bin_label"] = [f"{b}: A {la} / B {lb}" for b, la, lb in zip(d["bin"], d["layers_a"], d["layers_b"])]
-    return (
-        alt.Chart(d).mark_bar().encode(
-            y=alt.Y("bin_label:N", title="Depth bin (layers of A / of B)", sort=list(d["bin_label"])),
-            x=alt.X("diff:Q", title=x_title),
-            color=alt.Color("diff:Q", title=x_title, scale=color_scale(d["diff"], diverging=True)),
-            tooltip=[alt.Tooltip("bin_label:N", title="bin"), alt.Tooltip("value_a:Q", title="A", format=".4f"),
-                     alt.Tooltip("value_b:Q", title="B", format=".4f"), alt.Tooltip("diff:Q", format="+.4f")],
-        ).properties(title=title, height=alt.Step(22))
-    )
+    tooltip = [alt.Tooltip("bin_label:N", title="bin"), alt.Tooltip("value_a:Q", title="A", format=".4f"),
+               alt.Tooltip("value_b:Q", title="B", format=".4f"), alt.Tooltip("diff:Q", format="+.4f")]
+    return _diverging_bars(d, "bin_label", "Depth bin (layers of A / of B)", "diff", x_title, tooltip, title=title,
+                           step=22)
 
 
 def cross_attention_maps(df: pd.DataFrame, *, title: str, value_title: str) -> alt.Chart:

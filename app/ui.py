@@ -147,6 +147,16 @@ def selected_head(map_key: str, head_key: str, heads: list[str], default: str) -
     return parse_head(st.session_state[head_key])
 
 
+def pick_one(key: str, options: list, label: str) -> Any:
+    """The chosen one of ``options``: a horizontal radio mirrored in the URL when there is a choice, else the only one."""
+    if len(options) == 1:
+        return options[0]
+    state.bind(key, options[0], clean=state.choice(options, options[0]))
+    st.radio(label, options, key=key, horizontal=True)
+    state.publish(key, default=options[0])
+    return st.session_state[key]
+
+
 def head_label(layer: int, head: int) -> str:
     return f"{int(layer)}.{int(head)}"
 

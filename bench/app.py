@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, default=Path(os.environ.get("ATLAS_BENCH_DIR", "/tmp/atlas-bench")),
                     help="store folder of the synthetic run (reused when present). Default: %(default)s")
-    ap.add_argument("--rows", type=int, default=100_000_000, help="head_attention rows (at least). Default: %(default)s")
+    ap.add_argument("--rows", type=lambda v: int(float(v)), default=100_000_000,
+                    help="head_attention rows (at least; 3e8 is accepted). Default: %(default)s")
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--queries", type=int, default=2000)

@@ -10,8 +10,8 @@ The Mann-Whitney test always uses the normal approximation (with tie and continu
 runs hold hundreds of pairs per group, where scipy's ``method='auto'`` picks it anyway, and fixing
 it keeps one head's p-value independent of ties in other heads (auto decides once per call).
 
-scipy is imported inside the functions so that importing this module (for ``MATCHING_HEADS_SQL``)
-stays light.
+scipy is imported inside the functions so that importing this module stays light. The ranking of candidate
+matching heads is SQL over the table (the view ``matching_heads``, :mod:`precompute.store.connect`).
 """
 
 from __future__ import annotations
@@ -19,36 +19,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from precompute.metrics import MATCHING_METRICS, METRICS
+from precompute.metrics import METRICS
 from precompute.names import CONTRASTS
-from precompute.statistics import ALPHA, holm
+from precompute.statistics import holm
+from precompute.store.connect import CANDIDATE_METRICS, candidates_sql
 from precompute.store.schema import HEAD_CONTRASTS
 
 _KINDS = tuple(sorted({g for ab in CONTRASTS.values() for g in ab}))
 _CONTRASTED = f"neg_type IN ({', '.join(repr(k) for k in _KINDS)})"  # SQL filter of the pairs any contrast uses
-# Metrics that measure query-document interaction: a matching head shows its effect on one of these.
-CANDIDATE_METRICS: tuple[str, ...] = ("q_d", "d_q", *MATCHING_METRICS)
 
-_CANDIDATES_SQL = """
-SELECT contrast, layer, head, metric, cohen_d, diff, mean_a, mean_b, p_holm, n_significant,
-       row_number() OVER (PARTITION BY contrast ORDER BY cohen_d DESC, layer, head) AS rank
-FROM (
-    SELECT *,
-           count(*) OVER (PARTITION BY contrast, layer, head) AS n_significant,
-           row_number() OVER (PARTITION BY contrast, layer, head ORDER BY cohen_d DESC, metric) AS best
-    FROM head_contrasts
-    WHERE metric IN ({metrics}) AND p_holm < {alpha} AND cohen_d > 0
-)
-WHERE best = 1
-"""
-
-
-def _candidates_sql(metrics: tuple[str, ...]) -> str:
-    return _CANDIDATES_SQL.format(metrics=", ".join(f"'{m}'" for m in metrics), alpha=ALPHA)
-
-
-# The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
-MATCHING_HEADS_SQL = _candidates_sql(CANDIDATE_METRICS)
 
 
 def contrasts_table(con) -> pa.Table:
@@ -113,7 +92,7 @@ def candidate_heads(con, contrast: str = "relevant_vs_easy", metric: str | None 
         raise ValueError(f"unknown contrast {contrast!r}: expected one of {', '.join(CONTRASTS)}")
     if metric is not None and metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: expected a head_attention metric such as q_d or q2d_max")
-    sql = _candidates_sql(CANDIDATE_METRICS if metric is None else (metric,))
+    sql = candidates_sql(CANDIDATE_METRICS if metric is None else (metric,))
     return con.execute(f"SELECT * FROM ({sql}) WHERE contrast = ? ORDER BY rank LIMIT ?", [contrast, top]).df()
 
 

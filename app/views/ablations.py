@@ -124,13 +124,7 @@ else:
 clicked = ui.cell_from_event(st.session_state.get("abl_heads_map"))
 if len(heads):
     st.subheader("Head ablations")
-    modes = list(dict.fromkeys(heads["mode"]))
-    hmode = modes[0]
-    if len(modes) > 1:
-        state.bind("abl_head_mode", modes[0], clean=state.choice(modes, modes[0]))
-        st.radio("Mode", modes, key="abl_head_mode", horizontal=True)
-        state.publish("abl_head_mode", default=modes[0])
-        hmode = st.session_state["abl_head_mode"]
+    hmode = ui.pick_one("abl_head_mode", list(dict.fromkeys(heads["mode"])), "Mode")
     hm = heads[heads["mode"] == hmode].copy()
     hm["significant"] = hm["p_holm"] < ALPHA
     ui.chart(charts.head_heatmap(hm, "delta", title=f"{measure} change when one head is ablated ({hmode}; "
@@ -177,13 +171,7 @@ else:
     grid = comp[comp["layer"].notna()].copy()
     if len(grid):
         grid["layer"] = grid["layer"].astype("int64")
-        cmodes = list(dict.fromkeys(grid["mode"]))
-        cmode = cmodes[0]
-        if len(cmodes) > 1:
-            state.bind("abl_comp_mode", cmodes[0], clean=state.choice(cmodes, cmodes[0]))
-            st.radio("Mode of the grid", cmodes, key="abl_comp_mode", horizontal=True)
-            state.publish("abl_comp_mode", default=cmodes[0])
-            cmode = st.session_state["abl_comp_mode"]
+        cmode = ui.pick_one("abl_comp_mode", list(dict.fromkeys(grid["mode"])), "Mode of the grid")
         g = grid[grid["mode"] == cmode].assign(significant=lambda d: d["p_holm"] < ALPHA)
         ui.chart(charts.component_grid(g, title=f"{measure} change when one layer's block output is removed "
                                                 f"({cmode}; {run.model_name}, {run.dataset_name}, {scope})",

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ablation_queries as aq, charts, data, depth, queries, state, ui
+from precompute.depth import layers_in_span
 from app.commands import ABLATIONS_FLAGS, command_for
 from app.family import labels_of
 from app.runs import run_labels
@@ -87,7 +88,7 @@ def slice_for(run) -> Slice:
     s = sl if same_dataset else sl.with_(qids=())
     n = int(run.model.layers or 10**6)
     if align == "depth" and run is not run_a and s.layers is not None and run.model.layers:
-        s = s.with_(layers=depth.layers_in_span(s.layers[0], s.layers[1], layers_a, n) or s.layers)
+        s = s.with_(layers=layers_in_span(s.layers[0], s.layers[1], layers_a, n) or s.layers)
     return s.clamp(layers=n, heads=int(run.model.heads or 10**6))
 
 

@@ -73,6 +73,16 @@ class Family:
     def layers(self, model) -> list:
         return list(module_at(model.base_model, self.layers_path))
 
+    def component_modules(self, model) -> dict[tuple[str, int], Any]:
+        """(kind, layer) -> module of every layer's output ('resid'), attention block output projection ('attn') and
+        MLP block output projection ('mlp'): where component ablations and activation patching hook in."""
+        out = {}
+        for i, layer in enumerate(self.layers(model)):
+            out[("resid", i)] = layer
+            out[("attn", i)] = module_at(layer, self.attention_output_path)
+            out[("mlp", i)] = module_at(layer, self.mlp_output_path)
+        return out
+
     def attention_sites(self, model) -> list[tuple[Any, Site]]:
         """(attention module, site) of every layer: the probes map kernel calls to layers through these."""
         return [(module_at(layer, self.attention_path), Site("self", i)) for i, layer in enumerate(self.layers(model))]

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from precompute.families.base import module_at
 from precompute.kernels.probe import current_state
 
 COMPONENTS: tuple[str, ...] = ("attn", "mlp")  # what component ablations remove
@@ -119,13 +118,8 @@ class ComponentHooks:
     """Installs the component hooks of a loaded model for a ``with`` block and always removes them."""
 
     def __init__(self, lm):
-        family = lm.family
-        self.layers = family.layers(lm.model)
-        self.modules: dict[tuple[str, int], torch.nn.Module] = {}
-        for i, layer in enumerate(self.layers):
-            self.modules[("resid", i)] = layer
-            self.modules[("attn", i)] = module_at(layer, family.attention_output_path)
-            self.modules[("mlp", i)] = module_at(layer, family.mlp_output_path)
+        self.layers = lm.family.layers(lm.model)
+        self.modules: dict[tuple[str, int], torch.nn.Module] = lm.family.component_modules(lm.model)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from precompute.report import patching
+from precompute.report import compare, patching
 from precompute.report.tables import KIND_ORDER, ReportError, render
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -18,10 +18,10 @@ patching summary. Exit codes: 0 printed, 1 unexpected failure (one line), 2 not 
 unknown measure or scope, or a damaged table."""
 
 
-def load(run: Path, measure: str, scope: str):
-    """(manifest, measure, summary rows as dicts) of a finished run; ReportError otherwise."""
+def _finished(run: Path):
+    """The typed manifest of a finished run of a readable schema version; ReportError otherwise."""
     from precompute.store.manifest import STATUS_COMPLETE, ManifestError, read_manifest
-    from precompute.store.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
+    from precompute.store.schema import READABLE_SCHEMA_VERSIONS
 
     run = Path(run)
     try:
@@ -35,6 +35,15 @@ def load(run: Path, measure: str, scope: str):
                           f"versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (rerun the job into a new folder)")
     if manifest.status != STATUS_COMPLETE:
         raise ReportError(f"{run} is not a finished run (status {manifest.status!r}); rerun the job to finish it")
+    return manifest
+
+
+def load(run: Path, measure: str, scope: str):
+    """(manifest, measure, summary rows as dicts) of a finished run; ReportError otherwise."""
+    from precompute.store.schema import SCHEMA_VERSION
+
+    run = Path(run)
+    manifest = _finished(run)
     if not (run / "ablation_summary.parquet").exists():
         raise ReportError(f"{run} has no ablations; add them with python -m precompute (same flags) --ablations directions,groups")
     _check_tables(run, current=manifest.schema_version == SCHEMA_VERSION)
@@ -84,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
     p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
                    "tables. Default: %(default)s")
+    c = p.add_argument_group("comparing two runs", "Instead of RUN's tables: RUN and OTHER's per-layer profiles of one "
+                             "summary metric, aligned by relative depth or by layer index.")
+    c.add_argument("--compare", type=Path, metavar="OTHER", help="a second run folder")
+    c.add_argument("--metric", default="q_d", help="head_attention metric compared. Default: %(default)s")
+    c.add_argument("--align", choices=("depth", "layer"), default="depth",
+                   help="depth: the deeper model's layers binned into the shallower one's by relative depth; layer: by "
+                   "layer index. Default: %(default)s")
+    c.add_argument("--neg-type", help="only pairs of this negative type (relevant, hard, easy). Default: every pair")
     return p
 
 
@@ -94,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad:
             raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(KIND_ORDER)}")
+        if args.compare is not None:
+            for run in (args.run, args.compare):
+                _finished(run)
+            try:
+                sys.stdout.write(compare.render(args.run, args.compare, args.metric, args.align, args.neg_type))
+            except ValueError as err:
+                raise ReportError(str(err)) from err
+            return EXIT_OK
         manifest, measure, rows = load(args.run, args.measure, args.scope)
         modes = [args.mode] if args.mode else None
         sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))

@@ -13,12 +13,36 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from precompute.contrasts import MATCHING_HEADS_SQL
-from precompute.metrics import METRICS
+from precompute.metrics import MATCHING_METRICS, METRICS
 from precompute.names import DIRECTIONS
+from precompute.statistics import ALPHA
 from precompute.store.schema import TABLES
 
 CATALOG = "atlas.duckdb"
+
+# Metrics that measure query-document interaction: a matching head shows its effect on one of these.
+CANDIDATE_METRICS: tuple[str, ...] = ("q_d", "d_q", *MATCHING_METRICS)
+
+_CANDIDATES_SQL = """
+SELECT contrast, layer, head, metric, cohen_d, diff, mean_a, mean_b, p_holm, n_significant,
+       row_number() OVER (PARTITION BY contrast ORDER BY cohen_d DESC, layer, head) AS rank
+FROM (
+    SELECT *,
+           count(*) OVER (PARTITION BY contrast, layer, head) AS n_significant,
+           row_number() OVER (PARTITION BY contrast, layer, head ORDER BY cohen_d DESC, metric) AS best
+    FROM head_contrasts
+    WHERE metric IN ({metrics}) AND p_holm < {alpha} AND cohen_d > 0
+)
+WHERE best = 1
+"""
+
+
+def candidates_sql(metrics: tuple[str, ...]) -> str:
+    return _CANDIDATES_SQL.format(metrics=", ".join(f"'{m}'" for m in metrics), alpha=ALPHA)
+
+
+# The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
+MATCHING_HEADS_SQL = candidates_sql(CANDIDATE_METRICS)  # the view: one row per candidate matching head and contrast
 
 # Derived views: name -> (tables they need, SQL). Other modules add theirs with register_view.
 VIEWS: dict[str, tuple[tuple[str, ...], str]] = {

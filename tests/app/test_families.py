@@ -4,6 +4,8 @@ as pair templates, and two models of different depths compared by relative depth
 
 from __future__ import annotations
 
+import precompute.depth as depth_rule
+
 import json
 import math
 
@@ -129,11 +131,11 @@ def test_version1_run_is_labelled_as_a_pair_template(app, family_store):
 
 # -- relative depth --------------------------------------------------------------------------------------
 def test_depth_bins():
-    assert [depth.depth_bin(l, 24, 6) for l in range(24)] == [l // 4 for l in range(24)]
-    assert [depth.depth_bin(l, 6, 6) for l in range(6)] == list(range(6))
-    assert [depth.depth_bin(l, 12, 5) for l in range(12)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
-    assert depth.relative_depth(0, 6) == pytest.approx(1 / 12) and depth.relative_depth(23, 24) == pytest.approx(47 / 48)
-    assert depth.layers_in_span(1, 2, 6, 24) == (4, 11) and depth.layers_in_span(0, 5, 6, 24) == (0, 23)
+    assert [depth_rule.depth_bin(l, 24, 6) for l in range(24)] == [l // 4 for l in range(24)]
+    assert [depth_rule.depth_bin(l, 6, 6) for l in range(6)] == list(range(6))
+    assert [depth_rule.depth_bin(l, 12, 5) for l in range(12)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
+    assert depth_rule.relative_depth(0, 6) == pytest.approx(1 / 12) and depth_rule.relative_depth(23, 24) == pytest.approx(47 / 48)
+    assert depth_rule.layers_in_span(1, 2, 6, 24) == (4, 11) and depth_rule.layers_in_span(0, 5, 6, 24) == (0, 23)
     a = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "v": [1.0, 3.0, 5.0, np.nan]})
     prof = depth.layer_profile(a, "v", 2)
     assert prof["value"].tolist() == [2.0, 5.0] and prof["heads"].tolist() == [2, 1]

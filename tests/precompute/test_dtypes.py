@@ -47,7 +47,9 @@ def tiny(request, tmp_path_factory):
         build("bert", folder, layers=4)
     else:
         build_family(request.param, folder, layers=4)
-        model = __import__("transformers").AutoModelForSequenceClassification.from_pretrained(folder)
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
         model.apply(model._init_weights)  # the family builder perturbs weights; this test wants a realistic scale
         model.save_pretrained(folder)
     return load(str(folder), device="cpu")

@@ -205,14 +205,14 @@ ABLATION_KINDS = ("distilbert", "modernbert", "deberta-v2", "mpnet", "monot5", "
 @pytest.mark.parametrize("kind", ABLATION_KINDS)
 def test_direction_ablation_equals_the_models_own_forward_with_the_removal(kind, mode, folders):
     from precompute import ablation, conditions as C
+    from precompute.pairs import Pair
 
     lm = load(str(folders(kind)), device="cpu")
     layers, heads = lm.shape
     name = "d_q" if lm.family.causal else "q_d"  # Query -> Document does not exist in a causal model
     condition = next(c for c in C.AblationRequest(sets=("directions",), modes=(mode,)).conditions(layers, heads)
                      if c.condition_id == f"{name}@all/{mode}")
-    pairs = [__import__("precompute.pairs", fromlist=["Pair"]).Pair(i, f"q{i}", f"d{i}", QUERIES[i], DOCS[i], 1, "relevant")
-             for i in range(len(QUERIES))]
+    pairs = [Pair(i, f"q{i}", f"d{i}", QUERIES[i], DOCS[i], 1, "relevant") for i in range(len(QUERIES))]
     batch = lm.encode(QUERIES, DOCS, MAX_LENGTH)
     removal = torch.from_numpy(_token_removal(batch.segments.numpy(), {(SEGMENT_INDEX[name[0]], SEGMENT_INDEX[name[2:]])}))
     with _softmax_removal(removal, layers, mode) as seen:
@@ -274,3 +274,53 @@ def test_a_template_without_both_slots_is_refused(folders):
         load(str(folders("qwen3-yesno")), device="cpu", template="Query: {query} Answer:")
     with pytest.raises((ModelError, FamilyError), match="pair template"):
         load(str(folders("distilbert")), device="cpu", template="{query} {document}")
+
+
+def test_a_decoder_run_stores_null_for_impossible_directions(folders, tiny_dataset, tmp_path):
+    """The whole job on a causal model: directions into a later segment are NULL (not 0) in head_attention and in the
+    aggregate's sums; ablations that remove only such directions are refused before the run and named."""
+    import duckdb
+
+    from precompute.config import JobConfig
+    from precompute.job import run
+    from precompute.names import CAUSAL_IMPOSSIBLE
+    from precompute.store.manifest import read_manifest
+
+    out = run(JobConfig(dataset=str(tiny_dataset), model=str(folders("llama-cls")), out=tmp_path / "run",
+                        cache=tmp_path / "cache", easy_negatives=2, max_queries=2, batch_size=4, chunk_size=8,
+                        progress=False))
+    ha, agg = out / "head_attention.parquet", out / "head_attention_agg.parquet"
+    for name in DIRECTIONS:
+        nulls = duckdb.sql(f"SELECT count(*) - count({name}), count(*) FROM '{ha}'").fetchall()[0]
+        sums = duckdb.sql(f"SELECT count({name}_sum) FROM '{agg}'").fetchall()[0][0]
+        assert (nulls[0] == nulls[1] and sums == 0) == (name in CAUSAL_IMPOSSIBLE), name
+    manifest = read_manifest(out)
+    assert sorted(manifest.ablations.refused) == sorted(f"{d}@all/zero" for d in CAUSAL_IMPOSSIBLE)
+    assert not set(manifest.ablations.conditions) & set(manifest.ablations.refused)
+    assert manifest.model.causal and manifest.model.segment_labels["cls"] == "Prefix"
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "deberta-v2", "mpnet", "monot5", "llama-cls", "qwen3-yesno"])
+def test_components_and_patching_work_for_every_family(kind, folders):
+    """Component ablations move the scores, and patching the whole last residual stream gives the clean score."""
+    from precompute import ablation, patching
+    from precompute.conditions import baseline_condition
+    from precompute.conditions.components import parse_component
+    from precompute.pairs import Pair
+
+    lm = load(str(folders(kind)), device="cpu")
+    layers, _ = lm.shape
+    pairs = [Pair(i, f"q{i}", f"d{i}", QUERIES[i], DOCS[i], 1, "relevant") for i in range(len(QUERIES))]
+    conditions = [parse_component(f"mlp@{layers - 1}/zero", layers), parse_component("attn@0:d/zero", layers)]
+    base = ablation.score_conditions(lm, pairs, [baseline_condition()], batch_size=8, max_length=MAX_LENGTH)["none"]
+    scores = ablation.score_conditions(lm, pairs, conditions, batch_size=8, max_length=MAX_LENGTH)
+    for c in conditions:
+        assert np.isfinite(scores[c.condition_id]).all() and np.abs(scores[c.condition_id] - base).max() > 1e-5, c
+    items, _ = patching.tfc1_pairs(lm, pairs, MAX_LENGTH)
+    assert items, "no tfc1 input could be aligned"
+    clean = lm.encode([i.query for i in items], [i.clean_doc for i in items], MAX_LENGTH)
+    corrupted = lm.encode([i.query for i in items], [i.corrupted_doc for i in items], MAX_LENGTH)
+    with patching.Patcher(lm) as patcher:
+        clean_scores, _, patched = patching.patch_batch(patcher, "tfc1", clean, corrupted, rows_per_forward=256,
+                                                        only="resid")
+    torch.testing.assert_close(patched[(layers - 1, patching.Variant("resid", "all"))], clean_scores, atol=1e-5, rtol=0)

@@ -81,3 +81,23 @@ def test_module_entry_point(finished):
     res = subprocess.run([sys.executable, "-m", "precompute.report", str(root), "--kind", "group"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "Groups" in res.stdout, res.stderr
+
+
+def test_two_runs_compare_by_relative_depth(tiny_dataset, tmp_path_factory, capsys):
+    """A 2-layer and a 4-layer model: the 4-layer one's layers 0-1 and 2-3 fall into the 2-layer one's bins 0 and 1,
+    and each bin's value is the mean of its layers' (checked against the per-layer table of --align layer)."""
+    from tests.tiny_models import build
+
+    small = run_job(tiny_dataset, build("bert", tmp_path_factory.mktemp("m2"), layers=2), tmp_path_factory.mktemp("c2") / "run",
+                    ablations=())[1]
+    deep = run_job(tiny_dataset, build("bert", tmp_path_factory.mktemp("m4"), layers=4), tmp_path_factory.mktemp("c4") / "run",
+                   ablations=())[1]
+    assert report.main([str(small), "--compare", str(deep), "--align", "layer", "--metric", "q_d_exact"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    b_by_layer = {int(r[0]): float(r[2] if len(r) > 2 else r[1]) for r in rows}
+    assert report.main([str(small), "--compare", str(deep), "--metric", "q_d_exact"]) == 0
+    bins = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert [(b[1], b[2]) for b in bins] == [("0", "0-1"), ("1", "2-3")]
+    for k, b in enumerate(bins):
+        assert float(b[4]) == pytest.approx((b_by_layer[2 * k] + b_by_layer[2 * k + 1]) / 2, abs=1e-4)
+    assert report.main([str(small), "--compare", str(deep), "--metric", "nope"]) == 2
