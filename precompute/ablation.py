@@ -105,12 +105,13 @@ def _subspace_edits(lm, conditions: Sequence[Condition], n: int):
 
 
 def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, batch_size: int, max_length: int,
-                     kernel: str = "auto", means=None, head_metrics: dict | None = None,
+                     batch_tokens: int | None = None, kernel: str = "auto", means=None, head_metrics: dict | None = None,
                      on_batch: Callable[[int], None] | None = None) -> dict:
     """Score ``pairs`` under every condition, all conditions sharing each forward pass.
 
     Returns condition_id -> float32 scores aligned with ``pairs``. Rows of a forward are the batch's pairs
-    repeated per condition (condition-major); a batch holds ``batch_size // len(conditions)`` pairs.
+    repeated per condition (condition-major); a batch holds ``batch_size // len(conditions)`` pairs (and, with
+    ``batch_tokens``, at most ``batch_tokens // len(conditions)`` padded tokens of pairs).
     ``means`` [layers, 2, 5, hidden]: the run's component means (mean-mode component conditions).
     ``head_metrics``: when a dict, the summary kernel scores and fills it with condition_id -> [pairs, metrics] of
     each subspace condition's own head (what the intervention did to that head's attention).
@@ -141,7 +142,8 @@ def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, ba
     metrics_out = {c.condition_id: np.full((len(pairs), 29), np.nan, np.float32) for _, c in own} if summarise else {}
     hooks = ComponentHooks(lm) if comps is not None else contextlib.nullcontext()
     with probe(lm, kernel) as pr, hooks:
-        for batch in length_batches(lm, pairs, max(1, batch_size // k), max_length):
+        tokens = None if batch_tokens is None else batch_tokens // k
+        for batch in length_batches(lm, pairs, max(1, batch_size // k), max_length, tokens):
             enc = lm.encode([p.query for p in batch], [p.doc for p in batch], max_length).to(lm.device)
             n = len(batch)
             rep = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
@@ -169,14 +171,16 @@ _timing_scorer = score_conditions
 
 
 def seconds_per_scoring(lm, pairs: Sequence, condition: Condition, *, batch_size: int, max_length: int,
-                        kernel: str, means=None) -> float:
-    """Seconds per (pair, condition) scoring, from one timed batch of typical length after a warm-up (discarded)."""
+                        kernel: str, means=None, batch_tokens: int | None = None) -> float:
+    """Seconds per (pair, condition) scoring, from one timed batch of typical length after a warm-up (discarded).
+    A subspace condition is timed as the pass runs it: with the summary kernel, which also measures its head."""
     import time
 
     from precompute.summaries import typical_batch
 
     sample = typical_batch(pairs, batch_size)
-    kw = dict(batch_size=batch_size, max_length=max_length, kernel=kernel, means=means)
+    kw = dict(batch_size=batch_size, max_length=max_length, batch_tokens=batch_tokens, kernel=kernel, means=means,
+              head_metrics={} if condition.kind == "subspace" else None)
     _timing_scorer(lm, sample, [condition], **kw)  # warm-up
     t0 = time.perf_counter()
     _timing_scorer(lm, sample, [condition], **kw)

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-length", type=int, default=512, help="max tokens per pair; only the document is truncated "
                    "(truncated pairs are flagged). Default: %(default)s")
     m.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (length-sorted batches). Default: %(default)s")
+    m.add_argument("--batch-tokens", type=int, metavar="N", help="also cap each forward pass at N padded tokens (pairs x "
+                   "the batch's longest pair): batch size follows the sequence lengths, so long templated pairs of a "
+                   "decoder reranker do not run out of memory while short ones fill --batch-size. Default: no cap")
     m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when a GPU is visible. Default: %(default)s")
     m.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="auto = bfloat16 on GPU, float32 on CPU; summaries are always reduced in float32. Default: %(default)s")
@@ -134,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args, parser) -> None:
-    for flag in ("easy_negatives", "depth", "max_length", "batch_size", "chunk_size"):
+    for flag in ("easy_negatives", "depth", "max_length", "batch_size", "chunk_size", "batch_tokens"):
         value = getattr(args, flag)
+        if flag == "batch_tokens" and value is None:
+            continue
         if value is None or value < (0 if flag == "easy_negatives" else 1):
             parser.error(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
     if args.max_queries is not None and args.max_queries < 1:
@@ -204,7 +209,7 @@ def config_from_args(args):
         dataset=args.dataset, model=args.model, out=args.out, store=args.store, cache=args.cache,
         easy_negatives=args.easy_negatives, seed=args.seed, candidates=args.candidates, depth=args.depth,
         max_queries=args.max_queries, max_length=args.max_length, batch_size=args.batch_size,
-        chunk_size=args.chunk_size, device=args.device, dtype=args.dtype, progress=not args.no_progress,
+        batch_tokens=args.batch_tokens, chunk_size=args.chunk_size, device=args.device, dtype=args.dtype, progress=not args.no_progress,
         ablations=tuple(s for s in _split(args.ablations) if s != "none"), ablation_modes=_split(args.ablation_mode),
         ablation_layers=_split(args.ablation_layers), ablation_groups=tuple(args.ablation_group),
         ablation_sweep=_split(args.ablation_sweep), ablation_heads=_split(args.ablation_heads),

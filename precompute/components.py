@@ -18,7 +18,7 @@ from precompute.names import SEGMENTS
 
 
 @torch.inference_mode()
-def sums_chunk(lm, pairs: Sequence, *, batch_size: int, max_length: int) -> pa.Table:
+def sums_chunk(lm, pairs: Sequence, *, batch_size: int, max_length: int, batch_tokens: int | None = None) -> pa.Table:
     """``component_sums`` rows of one chunk: per layer x component x segment, tokens and summed output."""
     from precompute.kernels.components import ComponentHooks
     from precompute.kernels.summary import SummaryProbe
@@ -28,7 +28,7 @@ def sums_chunk(lm, pairs: Sequence, *, batch_size: int, max_length: int) -> pa.T
     hidden = None
     sums = tokens = None
     with SummaryProbe(lm) as probe, ComponentHooks(lm):
-        for batch in length_batches(lm, pairs, batch_size, max_length):
+        for batch in length_batches(lm, pairs, batch_size, max_length, batch_tokens):
             enc = lm.encode([p.query for p in batch], [p.doc for p in batch], max_length).to(lm.device)
             _, state = probe.forward(enc, capture=frozenset(COMPONENTS))
             onehot = state.onehot.double()  # [b, s, 5]

@@ -26,6 +26,7 @@ class JobConfig:
     max_queries: int | None = None
     max_length: int = 512
     batch_size: int = 32
+    batch_tokens: int | None = None  # padded tokens per forward (None: batch_size pairs whatever their length)
     chunk_size: int = 256
     prompt_template: str | None = None  # template families: the input template (None = the family's default)
     answer_tokens: tuple[str, str] | None = None  # generative rerankers: (positive, negative) answer tokens
@@ -59,5 +60,6 @@ class JobConfig:
         return {
             "easy_negatives": self.easy_negatives, "seed": self.seed, "candidates": self.candidates,
             "depth": self.depth if self.candidates else None, "max_queries": self.max_queries,
-            "max_length": self.max_length, "batch_size": self.batch_size, "chunk_size": self.chunk_size,
+            "max_length": self.max_length, "batch_size": self.batch_size, "batch_tokens": self.batch_tokens,
+            "chunk_size": self.chunk_size,
         }

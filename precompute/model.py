@@ -25,6 +25,7 @@ class LoadedModel:
     dtype: str
     family: Any = None  # precompute.families.Family
     settings: Any = None  # precompute.families.FamilySettings: template and answer tokens of template families
+    footprint: Any = None  # precompute.memory.Footprint: weights' size and the device's free memory (None: unknown)
 
     def __post_init__(self):
         if self.family is None:  # a model built in code: its family from its config
@@ -140,6 +141,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
     from transformers import AutoConfig, AutoTokenizer
 
     from precompute.families import FamilyError, family_for
+    from precompute.memory import footprint, refusal
 
     device = pick_device(device, local_rank)
     dtype = pick_dtype(dtype, device)
@@ -155,6 +157,9 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
     except FamilyError as err:
         raise ModelError(f"model {spec!r}: {err}") from err
     check_tokenizer_files(spec)
+    fp = footprint(family.auto_class(), config, device, dtype)
+    if fp is not None and not fp.fits:
+        raise ModelError(refusal(spec, fp))
     try:
         model, info = family.auto_class().from_pretrained(spec, dtype=getattr(torch, dtype), attn_implementation="eager",
                                                           output_loading_info=True)
@@ -168,7 +173,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
     model.eval().to(device)
     try:
         settings = family.settings(tokenizer, template, answer_tokens)
-        lm = LoadedModel(model, tokenizer, spec, device, dtype, family, settings)
+        lm = LoadedModel(model, tokenizer, spec, device, dtype, family, settings, fp)
         family.check(lm)
     except FamilyError as err:
         raise ModelError(f"model {spec!r}: {err}") from err

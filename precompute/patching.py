@@ -271,8 +271,9 @@ def effect_rows(experiment: str, items: Sequence[PatchPair], clean, corrupted, p
 
 
 def run_experiment(lm, experiment: str, items: Sequence[PatchPair], *, batch_size: int, max_length: int,
-                   on_batch: Callable[[int], None] | None = None) -> dict[str, list]:
-    """``patching_effects`` columns of ``items`` (batches of pairs, every layer and variant each)."""
+                   batch_tokens: int | None = None, on_batch: Callable[[int], None] | None = None) -> dict[str, list]:
+    """``patching_effects`` columns of ``items`` (batches of pairs, every layer and variant each). A forward holds
+    ``batch_size * 4`` patched rows, and with ``batch_tokens`` at most that many padded tokens."""
     cols: dict[str, list] = {}
     pairs_per_batch = max(1, batch_size // 4)
     with Patcher(lm) as patcher:
@@ -280,8 +281,11 @@ def run_experiment(lm, experiment: str, items: Sequence[PatchPair], *, batch_siz
             chunk = list(items[start : start + pairs_per_batch])
             clean = lm.encode([i.query for i in chunk], [i.clean_doc for i in chunk], max_length).to(lm.device)
             corrupted = lm.encode([i.query for i in chunk], [i.corrupted_doc for i in chunk], max_length).to(lm.device)
-            clean_s, corrupted_s, patched = patch_batch(patcher, experiment, clean, corrupted,
-                                                        rows_per_forward=batch_size * 4)
+            rows = batch_size * 4
+            if batch_tokens is not None:
+                longest = max(clean.inputs["input_ids"].shape[1], corrupted.inputs["input_ids"].shape[1])
+                rows = max(1, min(rows, batch_tokens // longest))
+            clean_s, corrupted_s, patched = patch_batch(patcher, experiment, clean, corrupted, rows_per_forward=rows)
             for key, values in effect_rows(experiment, chunk, clean_s, corrupted_s, patched).items():
                 cols.setdefault(key, []).extend(values)
             if on_batch:

@@ -28,11 +28,19 @@ def chunked(pairs: Sequence[Pair], chunk_size: int) -> Iterator[tuple[str, Seque
         yield f"{start // chunk_size:06d}", pairs[start : start + chunk_size]
 
 
-def length_batches(lm: LoadedModel, pairs: Sequence[Pair], batch_size: int, max_length: int) -> list[list[Pair]]:
-    """Batches of similar token length (longest first), so padding wastes little compute."""
+def length_batches(lm: LoadedModel, pairs: Sequence[Pair], batch_size: int, max_length: int,
+                   batch_tokens: int | None = None) -> list[list[Pair]]:
+    """Batches of similar token length (longest first), so padding wastes little compute. With ``batch_tokens``
+    a batch also holds at most that many padded tokens (rows x its longest pair, never under one pair): long
+    templated pairs come in small batches, short ones fill ``batch_size``, and memory stays flat."""
     lengths = lm.family.token_lengths(lm, [p.query for p in pairs], [p.doc for p in pairs], max_length)
     order = sorted(range(len(pairs)), key=lambda i: (-lengths[i], pairs[i].pair_id))
-    return [[pairs[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        rows = batch_size if batch_tokens is None else max(1, min(batch_size, batch_tokens // lengths[order[start]]))
+        batches.append([pairs[i] for i in order[start : start + rows]])
+        start += rows
+    return batches
 
 
 def typical_batch(pairs: Sequence[Pair], batch_size: int) -> list[Pair]:
@@ -103,12 +111,12 @@ def cross_rows(pair_ids: np.ndarray, cross: np.ndarray) -> pa.Table:
 
 
 def summarise_chunk(lm: LoadedModel, pairs: Sequence[Pair], *, batch_size: int, max_length: int,
-                    on_batch: Callable[[int], None] | None = None) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+                    batch_tokens: int | None = None, on_batch: Callable[[int], None] | None = None) -> tuple[pa.Table, pa.Table, pa.Table | None]:
     """(pairs part, head_attention part, decoder_cross_attention part or None) of one chunk."""
     cols: dict[str, list] = {}
     summaries, crosses = [], []
     with SummaryProbe(lm) as probe:
-        for batch in length_batches(lm, pairs, batch_size, max_length):
+        for batch in length_batches(lm, pairs, batch_size, max_length, batch_tokens):
             batch_cols, batch_summaries, batch_cross = summarise_batch(probe, lm, batch, max_length)
             for k, v in batch_cols.items():
                 cols.setdefault(k, []).extend(list(v))
@@ -143,11 +151,11 @@ def plain_attention(lm: LoadedModel, implementation: str = "sdpa"):
 
 @torch.inference_mode()
 def plain_scores(lm: LoadedModel, pairs: Sequence[Pair], *, batch_size: int, max_length: int,
-                 implementation: str = "sdpa") -> np.ndarray:
+                 batch_tokens: int | None = None, implementation: str = "sdpa") -> np.ndarray:
     """Scores with a stock attention implementation and no summaries: the baseline the summary pass is measured against."""
     scores = {}
     with plain_attention(lm, implementation):
-        for batch in length_batches(lm, pairs, batch_size, max_length):
+        for batch in length_batches(lm, pairs, batch_size, max_length, batch_tokens):
             enc = lm.encode([p.query for p in batch], [p.doc for p in batch], max_length).to(lm.device)
             for p, s in zip(batch, lm.family.scores(lm, enc).cpu().numpy()):
                 scores[p.pair_id] = s

@@ -13,6 +13,7 @@ Kernel and stack fix the numbers of every score, so a folder keeps the ones it w
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from precompute import crash
@@ -187,12 +188,21 @@ class Ablations(Stage):
         total = sum(len(chunk) * len(group) for group, _, chunk in work)
         left = sum(len(chunk) * sum((c.condition_id, key) not in done for c in group) for group, key, chunk in work)
         means = _means(ctx, todo)
-        per = ablation.seconds_per_scoring(lm, pairs, todo[0], batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                           kernel=kernel, means=means) if left else 0.0
+        # kinds differ in cost (a subspace condition runs the summary kernel): one timed batch per kind left
+        left_by_kind: Counter[str] = Counter()
+        for group, key, chunk in work:
+            for c in group:
+                if (c.condition_id, key) not in done:
+                    left_by_kind[c.kind] += len(chunk)
+        first_of_kind = {c.kind: c for c in reversed(todo)}
+        seconds = sum(n * ablation.seconds_per_scoring(lm, pairs, first_of_kind[kind], batch_size=cfg.batch_size,
+                                                        max_length=cfg.max_length, batch_tokens=cfg.batch_tokens,
+                                                        kernel=kernel, means=means)
+                      for kind, n in left_by_kind.items())
         ctx.console.log(
             f"Ablation pass: {len(todo)} of {len(requested)} requested conditions to compute ({len(requested) - len(todo)} "
             f"already in the folder) x {len(pairs):,} pairs: {left:,} scorings left (kernel {kernel}, "
-            f"{stack} condition(s) per forward, on {lm.device}), estimated {per * left / 60:.1f} min.")
+            f"{stack} condition(s) per forward, on {lm.device}), estimated {seconds / 60:.1f} min.")
         with ctx.console.bar(total, "ablations", "scoring") as bar:
             bar.update(total - left)
             for group, key, chunk in work:
@@ -201,7 +211,8 @@ class Ablations(Stage):
                     continue
                 head_metrics = {} if any(c.kind == "subspace" for c in missing) else None
                 scores = ablation.score_conditions(lm, chunk, missing, batch_size=cfg.batch_size,
-                                                   max_length=cfg.max_length, kernel=kernel, means=means,
+                                                   max_length=cfg.max_length, batch_tokens=cfg.batch_tokens,
+                                                   kernel=kernel, means=means,
                                                    head_metrics=head_metrics, on_batch=bar.update)
                 ids = [p.pair_id for p in chunk]
                 part = folder.part_key(key, [c.condition_id for c in missing])

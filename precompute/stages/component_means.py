@@ -36,7 +36,7 @@ class ComponentMeans(Stage):
         with ctx.console.bar(sum(len(c) for _, c in todo), "component means", "pair") as bar:
             for key, chunk in todo:
                 writer.write_part(SUMS, key, sums_chunk(ctx.lm, chunk, batch_size=cfg.batch_size,
-                                                        max_length=cfg.max_length))
+                                                        max_length=cfg.max_length, batch_tokens=cfg.batch_tokens))
                 crash.point("component_means.part")
                 bar.update(len(chunk))
         return sum(len(c) for _, c in todo)

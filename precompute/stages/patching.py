@@ -73,7 +73,8 @@ class Patching(Stage):
                 bar.update(sum(len(c) for _, c in chunks) - sum(len(c) for _, c in todo))
                 for key, chunk in todo:
                     cols = patching.run_experiment(ctx.lm, experiment, chunk, batch_size=cfg.batch_size,
-                                                   max_length=cfg.max_length, on_batch=bar.update)
+                                                   max_length=cfg.max_length, batch_tokens=cfg.batch_tokens,
+                                                   on_batch=bar.update)
                     writer.write_part(EFFECTS, key, pa.table(cols))
                     crash.point("patching.part")
                     total += len(chunk)

@@ -27,10 +27,10 @@ def has_cross_attention(ctx) -> bool:
 def estimate(ctx, pairs) -> float:
     """Seconds the summary pass will take for ``pairs``, from one timed batch of typical length (discarded)."""
     from precompute.kernels.summary import SummaryProbe
-    from precompute.summaries import summarise_batch, typical_batch
+    from precompute.summaries import length_batches, summarise_batch, typical_batch
 
     lm, cfg = ctx.lm, ctx.cfg
-    sample = typical_batch(pairs, cfg.batch_size)
+    sample = length_batches(lm, typical_batch(pairs, cfg.batch_size), cfg.batch_size, cfg.max_length, cfg.batch_tokens)[0]
     with SummaryProbe(lm) as probe:
         summarise_batch(probe, lm, sample, cfg.max_length)  # warm-up
         t0 = time.perf_counter()
@@ -80,13 +80,15 @@ class Summaries(Stage):
             seconds = estimate(ctx, [p for _, c in todo for p in c])
             ranks = f" (this rank's {sum(len(c) for _, c in mine):,} of {ctx.world.size} ranks)" \
                 if ctx.world.distributed else ""
+            size = f"; {lm.footprint.describe()}" if lm.footprint is not None else ""
             ctx.console.log(f"Summary pass: {len(pairs):,} pairs{ranks} ({done:,} already done), "
-                            f"estimated {seconds / 60:.1f} min on {lm.device} ({lm.dtype}).")
+                            f"estimated {seconds / 60:.1f} min on {lm.device} ({lm.dtype}){size}.")
         with ctx.console.bar(sum(len(c) for _, c in mine), "summaries", "pair") as bar:
             bar.update(done)
             for key, chunk in todo:
                 pairs_part, heads_part, cross_part = summarise_chunk(lm, chunk, batch_size=cfg.batch_size,
-                                                                     max_length=cfg.max_length, on_batch=bar.update)
+                                                                     max_length=cfg.max_length,
+                                                                     batch_tokens=cfg.batch_tokens, on_batch=bar.update)
                 writer.write_part(HEADS, key, heads_part)
                 if cross_part is not None:
                     writer.write_part(CROSS, key, cross_part)

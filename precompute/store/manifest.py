@@ -116,6 +116,8 @@ class Identity(Section):
     max_queries: int | None = doc("--max-queries, or null for every judged query.")
     max_length: int | None = doc("--max-length: tokens per pair (only the document is truncated).")
     batch_size: int | None = doc("--batch-size: pairs per forward pass (fixes the float summation order).")
+    batch_tokens: int | None = doc("--batch-tokens: most padded tokens per forward pass (batches of long pairs hold "
+                                   "fewer pairs); null = --batch-size pairs whatever their length.")
     chunk_size: int | None = doc("--chunk-size: pairs per resumable part.")
     template: str | None = doc("--prompt-template of a template family as given; null = the family's default (the "
                                "template used is model.template).")

@@ -102,3 +102,21 @@ def test_max_length_the_model_cannot_take(kind, length, message, tiny_dataset, t
 ])
 def test_layer_and_head_flags_checked_before_any_pass(flags, message, tiny_dataset, good, tmp_path, capsys):
     assert message in refused(tiny_dataset, good, tmp_path, capsys, *flags)
+
+
+def test_a_model_that_will_not_fit_is_refused_before_loading(tiny_dataset, good, tmp_path, capsys, monkeypatch):
+    """The weights are counted on the meta device and compared with the device's free memory (here made tiny)."""
+    from precompute import memory
+
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1024)
+    line = refused(tiny_dataset, good, tmp_path, capsys)
+    assert "will not fit: its weights need" in line and "GB free" in line
+
+
+def test_weight_count_equals_the_loaded_model(good):
+    """An independent count: the parameters of the model as loaded (tied embeddings once)."""
+    from precompute.model import load
+
+    lm = load(str(good))
+    assert lm.footprint.weights == 4 * sum(p.numel() for p in lm.model.parameters())
+    assert lm.footprint.fits and "GB in float32" in lm.footprint.describe()
