@@ -46,20 +46,27 @@ class AttentionCall:
     position_bias: torch.Tensor | None = None  # additive [1|b, h, q, k]
     softcap: float | None = None
 
-    def logits(self, rows: slice = slice(None)) -> torch.Tensor:
+    def logits(self, rows: slice = slice(None), out: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, head, q, k] float32 attention logits of the query rows ``rows``, exactly as the model's eager
-        attention forms them."""
-        logits = torch.matmul(self.query[:, :, rows], self.key.transpose(2, 3)).float() * self.scaling
+        attention forms them. Every step after the product runs in place, and float32 products are written into
+        ``out`` when given (a reused buffer): on the CPU a fresh [b, h, q, k] tensor per step costs more in page
+        faults than the arithmetic (bench/precompute.py)."""
+        query = self.query[:, :, rows]
+        if out is not None and query.dtype == torch.float32:
+            logits = torch.matmul(query, self.key.transpose(2, 3), out=out)
+        else:
+            logits = torch.matmul(query, self.key.transpose(2, 3)).float()
+        logits.mul_(self.scaling)
         if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+            logits.div_(self.softcap).tanh_().mul_(self.softcap)
         if self.position_bias is not None:
-            logits = logits + _rows(self.position_bias, rows).float()
+            logits.add_(_rows(self.position_bias, rows))
         if self.mask is not None:
             mask = _rows(self.mask, rows)
             if mask.dtype == torch.bool:
-                logits = logits.masked_fill(~mask, torch.finfo(torch.float32).min)
+                logits.masked_fill_(~mask, torch.finfo(torch.float32).min)
             else:
-                logits = logits + mask.float()
+                logits.add_(mask)
         return logits
 
 

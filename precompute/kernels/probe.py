@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from precompute.kernels.state import BatchState, KernelError
+from precompute.kernels.state import BatchState, KernelError, Scratch
 
 _ACTIVE: BatchState | None = None  # the state of the forward pass in flight, set by Probe.forward
 
@@ -49,6 +49,7 @@ class Probe:
         self.model = lm.model
         self._exit = contextlib.ExitStack()
         self.sites: dict[int, Any] = {}
+        self.scratch = Scratch()
 
     @staticmethod
     def attention_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -91,7 +92,7 @@ class Probe:
 
         global _ACTIVE
         state = BatchState(batch.segments, batch.inputs["input_ids"], sites=self.sites, causal=self.family.causal,
-                           **state_options)
+                           scratch=self.scratch, **state_options)
         _ACTIVE = state
         try:
             with torch.inference_mode():

@@ -9,6 +9,7 @@ only, so each kernel pays for what it reads.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -95,12 +96,35 @@ def token_removal(remove: torch.Tensor, pair_index: torch.Tensor) -> torch.Tenso
     return table.gather(1, pair_index).view(b, s, s)
 
 
+class Scratch:
+    """One float32 buffer that every attention block of a probe's forward passes writes its logits into (CPU only).
+
+    The CPU allocator returns large tensors to the system on free, so a fresh [batch, head, q, k] tensor per layer
+    and block is paid again in page faults: on MiniLM at batch 32 that costs more than the product itself. CUDA's
+    caching allocator already reuses freed blocks, so there the buffer is not kept (it would only raise the peak).
+    """
+
+    def __init__(self):
+        self._buffer: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
+        """A contiguous float32 tensor of ``shape`` whose contents are garbage; None off the CPU."""
+        if device.type != "cpu":
+            return None
+        n = math.prod(shape)
+        if self._buffer is None or self._buffer.numel() < n:
+            self._buffer = None  # free the old one first: never hold both
+            self._buffer = torch.empty(n, dtype=torch.float32)
+        return self._buffer[:n].view(shape)
+
+
 class BatchState:
     """One forward pass: its segments, what to summarise and remove, and what the kernels produced."""
 
     def __init__(self, segments: torch.Tensor, input_ids: torch.Tensor, *, sites: dict[int, Site],
                  summarise: bool = False, intervention: Intervention | None = None, causal: bool = False,
-                 capture: frozenset[str] = frozenset(), patches: tuple = (), skipped: frozenset[int] = frozenset()):
+                 capture: frozenset[str] = frozenset(), patches: tuple = (), skipped: frozenset[int] = frozenset(),
+                 scratch: Scratch | None = None):
         self.segments = segments.long()  # [batch, seq], -1 = padding
         self.input_ids = input_ids  # [batch, seq]
         self.sites = sites  # id(attention module) -> Site
@@ -115,6 +139,7 @@ class BatchState:
         self.patches = patches  # kernels.components.PatchOp, applied where their kind and layer come by
         self.skipped = skipped  # layers resumed from captured outputs (their attention does not run)
         self._masks_cache: tuple | None = None
+        self.scratch = scratch or Scratch()  # the probe's, kept across its forward passes
 
     # -- where a call comes from -------------------------------------------------------------------
     def enter(self, module) -> Site:

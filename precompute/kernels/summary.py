@@ -39,20 +39,22 @@ def block_rows(batch: int, heads: int, rows: int, keys: int) -> int:
 
 def _softmax_removing(logits: torch.Tensor, removal: torch.Tensor | None, mode: str | None,
                       key_padding: torch.Tensor) -> torch.Tensor:
-    """Softmax over keys with an intervention's (query token, key token) removal [b, r, k] applied."""
+    """Softmax over keys with an intervention's (query token, key token) removal [b, r, k] applied, in place:
+    ``logits`` (float32) is consumed and becomes the weights."""
     if removal is not None and mode == "mask":
         removal = removal | key_padding[:, None, :]  # padding keys must not take the freed mass
-        weights = F.softmax(logits.masked_fill(removal[:, None], float("-inf")), dim=-1)
-        return weights.masked_fill(removal.all(-1)[:, None, :, None], 0.0)  # nothing left: output 0, not NaN
-    weights = F.softmax(logits, dim=-1)
-    return weights if removal is None else weights.masked_fill(removal[:, None], 0.0)
+        weights = torch.softmax(logits.masked_fill_(removal[:, None], float("-inf")), dim=-1, out=logits)
+        return weights.masked_fill_(removal.all(-1)[:, None, :, None], 0.0)  # nothing left: output 0, not NaN
+    weights = torch.softmax(logits, dim=-1, out=logits)
+    return weights if removal is None else weights.masked_fill_(removal[:, None], 0.0)
 
 
 def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """Softmax, summaries and interventions of one self-attention layer, in blocks of query rows.
 
     logits: [batch, head, q, k] float32 and masked, or a function of a slice of query rows giving those rows' logits
-    (then ``rows`` = q); value: [batch, head, k, dv]. Returns [batch, head, q, dv].
+    (then ``rows`` = q); either way they are consumed (softmaxed in place). value: [batch, head, k, dv].
+    Returns [batch, head, q, dv].
     """
     b, h, k = value.shape[0], value.shape[1], value.shape[2]
     q = logits.shape[2] if isinstance(logits, torch.Tensor) else rows
@@ -94,8 +96,9 @@ def atlas_attention(module, query, key, value, attention_mask, scaling=None, dro
         call.query, correction = state.edit_queries(site.layer, call.query)
 
         def logits(rows: slice) -> torch.Tensor:
-            block = call.logits(rows)
-            return block if correction is None else block + correction[:, :, rows, None] * call.scaling
+            shape = (*call.query.shape[:2], len(range(*rows.indices(call.query.shape[2]))), call.key.shape[2])
+            block = call.logits(rows, out=state.scratch.take(shape, call.query.device))
+            return block if correction is None else block.add_(correction[:, :, rows, None] * call.scaling)
 
         out = attend(state, site.layer, logits, call.value, rows=call.query.shape[2])
     else:  # an encoder-decoder's decoder: computed as the model does; cross-attention summarised on request
