@@ -4,10 +4,10 @@
     python bench/app.py --dir data/bench --rows 100000000 --repeat 7
 
 The synthetic run has the shape of a BERT-base cross-encoder on a large judged set: 12 layers x
-12 heads x 696,320 pairs = 100,270,080 head_attention rows (sorted by layer, head, pair_id, one head per row group, as the
-precompute job writes it), 2,000 queries, and every other table of the store schema at a matching
+12 heads x 720,896 pairs = 103,809,024 head_attention rows (sorted by layer, head, pair_id, in row groups of 65,536
+rows that never hold two heads, as the precompute job writes it), 2,000 queries, and every other table of the store schema at a matching
 size: 348 ablation conditions (96 component and 40 QK-subspace ones among them, the latter with
-40 x 696,320 subspace_head_metrics rows), and activation patching of 20,000 tfc1 and 20,000 cls patch pairs
+40 x 720,896 subspace_head_metrics rows), and activation patching of 20,000 tfc1 and 20,000 cls patch pairs
 (12 layers x (12 heads + 18 components) and 12 x (12 heads + 3 components): 10,800,000 patching_effects
 rows). decoder_cross_attention (MonoT5 only) is not generated. It is written with DuckDB ``COPY (SELECT ... FROM range(...))`` straight to Parquet (a few
 minutes, ~12 GB) and reused when present. The numbers are uniform noise: only the sizes matter.
@@ -43,7 +43,7 @@ from precompute.store.schema import SCHEMA_VERSION, TABLES  # noqa: E402
 
 RUN_NAME = "bench__synthetic-bert-base"
 ROW_GROUP = 122_880
-BENCH_VERSION = 3  # bumped when the generated tables change: an older bench store is regenerated
+BENCH_VERSION = 4  # bumped when the generated tables change: an older bench store is regenerated
 PATCH_PAIRS = 20_000  # per experiment
 SUBSPACE_HEADS = ((3, 5), (5, 1), (7, 2), (8, 8), (10, 4))
 
@@ -55,7 +55,7 @@ def _copy(con, select: str, path: Path, row_group: int = ROW_GROUP) -> None:
 
 
 def heads_per_row_group(path: Path) -> tuple[int, bool]:
-    """(row groups, whether each holds one (layer, head) only): the layout the job writes, checked from the footer."""
+    """(row groups, whether none holds two (layer, head) cells): the job's layout, checked from the footer."""
     import pyarrow.parquet as pq
 
     md = pq.ParquetFile(path).metadata
@@ -94,8 +94,12 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
             print(f"reusing {run} ({man['tables']['head_attention']['rows']:,} head_attention rows)")
             return run
     run.mkdir(parents=True, exist_ok=True)
-    # pairs per head a multiple of DuckDB's 2,048-row vectors, so its row groups can end exactly where a head does
-    n_pairs = math.ceil(rows / (layers * heads) / 2048) * 2048
+    # pairs per head a multiple of the row group (or of DuckDB's 2,048-row vectors for a head that fits in one), so
+    # DuckDB's row groups end exactly where a head does, as the job writes them
+    cap = TABLES["head_attention"].row_group_rows
+    per_head_wanted = rows / (layers * heads)
+    unit = cap if per_head_wanted > cap else 2048
+    n_pairs = math.ceil(per_head_wanted / unit) * unit
     per_q = math.ceil(n_pairs / queries)
     con = duckdb.connect(config={"threads": threads, "preserve_insertion_order": True})
     con.execute(f"SET temp_directory = '{root / '.duckdb-tmp'}'")
@@ -122,12 +126,11 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     ha = {"pair_id": f"i % {per_head}", "layer": f"i // ({heads} * {per_head})", "head": f"(i // {per_head}) % {heads}"}
     ha.update({m: "random()" for m in METRICS})
     t1 = time.time()
-    one_head = per_head <= TABLES["head_attention"].row_group_rows  # as the job writes it: one head per row group
     _copy(con, f"SELECT {_cast('head_attention', ha)} FROM range({layers * heads * per_head}) t(i)",
-          run / "head_attention.parquet", row_group=per_head if one_head else ROW_GROUP)
+          run / "head_attention.parquet", row_group=min(per_head, cap))
     groups, aligned = heads_per_row_group(run / "head_attention.parquet")
     print(f"  head_attention: {layers * heads * per_head:,} rows in {groups:,} row groups, "
-          f"{'one head each' if aligned else 'not aligned to heads'} ({time.time() - t1:.0f} s)")
+          f"{'none shared by two heads' if aligned else 'NOT aligned to heads'} ({time.time() - t1:.0f} s)")
 
     # head_attention_agg: one row per layer x head x (qid, neg_type, grade) group of pairs, sums of the right size
     t1 = time.time()
