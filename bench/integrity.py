@@ -110,11 +110,12 @@ import sys, time
 sys.path.insert(0, {repo!r})
 import duckdb
 from precompute.metrics import METRICS
-from precompute.stages.head_aggregate import aggregate_table
+from precompute.stages.head_aggregate import aggregate_pieces
 heads, pairs, how = {heads!r}, {pairs!r}, {how!r}
 t0 = time.perf_counter()
 if how == "streamed":
-    aggregate_table(heads, pairs)
+    for piece in aggregate_pieces(heads, pairs):
+        pass
 else:
     order = " ORDER BY h.pair_id" if how == "ordered" else ""
     cols = ", ".join(f"sum(CAST(h.{{m}} AS DOUBLE){{order}}), sum(CAST(h.{{m}} AS DOUBLE) ^ 2{{order}})" for m in METRICS)

@@ -27,14 +27,17 @@ from precompute.store.schema import HEAD_CONTRASTS
 
 _KINDS = tuple(sorted({g for ab in CONTRASTS.values() for g in ab}))
 _CONTRASTED = f"neg_type IN ({', '.join(repr(k) for k in _KINDS)})"  # SQL filter of the pairs any contrast uses
+BLOCK_VALUES = 1 << 22  # float64 values of one [heads, pairs] matrix (32 MB): heads are read in blocks of this size
 
 
 
 def contrasts_table(con) -> pa.Table:
     """The ``head_contrasts`` table from a connection with the ``pairs`` and ``head_attention`` views.
 
-    Reads one metric at a time (a [heads, pairs] float64 matrix), so memory stays at one column of
-    head_attention. A contrast whose groups are not both present in the run gives no rows.
+    Reads one metric of a block of heads at a time (a [heads, pairs] float64 matrix of at most
+    ``BLOCK_VALUES``), so memory stays flat however many pairs and heads the run has (one metric of
+    every head of 10^6 pairs x 384 heads would be 3 GB). A contrast whose groups are not both present
+    in the run gives no rows.
     """
     groups = _group_pair_ids(con)  # neg_type -> sorted pair ids
     contrasts = {name: ab for name, ab in CONTRASTS.items() if all(len(groups[g]) for g in ab)}
@@ -44,11 +47,15 @@ def contrasts_table(con) -> pa.Table:
     heads = _heads(con)  # [n_heads, 2]: (layer, head)
     columns = {name: (np.searchsorted(pair_ids, groups[a]), np.searchsorted(pair_ids, groups[b])) for name, (a, b) in contrasts.items()}
     parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in contrasts}
+    per_block = max(1, BLOCK_VALUES // len(pair_ids))
     for metric in METRICS:
-        values = _metric_matrix(con, metric, pair_ids, heads)  # [n_heads, n_pairs]
-        for name, (cols_a, cols_b) in columns.items():
-            stats = compare(values[:, cols_a], values[:, cols_b])
-            parts[name].append({"layer": heads[:, 0], "head": heads[:, 1], "metric": np.full(len(heads), metric), **stats})
+        for start in range(0, len(heads), per_block):
+            block = heads[start : start + per_block]
+            values = _metric_matrix(con, metric, pair_ids, block)  # [heads of the block, n_pairs]
+            for name, (cols_a, cols_b) in columns.items():
+                stats = compare(values[:, cols_a], values[:, cols_b])
+                parts[name].append({"layer": block[:, 0], "head": block[:, 1], "metric": np.full(len(block), metric),
+                                    **stats})
     return pa.concat_tables([_contrast_table(name, rows) for name, rows in parts.items()])
 
 
@@ -97,7 +104,8 @@ def candidate_heads(con, contrast: str = "relevant_vs_easy", metric: str | None 
 
 
 def _contrast_table(name: str, rows: list[dict[str, np.ndarray]]) -> pa.Table:
-    """One contrast's rows (one dict per metric) as a head_contrasts table, with p_holm across all of them."""
+    """One contrast's rows (one dict per metric and block of heads) as a head_contrasts table, with p_holm across
+    all of them."""
     columns = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
     columns["contrast"] = np.full(len(columns["p"]), name)
     columns["p_holm"] = holm(columns["p"])
@@ -122,12 +130,17 @@ def _heads(con) -> np.ndarray:
 
 
 def _metric_matrix(con, metric: str, pair_ids: np.ndarray, heads: np.ndarray) -> np.ndarray:
-    """One head_attention metric as a dense [n_heads, n_pairs] float64 matrix (rows: heads, columns: pair_ids)."""
+    """One head_attention metric of ``heads`` as a dense [n_heads, n_pairs] float64 matrix (rows: heads, columns:
+    pair_ids). ``heads`` is a run of consecutive (layer, head) cells: a range filter that lets DuckDB skip the row
+    groups of other layers (and heads) by their statistics."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
+    (l0, h0), (l1, h1) = heads[0].tolist(), heads[-1].tolist()
+    cells = f"layer = {l0} AND head BETWEEN {h0} AND {h1}" if l0 == l1 else \
+        f"layer BETWEEN {l0} AND {l1} AND layer * 256 + head BETWEEN {l0 * 256 + h0} AND {l1 * 256 + h1}"
     rows = con.execute(
         f'SELECT layer, head, pair_id, "{metric}" AS value FROM head_attention '
-        f"WHERE pair_id IN (SELECT pair_id FROM pairs WHERE {_CONTRASTED})"
+        f"WHERE {cells} AND pair_id IN (SELECT pair_id FROM pairs WHERE {_CONTRASTED})"
     ).fetchnumpy()
     if len(rows["value"]) != len(heads) * len(pair_ids):
         raise ValueError(

@@ -13,7 +13,7 @@ import time
 
 from precompute import crash, evaluation
 from precompute.stages.base import Stage
-from precompute.stages.head_aggregate import aggregate_table
+from precompute.stages.head_aggregate import aggregate_pieces
 from precompute.store.manifest import TableInfo
 
 PAIRS, HEADS, AGG, CROSS = "pairs", "head_attention", "head_attention_agg", "decoder_cross_attention"
@@ -129,8 +129,9 @@ class Summaries(Stage):
 
 
 def stage_aggregate(writer, heads, pairs) -> None:
-    """Stage head_attention_agg, summed from the head_attention file ``heads`` (see :mod:`.head_aggregate`)."""
-    writer.write_table(AGG, aggregate_table(heads, pairs), staged=True)
+    """Stage head_attention_agg, summed from the head_attention file ``heads`` one head at a time and written as it
+    comes (see :mod:`.head_aggregate`)."""
+    writer.write_pieces(AGG, aggregate_pieces(heads, pairs), staged=True)
 
 
 STAGE = Summaries()
