@@ -20,8 +20,9 @@ Experiments (``--patching tfc1,cls``):
 Granularities: per layer x component (``resid`` = the layer's output, ``attn``, ``mlp`` = the blocks' output
 projections) x segment (every token, or one segment's; ``cls`` patches only the pooling position), and per layer x
 head (a head's output before the output projection, at every position for ``tfc1`` and at the pooling position for
-``cls``). All variants of one layer are rows of one forward pass; layers below the patched one are not recomputed
-(their activations are the corrupted run's, resumed from its captured outputs).
+``cls``). Patch pairs are batched by token length; all variants of one layer are rows of one forward pass; layers
+below the patched one are not recomputed (their activations are the corrupted run's, resumed from its captured
+outputs). bench/patching.py measures the gain against one full forward per (pair, head).
 """
 
 from __future__ import annotations
@@ -270,21 +271,36 @@ def effect_rows(experiment: str, items: Sequence[PatchPair], clean, corrupted, p
     return cols
 
 
+def patch_batches(lm, items: Sequence[PatchPair], *, batch_size: int, max_length: int,
+                  batch_tokens: int | None = None):
+    """(pairs, clean batch, corrupted batch, patched rows per forward) of ``items``, in batches of ``batch_size // 4``
+    pairs of similar token length (longest first): a forward pads every row to its longest input, and patch pairs
+    of mixed lengths otherwise spend most of a patched forward on padding. A forward holds ``batch_size * 4``
+    patched rows, and with ``batch_tokens`` at most that many padded tokens."""
+    longest = [max(a, b) for a, b in zip(
+        lm.family.token_lengths(lm, [i.query for i in items], [i.clean_doc for i in items], max_length),
+        lm.family.token_lengths(lm, [i.query for i in items], [i.corrupted_doc for i in items], max_length))]
+    order = sorted(range(len(items)), key=lambda j: (-longest[j], items[j].patch_id))
+    pairs_per_batch = max(1, batch_size // 4)
+    for start in range(0, len(order), pairs_per_batch):
+        chunk = [items[j] for j in order[start : start + pairs_per_batch]]
+        clean = lm.encode([i.query for i in chunk], [i.clean_doc for i in chunk], max_length).to(lm.device)
+        corrupted = lm.encode([i.query for i in chunk], [i.corrupted_doc for i in chunk], max_length).to(lm.device)
+        rows = batch_size * 4
+        if batch_tokens is not None:
+            padded = max(clean.inputs["input_ids"].shape[1], corrupted.inputs["input_ids"].shape[1])
+            rows = max(1, min(rows, batch_tokens // padded))
+        yield chunk, clean, corrupted, rows
+
+
 def run_experiment(lm, experiment: str, items: Sequence[PatchPair], *, batch_size: int, max_length: int,
                    batch_tokens: int | None = None, on_batch: Callable[[int], None] | None = None) -> dict[str, list]:
-    """``patching_effects`` columns of ``items`` (batches of pairs, every layer and variant each). A forward holds
-    ``batch_size * 4`` patched rows, and with ``batch_tokens`` at most that many padded tokens."""
+    """``patching_effects`` columns of ``items`` (batches of pairs as :func:`patch_batches` forms them, every layer
+    and variant each; rows in batch order: the stage's merge sorts them)."""
     cols: dict[str, list] = {}
-    pairs_per_batch = max(1, batch_size // 4)
     with Patcher(lm) as patcher:
-        for start in range(0, len(items), pairs_per_batch):
-            chunk = list(items[start : start + pairs_per_batch])
-            clean = lm.encode([i.query for i in chunk], [i.clean_doc for i in chunk], max_length).to(lm.device)
-            corrupted = lm.encode([i.query for i in chunk], [i.corrupted_doc for i in chunk], max_length).to(lm.device)
-            rows = batch_size * 4
-            if batch_tokens is not None:
-                longest = max(clean.inputs["input_ids"].shape[1], corrupted.inputs["input_ids"].shape[1])
-                rows = max(1, min(rows, batch_tokens // longest))
+        for chunk, clean, corrupted, rows in patch_batches(lm, items, batch_size=batch_size, max_length=max_length,
+                                                           batch_tokens=batch_tokens):
             clean_s, corrupted_s, patched = patch_batch(patcher, experiment, clean, corrupted, rows_per_forward=rows)
             for key, values in effect_rows(experiment, chunk, clean_s, corrupted_s, patched).items():
                 cols.setdefault(key, []).extend(values)
