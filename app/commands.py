@@ -32,11 +32,11 @@ SUBSPACE_FLAGS = "--ablations subspace"  # the top heads' QK-subspace conditions
 PATCHING_FLAGS = "--patching tfc1,cls"  # both activation-patching experiments
 
 # Throughputs measured on the 2-core CPU machine with the reference MiniLM-L6 model (README, "Benchmarks"):
-# bench/precompute.py times the summary pass on 256 DL20 pairs (batch 32); bench/ablation.py the full default
-# sweep (32 conditions, baseline included, x 64 pairs = 2,048 scorings in 56.5 s). The first try
-# (PRECOMPUTE_COMMAND, 336 pairs) took 4 min 10 s end to end.
-SUMMARY_PAIRS_PER_S = 43.0
-ABLATION_SCORINGS_PER_S = 2048 / 56.5
+# bench/precompute.py times the summary pass on 256 DL20 pairs (batch 32; median of 5 rounds, 2026-11-26);
+# bench/ablation.py the full default sweep (32 conditions, baseline included, x 64 pairs = 2,048 scorings in
+# 62.1 s). The first try (PRECOMPUTE_COMMAND, 336 pairs) took 4 min 10 s end to end.
+SUMMARY_PAIRS_PER_S = 53.2
+ABLATION_SCORINGS_PER_S = 2048 / 62.1
 FIRST_TRY_TIME = "4 min 10 s"
 # FULL_COMMAND's run: every judged TREC DL 2020 query, its judged passages and 20 easy negatives each.
 FULL_QUERIES, FULL_PAIRS = 54, 6084

@@ -17,6 +17,10 @@ Every query is an ``app.queries`` / ``app.pair_queries`` function, called exactl
 Streamlit result cache: what a user waits for on a cache miss. Each query runs once to warm the
 OS page cache, then ``--repeat`` times; the median and the maximum are printed, and the script
 exits 1 if any median is over ``--budget`` seconds (0.5 s by default).
+
+Over 350 lines on purpose: the generator writes every table of the schema at a matching size, and the list of
+timed queries names every page's calls; split apart, the sizes and the queries that depend on them would drift.
+Figures at 3 x 10^8 rows and the slow queries: docs/store.md, "Scale".
 """
 
 from __future__ import annotations

@@ -50,15 +50,17 @@ def device_label(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
 
 
+def timed(fn: Callable[[], object], device: str) -> float:
+    """Seconds of one run of ``fn``, CUDA synchronised on both sides."""
+    sync = synchronizer(device)
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
 def best_of(fn: Callable[[], object], repeats: int, device: str) -> float:
     """Seconds of the fastest of ``repeats`` runs after one warm-up (allocator, kernels); CUDA synchronised."""
-    sync = synchronizer(device)
     fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(timed(fn, device) for _ in range(repeats))

@@ -80,6 +80,7 @@ def qwen2_05b(args) -> None:
     model.set_attn_implementation("eager")
     params = sum(p.numel() for p in model.parameters()) / 1e6
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer.eos_token = tokenizer.sep_token  # the template ends with {eos}: Qwen's is one special token, as [SEP] is
     lm = LoadedModel(model, tokenizer, "qwen2-0.5b-random", device, dtype)
     sample = spread(all_pairs(args), args.pairs)
     lengths = lm.family.token_lengths(lm, [p.query for p in sample], [p.doc for p in sample], args.max_length)

@@ -85,8 +85,9 @@ HEAD_ATTENTION = Table(
     sort_key=("layer", "head", "pair_id"),
     row_groups_by=("layer", "head"),  # a head's rows in row groups of their own: per-head queries read only those
     # A head of up to 65,536 pairs is one row group; a larger head spans several, all its own. Not larger: looking up
-    # one pair on every head (the Pair explorer) decodes one row group per head, 4.2 s at 1M-row groups on a 3e8-row
-    # store against 0.45 s at 65,536 (bench/app.py, one core); per-head scans read the same bytes either way.
+    # one pair on every head (the Pair explorer) decodes one row group per head: on a 7.5e7-row file (one thread)
+    # 1.15 s at 196,608-row groups against 0.45 s at 65,536; on 3e8 rows (bench/app.py) 4.2 s at 10^6 (one thread)
+    # against 0.96 s (two). Per-head scans read the same bytes either way, plus more row-group statistics.
     row_group_rows=65_536,
     doc="Per-head attention summaries over the five segments CLS, Q, SEP1, D, SEP2 (25 directions) and matching signals.",
     columns=(

@@ -186,7 +186,7 @@ def test_full_run_estimate_comes_from_the_measured_throughputs():
     assert DEFAULT_CONDITIONS == len(AblationRequest().conditions(n_layers=24, n_heads=16)) == 32
     assert summary == pytest.approx(FULL_PAIRS / SUMMARY_PAIRS_PER_S / 60)
     assert ablation == pytest.approx(FULL_PAIRS * 32 / ABLATION_SCORINGS_PER_S / 60)
-    assert 55 < summary + ablation < 100  # the ablation pass dominates: an hour or more, not 10-15 minutes
+    assert 55 < summary + ablation < 120  # the ablation pass dominates: one to two hours, not 10-15 minutes
 
 
 def test_readme_first_try_is_the_welcome_command():
