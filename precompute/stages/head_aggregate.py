@@ -62,9 +62,9 @@ def _add(acc, rows: pa.RecordBatch, code: np.ndarray) -> None:
     """Add one head's rows of one row group to its sums: summed per group in file order, then added."""
     sums, present, counts = acc
     pair_ids = rows.column("pair_id").to_numpy()
-    if len(pair_ids) and (pair_ids.max() >= len(code) or (code[pair_ids] < 0).any()):
+    keys = code[pair_ids] if not len(pair_ids) or pair_ids.max() < len(code) else np.array([-1])
+    if (keys < 0).any():
         raise ValueError("head_attention holds pair ids the pairs table lacks: the store is incomplete")
-    keys = code[pair_ids]
     order = np.argsort(keys, kind="stable")  # stable: pair order within a group, as in the file
     sorted_keys = keys[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
