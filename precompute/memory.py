@@ -83,7 +83,3 @@ def refusal(spec: str, fp: Footprint) -> str:
     return (f"model {spec!r} will not fit: its weights need {fp.weights / GB:.1f} GB in {fp.dtype} but {fp.device} has "
             f"{fp.free / GB:.1f} GB free;{smaller} use a GPU with more memory or a smaller model")
 
-
-def attention_bytes(rows: int, heads: int, tokens: int, dtype: str) -> int:
-    """One layer's attention probabilities for a batch (the largest activation of the eager summary kernel)."""
-    return rows * heads * tokens * tokens * BYTES_PER_ELEMENT[dtype]
