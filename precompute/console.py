@@ -7,7 +7,6 @@ job can report without importing each other. Messages go to stderr (stdout stays
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -34,11 +33,3 @@ class Console:
 
         return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not self.progress or self.quiet,
                     smoothing=0.1)
-
-    def iterate(self, items: Iterable, desc: str, unit: str) -> Iterable:
-        """``items`` with a bar when progress is on (tqdm is imported only then)."""
-        if not self.progress or self.quiet:
-            return items
-        from tqdm.auto import tqdm
-
-        return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True)

@@ -55,10 +55,6 @@ class Probe:
     def attention_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         raise NotImplementedError
 
-    def swapped_forward(self, module):
-        """The forward that replaces an attention module's own (swap families); see the family's ``swap``."""
-        raise NotImplementedError
-
     # -- install / restore ------------------------------------------------------------------------
     def __enter__(self):
         self.sites = {id(module): site for module, site in self.family.attention_sites(self.model)}
