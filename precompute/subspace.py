@@ -24,8 +24,6 @@ import torch
 
 from precompute.spectra import NOTE_ABSOLUTE, NOTE_BIAS, SpectraError, core_svd, layer_factors, matrix_note, projection_modules
 
-DEFAULT_KS: tuple[int, ...] = (1, 2, 3, 4)
-DEFAULT_OPERATIONS: tuple[str, ...] = ("remove", "scale=2")
 _OPERATION = re.compile(r"^(remove|scale=(\d+(?:\.\d+)?))$")
 
 

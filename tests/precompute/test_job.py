@@ -237,6 +237,20 @@ def test_help_explains_every_flag():
         assert action.help, f"{action.option_strings} has no help"
 
 
+def test_the_flags_defaults_are_the_configs_defaults():
+    """A default is written in the CLI, in JobConfig and in AblationRequest: a run without flags must be the run
+    JobConfig() describes, and its ablation request the default one (a default changed in one place fails here)."""
+    import dataclasses
+
+    from precompute.cli import build_parser, config_from_args
+    from precompute.conditions import AblationRequest
+    from precompute.config import JobConfig
+
+    from_flags, default = config_from_args(build_parser().parse_args([])), JobConfig()
+    assert {f.name: getattr(from_flags, f.name) for f in dataclasses.fields(JobConfig)} == dataclasses.asdict(default)
+    assert AblationRequest.from_config(default) == AblationRequest()
+
+
 @pytest.mark.parametrize("raised, code, message", [
     (KeyboardInterrupt(), 130, "interrupted: finished parts are kept"),
     (RuntimeError("boom\nsecond line"), 1, "error: unexpected RuntimeError: boom (a bug; the traceback is in"),
