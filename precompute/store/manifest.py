@@ -262,12 +262,6 @@ class Manifest(Section):
         return self.status == STATUS_COMPLETE
 
 
-SECTIONS: tuple[type[Section], ...] = (
-    Manifest, Identity, ModelInfo, DatasetInfo, Counts, TableInfo, SpectraInfo, ContrastsInfo, AblationsInfo,
-    PatchingInfo,
-)
-
-
 # -- reading and writing -------------------------------------------------------------------------------
 
 
