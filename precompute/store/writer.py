@@ -222,9 +222,6 @@ class RunWriter:
         import duckdb
 
         spec = TABLES[table]
-        target = self.staged_path(table) if staged else self.table_path(table)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _atomic_path(target)
         con = duckdb.connect()
         try:
             spill = self.root / PARTS / ".duckdb-tmp"
@@ -238,29 +235,27 @@ class RunWriter:
             casts = ", ".join(f"CAST({_q(c.name)} AS {_duck_type(c.type)}) AS {_q(c.name)}" for c in spec.columns)
             order = ", ".join(_q(k) for k in spec.sort_key)
             reader = con.sql(f"SELECT {casts} FROM ({select_sql}) ORDER BY {order}").to_arrow_reader(BATCH_ROWS)
-            self._write_reader(spec, reader, tmp)
+            return self._write_stream(spec, reader, staged)
         finally:
             con.close()
-        os.replace(tmp, target)
-        self._trust(target)
-        return target
 
     def write_pieces(self, table: str, pieces: Iterable[pa.Table], *, staged: bool = False) -> Path:
         """Write a table that arrives as consecutive pieces already in its sort order (e.g. one head at a time), so
         only one piece and one row group are ever in memory: into place, or staged for :meth:`commit`."""
         spec = TABLES[table]
-        target = self.staged_path(table) if staged else self.table_path(table)
+        batches = (b for piece in pieces for b in piece.select(spec.column_names).cast(spec.schema).to_batches())
+        return self._write_stream(spec, pa.RecordBatchReader.from_batches(spec.schema, batches), staged)
+
+    def _write_stream(self, spec: Table, reader: pa.RecordBatchReader, staged: bool) -> Path:
+        """Stream ``reader`` into the table's file (or its staged copy) through a temporary file, checksummed."""
+        target = self.staged_path(spec.name) if staged else self.table_path(spec.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = _atomic_path(target)
-        batches = (b for piece in pieces for b in piece.select(spec.column_names).cast(spec.schema).to_batches())
-        self._write_reader(spec, pa.RecordBatchReader.from_batches(spec.schema, batches), tmp)
+        integrity.write_batches(reader, spec.schema, tmp, table=spec.name, identity=self.identity,
+                                row_group_size=spec.row_group_rows, group_by=spec.row_groups_by)
         os.replace(tmp, target)
         self._trust(target)
         return target
-
-    def _write_reader(self, spec: Table, reader: pa.RecordBatchReader, path: Path) -> None:
-        integrity.write_batches(reader, spec.schema, path, table=spec.name, identity=self.identity,
-                                row_group_size=spec.row_group_rows, group_by=spec.row_groups_by)
 
     def commit(self, label: str, tables: list[str], drop_parts: list[str] = ()) -> None:
         """Install the staged ``tables`` and drop the parts of ``drop_parts`` as one atomic step."""
