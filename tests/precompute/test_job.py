@@ -268,3 +268,20 @@ def test_interruptions_and_bugs_are_one_line(raised, code, message, dataset, tmp
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
     if code == 1:
         assert "Traceback" in (tmp_path / "cache" / "last-error.txt").read_text()
+
+
+def test_flag_errors_are_one_line_and_the_usage_comes_with_help_only(capsys):
+    """argparse printed its 22-line usage block before every flag error."""
+    from precompute.report.cli import main as report_main
+
+    for entry, argv in [(main, ["--ablations", "bogus"]), (main, ["--batch-size", "0"]), (main, ["--device", "tpu"]),
+                        (main, ["--no-such-flag"]), (report_main, ["run", "--sort", "bogus"]), (report_main, [])]:
+        with pytest.raises(SystemExit) as exit_:
+            entry(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "usage:" not in err and err.rstrip().endswith("--help"), err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m precompute")
+
