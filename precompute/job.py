@@ -97,6 +97,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
     console = Console(progress=cfg.progress, quiet=not world.leader)
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
+    checks.check_out_folder(root, ds, cfg.model)
     identity = identity_of(cfg, model.identity(cfg.model), ds.source)
     writer = RunWriter(root, identity=identity.to_dict())
     local_rank = world.local_rank if world.distributed else None
@@ -110,7 +111,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
         previous = writer.read_manifest()
 
         lm = model.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens,
-                        local_rank=local_rank)
+                        local_rank=local_rank, progress=cfg.progress and world.leader)
         checks.check_model_settings(cfg, lm)
         checks.check_kernels(lm)
         pair_set = pairs_mod.build_pairs(
@@ -120,6 +121,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
         if not pair_set.pairs:
             raise StoreError(f"dataset {cfg.dataset!r} gave no pairs with text; check its qrels and docs")
         checks.check_pairs_fit(cfg, lm, pair_set)
+        checks.check_probe_scores(cfg, lm, pair_set)
         manifest = _starting_manifest(cfg, lm, ds, pair_set, previous, identity)
         ctx = RunContext(cfg=cfg, lm=lm, ds=ds, pair_set=pair_set, writer=writer, manifest=manifest, console=console,
                          world=world, coordinator=coordinator)

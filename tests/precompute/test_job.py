@@ -285,3 +285,19 @@ def test_flag_errors_are_one_line_and_the_usage_comes_with_help_only(capsys):
         main(["--help"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m precompute")
 
+
+@pytest.mark.parametrize("inside", ["dataset", "model"])
+def test_a_run_folder_inside_the_dataset_or_the_model_folder_is_refused(inside, tmp_path, capsys):
+    """The job wrote its tables, manifest, lock and catalog there (exit 0)."""
+    from tests.precompute.conftest import make_dataset, refused
+    from tests.precompute.test_datasets import listing
+
+    dataset, model = make_dataset(tmp_path / "data"), build("bert", tmp_path / "model")
+    folder = dataset if inside == "dataset" else model
+    (tmp_path / "link").symlink_to(folder)
+    before = listing(folder)
+    for out in (folder, folder / "runs" / "x", tmp_path / "link" / "x"):
+        line = refused(dataset, model, tmp_path, capsys, out=out)
+        assert f"lies inside the {inside} folder" in line and "pass an --out (or --store) outside it" in line
+    assert listing(folder) == before
+
