@@ -18,6 +18,8 @@ def parse_measures(names: Iterable[str]) -> list:
     (trec_eval aborts the process on ``@0``); one-line ValueError naming the measure."""
     import ir_measures
 
+    from precompute.console import one_line
+
     out = []
     for name in names:
         try:
@@ -32,14 +34,10 @@ def parse_measures(names: Iterable[str]) -> list:
             measure.validate_params()
             ir_measures.evaluator([measure], [])
         except (AssertionError, ValueError) as err:
-            raise ValueError(f"measure {name!r} cannot be computed: {_one_line(err)}") from err
+            raise ValueError(f"measure {name!r} cannot be computed: {one_line(err)}") from err
         out.append(measure)
     return out
 
-
-def _one_line(err: Exception) -> str:
-    """ir_measures' message on one line (its provider hints span several)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 def qrels_for(qrels: dict[str, dict[str, int]], qids: Iterable[str]) -> list:

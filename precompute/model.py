@@ -220,14 +220,17 @@ def load_config(spec: str, offline: bool):
     from transformers import AutoConfig, PretrainedConfig
     from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
+    from precompute.console import one_line
+
     try:
         raw, _ = PretrainedConfig.get_config_dict(spec, local_files_only=offline)
-        tokenizer_raw = get_tokenizer_config(spec, local_files_only=offline)
-    except OSError as err:
+    except OSError as err:  # no config.json, not JSON, no network
         where = "folder" if Path(spec).exists() else "Hugging Face id (no network here?)"
         raise ModelError(f"model {spec!r} could not be loaded as a {where}: {str(err).splitlines()[0]}; pass a local model folder with --model") from err
-    except ValueError as err:  # a config.json that is not JSON
-        raise ModelError(f"model {spec!r}: its config is not readable JSON ({one_line(err)}); restore config.json") from err
+    try:
+        tokenizer_raw = get_tokenizer_config(spec, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {spec!r}: its tokenizer_config.json cannot be read ({one_line(err)}); restore it") from err
     for name, data in (("config.json", raw), ("tokenizer_config.json", tokenizer_raw)):
         if isinstance(data, dict) and data.get("auto_map"):
             classes = ", ".join(sorted(str(v) for v in _flat(data["auto_map"])))[:120]
@@ -248,12 +251,6 @@ def _flat(value) -> list:
     if isinstance(value, (list, tuple)):
         return [v for item in value for v in _flat(item) if v]
     return [value]
-
-
-def one_line(err: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line (transformers' span several), at most ``limit`` characters."""
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- loading checks: each refuses, in one line, a model that would load but give numbers of nothing ---------------

@@ -253,6 +253,14 @@ def test_a_config_transformers_rejects_is_bad_input_not_a_bug(edit, message, tin
     assert message in refused(tiny_dataset, model, tmp_path, capsys)
 
 
+def test_an_unreadable_tokenizer_config_is_bad_input(tiny_dataset, good, tmp_path, capsys):
+    """It is read before loading (for auto_map and tokenizer_class), so it must fail as cleanly as config.json."""
+    model = variant(good, tmp_path / "m")
+    (model / "tokenizer_config.json").write_text("{not json")
+    assert "its tokenizer_config.json cannot be read (Expecting property name" in refused(tiny_dataset, model, tmp_path,
+                                                                                         capsys)
+
+
 def test_the_load_report_is_one_line(tiny_dataset, good, tmp_path, capfd):
     """transformers prints a 10-line table for weights the architecture does not use; the job says it in one line
     (and a refusal, here the missing classifier, stays the only line)."""
