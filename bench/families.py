@@ -79,7 +79,7 @@ def qwen2_05b(args) -> None:
     model = Qwen2ForSequenceClassification(config).to(device=device, dtype=getattr(torch, dtype)).eval()
     model.set_attn_implementation("eager")
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
     tokenizer.eos_token = tokenizer.sep_token  # the template ends with {eos}: Qwen's is one special token, as [SEP] is
     lm = LoadedModel(model, tokenizer, "qwen2-0.5b-random", device, dtype)
     sample = spread(all_pairs(args), args.pairs)

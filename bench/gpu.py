@@ -80,7 +80,8 @@ def measure(name: str, config, args, device, dtype) -> None:
     from precompute.summaries import plain_attention
 
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").to(device, dtype).eval()
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager", trust_remote_code=False)
+    model = model.to(device, dtype).eval()
     # no tokenizer: the inputs are built as token ids (synthetic_batch), so no template is ever filled in
     lm = LoadedModel(model, None, name, str(device), str(dtype).removeprefix("torch."), settings=FamilySettings())
     batch = synthetic_batch(args.batch, args.seq, config.vocab_size, device)

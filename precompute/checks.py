@@ -1,21 +1,35 @@
-"""Checks of the job's flags against the loaded model and the pairs, run before any pass.
+"""Checks of the job's flags and inputs against the loaded model and the pairs, run before any pass.
 
 Why here and not where the flags are used: the ablation stage parses --ablation-layers and --ablation-heads
-after the summary pass (hours on MonoBERT-large), and a --max-length the model cannot take fails inside the
-first forward pass with a traceback. :func:`precompute.job.run` calls :func:`check_model_settings` right after
-loading the model and :func:`check_pairs_fit` right after building the pairs; each raises one line.
+after the summary pass (hours on MonoBERT-large), a --max-length the model cannot take fails inside the
+first forward pass with a traceback, and NaN scores would only show as a NaN nDCG at the end.
+:func:`precompute.job.run` calls :func:`check_out_folder` before anything is written, :func:`check_model_settings`
+right after loading the model, and :func:`check_pairs_fit` and :func:`check_probe_scores` right after building the
+pairs; each raises one line.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from precompute.conditions import AblationRequest
 from precompute.model import ModelError, learned_positions
+from precompute.store.writer import StoreError
 
 
 def check_ablation_flags(cfg, lm) -> None:
-    """Layer and head numbers exist in the model and ranges run low to high (AblationSpecError naming the flag)."""
-    if cfg.ablations:
-        AblationRequest.from_config(cfg).conditions(*lm.shape)
+    """Layer, head and k numbers exist in the model, ranges run low to high, and the model can have the QK-subspace
+    interventions asked for (AblationSpecError or SubspaceError naming the flag). Listed --subspace-heads are checked
+    here; ``top:N`` is resolved by the ablation stage among the heads the model has."""
+    if not cfg.ablations:
+        return
+    request = AblationRequest.from_config(cfg)
+    listed = request.subspace_targets() if "subspace" in cfg.ablations else []
+    request.conditions(*lm.shape, subspace_heads=listed if isinstance(listed, list) else [], head_dim=lm.head_dim)
+    if "subspace" in cfg.ablations:
+        from precompute.subspace import check_model
+
+        check_model(lm.model)
 
 
 def check_max_length(cfg, lm) -> None:
@@ -72,3 +86,35 @@ def check_kernels(lm) -> None:
                 probe.run(batch)
     except KernelError as err:
         raise ModelError(f"model {lm.spec!r} ({lm.family.name} family) cannot be probed faithfully: {err}") from err
+
+
+def check_probe_scores(cfg, lm, pair_set, size: int = 8) -> None:
+    """The first pairs scored through the summary kernel, as the pass will score them: a model whose scores are NaN
+    or infinite (weights that overflow in --dtype, a model that is numerically broken) is refused in one line before
+    the pass, instead of a store of NaN scores and an nDCG computed from them."""
+    import torch
+
+    from precompute.kernels.summary import SummaryProbe
+
+    probe_pairs = pair_set.pairs[:size]
+    batch = lm.encode([p.query for p in probe_pairs], [p.doc for p in probe_pairs], cfg.max_length).to(lm.device)
+    with SummaryProbe(lm) as probe:
+        scores, _, _ = probe.run(batch, summarise=True)
+    bad = [p for p, finite in zip(probe_pairs, torch.isfinite(scores).tolist()) if not finite]
+    if bad:
+        raise ModelError(f"model {lm.spec!r} scores {len(bad)} of the first {len(probe_pairs)} pairs as NaN or infinite "
+                         f"(pair {bad[0].pair_id}: query {bad[0].qid}, passage {bad[0].docid}) in {lm.dtype}; "
+                         + ("try --dtype float32, or " if lm.dtype != "float32" else "") + "use another checkpoint")
+
+
+def check_out_folder(root: Path, ds, model_spec: str) -> None:
+    """The job never writes into its inputs: --out (or --store) must not lie inside the dataset folder or the model
+    folder, whose files it would mix with tables, a manifest, a lock and a catalog."""
+    out = Path(root).expanduser().resolve()
+    inputs = [("dataset", ds.source)] if ds.doc_store_path is not None else []
+    inputs.append(("model", model_spec))
+    for what, folder in inputs:
+        folder = Path(folder).expanduser()
+        if folder.is_dir() and out.is_relative_to(folder.resolve()):
+            raise StoreError(f"the run folder {root} lies inside the {what} folder {folder}; the job never writes into "
+                             "its inputs: pass an --out (or --store) outside it")

@@ -23,8 +23,16 @@ exit codes: 0 done, 1 unexpected failure (a bug: one line, the traceback saved i
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``error: ...; see --help``) with exit code 2: the usage block,
+    22 lines for this CLI, is printed by ``--help`` only."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m precompute",
         description="Run a cross-encoder over TREC DL query-passage pairs and write per-pair, per-head attention "
         "summaries (25 segment directions + matching signals), scores and nDCG@10 into a Parquet store.",

@@ -10,6 +10,13 @@ import sys
 from dataclasses import dataclass
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters: libraries (transformers, ir_measures) put
+    the detail on a second line, so the lines are joined rather than cut at the first."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def log(message: str) -> None:
     """One line to stderr, flushed at once (a job's log is read while it runs)."""
     print(message, file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ is built in a cache folder of the job's own, not beside ``docs.tsv`` where ir_da
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -92,17 +93,63 @@ class Dataset:
             self._runs[name] = _read_run(self.runs_dir / f"{name}.trec")
         return self._runs[name]
 
+    def where(self, what: str, key: Any) -> str:
+        """Where a record of ``what`` (queries: key qid; qrels: key (qid, docid)) is, for an error message:
+        ``path:line`` of its first line in a local folder, else the dataset's name."""
+        lines = self._lines_of(what, key)
+        return f"{Path(self.source) / FOLDER_FILE_OF[what]}:{lines[0][0]}" if lines else f"dataset {self.spec}"
+
+    def _lines_of(self, what: str, key: Any) -> list[tuple[int, str]]:
+        """(line number, line) of every line of a local folder's file whose record has ``key`` ([] for registry
+        datasets). Read only to word an error: ir_datasets skips blank lines, so record and line numbers differ."""
+        if self.doc_store_path is None:
+            return []
+        found = []
+        with (Path(self.source) / FOLDER_FILE_OF[what]).open(encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip() and _record_key(what, line) == key:
+                    found.append((lineno, line))
+        return found
+
+    def _given_twice(self, what: str, key: Any, thing: str, value: str, advice: str) -> DatasetError:
+        """The error for a record given twice with two different ``value``s (text, grade): in a local folder it
+        names the two lines, else the dataset."""
+        lines = self._lines_of(what, key)
+        if not lines:
+            return DatasetError(f"dataset {self.spec}: {thing} is given twice with different {value}s; {advice}")
+        first = _record_value(what, lines[0][1])
+        second = next((n for n, line in lines if _record_value(what, line) != first), lines[-1][0])
+        return DatasetError(f"{Path(self.source) / FOLDER_FILE_OF[what]}:{second}: {thing} was already given on line "
+                            f"{lines[0][0]} with another {value}; {advice}")
+
     @cached_property
     def _queries(self) -> dict[str, str]:
+        """Identical repeated lines are one query; a query id given twice with two texts is refused (ir_datasets
+        would keep the last text, so one query's pairs would be scored with another query's text)."""
+        queries: dict[str, str] = {}
         with self._reading("queries"):
-            return {q.query_id: _text(q) for q in self.handle.queries_iter()}
+            for q in self.handle.queries_iter():
+                if queries.setdefault(q.query_id, _text(q)) != _text(q):
+                    raise self._given_twice("queries", q.query_id, f"query id {q.query_id}", "text",
+                                            "each query must appear once (remove or renumber one of the two lines)")
+        return queries
 
     @cached_property
     def _qrels(self) -> dict[str, dict[str, int]]:
+        """Identical repeated judgments count once; two grades for one (query, passage) are refused, and so is a
+        grade the store cannot keep (pairs.grade's integer type)."""
+        low, high = _grade_range()
         qrels: dict[str, dict[str, int]] = {}
         with self._reading("qrels"):
             for qrel in self.handle.qrels_iter():
-                qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
+                key, grade = (qrel.query_id, qrel.doc_id), int(qrel.relevance)
+                if not low <= grade <= high:
+                    raise DatasetError(f"{self.where('qrels', key)}: grade {grade} (query {key[0]}, passage {key[1]}) is "
+                                       f"outside {low}..{high}, the grades the store keeps; use the collection's "
+                                       "grades (0-3 for TREC DL)")
+                if qrels.setdefault(qrel.query_id, {}).setdefault(qrel.doc_id, grade) != grade:
+                    raise self._given_twice("qrels", key, f"the judgment of query {key[0]}, passage {key[1]}", "grade",
+                                            "a pair is judged once (remove one of the two lines)")
         return qrels
 
     def _doc_store(self) -> Any:
@@ -200,15 +247,25 @@ def _folder(spec: str, path: Path, cache_root: Path) -> Dataset:
 
 
 def _folder_handle(folder: Path) -> Any:
-    """What ir_datasets.create_dataset builds, but with mkdir=False so nothing is created in the folder."""
+    """What ir_datasets.create_dataset builds, but with mkdir=False so nothing is created in the folder, and with
+    a UTF-8 byte-order mark (Excel and Notepad write one) skipped: ir_datasets would read it as part of the first
+    id, so the first query or judgment would silently match nothing."""
     from ir_datasets.datasets.base import Dataset as IrDataset
     from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
     from ir_datasets.util import LocalDownload
 
+    class WithoutBom(LocalDownload):
+        @contextmanager
+        def stream(self):
+            with super().stream() as f:
+                if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+                    f.seek(0)
+                yield f
+
     return IrDataset(
-        TsvDocs(LocalDownload(folder / "docs.tsv", mkdir=False)),
-        TsvQueries(LocalDownload(folder / "queries.tsv", mkdir=False)),
-        TrecQrels(LocalDownload(folder / "qrels.txt", mkdir=False), {}),
+        TsvDocs(WithoutBom(folder / "docs.tsv", mkdir=False)),
+        TsvQueries(WithoutBom(folder / "queries.tsv", mkdir=False)),
+        TrecQrels(WithoutBom(folder / "qrels.txt", mkdir=False), {}),
     )
 
 
@@ -231,7 +288,7 @@ def _in_registry(dataset_id: str) -> bool:
 def _read_run(path: Path) -> Run:
     """TREC run lines ``qid Q0 docid rank score tag``; ir_datasets' TrecScoredDocs drops the rank, so parse here."""
     run: Run = {}
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             cols = line.split()
             if not cols:
@@ -264,7 +321,7 @@ def _first_bad_line(path: Path, what: str) -> str | None:
 
 def _line_problem(raw: bytes, what: str) -> str | None:
     try:
-        line = raw.decode("utf-8")
+        line = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
     except UnicodeDecodeError as err:
         return f"not UTF-8 text (byte {raw[err.start]:#x} at column {err.start + 1}); save the file as UTF-8"
     if line in ("\n", ""):
@@ -305,7 +362,7 @@ def _unique_docs(docs: Iterable[Any], path: Path) -> Iterator[Any]:
 
 def _raise_duplicate(path: Path, repeated: set[int]) -> None:
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         lineno = 0
         for lineno, line in enumerate(f, 1):
             docid = line.split("\t", 1)[0]
@@ -320,6 +377,30 @@ def _raise_duplicate(path: Path, repeated: set[int]) -> None:
 def _text(record: Any) -> str:
     """The text of an ir_datasets query or doc, whatever its class (GenericDoc, MS MARCO, TREC topics...)."""
     return record.default_text() if hasattr(record, "default_text") else record.text
+
+
+def _record_key(what: str, line: str) -> Any:
+    """The key of one line of a folder's file: a query's id, a judgment's (qid, docid)."""
+    if what == "qrels":
+        cols = line.split()
+        return (cols[0], cols[2]) if len(cols) == 4 else None
+    return line.split("\t", 1)[0]
+
+
+def _record_value(what: str, line: str) -> Any:
+    """What one line says about its key: a judgment's grade, a query's text."""
+    return int(line.split()[3]) if what == "qrels" else line.rstrip("\n").partition("\t")[2]
+
+
+def _grade_range() -> tuple[int, int]:
+    """The grades the store keeps: the range of pairs.grade's integer type (int8: -128..127)."""
+    import numpy as np
+
+    from precompute.store.schema import PAIRS
+
+    grade = next(c for c in PAIRS.columns if c.name == "grade")
+    info = np.iinfo(grade.type.to_pandas_dtype())
+    return int(info.min), int(info.max)
 
 
 def _is_download_error(error: Exception) -> bool:

@@ -13,16 +13,31 @@ DEFAULT_MEASURES = ("nDCG@10",)
 
 
 def parse_measures(names: Iterable[str]) -> list:
-    """ir_measures objects from names like 'nDCG@10', 'RR@10'; one-line error on a bad name."""
+    """ir_measures objects from names like 'nDCG@10', 'RR@10', each checked the way ir_measures checks it before an
+    evaluation (parameter types and choices, an installed provider that computes it) plus a cutoff of at least 1
+    (trec_eval aborts the process on ``@0``); one-line ValueError naming the measure."""
     import ir_measures
+
+    from precompute.console import one_line
 
     out = []
     for name in names:
         try:
-            out.append(ir_measures.parse_measure(name))
+            measure = ir_measures.parse_measure(name)
         except (ValueError, NameError, SyntaxError) as err:
             raise ValueError(f"unknown measure {name!r}: expected an ir_measures name such as nDCG@10, RR@10, P@10") from err
+        cutoff = measure.params.get("cutoff")
+        if cutoff is not None and (not isinstance(cutoff, int) or cutoff < 1):
+            raise ValueError(f"measure {name!r}: the cutoff after @ must be a whole number of at least 1, such as "
+                             f"nDCG@10; got {cutoff!r}")
+        try:
+            measure.validate_params()
+            ir_measures.evaluator([measure], [])
+        except (AssertionError, ValueError) as err:
+            raise ValueError(f"measure {name!r} cannot be computed: {one_line(err)}") from err
+        out.append(measure)
     return out
+
 
 
 def qrels_for(qrels: dict[str, dict[str, int]], qids: Iterable[str]) -> list:

@@ -20,7 +20,8 @@ from pathlib import Path
 from precompute import crash
 from precompute.config import JobConfig
 from precompute.console import Console
-from precompute.store.manifest import STATUS_COMPLETE, STATUS_RUNNING, Counts, DatasetInfo, Identity, Manifest, ModelInfo
+from precompute.store.manifest import (STATUS_COMPLETE, STATUS_RUNNING, Counts, DatasetInfo, Identity, Invocation, Manifest,
+                                       ModelInfo)
 from precompute.store.writer import RunWriter, StoreError, is_disk_full
 
 PACKAGES = ("torch", "transformers", "ir_datasets", "ir_measures", "pyarrow", "duckdb", "numpy")
@@ -97,6 +98,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
     console = Console(progress=cfg.progress, quiet=not world.leader)
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
+    checks.check_out_folder(root, ds, cfg.model)
     identity = identity_of(cfg, model.identity(cfg.model), ds.source)
     writer = RunWriter(root, identity=identity.to_dict())
     local_rank = world.local_rank if world.distributed else None
@@ -110,7 +112,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
         previous = writer.read_manifest()
 
         lm = model.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens,
-                        local_rank=local_rank)
+                        local_rank=local_rank, progress=cfg.progress and world.leader)
         checks.check_model_settings(cfg, lm)
         checks.check_kernels(lm)
         pair_set = pairs_mod.build_pairs(
@@ -120,6 +122,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
         if not pair_set.pairs:
             raise StoreError(f"dataset {cfg.dataset!r} gave no pairs with text; check its qrels and docs")
         checks.check_pairs_fit(cfg, lm, pair_set)
+        checks.check_probe_scores(cfg, lm, pair_set)
         manifest = _starting_manifest(cfg, lm, ds, pair_set, previous, identity)
         ctx = RunContext(cfg=cfg, lm=lm, ds=ds, pair_set=pair_set, writer=writer, manifest=manifest, console=console,
                          world=world, coordinator=coordinator)
@@ -128,13 +131,22 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
 
 
 def _starting_manifest(cfg, lm, ds, pair_set, previous: Manifest | None, identity: Identity) -> Manifest:
-    """The manifest as the job starts: the previous one (sections of finished stages kept) with this job's facts."""
+    """The manifest as the job starts: the previous one (sections of finished stages kept) with this job's facts,
+    and this job appended to the invocations (a manifest of an older version gives its last job's timings as the
+    first one)."""
     manifest = previous or Manifest()
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    history = list(manifest.invocations)
+    if not history and manifest.timings:
+        history.append(Invocation(status=manifest.status, timings=dict(manifest.timings)))
+    this = Invocation(started=now, status=STATUS_RUNNING)
     return dataclasses.replace(
         manifest,
         status=STATUS_RUNNING,
         identity=identity,
-        created=manifest.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=manifest.created or now,
+        timings=this.timings,  # one dict: the last job's timings are its invocation's
+        invocations=[*history, this],
         model=ModelInfo.from_dict(lm.describe()),
         dataset=DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source),
         parameters={**cfg.pair_parameters(), "device": lm.device, "dtype": lm.dtype, "ranks": _ranks()},
@@ -150,15 +162,18 @@ def _run_stages(ctx, started: float) -> None:
 
     ctx.save_manifest()
 
+    this = ctx.manifest.invocations[-1]
     for name in ctx.cfg.stages:
         t0 = time.time()
         STAGES[name].run(ctx)
-        ctx.manifest.timings[f"{name}_s"] = round(time.time() - t0, 2)
+        this.timings[f"{name}_s"] = round(time.time() - t0, 2)
+        if name in ctx.computed:
+            this.computed[name] = ctx.computed[name]
         crash.point("job.stage")
         ctx.save_manifest()
 
-    ctx.manifest.timings["total_s"] = round(time.time() - started, 2)
-    ctx.manifest.status = STATUS_COMPLETE
+    this.timings["total_s"] = round(time.time() - started, 2)
+    ctx.manifest.status = this.status = STATUS_COMPLETE
     if ctx.world.leader:
         write_catalog(ctx.writer.root)
         crash.point("job.catalog")

@@ -42,7 +42,7 @@ def parameter_count(auto_class, config) -> int | None:
 
     try:
         with torch.device("meta"):
-            model = auto_class.from_config(config)
+            model = auto_class.from_config(config, trust_remote_code=False)
     except Exception:  # a custom class that does not build on meta: no count rather than a wrong one
         return None
     seen: set[int] = set()  # tied weights (embeddings and LM head) are stored once

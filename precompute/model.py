@@ -7,6 +7,7 @@ of one-label cross-encoders (MiniLM MS MARCO), the log-probability of the positi
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ class LoadedModel:
     def shape(self) -> tuple[int, int]:
         """(layers, heads) of the summarised attention."""
         return self.family.shape(self.model)
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one head's query and key vectors (the rank bound of its W_Q W_K^T)."""
+        config = self.config
+        return int(getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
+                   or (getattr(config, "hidden_size", None) or config.d_model) // self.shape[1])
 
     def encode(self, queries: list[str], docs: list[str], max_length: int):
         """The pairs as the family feeds them to the model: an EncodedBatch with the five segments (on the CPU)."""
@@ -134,11 +142,16 @@ def identity(spec: str) -> str:
 
 
 def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str | None = None,
-         answer_tokens: tuple[str, str] | None = None, local_rank: int | None = None) -> LoadedModel:
+         answer_tokens: tuple[str, str] | None = None, local_rank: int | None = None,
+         progress: bool = True) -> LoadedModel:
     """Load model and fast tokenizer from a Hugging Face id or local folder, eval mode, on ``device``, with the
-    family its config names (template and answer tokens for template families; their defaults when None)."""
+    family its config names (template and answer tokens for template families; their defaults when None).
+
+    Never runs code shipped with a model: ``trust_remote_code=False`` everywhere, and a model whose config names
+    its own classes (``auto_map``) is refused. transformers' own log is silenced while it loads (its report of
+    unused weights becomes one line); ``progress`` keeps its loading bar."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from precompute.families import FamilyError, family_for
     from precompute.memory import footprint, refusal
@@ -147,37 +160,97 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
     dtype = pick_dtype(dtype, device)
     check_local_path(spec)
     offline = not Path(spec).exists() and not _in_hub_cache(spec) and not _hub_reachable()
-    try:
-        config = AutoConfig.from_pretrained(spec, local_files_only=offline)
-    except OSError as err:
-        where = "folder" if Path(spec).exists() else "Hugging Face id (no network here?)"
-        raise ModelError(f"model {spec!r} could not be loaded as a {where}: {str(err).splitlines()[0]}; pass a local model folder with --model") from err
-    try:
-        family = family_for(config)
-    except FamilyError as err:
-        raise ModelError(f"model {spec!r}: {err}") from err
-    check_tokenizer_files(spec)
-    fp = footprint(family.auto_class(), config, device, dtype)
-    if fp is not None and not fp.fits:
-        raise ModelError(refusal(spec, fp))
-    try:
-        model, info = family.auto_class().from_pretrained(spec, dtype=getattr(torch, dtype), attn_implementation="eager",
-                                                          output_loading_info=True)
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-    except Exception as err:  # a damaged file: transformers, safetensors, torch and pickle raise unrelated classes
-        raise ModelError(loading_error(spec, err)) from err
+    with quiet_transformers(progress):
+        config = load_config(spec, offline)
+        try:
+            family = family_for(config)
+        except FamilyError as err:
+            raise ModelError(f"model {spec!r}: {err}") from err
+        check_tokenizer_files(spec)
+        check_tokenizer_class(spec, config, offline)
+        fp = footprint(family.auto_class(), config, device, dtype)
+        if fp is not None and not fp.fits:
+            raise ModelError(refusal(spec, fp))
+        try:
+            model, info = family.auto_class().from_pretrained(
+                spec, dtype=getattr(torch, dtype), attn_implementation="eager", output_loading_info=True,
+                ignore_mismatched_sizes=True, trust_remote_code=False)  # mismatched weights: refused below, by name
+            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+        except Exception as err:  # a damaged file: transformers, safetensors, torch and pickle raise unrelated classes
+            raise ModelError(loading_error(spec, err)) from err
     check_loaded_weights(spec, info)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {spec!r} has no fast tokenizer (tokenizer.json); segments need one")
     check_vocabulary(spec, tokenizer, model)
     model.eval().to(device)
+    check_finite_weights(spec, model)
     try:
         settings = family.settings(tokenizer, template, answer_tokens)
         lm = LoadedModel(model, tokenizer, spec, device, dtype, family, settings, fp)
+        check_layers(lm)
         family.check(lm)
     except FamilyError as err:
         raise ModelError(f"model {spec!r}: {err}") from err
+    report_unused_weights(spec, model, info)
     return lm
+
+
+@contextmanager
+def quiet_transformers(progress: bool):
+    """transformers' log off for a ``with`` block (its load report is a 20-line table of missing and unexpected
+    weights, which the loading checks refuse or summarise in one line); its progress bars too unless ``progress``."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_config(spec: str, offline: bool):
+    """The model's config, read without running any code of the model's: its JSON is read first and a config that
+    names classes of its own (``auto_map``, which transformers would import from the model folder after asking
+    "Do you wish to run the custom code?") is refused; then transformers builds it with ``trust_remote_code=False``."""
+    from transformers import AutoConfig, PretrainedConfig
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    from precompute.console import one_line
+
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(spec, local_files_only=offline)
+    except OSError as err:  # no config.json, not JSON, no network
+        where = "folder" if Path(spec).exists() else "Hugging Face id (no network here?)"
+        raise ModelError(f"model {spec!r} could not be loaded as a {where}: {str(err).splitlines()[0]}; pass a local model folder with --model") from err
+    try:
+        tokenizer_raw = get_tokenizer_config(spec, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {spec!r}: its tokenizer_config.json cannot be read ({one_line(err)}); restore it") from err
+    for name, data in (("config.json", raw), ("tokenizer_config.json", tokenizer_raw)):
+        if isinstance(data, dict) and data.get("auto_map"):
+            classes = ", ".join(sorted(str(v) for v in _flat(data["auto_map"])))[:120]
+            raise ModelError(f"model {spec!r}: its {name} names code of its own (auto_map: {classes}), which would run "
+                             "Python from the model's files; this tool never runs a model's code: use a model whose "
+                             "architecture transformers ships")
+    try:
+        return AutoConfig.from_pretrained(spec, local_files_only=offline, trust_remote_code=False)
+    except Exception as err:  # transformers' validation raises ValueError, TypeError, AttributeError, its own classes
+        raise ModelError(f"model {spec!r}: transformers rejects its config.json ({one_line(err)}); restore the "
+                         "config the model was saved with") from err
+
+
+def _flat(value) -> list:
+    """The class names of an ``auto_map`` (a value may be a list: slow and fast tokenizer)."""
+    if isinstance(value, dict):
+        return [v for item in value.values() for v in _flat(item)]
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _flat(item) if v]
+    return [value]
 
 
 # -- loading checks: each refuses, in one line, a model that would load but give numbers of nothing ---------------
@@ -206,15 +279,69 @@ def check_tokenizer_files(spec: str) -> None:
                          "copy the tokenizer the model was trained with into it")
 
 
+def check_tokenizer_class(spec: str, config, offline: bool) -> None:
+    """A ``tokenizer_class`` transformers does not know makes it fall back, silently, to a generic tokenizer that may
+    differ from the trained one (no ``token_type_ids``: different scores); refuse it by name."""
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
+
+    name = get_tokenizer_config(spec, local_files_only=offline).get("tokenizer_class") or getattr(config, "tokenizer_class", None)
+    if name and tokenizer_class_from_name(name) is None:
+        raise ModelError(f"model {spec!r}: its tokenizer_class {name!r} is not a tokenizer transformers knows (it would "
+                         "fall back to a generic one that may encode pairs differently from training); set "
+                         "tokenizer_class in tokenizer_config.json to the model's tokenizer, e.g. BertTokenizer")
+
+
+def check_layers(lm: LoadedModel) -> None:
+    """At least one attention layer of at least one head (a config with ``num_hidden_layers: 0`` loads)."""
+    layers, heads = lm.shape
+    if layers < 1 or heads < 1:
+        raise ModelError(f"model {lm.spec!r} has {layers} attention layers of {heads} heads; a cross-encoder has at "
+                         "least one of each: its config.json is damaged (num_hidden_layers, num_attention_heads)")
+
+
+def check_finite_weights(spec: str, model) -> None:
+    """Every weight is a number: a NaN or inf anywhere (a diverged training run, a damaged conversion) makes the
+    scores, the attention or the spectra NaN. A weight whose sum is finite has none (a NaN or inf would propagate):
+    one vectorised sum per weight, 0.1 s for MonoBERT-large's 335M on 2 CPU cores; only a weight whose sum is not
+    (or overflows) is counted element by element, in slices so no copy of a large weight is made."""
+    import torch
+
+    for name, weight in model.named_parameters():
+        flat = weight.detach().reshape(-1)
+        if bool(torch.isfinite(flat.sum())):
+            continue
+        bad = sum(int((~torch.isfinite(part)).sum()) for part in flat.split(1 << 24))
+        if bad:
+            raise ModelError(f"model {spec!r}: its weight {name} holds {bad} NaN or infinite value(s); the checkpoint "
+                             "is damaged or comes from a diverged training run: use another checkpoint")
+
+
+def report_unused_weights(spec: str, model, info: dict) -> None:
+    """Weights of the checkpoint the architecture does not use (transformers' load report): one line, not a table."""
+    from precompute.console import log
+
+    unused = sorted(info.get("unexpected_keys") or ())
+    if unused:
+        log(f"model {spec!r}: {len(unused)} weight(s) of its checkpoint are not used by {type(model).__name__} "
+            f"({_some(unused)}); they are ignored")
+
+
 def check_loaded_weights(spec: str, info: dict) -> None:
-    """Weights the checkpoint lacks are initialised at random (a classifier without ``classifier.*``, a base model
-    loaded as a cross-encoder): refuse, naming them, instead of scoring with noise."""
-    fresh = sorted(info.get("missing_keys") or ()) + sorted(str(k[0]) if isinstance(k, tuple) else str(k)
-                                                           for k in info.get("mismatched_keys") or ())
-    if fresh:
-        shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
-        raise ModelError(f"model {spec!r} lacks trained weights for {shown} (they would be random); pass a fine-tuned "
-                         "cross-encoder whose checkpoint holds its classification head")
+    """Weights the checkpoint lacks, or holds in another shape than the config says, are initialised at random (a
+    classifier without ``classifier.*``, a base model loaded as a cross-encoder, a config edited after training):
+    refuse, naming them, instead of scoring with noise."""
+    missing = sorted(info.get("missing_keys") or ())
+    resized = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ())
+    if missing:
+        raise ModelError(f"model {spec!r} lacks trained weights for {_some(missing)} (they would be random); pass a "
+                         "fine-tuned cross-encoder whose checkpoint holds its classification head")
+    if resized:
+        raise ModelError(f"model {spec!r}: its checkpoint holds {_some(resized)} in another shape than its config.json "
+                         "says (they would be random); restore the config the model was saved with")
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def check_vocabulary(spec: str, tokenizer, model) -> None:

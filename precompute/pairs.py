@@ -103,9 +103,16 @@ def build_pairs(
 
 
 def _judged_queries(ds: Dataset, max_queries: int | None) -> list[str]:
-    """qids that have judgments and a non-empty text, in dataset order, truncated to ``max_queries``."""
+    """qids that have judgments, in dataset order, truncated to ``max_queries``. A judged query with an empty text is
+    refused, not left out: its judgments say it belongs to the evaluation, and dropping it would change every mean
+    over queries without a word."""
     qrels = ds.qrels()
-    qids = [qid for qid, text in ds.queries().items() if qrels.get(qid) and text.strip()]
+    empty = [qid for qid, text in ds.queries().items() if qrels.get(qid) and not text.strip()]
+    if empty:
+        more = f" ({len(empty)} judged queries have none)" if len(empty) > 1 else ""
+        raise DatasetError(f"{ds.where('queries', empty[0])}: query {empty[0]} has an empty text but "
+                           f"{len(qrels[empty[0]])} judgments{more}; give it its text, or remove its judgments")
+    qids = [qid for qid in ds.queries() if qrels.get(qid)]
     if not qids:
         raise DatasetError(
             f"dataset {ds.spec} has no query with both a text and judgments; "

@@ -17,26 +17,15 @@ the product and DeBERTa's position terms share the query projection, so they are
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
 from precompute.spectra import NOTE_ABSOLUTE, NOTE_BIAS, SpectraError, core_svd, layer_factors, matrix_note, projection_modules
 
-_OPERATION = re.compile(r"^(remove|scale=(\d+(?:\.\d+)?))$")
-
 
 class SubspaceError(ValueError):
-    """A subspace intervention this model or flag cannot have (one line, for the CLI)."""
-
-
-def parse_operation(op: str) -> float:
-    """``remove`` -> 0.0, ``scale=2`` -> 2.0; SubspaceError otherwise."""
-    m = _OPERATION.match(op.strip())
-    if not m:
-        raise SubspaceError(f"--subspace-ops {op!r}: expected remove or scale=<factor> (scale=2, scale=0.5)")
-    return 0.0 if m.group(1) == "remove" else float(m.group(2))
+    """A subspace intervention this model cannot have (one line, for the CLI)."""
 
 
 def check_model(model) -> None:

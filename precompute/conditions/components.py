@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from precompute.conditions.condition import Condition
-from precompute.conditions.vocabulary import AblationSpecError, parse_layers
+from precompute.conditions.vocabulary import AblationSpecError, check_layers, parse_layers
 from precompute.names import SEGMENTS
 
 COMPONENT_MODES: tuple[str, ...] = ("zero", "mean")
@@ -30,8 +30,8 @@ def component_condition(component: str, layers: str, layer_set: tuple[int, ...],
                      component=component, segment=segment)
 
 
-def parse_component(spec: str, n_layers: int) -> Condition:
-    """``mlp@3:d/mean`` -> its condition; AblationSpecError naming what is wrong."""
+def _parts(spec: str) -> tuple[str, str, str | None, str]:
+    """(component, layer spec, segment or None, mode) of ``mlp@3:d/mean``; errors quote ``spec`` as typed."""
     m = _SPEC.match(spec.strip().lower())
     if not m:
         raise AblationSpecError(f"--ablation-components {spec!r}: expected mlp|attn@LAYERS[:SEGMENT]/zero|mean, "
@@ -39,13 +39,19 @@ def parse_component(spec: str, n_layers: int) -> Condition:
     component, layer_spec, segment, mode = m.groups()
     if segment is not None and segment not in SEGMENTS:
         raise AblationSpecError(f"--ablation-components {spec!r}: unknown segment {segment!r}; use {', '.join(SEGMENTS)}")
-    label, layer_set = parse_layers(layer_spec, n_layers)
+    return component, layer_spec, segment, mode
+
+
+def parse_component(spec: str, n_layers: int) -> Condition:
+    """``mlp@3:d/mean`` -> its condition; AblationSpecError naming what is wrong, quoting ``spec`` as typed."""
+    component, layer_spec, segment, mode = _parts(spec)
+    label, layer_set = parse_layers(layer_spec, n_layers, flag=f"--ablation-components {spec!r}")
     return component_condition(component, label, layer_set, segment, mode)
 
 
 def check_component_spec(spec: str) -> None:
-    """Syntax only (layer numbers are checked against the model once it is loaded)."""
-    parse_component(re.sub(r"@[^:/]+", "@0", spec.strip().lower()), 1)
+    """Syntax only, layers included (their numbers are checked against the model once it is loaded)."""
+    check_layers(_parts(spec)[1], flag=f"--ablation-components {spec!r}")
 
 
 def sweep(n_layers: int, mode: str) -> list[Condition]:

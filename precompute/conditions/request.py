@@ -13,6 +13,7 @@ from precompute.conditions.vocabulary import (
     DEFAULT_SWEEP,
     GROUPS,
     AblationSpecError,
+    check_layers,
     check_modes,
     check_sets,
     parse_directions,
@@ -47,17 +48,15 @@ class AblationRequest:
                    tuple(cfg.subspace_ops))
 
     def check(self) -> None:
-        """Validate the flags' syntax without a model (layer and head numbers are checked against the model later)."""
+        """Validate the flags' syntax without a model (layer and head numbers are checked against the model later).
+
+        Every flag is checked whether or not a set that reads it is asked for, so a typo is never silently ignored;
+        component conditions and user groups (computed whenever given) are refused with ``--ablations none``."""
         sets = check_sets(self.sets)
-        if not sets:
-            if self.groups:
-                raise AblationSpecError("--ablation-group needs an ablation stage; drop --ablations none")
-            return
         check_modes(self.modes)
         user = self.user_groups()
         for spec in self.layers:
-            if spec.strip().lower() != "all" and not re.fullmatch(r"\d+(-\d+)?", spec.strip()):
-                raise AblationSpecError(f"--ablation-layers {spec!r}: expected all, a layer (3) or a range (0-5)")
+            check_layers(spec)
         for target in self.sweep:
             if target.strip() and target.strip() not in user and target.strip() not in GROUPS:
                 if len(parse_directions(target, user)) != 1:
@@ -70,13 +69,15 @@ class AblationRequest:
             raise AblationSpecError(f"--component-mode {self.component_mode!r}: expected zero or mean")
         for spec in self.components:
             comp.check_component_spec(spec)
-        if "subspace" in sets:
-            from precompute.subspace import parse_operation
-
-            qk.parse_heads_spec(self.subspace_heads)
-            qk.parse_ks(self.subspace_k)
-            for op in self.subspace_ops:
-                parse_operation(op)
+        qk.parse_heads_spec(self.subspace_heads)
+        qk.parse_ks(self.subspace_k)
+        for op in self.subspace_ops:
+            qk.parse_operation(op)
+        if not sets and self.groups:
+            raise AblationSpecError("--ablation-group needs an ablation stage; drop --ablations none")
+        if not sets and self.components:
+            raise AblationSpecError(f"--ablation-components {self.components[0]!r} needs an ablation stage; drop "
+                                    "--ablations none")
 
     def user_groups(self) -> dict[str, tuple[str, ...]]:
         out: dict[str, tuple[str, ...]] = {}
@@ -144,15 +145,15 @@ class AblationRequest:
         for spec in self.components:
             add(comp.parse_component(spec, n_layers))
         if "subspace" in sets:
-            from precompute.subspace import parse_operation
-
+            ks = qk.parse_ks(self.subspace_k)
+            if head_dim is not None and max(ks) > head_dim:
+                raise AblationSpecError(f"--subspace-k {self.subspace_k!r}: a head has only {head_dim} singular "
+                                        f"components; pass k values up to {head_dim}")
             for layer, head in subspace_heads:
                 if not (0 <= layer < n_layers and 0 <= head < n_heads):
                     raise AblationSpecError(f"--subspace-heads {layer}.{head}: the model has layers 0-{n_layers - 1} "
                                             f"and heads 0-{n_heads - 1}")
-                for k in qk.parse_ks(self.subspace_k):
-                    if head_dim is not None and k > head_dim:
-                        raise AblationSpecError(f"--subspace-k {k}: a head has only {head_dim} singular components")
+                for k in ks:
                     for op in self.subspace_ops:
-                        add(qk.subspace_condition(layer, head, k, op.strip(), parse_operation(op)))
+                        add(qk.subspace_condition(layer, head, k, op.strip(), qk.parse_operation(op)))
         return list(out.values())

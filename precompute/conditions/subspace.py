@@ -13,6 +13,7 @@ from precompute.conditions.condition import Condition
 from precompute.conditions.vocabulary import AblationSpecError
 
 TOP_METRIC, TOP_CONTRAST = "q_d", "relevant_vs_easy"  # what --subspace-heads top:N ranks heads by
+_OPERATION = re.compile(r"^(remove|scale=(\d+(?:\.\d+)?))$")  # a plain decimal: no nan, inf, 1e309 or sign
 
 
 def subspace_condition(layer: int, head: int, k: int, operation: str, factor: float) -> Condition:
@@ -36,6 +37,15 @@ def parse_heads_spec(spec: str) -> int | list[tuple[int, int]]:
     if not heads:
         raise AblationSpecError(f"--subspace-heads {spec!r}: no head given")
     return heads
+
+
+def parse_operation(op: str) -> float:
+    """``remove`` -> 0.0, ``scale=2`` -> 2.0; AblationSpecError otherwise (the factor is a finite number >= 0)."""
+    m = _OPERATION.match(op.strip())
+    if not m:
+        raise AblationSpecError(f"--subspace-ops {op!r}: expected remove or scale=<factor> with a plain decimal factor "
+                                "(scale=2, scale=0.5)")
+    return 0.0 if m.group(1) == "remove" else float(m.group(2))
 
 
 def parse_ks(spec: str) -> tuple[int, ...]:

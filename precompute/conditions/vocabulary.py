@@ -131,20 +131,38 @@ def parse_group(spec: str, groups: dict[str, tuple[str, ...]] | None = None) -> 
     return name, dirs
 
 
-def parse_layers(spec: str, n_layers: int) -> tuple[str, tuple[int, ...]]:
-    """A layer spec -> (label, layers): ``all``; ``3``; ``0-5`` (a range covering every layer is ``all``)."""
+def _layer_range(spec: str, where: str) -> tuple[int, int] | None:
+    """(first, last) layer of a spec, None for ``all``; AblationSpecError (prefixed by ``where``) otherwise."""
     s = spec.strip().lower()
     if s == "all":
-        return "all", tuple(range(n_layers))
+        return None
     m = re.fullmatch(r"(\d+)(?:-(\d+))?", s)
     if not m:
-        raise AblationSpecError(f"--ablation-layers {spec!r}: expected all, a layer (3) or a range (0-5)")
+        raise AblationSpecError(f"{where}: expected all, a layer (3) or a range (0-5)")
     lo = int(m.group(1))
     hi = int(m.group(2)) if m.group(2) is not None else lo
     if lo > hi:
-        raise AblationSpecError(f"--ablation-layers {spec!r}: the range is reversed ({lo} > {hi}); write {hi}-{lo}")
+        raise AblationSpecError(f"{where}: the range is reversed ({lo} > {hi}); write {hi}-{lo}")
+    return lo, hi
+
+
+def check_layers(spec: str, *, flag: str | None = None) -> None:
+    """The syntax of a layer spec, without a model (layer numbers are checked by :func:`parse_layers`)."""
+    _layer_range(spec, flag or f"--ablation-layers {spec!r}")
+
+
+def parse_layers(spec: str, n_layers: int, *, flag: str | None = None) -> tuple[str, tuple[int, ...]]:
+    """A layer spec -> (label, layers): ``all``; ``3``; ``0-5`` (a range covering every layer is ``all``).
+
+    ``flag``: how errors name the user's input (default ``--ablation-layers '<spec>'``); a flag that embeds layers in
+    a longer value (``--ablation-components 'mlp@99:q/mean'``) passes its own, quoting the value as typed."""
+    where = flag or f"--ablation-layers {spec!r}"
+    bounds = _layer_range(spec, where)
+    if bounds is None:
+        return "all", tuple(range(n_layers))
+    lo, hi = bounds
     if hi >= n_layers:
-        raise AblationSpecError(f"--ablation-layers {spec!r}: the model has layers 0-{n_layers - 1}")
+        raise AblationSpecError(f"{where}: the model has layers 0-{n_layers - 1}")
     if lo == 0 and hi == n_layers - 1:
         return "all", tuple(range(n_layers))
     return (str(lo) if lo == hi else f"{lo}-{hi}"), tuple(range(lo, hi + 1))

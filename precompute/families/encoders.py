@@ -43,6 +43,7 @@ class PairEncoder(Family):
         labels = lm.model.config.num_labels
         if labels not in (1, 2):
             raise FamilyError(f"model has {labels} labels; a cross-encoder has 1 (score) or 2 (not relevant, relevant)")
+        check_token_types(lm)
 
     def encode(self, lm, queries, docs, max_length):
         import inspect
@@ -63,6 +64,26 @@ class PairEncoder(Family):
 
     def score_kind(self, lm) -> str:
         return "logit" if lm.model.config.num_labels == 1 else "log_softmax[1]"
+
+
+def check_token_types(lm) -> None:
+    """A model trained with token types (BERT, ELECTRA: ``type_vocab_size`` 2) reads the document through
+    ``token_type_ids`` = 1; a tokenizer that gives none (a generic fallback, another model's tokenizer) makes every
+    document token read as query and changes every score, silently. Refused when the tokenizer's pair encoding
+    marks no token as the second segment."""
+    import inspect
+
+    types = getattr(lm.model.config, "type_vocab_size", None) or 0
+    if types < 2 or "token_type_ids" not in inspect.signature(lm.model.forward).parameters:
+        return
+    batch = lm.encode(["query"], ["document"], 32)
+    given = batch.inputs.get("token_type_ids")
+    if given is None or not bool(given.any()):
+        what = "gives no token_type_ids" if given is None else "gives token_type_ids of 0 for the document too"
+        raise FamilyError(f"its tokenizer {what}, but the model was trained with {types} token types (the document "
+                          f"as type 1); the tokenizer ({type(lm.tokenizer).__name__}) is not the model's: restore its "
+                          "tokenizer files (model_input_names with token_type_ids, a pair template marking the "
+                          "document)")
 
 
 def _swap_forwards(model, family: Family, make_forward) -> contextlib.AbstractContextManager:

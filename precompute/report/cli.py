@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from precompute.cli import OneLineParser
 from precompute.report import compare, patching
 from precompute.report.tables import KIND_ORDER, ReportError, render
 
@@ -83,7 +84,7 @@ def _check_tables(run: Path, current: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m precompute.report", description=USAGE,
+    p = OneLineParser(prog="python -m precompute.report", description=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run folder written by python -m precompute (--out)")
     p.add_argument("--measure", default="nDCG@10", help="ir_measures name stored for the run. Default: %(default)s")

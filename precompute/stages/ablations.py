@@ -52,19 +52,13 @@ def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
     return [(int(layer), int(head)) for layer, head in rows.fetchall()]
 
 
-def _head_dim(lm) -> int:
-    config = lm.model.config
-    return int(getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
-               or (getattr(config, "hidden_size", None) or config.d_model) // lm.shape[1])
-
-
 def conditions_of(ctx) -> tuple[list[Condition], list[Condition]]:
     """(the conditions the run asks for and can have, those refused: they remove only directions a causal model
     cannot attend, so they would change nothing and only dilute their Holm family)."""
     from precompute.names import CAUSAL_IMPOSSIBLE
 
     request = AblationRequest.from_config(ctx.cfg)
-    every = request.conditions(*ctx.lm.shape, subspace_heads=_subspace_heads(ctx, request), head_dim=_head_dim(ctx.lm))
+    every = request.conditions(*ctx.lm.shape, subspace_heads=_subspace_heads(ctx, request), head_dim=ctx.lm.head_dim)
     if not ctx.lm.family.causal:
         return every, []
     impossible = [c for c in every if c.directions and set(c.directions) <= CAUSAL_IMPOSSIBLE]
@@ -139,10 +133,6 @@ class Ablations(Stage):
     def check(self, ctx) -> None:
         if not ctx.writer.has_table("pairs"):
             raise StoreError("the ablations stage needs the pairs table of the summary pass; run the summaries stage first")
-        if "subspace" in ctx.cfg.ablations:
-            from precompute.subspace import check_model
-
-            check_model(ctx.lm.model)
         _check_settings(ctx, _kernel(ctx), max(1, int(ctx.cfg.ablation_stack)))
         _check_definitions(self.requested(ctx), folder.known_definitions(ctx.writer))
 

@@ -90,7 +90,7 @@ class Stage:
         meet(f"{self.name}/decided")  # every rank read the folder before any rank writes to it
         if not finished:
             if self.sharded or leader:
-                ctx.computed[self.name] = self.compute(ctx) or 0
+                ctx.computed[self.name] = self.compute(ctx)
             meet(f"{self.name}/computed")  # every rank's parts are on disk
             if leader:
                 self.merge(ctx)

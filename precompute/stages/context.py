@@ -28,7 +28,8 @@ class RunContext:
     console: "Console"
     world: "World" = None  # type: ignore[assignment]  # this process among the job's ranks (one by default)
     coordinator: "Coordinator" = None  # type: ignore[assignment]  # barriers with deadlines between the ranks
-    computed: dict[str, int] = field(default_factory=dict)  # stage -> units computed by this job (0: all there)
+    computed: dict[str, int | None] = field(default_factory=dict)  # stage -> units this job computed (0: all there;
+    # None: computed, not counted)
 
     def __post_init__(self):
         from precompute.distributed import Coordinator, World

@@ -63,7 +63,8 @@ def _sections(section: type, path: str, seen: set | None = None):
         hint = hints[f.name]
         for inner in (hint, *typing.get_args(hint)):
             if isinstance(inner, type) and issubclass(inner, manifest_module.Section):
-                key = f"{f.name}.<table>" if typing.get_origin(hint) is dict else f.name
+                origin = typing.get_origin(hint)
+                key = f"{f.name}.<table>" if origin is dict else f"{f.name}[]" if origin is list else f.name
                 yield from _sections(inner, key, seen)
 
 

@@ -79,6 +79,10 @@ def _load(hint: Any, value: Any) -> Any:
         if len(args) == 2 and _is_section(args[1]):
             return {k: args[1].from_dict(v) for k, v in (value or {}).items()}
         return value
+    if typing.get_origin(hint) is list:
+        if len(args) == 1 and _is_section(args[0]):
+            return [args[0].from_dict(v) for v in value or []]
+        return value
     section = next((a for a in (hint, *args) if _is_section(a)), None)  # a section, or an optional one
     if section is not None:
         return None if value is None else section.from_dict(value)
@@ -94,8 +98,8 @@ def _dump(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, dict):
         return {k: _dump(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, (list, tuple)):
+        return [_dump(v) for v in value]
     return value
 
 
@@ -237,6 +241,21 @@ class PatchingInfo(Section):
 
 
 @dataclass
+class Invocation(Section):
+    """One job that worked on the run folder (``invocations``, oldest first)."""
+
+    started: str | None = doc("When the job started (UTC, ISO 8601); null for a job an older version recorded only in "
+                              "the top-level timings.")
+    status: str | None = doc("'complete' when it finished every requested stage; 'running' while it runs, and for a "
+                             "job that was interrupted (a later job resumed its work).")
+    timings: dict[str, float] = doc("Seconds per stage it ran (<stage>_s) and in all (total_s, once it finished).",
+                                    factory=dict)
+    computed: dict[str, int | None] = doc("Per stage it ran: the units it computed (ablation conditions, pairs of "
+                                          "component means or patching); 0 when the stage found its work done, null "
+                                          "when it computed but does not count.", factory=dict)
+
+
+@dataclass
 class Manifest(Section):
     """``manifest.json``: written first with status 'running', rewritten after every stage, 'complete' last."""
 
@@ -250,7 +269,12 @@ class Manifest(Section):
     counts: Counts = doc("Pair and query counts.", factory=Counts)
     metrics: dict[str, Any] = doc("Effectiveness of the stored scores over the run's pairs (ir_measures): measure -> value, plus 'scope'.", factory=dict)
     tables: dict[str, TableInfo] = doc("Finished tables and their row counts.", factory=dict)
-    timings: dict[str, float] = doc("Seconds per stage of the last job (<stage>_s) and in all (total_s).", factory=dict)
+    timings: dict[str, float] = doc("Seconds per stage of the last job (<stage>_s) and in all (total_s): the last "
+                                    "entry of invocations.", factory=dict)
+    invocations: list[Invocation] = doc("Every job that worked on the folder, oldest first: when it started, its "
+                                        "timings and what it computed (a folder resumed three times has four). Absent "
+                                        "from manifests of older versions, which kept only the last job's timings.",
+                                        factory=list)
     versions: dict[str, str] = doc("Python and package versions of the last job.", factory=dict)
     spectra: SpectraInfo | None = doc("The spectra stage's outcome; absent before it ran.")
     contrasts: ContrastsInfo | None = doc("The contrasts stage's outcome; absent before it ran.")

@@ -27,6 +27,28 @@ def make_dataset(root: Path, n_queries: int = 6, n_docs: int = 60, seed: int = 0
     return root
 
 
+def refused(dataset: Path, model: Path, tmp_path: Path, capture, *extra: str, out: Path | None = None) -> str:
+    """Run the CLI; assert exit 2, exactly one line on stderr (``error: ...``; no usage block, no traceback, no load
+    report), and that no pass started (no manifest, no table, no part). Returns the error line.
+
+    ``capture``: capsys or capfd (capfd also sees what libraries write to the file descriptor)."""
+    from precompute.cli import main
+
+    capture.readouterr()
+    out = out or tmp_path / "out"
+    argv = ["--dataset", str(dataset), "--model", str(model), "--out", str(out), "--cache", str(tmp_path / "cache"),
+            "--no-progress", "--easy-negatives", "3", *extra]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # the CLI's own flag errors
+        code = exit_.code
+    err = [line for line in capture.readouterr().err.splitlines()  # less ir_datasets' log and doc-store bar
+           if line.strip() and not line.startswith(("[INFO]", "docs_iter"))]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.parquet")), "work started before the check"
+    return err[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "tiny-dl")

@@ -59,6 +59,7 @@ def test_kill_in_a_fresh_run_then_rerun(point, small_runs, tmp_path):
     assert killed_at(cfg, point) == -signal.SIGKILL, f"the job never reached {point}"
     run(cfg)
     assert_repaired(cfg.out, fresh)
+    assert [i.status for i in read_manifest(cfg.out).invocations] == ["running", "complete"]  # the killed job kept
 
 
 @pytest.mark.parametrize("point", ADDING)

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -17,13 +18,13 @@ import pytest
 from precompute.datasets import ALIASES, Dataset, DatasetError, resolve
 from tests.conftest import REPO
 
-QUERIES = {"q1": "alpha query", "q2": "beta query", "q3": "gamma query", "q4": "unjudged query", "q5": ""}
+QUERIES = {"q1": "alpha query", "q2": "beta query", "q3": "gamma query", "q4": "unjudged query", "q6": ""}
 DOCS = {f"d{i:02d}": f"passage number {i}" for i in range(1, 12)} | {"d12": ""}
 QRELS = {
     "q1": {"d01": 2, "d02": 1, "d03": 0, "d13": 0},  # d13 has no text
     "q2": {"d04": 3, "d05": 0, "d06": 0, "d11": 0},
     "q3": {"d07": 1, "d08": 0, "d12": 0},  # d12 has an empty text
-    "q5": {"d09": 0, "d10": 1},  # q5 has an empty text
+    "q5": {"d09": 0, "d10": 1},  # q5 has no query line (q6, not judged, has an empty text)
 }
 # Deliberately out of rank order, with a duplicate docid and a passage without text.
 RUN_LINES = [
@@ -236,3 +237,80 @@ def test_dl20_folder_is_unchanged(dl20_dir: Path, tmp_path: Path) -> None:
             assert listing(folder) == before
     finally:
         make_writable(copy)
+
+
+# --- what ir_datasets would read silently, refused before any work (issue 16) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build
+
+    return build("bert", tmp_path_factory.mktemp("bert"))
+
+
+def edited(tiny_dataset: Path, tmp_path: Path, file: str, edit) -> Path:
+    """A copy of the tiny dataset folder whose ``file`` is ``edit(its text)``."""
+    folder = tmp_path / "data"
+    shutil.copytree(tiny_dataset, folder)
+    (folder / file).write_bytes(edit((folder / file).read_text()).encode("utf-8"))
+    return folder
+
+
+def replaced(n: int, change):
+    """An edit of a file's text: line ``n`` (1-based) becomes ``change(line)``."""
+    def edit(text: str) -> str:
+        lines = text.splitlines()
+        lines[n - 1] = change(lines[n - 1])
+        return "\n".join(lines) + "\n"
+    return edit
+
+
+def grade(value: str):
+    return lambda line: line.rsplit(" ", 1)[0] + " " + value
+
+
+@pytest.mark.parametrize(("file", "edit", "message"), [
+    ("queries.tsv", lambda text: text + "100\tanother text entirely\n",
+     r"queries\.tsv:7: query id 100 was already given on line 1 with another text"),
+    ("qrels.txt", lambda text: text + grade("9")(text.splitlines()[0]) + "\n",
+     r"qrels\.txt:49: the judgment of query 100, passage \d+ was already given on line 1 with another grade"),
+    ("qrels.txt", replaced(2, grade("128")),
+     r"qrels\.txt:2: grade 128 \(query 100, passage \d+\) is outside -128\.\.127, the grades the store keeps"),
+    ("qrels.txt", replaced(2, grade("-129")), r"qrels\.txt:2: grade -129 .*is outside -128\.\.127"),
+    ("queries.tsv", replaced(3, lambda line: line.split("\t")[0] + "\t "),
+     r"queries\.tsv:3: query 102 has an empty text but 8 judgments; give it its text, or remove its judgments"),
+])
+def test_what_ir_datasets_would_read_silently_is_refused(file, edit, message, tiny_dataset, bert, tmp_path, capsys):
+    """A repeated query id (the last text won: one query's pairs scored with another's text), two grades for one
+    pair (one was kept), a grade pairs.grade cannot hold (failed after the summary pass, naming no file), a judged
+    query with an empty text (dropped without a word): one line naming file and line, exit 2, no pass."""
+    from tests.precompute.conftest import refused
+
+    folder = edited(tiny_dataset, tmp_path, file, edit)
+    line = refused(folder, bert, tmp_path, capsys)
+    assert re.search(re.escape(str(folder)) + "/" + message, line), line
+
+
+def test_identical_repeated_lines_count_once(tiny: Path, tmp_path: Path) -> None:
+    """The same query line or judgment twice changes nothing (decision: accepted, not refused)."""
+    for name in ("queries.tsv", "qrels.txt"):
+        lines = (tiny / name).read_text().splitlines(keepends=True)
+        (tiny / name).write_text("".join([*lines, lines[0], lines[2]]))
+    ds = resolve(str(tiny), tmp_path / "cache")
+    assert ds.queries() == QUERIES and list(ds.queries()) == list(QUERIES) and ds.qrels() == QRELS
+
+
+@pytest.mark.parametrize("file", ["queries.tsv", "qrels.txt", "docs.tsv"])
+def test_a_byte_order_mark_is_skipped(file: str, tiny_dataset: Path, tmp_path: Path) -> None:
+    """Excel and Notepad save UTF-8 with a BOM; ir_datasets read it as part of the first id, so the first query (and
+    its pairs), the first judgment or the first passage silently matched nothing. Every pair is the same with it."""
+    from precompute.pairs import build_pairs
+
+    folder = edited(tiny_dataset, tmp_path, file, lambda text: "\ufeff" + text)
+    assert (folder / file).read_bytes().startswith(b"\xef\xbb\xbf")
+    plain, marked = (resolve(str(f), tmp_path / "cache") for f in (tiny_dataset, folder))
+    assert marked.queries() == plain.queries() and marked.qrels() == plain.qrels()
+    docids = [line.split("\t")[0] for line in (tiny_dataset / "docs.tsv").read_text().splitlines()]
+    assert marked.docs(docids) == plain.docs(docids) and len(plain.docs(docids)) == len(docids)
+    assert build_pairs(marked, easy_negatives=3) == build_pairs(plain, easy_negatives=3)

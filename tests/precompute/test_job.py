@@ -268,3 +268,69 @@ def test_interruptions_and_bugs_are_one_line(raised, code, message, dataset, tmp
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
     if code == 1:
         assert "Traceback" in (tmp_path / "cache" / "last-error.txt").read_text()
+
+
+def test_flag_errors_are_one_line_and_the_usage_comes_with_help_only(capsys):
+    """argparse printed its 22-line usage block before every flag error."""
+    from precompute.report.cli import main as report_main
+
+    for entry, argv in [(main, ["--ablations", "bogus"]), (main, ["--batch-size", "0"]), (main, ["--device", "tpu"]),
+                        (main, ["--no-such-flag"]), (report_main, ["run", "--sort", "bogus"]), (report_main, [])]:
+        with pytest.raises(SystemExit) as exit_:
+            entry(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "usage:" not in err and err.rstrip().endswith("--help"), err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m precompute")
+
+
+@pytest.mark.parametrize("inside", ["dataset", "model"])
+def test_a_run_folder_inside_the_dataset_or_the_model_folder_is_refused(inside, tmp_path, capsys):
+    """The job wrote its tables, manifest, lock and catalog there (exit 0)."""
+    from tests.precompute.conftest import make_dataset, refused
+    from tests.precompute.test_datasets import listing
+
+    dataset, model = make_dataset(tmp_path / "data"), build("bert", tmp_path / "model")
+    folder = dataset if inside == "dataset" else model
+    (tmp_path / "link").symlink_to(folder)
+    before = listing(folder)
+    for out in (folder, folder / "runs" / "x", tmp_path / "link" / "x"):
+        line = refused(dataset, model, tmp_path, capsys, out=out)
+        assert f"lies inside the {inside} folder" in line and "pass an --out (or --store) outside it" in line
+    assert listing(folder) == before
+
+
+def test_the_manifest_records_every_invocation(small_runs):
+    """A folder two jobs worked on lists both, each with its timings and what it computed (the manifest used to
+    describe only the last)."""
+    from precompute.store.manifest import read_manifest
+
+    _, fresh, added = small_runs
+    one, two = read_manifest(fresh), read_manifest(added)
+    assert len(one.invocations) == 1 and len(two.invocations) == 2 and two.invocations[0] == one.invocations[0]
+    first, second = two.invocations
+    assert first.status == second.status == "complete" and first.started <= second.started
+    assert two.timings == second.timings and {"summaries_s", "ablations_s", "total_s"} <= set(second.timings)
+    assert first.computed["ablations"] == len(one.ablations.conditions) == 7  # the baseline and the six groups
+    assert second.computed["ablations"] == two.ablations.last_request["computed_now"] == 6  # the groups at layer 1
+    assert first.computed["summaries"] is None and second.computed["summaries"] == 0  # computed (not counted); done
+
+
+def test_an_older_manifest_keeps_its_last_timings_as_the_first_invocation(small_runs, tmp_path):
+    import shutil
+
+    from precompute.store.manifest import read_manifest
+
+    config, fresh, _ = small_runs
+    root = tmp_path / "run"
+    shutil.copytree(fresh, root)
+    data = json.loads((root / "manifest.json").read_text())
+    del data["invocations"]  # as versions before issue 16 wrote it
+    (root / "manifest.json").write_text(json.dumps(data))
+    assert read_manifest(root).invocations == []
+    run(config(root))
+    older, this = read_manifest(root).invocations
+    assert (older.started, older.status, older.timings) == (None, "complete", data["timings"])
+    assert this.status == "complete" and this.computed["ablations"] == 0

@@ -35,7 +35,7 @@ def assert_easy_never_judged(pairs: PairSet, qrels: dict[str, dict[str, int]]) -
 
 def test_judged_mode(tiny: Dataset) -> None:
     pairs = build_pairs(tiny, easy_negatives=3)
-    assert pairs.queries == ["q1", "q2", "q3"]  # q4 has no judgments, q5 no text
+    assert pairs.queries == ["q1", "q2", "q3"]  # q4 has no judgments, q5 no query line
     assert pairs.counts() == {"relevant": 4, "hard": 5, "easy": 9}
     assert pairs.skipped == {"relevant": 0, "hard": 2, "easy": 0}  # d13 missing, d12 empty
     assert [p.pair_id for p in pairs.pairs] == list(range(len(pairs.pairs)))
