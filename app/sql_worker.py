@@ -153,7 +153,7 @@ def _serve(conn: Connection, config: dict) -> None:
         con, failed = None, f"the SQL session could not open the run: {one_line(err)}"
     while True:
         try:
-            request = json.loads(conn.recv_bytes(6 * limits.max_chars + 4096))
+            request = json.loads(conn.recv_bytes(12 * limits.max_chars + 4096))  # (\uXXXX escapes)
         except EOFError:
             return
         signal.alarm(math.ceil(limits.timeout_s + KILL_GRACE_S) + ALARM_SLACK_S)
