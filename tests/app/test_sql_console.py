@@ -400,3 +400,15 @@ def test_the_frames_size_counts_what_its_list_cells_hold():
     _, frame = displayable(table)
     assert frame.memory_usage(deep=True).sum() < 50 * 20_000  # pandas alone sees the array headers
     assert frame_bytes(frame) >= 50 * 20_000 * 8  # one pointer per NULL
+
+
+def test_a_result_is_cut_to_its_size_as_a_table(run, sessions):
+    """100,000 structs of 16 booleans: 2 bytes a row in Arrow and 1.7 million values, within both caps, but a
+    dict per row in pandas (~470 bytes): cut where the frame fits its 32 MB, measured as converted."""
+    from app.sql_results import frame_bytes
+
+    fields = ", ".join(f"f{i}: true" for i in range(16))
+    res = run_sql(run, f"SELECT {{{fields}}} AS s FROM range(100000)", limit=MAX_ROW_LIMIT, sessions=sessions,
+                  session="s")
+    assert "MB as a table" in res.truncated and 0 < len(res.frame) < 100_000
+    assert frame_bytes(res.frame) <= sessions.limits.max_frame_bytes < frame_bytes(res.frame) * 100_000 / len(res.frame)
