@@ -73,14 +73,15 @@ def show_size(n: int) -> str:
 
 @dataclass(frozen=True)
 class SqlLimits:
-    """The bounds of one SQL session: the server's from the environment, smaller ones in tests.
+    """The bounds of one SQL session: the server's from the environment (``ATLAS_SQL_TIMEOUT`` seconds,
+    ``ATLAS_SQL_MEMORY``), smaller ones in tests.
 
     ``memory`` caps the worker process's data mappings (``RLIMIT_DATA``: DuckDB, Python, Arrow and pandas
     together); DuckDB's ``memory_limit`` is that less ``WORKER_HEADROOM``, so large queries spill before
     the cap. The server keeps at most ``server_bytes`` per session for its results (``app.connections``).
     """
 
-    timeout_s: float = 30.0
+    timeout_s: float = float(os.environ.get("ATLAS_SQL_TIMEOUT", "30"))
     memory: int = parse_size(os.environ.get("ATLAS_SQL_MEMORY", "1GiB"), "ATLAS_SQL_MEMORY")
     threads: int = max(1, min(2, (os.cpu_count() or 1) // 2))
     max_chars: int = 100_000
