@@ -130,6 +130,11 @@ def test_page_shows_charts_and_no_error(driver, server, path, title, charts):
     from selenium.webdriver.common.by import By
 
     _load(driver, f"{server}/{path}?run={DL20}", title, charts)
+    if path == "sql":  # its result comes from the session's SQL worker, which a new session starts first
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "row(s) in" in d.find_element(
+            By.CSS_SELECTOR, "section.stMain, [data-testid='stMain']").text)
     errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ERROR_BOX)]
     assert not errors, errors
     if path == "sql":
@@ -140,10 +145,14 @@ def test_error_boxes_are_detected(driver, server):
     """Positive control for the selector above: a refused SQL statement shows an error box."""
     from selenium.webdriver.common.by import By
 
+    from selenium.webdriver.support.ui import WebDriverWait
+
     query = urllib.parse.quote("COPY pairs TO '/tmp/atlas-browser-leak.csv'")
     _load(driver, f"{server}/sql?run={DL20}&sql_q={query}", "SQL", 0)
-    errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ERROR_BOX)]
-    assert errors and "COPY statements are not allowed" in errors[0]
+    # (the statement is checked in the session's SQL worker, which a new session starts first)
+    errors = WebDriverWait(driver, 30, poll_frequency=0.25).until(
+        lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ERROR_BOX)])
+    assert "COPY statements are not allowed" in errors[0]
     assert not Path("/tmp/atlas-browser-leak.csv").exists()
 
 
