@@ -15,17 +15,21 @@ Only the app's own SQL (``app.queries``) runs on it. It starts from ``precompute
   + pair`` and one pair's summaries are read from the few row groups that hold them
   (``app.pair_queries`` checks what it reads and falls back otherwise).
 
-**The SQL connection** (``open_sql``, one per browser session): the SQL page runs a visitor's text
-on it, so it is locked before any user text reaches it: the run's tables are views created first,
-then ``allowed_directories`` = the run folder and a private spill folder, ``enable_external_access =
-false`` (no other file, no Python object, no network), no extension install or autoload, a memory
-cap (``SQL_MEMORY_LIMIT``) and a spill cap, and ``lock_configuration = true`` so no statement can
-undo any of it. Each session has its own ``duckdb.connect()``: cursors of one connection share one
-catalog, so a statement that got through on one session could otherwise change what every other
-session sees. :class:`SqlSessions` holds at most ``MAX_SQL_SESSIONS`` of them (each may use
-``SQL_MEMORY_LIMIT``): a new session takes the slot of the least recently used idle one (that
-session gets a fresh connection on its next query), and is refused with a message while every
-slot is running a query. What may run on it is decided by ``app.sql_console``.
+**The SQL sessions** (``SqlSessions``, one per browser session): the SQL page runs a visitor's text
+in a worker process per session (``app.sql_worker``), never in the server: there it is bounded by the
+operating system in memory (``ATLAS_SQL_MEMORY`` per worker) and in time (the worker is killed a
+moment after the time limit if DuckDB did not stop), on its own locked connection (``open_sql``:
+cursors of one connection share one catalog, so a statement that got through on one session could
+otherwise change what every other session sees). :class:`SqlSessions` holds at most
+``MAX_SQL_SESSIONS`` of them: a new session takes the slot of the least recently used idle one (its
+worker is stopped; that session gets a fresh one on its next query), and is refused with a message
+while every slot is running a query. ``run_sql`` is what the SQL page calls; what may run and how a
+result is bounded is decided by ``app.sql_console`` inside the worker.
+
+**Memory budget.** The server keeps per SQL session its last result (at most
+``SqlLimits.server_bytes``: the received Arrow stream and the frame, 49 MiB), so SQL adds at most
+``MAX_SQL_SESSIONS x 49 MiB`` (392 MiB for 8) to the server; outside it, each worker's data mappings
+are capped at ``ATLAS_SQL_MEMORY`` (8 x 1 GB) and the spawner they are forked from takes ~150 MB.
 """
 
 from __future__ import annotations
@@ -43,16 +47,16 @@ from typing import Any, Iterator
 
 import streamlit as st
 
+from app.errors import one_line
 from app.runs import RunInfo
+from app.sql_console import DEFAULT_ROW_LIMIT, SqlError, SqlLimits, SqlResult
+from app.sql_worker import SqlWorker
 from precompute.store.connect import connect
 
 AGG_IN_MEMORY_MB = float(os.environ.get("ATLAS_AGG_IN_MEMORY_MB", "2048"))
 THREADS = max(1, min(4, os.cpu_count() or 1))
 
 MAX_SQL_SESSIONS = int(os.environ.get("ATLAS_SQL_SESSIONS", "8"))
-SQL_MEMORY_LIMIT = os.environ.get("ATLAS_SQL_MEMORY", "1GB")  # per session; DuckDB spills beyond it
-SQL_SPILL_LIMIT = "4GB"  # per session, on disk
-SQL_THREADS = min(2, THREADS)
 
 
 def _q(path: Path | str) -> str:
@@ -98,64 +102,66 @@ def run_cursor(path: str, token: str) -> Iterator[Any]:
         cur.close()
 
 
-# -- the SQL page's connections ---------------------------------------------------------------------
-def open_sql(run: Path | str, spill: Path, *, threads: int = SQL_THREADS, memory_limit: str = SQL_MEMORY_LIMIT):
-    """A locked in-memory DuckDB connection where the run's tables are views (see the module doc)."""
-    run = Path(run).resolve()
-    con = connect(run, threads=threads)
-    # Directories, with their separator: a sibling <run>-all must stay out of reach (tested).
-    dirs = ", ".join(_q(str(d).rstrip("/") + "/") for d in (run, spill))
-    for setting in (
-        f"SET temp_directory = {_q(spill)}",
-        f"SET max_temp_directory_size = '{SQL_SPILL_LIMIT}'",
-        f"SET memory_limit = '{memory_limit}'",
-        "SET parquet_metadata_cache = true",
-        f"SET allowed_directories = [{dirs}]",
-        "SET autoinstall_known_extensions = false",
-        "SET autoload_known_extensions = false",
-        "SET enable_external_access = false",
-        "SET lock_configuration = true",
-    ):
-        con.execute(setting)
-    return con
-
-
+# -- the SQL page's sessions ------------------------------------------------------------------------
 class SqlBusy(Exception):
-    """No SQL connection can be given to this session now (message shown to the user)."""
+    """No SQL session can be given to this browser session now (message shown to the user)."""
 
 
 @dataclass
 class _Slot:
     run_key: str
-    con: Any
+    run_path: Path
     spill: Path
+    limits: SqlLimits
     busy: threading.Lock = field(default_factory=threading.Lock)
-    last: Any = None  # the session's last result (app.sql_console keeps it here, so it goes with the slot)
+    worker: SqlWorker | None = None
+    last: Any = None  # the session's last (key, SqlResult): a rerun of the page shows it again
+
+    def run(self, text: str, explain: str, limit: int) -> SqlResult:
+        """``text`` on this session's worker, started afresh when there is none or the last one was stopped."""
+        if self.worker is None or not self.worker.alive:
+            if self.worker is not None:
+                self.worker.close()
+                self.worker = None
+            shutil.rmtree(self.spill, ignore_errors=True)  # what a stopped worker spilled goes with it
+            self.spill.mkdir()
+            self.worker = SqlWorker(self.run_path, self.spill, self.limits)
+        return self.worker.run(text, explain, limit)
+
+    def interrupt(self) -> None:
+        if self.worker is not None:
+            self.worker.stop("replaced")
 
     def close(self) -> None:
         try:
-            self.con.close()
+            if self.worker is not None:
+                self.worker.close()
         finally:
             shutil.rmtree(self.spill, ignore_errors=True)
 
 
 class SqlSessions:
-    """At most ``limit`` locked SQL connections, one per browser session (see the module doc)."""
+    """At most ``limit`` SQL sessions (a worker each), one per browser session (see the module doc)."""
 
-    def __init__(self, limit: int = MAX_SQL_SESSIONS, *, memory_limit: str = SQL_MEMORY_LIMIT):
+    def __init__(self, limit: int = MAX_SQL_SESSIONS, *, limits: SqlLimits = SqlLimits()):
         self.limit = max(1, int(limit))
-        self.memory_limit = memory_limit
+        self.limits = limits
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._slots)
 
+    @property
+    def server_bytes(self) -> int:
+        """The most memory the results of these sessions can hold in the server."""
+        return self.limit * self.limits.server_bytes
+
     @contextmanager
     def session(self, session_id: str, run: RunInfo) -> Iterator[_Slot]:
-        """The session's slot (its connection to ``run`` and its last result), held for one query.
+        """The session's slot (its worker on ``run`` and its last result), held for one query.
 
-        A query still running for the same session (the page was rerun meanwhile) is interrupted first.
+        A query still running for the same session (the page was rerun meanwhile) is stopped first.
         """
         slot = self._acquire(session_id, run)
         try:
@@ -173,25 +179,21 @@ class SqlSessions:
                     if slot.run_key == run.key:
                         self._slots.move_to_end(session_id)
                         return slot
-                    del self._slots[session_id]  # the session switched runs: a connection to the new one
+                    del self._slots[session_id]  # the session switched runs: a worker on the new one
                     slot.close()
                     slot.busy.release()
                     return self._open(session_id, run)
-            slot.con.interrupt()  # this session's previous query: stop it, then take the slot
+            slot.interrupt()  # this session's previous query: stop it, then take the slot
             if slot.busy.acquire(timeout=10):
                 slot.busy.release()
         raise SqlBusy("the previous query of this session is still stopping: try again in a moment")
 
     def _open(self, session_id: str, run: RunInfo) -> _Slot:
-        """A new slot for the session, already held (called with the registry lock)."""
+        """A new slot for the session, already held (called with the registry lock); its worker starts with its
+        first query."""
         if len(self._slots) >= self.limit:
             self._evict()
-        spill = Path(tempfile.mkdtemp(prefix="atlas-sql-"))
-        try:
-            slot = _Slot(run.key, open_sql(run.path, spill, memory_limit=self.memory_limit), spill)
-        except BaseException:
-            shutil.rmtree(spill, ignore_errors=True)
-            raise
+        slot = _Slot(run.key, Path(run.path), Path(tempfile.mkdtemp(prefix="atlas-sql-")), self.limits)
         slot.busy.acquire()
         self._slots[session_id] = slot
         return slot
@@ -222,3 +224,31 @@ def session_id() -> str:
 
     ctx = get_script_run_ctx()
     return ctx.session_id if ctx is not None else "no-session"
+
+
+def run_sql(run: RunInfo, text: str, *, explain: str = "", limit: int = DEFAULT_ROW_LIMIT,
+            sessions: SqlSessions = SQL_SESSIONS, session: str | None = None) -> SqlResult:
+    """What the SQL page calls: ``text`` on this browser session's worker on ``run``, its last result reused.
+
+    Raises SqlError (refused, failed, stopped, or no session free) with one line for the page. Text over
+    ``max_chars`` is refused here, before anything parses it.
+    """
+    text = str(text)
+    if len(text) > sessions.limits.max_chars:
+        raise SqlError(f"the query is {len(text):,} characters long; the SQL page takes at most "
+                       f"{sessions.limits.max_chars:,}: shorten it")
+    key = (text, explain, int(limit))
+    try:
+        with sessions.session(session or session_id(), run) as slot:
+            if slot.last is not None and slot.last[0] == key:
+                return slot.last[1]
+            slot.last = None
+            result = slot.run(text, explain, limit)
+            slot.last = (key, result)
+            return result
+    except SqlBusy as err:
+        raise SqlError(str(err)) from err
+    except SqlError:
+        raise
+    except Exception as err:  # noqa: BLE001 - starting the session's worker failed: one line
+        raise SqlError(one_line(err)) from err

@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per query after one warm-up. Default: %(default)s")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--budget", type=float, default=0.5, help="fail when a median is above this (s). Default: %(default)s")
-    ap.add_argument("--sql", action="store_true", help="also time a query through the SQL page's locked connection")
+    ap.add_argument("--sql", action="store_true", help="also time a query through a SQL page session (its worker process)")
     args = ap.parse_args(argv)
 
     run = generate(args.dir, rows=args.rows, layers=args.layers, heads=args.heads, queries=args.queries,
@@ -369,20 +369,16 @@ def main(argv: list[str] | None = None) -> int:
             times.append(time.perf_counter() - t)
         rows.append((page, label, first, statistics.median(times), max(times)))
     if args.sql:
-        import tempfile
-
-        from app.connections import open_sql
-        from app.sql_console import execute
+        from app.connections import SqlSessions, run_sql
+        from app.runs import inspect_run
 
         sql = "SELECT neg_type, count(*) AS n, avg(score) FROM pairs GROUP BY ALL"
-        times = []
-        with tempfile.TemporaryDirectory(prefix="atlas-bench-sql-") as spill:
-            sb = open_sql(run, Path(spill))  # as one SQL page session
-            for _ in range(args.repeat + 1):
-                t = time.perf_counter()
-                execute(sb, sql)
-                times.append(time.perf_counter() - t)
-            sb.close()
+        times, sessions, info = [], SqlSessions(limit=1), inspect_run(run)  # as one SQL page session (its worker)
+        for i in range(args.repeat + 1):
+            t = time.perf_counter()
+            run_sql(info, f"{sql} -- {i}", sessions=sessions, session="bench")  # (a new text: no reuse of the last)
+            times.append(time.perf_counter() - t)
+        sessions.close_all()
         rows.append(("sql", "user SQL: pairs by neg_type", times[0], statistics.median(times[1:]), max(times[1:])))
 
     width = max(len(r[1]) for r in rows)

@@ -1,7 +1,8 @@
 """SQL: a visitor's read-only DuckDB query over the run's tables, with the schema beside the editor.
 
-What may run, on which connection and with which bounds is decided in ``app.sql_console`` and
-``app.connections`` (threat model: docs/app.md); this page only draws the editor and the result.
+What may run, in which process and with which bounds is decided in ``app.sql_console``,
+``app.sql_worker`` and ``app.connections`` (threat model: docs/app.md); this page only draws the editor and the
+result.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app import data, queries, state, ui
+from app.connections import run_sql
 from app.errors import one_line
-from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError, run_sql
+from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError
 from precompute.store.schema import TABLES
 
 ctx, run = ui.require_run()

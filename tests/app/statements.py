@@ -53,8 +53,8 @@ def variants(run) -> list[tuple[str, str]]:
     return [(f"{w}{label}", w + text.format(run=run)) for label, text in STATEMENTS.items() for w in WRAPPERS]
 
 
-def fingerprint(con) -> dict:
-    """What a session sees of the catalog, functions (macros included) and settings."""
+def fingerprint(query) -> dict:
+    """What a session sees of the catalog, functions (macros included) and settings; ``query(sql)`` gives rows."""
     q = {
         "functions": "SELECT function_name, function_type, schema_name, macro_definition FROM duckdb_functions() "
                      "ORDER BY ALL",
@@ -64,7 +64,7 @@ def fingerprint(con) -> dict:
         "databases": "SELECT database_name, path FROM duckdb_databases() ORDER BY ALL",
         "pairs": "SELECT count(*), sum(score) FROM pairs",
     }
-    return {k: con.execute(v).fetchall() for k, v in q.items()}
+    return {k: query(v) for k, v in q.items()}
 
 
 def file_hashes(folder) -> dict[str, str]:
