@@ -17,7 +17,7 @@ import streamlit as st
 from app import charts, state, verification
 from app.slice import Slice
 from app.runs import RunInfo, inspect_run
-from app.text import code, escape
+from app.text import code
 
 CONTEXT_KEY = "_atlas_context"
 

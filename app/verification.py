@@ -39,6 +39,7 @@ from pathlib import Path
 from precompute.store import integrity, schema
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"  # the read-only data beside the checkout
 CACHE_ENV = "ATLAS_VERIFY_CACHE"
 DEFAULT_CACHE = REPO / "data" / "cache" / "verified"
 THREADS = max(1, min(4, int(os.environ.get("ATLAS_VERIFY_THREADS", os.cpu_count() or 1))))
@@ -117,9 +118,13 @@ class Cache:
             self._memory[key] = problem
         return True, problem
 
-    def put(self, key: str, problem: str | None) -> None:
+    def put(self, key: str, problem: str | None, run_folder: Path | None = None) -> None:
+        """Keep an outcome; on disk too unless the folder lies in ``run_folder`` or the shared data (a cache
+        variable pointed there by mistake: nothing is ever written into a run or ../shared)."""
         with self._lock:
             self._memory[key] = problem
+        if any(_inside(self.folder, f) for f in (run_folder, SHARED) if f is not None):
+            return
         try:
             mac = self._mac(key, problem, create=True)
             target = self.folder / f"{key}.entry"
@@ -222,8 +227,16 @@ def verify_file(check: FileCheck, store: Cache | None = None, progress=None) -> 
     problem = check.run(progress)
     if check.key() != key:
         return f"{check.path} changed while it was being verified: reload the page"
-    store.put(key, problem)
+    store.put(key, problem, check.path.parent)
     return problem
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def start(name: str, checks: list[FileCheck]) -> Verification:

@@ -18,7 +18,6 @@ from app.runs import EAGER_ENV, find_runs, inspect_run, run_labels
 from app.verification import CACHE_ENV, DEFAULT_CACHE, FileCheck
 from precompute.store import integrity
 from precompute.store.schema import TABLES
-from tests.app.conftest import MAIN
 from tests.app.synthetic import build_run
 from tests.precompute.test_store_v1 import RUN as V1_RUN
 
@@ -194,6 +193,12 @@ def test_the_cache_lives_outside_the_run_folder_and_the_repository(run_a, tmp_pa
     assert verification.cache_folder({CACHE_ENV: str(tmp_path / "c")}) == tmp_path / "c"
     secret = verification.cache_folder() / "secret"
     assert secret.stat().st_mode & 0o077 == 0  # readable by the server's user only
+
+
+def test_a_cache_folder_set_inside_the_run_is_not_written(run_a, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(run_a / "cache"))
+    restart()
+    assert inspect_run(run_a).verified and not (run_a / "cache").exists()
 
 
 def test_a_large_run_is_verified_when_opened_and_never_shown_before(twins, tmp_path, app, monkeypatch):
