@@ -243,10 +243,7 @@ def _footers(path: Path, manifest: Manifest, tables: frozenset[str]) -> tuple[tu
     problem. The run identity is required of every file once one of them records it."""
     current = manifest.schema_version == schema.SCHEMA_VERSION  # older versions may lack later columns
     files = {name: path / f"{name}.parquet" for name in sorted(tables)}
-    try:
-        stamped = any(integrity.stored_identity(f) is not None for f in files.values())
-    except integrity.CorruptFile:
-        stamped = True  # the damaged footer is named below
+    stamped = any(_recorded_identity(f) is not None for f in files.values())
     identity = manifest.identity.to_dict() if stamped else None
     checks = []
     for name, file in files.items():
@@ -259,6 +256,13 @@ def _footers(path: Path, manifest: Manifest, tables: frozenset[str]) -> tuple[tu
             return (), f"{err}: delete it and rerun the job's command to rebuild it"
         checks.append(dataclasses.replace(check, footer_rows=md.num_rows))
     return tuple(checks), None
+
+
+def _recorded_identity(file: Path) -> dict | None:
+    try:
+        return integrity.stored_identity(file)
+    except integrity.CorruptFile:
+        return None  # a damaged footer: the footer check names it
 
 
 def model_folder(run: RunInfo) -> tuple[Path | None, str]:
