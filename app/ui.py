@@ -49,7 +49,7 @@ def context() -> Context:
 def verified(run: RunInfo) -> RunInfo:
     """``run`` once every file of it is verified (``app.verification``), with a progress bar meanwhile (a first
     opening of a large run); nothing of the run is drawn before. The returned run may carry a problem instead."""
-    for _ in range(3):  # a file replaced while it was verified is verified again in its new state
+    for _ in range(3):  # a file replaced after it was verified is verified again in its new state
         if run.verified or not run.ok:
             return run
         job = verification.start(run.key, run.unverified)
@@ -58,6 +58,8 @@ def verified(run: RunInfo) -> RunInfo:
             bar.progress(min(1.0, job.rows_done / max(1, job.rows_total)), text=_verifying(run, job))
         bar.empty()
         run = inspect_run(run.path)
+        if job.problem and run.ok and not run.verified:  # not cached: a file changed meanwhile, or the check failed
+            return dataclasses.replace(run, problem=job.problem)
     if run.ok and not run.verified:
         return dataclasses.replace(run, problem=f"the files of {run.path} keep changing while they are verified: "
                                                 "reload the page once the job writing them has finished")

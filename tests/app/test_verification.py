@@ -229,3 +229,19 @@ def test_a_verification_in_progress_is_joined_not_repeated(run_a, counted):
     assert first.problem is None and first.rows_done == first.rows_total > 0
     assert len(counted) == len(info.unverified)
     assert isinstance(info.checks[0], FileCheck)
+
+
+def test_a_verification_that_breaks_is_one_line_and_shows_nothing(run_a, app, monkeypatch):
+    """Any failure of the check itself (here MemoryError) becomes the run's one-line reason, never a hang or a
+    traceback, and is not cached: the next opening verifies again."""
+    monkeypatch.setenv(EAGER_ENV, "0")
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no memory left for a row group")
+
+    monkeypatch.setattr(verification.integrity, "verify", broken)
+    at = app(run_a.parent)
+    assert not at.exception and at.title[0].value == "Matching Atlas"
+    assert any("could not be verified (MemoryError: no memory left for a row group)" in e.value for e in at.error)
+    monkeypatch.undo()
+    assert inspect_run(run_a).verified
