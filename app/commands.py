@@ -9,6 +9,7 @@ Nothing here imports Streamlit.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 
 from app.runs import RunInfo
@@ -54,20 +55,21 @@ def full_run_minutes() -> tuple[float, float]:
 
 def command_for(run: RunInfo, extra: str = "") -> str:
     """The precompute command that resumes ``run`` (same dataset, model and identifying settings, read from
-    its manifest), plus ``extra`` flags."""
+    its manifest), plus ``extra`` flags. Values from the manifest are shell-quoted: a user who copies the command
+    runs the job, whatever the manifest holds."""
     spec = run.dataset.spec or "../shared/data/trec-dl-2020"
     model = run.model.id or "../shared/models/minilm-l6-msmarco-ce"
     try:
         out = run.path.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         out = run.path
-    parts = ["python -m precompute", f"--dataset {spec}", f"--model {model}"]
+    parts = ["python -m precompute", f"--dataset {shlex.quote(str(spec))}", f"--model {shlex.quote(str(model))}"]
     identity = run.manifest.identity if run.manifest else None
     defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)}
     for key in _FLAGS:
         value = getattr(identity, key, None)
         if value is None or value == defaults[key] or (key == "depth" and not getattr(identity, "candidates", None)):
             continue
-        parts.append(f"--{key.replace('_', '-')} {value}")
-    parts.append(f"--out {out}")
+        parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(value))}")
+    parts.append(f"--out {shlex.quote(str(out))}")
     return " ".join(parts + ([extra] if extra else []))

@@ -22,6 +22,7 @@ from app import ablation_queries, pair_queries, patching_queries, queries
 from app.connections import run_cursor
 from app.errors import one_line
 from app.runs import RunInfo
+from app.text import code, escape
 
 QUERY_MODULES: dict[str, ModuleType] = {m.__name__: m for m in (queries, pair_queries, ablation_queries,
                                                                  patching_queries)}
@@ -41,5 +42,6 @@ def query(run: RunInfo, fn: Callable[..., pd.DataFrame], *args, **kwargs) -> pd.
     try:
         return _query(str(run.path), run.token, fn.__module__, fn.__name__, args, tuple(sorted(kwargs.items())))
     except Exception as err:  # noqa: BLE001 - DuckDB, Arrow or OS errors: the page says so in one line
-        st.error(f"The run `{run.name}` could not be read for this view: {one_line(err)}", icon=":material/error:")
+        st.error(f"The run {code(run.name)} could not be read for this view: {escape(one_line(err))}",
+                 icon=":material/error:")
         st.stop()

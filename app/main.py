@@ -18,6 +18,7 @@ import streamlit as st  # noqa: E402
 
 from app import data, queries, state, ui  # noqa: E402
 from app.runs import STORE_ENV, find_runs, run_labels, store_from_args  # noqa: E402
+from app.text import code, escape  # noqa: E402
 from app.slice import PARAM_KEYS  # noqa: E402
 from app.slice import widgets as slice_widgets  # noqa: E402
 
@@ -44,7 +45,7 @@ def sidebar() -> ui.Context:
     root = store_from_args(sys.argv[1:])
     runs = find_runs(root)
     ctx = ui.Context(store=root, runs=runs)
-    sb.caption(f"Store `{root}` (set by `--store` or ${STORE_ENV} when the app starts)")
+    sb.caption(f"Store {code(root)} (set by `--store` or `${STORE_ENV}` when the app starts)")
     if not runs:
         state.set_param("run", None)
         return ctx
@@ -52,18 +53,19 @@ def sidebar() -> ui.Context:
     by_name = {r.name: r for r in runs}
     names = list(by_name)
     labels = run_labels(runs)
-    first_ok = next((r.name for r in runs if r.ok), names[0])
+    first_ok = next((r.name for r in runs if r.verified), next((r.name for r in runs if r.ok), names[0]))
     asked = st.query_params.get("run") if "run" not in st.session_state else None
     state.bind("run", first_ok, clean=state.choice(names, first_ok))
     if asked and asked != st.session_state["run"]:
-        sb.warning(f"The link asks for a run this store does not list ({asked[:80]!r}); showing "
-                   f"{st.session_state['run']} instead.")
+        sb.warning(f"The link asks for a run this store does not list ({code(asked[:80])}); showing "
+                   f"{code(st.session_state['run'])} instead.")
     sb.selectbox("Run (dataset x model)", names, key="run", format_func=labels.get)
     state.publish("run")
-    run = by_name[st.session_state["run"]]
+    run = ui.verified(by_name[st.session_state["run"]])  # a large run's first opening: checked, with progress
+    ctx.runs = [run if r.name == run.name else r for r in runs]
     ctx.run = run
     if not run.ok:
-        sb.error(f"This run cannot be opened: {run.problem}")
+        sb.error(f"This run cannot be opened: {escape(run.problem)}")
         return ctx
 
     layers, heads = run.model.layers, run.model.heads
@@ -75,8 +77,8 @@ def sidebar() -> ui.Context:
     qdf = data.query(run, queries.query_list)
     ctx.slice = slice_widgets(layers=layers, heads=heads, neg_types=options["neg_type"].unique(),
                               grades=options["grade"].unique(), queries=dict(zip(qdf["qid"], qdf["query"])))
-    sb.caption(f"{run.model_name} on {run.dataset_name}: {layers} layers x {heads} heads. "
-               f"Slice: {ctx.slice.describe()}.")
+    sb.caption(f"{escape(run.model_name)} on {escape(run.dataset_name)}: {layers} layers x {heads} heads. "
+               f"Slice: {escape(ctx.slice.describe())}.")
     return ctx
 
 

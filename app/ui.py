@@ -1,8 +1,10 @@
 """Small Streamlit building blocks shared by the pages: a chart with its downloads, empty states,
-the run context the sidebar computed, and the head selection of a clicked heatmap cell."""
+the run context the sidebar computed, a run verified before it is shown, and the head selection of a clicked
+heatmap cell."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +14,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import charts, state
+from app import charts, state, verification
 from app.slice import Slice
-from app.runs import RunInfo
+from app.runs import RunInfo, inspect_run
+from app.text import code
 
 CONTEXT_KEY = "_atlas_context"
 
@@ -41,6 +44,33 @@ def context() -> Context:
         st.error("The app's sidebar did not run: start the app with `streamlit run app/main.py`.")
         st.stop()
     return ctx
+
+
+def verified(run: RunInfo) -> RunInfo:
+    """``run`` once every file of it is verified (``app.verification``), with a progress bar meanwhile (a first
+    opening of a large run); nothing of the run is drawn before. The returned run may carry a problem instead."""
+    for _ in range(3):  # a file replaced after it was verified is verified again in its new state
+        if run.verified or not run.ok:
+            return run
+        job = verification.start(run.key, run.unverified)
+        bar = st.progress(0.0, text=_verifying(run, job))
+        while not job.finished.wait(0.25):
+            bar.progress(min(1.0, job.rows_done / max(1, job.rows_total)), text=_verifying(run, job))
+        bar.empty()
+        run = inspect_run(run.path)
+        if job.problem and run.ok and not run.verified:  # not cached: a file changed meanwhile, or the check failed
+            return dataclasses.replace(run, problem=job.problem)
+    if run.ok and not run.verified:
+        return dataclasses.replace(run, problem=f"the files of {run.path} keep changing while they are verified: "
+                                                "reload the page once the job writing them has finished")
+    return run
+
+
+def _verifying(run: RunInfo, job: verification.Verification) -> str:
+    eta = job.eta_s
+    return (f"Checking every page of {code(run.name)} before showing it (first opening of these files; later "
+            f"openings reuse the result): {job.rows_done:,} of {job.rows_total:,} rows"
+            + (f", about {eta:.0f} s left" if eta is not None else ""))
 
 
 def require_run() -> tuple[Context, RunInfo]:

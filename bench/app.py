@@ -9,8 +9,10 @@ rows that never hold two heads, as the precompute job writes it), 2,000 queries,
 size: 348 ablation conditions (96 component and 40 QK-subspace ones among them, the latter with
 40 x 720,896 subspace_head_metrics rows), and activation patching of 20,000 tfc1 and 20,000 cls patch pairs
 (12 layers x (12 heads + 18 components) and 12 x (12 heads + 3 components): 10,800,000 patching_effects
-rows). decoder_cross_attention (MonoT5 only) is not generated. It is written with DuckDB ``COPY (SELECT ... FROM range(...))`` straight to Parquet (a few
-minutes, ~12 GB) and reused when present. The numbers are uniform noise: only the sizes matter.
+rows). decoder_cross_attention (MonoT5 only) is not generated. It is computed by DuckDB (``SELECT ... FROM
+range(...)``) and streamed into checksummed Parquet files that carry the run's identity, as the job writes its
+tables (so the app verifies it as it would a real run: bench/verify.py times that); a few minutes, ~12 GB, reused
+when present. The numbers are uniform noise inside the schema's bounds: only the sizes matter.
 
 Every query is an ``app.queries`` / ``app.pair_queries`` function, called exactly as the pages call it
 (a fresh cursor of the connection ``app.connections.open_run`` makes, as ``app.data`` does), without the
@@ -47,14 +49,24 @@ from precompute.store.schema import SCHEMA_VERSION, TABLES  # noqa: E402
 
 RUN_NAME = "bench__synthetic-bert-base"
 ROW_GROUP = 122_880
-BENCH_VERSION = 4  # bumped when the generated tables change: an older bench store is regenerated
+BENCH_VERSION = 5  # bumped when the generated tables change: an older bench store is regenerated
+# The run's identity, recorded in every file as the job records its own (the app checks it when it opens the run)
+IDENTITY = {"model": "synthetic/bert-base-shape", "dataset": "bench/app.py", "dtype": "float32", "seed": 0,
+            "max_length": 512}
 PATCH_PAIRS = 20_000  # per experiment
 SUBSPACE_HEADS = ((3, 5), (5, 1), (7, 2), (8, 8), (10, 4))
 
 
 def _copy(con, select: str, path: Path, row_group: int = ROW_GROUP) -> None:
+    """Stream the SELECT's result into ``path`` as the job writes a table: page checksums, the table's name, row count
+    and the run's identity in the footer, row groups that never straddle two heads (precompute.store.integrity)."""
+    from precompute.store import integrity
+
+    spec = TABLES[path.stem]
     tmp = path.with_name(f".{path.name}.tmp")
-    con.execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {row_group})")
+    reader = con.sql(select).to_arrow_reader(ROW_GROUP)
+    integrity.write_batches(reader, spec.schema, tmp, table=spec.name, identity=IDENTITY, row_group_size=row_group,
+                            group_by=spec.row_groups_by)
     os.replace(tmp, path)
 
 
@@ -105,7 +117,8 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     unit = cap if per_head_wanted > cap else 2048
     n_pairs = math.ceil(per_head_wanted / unit) * unit
     per_q = math.ceil(n_pairs / queries)
-    con = duckdb.connect(config={"threads": threads, "preserve_insertion_order": True})
+    # a bounded share of the machine (other jobs run beside it; at 3e8 rows the sorts spill to disk)
+    con = duckdb.connect(config={"threads": threads, "preserve_insertion_order": True, "memory_limit": "4GB"})
     con.execute(f"SET temp_directory = '{root / '.duckdb-tmp'}'")
     t0 = time.time()
 
@@ -210,7 +223,7 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
               for t in TABLES if (run / f"{t}.parquet").exists()}
     con.close()
     manifest = {
-        "schema_version": SCHEMA_VERSION, "status": "complete",
+        "schema_version": SCHEMA_VERSION, "status": "complete", "identity": IDENTITY,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"id": "synthetic/bert-base-shape", "name": "synthetic-bert-base", "layers": layers, "heads": heads,
                   "hidden": 768, "num_labels": 1, "score": "logit", "architecture": "synthetic", "model_type": "bert"},

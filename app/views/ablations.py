@@ -12,6 +12,7 @@ import pandas as pd
 from app import ablation_queries as aq, charts, data, state, ui
 from app.commands import ABLATIONS_FLAGS, COMPONENT_FLAGS, SUBSPACE_FLAGS, SWEEP_FLAGS, command_for
 from app.family import labels_of, refused_reason
+from app.text import code, escape
 from precompute.conditions import BASELINE
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA, STARS_LEGEND, stars
@@ -43,7 +44,7 @@ def family_note(analysis: str, kinds: str) -> str:
             f"conditions of this scope and measure), {STARS_LEGEND}.")
 
 st.title("Ablations")
-st.caption(f"{run.dataset_name} x {run.model_name} · queries of the slice: "
+st.caption(f"{escape(run.dataset_name)} x {escape(run.model_name)} · queries of the slice: "
            f"{'all' if not sl.qids else len(sl.qids)} (ablations act on every layer/head named by the condition; "
            "the slice's layers, heads and negative types do not apply here)")
 
@@ -77,7 +78,7 @@ components = data.query(run, aq.component_table, scope, measure)
 families = data.query(run, aq.analysis_families, scope, measure)
 
 # -- Table 1 ----------------------------------------------------------------------------------
-st.subheader(f"Table 1: {measure} under each ablation ({scope})")
+st.subheader(f"Table 1: {escape(measure)} under each ablation ({escape(scope)})")
 shown = table.copy()
 shown.insert(3, "removes", [lab.direction(c) if c in DIRECTIONS else c for c in shown["condition"]])
 shown["significance"] = [stars(p, not_significant="n.s.") for p in shown["p_holm"]]
@@ -118,7 +119,7 @@ if len(sweeps):
                                 y_title=f"Delta {measure} (condition - baseline)"),
              sweeps, f"{run.name}-layer-sweeps-{scope}-{measure}", key="abl_sweeps")
 else:
-    st.caption(f"No per-layer sweeps in this run (`{SWEEPS_COMMAND}` computes them).")
+    st.caption(f"No per-layer sweeps in this run ({code(SWEEPS_COMMAND)} computes them).")
 
 # -- head ablations ---------------------------------------------------------------------------
 clicked = ui.cell_from_event(st.session_state.get("abl_heads_map"))
@@ -140,12 +141,12 @@ if len(heads):
         if len(hit):
             picked = hit.iloc[0]["condition_id"]
 else:
-    st.caption(f"No head ablations in this run (`{SWEEPS_COMMAND}` computes them).")
+    st.caption(f"No head ablations in this run ({code(SWEEPS_COMMAND)} computes them).")
 
 # -- component conditions ---------------------------------------------------------------------
 st.subheader("Component ablations (MLP and attention blocks)")
 if components.empty:
-    st.caption(f"No component conditions in this run (`{command_for(run, COMPONENT_FLAGS)}` computes every layer x "
+    st.caption(f"No component conditions in this run ({code(command_for(run, COMPONENT_FLAGS))} computes every layer x "
                "{mlp, attn} x {all tokens, cls, q, d}).")
 else:
     comp = components.copy()
@@ -183,7 +184,7 @@ st.subheader("QK-subspace interventions")
 with st.spinner("Reading the subspace heads' metrics (one pass over subspace_head_metrics; cached afterwards) ..."):
     subspace = data.query(run, aq.subspace_table, scope, measure)
 if subspace.empty:
-    st.caption(f"No QK-subspace conditions in this run (`{command_for(run, SUBSPACE_FLAGS)}` computes them for the "
+    st.caption(f"No QK-subspace conditions in this run ({code(command_for(run, SUBSPACE_FLAGS))} computes them for the "
                "heads of --subspace-heads, default the top 5 by Cohen's d of q_d).")
 else:
     sub = subspace.copy()
@@ -240,7 +241,7 @@ if per_query.empty:
     st.info("No per-query values for this condition in the slice.")
     st.stop()
 m = st.columns(3)
-m[0].metric(f"Mean {measure} under {cond}", f"{per_query['value'].mean():.4f}")
+m[0].metric(f"Mean {escape(measure)} under {escape(cond)}", f"{per_query['value'].mean():.4f}")
 m[1].metric("Mean delta over the slice's queries", f"{per_query['delta'].mean():+.4f}")
 m[2].metric("Queries hurt / helped", f"{int((per_query['delta'] < 0).sum())} / {int((per_query['delta'] > 0).sum())}")
 ui.chart(charts.delta_bars(per_query[["qid", "delta", "value", "baseline", "query"]],

@@ -13,6 +13,7 @@ from precompute.depth import layers_in_span
 from app.commands import ABLATIONS_FLAGS, command_for
 from app.family import labels_of
 from app.runs import run_labels
+from app.text import code, escape
 from app.slice import Slice
 from precompute.metrics import METRICS
 from precompute.names import CONTRAST_LABELS
@@ -45,7 +46,10 @@ state.bind("cmp_run", default, clean=state.choice(names, default))
 c1, c2, c3 = st.columns([2, 2, 2])
 c1.selectbox("Compare the sidebar's run with", names, key="cmp_run", format_func=run_labels(ctx.runs).get)
 state.publish("cmp_run", default=default)
-run_b = by_name[st.session_state["cmp_run"]]
+run_b = ui.verified(by_name[st.session_state["cmp_run"]])  # checked before any of its data is shown
+if not run_b.ok:
+    st.error(f"Run B cannot be opened: {escape(run_b.problem)}", icon=":material/error:")
+    st.stop()
 lab_a, lab_b = labels_of(run_a), labels_of(run_b)
 DEFAULT_METRIC = "q_d" if lab_a.possible("q_d") and lab_b.possible("q_d") else "d_q"
 
@@ -76,10 +80,10 @@ state.publish("cmp_align", default=default_align)
 align = st.session_state["cmp_align"]
 
 A, B = f"A: {run_a.label}", f"B: {run_b.label}"
-st.caption(f"**{A}** vs **{B}** · slice: {sl.describe()}. A and B share one colour scale."
+st.caption(f"**{escape(A)}** vs **{escape(B)}** · slice: {escape(sl.describe())}. A and B share one colour scale."
            + ("" if lab_a.names == lab_b.names else
-              f" Segment words differ: A {', '.join(lab_a.names)}; B {', '.join(lab_b.names)} (the columns are the "
-              "same: the labels follow A)."))
+              f" Segment words differ: A {escape(', '.join(lab_a.names))}; B {escape(', '.join(lab_b.names))} (the "
+              "columns are the same: the labels follow A)."))
 
 # The slice's queries only exist in the run of the same dataset; layers/heads are clamped to each model (by
 # depth: B's layers whose middle lies in the depth span of the slice's layers of A).
@@ -94,7 +98,7 @@ def slice_for(run) -> Slice:
 
 sl_a, sl_b = slice_for(run_a), slice_for(run_b)
 if sl.qids and run_b.dataset_name != run_a.dataset_name:
-    st.caption(f"B is another dataset ({run_b.dataset_name}): the slice's query filter is not applied to B.")
+    st.caption(f"B is another dataset ({escape(run_b.dataset_name)}): the slice's query filter is not applied to B.")
 if align == "depth" and sl.layers is not None and sl_b.layers != sl.layers:
     st.caption(f"The slice's layers {sl.layers[0]}-{sl.layers[1]} of A are B's layers "
                f"{sl_b.layers[0] if sl_b.layers else 0}-{sl_b.layers[1] if sl_b.layers else (layers_b or 1) - 1} "
@@ -114,7 +118,7 @@ value_title = f"Mean {label}" if view == "mean" else f"{label}: {VIEWS[view]}"
 diverging = view != "mean"
 for tag, lab, grid in (("A", lab_a, grid_a), ("B", lab_b, grid_b)):
     if len(grid) and grid[value].isna().all():
-        st.info(f"Run {tag}: {lab.why_empty(metric)}", icon=":material/block:")
+        st.info(f"Run {tag}: {escape(lab.why_empty(metric))}", icon=":material/block:")
 
 if align == "depth":
     st.subheader("By relative depth")
@@ -190,7 +194,7 @@ has_a, has_b = run_a.has("ablation_summary"), run_b.has("ablation_summary")
 if not (has_a and has_b):
     for run, has, tag in ((run_a, has_a, "A"), (run_b, has_b, "B")):
         if not has:
-            st.info(f"Run {tag} ({run.name}) has no ablations yet: `{command_for(run, ABLATIONS_FLAGS)}`")
+            st.info(f"Run {tag} ({escape(run.name)}) has no ablations yet: {code(command_for(run, ABLATIONS_FLAGS))}")
     st.stop()
 oa = data.query(run_a, aq.ablation_options)
 ob = data.query(run_b, aq.ablation_options)

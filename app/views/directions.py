@@ -10,6 +10,7 @@ import streamlit as st
 
 from app import charts, data, queries, state, ui
 from app.family import labels_of
+from app.text import escape
 from precompute.names import CONTRAST_LABELS, CONTRASTS, DIRECTIONS, SEGMENTS
 
 ctx, run = ui.require_run()
@@ -17,12 +18,13 @@ sl = ctx.slice
 lab = labels_of(run)
 
 st.title("Attention directions")
-st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}. "
+st.caption(f"{escape(run.dataset_name)} x {escape(run.model_name)} · slice: {escape(sl.describe())}. "
            "Rows attend, columns are attended: each row of the matrix sums to 1 (the masses of one segment over the "
-           "segments it can attend). Segments: " + ", ".join(f"{s} = {lab.segment(s)}" for s in SEGMENTS) + ".")
+           "segments it can attend). Segments: " + ", ".join(f"{s} = {escape(lab.segment(s))}" for s in SEGMENTS) + ".")
 if lab.causal:
-    st.caption(f"{run.model_name} is causal: a token attends only to earlier tokens, so the {len(lab.impossible)} "
-               "directions into a later segment are not possible (the store holds NULL there, shown as such, not 0).")
+    st.caption(f"{escape(run.model_name)} is causal: a token attends only to earlier tokens, so the "
+               f"{len(lab.impossible)} directions into a later segment are not possible (the store holds NULL there, "
+               "shown as such, not 0).")
 
 SCOPES = {"slice": "Averaged over the slice's layers and heads", "head": "One head"}
 SHOW = {"mean": "Mean mass", **CONTRAST_LABELS}
@@ -82,8 +84,8 @@ else:
 st.divider()
 st.subheader("Each direction across layers")
 st.caption(f"Mean mass per layer over the slice's heads, one line per negative type: the lexical-then-semantic "
-           f"progression shows as {lab.direction('q_d')} rising in the middle layers; the fallback as mass on "
-           f"{lab.segment('cls')} and {lab.segment('sep2')} where nothing matches.")
+           f"progression shows as {escape(lab.direction('q_d'))} rising in the middle layers; the fallback as mass on "
+           f"{escape(lab.segment('cls'))} and {escape(lab.segment('sep2'))} where nothing matches.")
 DEFAULT_DIRS = ["q_d", "d_q", "q_q", "d_d", "q_cls", "d_cls", "q_sep2", "d_sep2"]
 state.bind("dir_dirs", DEFAULT_DIRS, parse=state.split, clean=state.subset(list(DIRECTIONS)))
 st.multiselect("Directions", list(DIRECTIONS), key="dir_dirs",
@@ -96,7 +98,7 @@ else:
     lines = data.query(run, queries.direction_by_layer, sl, dirs)
     empty = [d for d in dirs if lines[lines["direction"] == d]["mean"].isna().all()]
     for d in empty:
-        st.info(lab.why_empty(d), icon=":material/block:")
+        st.info(escape(lab.why_empty(d)), icon=":material/block:")
     shown = lines[~lines["direction"].isin(empty)]
     if lines.empty:
         st.warning("The slice holds no pairs.")
@@ -111,8 +113,8 @@ else:
 if run.has("decoder_cross_attention"):
     st.divider()
     st.subheader("Decoder cross-attention from the scoring position")
-    st.caption(f"{run.model_name} scores at its decoder's first step: the weight that position gives each encoder "
-               "segment (summed over the segment's tokens; the five sum to 1), per decoder layer x head, by "
+    st.caption(f"{escape(run.model_name)} scores at its decoder's first step: the weight that position gives each "
+               "encoder segment (summed over the segment's tokens; the five sum to 1), per decoder layer x head, by "
                "negative type. The slice's queries, negative types and grades apply; its layers and heads are the "
                "encoder's and do not.")
     cross = data.query(run, queries.cross_attention, sl)
@@ -121,7 +123,8 @@ if run.has("decoder_cross_attention"):
         st.stop()
     segs = list(SEGMENTS)
     state.bind("dir_cross_seg", "d", clean=state.choice(segs, "d"))
-    st.radio("Encoder segment", segs, key="dir_cross_seg", format_func=lab.segment, horizontal=True)
+    st.radio("Encoder segment", segs, key="dir_cross_seg", format_func=lambda s: escape(lab.segment(s)),
+             horizontal=True)
     state.publish("dir_cross_seg", default="d")
     seg = st.session_state["dir_cross_seg"]
     one = cross[cross["segment"] == seg]

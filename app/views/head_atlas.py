@@ -10,6 +10,7 @@ import streamlit as st
 from app import charts, data, queries, state, ui
 from app.commands import command_for
 from app.family import labels_of
+from app.text import code, escape
 from precompute.metrics import METRICS
 from precompute.names import CONTRAST_LABELS, CONTRASTS
 from precompute.statistics import ALPHA, fmt_p, stars
@@ -23,7 +24,7 @@ VIEWS = {"mean": "Mean over the slice", **CONTRAST_LABELS}
 COLOR_BY = {"diff": "Difference of means", "cohen_d": "Effect size (Cohen's d)"}
 
 st.title("Head atlas")
-st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}")
+st.caption(f"{escape(run.dataset_name)} x {escape(run.model_name)} · slice: {escape(sl.describe())}")
 
 c1, c2, c3 = st.columns([3, 2, 2])
 state.bind("atlas_metric", DEFAULT_METRIC, clean=state.choice(list(METRICS), DEFAULT_METRIC))
@@ -70,7 +71,7 @@ if grid.empty:
     st.stop()
 no_value = bool(grid[value].isna().all())
 if no_value:
-    st.info(lab.why_empty(metric), icon=":material/block:")
+    st.info(escape(lab.why_empty(metric)), icon=":material/block:")
 
 heads = [ui.head_label(layer, head) for layer, head in zip(grid["layer"], grid["head"])]
 default_head = heads[int(pd.to_numeric(grid[value], errors="coerce").abs().fillna(-1).to_numpy().argmax())]
@@ -93,7 +94,7 @@ if diff_view:
     st.caption(" ".join(notes))
     if not run.has("head_contrasts"):
         st.caption("This run has no matching-head statistics (head_contrasts) yet, so no significance is shown; "
-                   f"compute them with `{command_for(run)}` (it resumes the run and adds what is missing).")
+                   f"compute them with {code(command_for(run))} (it resumes the run and adds what is missing).")
 with st.expander("Values of the map"):
     st.dataframe(grid, hide_index=True, key="atlas_values")
 
@@ -107,7 +108,7 @@ state.publish("atlas_head", default=default_head)
 sel_layer, sel_head = ui.parse_head(st.session_state["atlas_head"])
 row = grid[(grid["layer"] == sel_layer) & (grid["head"] == sel_head)].iloc[0]
 if no_value:
-    h2.info(f"Head {sel_layer}.{sel_head}: {metric} is {lab.missing(metric)}; choose another metric to see its "
+    h2.info(f"Head {sel_layer}.{sel_head}: {metric} is {escape(lab.missing(metric))}; choose another metric to see its "
             "distributions.")
     st.stop()
 with h2:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import charts, data, queries, state, ui
 from app.family import labels_of
+from app.text import code, escape
 from app.slice import neg_order
 from precompute.names import SCORE_KINDS, SEGMENTS
 
@@ -16,8 +17,8 @@ man = run.manifest
 # What pairs.score is (the job writes "logit" or "log_softmax[1]"); an unknown kind is shown as written.
 SCORE_WORDS = SCORE_KINDS.get(str(run.model.score), f"score ({run.model.score or 'unknown kind'})")
 
-st.title(f"Overview: {run.dataset_name} x {run.model_name}")
-st.caption(f"Run folder `{run.path}` · created {man.created or '?'} · slice: {sl.describe()}")
+st.title(f"Overview: {escape(run.dataset_name)} x {escape(run.model_name)}")
+st.caption(f"Run folder {code(run.path)} · created {escape(man.created or '?')} · slice: {escape(sl.describe())}")
 
 counts = data.query(run, queries.pair_counts, sl.pairs_only())
 ndcg = data.query(run, queries.ndcg_per_query, sl.pairs_only())
@@ -41,22 +42,25 @@ with left:
     st.subheader("Model")
     model = run.model
     st.markdown(
-        f"**{run.model_name}** · `{model.id or '?'}` · {model.architecture or '?'} ({model.model_type or '?'}) · "
-        f"hidden {model.hidden or '?'} · {model.num_labels or '?'} label(s), score = {SCORE_WORDS}"
+        f"**{escape(run.model_name)}** · {code(model.id or '?')} · {escape(model.architecture or '?')} "
+        f"({escape(model.model_type or '?')}) · hidden {model.hidden or '?'} · {model.num_labels or '?'} label(s), "
+        f"score = {escape(SCORE_WORDS)}"
     )
     lab = labels_of(run)
     family = model.family or "bert-style encoder (no family recorded: a schema-version-1 run)"
     st.markdown(
-        f"**Family** {family} · {'causal (a token attends only to earlier ones)' if lab.causal else 'bidirectional'}"
-        + (f" · attention reached by: {model.attention}" if model.attention else "")
+        f"**Family** {escape(family)} · "
+        f"{'causal (a token attends only to earlier ones)' if lab.causal else 'bidirectional'}"
+        + (f" · attention reached by: {escape(model.attention)}" if model.attention else "")
     )
-    st.markdown("**Segments** " + " · ".join(f"`{s}` = {lab.segment(s)}" for s in SEGMENTS))
+    st.markdown("**Segments** " + " · ".join(f"`{s}` = {escape(lab.segment(s))}" for s in SEGMENTS))
     if model.template:
         st.markdown("**Template**")
         st.code(model.template, language=None, wrap_lines=True)
     if model.answer_tokens:
         ids = list(model.answer_ids or [])
-        tokens = [f"`{t!r}`" + (f" (id {ids[i]})" if i < len(ids) else "") for i, t in enumerate(model.answer_tokens)]
+        tokens = [code(repr(t)) + (f" (id {ids[i]})" if i < len(ids) else "")
+                  for i, t in enumerate(model.answer_tokens)]
         st.markdown("**Answer tokens** (positive, negative): " + ", ".join(tokens))
     if lab.causal:
         st.caption(f"{len(lab.impossible)} of the 25 directions go into a later segment and are not possible "
@@ -65,8 +69,9 @@ with right:
     st.subheader("Dataset")
     params = man.parameters
     st.markdown(
-        f"**{run.dataset_name}** · `{run.dataset.spec or '?'}` · max length {params.get('max_length', '?')} · "
-        f"{params.get('easy_negatives', '?')} easy negatives per query · seed {params.get('seed', '?')}"
+        f"**{escape(run.dataset_name)}** · {code(run.dataset.spec or '?')} · max length "
+        f"{escape(params.get('max_length', '?'))} · {escape(params.get('easy_negatives', '?'))} easy negatives per "
+        f"query · seed {escape(params.get('seed', '?'))}"
     )
 with st.expander("Manifest"):
     st.json(man.to_dict(), expanded=1)

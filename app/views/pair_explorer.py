@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import charts, data, live, pair_queries, queries, state, ui
 from app.errors import one_line
+from app.text import code, escape
 from precompute.config import JobConfig
 from app.family import labels_of
 from precompute.metrics import MATCHING_METRICS, METRICS
@@ -19,7 +20,8 @@ lab = labels_of(run)
 SEGMENT_LABELS = lab.mapping  # the family's words for the five segments
 
 st.title("Pair explorer")
-st.caption(f"{run.dataset_name} x {run.model_name} · queries and passages of the slice: {sl.describe()}")
+st.caption(f"{escape(run.dataset_name)} x {escape(run.model_name)} · queries and passages of the slice: "
+           f"{escape(sl.describe())}")
 
 qdf = data.query(run, queries.query_list)
 if sl.qids:
@@ -58,10 +60,10 @@ m[2].metric("Negative type", str(pair["neg_type"]))
 m[3].metric("Rank among the query's pairs", f"{ids.index(pair_id) + 1} / {len(ids)}")
 m[4].metric("Tokens (query / passage kept / passage full)",
             f"{int(pair['q_tokens'])} / {int(pair['d_tokens'])} / {int(pair['d_tokens_full'])}")
-st.markdown(f"**Query** `{pair['qid']}`: {pair['query']}")
+st.markdown(f"**Query** {code(pair['qid'])}: {escape(pair['query'])}")
 with st.container(border=True):
-    st.markdown(f"**Passage** `{pair['docid']}`" + (" (truncated to fit the model)" if pair["truncated"] else ""))
-    st.write(str(pair["doc"]))
+    st.markdown(f"**Passage** {code(pair['docid'])}" + (" (truncated to fit the model)" if pair["truncated"] else ""))
+    st.markdown(escape(pair["doc"]))
 
 st.divider()
 c1, c2, c3 = st.columns([1, 1, 3])
@@ -90,7 +92,7 @@ with left:
         mm = st.columns(len(MATCHING_METRICS))
         for col, name in zip(mm, MATCHING_METRICS):
             v = pd.to_numeric(row[name], errors="coerce")
-            col.metric(name, f"{float(v):.4f}" if pd.notna(v) else lab.missing(name), help=lab.metric(name))
+            col.metric(name, f"{float(v):.4f}" if pd.notna(v) else lab.missing(name), help=escape(lab.metric(name)))
 with right:
     default_metric = "q_d" if lab.possible("q_d") else "d_q"
     state.bind("pair_metric", default_metric, clean=state.choice(list(METRICS), default_metric))
@@ -100,7 +102,7 @@ with right:
     pm = st.session_state["pair_metric"]
     grid = data.query(run, pair_queries.pair_metric_grid, sl, pair_id, pm)
     if len(grid) and grid["value"].isna().all():
-        st.info(lab.why_empty(pm), icon=":material/block:")
+        st.info(escape(lab.why_empty(pm)), icon=":material/block:")
     if len(grid):
         ui.chart(charts.head_heatmap(grid, "value", title=f"{pm} of this pair on every head",
                                      value_title=pm, selectable=False, selected=(layer, head),
@@ -111,32 +113,33 @@ with right:
 st.subheader(f"Token-level attention, head {layer}.{head}")
 folder, why = live.availability(run)
 if folder is None:
-    st.info(f"Token-level attention is computed live from the run's model, but {why}; this page shows the stored "
-            "summaries only. Run the app on a machine with the model folder (and torch + transformers) to see "
+    st.info(f"Token-level attention is computed live from the run's model, but {escape(why)}; this page shows the "
+            "stored summaries only. Run the app on a machine with the model folder (and torch + transformers) to see "
             "token weights.", icon=":material/info:")
     st.stop()
 
 PAIRS_OF_SEGMENTS = {d: lab.direction(d).replace("->", " -> ") for d in ("q_d", "d_q", "q_q", "d_d")}
 state.bind("pair_tokens", "q_d", clean=state.choice(list(PAIRS_OF_SEGMENTS), "q_d"))
-c3.radio("Token weights", list(PAIRS_OF_SEGMENTS), key="pair_tokens", format_func=PAIRS_OF_SEGMENTS.get,
-         horizontal=True)
+c3.radio("Token weights", list(PAIRS_OF_SEGMENTS), key="pair_tokens",
+         format_func=lambda d: escape(PAIRS_OF_SEGMENTS[d]), horizontal=True)
 state.publish("pair_tokens", default="q_d")
 src, dst = split_direction(st.session_state["pair_tokens"])
 max_length = run.manifest.parameters.get("max_length") or run.manifest.identity.max_length or JobConfig.max_length
 try:
     pa = live.pair_attention(str(folder), str(pair["query"]), str(pair["doc"]), layer, int(max_length))
 except Exception as err:  # noqa: BLE001 - a model that loads but does not run here: say so in one line, keep the page
-    st.warning(f"The model at `{folder}` could not be run on this pair: {one_line(err)}")
+    st.warning(f"The model at {code(folder)} could not be run on this pair: {escape(one_line(err))}")
     st.stop()
 if layer >= pa.summaries.shape[0] or head >= pa.summaries.shape[1]:
-    st.warning(f"The model at `{folder}` has {pa.summaries.shape[0]} layers x {pa.summaries.shape[1]} heads; "
+    st.warning(f"The model at {code(folder)} has {pa.summaries.shape[0]} layers x {pa.summaries.shape[1]} heads; "
                f"head {layer}.{head} does not exist: is it the run's model?")
     st.stop()
 frame = live.attention_frame(pa, head, src, dst)
 live_metrics = live.metrics(pa, layer, head)
 k = st.columns(4)
 k[0].metric("Live score", f"{pa.score:.4f}", f"{pa.score - float(pair['score']):+.4f} vs stored", delta_color="off")
-k[1].metric(f"Live {SEGMENT_LABELS[src]}->{SEGMENT_LABELS[dst]} mass", f"{live_metrics[f'{src}_{dst}']:.4f}")
+k[1].metric(f"Live {escape(SEGMENT_LABELS[src])}->{escape(SEGMENT_LABELS[dst])} mass",
+            f"{live_metrics[f'{src}_{dst}']:.4f}")
 if not stored.empty:
     kept = pd.to_numeric(stored.iloc[0][f"{src}_{dst}"], errors="coerce")
     k[2].metric("Stored mass", f"{float(kept):.4f}" if pd.notna(kept) else lab.missing(f"{src}_{dst}"))
@@ -151,6 +154,6 @@ ui.chart(charts.token_heatmap(frame, title=f"{SEGMENT_LABELS[src]} -> {SEGMENT_L
          frame, f"{run.name}-pair-{pair_id}-head-{layer}.{head}-{src}-{dst}-tokens", key="pair_tokens_map")
 top = (frame.groupby(["dst_pos", "dst_token"], as_index=False)["weight"].sum()
        .sort_values("weight", ascending=False).head(15))
-st.caption(f"The {SEGMENT_LABELS[dst]} tokens that receive the most attention from {SEGMENT_LABELS[src]} tokens "
-           "(summed weight):")
+st.caption(f"The {escape(SEGMENT_LABELS[dst])} tokens that receive the most attention from "
+           f"{escape(SEGMENT_LABELS[src])} tokens (summed weight):")
 st.dataframe(top, hide_index=True, key="pair_top_tokens")

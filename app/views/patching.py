@@ -11,6 +11,7 @@ import streamlit as st
 from app import charts, data, patching_queries as pq, state, ui
 from app.commands import PATCHING_FLAGS, command_for
 from app.family import labels_of
+from app.text import escape
 
 ctx, run = ui.require_run()
 sl = ctx.slice
@@ -24,7 +25,8 @@ EXPERIMENT_WORDS = {
 }
 
 st.title("Activation patching")
-st.caption(f"{run.dataset_name} x {run.model_name} · slice: {sl.describe()}. Effect = (patched - corrupted) / "
+st.caption(f"{escape(run.dataset_name)} x {escape(run.model_name)} · slice: {escape(sl.describe())}. Effect = "
+           "(patched - corrupted) / "
            "(clean - corrupted): 1 = the patched activation carries the whole score difference, 0 = none of it.")
 
 if not (run.has("patching_effects") and run.has("patching_pairs")):
@@ -39,7 +41,8 @@ names = list(experiments["experiment"])
 default_exp = "tfc1" if "tfc1" in names else names[0]
 state.bind("pat_exp", default_exp, clean=state.choice(names, default_exp))
 st.radio("Experiment", names, key="pat_exp", horizontal=True,
-         format_func=lambda e: f"{EXPERIMENT_WORDS.get(e, e)} ({int(experiments.set_index('experiment').at[e, 'patch_pairs']):,} pairs)")
+         format_func=lambda e: f"{escape(EXPERIMENT_WORDS.get(e, e))} "
+                               f"({int(experiments.set_index('experiment').at[e, 'patch_pairs']):,} pairs)")
 state.publish("pat_exp", default=default_exp)
 exp = st.session_state["pat_exp"]
 if exp == "cls":
@@ -157,14 +160,14 @@ else:
     stats = comps[(comps["layer"] == layer) & (comps["component"] == component) & (comps["segment"] == segment)]
 row = stats.iloc[0]
 k = st.columns(4)
-k[0].metric(f"Mean effect, {what}", f"{row['mean']:+.4f}" if pd.notna(row["mean"]) else "undefined (all NULL)")
+k[0].metric(f"Mean effect, {escape(what)}", f"{row['mean']:+.4f}" if pd.notna(row["mean"]) else "undefined (all NULL)")
 k[1].metric("95% confidence interval",
             f"{row['ci_lo']:.3f} to {row['ci_hi']:.3f}" if pd.notna(row["ci_lo"]) else "n/a")
 k[2].metric("Pairs with an effect", f"{int(row['n']):,}")
 k[3].metric("NULL effects", f"{int(row['n_null']):,}", help=f"|clean - corrupted| < {EPS}: left out, not counted as 0.")
 top = data.query(run, pq.patching_top_pairs, sl, exp, layer, component, segment, head, 20, descending)
 if top.empty:
-    st.info(f"No pair of the slice has a defined effect for {what}.")
+    st.info(f"No pair of the slice has a defined effect for {escape(what)}.")
     st.stop()
 cols = ["patch_id", "qid", "query", "term", "filler", "clean", "corrupted", "patched", "effect", "neg_type", "grade",
         "docid", "passage", "clean_docid", "clean_passage", "clean_grade"]

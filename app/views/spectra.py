@@ -8,6 +8,7 @@ import streamlit as st
 from app import charts, data, queries, state, ui
 from app.commands import command_for
 from app.family import labels_of
+from app.text import escape
 from precompute.metrics import METRICS
 from precompute.names import CONTRAST_LABELS, CONTRASTS
 
@@ -17,19 +18,20 @@ lab = labels_of(run)
 DEFAULT_METRIC = "q_d" if lab.possible("q_d") else "d_q"
 
 st.title("Query-key spectra")
-st.caption(f"{run.model_name} · the slice's layers and heads ({sl.describe()}). "
+st.caption(f"{escape(run.model_name)} · the slice's layers and heads ({escape(sl.describe())}). "
            "Alignment u_k . v_k near 1 means the head matches a direction of the residual stream with itself: "
            "the signature of a matching head.")
 
 spectra_info = run.manifest.spectra if run.manifest else None
 if not run.has("svd"):
     if spectra_info is not None and spectra_info.computed is False:
-        st.info(f"The job did not compute spectra for {run.model_name}: {spectra_info.reason or 'no reason recorded'}.")
+        st.info(f"The job did not compute spectra for {escape(run.model_name)}: "
+                f"{escape(spectra_info.reason or 'no reason recorded')}.")
         st.stop()
     ui.missing_table("spectra", command_for(run))
     st.stop()
 if spectra_info is not None and spectra_info.matrix:
-    st.caption(f"The spectrum is of: {spectra_info.matrix}")
+    st.caption(f"The spectrum is of: {escape(spectra_info.matrix)}")
 
 align = data.query(run, queries.alignment_scores, sl)
 if align.empty:
@@ -87,7 +89,7 @@ else:
     rel = data.query(run, queries.alignment_vs_slice_difference, sl, metric, contrast)
     source = "the slice (computed from head_attention_agg; the run has no head_contrasts table yet)"
 if rel.empty or rel["cohen_d"].isna().all():
-    st.info(lab.why_empty(metric) if not lab.possible(metric) else "No matching statistic for these heads.")
+    st.info(escape(lab.why_empty(metric)) if not lab.possible(metric) else "No matching statistic for these heads.")
     st.stop()
 rel = rel.assign(head_label=[ui.head_label(a, b) for a, b in zip(rel["layer"], rel["head"])])
 corr = rel[["alignment_score", "cohen_d"]].corr().iloc[0, 1]

@@ -12,13 +12,18 @@ import streamlit as st
 from app import data, queries, state, ui
 from app.connections import run_sql
 from app.errors import one_line
+<<<<<<< HEAD
 from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError
+=======
+from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError, run_sql
+from app.text import code, escape
+>>>>>>> h16-app
 from precompute.store.schema import TABLES
 
 ctx, run = ui.require_run()
 
 st.title("SQL")
-st.caption(f"Read-only DuckDB over the tables of `{run.name}` (views over its Parquet files). One statement: "
+st.caption(f"Read-only DuckDB over the tables of {code(run.name)} (views over its Parquet files). One statement: "
            f"{ALLOWED}. Files outside the run folder, COPY, ATTACH, INSTALL and any write are refused.")
 
 EXAMPLE = ("SELECT neg_type, grade, count(*) AS pairs, round(avg(score), 3) AS mean_score\n"
@@ -49,7 +54,7 @@ with left:
     try:
         result = run_sql(run, st.session_state["sql_q"], explain=plan, limit=int(st.session_state["sql_limit"]))
     except SqlError as err:
-        st.error(str(err), icon=":material/block:")
+        st.error(escape(err), icon=":material/block:")
         st.stop()
     rows = len(result.frame)
     st.caption(f"{rows:,} row(s) in {result.elapsed_s * 1000:.0f} ms")
@@ -62,6 +67,6 @@ with left:
         try:
             st.dataframe(result.frame, hide_index=True, key="sql_result")
         except Exception as err:  # noqa: BLE001 - a value the table widget cannot carry: one line, not a traceback
-            st.error(f"The result cannot be shown as a table: {one_line(err)}", icon=":material/block:")
+            st.error(f"The result cannot be shown as a table: {escape(one_line(err))}", icon=":material/block:")
             st.stop()
         ui.table_download(result.frame, f"{run.name}-query", key="sql_csv", label="Download CSV")

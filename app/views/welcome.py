@@ -10,6 +10,7 @@ from app import ui
 from app.commands import (ABLATION_SCORINGS_PER_S, DEFAULT_CONDITIONS, FIRST_TRY_TIME, FULL_COMMAND, FULL_PAIRS,
                           FULL_QUERIES, PRECOMPUTE_COMMAND, SUMMARY_PAIRS_PER_S, command_for, full_run_minutes)
 from app.runs import STORE_ENV
+from app.text import code, escape
 
 ctx = ui.context()
 st.title("Matching Atlas")
@@ -18,24 +19,24 @@ st.caption("How cross-encoder re-rankers match queries and passages, head by hea
 store = ctx.store.resolve() if ctx.store.exists() else ctx.store
 
 if ctx.run is not None and not ctx.run.ok:
-    st.error(f"The run **{ctx.run.name}** cannot be opened: {ctx.run.problem}.")
+    st.error(f"The run {code(ctx.run.name)} cannot be opened: {escape(ctx.run.problem)}.")
     if ctx.run.manifest is not None and ctx.run.manifest.status not in (None, "complete"):
         st.markdown("Once the job has finished, reload this page. If it was stopped, resume it "
                     "(finished work is kept):")
         st.code(command_for(ctx.run), language="bash", wrap_lines=True)
     usable = ctx.ok_runs
     if usable:
-        st.info("Runs this app can open: " + ", ".join(f"`{r.name}`" for r in usable) + " (choose one in the sidebar).")
+        st.info("Runs this app can open: " + ", ".join(code(r.name) for r in usable) + " (choose one in the sidebar).")
     else:
         st.markdown("Build a run with this checkout's precompute job (from the repository root):")
         st.code(PRECOMPUTE_COMMAND, language="bash", wrap_lines=True)
 else:
     if not ctx.store.exists():
-        st.warning(f"There is no store yet: the folder `{store}` does not exist.")
+        st.warning(f"There is no store yet: the folder {code(store)} does not exist.")
     elif not os.access(ctx.store, os.R_OK | os.X_OK):
-        st.warning(f"The store `{store}` cannot be read by the app's server (permissions).")
+        st.warning(f"The store {code(store)} cannot be read by the app's server (permissions).")
     else:
-        st.warning(f"The store `{store}` holds no run yet.")
+        st.warning(f"The store {code(store)} holds no run yet.")
     st.markdown(
         "**Build a first store** with the precompute job, from the repository root (the first 3 queries of "
         f"TREC DL 2020 with the reference MiniLM cross-encoder: {FIRST_TRY_TIME} on 2 CPU cores):"

@@ -31,7 +31,8 @@ def render() -> str:
         out += [f"### `{table.name}`", "", f"{table.doc} Grain: {table.grain}. Sorted by {', '.join(table.sort_key)}.", ""]
         out += ["| column | type | meaning |", "| --- | --- | --- |"]
         for c in table.columns:
-            out.append(f"| `{c.name}` | {c.type}{' (nullable)' if c.nullable else ''} | {_cell(c.doc)} |")
+            out.append(f"| `{c.name}` | {c.type}{' (nullable)' if c.nullable else ''}{manifest_module.bounds_text(c.bounds)} "
+                       f"| {_cell(c.doc)} |")
         out.append("")
     out += ["### Views", "", "| view | needs | definition |", "| --- | --- | --- |"]
     for name, (needs, sql) in VIEWS.items():

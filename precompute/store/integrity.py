@@ -9,11 +9,14 @@ cut may still have a readable start. So every file the job writes carries
   identity of the run that wrote it (``atlas.identity``, JSON): deleting manifest.json cannot erase which run
   a folder holds.
 
-:func:`verify` reads a file whole, one row group at a time (memory stays flat): the footer must parse, the
-columns must be the table's, every page's CRC must match, the rows must add up to the footer's count and to
-the recorded one, and no column chunk's statistics may exclude a value of its data (DuckDB skips row groups
-by their min/max, so a flipped statistic would silently drop rows from a query). Files written by older
-versions carry no checksums or count; the checks that apply to them still run.
+:func:`verify` reads a file whole, one row group at a time per thread (memory stays flat): the footer must
+parse, the columns must be the table's, every page's CRC must match, the rows must add up to the footer's count
+and to the recorded one, no column chunk's statistics may exclude a value of its data (DuckDB skips row groups
+by their min/max, so a flipped statistic would silently drop rows from a query), and every value must lie in
+the bounds the schema declares for its column (a mass in [0, 1]). Given the run's identity, the file must
+record it (a table copied from another run is refused). :func:`check_footer` is the part of these checks that
+reads the footer only. Files written by older versions carry no checksums, count or identity; the checks that
+apply to them still run.
 
 Cost, measured on a 2-million-row head_attention (``python bench/integrity.py``, 2 CPU cores): merging parts
 through pyarrow with checksums takes what DuckDB's COPY took (1.7 s vs 1.6 s, same size), and verifying reads
@@ -24,13 +27,20 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from precompute.store.schema import TABLES
+
 ROWS, TABLE, IDENTITY = "atlas.rows", "atlas.table", "atlas.identity"
+FLOAT_SLACK = 1e-3  # rounding a float column may show beyond its schema bounds (float32 sums of softmax weights)
 
 
 class CorruptFile(Exception):
@@ -120,79 +130,241 @@ def _key_values(md: pq.FileMetaData) -> dict[str, str]:
 def stored_identity(path: Path) -> dict | None:
     """The identity recorded in a file's footer; None for files written before identities were recorded."""
     try:
-        kv = _key_values(pq.read_metadata(path))
+        md = pq.read_metadata(path)
     except (OSError, pa.ArrowException) as err:
         raise CorruptFile(f"{path} is not a readable Parquet file ({_first_line(err)})") from err
+    return _identity(path, _key_values(md))
+
+
+def _identity(path: Path, kv: dict[str, str]) -> dict | None:
     if IDENTITY not in kv:
         return None
     try:
-        return json.loads(kv[IDENTITY])
+        value = json.loads(kv[IDENTITY])
     except ValueError as err:
         raise CorruptFile(f"{path} has a damaged run identity in its metadata ({err})") from err
+    if not isinstance(value, dict):
+        raise CorruptFile(f"{path} has a damaged run identity in its metadata (a JSON {type(value).__name__})")
+    return value
 
 
-def verify(path: Path, name: str, expected: pa.Schema | None) -> int:
-    """Read ``path`` whole and check it (see the module docstring); returns its row count, else CorruptFile.
-    ``expected`` None skips the column check (a table of an older schema version, read as it is)."""
+def check_footer(path: Path, name: str, expected: pa.Schema | None, *, rows: int | None = None,
+                 identity: dict | None = None) -> pq.FileMetaData:
+    """Read ``path``'s footer only and check what it says (cheap: no data page is read); returns it, else CorruptFile.
+
+    The footer must parse and name table ``name`` (``atlas.table``); its columns must be ``expected``'s (names and
+    types; None skips this, for a table of an older schema version); its row count must be the one written
+    (``atlas.rows``) and, given ``rows``, the one the manifest recorded; given ``identity``, the file must record that
+    run identity (``atlas.identity``; keys missing on one side count as null), so a table copied from another run is
+    refused even when its rows and columns fit.
+    """
     try:
-        return _verify(Path(path), name, expected)
+        md = pq.read_metadata(path)
+        have = [(fld.name, fld.type) for fld in md.schema.to_arrow_schema()]
+    except (OSError, pa.ArrowException, ValueError, TypeError) as err:
+        raise CorruptFile(f"{path} is damaged ({_first_line(err)})") from err
+    kv = _key_values(md)
+    if kv.get(TABLE, name) != name:
+        raise CorruptFile(f"{path} holds table {kv[TABLE]!r}, not {name!r}")
+    want = have if expected is None else [(fld.name, fld.type) for fld in expected]
+    if have != want:
+        raise CorruptFile(f"{path} {_column_difference(have, want)}")
+    if ROWS in kv and kv[ROWS] != str(md.num_rows):
+        raise CorruptFile(f"{path} has {md.num_rows} rows in its footer, {kv[ROWS]} were written")
+    if rows is not None and md.num_rows != rows:
+        raise CorruptFile(f"{path} has {md.num_rows:,} rows, the manifest recorded {rows:,}: the file was replaced "
+                          "or cut short")
+    if identity is not None:
+        stored = _identity(path, kv)
+        if stored is None:
+            raise CorruptFile(f"{path} does not record which run wrote it, the run's other tables do: it was copied "
+                              "from another run or rewritten by another tool")
+        for key in sorted(set(stored) | set(identity)):
+            if stored.get(key) != identity.get(key):
+                raise CorruptFile(f"{path} was written by another run: its {key} is {_short(stored.get(key))}, "
+                                  f"the manifest's is {_short(identity.get(key))}")
+    return md
+
+
+def verify(path: Path, name: str, expected: pa.Schema | None, *, rows: int | None = None,
+           identity: dict | None = None, threads: int = 1, progress: Callable[[int], None] | None = None) -> int:
+    """Read ``path`` whole and check it (see the module docstring); returns its row count, else CorruptFile.
+
+    ``expected`` None skips the column check (a table of an older schema version, read as it is); ``rows`` and
+    ``identity``: see :func:`check_footer`. Values must lie in the bounds ``precompute.store.schema`` declares for
+    the table's columns. ``threads`` > 1 verifies row groups in parallel (pyarrow decodes without the GIL);
+    ``progress(rows verified so far)`` is called in the calling thread, a few times a second at most.
+    """
+    path = Path(path)
+    try:
+        md = check_footer(path, name, expected, rows=rows, identity=identity)
+        return _check_data(path, md, _bounds(name), max(1, int(threads)), progress)
     except CorruptFile:
         raise
     except (OSError, pa.ArrowException, ValueError, TypeError) as err:
         raise CorruptFile(f"{path} is damaged ({_first_line(err)})") from err
 
 
-def _verify(path: Path, name: str, expected: pa.Schema | None) -> int:
-    f = pq.ParquetFile(path, page_checksum_verification=True)
-    md = f.metadata
-    kv = _key_values(md)
-    if kv.get(TABLE, name) != name:
-        raise CorruptFile(f"{path} holds table {kv[TABLE]!r}, not {name!r}")
-    have = [(fld.name, fld.type) for fld in f.schema_arrow]
-    want = have if expected is None else [(fld.name, fld.type) for fld in expected]
-    if have != want:
-        raise CorruptFile(f"{path} has columns {_names(have)}, expected {_names(want)}")
-    if ROWS in kv and kv[ROWS] != str(md.num_rows):
-        raise CorruptFile(f"{path} has {md.num_rows} rows in its footer, {kv[ROWS]} were written")
-    rows = 0
-    for i in range(md.num_row_groups):
-        group = f.read_row_group(i)  # decodes every page of the group; pyarrow checks each page's CRC
-        if group.num_rows != md.row_group(i).num_rows:
-            raise CorruptFile(f"{path}: row group {i} has {group.num_rows} rows, its footer says {md.row_group(i).num_rows}")
-        for j, column in enumerate(group.columns):
-            _check_statistics(path, i, group.column_names[j], column, md.row_group(i).column(j).statistics)
-        rows += group.num_rows
+def _bounds(name: str) -> dict[str, tuple[float | None, float | None]]:
+    return TABLES[name].bounds if name in TABLES else {}
+
+
+def _check_data(path: Path, md: pq.FileMetaData, bounds: dict, threads: int,
+                progress: Callable[[int], None] | None) -> int:
+    """Decode every row group (pyarrow checks each page's CRC) and check its rows, NULLs, statistics and bounds.
+
+    Row groups are handed out one at a time to ``threads`` workers, each with its own ParquetFile (one row group
+    per worker in memory). The first failure stops the others and is raised.
+    """
+    groups = iter(range(md.num_row_groups))
+    lock, stop = threading.Lock(), threading.Event()
+    done = [0]
+
+    def work(report: Callable[[int], None] | None) -> int:
+        f = pq.ParquetFile(path, page_checksum_verification=True)
+        verified = 0
+        while not stop.is_set():
+            with lock:
+                i = next(groups, None)
+            if i is None:
+                break
+            group = f.read_row_group(i, use_threads=threads == 1)  # decodes every page of the group, CRCs checked
+            meta = md.row_group(i)
+            if group.num_rows != meta.num_rows:
+                raise CorruptFile(f"{path}: row group {i} has {group.num_rows} rows, its footer says {meta.num_rows}")
+            for j, column in enumerate(group.columns):
+                col = group.column_names[j]
+                _check_column(path, i, col, column, meta.column(j).statistics, bounds.get(col))
+            verified += group.num_rows
+            with lock:
+                done[0] += group.num_rows
+            if report is not None:
+                report(done[0])
+        return verified
+
+    if threads == 1 or md.num_row_groups < 2:
+        rows = work(_throttled(progress))
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="atlas-verify") as pool:
+            futures = [pool.submit(work, None) for _ in range(min(threads, md.num_row_groups))]
+            try:
+                while True:
+                    finished, pending = wait(futures, timeout=0.25, return_when=FIRST_EXCEPTION)
+                    if progress is not None:
+                        progress(done[0])
+                    failed = next((f for f in finished if f.exception() is not None), None)
+                    if failed is not None:
+                        raise failed.exception()
+                    if not pending:
+                        break
+            finally:
+                stop.set()
+            rows = sum(f.result() for f in futures)
     if rows != md.num_rows:
         raise CorruptFile(f"{path} has {rows} rows, its footer says {md.num_rows}")
     return rows
 
 
-def _check_statistics(path: Path, group: int, name: str, column: pa.ChunkedArray, stats) -> None:
-    """Statistics may be loose (older writers truncate strings) but must never exclude a value of the data."""
-    if stats is None:
-        return
-    if stats.has_null_count and stats.null_count != column.null_count:
+def _throttled(progress: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """``progress``, called at most four times a second."""
+    if progress is None:
+        return None
+    last = [0.0]
+
+    def report(rows: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.25:
+            last[0] = now
+            progress(rows)
+    return report
+
+
+def _check_column(path: Path, group: int, name: str, column: pa.ChunkedArray, stats,
+                  bounds: tuple[float | None, float | None] | None) -> None:
+    """Statistics may be loose (older writers truncate strings) but must never exclude a value of the data; the
+    values (NaN aside: an undefined statistic) must lie within the schema's ``bounds``."""
+    if stats is not None and stats.has_null_count and stats.null_count != column.null_count:
         raise CorruptFile(f"{path}: column {name} of row group {group} has {column.null_count} NULLs, "
                           f"its statistics say {stats.null_count}")
-    if not stats.has_min_max or pa.types.is_nested(column.type):  # lists (component_means.mean) have no min/max
+    with_stats = stats is not None and stats.has_min_max
+    if pa.types.is_nested(column.type) or not (with_stats or bounds):  # lists (component_means.mean): no min/max
         return
-    values = column.drop_null()
-    if pa.types.is_floating(values.type):
-        values = values.filter(pc.invert(pc.is_nan(values)))
-    if len(values) == 0:
+    extent = _min_max(column)
+    if extent is None:
         return
-    low, high = (v.as_py() for v in pc.min_max(values).values())
-    try:
-        bad = stats.min > low or stats.max < high
-    except TypeError:  # statistics of another type than the column: the footer is damaged
-        bad = True
-    if bad or any(isinstance(v, float) and math.isnan(v) for v in (stats.min, stats.max)):
-        raise CorruptFile(f"{path}: column {name} of row group {group} holds values in [{low}, {high}], "
-                          f"its statistics say [{stats.min}, {stats.max}]")
+    low, high = extent
+    if with_stats:
+        try:
+            bad = stats.min > low or stats.max < high
+        except TypeError:  # statistics of another type than the column: the footer is damaged
+            bad = True
+        if bad or any(isinstance(v, float) and math.isnan(v) for v in (stats.min, stats.max)):
+            raise CorruptFile(f"{path}: column {name} of row group {group} holds values in [{low}, {high}], "
+                              f"its statistics say [{stats.min}, {stats.max}]")
+    if bounds:
+        slack = FLOAT_SLACK if pa.types.is_floating(column.type) else 0
+        lo, hi = bounds
+        if (lo is not None and low < lo - slack) or (hi is not None and high > hi + slack):
+            raise CorruptFile(f"{path}: column {name} of row group {group} holds values in [{low}, {high}], outside "
+                              f"the range the store schema allows ({_interval(lo, hi)})")
 
 
-def _names(columns: list[tuple[str, pa.DataType]]) -> str:
-    text = ", ".join(f"{n} {t}" for n, t in columns)
+def _min_max(column: pa.ChunkedArray) -> tuple | None:
+    """(min, max) of the non-NULL, non-NaN values as Python scalars; None when there are none. Numbers go through
+    numpy (about ten times faster than pyarrow's min_max kernel), other types through pyarrow."""
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        values = column.drop_null()
+        if len(values) == 0:
+            return None
+        low, high = (v.as_py() for v in pc.min_max(values).values())
+        return low, high
+    low = high = None
+    for chunk in column.chunks:
+        values = chunk.drop_null().to_numpy(zero_copy_only=True) if chunk.null_count else \
+            chunk.to_numpy(zero_copy_only=True)
+        if len(values) == 0:
+            continue
+        lo, hi = values.min(), values.max()
+        if pa.types.is_floating(kind) and (lo != lo or hi != hi):  # NaN present: ignore it, as statistics do
+            values = values[values == values]
+            if len(values) == 0:
+                continue
+            lo, hi = values.min(), values.max()
+        lo, hi = lo.item(), hi.item()
+        low = lo if low is None else min(low, lo)
+        high = hi if high is None else max(high, hi)
+    return None if low is None else (low, high)
+
+
+def _interval(lo: float | None, hi: float | None) -> str:
+    if lo is None:
+        return f"at most {hi}"
+    return f"at least {lo}" if hi is None else f"from {lo} to {hi}"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _column_difference(have: list[tuple[str, pa.DataType]], want: list[tuple[str, pa.DataType]]) -> str:
+    """How the columns ``have`` differ from the table's ``want``, as the end of a sentence naming the file."""
+    types, wanted = dict(have), dict(want)
+    missing = [n for n in wanted if n not in types]
+    if missing:
+        return f"lacks the column(s) {_listed(missing)} of the store schema"
+    extra = [n for n in types if n not in wanted]
+    if extra:
+        return f"has column(s) {_listed(extra)} that the store schema does not have"
+    other = next((n for n in wanted if types[n] != wanted[n]), None)
+    if other is not None:
+        return f"holds column {other} as {types[other]}, the store schema's type is {wanted[other]}"
+    return "has the store schema's columns in another order"
+
+
+def _listed(names: list[str]) -> str:
+    text = ", ".join(names)
     return text if len(text) < 200 else text[:200] + "..."
 
 

@@ -5,6 +5,11 @@ Every section is a dataclass whose fields carry a description (``field(metadata=
 and a test fails when the two drift. The JSON layout is the one schema version 1 wrote, so older
 manifests open unchanged; keys this checkout does not know are kept (``extra``) and written back.
 
+Reading checks every known field against its declared type and, where the store schema limits it, its
+bounds (``doc(..., bounds=(low, high))``: 1 to 128 layers and heads because head_attention.layer and .head are
+int8, counts never negative): a manifest with ``model.heads = 30000000`` or ``"layers": "12"`` is refused with one
+line naming the field, by the job and by the app alike, before anything is built from it.
+
     manifest = read_manifest(run)          # Manifest, or None when the folder has none
     manifest.counts.pairs, manifest.model.layers, manifest.ablations.conditions
     write_manifest(run, manifest)          # atomic (temporary file + rename)
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +33,27 @@ from precompute import crash
 
 MANIFEST = "manifest.json"
 STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"
+MAX_MANIFEST_BYTES = 64 * 2**20  # a real one is a few hundred KB (the ablation condition ids dominate)
+
+# Bounds of the fields the store schema limits (inclusive; None = open). Layers and heads are stored as int8
+# (head_attention.layer, .head: 0 to 127), pair ids as int32; a test checks these against precompute.store.schema.
+MAX_LAYERS = MAX_HEADS = 128
+MAX_PAIRS = 2**31 - 1
+COUNT = (0, None)
+POSITIVE = (1, None)
 
 
 class ManifestError(Exception):
     """A manifest.json that cannot be read (message is one line and names the file)."""
 
 
-def doc(text: str, default: Any = None, *, factory: Any = None) -> Any:
-    """A dataclass field with its description (the generated docs read it)."""
+def doc(text: str, default: Any = None, *, factory: Any = None, bounds: tuple | None = None) -> Any:
+    """A dataclass field with its description (the generated docs read it) and, for a number or a mapping to numbers,
+    the ``bounds`` (low, high) its values must lie in."""
+    metadata = {"doc": text, "bounds": bounds}
     if factory is not None:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -46,11 +63,13 @@ class Section:
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"doc": None})
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Section":
+    def from_dict(cls, data: Any, where: str = "") -> "Section":
+        """The section from its JSON object; ValueError naming the field (``where``: the section's path) when a
+        value is not of the field's type or outside its bounds."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ValueError(f"section {cls.__name__} is {type(data).__name__}, expected an object")
+            raise ValueError(f"section {where.rstrip('.') or cls.__name__} is {_kind(data)}, expected an object")
         hints = typing.get_type_hints(cls)
         known, kwargs = set(), {}
         for f in dataclasses.fields(cls):
@@ -58,7 +77,7 @@ class Section:
                 continue
             known.add(f.name)
             if f.name in data:
-                kwargs[f.name] = _load(hints[f.name], data[f.name])
+                kwargs[f.name] = _load(hints[f.name], data[f.name], f"{where}{f.name}", f.metadata.get("bounds"))
         return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,21 +91,68 @@ class Section:
         return out
 
 
-def _load(hint: Any, value: Any) -> Any:
-    """A JSON value as the field's type: sections recursively, optional sections as None; scalars as they are."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is dict:
-        if len(args) == 2 and _is_section(args[1]):
-            return {k: args[1].from_dict(v) for k, v in (value or {}).items()}
+def _load(hint: Any, value: Any, where: str, bounds: tuple | None = None) -> Any:
+    """A JSON value as the field's type (``hint``): sections recursively, optional sections as None, mappings and
+    lists element by element, scalars checked against their type and ``bounds``; ValueError naming ``where``."""
+    if hint is Any:
         return value
-    if typing.get_origin(hint) is list:
-        if len(args) == 1 and _is_section(args[0]):
-            return [args[0].from_dict(v) for v in value or []]
-        return value
-    section = next((a for a in (hint, *args) if _is_section(a)), None)  # a section, or an optional one
-    if section is not None:
-        return None if value is None else section.from_dict(value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arm in (a for a in args if a is not type(None)):  # the first arm the value fits
+            try:
+                return _load(arm, value, where, bounds)
+            except ValueError as err:
+                errors.append(err)
+        raise errors[0]
+    if _is_section(hint):
+        return hint.from_dict(value, f"{where}.")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} is {_kind(value)}, expected an object")
+        return {k: _load(args[1], v, f"{where}.{k}", bounds) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} is {_kind(value)}, expected a list")
+        return [_load(args[0], v, f"{where}[{i}]", bounds) for i, v in enumerate(value)]
+    return _scalar(hint, value, where, bounds)
+
+
+def _scalar(kind: type, value: Any, where: str, bounds: tuple | None) -> Any:
+    numeric = kind in (int, float)
+    ok = (isinstance(value, kind) and not isinstance(value, bool)) if numeric else isinstance(value, kind)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)  # JSON writes 2.0 as 2 in some tools
+    if ok and kind is float and not math.isfinite(value):
+        ok = False
+    low, high = bounds or (None, None)
+    if ok and numeric and not ((low is None or value >= low) and (high is None or value <= high)):
+        ok = False
+    if not ok:
+        raise ValueError(f"{where} is {_shown(value)}, expected {_expected(kind, bounds)}")
     return value
+
+
+def _expected(kind: type, bounds: tuple | None) -> str:
+    noun = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(kind, kind.__name__)
+    low, high = bounds or (None, None)
+    if low is not None and high is not None:
+        return f"{noun} from {low} to {high}"
+    if low is not None:
+        return f"{noun} of at least {low}"
+    return noun if high is None else f"{noun} of at most {high}"
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), f"the number {value}" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else _kind(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_section(hint: Any) -> bool:
@@ -113,16 +179,19 @@ class Identity(Section):
     model: str | None = doc("The model: absolute path of a local folder, else the Hugging Face id.")
     dataset: str | None = doc("The dataset's source: absolute path of a local folder, else the ir_datasets id.")
     dtype: str | None = doc("--dtype as given (auto, float32, bfloat16, float16).")
-    easy_negatives: int | None = doc("--easy-negatives: random passages per query.")
+    easy_negatives: int | None = doc("--easy-negatives: random passages per query.", bounds=COUNT)
     seed: int | None = doc("--seed of the easy-negative draw.")
     candidates: str | None = doc("--candidates run:NAME, or null for the judged set.")
-    depth: int | None = doc("--depth of the candidate run; null without --candidates.")
-    max_queries: int | None = doc("--max-queries, or null for every judged query.")
-    max_length: int | None = doc("--max-length: tokens per pair (only the document is truncated).")
-    batch_size: int | None = doc("--batch-size: pairs per forward pass (fixes the float summation order).")
+    depth: int | None = doc("--depth of the candidate run; null without --candidates.", bounds=POSITIVE)
+    max_queries: int | None = doc("--max-queries, or null for every judged query.", bounds=POSITIVE)
+    max_length: int | None = doc("--max-length: tokens per pair (only the document is truncated).",
+                                 bounds=POSITIVE)
+    batch_size: int | None = doc("--batch-size: pairs per forward pass (fixes the float summation order).",
+                                 bounds=POSITIVE)
     batch_tokens: int | None = doc("--batch-tokens: most padded tokens per forward pass (batches of long pairs hold "
-                                   "fewer pairs); null = --batch-size pairs whatever their length.")
-    chunk_size: int | None = doc("--chunk-size: pairs per resumable part.")
+                                   "fewer pairs); null = --batch-size pairs whatever their length.",
+                                   bounds=POSITIVE)
+    chunk_size: int | None = doc("--chunk-size: pairs per resumable part.", bounds=POSITIVE)
     template: str | None = doc("--prompt-template of a template family as given; null = the family's default (the "
                                "template used is model.template).")
     answer_tokens: list[str] | None = doc("--answer-tokens of a generative reranker as given; null = the family's "
@@ -139,10 +208,11 @@ class ModelInfo(Section):
     revision: str | None = doc("Hub commit hash when known.")
     architecture: str | None = doc("Transformers class, e.g. BertForSequenceClassification.")
     model_type: str | None = doc("config.model_type, e.g. bert, roberta.")
-    layers: int | None = doc("Number of attention layers (head_attention.layer is 0..layers-1).")
-    heads: int | None = doc("Attention heads per layer.")
-    hidden: int | None = doc("Hidden size (d_model).")
-    num_labels: int | None = doc("Output labels of the classification head (1 or 2).")
+    layers: int | None = doc("Number of attention layers (head_attention.layer is 0..layers-1).",
+                              bounds=(1, MAX_LAYERS))
+    heads: int | None = doc("Attention heads per layer.", bounds=(1, MAX_HEADS))
+    hidden: int | None = doc("Hidden size (d_model).", bounds=POSITIVE)
+    num_labels: int | None = doc("Output labels of the classification head (1 or 2).", bounds=POSITIVE)
     score: str | None = doc("What pairs.score is (names.SCORE_KINDS): 'logit' (one label), 'log_softmax[1]' (two labels: "
                             "log-probability of relevance), 'log_softmax[answer]' (generative rerankers: log-probability "
                             "of the positive answer token against the negative one).")
@@ -158,7 +228,7 @@ class ModelInfo(Section):
     template: str | None = doc("The input template of template families ({query}, {document} slots; {bos}/{eos} for "
                                "the tokenizer's special tokens).")
     answer_tokens: list[str] = doc("Generative rerankers: the (positive, negative) answer token strings.", factory=list)
-    answer_ids: list[int] = doc("Their token ids.", factory=list)
+    answer_ids: list[int] = doc("Their token ids.", factory=list, bounds=COUNT)
 
 
 @dataclass
@@ -174,18 +244,18 @@ class DatasetInfo(Section):
 class Counts(Section):
     """How many pairs and queries the run holds, and what was left out."""
 
-    pairs: int | None = doc("Pairs scored (rows of the pairs table).")
-    queries: int | None = doc("Queries with at least one pair.")
-    neg_type: dict[str, int] = doc("Pairs per pairs.neg_type.", factory=dict)
-    skipped: dict[str, int] = doc("Judged pairs left out for missing passage text, per kind.", factory=dict)
-    truncated: int | None = doc("Pairs whose document was truncated to --max-length.")
+    pairs: int | None = doc("Pairs scored (rows of the pairs table).", bounds=(0, MAX_PAIRS))
+    queries: int | None = doc("Queries with at least one pair.", bounds=(0, MAX_PAIRS))
+    neg_type: dict[str, int] = doc("Pairs per pairs.neg_type.", factory=dict, bounds=COUNT)
+    skipped: dict[str, int] = doc("Judged pairs left out for missing passage text, per kind.", factory=dict, bounds=COUNT)
+    truncated: int | None = doc("Pairs whose document was truncated to --max-length.", bounds=COUNT)
 
 
 @dataclass
 class TableInfo(Section):
     """One finished table of the run folder."""
 
-    rows: int | None = doc("Rows of the table when it was written.")
+    rows: int | None = doc("Rows of the table when it was written.", bounds=COUNT)
 
 
 @dataclass
@@ -193,7 +263,7 @@ class SpectraInfo(Section):
     """The spectra stage's outcome."""
 
     computed: bool | None = doc("Whether the svd table was computed (false: the model's attention is not a plain bilinear form).")
-    rows: int | None = doc("Rows of the svd table.")
+    rows: int | None = doc("Rows of the svd table.", bounds=COUNT)
     matrix: str | None = doc("Which matrix the spectrum is of.")
     reason: str | None = doc("Why the spectra were not computed (when computed is false).")
 
@@ -202,7 +272,7 @@ class SpectraInfo(Section):
 class ContrastsInfo(Section):
     """The matching-head statistics stage's outcome."""
 
-    rows: int | None = doc("Rows of head_contrasts.")
+    rows: int | None = doc("Rows of head_contrasts.", bounds=COUNT)
     test: str | None = doc("The test and its multiple-testing correction.")
 
 
@@ -211,17 +281,18 @@ class AblationsInfo(Section):
     """The ablation stage: how the scores were computed and which conditions the folder holds."""
 
     kernel: str | None = doc("--ablation-kernel the scores were computed with (sdpa or eager); fixed for the folder.")
-    stack: int | None = doc("--ablation-stack: conditions sharing a forward pass; fixed for the folder.")
+    stack: int | None = doc("--ablation-stack: conditions sharing a forward pass; fixed for the folder.",
+                             bounds=POSITIVE)
     conditions: list[str] = doc("Condition ids in ablation_scores, sorted.", factory=list)
-    counts: dict[str, int] = doc("Conditions per ablation_conditions.kind.", factory=dict)
+    counts: dict[str, int] = doc("Conditions per ablation_conditions.kind.", factory=dict, bounds=COUNT)
     measures: list[str] = doc("ir_measures names in ablation_metrics.", factory=list)
     scopes: list[str] = doc("Scopes in ablation_metrics (pairs, judged, run).", factory=list)
     groups: dict[str, list[str]] = doc("User and built-in groups computed: name -> directions.", factory=dict)
     last_request: dict[str, Any] = doc("The ablation flags of the last job that ran the stage, and how many conditions it computed.", factory=dict)
     holm_family: int | None = doc("Largest number of tested conditions in one Holm family of the attention analysis "
-                                  "(per scope x measure).")
+                                  "(per scope x measure).", bounds=COUNT)
     holm_families: dict[str, int] = doc("The same for every analysis (attention, components, subspace): each is its "
-                                        "own Holm family.", factory=dict)
+                                        "own Holm family.", factory=dict, bounds=COUNT)
     refused: list[str] = doc("Conditions refused before the run because they remove only directions the model cannot "
                              "attend (causal models: into a later segment); they are not in the Holm families.",
                              factory=list)
@@ -232,12 +303,14 @@ class PatchingInfo(Section):
     """The patching stage: which experiments the folder holds and what was left out."""
 
     experiments: list[str] = doc("Experiments in patching_effects (tfc1, cls).", factory=list)
-    pairs: dict[str, int] = doc("Input pairs per experiment.", factory=dict)
-    skipped: dict[str, int] = doc("Run pairs without an aligned term and filler, per experiment (tfc1).", factory=dict)
+    pairs: dict[str, int] = doc("Input pairs per experiment.", factory=dict, bounds=COUNT)
+    skipped: dict[str, int] = doc("Run pairs without an aligned term and filler, per experiment (tfc1).", factory=dict,
+                                  bounds=COUNT)
     null_effects: dict[str, int] = doc("Rows whose effect is NULL (|clean - corrupted| < epsilon), per experiment.",
-                                       factory=dict)
-    epsilon: float | None = doc("Score difference below which an effect is NULL.")
-    cls_pairs_per_query: int | None = doc("--patching-pairs: (relevant, hard) combinations drawn per query (cls).")
+                                       factory=dict, bounds=COUNT)
+    epsilon: float | None = doc("Score difference below which an effect is NULL.", bounds=(0, None))
+    cls_pairs_per_query: int | None = doc("--patching-pairs: (relevant, hard) combinations drawn per query (cls).",
+                                          bounds=POSITIVE)
 
 
 @dataclass
@@ -259,7 +332,8 @@ class Invocation(Section):
 class Manifest(Section):
     """``manifest.json``: written first with status 'running', rewritten after every stage, 'complete' last."""
 
-    schema_version: int | None = doc("Store schema version the folder was written with (precompute.store.schema.SCHEMA_VERSION).")
+    schema_version: int | None = doc("Store schema version the folder was written with (precompute.store.schema.SCHEMA_VERSION).",
+                                     bounds=POSITIVE)
     status: str | None = doc("'running' while a job writes the folder, 'complete' when every requested stage finished.")
     created: str | None = doc("When the folder's first job started (UTC, ISO 8601).")
     identity: Identity = doc("What fixes the run's numbers; a rerun with other values is refused.", factory=Identity)
@@ -311,6 +385,9 @@ def read_manifest(run: Path | str) -> Manifest | None:
     """The run folder's manifest, None when it has none; ManifestError when it cannot be read."""
     path = manifest_path(run)
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{path} is {path.stat().st_size:,} bytes, more than a manifest can be "
+                                f"({MAX_MANIFEST_BYTES:,}): it is not one the job wrote")
         text = path.read_text()
     except FileNotFoundError:
         return None
@@ -336,8 +413,18 @@ def field_docs(section: type[Section]) -> list[tuple[str, str, str]]:
         text = f.metadata.get("doc")
         if text is None:
             continue
-        out.append((f.name, _type_name(hints[f.name]), text))
+        out.append((f.name, _type_name(hints[f.name]) + bounds_text(f.metadata.get("bounds")), text))
     return out
+
+
+def bounds_text(bounds: tuple | None) -> str:
+    """``bounds`` as the generated docs write them after a type: ", 0 to 1", ", at least 0", "" when unbounded."""
+    low, high = bounds or (None, None)
+    if low is None and high is None:
+        return ""
+    if low is None:
+        return f", at most {high:g}"
+    return f", at least {low:g}" if high is None else f", {low:g} to {high:g}"
 
 
 def _type_name(hint: Any) -> str:

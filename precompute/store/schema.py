@@ -21,12 +21,19 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 
 
+# Value ranges a column's values must lie in (inclusive; None = unbounded on that side). Declared once here, checked
+# by precompute.store.integrity.verify wherever a file is verified (the job's reads and the app's opening of a run).
+UNIT = (0.0, 1.0)  # attention masses, shares and weights; probabilities
+COUNT = (0, None)  # counts, indices and ids
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
     type: pa.DataType
     doc: str
     nullable: bool = False
+    bounds: tuple[float | None, float | None] | None = None  # (low, high): see UNIT, COUNT
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,11 @@ class Table:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        """Column -> (low, high) for the columns whose values the schema bounds."""
+        return {c.name: c.bounds for c in self.columns if c.bounds is not None}
+
 
 PAIRS = Table(
     name="pairs",
@@ -58,7 +70,7 @@ PAIRS = Table(
     sort_key=("pair_id",),
     doc="The query-passage pairs the model scored, with their judgments and the model's relevance score.",
     columns=(
-        Column("pair_id", pa.int32(), "Pair number, 0-based: queries in dataset order; within a query relevant, hard, easy, each by docid (with --candidates: run candidates by rank, then easy). Joins every other table."),
+        Column("pair_id", pa.int32(), "Pair number, 0-based: queries in dataset order; within a query relevant, hard, easy, each by docid (with --candidates: run candidates by rank, then easy). Joins every other table.", bounds=COUNT),
         Column("qid", pa.string(), "Query id (official TREC/MS MARCO id)."),
         Column("docid", pa.string(), "Passage id (official MS MARCO passage id)."),
         Column("query", pa.string(), "Query text."),
@@ -68,13 +80,14 @@ PAIRS = Table(
                "other queries' candidates), 'unjudged' (run candidate with no judgment; only with --candidates run:NAME)."),
         Column("score", pa.float32(), "The model's relevance score: the logit of one-label models, the log-probability "
                "of the positive class for two-label models (MonoBERT)."),
-        Column("q_tokens", pa.int16(), "Number of query tokens (segment Q)."),
-        Column("d_tokens", pa.int16(), "Number of document tokens kept after truncation (segment D)."),
-        Column("d_tokens_full", pa.int32(), "Number of document tokens before truncation."),
+        Column("q_tokens", pa.int16(), "Number of query tokens (segment Q).", bounds=COUNT),
+        Column("d_tokens", pa.int16(), "Number of document tokens kept after truncation (segment D).", bounds=COUNT),
+        Column("d_tokens_full", pa.int32(), "Number of document tokens before truncation.", bounds=COUNT),
         Column("truncated", pa.bool_(), "True when the document was cut to fit max_length (only the document is ever cut)."),
-        Column("q_exact_tokens", pa.int16(), "Query tokens whose token id occurs among the kept document tokens."),
-        Column("d_exact_tokens", pa.int16(), "Kept document tokens whose token id occurs in the query (the tokens q_d_exact covers)."),
-        Column("run_rank", pa.int16(), "1-based rank in the candidate run (--candidates run:NAME); NULL for pairs not taken from a run.", nullable=True),
+        Column("q_exact_tokens", pa.int16(), "Query tokens whose token id occurs among the kept document tokens.", bounds=COUNT),
+        Column("d_exact_tokens", pa.int16(), "Kept document tokens whose token id occurs in the query (the tokens q_d_exact covers).", bounds=COUNT),
+        Column("run_rank", pa.int16(), "1-based rank in the candidate run (--candidates run:NAME); NULL for pairs not taken from a run.", nullable=True,
+               bounds=(1, None)),
         Column("run_score", pa.float32(), "Score in the candidate run; NULL for pairs not taken from a run.", nullable=True),
     ),
 )
@@ -91,10 +104,11 @@ HEAD_ATTENTION = Table(
     row_group_rows=65_536,
     doc="Per-head attention summaries over the five segments CLS, Q, SEP1, D, SEP2 (25 directions) and matching signals.",
     columns=(
-        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
-        Column("layer", pa.int8(), "Layer, 0-based."),
-        Column("head", pa.int8(), "Head within the layer, 0-based."),
-        *(Column(m.name, pa.float32(), m.doc + " NULL where undefined (see Segments and families).", nullable=True)
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id).", bounds=COUNT),
+        Column("layer", pa.int8(), "Layer, 0-based.", bounds=COUNT),
+        Column("head", pa.int8(), "Head within the layer, 0-based.", bounds=COUNT),
+        *(Column(m.name, pa.float32(), m.doc + " NULL where undefined (see Segments and families).", nullable=True,
+                 bounds=UNIT)
           for m in SUMMARY_METRICS),
     ),
 )
@@ -107,16 +121,16 @@ HEAD_ATTENTION_AGG = Table(
     "Means and variances of any slice come from it without scanning head_attention: "
     "mean = sum(<m>_sum) / sum(n), var = sum(<m>_sumsq) / sum(n) - mean^2.",
     columns=(
-        Column("layer", pa.int8(), "Layer, 0-based."),
-        Column("head", pa.int8(), "Head, 0-based."),
+        Column("layer", pa.int8(), "Layer, 0-based.", bounds=COUNT),
+        Column("head", pa.int8(), "Head, 0-based.", bounds=COUNT),
         Column("qid", pa.string(), "Query id."),
         Column("neg_type", pa.string(), "Pair kind, as pairs.neg_type."),
         Column("grade", pa.int8(), "Grade, as pairs.grade."),
-        Column("n", pa.int32(), "Number of pairs in the group."),
+        Column("n", pa.int32(), "Number of pairs in the group.", bounds=COUNT),
         *(Column(f"{m}_sum", pa.float64(), f"Sum of head_attention.{m} over the group; NULL where it is undefined.",
-                 nullable=True) for m in METRICS),
+                 nullable=True, bounds=(0, None)) for m in METRICS),
         *(Column(f"{m}_sumsq", pa.float64(), f"Sum of squares of head_attention.{m} over the group; NULL where it "
-                 "is undefined.", nullable=True) for m in METRICS),
+                 "is undefined.", nullable=True, bounds=(0, None)) for m in METRICS),
     ),
 )
 
@@ -128,8 +142,9 @@ _CONDITION_COLUMNS = (
     Column("mode", pa.string(), "'zero' (post-softmax weights set to 0, not renormalised; the paper's), 'mask' "
            "(removed before the softmax), 'none' for the baseline."),
     Column("layers", pa.string(), "Layers the condition applies to: 'all', a range '0-5', a single layer '3'."),
-    Column("layer", pa.int8(), "The single layer of a per-layer sweep or head ablation; NULL when several layers.", nullable=True),
-    Column("head", pa.int8(), "The ablated head (head ablation); NULL otherwise.", nullable=True),
+    Column("layer", pa.int8(), "The single layer of a per-layer sweep or head ablation; NULL when several layers.", nullable=True,
+           bounds=COUNT),
+    Column("head", pa.int8(), "The ablated head (head ablation); NULL otherwise.", nullable=True, bounds=COUNT),
 )
 
 ABLATION_CONDITIONS = Table(
@@ -153,7 +168,7 @@ ABLATION_SCORES = Table(
     doc="The model's score of every pair under every ablation condition.",
     columns=(
         Column("condition_id", pa.string(), "Condition (joins ablation_conditions)."),
-        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id).", bounds=COUNT),
         Column("score", pa.float32(), "Relevance score under the ablation (same definition as pairs.score)."),
     ),
 )
@@ -187,14 +202,15 @@ ABLATION_SUMMARY = Table(
                "Absent from schema-version-1 stores (all 'attention')."),
         Column("scope", pa.string(), "As ablation_metrics.scope."),
         Column("measure", pa.string(), "ir_measures name."),
-        Column("n_queries", pa.int32(), "Queries the mean is over."),
+        Column("n_queries", pa.int32(), "Queries the mean is over.", bounds=COUNT),
         Column("mean", pa.float64(), "Mean of the measure over queries under the condition."),
         Column("baseline", pa.float64(), "Mean of the measure over the same queries without ablation."),
         Column("delta", pa.float64(), "mean - baseline."),
         Column("t", pa.float64(), "Paired t statistic (condition vs baseline, per query); NULL if undefined.", nullable=True),
-        Column("p", pa.float64(), "Two-sided p-value of the paired t-test; NULL if undefined (identical scores).", nullable=True),
+        Column("p", pa.float64(), "Two-sided p-value of the paired t-test; NULL if undefined (identical scores).", nullable=True,
+               bounds=UNIT),
         Column("p_holm", pa.float64(), "p after Holm correction across the run's conditions of the same analysis (per "
-               "scope and measure).", nullable=True),
+               "scope and measure).", nullable=True, bounds=UNIT),
     ),
 )
 
@@ -205,15 +221,17 @@ SVD = Table(
     doc="Spectrum of each head's query-key matrix W_Q^h (W_K^h)^T (d_model x d_model, rank <= head_dim); which part of "
     "the attention logit it describes for the run's family is the manifest's spectra.matrix.",
     columns=(
-        Column("layer", pa.int8(), "Layer, 0-based."),
-        Column("head", pa.int8(), "Head, 0-based."),
+        Column("layer", pa.int8(), "Layer, 0-based.", bounds=COUNT),
+        Column("head", pa.int8(), "Head, 0-based.", bounds=COUNT),
         Column("kv_head", pa.int8(), "The key head whose keys this (query) head meets: under grouped-query attention "
                "several heads share one (head // (heads / key heads)); equal to head otherwise. Absent from "
-               "schema-version-1 stores."),
-        Column("k", pa.int16(), "Index of the singular value, 0 = largest."),
-        Column("sigma", pa.float32(), "k-th singular value of the unscaled W_Q^h (W_K^h)^T (the attention logit divides by sqrt(head_dim))."),
+               "schema-version-1 stores.", bounds=COUNT),
+        Column("k", pa.int16(), "Index of the singular value, 0 = largest.", bounds=COUNT),
+        Column("sigma", pa.float32(), "k-th singular value of the unscaled W_Q^h (W_K^h)^T (the attention logit divides by sqrt(head_dim)).",
+               bounds=(0, None)),
         Column("alignment", pa.float32(), "u_k . v_k: cosine between the k-th left and right singular vectors (1 = "
-               "the head matches a direction with itself, the signature of a matching head)."),
+               "the head matches a direction with itself, the signature of a matching head).",
+               bounds=(-1.0, 1.0)),
     ),
 )
 
@@ -223,19 +241,20 @@ HEAD_CONTRASTS = Table(
     sort_key=("contrast", "metric", "layer", "head"),
     doc="Matching-head statistics: how each head's summary metric differs between relevant passages and negatives.",
     columns=(
-        Column("layer", pa.int8(), "Layer, 0-based."),
-        Column("head", pa.int8(), "Head, 0-based."),
+        Column("layer", pa.int8(), "Layer, 0-based.", bounds=COUNT),
+        Column("head", pa.int8(), "Head, 0-based.", bounds=COUNT),
         Column("metric", pa.string(), "A head_attention metric column (e.g. 'q_d', 'q2d_max', 'q_d_exact')."),
         Column("contrast", pa.string(), "'relevant_vs_easy' or 'relevant_vs_hard'."),
-        Column("n_a", pa.int32(), "Relevant pairs."),
-        Column("n_b", pa.int32(), "Negative pairs."),
-        Column("mean_a", pa.float64(), "Mean over relevant pairs."),
-        Column("mean_b", pa.float64(), "Mean over the negatives."),
-        Column("diff", pa.float64(), "mean_a - mean_b."),
+        Column("n_a", pa.int32(), "Relevant pairs.", bounds=COUNT),
+        Column("n_b", pa.int32(), "Negative pairs.", bounds=COUNT),
+        Column("mean_a", pa.float64(), "Mean over relevant pairs.", bounds=UNIT),
+        Column("mean_b", pa.float64(), "Mean over the negatives.", bounds=UNIT),
+        Column("diff", pa.float64(), "mean_a - mean_b.", bounds=(-1.0, 1.0)),
         Column("cohen_d", pa.float64(), "Cohen's d (pooled standard deviation); NULL when both groups are constant.", nullable=True),
-        Column("u", pa.float64(), "Mann-Whitney U statistic of the relevant group."),
-        Column("p", pa.float64(), "Two-sided Mann-Whitney p-value."),
-        Column("p_holm", pa.float64(), "p after Holm correction across all layers x heads x metrics of the contrast."),
+        Column("u", pa.float64(), "Mann-Whitney U statistic of the relevant group.", bounds=(0, None)),
+        Column("p", pa.float64(), "Two-sided Mann-Whitney p-value.", bounds=UNIT),
+        Column("p_holm", pa.float64(), "p after Holm correction across all layers x heads x metrics of the contrast.",
+               bounds=UNIT),
     ),
 )
 
@@ -246,11 +265,11 @@ DECODER_CROSS_ATTENTION = Table(
     doc="Cross-attention of the decoder's scoring position (its first step) onto the encoder's five segments: the "
     "weight it gives each segment's tokens, summed. The five values of a row sum to 1.",
     columns=(
-        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
-        Column("layer", pa.int8(), "Decoder layer, 0-based."),
-        Column("head", pa.int8(), "Head within the layer, 0-based."),
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id).", bounds=COUNT),
+        Column("layer", pa.int8(), "Decoder layer, 0-based.", bounds=COUNT),
+        Column("head", pa.int8(), "Head within the layer, 0-based.", bounds=COUNT),
         *(Column(seg, pa.float32(), f"Summed cross-attention weight on the encoder's {seg} segment (meaning per "
-                 "family in the manifest's model.segment_labels).") for seg in SEGMENTS),
+                 "family in the manifest's model.segment_labels).", bounds=UNIT) for seg in SEGMENTS),
     ),
 )
 
@@ -267,10 +286,10 @@ COMPONENT_MEANS = Table(
     "pairs: what mean-mode component ablations (mlp@3:d/mean) put in place of the removed output, stored so the "
     "ablation scores are reproducible.",
     columns=(
-        Column("layer", pa.int8(), "Layer, 0-based."),
+        Column("layer", pa.int8(), "Layer, 0-based.", bounds=COUNT),
         _COMPONENT,
         _SEGMENT,
-        Column("tokens", pa.int64(), "Tokens averaged over (all pairs)."),
+        Column("tokens", pa.int64(), "Tokens averaged over (all pairs).", bounds=COUNT),
         Column("mean", pa.list_(pa.float32()), "The mean output vector (hidden size)."),
     ),
 )
@@ -282,10 +301,10 @@ COMPONENT_SUMS = Table(
     doc="Per-chunk sums behind component_means (resumable parts).",
     internal=True,
     columns=(
-        Column("layer", pa.int8(), "Layer."),
+        Column("layer", pa.int8(), "Layer.", bounds=COUNT),
         _COMPONENT,
         _SEGMENT,
-        Column("tokens", pa.int64(), "Tokens summed."),
+        Column("tokens", pa.int64(), "Tokens summed.", bounds=COUNT),
         Column("sum", pa.list_(pa.float64()), "Sum of the output vectors."),
     ),
 )
@@ -299,10 +318,11 @@ PATCHING_PAIRS = Table(
     "relevant passage (clean) against a hard negative (corrupted) of the same query.",
     columns=(
         Column("experiment", pa.string(), "'tfc1' or 'cls'."),
-        Column("patch_id", pa.int32(), "The input pair within the experiment (joins patching_effects)."),
+        Column("patch_id", pa.int32(), "The input pair within the experiment (joins patching_effects).", bounds=COUNT),
         Column("pair_id", pa.int32(), "The run's pair the corrupted input is (tfc1: the pair whose passage got the "
-               "filler; cls: the hard negative). Joins pairs."),
-        Column("clean_pair_id", pa.int32(), "cls: the relevant pair (the clean input); NULL for tfc1.", nullable=True),
+               "filler; cls: the hard negative). Joins pairs.", bounds=COUNT),
+        Column("clean_pair_id", pa.int32(), "cls: the relevant pair (the clean input); NULL for tfc1.", nullable=True,
+               bounds=COUNT),
         Column("term", pa.string(), "tfc1: the query term inserted in the clean passage; NULL for cls.", nullable=True),
         Column("filler", pa.string(), "tfc1: the filler inserted in the corrupted passage; NULL for cls.", nullable=True),
     ),
@@ -316,10 +336,11 @@ PATCHING_EFFECTS = Table(
     "(patched - corrupted) / (clean - corrupted), the share of the score difference the activation recovers.",
     columns=(
         Column("experiment", pa.string(), "'tfc1' or 'cls' (see patching_pairs)."),
-        Column("patch_id", pa.int32(), "The input pair (joins patching_pairs)."),
-        Column("pair_id", pa.int32(), "The run's pair the corrupted input is (joins pairs: neg_type, grade)."),
-        Column("layer", pa.int8(), "Layer of the patched activation, 0-based."),
-        Column("head", pa.int8(), "The patched head (component 'head'); NULL for block components.", nullable=True),
+        Column("patch_id", pa.int32(), "The input pair (joins patching_pairs).", bounds=COUNT),
+        Column("pair_id", pa.int32(), "The run's pair the corrupted input is (joins pairs: neg_type, grade).", bounds=COUNT),
+        Column("layer", pa.int8(), "Layer of the patched activation, 0-based.", bounds=COUNT),
+        Column("head", pa.int8(), "The patched head (component 'head'); NULL for block components.", nullable=True,
+               bounds=COUNT),
         Column("component", pa.string(), "'resid' (the layer's output: the residual stream), 'attn' and 'mlp' (the "
                "blocks' output projections, before their residual add), 'head' (one head's attention output before "
                "the output projection)."),
@@ -341,11 +362,11 @@ SUBSPACE_HEAD_METRICS = Table(
     "intervention; the same head's head_attention row is its value without it (view subspace_effects).",
     columns=(
         Column("condition_id", pa.string(), "A subspace condition, e.g. 'qk:3.5:k2/remove' (joins ablation_conditions)."),
-        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id)."),
-        Column("layer", pa.int8(), "The condition's layer."),
-        Column("head", pa.int8(), "The condition's head."),
+        Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id).", bounds=COUNT),
+        Column("layer", pa.int8(), "The condition's layer.", bounds=COUNT),
+        Column("head", pa.int8(), "The condition's head.", bounds=COUNT),
         *(Column(m.name, pa.float32(), f"{m.label} of the head under the intervention (head_attention.{m.name}).",
-                 nullable=True) for m in SUMMARY_METRICS),
+                 nullable=True, bounds=UNIT) for m in SUMMARY_METRICS),
     ),
 )
 

@@ -1,6 +1,7 @@
 """A tiny, internally consistent store built in code, for the app tests.
 
-Every public table of ``precompute.store.schema.TABLES`` is written through ``RunWriter.write_table``;
+Every public table of ``precompute.store.schema.TABLES`` is written through ``RunWriter.write_table``, with the
+run's identity in every file as the job writes it (``v1`` runs record none, as that version did);
 derived tables are derived, not invented: ``head_attention_agg`` is DuckDB's GROUP BY over
 ``head_attention`` joined with ``pairs``, ``ablation_summary`` and ``head_contrasts`` are computed
 from the per-query / per-pair tables, so a number the app shows can be checked against a direct
@@ -30,7 +31,7 @@ from precompute.metrics import METRICS
 from precompute.names import EASY_GRADE, SEGMENTS
 from precompute.conditions.condition import ANALYSIS_OF_KIND
 from precompute.store.schema import SCHEMA_VERSION, TABLES
-from precompute.store.manifest import Manifest, write_manifest
+from precompute.store.manifest import Identity, Manifest, write_manifest
 from precompute.store.writer import RunWriter
 
 OPTIONAL_TABLES = ("ablation_conditions", "ablation_scores", "ablation_metrics", "ablation_summary", "svd",
@@ -106,7 +107,9 @@ def build_run(
     causal = family == "causal"
     rng = np.random.default_rng(seed)
     root = Path(store) / f"{dataset}__{model}"
-    w = RunWriter(root)
+    identity = Identity(model=model_id or f"models/{model}-not-on-this-machine", dataset=f"/nowhere/{dataset}",
+                        dtype="float32", easy_negatives=2, seed=seed, max_length=512, batch_size=32, chunk_size=256)
+    w = RunWriter(root, identity=None if family == "v1" else identity.to_dict())  # v1: files record no identity
     w.ensure_writable()
 
     # -- pairs: per query 3 relevant (grades 1-3), 3 hard (grade 0), 2 easy (grade -1) ----------
@@ -193,6 +196,7 @@ def build_run(
     manifest = {
         "schema_version": 1 if family == "v1" else SCHEMA_VERSION,
         "status": "complete",
+        "identity": identity.to_dict(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_section,
         "dataset": {"spec": f"../shared/data/{dataset}", "name": dataset, "source": f"/nowhere/{dataset}"},
@@ -336,6 +340,8 @@ def _write_subspace_metrics(w: RunWriter, ha: pd.DataFrame, conds: list[dict]) -
             rows["d_q"] = rows["d_q"] * factor
             rows["d_d"] = rows["d_d"] + moved
         rows["d_d"] = rows["d_d"] * 1.01  # a small change elsewhere: the largest "other" direction
+        for m in METRICS:  # masses stay masses (the schema bounds them to [0, 1])
+            rows[m] = rows[m].clip(0, 1)
         rows.insert(0, "condition_id", c["condition_id"])
         out.append(rows)
     df = pd.concat(out, ignore_index=True)
@@ -473,6 +479,61 @@ def build_bad_store(store: Path) -> Path:
     build_run(store, dataset="trec-dl-2019", model="busy-ce", optional=False,
               manifest_overrides={"status": "running"})
     return Path(store)
+
+
+# Text a link or a store may carry that Markdown would turn into a live link, an image, HTML, bold, a colour or math,
+# each piece with the pattern of its raw form, so a test can tell which one got through (tests/app/test_markdown.py).
+HOSTILE_PIECES = {
+    "link": ("[Session expired: sign in](https://evil.example/x)", r"(?<!\\)\[Session expired: sign in(?<!\\)\]\("),
+    "image": ("![pixel](https://evil.example/p.png)", r"(?<!\\)!(?<!\\)\[pixel"),
+    "url": ("https://evil.example/auto", r"https://evil"),
+    "www": ("www.evil.example", r"www\.evil"),
+    "email": ("spy@evil.example", r"spy@evil"),
+    "html": ("<img src=evil.png>", r"(?<!\\)<img"),
+    "bold": ("**bold-evil**", r"(?<!\\)\*(?<!\\)\*bold-evil"),
+    "colour": (":red[evil-red]", r":red(?<!\\)\[evil"),
+    "math": ("$evil^2$", r"(?<!\\)\$evil"),
+}
+# ... and a backtick, which closed the code spans the app put names in (`{run.name}`) and let the rest loose
+HOSTILE = " ".join(text for text, _ in HOSTILE_PIECES.values()) + " `evil-code`"
+HOSTILE_FOLDER = "trec-dl-2020__[sign in](https:evil.example) **bold-evil** :red[evil-red]"  # no "/" in a name
+HOSTILE_PLAIN = "trec-dl-2020__plain-hostile"
+
+
+def build_hostile_store(store: Path) -> Path:
+    """Runs whose every string the app shows comes from the store and is :data:`HOSTILE`: a full run in a folder
+    named with Markdown (manifest names, ids, segment words, parameters; query and passage texts; the ablation
+    measure) and a run without optional tables whose spectra were not computed for a hostile reason."""
+    model = {"id": f"models/{HOSTILE}", "name": f"model {HOSTILE}", "architecture": f"arch {HOSTILE}",
+             "model_type": f"type {HOSTILE}", "layers": 2, "heads": 2, "hidden": 64, "num_labels": 1, "score": "logit",
+             "family": f"family {HOSTILE}", "attention": f"attention {HOSTILE}", "causal": False,
+             "segment_labels": {s: f"{s.upper()} {HOSTILE}" for s in SEGMENTS},
+             "template": f"{{query}} {HOSTILE} {{document}}", "answer_tokens": [f"yes {HOSTILE}", "no"],
+             "answer_ids": [1, 2]}
+    dataset = {"spec": f"data/{HOSTILE}", "name": f"dataset {HOSTILE}", "source": f"/nowhere/{HOSTILE}"}
+    parameters = {"max_length": f"512 {HOSTILE}", "seed": f"0 {HOSTILE}", "easy_negatives": f"2 {HOSTILE}"}
+    common = {"model": model, "dataset": dataset, "parameters": parameters, "created": f"today {HOSTILE}"}
+    full = build_run(store, dataset="trec-dl-2020", model=HOSTILE_FOLDER.split("__", 1)[1], layers=2, heads=2,
+                     n_queries=2, manifest_overrides=common)
+    _rewrite_strings(full, "pairs", {"query": lambda v: f"{v} {HOSTILE}", "doc": lambda v: f"{v} {HOSTILE}"})
+    for table in ("ablation_metrics", "ablation_summary"):
+        _rewrite_strings(full, table, {"measure": lambda v: f"{v} {HOSTILE}"})
+    build_run(store, dataset="trec-dl-2020", model="plain-hostile", layers=2, heads=2, n_queries=2, optional=False,
+              manifest_overrides={**common, "spectra": {"computed": False, "reason": f"reason {HOSTILE}",
+                                                        "matrix": f"matrix {HOSTILE}"}})
+    return Path(store)
+
+
+def _rewrite_strings(run: Path, table: str, changes: dict) -> None:
+    """Rewrite string columns of one table of ``run`` in place, keeping its identity and row count."""
+    from precompute.store import integrity
+
+    path = run / f"{table}.parquet"
+    data = pq.read_table(path)
+    for column, change in changes.items():
+        values = [change(v) for v in data.column(column).to_pylist()]
+        data = data.set_column(data.schema.get_field_index(column), column, pa.array(values, pa.string()))
+    RunWriter(run, identity=integrity.stored_identity(path)).write_table(table, data)
 
 
 CAUSAL, MONOT5, DEEP, V1 = ("trec-dl-2020__tiny-decoder", "trec-dl-2020__tiny-monot5", "trec-dl-2020__deep-ce",

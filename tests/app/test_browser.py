@@ -74,6 +74,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(store, driver, tmp_path_factory):
+    yield from _serve(store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def hostile_server(driver, tmp_path_factory):
+    from tests.app.synthetic import build_hostile_store
+
+    yield from _serve(build_hostile_store(tmp_path_factory.mktemp("hostile")), tmp_path_factory)
+
+
+def _serve(store: Path, tmp_path_factory):
+    """A Streamlit server of the app over ``store``: its URL, for the life of the module."""
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
     env = dict(os.environ, ATLAS_STORE=str(store), ATLAS_SQL_TIMEOUT="15")  # (the heavy-links test waits for it)
@@ -154,6 +166,54 @@ def test_error_boxes_are_detected(driver, server):
         lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ERROR_BOX)])
     assert "COPY statements are not allowed" in errors[0]
     assert not Path("/tmp/atlas-browser-leak.csv").exists()
+
+
+# What the hostile pieces would become (selector, and the text the element would hold exactly; None: any)
+LIVE = {"link": ("a[href*='evil']:not([href^='#'])", None),  # not a heading's own anchor
+        "image": ("img[src*='evil']", None), "bold": ("strong, b", "bold-evil"),
+        "colour": ("span", "evil-red"), "math": (".katex", None)}
+
+
+def _live_hostile(driver) -> dict[str, list[str]]:
+    """Elements the hostile text became (a link, an image, bold text, a colour, math) rather than text."""
+    from selenium.webdriver.common.by import By
+
+    found = {}
+    for name, (selector, text) in LIVE.items():
+        hits = [e.get_attribute("outerHTML")[:120] for e in driver.find_elements(By.CSS_SELECTOR, selector)
+                if ("evil" in (e.get_attribute("outerHTML") or "")) if text is None or e.text.strip() == text]
+        if hits:
+            found[name] = hits
+    return found
+
+
+def test_a_run_named_in_a_link_and_a_quoted_identifier_render_as_text(driver, server):
+    """?run=[Session expired: sign in](https://evil.example/x) made a live link in the sidebar warning, and so did a
+    quoted identifier in ?sql_q= in the SQL error box."""
+    from selenium.webdriver.common.by import By
+
+    link = "[Session expired: sign in](https://evil.example/x)"
+    _load(driver, f"{server}/?run={urllib.parse.quote(link)}", "Overview", 1)
+    sidebar = driver.find_element(By.CSS_SELECTOR, "[data-testid='stSidebar']").text
+    assert "Session expired" in sidebar and not _live_hostile(driver), _live_hostile(driver)
+    query = urllib.parse.quote(f'SELECT "{link}" FROM pairs')
+    _load(driver, f"{server}/sql?run={DL20}&sql_q={query}", "SQL", 0)
+    errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ERROR_BOX)]
+    assert errors and link in errors[0].replace("\u2060", ""), errors  # as typed (less the invisible word joiner)
+    assert not _live_hostile(driver), _live_hostile(driver)
+
+
+@pytest.mark.parametrize("path, title, charts", PAGES, ids=[p[1] for p in PAGES])
+def test_hostile_store_text_renders_as_text(driver, hostile_server, path, title, charts):
+    """Every page of a run whose names, manifest fields, queries, passages and measures are Markdown links, images,
+    bold, colours and autolinks: none of them becomes an element of the page."""
+    from selenium.webdriver.common.by import By
+
+    from tests.app.synthetic import HOSTILE_FOLDER
+
+    _load(driver, f"{hostile_server}/{path}?run={urllib.parse.quote(HOSTILE_FOLDER)}", title, 0)
+    assert "evil" in driver.find_element(By.TAG_NAME, "body").text
+    assert not _live_hostile(driver), _live_hostile(driver)
 
 
 def test_shared_link_restores_the_view(driver, server):

@@ -165,16 +165,33 @@ def test_a_damaged_run_is_named_and_the_others_stay_usable(own_store, monkeypatc
         assert not one_line_errors(at), view
 
 
-def test_a_page_query_that_fails_is_one_line(own_store, monkeypatch):
-    """A table the footer check passes (its columns are there) but a page's query cannot use: that page says so
-    in one line, the other pages of the run work."""
+def test_a_table_of_another_type_makes_the_run_unopenable(own_store, monkeypatch):
+    """A column rewritten with another type (kind as int8) used to pass the footer check and fail one page's query:
+    the run is now refused with the file and the column named, before any page reads it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = own_store / DL20 / "ablation_summary.parquet"
     t = pq.read_table(path)
     pq.write_table(t.set_column(t.schema.get_field_index("kind"), "kind", pa.array([0] * len(t), pa.int8())), path)
-    assert inspect_run(own_store / DL20).ok
+    assert f"{path} holds column kind as int8, the store schema's type is string" in inspect_run(path.parent).problem
+    at = page(own_store, "overview", monkeypatch, run=DL20)
+    errors = one_line_errors(at)
+    assert any(str(path) in e for e in errors) and at.title[0].value == "Matching Atlas", errors
+
+
+def test_a_page_query_that_fails_is_one_line(own_store, monkeypatch):
+    """A query that fails on a verified run (here DuckDB's conversion error, raised by the Ablations page's first
+    query): that page says so in one line naming the run, the other pages of the run work."""
+    import duckdb
+
+    from app import ablation_queries
+
+    def ablation_options(con):
+        raise duckdb.ConversionException("Conversion Error: Could not convert string 'direction' to INT8")
+
+    ablation_options.__module__ = ablation_queries.__name__  # app.data runs only the query modules' functions
+    monkeypatch.setattr(ablation_queries, "ablation_options", ablation_options)
     at = page(own_store, "ablations", monkeypatch, run=DL20)
     errors = one_line_errors(at)
     assert len(errors) == 1 and DL20 in errors[0] and "Conversion Error" in errors[0], errors

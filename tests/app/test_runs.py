@@ -46,9 +46,12 @@ def test_a_schema_version_1_store_still_opens(store, tmp_path):
     """Version 1 had no svd.kv_head (a later column): such a run opens, the same file in a current run does not."""
     import pyarrow.parquet as pq
 
+    from precompute.store import integrity
+
     run = copy_run(store, tmp_path)
     svd = run / "svd.parquet"
-    pq.write_table(pq.read_table(svd).drop_columns(["kv_head"]), svd)
+    integrity.write(pq.read_table(svd).drop_columns(["kv_head"]), svd, table="svd",
+                    identity=integrity.stored_identity(svd), row_group_size=1000)
     man = json.loads((run / "manifest.json").read_text())
     man["schema_version"] = 1
     (run / "manifest.json").write_text(json.dumps(man))

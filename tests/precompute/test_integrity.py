@@ -110,7 +110,8 @@ def test_verify_catches_flipped_bytes_anywhere(tmp_path):
 
     spec = TABLES["head_attention"]
     rng = np.random.default_rng(0)
-    data = pa.table({c.name: pa.array((rng.random(5000) * 100).astype(c.type.to_pandas_dtype()), c.type)
+    data = pa.table({c.name: pa.array((rng.random(5000) * (1 if pa.types.is_floating(c.type) else 100))  # in bounds
+                                      .astype(c.type.to_pandas_dtype()), c.type)
                      for c in spec.columns}).cast(spec.schema)
     path = tmp_path / "t.parquet"
     integrity.write(data, path, table=spec.name, identity={"model": "m"}, row_group_size=1000)
@@ -267,3 +268,93 @@ def test_grouped_row_groups_are_cut_at_the_size_limit_within_a_group(tmp_path):
     integrity.write_batches(reader, schema, path, table="t", identity=None, row_group_size=10, group_by=("layer", "head"))
     md = pq.ParquetFile(path).metadata
     assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [10, 10, 5, 3, 10]
+
+
+# -- bounds, identity, parallel verification ----------------------------------------------------------------------
+
+
+def _valid_column(column, n: int) -> pa.Array:
+    """``n`` values of ``column`` inside its schema bounds."""
+    low, high = column.bounds or (None, None)
+    if pa.types.is_list(column.type):
+        return pa.array([[0.5]] * n, column.type)
+    if pa.types.is_string(column.type):
+        return pa.array(["x"] * n, column.type)
+    if pa.types.is_boolean(column.type):
+        return pa.array([False] * n, column.type)
+    value = low if low is not None else (high if high is not None else 0)
+    if (low, high) == (0.0, 1.0) or (low, high) == (-1.0, 1.0):
+        value = 0.5
+    return pa.array([value] * n, column.type)
+
+
+def _outside(column) -> float:
+    low, high = column.bounds
+    return high + 0.5 if high is not None else low - 1  # beyond the float slack, and a whole integer step
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_bound_of_every_table_is_checked(name, tmp_path):
+    """A value outside the bounds precompute.store.schema declares (a mass of 741.6, a negative count) fails
+    verification naming the file, the column and the allowed range; the same table inside its bounds passes."""
+    spec = TABLES[name]
+    path = tmp_path / f"{name}.parquet"
+    good = pa.table({c.name: _valid_column(c, 40) for c in spec.columns}).cast(spec.schema)
+    integrity.write(good, path, table=name, identity=None, row_group_size=10)
+    assert integrity.verify(path, name, spec.schema, threads=2) == 40
+    assert spec.bounds, f"{name} declares no bounds"
+    for column in spec.columns:
+        if column.bounds is None:
+            continue
+        values = good.column(column.name).to_pylist()
+        values[27] = _outside(column)  # in the third of four row groups
+        bad = good.set_column(good.schema.get_field_index(column.name), column.name, pa.array(values, column.type))
+        integrity.write(bad, path, table=name, identity=None, row_group_size=10)
+        with pytest.raises(integrity.CorruptFile) as err:
+            integrity.verify(path, name, spec.schema, threads=2)
+        assert f"column {column.name} of row group 2" in str(err.value) and "outside the range" in str(err.value)
+
+
+def test_nan_and_null_are_not_out_of_bounds(tmp_path):
+    """NaN and NULL mean "undefined" (a causal model's impossible directions): verification lets them through."""
+    spec = TABLES["head_attention"]
+    data = pa.table({c.name: _valid_column(c, 4) for c in spec.columns}).cast(spec.schema)
+    data = data.set_column(data.schema.get_field_index("q_d"), "q_d", pa.array([float("nan"), None, 0.5, 1.0],
+                                                                                pa.float32()))
+    integrity.write(data, tmp_path / "h.parquet", table="head_attention", identity=None, row_group_size=2)
+    assert integrity.verify(tmp_path / "h.parquet", "head_attention", spec.schema) == 4
+
+
+def test_the_footer_names_a_table_of_another_run(tmp_path):
+    spec = TABLES["svd"]
+    data = pa.table({c.name: _valid_column(c, 3) for c in spec.columns}).cast(spec.schema)
+    path = tmp_path / "svd.parquet"
+    integrity.write(data, path, table="svd", identity={"model": "/models/a", "seed": 1}, row_group_size=3)
+    integrity.check_footer(path, "svd", spec.schema, rows=3, identity={"model": "/models/a", "seed": 1})
+    with pytest.raises(integrity.CorruptFile, match=r"was written by another run: its model is '/models/a', the "
+                                                    r"manifest's is '/models/b'"):
+        integrity.verify(path, "svd", spec.schema, identity={"model": "/models/b", "seed": 1})
+    with pytest.raises(integrity.CorruptFile, match="has 3 rows, the manifest recorded 4"):
+        integrity.check_footer(path, "svd", spec.schema, rows=4)
+    with pytest.raises(integrity.CorruptFile, match=r"lacks the column\(s\) extra of the store schema"):
+        integrity.check_footer(path, "svd", spec.schema.append(pa.field("extra", pa.int8())))
+    with pytest.raises(integrity.CorruptFile, match="holds column k as int16, the store schema's type is int32"):
+        integrity.check_footer(path, "svd", spec.schema.set(3, pa.field("k", pa.int32())))
+    integrity.write(data, path, table="svd", identity=None, row_group_size=3)
+    with pytest.raises(integrity.CorruptFile, match="does not record which run wrote it"):
+        integrity.check_footer(path, "svd", spec.schema, identity={"model": "/models/a"})
+
+
+def test_parallel_verification_reports_progress_and_finds_the_damage(tmp_path):
+    spec = TABLES["head_attention"]
+    rng = np.random.default_rng(1)
+    data = pa.table({c.name: pa.array((rng.random(20_000) * (1 if pa.types.is_floating(c.type) else 100))
+                                      .astype(c.type.to_pandas_dtype()), c.type) for c in spec.columns}).cast(spec.schema)
+    path = tmp_path / "head_attention.parquet"
+    integrity.write(data, path, table="head_attention", identity=None, row_group_size=500)
+    seen: list[int] = []
+    assert integrity.verify(path, "head_attention", spec.schema, threads=2, progress=seen.append) == 20_000
+    assert seen == sorted(seen) and seen[-1] == 20_000
+    flip(path, n=1, seed=3)
+    with pytest.raises(integrity.CorruptFile):
+        integrity.verify(path, "head_attention", spec.schema, threads=2)
