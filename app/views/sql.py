@@ -12,12 +12,8 @@ import streamlit as st
 from app import data, queries, state, ui
 from app.connections import run_sql
 from app.errors import one_line
-<<<<<<< HEAD
 from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError
-=======
-from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError, run_sql
 from app.text import code, escape
->>>>>>> h16-app
 from precompute.store.schema import TABLES
 
 ctx, run = ui.require_run()
