@@ -9,7 +9,7 @@ loading the model and :func:`check_pairs_fit` right after building the pairs; ea
 from __future__ import annotations
 
 from precompute.conditions import AblationRequest
-from precompute.model import ModelError, learned_positions
+from precompute.families.loading import ModelError, learned_positions
 
 
 def check_ablation_flags(cfg, lm) -> None:
@@ -59,9 +59,9 @@ def check_kernels(lm) -> None:
     """One tiny pair through the summary kernel (and the SDPA ablation kernel where the run would use it), so an
     architecture that passes an attention argument the kernels do not implement, or that calls attention other
     than once per layer, is refused in one line before any pass, not hours into it."""
-    from precompute.kernels.ablation import AblationProbe
+    from precompute.kernels.sdpa import AblationProbe
     from precompute.kernels.state import KernelError
-    from precompute.kernels.summary import SummaryProbe
+    from precompute.kernels.eager import SummaryProbe
 
     batch = lm.encode(["what is a query"], ["a short document about a query"], 64).to(lm.device)
     try:

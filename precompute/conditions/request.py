@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from precompute.conditions import components as comp
-from precompute.conditions import subspace as qk
+from precompute.conditions import component_specs as comp
+from precompute.conditions import subspace_specs as qk
 from precompute.conditions.condition import Condition, baseline_condition, direction_condition, head_condition
 from precompute.conditions.vocabulary import (
     DEFAULT_SETS,
@@ -71,7 +71,7 @@ class AblationRequest:
         for spec in self.components:
             comp.check_component_spec(spec)
         if "subspace" in sets:
-            from precompute.subspace import parse_operation
+            from precompute.analyses.subspace import parse_operation
 
             qk.parse_heads_spec(self.subspace_heads)
             qk.parse_ks(self.subspace_k)
@@ -144,7 +144,7 @@ class AblationRequest:
         for spec in self.components:
             add(comp.parse_component(spec, n_layers))
         if "subspace" in sets:
-            from precompute.subspace import parse_operation
+            from precompute.analyses.subspace import parse_operation
 
             for layer, head in subspace_heads:
                 if not (0 <= layer < n_layers and 0 <= head < n_heads):
