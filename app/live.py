@@ -1,9 +1,9 @@
 """One pair run live through the run's model, when this machine can load it: token weights and summaries.
 
 The pair goes through the job's own code, so the live numbers and the stored ones are one computation:
-``precompute.model.load`` (CPU, float32), the model's own encoding (``LoadedModel.encode``: segments from
+``precompute.families.loading.load`` (CPU, float32), the model's own encoding (``LoadedModel.encode``: segments from
 the tokenizer's sequence ids, so RoBERTa's ``</s></s>`` between query and document is SEP1) and the
-summary kernel (``precompute.kernels.summary.SummaryProbe``: the score, and the 25 masses and matching
+summary kernel (``precompute.kernels.eager.SummaryProbe``: the score, and the 25 masses and matching
 signals in ``metrics.METRICS`` order). The token heatmap's weights are the same loaded model's eager
 attention (``output_attentions=True``).
 
@@ -55,7 +55,7 @@ def availability(run: RunInfo) -> tuple[Path | None, str]:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
 def _load_model(folder: str):
-    from precompute.model import load
+    from precompute.families.loading import load
 
     return load(folder, device="cpu", dtype="float32")
 
@@ -64,7 +64,7 @@ def _run_pair(folder: str, query: str, doc: str, layer: int, max_length: int) ->
     """The pair through the job's encoding, summary kernel and score, plus one layer's eager weights."""
     import torch
 
-    from precompute.kernels.summary import SummaryProbe
+    from precompute.kernels.eager import SummaryProbe
 
     lm = _load_model(folder)
     batch = lm.encode([query], [doc], int(max_length))

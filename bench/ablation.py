@@ -4,9 +4,9 @@
 
 Measures, on the same pairs, batches (length-sorted), device and thread count:
 
-* plain scoring: ``precompute.summaries.plain_scores`` with the stock SDPA attention, nothing else;
+* plain scoring: ``precompute.analyses.summaries.plain_scores`` with the stock SDPA attention, nothing else;
 * one ablation condition (``q_d@all/zero`` by default, ``--condition``) through the ablation pass
-  (``precompute.ablation.score_conditions``: tokenisation, batching, intervention tensors, the attention function),
+  (``precompute.analyses.ablations.score_conditions``: tokenisation, batching, intervention tensors, the attention function),
   with the sdpa kernel (the default) and, for reference, its mask mode and the eager kernel;
 * their ratio (target: one condition <= 1.2x one plain scoring pass);
 * the full default sweep (baseline + 25 directions + the named groups) measured in full on ``--sweep-pairs`` pairs,
@@ -35,10 +35,10 @@ def main() -> int:
     p.add_argument("--no-extra", action="store_true", help="skip the mask-mode and eager-kernel reference timings")
     args = p.parse_args()
 
-    from precompute import ablation
+    from precompute.analyses import ablations
     from precompute.conditions import AblationRequest
-    from precompute.model import load
-    from precompute.summaries import plain_scores
+    from precompute.families.loading import load
+    from precompute.analyses.summaries import plain_scores
 
     pairs = all_pairs(args)
     sample = spread(pairs, args.pairs)
@@ -58,12 +58,12 @@ def main() -> int:
     kw = dict(batch_size=args.batch_size, max_length=args.max_length)
     runs = {
         "plain scoring (sdpa)": lambda: plain_scores(lm, sample, **kw),
-        f"ablation {cond.condition_id} (sdpa kernel)": lambda: ablation.score_conditions(lm, sample, [cond], **kw),
+        f"ablation {cond.condition_id} (sdpa kernel)": lambda: ablations.score_conditions(lm, sample, [cond], **kw),
     }
     if not args.no_extra:
         if masked is not None and masked is not cond:
-            runs[f"ablation {masked.condition_id} (sdpa kernel)"] = lambda: ablation.score_conditions(lm, sample, [masked], **kw)
-        runs[f"ablation {cond.condition_id} (eager kernel)"] = lambda: ablation.score_conditions(lm, sample, [cond], kernel="eager", **kw)
+            runs[f"ablation {masked.condition_id} (sdpa kernel)"] = lambda: ablations.score_conditions(lm, sample, [masked], **kw)
+        runs[f"ablation {cond.condition_id} (eager kernel)"] = lambda: ablations.score_conditions(lm, sample, [cond], kernel="eager", **kw)
         runs["plain scoring (eager attention)"] = lambda: plain_scores(lm, sample, implementation="eager", **kw)
     times = {name: best(fn) for name, fn in runs.items()}
 
@@ -84,7 +84,7 @@ def main() -> int:
         sync()
         t0 = time.perf_counter()
         for c in sweep:  # one condition per forward, as the job does by default
-            ablation.score_conditions(lm, few, [c], **kw)
+            ablations.score_conditions(lm, few, [c], **kw)
         sync()
         t_sweep = time.perf_counter() - t0
         n = len(sweep)

@@ -25,7 +25,7 @@ def authors_masses(lm, pairs, max_length: int = 128) -> list:
     import numpy as np
     import torch
 
-    from precompute.segments import segment_ids
+    from precompute.families.segments import segment_ids
 
     out = []
     previous = lm.model.config._attn_implementation
@@ -57,8 +57,8 @@ def main() -> int:
     p.set_defaults(pairs=64)
     args = p.parse_args()
 
-    from precompute.model import load
-    from precompute.summaries import summarise_chunk
+    from precompute.families.loading import load
+    from precompute.analyses.summaries import summarise_chunk
 
     sample = spread(all_pairs(args), args.pairs)
     lm = load(args.model, args.device, args.dtype)

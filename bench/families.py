@@ -6,7 +6,7 @@
 
 Tiny models: for each family a random model built from its config class (tests/tiny_families.py); prints the largest
 difference between the stored masses / scores and the architecture's own attention probabilities and scores
-(eager ``output_attentions``, tests/precompute/test_families.py), and pairs/s of the summary pass and plain scoring.
+(eager ``output_attentions``, tests/precompute/families/test_families.py), and pairs/s of the summary pass and plain scoring.
 
 Qwen2-0.5B size (24 layers, 14 query heads sharing 2 key heads, hidden 896, intermediate 4864): a
 ``Qwen2ForSequenceClassification`` with random weights, fed real DL20 pairs through the decoder-classifier template
@@ -34,11 +34,11 @@ def _ratio_line(name: str, n: int, t_plain: float, t_summary: float, extra: str 
 def tiny_table(repeats: int) -> None:
     import numpy as np
 
-    from precompute.kernels.summary import SummaryProbe
-    from precompute.model import load
+    from precompute.kernels.eager import SummaryProbe
+    from precompute.families.loading import load
     from precompute.pairs import Pair
-    from precompute.summaries import plain_scores, summarise_chunk
-    from tests.precompute.test_families import MAX_LENGTH, _expected, own_outputs
+    from precompute.analyses.summaries import plain_scores, summarise_chunk
+    from tests.precompute.families.test_families import MAX_LENGTH, _expected, own_outputs
     from tests.tiny_families import ALL_KINDS, build_family
     from tests.tiny_models import DOCS, QUERIES
 
@@ -65,8 +65,8 @@ def qwen2_05b(args) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
 
-    from precompute.model import LoadedModel, pick_device, pick_dtype
-    from precompute.summaries import plain_scores, summarise_chunk
+    from precompute.families.loading import LoadedModel, pick_device, pick_dtype
+    from precompute.analyses.summaries import plain_scores, summarise_chunk
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)

@@ -32,7 +32,7 @@ def synthetic_batch(batch: int, seq: int, vocab: int, device, *, query: int = 16
     """An EncodedBatch of ``batch`` pairs of ``seq`` tokens: [CLS] 16 query tokens [SEP] document [SEP]."""
     import torch
 
-    from precompute.segments import CLS, D, Q, SEP1, SEP2, EncodedBatch
+    from precompute.families.segments import CLS, D, Q, SEP1, SEP2, EncodedBatch
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, vocab, (batch, seq), generator=g)
@@ -72,12 +72,12 @@ def measure(name: str, config, args, device, dtype) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from precompute import conditions as C
-    from precompute.kernels.ablation import AblationProbe
+    from precompute.kernels.sdpa import AblationProbe
     from precompute.kernels.state import Intervention
-    from precompute.kernels.summary import SummaryProbe
+    from precompute.kernels.eager import SummaryProbe
     from precompute.families import FamilySettings
-    from precompute.model import LoadedModel
-    from precompute.summaries import plain_attention
+    from precompute.families.loading import LoadedModel
+    from precompute.analyses.summaries import plain_attention
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager", trust_remote_code=False)

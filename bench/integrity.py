@@ -8,7 +8,7 @@ Writes the table as parts of 256 pairs, then times (best of --repeats):
 * reading the finished table: plain pyarrow read vs ``integrity.verify`` (page CRCs, row counts, statistics);
 * verifying every part (what a rerun does before merging);
 * head_attention_agg: DuckDB's parallel ``sum`` (run-to-run float noise; what the job did before), DuckDB's
-  ``sum(... ORDER BY pair_id)`` (deterministic) and the job's streamed sums (deterministic, precompute.stages.head_aggregate),
+  ``sum(... ORDER BY pair_id)`` (deterministic) and the job's streamed sums (deterministic, precompute.stages.aggregate_stage),
   each with its peak memory (measured in a child process).
 """
 
@@ -46,7 +46,7 @@ def main() -> int:
     import pyarrow.parquet as pq
 
     from precompute.metrics import METRICS
-    from precompute.stages.summaries import AGG
+    from precompute.stages.summary_stage import AGG
     from precompute.store import integrity
     from precompute.store.schema import TABLES
     from precompute.store.writer import BATCH_ROWS as ROW_GROUP_SIZE, RunWriter, _duck_type, _q
@@ -110,7 +110,7 @@ import sys, time
 sys.path.insert(0, {repo!r})
 import duckdb
 from precompute.metrics import METRICS
-from precompute.stages.head_aggregate import aggregate_pieces
+from precompute.stages.aggregate_stage import aggregate_pieces
 heads, pairs, how = {heads!r}, {pairs!r}, {how!r}
 t0 = time.perf_counter()
 if how == "streamed":

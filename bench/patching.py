@@ -5,7 +5,7 @@
 For the same DL20 pairs (tfc1 inputs: a query term or a filler inserted at the passage's start) every head of every
 layer is patched with the clean run's output, two ways:
 
-* batched (the job's way, ``precompute.patching.patch_batches``): pairs in batches of similar length, all heads of
+* batched (the job's way, ``precompute.analyses.batching.patch_batches``): pairs in batches of similar length, all heads of
   a layer as rows of one forward, and the layers below the patched one resumed from the corrupted run's captured
   outputs instead of being recomputed;
 * loop: one full forward from the input per (pair, head), batch size 1.
@@ -32,7 +32,8 @@ from bench.common import all_pairs, device_label, parser, spread  # noqa: E402
 def measure(lm, items, *, batch_size: int, max_length: int, device: str) -> tuple[float, float, float, float]:
     """(batched seconds, loop seconds, largest score difference, share of the batched rows' tokens that are not
     padding) of the head sweep over ``items``."""
-    from precompute import patching as P
+    from precompute.analyses import batching
+    from precompute.analyses import patching as P
     from bench.common import synchronizer
 
     sync = synchronizer(device)
@@ -43,7 +44,7 @@ def measure(lm, items, *, batch_size: int, max_length: int, device: str) -> tupl
         sync()
         t0 = time.perf_counter()
         batched, real, padded = {}, 0, 0
-        for chunk, clean, corrupted, rows in P.patch_batches(lm, items, batch_size=batch_size, max_length=max_length):
+        for chunk, clean, corrupted, rows in batching.patch_batches(lm, items, batch_size=batch_size, max_length=max_length):
             real, padded = real + int(corrupted.inputs["attention_mask"].sum()), padded + corrupted.segments.numel()
             _, _, scores = P.patch_batch(patcher, "tfc1", clean, corrupted, rows_per_forward=rows, only="head")
             for key, values in scores.items():
@@ -71,8 +72,8 @@ def main() -> int:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from precompute import patching as P
-    from precompute.model import LoadedModel, load
+    from precompute.analyses import patching as P
+    from precompute.families.loading import LoadedModel, load
 
     pairs = spread(all_pairs(args), 200)
     ref = load(args.model, args.device, args.dtype)

@@ -23,8 +23,8 @@ from bench.common import all_pairs, device_label, parser, spread, timed  # noqa:
 def main() -> int:
     args = parser(__doc__).parse_args()
 
-    from precompute.model import load
-    from precompute.summaries import plain_scores, summarise_chunk
+    from precompute.families.loading import load
+    from precompute.analyses.summaries import plain_scores, summarise_chunk
 
     sample = spread(all_pairs(args), args.pairs)
     lm = load(args.model, args.device, args.dtype)

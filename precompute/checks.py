@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from precompute.conditions import AblationRequest
-from precompute.model import ModelError, learned_positions
+from precompute.families.loading import ModelError, learned_positions
 from precompute.store.writer import StoreError
 
 
@@ -27,7 +27,7 @@ def check_ablation_flags(cfg, lm) -> None:
     listed = request.subspace_targets() if "subspace" in cfg.ablations else []
     request.conditions(*lm.shape, subspace_heads=listed if isinstance(listed, list) else [], head_dim=lm.head_dim)
     if "subspace" in cfg.ablations:
-        from precompute.subspace import check_model
+        from precompute.analyses.subspace import check_model
 
         check_model(lm.model)
 
@@ -73,9 +73,9 @@ def check_kernels(lm) -> None:
     """One tiny pair through the summary kernel (and the SDPA ablation kernel where the run would use it), so an
     architecture that passes an attention argument the kernels do not implement, or that calls attention other
     than once per layer, is refused in one line before any pass, not hours into it."""
-    from precompute.kernels.ablation import AblationProbe
+    from precompute.kernels.sdpa import AblationProbe
     from precompute.kernels.state import KernelError
-    from precompute.kernels.summary import SummaryProbe
+    from precompute.kernels.eager import SummaryProbe
 
     batch = lm.encode(["what is a query"], ["a short document about a query"], 64).to(lm.device)
     try:
@@ -94,7 +94,7 @@ def check_probe_scores(cfg, lm, pair_set, size: int = 8) -> None:
     the pass, instead of a store of NaN scores and an nDCG computed from them."""
     import torch
 
-    from precompute.kernels.summary import SummaryProbe
+    from precompute.kernels.eager import SummaryProbe
 
     probe_pairs = pair_set.pairs[:size]
     batch = lm.encode([p.query for p in probe_pairs], [p.doc for p in probe_pairs], cfg.max_length).to(lm.device)

@@ -174,7 +174,8 @@ def _check(args, parser) -> None:
         _request(args).check()
     except AblationSpecError as err:
         parser.error(str(err))
-    from precompute import evaluation, significance
+    from precompute import evaluation
+    from precompute.analyses import significance
 
     try:
         evaluation.parse_measures(_split(args.measures) or ("",))
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from precompute.datasets import DatasetError
     from precompute.console import log
     from precompute.job import run
-    from precompute.model import ModelError
+    from precompute.families.loading import ModelError
     from precompute.store.writer import StoreError
 
     from precompute.distributed import RankFailure, World

@@ -35,7 +35,7 @@ class JobConfig:
     progress: bool = True
     # Stages, run in this order (precompute.stages.STAGES). Ablations last: the longest, and the others need no scores.
     stages: tuple[str, ...] = ("summaries", "spectra", "contrasts", "component_means", "ablations", "patching")
-    # Ablations (precompute.ablation). Not part of the run identity: conditions accumulate in the folder and a
+    # Ablations (precompute.analyses.ablations). Not part of the run identity: conditions accumulate in the folder and a
     # rerun computes only the missing ones (kernel and stack must stay those of the folder).
     ablations: tuple[str, ...] = ("directions", "groups")  # condition sets; () = skip the stage (--ablations none)
     ablation_modes: tuple[str, ...] = ("zero",)  # 'zero' (the paper's) and/or 'mask'
@@ -45,12 +45,12 @@ class JobConfig:
     ablation_heads: tuple[str, ...] = ("all",)  # heads to zero one at a time (set 'heads'): 'all', '3.5', '3.*'
     ablation_stack: int = 1  # conditions sharing a forward pass
     ablation_kernel: str = "auto"  # 'sdpa' (fused), 'eager' (the summary kernel) or 'auto' (sdpa where exact)
-    component_mode: str = "mean"  # the 'components' set's mode: 'zero' or 'mean' (precompute.conditions.components)
+    component_mode: str = "mean"  # the 'components' set's mode: 'zero' or 'mean' (precompute.conditions.component_specs)
     ablation_components: tuple[str, ...] = ()  # explicit component conditions: 'mlp@3:d/mean'
     subspace_heads: str = "top:5"  # heads of the 'subspace' set: top:N (Cohen's d of q_d, relevant vs easy) or L.H list
     subspace_k: str = "1-4"  # top singular components removed or scaled
     subspace_ops: tuple[str, ...] = ("remove", "scale=2")
-    patching: tuple[str, ...] = ()  # activation-patching experiments: 'tfc1', 'cls' (precompute.patching)
+    patching: tuple[str, ...] = ()  # activation-patching experiments: 'tfc1', 'cls' (precompute.analyses.patching)
     patching_pairs: int = 10  # (relevant, hard) combinations per query of the cls experiment
     measures: tuple[str, ...] = ("nDCG@10",)  # ablation_metrics measures (ir_measures names)
     eval_scopes: tuple[str, ...] | None = None  # None: ('pairs',), plus 'run' with --candidates

@@ -91,7 +91,8 @@ def run(cfg: JobConfig) -> Path:
 
 
 def _run(cfg: JobConfig, world, coordinator) -> Path:
-    from precompute import checks, datasets, model, pairs as pairs_mod
+    from precompute import checks, datasets, pairs as pairs_mod
+    from precompute.families import loading
     from precompute.stages.context import RunContext
 
     started = time.time()
@@ -99,10 +100,10 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
     checks.check_out_folder(root, ds, cfg.model)
-    identity = identity_of(cfg, model.identity(cfg.model), ds.source)
+    identity = identity_of(cfg, loading.identity(cfg.model), ds.source)
     writer = RunWriter(root, identity=identity.to_dict())
     local_rank = world.local_rank if world.distributed else None
-    coordinator.start(model.pick_device(cfg.device, local_rank))
+    coordinator.start(loading.pick_device(cfg.device, local_rank))
     with _disk_full_names(root):
         if world.leader:  # the job's lock, the clean-up of a killed run and the identity checks: one rank
             writer.ensure_writable()
@@ -111,8 +112,8 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
         coordinator.wait("job/ready", leader_only=True)
         previous = writer.read_manifest()
 
-        lm = model.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens,
-                        local_rank=local_rank, progress=cfg.progress and world.leader)
+        lm = loading.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens,
+                          local_rank=local_rank, progress=cfg.progress and world.leader)
         checks.check_model_settings(cfg, lm)
         checks.check_kernels(lm)
         pair_set = pairs_mod.build_pairs(

@@ -67,6 +67,6 @@ SCORE_KINDS: dict[str, str] = {
     "log_softmax[answer]": "log-probability of the positive answer token (vs the negative one)",
 }
 
-# Activation-patching experiments (precompute.patching) and the score difference below which an effect is NULL.
+# Activation-patching experiments (precompute.analyses.patching) and the score difference below which an effect is NULL.
 PATCHING_EXPERIMENTS: tuple[str, ...] = ("tfc1", "cls")
 PATCHING_EPSILON = 1e-3

@@ -1,7 +1,7 @@
 """Tiny random rerankers of every supported family, built in code from each architecture's config class and saved
 as model folders with a word-level fast tokenizer (offsets included), so the real loading path runs offline.
 
-Weights are drawn larger than the default init (as ``tests/precompute/test_ablation.py:sensitive_model`` does), so
+Weights are drawn larger than the default init (as ``tests/precompute/analyses/test_ablations.py:sensitive_model`` does), so
 attention is far from uniform, T5's relative position bias matters and ablations move the scores.
 """
 

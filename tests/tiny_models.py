@@ -1,6 +1,6 @@
 """Tiny random cross-encoders built in code (BERT-style and RoBERTa-style), saved as model folders.
 
-They exercise the real loading path (``precompute.model.load`` on a folder) without ../shared or a
+They exercise the real loading path (``precompute.families.loading.load`` on a folder) without ../shared or a
 network: a word-level fast tokenizer over a small vocabulary, plus the architecture's own special
 token template ([CLS] q [SEP] d [SEP] for BERT, <s> q </s></s> d </s> for RoBERTa).
 """

@@ -29,7 +29,7 @@ Imports nothing heavy (no torch, no pyarrow): ``--help`` reads the names from he
 
 from __future__ import annotations
 
-from precompute.conditions.components import COMPONENT_MODES, DEFAULT_COMPONENT_MODE
+from precompute.conditions.component_specs import COMPONENT_MODES, DEFAULT_COMPONENT_MODE
 from precompute.conditions.condition import (
     Condition,
     baseline_condition,

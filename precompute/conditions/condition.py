@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from precompute.conditions.vocabulary import BASELINE, HEAD_MODE, short_label
 from precompute.names import SEGMENT_INDEX, split_direction
 
-# Which analysis a condition kind belongs to: each analysis is its own Holm family (precompute.significance).
+# Which analysis a condition kind belongs to: each analysis is its own Holm family (precompute.analyses.significance).
 ANALYSIS_OF_KIND: dict[str, str] = {
     "baseline": "attention", "direction": "attention", "group": "attention", "layer_sweep": "attention",
     "head": "attention", "component": "components", "subspace": "subspace",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from precompute.conditions import components as comp
-from precompute.conditions import subspace as qk
+from precompute.conditions import component_specs as comp
+from precompute.conditions import subspace_specs as qk
 from precompute.conditions.condition import Condition, baseline_condition, direction_condition, head_condition
 from precompute.conditions.vocabulary import (
     DEFAULT_SETS,

@@ -13,7 +13,7 @@ from precompute.names import DIRECTIONS, SEGMENTS, split_direction
 CONDITION_SETS: tuple[str, ...] = ("directions", "groups", "layers", "heads", "components", "subspace", "none")
 DEFAULT_SETS: tuple[str, ...] = ("directions", "groups")
 MODES: tuple[str, ...] = ("zero", "mask")
-KERNELS: tuple[str, ...] = ("auto", "sdpa", "eager")  # precompute.ablation.resolve_kernel
+KERNELS: tuple[str, ...] = ("auto", "sdpa", "eager")  # precompute.analyses.ablations.resolve_kernel
 DEFAULT_SWEEP: tuple[str, ...] = ("q_d", "d_q", "cross")
 BASELINE = "none"
 HEAD_MODE = "zero"

@@ -102,7 +102,7 @@ class Family:
 
     # -- input and score -------------------------------------------------------------------------------
     def encode(self, lm, queries: list[str], docs: list[str], max_length: int):
-        """An :class:`~precompute.segments.EncodedBatch` of the pairs (on the CPU)."""
+        """An :class:`~precompute.families.segments.EncodedBatch` of the pairs (on the CPU)."""
         raise NotImplementedError
 
     def token_lengths(self, lm, queries: list[str], docs: list[str], max_length: int) -> list[int]:

@@ -9,7 +9,7 @@ a sequence-classification head (one logit, or the log-probability of the positiv
 DeBERTa-v2 and MPNet compute their softmax inline in their own self-attention ``forward``; a hook could read
 those probabilities but not change them, so while a probe runs each attention module's ``forward`` is replaced
 by one that computes the same logits with the module's own projections and position terms, then hands them to
-the kernel's :func:`~precompute.kernels.summary.attend` (summaries and interventions). The module's own forward
+the kernel's :func:`~precompute.kernels.eager.attend` (summaries and interventions). The module's own forward
 is restored when the probe exits. Tests compare both with the module's own output.
 """
 
@@ -48,7 +48,7 @@ class PairEncoder(Family):
     def encode(self, lm, queries, docs, max_length):
         import inspect
 
-        from precompute.segments import encode
+        from precompute.families.segments import encode
 
         batch = encode(lm.tokenizer, queries, docs, max_length)
         if "token_type_ids" not in inspect.signature(lm.model.forward).parameters:  # DistilBERT, ModernBERT, ...
@@ -118,7 +118,7 @@ def _deberta_forward():
         from transformers.models.deberta_v2.modeling_deberta_v2 import scaled_size_sqrt
 
         from precompute.kernels.probe import current_state
-        from precompute.kernels.summary import attend
+        from precompute.kernels.eager import attend
 
         state = current_state()
         site = state.enter(self)
@@ -149,7 +149,7 @@ def _mpnet_forward():
     def forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
         """MPNetSelfAttention.forward (transformers 5.24) up to the softmax, then the kernel, then its output projection."""
         from precompute.kernels.probe import current_state
-        from precompute.kernels.summary import attend
+        from precompute.kernels.eager import attend
 
         state = current_state()
         site = state.enter(self)
@@ -158,7 +158,7 @@ def _mpnet_forward():
         q = self.q(hidden_states).view(shape).transpose(1, 2)
         k = self.k(hidden_states).view(shape).transpose(1, 2)
         v = self.v(hidden_states).view(shape).transpose(1, 2)
-        q, correction = state.edit_queries(site.layer, q)  # QK-subspace interventions (precompute.subspace)
+        q, correction = state.edit_queries(site.layer, q)  # QK-subspace interventions (precompute.analyses.subspace)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
         if correction is not None:
             scores = scores + correction[..., None] / math.sqrt(self.attention_head_size)

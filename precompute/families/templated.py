@@ -1,5 +1,5 @@
 """Template families: the input is a text prompt (``Query: {query} Document: {document} Relevant:``), its five
-segments are prefix, query, middle, document and suffix (:func:`precompute.segments.encode_template`), and the
+segments are prefix, query, middle, document and suffix (:func:`precompute.families.segments.encode_template`), and the
 score is read off the model's output tokens.
 
 * ``monot5``: T5ForConditionalGeneration (MonoT5). Relevance = log-softmax over {"true", "false"} of "true" at
@@ -67,7 +67,7 @@ def decoder_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class TemplateFamily(Family):
     def settings(self, tokenizer, template, answer_tokens) -> FamilySettings:
-        from precompute.segments import split_template
+        from precompute.families.segments import split_template
 
         template = template if template is not None else self.default_template
         try:
@@ -82,7 +82,7 @@ class TemplateFamily(Family):
         return FamilySettings(template=template, answer_tokens=tokens, answer_ids=_answer_ids(tokenizer, tokens))
 
     def encode(self, lm, queries, docs, max_length):
-        from precompute.segments import encode_template
+        from precompute.families.segments import encode_template
 
         return encode_template(lm.tokenizer, _substitute_specials(lm.settings.template, lm.tokenizer), queries, docs,
                                max_length)

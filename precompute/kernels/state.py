@@ -43,7 +43,7 @@ class QKEdit:
     With ``c = (q - b_q) . A`` (the query's content coordinates on the top-k left singular directions, read in the
     head's query space) the query becomes ``q + (factor - 1) c B^T``, so ``q' . k = q . k + (factor - 1) sum_k
     sigma_k (x_i . u_k)(x_j . v_k) - correction``: the content term of exactly those components is scaled, and the
-    key bias' share (``correction``, constant over keys) is added back to the logits (see precompute.subspace).
+    key bias' share (``correction``, constant over keys) is added back to the logits (see precompute.analyses.subspace).
     """
 
     rows: torch.Tensor  # [batch] bool

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from precompute.cli import OneLineParser
-from precompute.report import compare, patching
-from precompute.report.tables import KIND_ORDER, ReportError, render
+from precompute.report import compare
+from precompute.report import patching_summary
+from precompute.report.condition_tables import KIND_ORDER, ReportError, render
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 USAGE = """Print a run's tables in the form of the paper's Table 1: one line per ablation condition (the measure's mean
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest, measure, rows = load(args.run, args.measure, args.scope)
         modes = [args.mode] if args.mode else None
         sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
-        sys.stdout.write(patching.render(args.run, manifest.model.segment_labels))
+        sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -88,7 +88,7 @@ def stored_settings(writer) -> tuple[list[str], list[str]]:
     the manifest that also lists them)."""
     if not writer.has_table(SUMMARY):
         return [], []
-    from precompute import significance
+    from precompute.analyses import significance
 
     keys = significance.condition_sets(writer.table_path(SUMMARY))
     return sorted({m for _, m in keys}), sorted({s for s, _ in keys})
@@ -97,7 +97,8 @@ def stored_settings(writer) -> tuple[list[str], list[str]]:
 def consistent(writer, ids: set[str], measures: Sequence[str], scopes: Sequence[str]) -> bool:
     """Do ablation_conditions, _metrics and _summary describe exactly the conditions ``ids`` (those of
     ablation_scores), for every scope and measure asked for?"""
-    from precompute import evaluation, significance
+    from precompute import evaluation
+    from precompute.analyses import significance
 
     if not all(writer.has_table(t) for t in (CONDITIONS, METRICS, SUMMARY)) or _ids(writer.table_path(CONDITIONS)) != ids:
         return False
@@ -148,7 +149,7 @@ def commit_tables(writer, ds, pair_set, new: set[str], ids: set[str], definition
     when new subspace conditions come, and install them at once."""
     import pyarrow as pa
 
-    from precompute import significance
+    from precompute.analyses import significance
 
     scores = merge_scores(writer, new) if new else writer.table_path(SCORES)
     new_subspace = {cid for cid in new if definitions[cid]["kind"] == "subspace"}

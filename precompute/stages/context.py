@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # types only: the context is built by precompute.job, which i
     from precompute.console import Console
     from precompute.datasets import Dataset
     from precompute.distributed import Coordinator, World
-    from precompute.model import LoadedModel
+    from precompute.families.loading import LoadedModel
     from precompute.pairs import PairSet
     from precompute.store.manifest import Manifest
     from precompute.store.writer import RunWriter

@@ -313,7 +313,7 @@ PATCHING_PAIRS = Table(
     name="patching_pairs",
     grain="one row per experiment x patch pair",
     sort_key=("experiment", "patch_id"),
-    doc="The (clean, corrupted) inputs of each activation-patching experiment (precompute/patching.py): tfc1 = a pair "
+    doc="The (clean, corrupted) inputs of each activation-patching experiment (precompute/analyses/patching.py): tfc1 = a pair "
     "with a query term (clean) or a filler of as many tokens (corrupted) inserted at the passage's start; cls = a "
     "relevant passage (clean) against a hard negative (corrupted) of the same query.",
     columns=(
@@ -350,7 +350,7 @@ PATCHING_EFFECTS = Table(
         Column("corrupted", pa.float32(), "Score of the corrupted input."),
         Column("patched", pa.float32(), "Score of the corrupted input with the activation patched in."),
         Column("effect", pa.float32(), "(patched - corrupted) / (clean - corrupted); NULL where |clean - corrupted| < "
-               "1e-3 (precompute.patching.EPSILON).", nullable=True),
+               "1e-3 (precompute.analyses.patching.EPSILON).", nullable=True),
     ),
 )
 

@@ -49,7 +49,7 @@ FAMILIES = {
                "architecture": "T5ForConditionalGeneration", "model_type": "t5"},
     "v1": {},
 }
-EPSILON = 1e-3  # as precompute.patching.EPSILON (that module imports torch)
+EPSILON = 1e-3  # as precompute.analyses.patching.EPSILON (that module imports torch)
 TFC1_SKIP = 7  # pairs with pair_id % 7 == 3 have no aligned term and filler (tfc1)
 
 

@@ -19,7 +19,7 @@ from app.verification import CACHE_ENV, DEFAULT_CACHE, FileCheck
 from precompute.store import integrity
 from precompute.store.schema import TABLES
 from tests.app.synthetic import build_run
-from tests.precompute.test_store_v1 import RUN as V1_RUN
+from tests.precompute.store.test_old_stores import RUN as V1_RUN
 
 PUBLIC = sorted(name for name, table in TABLES.items() if not table.internal)
 A, B = "trec-dl-2020__tiny-t5", "trec-dl-2019__tiny-t5"

@@ -14,6 +14,8 @@ from precompute.job import run
 from precompute.store.manifest import read_manifest
 from tests.precompute.crashing import killed_at, single_thread, tables
 
+pytestmark = pytest.mark.slow  # every test kills a job and reruns it
+
 # (point, n-th pass) in a fresh run (summaries, spectra, contrasts, groups ablations)...
 FRESH = [
     "summaries.part:2", "summaries.chunk:1", "summaries.staged", "summaries.committed", "summaries.installing:2",
@@ -105,7 +107,7 @@ def test_aggregates_are_exact_and_do_not_depend_on_thread_timing(tmp_path):
     import pyarrow as pa
 
     from precompute.metrics import METRICS
-    from precompute.stages.summaries import AGG, HEADS, PAIRS, stage_aggregate
+    from precompute.stages.summary_stage import AGG, HEADS, PAIRS, stage_aggregate
     from precompute.store.schema import TABLES
     from precompute.store.writer import RunWriter
 

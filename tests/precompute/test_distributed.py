@@ -23,7 +23,7 @@ from tests.tiny_models import build
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = shutil.which("torchrun")
-pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun (installed with torch) is not on the PATH")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(TORCHRUN is None, reason="torchrun (installed with torch) is not on the PATH")]
 FLAGS = ["--easy-negatives", "3", "--batch-size", "4", "--chunk-size", "8", "--no-progress", "--ablations", "groups",
          "--ablation-components", "mlp@1:d/mean", "--patching", "tfc1"]
 

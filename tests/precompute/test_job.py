@@ -16,8 +16,8 @@ import pytest
 
 from precompute.cli import main
 from precompute.job import run
-from precompute.model import load
-from precompute.segments import encode
+from precompute.families.loading import load
+from precompute.families.segments import encode
 from precompute.store.connect import connect
 from precompute.store.schema import SCHEMA_VERSION, TABLES
 from tests.conftest import REPO
@@ -139,6 +139,7 @@ def _tables(root: Path) -> dict:
     return {name: pq.read_table(root / f"{name}.parquet") for name in ("pairs", "head_attention", "head_attention_agg")}
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(dataset, tmp_path):
     model = build("bert", tmp_path / "model")
     args = ["--dataset", str(dataset), "--model", str(model), "--cache", str(tmp_path / "cache"), "--easy-negatives", "3",

@@ -14,8 +14,8 @@ from precompute.cli import main
 from precompute.store import manifest as manifest_module
 from precompute.store.manifest import ManifestError, parse_manifest, read_manifest
 from precompute.store.schema import TABLES
-from tests.precompute.test_store_v1 import RUN as V1_RUN
-from tests.precompute.test_integrity import args_of
+from tests.precompute.store.test_old_stores import RUN as V1_RUN
+from tests.precompute.store.test_integrity import args_of
 
 
 def edited(**changes) -> str:

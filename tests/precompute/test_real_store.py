@@ -11,13 +11,13 @@ import pytest
 
 from precompute.config import JobConfig
 from precompute.job import run
-from precompute.model import load
+from precompute.families.loading import load
 from precompute.metrics import METRICS
-from precompute.segments import encode
+from precompute.families.segments import encode
 from precompute.store.connect import connect
 from tests import reference
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""The analyses: what each one computes from a loaded model and the run's pairs (summaries, ablations, component means, patching, QK subspaces, spectra, head contrasts, their significance); the stages (:mod:`precompute.stages`) decide when each runs and where its tables go."""

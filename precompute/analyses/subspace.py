@@ -1,0 +1,80 @@
+"""QK-subspace interventions (the paper's open question 3): remove or scale the top-k singular components of one
+head's ``M = W_Q^h (W_K^h)^T`` (the decomposition the ``svd`` table stores), inside the attention function.
+
+With the thin QRs ``W_Q^h = Qq Rq`` and ``W_K^h = Qk Rk`` and the core SVD ``Rq Rk^T = U S V^T`` of
+:func:`precompute.analyses.spectra.core_svd`, the content part of a query, ``q - b_q = W_Q^T x``, has the coordinates
+``x . u_k = (q - b_q) . a_k`` with ``a_k = Rq^{-1} U[:, k]``, and a key ``x . v_k = (k - b_k) . b_k`` with
+``b_k = Rk^{-1} V[:, k]``. Replacing the query by ``q + (f - 1) sum_k sigma_k ((q - b_q) . a_k) b_k`` multiplies
+the content term ``sigma_k (x_i . u_k)(x_j . v_k)`` of exactly those components by ``f`` (``f = 0`` removes them)
+and leaves every other logit term alone; the key bias' share, constant over keys, is given back to the logits so
+that they are exact, not only the softmax (:meth:`precompute.kernels.state.BatchState.edit_queries`). Removing all
+head_dim components leaves exactly the bias terms of the logits (tests).
+
+Defined where ``W_Q W_K^T`` is the whole content interaction of the logit: absolute positions and additive
+relative position biases (BERT-style, DistilBERT, MPNet, T5). Rotary models rotate queries by position before
+the product and DeBERTa's position terms share the query projection, so they are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from precompute.analyses.spectra import NOTE_ABSOLUTE, NOTE_BIAS, SpectraError, core_svd, layer_factors, matrix_note, projection_modules
+
+
+class SubspaceError(ValueError):
+    """A subspace intervention this model cannot have (one line, for the CLI)."""
+
+
+def check_model(model) -> None:
+    """Refuse models where the intervention is not the content term alone (module docstring)."""
+    try:
+        note = matrix_note(model)
+    except SpectraError as err:
+        raise SubspaceError(f"QK-subspace interventions need the spectra: {err}") from err
+    if note not in (NOTE_ABSOLUTE, NOTE_BIAS):
+        raise SubspaceError(f"QK-subspace interventions are defined where W_Q W_K^T is the whole content term of the "
+                            f"logit; for this model the spectra are of the {note.split(':')[0]}")
+
+
+@dataclass(frozen=True)
+class HeadFactors:
+    """One head's query-space directions a [dh, dh], key-space directions b [dh, dh] (sigma folded in), sorted by
+    singular value, with the head's query and key biases."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    sigma: torch.Tensor
+    query_bias: torch.Tensor | None
+    key_bias: torch.Tensor | None
+
+
+def head_factors(model, layer: int, head: int) -> HeadFactors:
+    from precompute.analyses.spectra import _family
+
+    check_model(model)
+    wq, wk, kv = layer_factors(model)[layer]
+    qq, rq, qk, rk, u, sigma, vh = core_svd(wq[head : head + 1], wk[int(kv[head]) : int(kv[head]) + 1])
+    a = torch.linalg.solve_triangular(rq[0], u[0], upper=True)  # Rq^{-1} U
+    b = torch.linalg.solve_triangular(rk[0], vh[0].mT, upper=True) * sigma[0]  # Rk^{-1} V S
+    module = [m for m, site in _family(model).attention_sites(model) if site.role == "self"][layer]
+    query, key = projection_modules(module)
+    dh = wq.shape[-1]
+    kh = int(kv[head])
+    q_bias = None if query.bias is None else query.bias.detach()[head * dh : (head + 1) * dh].double().cpu()
+    k_bias = None if key.bias is None else key.bias.detach()[kh * dh : (kh + 1) * dh].double().cpu()
+    return HeadFactors(a, b, sigma[0], q_bias, k_bias)
+
+
+def qk_edit(factors: HeadFactors, layer: int, head: int, k: int, factor: float, rows: torch.Tensor, device):
+    """The :class:`~precompute.kernels.state.QKEdit` of the top ``k`` components of one head, for ``rows``."""
+    from precompute.kernels.state import QKEdit
+
+    a, b = factors.a[:, :k], factors.b[:, :k]
+    return QKEdit(
+        rows=rows.to(device), layer=layer, head=head, a=a.float().to(device), b=b.float().to(device), factor=factor,
+        query_bias=None if factors.query_bias is None else factors.query_bias.float().to(device),
+        key_bias_b=None if factors.key_bias is None else (factors.key_bias @ b).float().to(device),
+    )

@@ -1,0 +1,103 @@
+"""python -m precompute.report: Table 1 form of a finished run, and one-line errors (exit 2) for anything else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from precompute import report
+from precompute.store.connect import connect
+from tests.conftest import REPO
+from tests.precompute.analyses.test_ablations import run_job, sensitive_model
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dataset, tmp_path_factory):
+    model = sensitive_model("bert", tmp_path_factory.mktemp("report-bert"))
+    _, root = run_job(tiny_dataset, model, tmp_path_factory.mktemp("report") / "run", ablations=("groups", "layers", "heads"),
+                      ablation_groups=("mine=Q->D,D->Q",), ablation_heads=("1.*",), ablation_modes=("zero", "mask"))
+    return tiny_dataset, model, root
+
+
+def test_table_one_form(finished, capsys):
+    _, _, root = finished
+    assert report.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    base = connect(root).execute("SELECT mean FROM ablation_summary WHERE condition_id = 'none' AND measure = 'nDCG@10'").fetchone()[0]
+    assert f"nDCG@10 = {base:.4f}" in out
+    assert "Model     " in out and "3 layers x 4 heads" in out and "Holm-corrected" in out and "*** p<0.001" in out
+    assert "condition" in out and "delta" in out and "Q<->D (cross)" in out and "all 25 (all)" in out and "mine" in out
+    cross = connect(root).execute("SELECT mean, delta, p_holm FROM ablation_summary WHERE condition_id = 'cross@all/zero'").fetchone()
+    line = next(l for l in out.splitlines() if l.startswith("Q<->D (cross)") and " zero " in l)
+    assert f"{cross[0]:.4f}" in line and f"{cross[1]:+.4f}" in line and report.mark(cross[2]) in line
+    assert "Per-layer sweeps" in out and "Q->D /zero" in out and "L2" in out
+    assert "Heads" in out and "L1" in out and "H3" in out
+
+
+def test_filters(finished, capsys):
+    _, _, root = finished
+    assert report.main([str(root), "--kind", "head", "--mode", "zero", "--measure", "ndcg@10"]) == 0
+    out = capsys.readouterr().out
+    assert "Heads" in out and "Groups" not in out and "Per-layer" not in out
+
+
+def test_marks():
+    assert [report.mark(p) for p in (None, 0.2, 0.04, 0.009, 0.0001)] == ["", "", "*", "**", "***"]
+
+
+def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
+    dataset, model, root = finished
+    cases = {}
+    cases["not a run folder"] = [str(tmp_path)]
+    cases["--kind"] = [str(root), "--kind", "layers"]
+    cases["measure 'P@5' is not in this run"] = [str(root), "--measure", "P@5"]
+    cases["scope 'run' is not in this run"] = [str(root), "--scope", "run"]
+    _, plain = run_job(dataset, model, tmp_path / "plain", ablations=())
+    cases["has no ablations"] = [str(plain)]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root, damaged)
+    summary = damaged / "ablation_summary.parquet"
+    summary.write_bytes(summary.read_bytes()[: summary.stat().st_size // 2])
+    cases[f"{summary} is damaged"] = [str(damaged)]
+    for what, change in (("schema version", {"schema_version": 999}), ("not a finished run", {"status": "running"})):
+        copy = tmp_path / what.replace(" ", "-")
+        shutil.copytree(root, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        (copy / "manifest.json").write_text(json.dumps({**manifest, **change}))
+        cases[what] = [str(copy)]
+    capsys.readouterr()  # the job's own logs
+    for expected, argv in cases.items():
+        assert report.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_module_entry_point(finished):
+    _, _, root = finished
+    res = subprocess.run([sys.executable, "-m", "precompute.report", str(root), "--kind", "group"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Groups" in res.stdout, res.stderr
+
+
+def test_two_runs_compare_by_relative_depth(tiny_dataset, tmp_path_factory, capsys):
+    """A 2-layer and a 4-layer model: the 4-layer one's layers 0-1 and 2-3 fall into the 2-layer one's bins 0 and 1,
+    and each bin's value is the mean of its layers' (checked against the per-layer table of --align layer)."""
+    from tests.tiny_models import build
+
+    small = run_job(tiny_dataset, build("bert", tmp_path_factory.mktemp("m2"), layers=2), tmp_path_factory.mktemp("c2") / "run",
+                    ablations=())[1]
+    deep = run_job(tiny_dataset, build("bert", tmp_path_factory.mktemp("m4"), layers=4), tmp_path_factory.mktemp("c4") / "run",
+                   ablations=())[1]
+    assert report.main([str(small), "--compare", str(deep), "--align", "layer", "--metric", "q_d_exact"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    b_by_layer = {int(r[0]): float(r[2] if len(r) > 2 else r[1]) for r in rows}
+    assert report.main([str(small), "--compare", str(deep), "--metric", "q_d_exact"]) == 0
+    bins = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert [(b[1], b[2]) for b in bins] == [("0", "0-1"), ("1", "2-3")]
+    for k, b in enumerate(bins):
+        assert float(b[4]) == pytest.approx((b_by_layer[2 * k] + b_by_layer[2 * k + 1]) / 2, abs=1e-4)
+    assert report.main([str(small), "--compare", str(deep), "--metric", "nope"]) == 2
