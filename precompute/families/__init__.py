@@ -19,7 +19,7 @@ Adding a family: one instance (of an existing class, or a small subclass) plus i
 
 from __future__ import annotations
 
-from precompute.families.base import Family, FamilyError, FamilySettings
+from precompute.families.base import Architecture, Family, FamilyError, FamilySettings, QKWeights
 from precompute.families.encoders import BERT, DEBERTA_V2, DISTILBERT, MODERNBERT, MPNET
 from precompute.families.templated import DECODER_CLASSIFIER, MONOT5, QWEN_YES_NO, YES_NO
 
@@ -27,7 +27,8 @@ FAMILIES: tuple[Family, ...] = (BERT, DISTILBERT, MODERNBERT, DEBERTA_V2, MPNET,
                                 QWEN_YES_NO, YES_NO)
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
 
-__all__ = ["FAMILIES", "BY_NAME", "Family", "FamilyError", "FamilySettings", "family_for", "supported"]
+__all__ = ["FAMILIES", "BY_NAME", "Architecture", "Family", "FamilyError", "FamilySettings", "QKWeights", "family_for",
+           "supported"]
 
 
 def supported() -> str:
