@@ -29,7 +29,7 @@ def check_ablation_flags(cfg, lm) -> None:
     if "subspace" in cfg.ablations:
         from precompute.analyses.subspace import check_model
 
-        check_model(lm.model)
+        check_model(lm)
 
 
 def check_max_length(cfg, lm) -> None:

@@ -97,7 +97,7 @@ def _subspace_edits(lm, conditions: Sequence[Condition], n: int):
         if c.kind != "subspace":
             continue
         if (c.layer, c.head) not in factors:
-            factors[(c.layer, c.head)] = head_factors(lm.model, c.layer, c.head)
+            factors[(c.layer, c.head)] = head_factors(lm, c.layer, c.head)
         rows = torch.zeros(k * n, dtype=torch.bool)
         rows[i * n : (i + 1) * n] = True
         edits.append(qk_edit(factors[(c.layer, c.head)], c.layer, c.head, c.k, c.factor, rows, lm.device))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,20 @@ class LoadedModel:
     def config(self):
         return self.model.config
 
+    @cached_property
+    def architecture(self):
+        """The model's architecture facts, as its family resolves them (precompute.families.base.Architecture)."""
+        return self.family.architecture(self.model)
+
     @property
     def shape(self) -> tuple[int, int]:
         """(layers, heads) of the summarised attention."""
-        return self.family.shape(self.model)
+        return self.architecture.layers, self.architecture.heads
 
     @property
     def head_dim(self) -> int:
         """Size of one head's query and key vectors (the rank bound of its W_Q W_K^T)."""
-        config = self.config
-        return int(getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
-                   or (getattr(config, "hidden_size", None) or config.d_model) // self.shape[1])
+        return self.architecture.head_dim
 
     def encode(self, queries: list[str], docs: list[str], max_length: int):
         """The pairs as the family feeds them to the model: an EncodedBatch with the five segments (on the CPU)."""
@@ -78,7 +82,7 @@ class LoadedModel:
             "model_type": cfg.model_type,
             "layers": layers,
             "heads": heads,
-            "hidden": getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None),
+            "hidden": self.architecture.hidden,
             "num_labels": cfg.num_labels,
             "score": self.score_kind,
             **self.family.describe(self),
@@ -187,8 +191,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
     try:
         settings = family.settings(tokenizer, template, answer_tokens)
         lm = LoadedModel(model, tokenizer, spec, device, dtype, family, settings, fp)
-        check_layers(lm)
-        family.check(lm)
+        family.check(lm)  # every architecture fact resolves
     except FamilyError as err:
         raise ModelError(f"model {spec!r}: {err}") from err
     report_unused_weights(spec, model, info)
@@ -291,14 +294,6 @@ def check_tokenizer_class(spec: str, config, offline: bool) -> None:
                          "tokenizer_class in tokenizer_config.json to the model's tokenizer, e.g. BertTokenizer")
 
 
-def check_layers(lm: LoadedModel) -> None:
-    """At least one attention layer of at least one head (a config with ``num_hidden_layers: 0`` loads)."""
-    layers, heads = lm.shape
-    if layers < 1 or heads < 1:
-        raise ModelError(f"model {lm.spec!r} has {layers} attention layers of {heads} heads; a cross-encoder has at "
-                         "least one of each: its config.json is damaged (num_hidden_layers, num_attention_heads)")
-
-
 def check_finite_weights(spec: str, model) -> None:
     """Every weight is a number: a NaN or inf anywhere (a diverged training run, a damaged conversion) makes the
     scores, the attention or the spectra NaN. A weight whose sum is finite has none (a NaN or inf would propagate):
@@ -360,13 +355,11 @@ def check_vocabulary(spec: str, tokenizer, model) -> None:
 
 
 def learned_positions(model) -> int | None:
-    """Tokens a model with absolute position embeddings can take (None: relative or rotary positions, no limit
+    """Tokens a model with learned position embeddings can take (None: relative or rotary positions only, no limit
     here). RoBERTa-style embeddings start counting after the padding id: max_position_embeddings - pad - 1."""
     embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
     positions = getattr(embeddings, "position_embeddings", None)
     if positions is None or not hasattr(positions, "num_embeddings"):
-        return None
-    if getattr(model.config, "position_embedding_type", None) not in (None, "absolute"):
         return None
     offset = 0 if positions.padding_idx is None else positions.padding_idx + 1
     return positions.num_embeddings - offset

@@ -42,10 +42,10 @@ class Patching(Stage):
         return bool(ctx.cfg.patching)
 
     def check(self, ctx) -> None:
-        from precompute.analyses.patching import pooling_positions
+        from precompute.analyses.patching import check_pooling
 
-        if "cls" in ctx.cfg.patching and ctx.lm.family.name == "monot5":
-            pooling_positions(ctx.lm, None)  # raises PatchingError with the reason
+        if "cls" in ctx.cfg.patching:
+            check_pooling(ctx.lm)
 
     def done(self, ctx) -> bool:
         return super().done(ctx) and set(ctx.cfg.patching) <= _stored_experiments(ctx.writer)

@@ -141,7 +141,7 @@ def test_removing_every_component_leaves_exactly_the_bias_terms(tiny):
         q = att.query.double()(x).view(1, 6, heads, dh).transpose(1, 2)
         k = att.key.double()(x).view(1, 6, heads, dh).transpose(1, 2)
     tiny.model.float()
-    factors = head_factors(tiny.model, 1, 2)
+    factors = head_factors(tiny, 1, 2)
     edit = qk_edit(factors, 1, 2, dh, 0.0, torch.tensor([True]), "cpu")
     state = BatchState(torch.zeros(1, 6), torch.zeros(1, 6), sites={}, intervention=Intervention(qk=(edit,)))
     edited, correction = state.edit_queries(1, q.float())
@@ -172,4 +172,4 @@ def test_subspace_is_refused_for_rotary_and_disentangled_models(tmp_path):
     for kind in ("llama-cls", "deberta-v2"):
         lm = load(str(build_family(kind, tmp_path / kind)), device="cpu")
         with pytest.raises(SubspaceError, match="whole content term"):
-            check_model(lm.model)
+            check_model(lm)
