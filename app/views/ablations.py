@@ -1,7 +1,7 @@
 """Ablations: the paper's Table 1 for the run, per-layer sweeps, the head-ablation heatmap, the conditions a causal
 model refused, component conditions (MLP and attention blocks: their table and a layer x segment grid), QK-subspace
 conditions (nDCG change beside the change of the head's own metrics), and the per-query deltas of the condition
-clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ANALYSIS_OF_KIND)."""
+clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ablation_summary.analysis)."""
 
 from __future__ import annotations
 
