@@ -74,15 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = p.add_argument_group(
         "ablations",
-        "Re-score every pair with attention removed inside the attention function (one model load serves every "
-        "condition).\nCondition ids: <direction or group>@<layers>/<mode> (q_d@all/zero, cross@3/mask), head:<L>.<H>/zero, "
-        "none (the baseline).\n" + conditions.help_text(),
+        "Re-score every pair with something removed inside the forward pass (one model load serves every "
+        "condition).\nCondition ids (<layers>: all, 0-5 or 3):\n" + conditions.ids_help() + "\n" + conditions.help_text(),
     )
     a.add_argument("--ablations", default="directions,groups", metavar="SETS",
-                   help="comma-separated condition sets: directions (the 25), groups (the named groups above plus "
-                   "--ablation-group), layers (per-layer sweeps of --ablation-sweep), heads (zero one head's output at a "
-                   "time), none (skip ablations). Rerunning with more sets computes only what the folder lacks. "
-                   "Default: %(default)s")
+                   help=conditions.sets_help() + ". Default: %(default)s")
     a.add_argument("--ablation-mode", default="zero", metavar="MODE",
                    help="zero: set the removed post-softmax weights to 0, no renormalisation (the paper's); mask: remove "
                    "them before the softmax (a row left with nothing outputs zeros); zero,mask: both. Default: %(default)s")

@@ -38,9 +38,9 @@ import torch
 
 from precompute.analyses import batching
 from precompute.kernels.block_hooks import PATCH_COMPONENTS, PatchOp, hidden_of, repeat_rows
-from precompute.names import PATCHING_EPSILON, PATCHING_EXPERIMENTS, SEGMENTS
+from precompute.names import PATCHING_EPSILON, SEGMENTS
 
-EXPERIMENTS, EPSILON = PATCHING_EXPERIMENTS, PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the effect is NULL
+EPSILON = PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the effect is NULL
 ALL = "all"  # segment of a patch at every token
 STOP_WORDS = frozenset("a an and are as at be by do does for from how in is it of on or that the to was what when "
                        "where which who why with".split())

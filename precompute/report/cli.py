@@ -9,7 +9,7 @@ from pathlib import Path
 from precompute.cli import OneLineParser
 from precompute.report import compare
 from precompute.report import patching_summary
-from precompute.report.condition_tables import KIND_ORDER, ReportError, render
+from precompute.report.condition_tables import ReportError, kind_order, render
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 USAGE = """Print a run's tables in the form of the paper's Table 1: one line per ablation condition (the measure's mean
@@ -61,10 +61,7 @@ def load(run: Path, measure: str, scope: str):
         raise ReportError(f"measure {measure!r} is not in this run; it has {', '.join(measures.values())} "
                           "(add one with python -m precompute ... --measures)")
     measure = measures[measure.lower()]
-    cur = con.execute(
-        "SELECT s.*, c.directions FROM ablation_summary s JOIN ablation_conditions c USING (condition_id) "
-        "WHERE scope = ? AND measure = ?", [scope, measure],
-    )
+    cur = con.execute("SELECT * FROM ablation_summary WHERE scope = ? AND measure = ?", [scope, measure])
     cols = [d[0] for d in cur.description]
     rows = [dict(zip(cols, r)) for r in cur.fetchall()]
     return manifest, measure, rows
@@ -90,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder written by python -m precompute (--out)")
     p.add_argument("--measure", default="nDCG@10", help="ir_measures name stored for the run. Default: %(default)s")
     p.add_argument("--scope", default="pairs", help="pairs, judged or run (as stored). Default: %(default)s")
-    p.add_argument("--kind", default=",".join(KIND_ORDER), help="comma-separated: direction, group, layer_sweep, head, "
-                   "component, subspace. Default: all present")
+    p.add_argument("--kind", default=",".join(kind_order()), help=f"comma-separated: {', '.join(kind_order())}. "
+                   "Default: all present")
     p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
     p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
                    "tables. Default: %(default)s")
@@ -109,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kinds = [k.strip() for k in args.kind.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KIND_ORDER]
+    bad = [k for k in kinds if k not in kind_order()]
     try:
         if bad:
-            raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(KIND_ORDER)}")
+            raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(kind_order())}")
         if args.compare is not None:
             for run in (args.run, args.compare):
                 _finished(run)

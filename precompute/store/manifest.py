@@ -289,10 +289,9 @@ class AblationsInfo(Section):
     scopes: list[str] = doc("Scopes in ablation_metrics (pairs, judged, run).", factory=list)
     groups: dict[str, list[str]] = doc("User and built-in groups computed: name -> directions.", factory=dict)
     last_request: dict[str, Any] = doc("The ablation flags of the last job that ran the stage, and how many conditions it computed.", factory=dict)
-    holm_family: int | None = doc("Largest number of tested conditions in one Holm family of the attention analysis "
-                                  "(per scope x measure).", bounds=COUNT)
-    holm_families: dict[str, int] = doc("The same for every analysis (attention, components, subspace): each is its "
-                                        "own Holm family.", factory=dict, bounds=COUNT)
+    holm_families: dict[str, int] = doc("Per analysis (attention, components, subspace: each is its own Holm family), "
+                                        "the largest number of tested conditions in one of its families (per scope x "
+                                        "measure).", factory=dict, bounds=COUNT)
     refused: list[str] = doc("Conditions refused before the run because they remove only directions the model cannot "
                              "attend (causal models: into a later segment); they are not in the Holm families.",
                              factory=list)
