@@ -22,6 +22,7 @@ from precompute.conditions.vocabulary import (
     parse_layers,
 )
 from precompute.names import DIRECTIONS
+from precompute.settings import request_values
 
 
 @dataclass
@@ -42,10 +43,8 @@ class AblationRequest:
 
     @classmethod
     def from_config(cls, cfg) -> "AblationRequest":
-        return cls(tuple(cfg.ablations), tuple(cfg.ablation_modes), tuple(cfg.ablation_layers),
-                   tuple(cfg.ablation_groups), tuple(cfg.ablation_sweep), tuple(cfg.ablation_heads),
-                   cfg.component_mode, tuple(cfg.ablation_components), cfg.subspace_heads, cfg.subspace_k,
-                   tuple(cfg.subspace_ops))
+        """The request of a job's settings: each field from the setting declared to feed it (precompute.config)."""
+        return cls(**request_values(cfg))
 
     def check(self) -> None:
         """Validate the flags' syntax without a model (layer and head numbers are checked against the model later).
@@ -59,7 +58,11 @@ class AblationRequest:
             check_layers(spec)
         for target in self.sweep:
             if target.strip() and target.strip() not in user and target.strip() not in GROUPS:
-                if len(parse_directions(target, user)) != 1:
+                try:
+                    dirs = parse_directions(target, user)
+                except AblationSpecError as err:
+                    raise AblationSpecError(f"--ablation-sweep {err}") from None
+                if len(dirs) != 1:
                     raise AblationSpecError(f"--ablation-sweep {target!r}: name one direction or a group per item")
         for spec in self.heads:
             for item in (t for t in re.split(r"[,\s]+", spec.strip()) if t):

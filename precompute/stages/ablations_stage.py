@@ -13,6 +13,7 @@ Kernel and stack fix the numbers of every score, so a folder keeps the ones it w
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 
@@ -261,11 +262,8 @@ class Ablations(Stage):
             measures=measures,
             scopes=scopes,
             groups={r["condition"]: r["directions"].split(",") for r in rows if r["kind"] == "group"},
-            last_request={
-                "sets": list(request.sets), "modes": list(request.modes), "layers": list(request.layers),
-                "groups": list(request.groups), "sweep": list(request.sweep), "heads": list(request.heads),
-                "requested": len(requested), "computed_now": ctx.computed.get(self.name, 0),
-            },
+            last_request={**dataclasses.asdict(request), "requested": len(requested),  # tuples are written as lists
+                          "computed_now": ctx.computed.get(self.name, 0)},
             holm_family=families.get("attention", 0),
             holm_families=families,
             refused=[c.condition_id for c in refused],

@@ -175,7 +175,7 @@ def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(dataset, tmp_pat
         (["--dataset", "no-such-dataset"], "unknown dataset"),
         (["--model", "/nonexistent/model"], "model folder /nonexistent/model does not exist"),
         (["--model", "no-such-org/no-such-cross-encoder"], "could not be loaded"),
-        (["--max-queries", "0"], "--max-queries must be at least 1"),
+        (["--max-queries", "0"], "--max-queries '0': expected an integer of at least 1"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(extra, message, dataset, tmp_path, capsys):
@@ -228,28 +228,6 @@ def test_a_second_job_on_the_same_folder_is_refused(dataset, tmp_path, capsys):
                  "--cache", str(tmp_path / "cache"), "--no-progress"])
     assert code == 2
     assert "another precompute job is writing" in capsys.readouterr().err
-
-
-def test_help_explains_every_flag():
-    from precompute.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:
-        assert action.help, f"{action.option_strings} has no help"
-
-
-def test_the_flags_defaults_are_the_configs_defaults():
-    """A default is written in the CLI, in JobConfig and in AblationRequest: a run without flags must be the run
-    JobConfig() describes, and its ablation request the default one (a default changed in one place fails here)."""
-    import dataclasses
-
-    from precompute.cli import build_parser, config_from_args
-    from precompute.conditions import AblationRequest
-    from precompute.config import JobConfig
-
-    from_flags, default = config_from_args(build_parser().parse_args([])), JobConfig()
-    assert {f.name: getattr(from_flags, f.name) for f in dataclasses.fields(JobConfig)} == dataclasses.asdict(default)
-    assert AblationRequest.from_config(default) == AblationRequest()
 
 
 @pytest.mark.parametrize("raised, code, message", [

@@ -31,9 +31,15 @@ def test_the_typed_manifest_reads_a_version_1_manifest():
 
 
 def test_report_prints_what_the_old_code_printed(monkeypatch, capsys):
+    """The tables as that code printed them, then the command that reruns the run (which that code did not print),
+    written from the old manifest's identity: the dataset and model as recorded and every non-default setting."""
     monkeypatch.chdir(REPO)  # the report's first line names the folder as given
     assert report.main(["tests/fixtures/store-v1/tiny-dl__tiny-bert"]) == 0
-    assert capsys.readouterr().out == (FIXTURE / "report.txt").read_text()
+    tables, rerun = capsys.readouterr().out.split("\nRerun ", 1)
+    assert tables == (FIXTURE / "report.txt").read_text()
+    assert rerun.splitlines()[1].strip() == (
+        "python -m precompute --dataset /tmp/exp/v1/tiny-dl --model /tmp/exp/v1/tiny-bert --easy-negatives 2 "
+        "--max-queries 3 --batch-size 4 --chunk-size 8 --out tests/fixtures/store-v1/tiny-dl__tiny-bert")
 
 
 def test_report_reads_the_manifest_through_the_typed_module():
