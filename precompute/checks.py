@@ -40,9 +40,23 @@ def check_max_length(cfg, lm) -> None:
                          f"pass --max-length {limit} or less")
 
 
+def check_patching(cfg, lm) -> None:
+    """The patching experiments asked for exist for the model: cls patches the pooling position, which an
+    encoder-decoder has not (it was refused only after the ablation pass)."""
+    if "cls" not in cfg.patching:
+        return
+    from precompute.analyses.patching import PatchingError, pooling_positions
+
+    try:
+        pooling_positions(lm, lm.encode(["a query"], ["a document"], 16))
+    except PatchingError as err:
+        raise ModelError(f"--patching cls: {err}") from err
+
+
 def check_model_settings(cfg, lm) -> None:
     check_max_length(cfg, lm)
     check_ablation_flags(cfg, lm)
+    check_patching(cfg, lm)
 
 
 def check_pairs_fit(cfg, lm, pair_set) -> None:

@@ -248,3 +248,74 @@ def test_readme_first_try_is_the_welcome_command():
     if not readme.exists():
         pytest.skip("no README.md")
     assert PRECOMPUTE_COMMAND in readme.read_text() and FIRST_TRY_TIME in readme.read_text()
+
+
+# (family, flags beyond the common ones): no family has both a template and a pooling position with QK subspaces
+# (MonoT5 has no pooling position for the cls experiment; rotary decoders have no subspace interventions), so the
+# template and answer tokens ride with tfc1 on MonoT5 and the cls experiment runs on a BERT.
+RESUMED = {
+    "template": ("monot5", ["--prompt-template", "@template.txt", "--answer-tokens", "true,false", "--patching", "tfc1"]),
+    "cls": ("bert", ["--patching", "cls", "--patching-pairs", "2"]),
+}
+
+
+@pytest.mark.parametrize("case", RESUMED)
+def test_the_printed_commands_resume_the_run(case, tmp_path, monkeypatch, capsys):
+    """A run made with --ablations components,subspace and --patching (with --prompt-template @FILE --answer-tokens,
+    or the cls experiment), interrupted before its ablations: the app's command (split as a shell would) resumes it
+    with the same identity and finishes every requested analysis; once finished, the app's and the report's commands
+    are the same, and running it computes nothing and keeps the identity."""
+    from precompute import report
+    from precompute.cli import main
+    from precompute.stages import STAGES
+    from precompute.store.manifest import read_manifest
+    from tests.precompute.conftest import make_dataset
+    from tests.tiny_families import build_family
+    from tests.tiny_models import build
+
+    family, flags = RESUMED[case]
+    monkeypatch.chdir(tmp_path)
+    dataset = make_dataset(tmp_path / "data", n_queries=2)
+    model = (build_family if family != "bert" else build)(family, tmp_path / "model", layers=1)  # fewer conditions
+    (tmp_path / "template.txt").write_text("Query: {query} Document: {document} it's relevant? $HOME\n")
+    argv = ["--dataset", str(dataset), "--model", str(model), "--out", "runs/a run", "--cache", "cache",
+            "--easy-negatives", "2", "--max-length", "128", "--batch-size", "8", "--chunk-size", "16", "--no-progress",
+            "--ablations", "components,subspace", "--component-mode", "zero", "--subspace-heads", "top:1",
+            "--subspace-k", "1", "--subspace-ops", "remove", *flags]
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(STAGES["ablations"], "run", interrupted)
+        assert main(argv) == 130
+    (tmp_path / "template.txt").unlink()  # the command carries the template's text, not the file's name
+    folder = tmp_path / "runs" / "a run"
+    before = read_manifest(folder)
+    assert before.status == "running"
+
+    def execute(command: str) -> int:
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", "precompute"], command
+        return main(words[3:])
+
+    resume = command_for(inspect_run(folder))
+    assert "--ablations components,subspace" in resume and " ".join(flags[-2:]) in resume, resume
+    assert resume.endswith("--out 'runs/a run'") and "[" not in resume, resume
+    if case == "template":
+        assert before.identity.template.endswith("$HOME") and before.identity.answer_tokens == ["true", "false"]
+        assert "--answer-tokens true,false" in resume
+    assert execute(resume) == 0
+    after = read_manifest(folder)
+    assert after.complete and after.identity == before.identity and len(after.invocations) == 2
+    assert {"component", "subspace"} <= set(after.ablations.counts), after.ablations.counts
+    assert after.patching.experiments == [flags[flags.index("--patching") + 1]]
+
+    capsys.readouterr()
+    assert report.main(["runs/a run"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n").rsplit("\n", 1)[-1].strip()
+    assert printed == command_for(inspect_run(folder))
+    assert execute(printed) == 0
+    last = read_manifest(folder)
+    assert last.identity == before.identity and len(last.invocations) == 3
+    assert last.invocations[-1].computed and not any(last.invocations[-1].computed.values()), last.invocations[-1]
