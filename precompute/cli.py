@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     from precompute.datasets import DatasetError
-    from precompute.console import log
+    from precompute.console import first_line, log
     from precompute.job import run
     from precompute.families.loading import ModelError
     from precompute.store.writer import StoreError
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished parts are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # a bug: one line for the user, the traceback kept for the report
-        print(f"error: unexpected {type(err).__name__}: {_first_line(err)} (a bug; the traceback is in "
+        print(f"error: unexpected {type(err).__name__}: {first_line(err)} (a bug; the traceback is in "
               f"{_save_traceback(cfg.cache)}); finished parts are kept, run the same command again to resume",
               file=sys.stderr)
         return EXIT_FAILED
@@ -128,11 +128,6 @@ def _stopped_by_launcher(signum, frame) -> None:
 
     raise RankFailure("stopped by the launcher (another rank failed or the job was cancelled); finished parts are "
                       "kept, rerun the same command to resume")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no message"
 
 
 def _save_traceback(cache: Path) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from precompute import crash
 from precompute.config import JobConfig
-from precompute.console import Console
+from precompute.console import Console, first_line
 from precompute.settings import identity_values, to_record
 from precompute.store.manifest import (STATUS_COMPLETE, STATUS_RUNNING, Counts, DatasetInfo, Identity, Invocation, Manifest,
                                        ModelInfo)
@@ -83,7 +83,7 @@ def run(cfg: JobConfig) -> Path:
     try:
         return _run(cfg, world, coordinator)
     except BaseException as err:
-        coordinator.fail(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        coordinator.fail(f"{type(err).__name__}: {first_line(err)}")
         raise
     finally:
         coordinator.close()
@@ -192,5 +192,5 @@ def _disk_full_names(root: Path):
     except Exception as err:
         if not is_disk_full(err):
             raise
-        raise StoreError(f"no space left on the device of {root} ({str(err).splitlines()[0]}); free some space and "
+        raise StoreError(f"no space left on the device of {root} ({first_line(err)}); free some space and "
                          "run the same command again: finished parts are kept") from err

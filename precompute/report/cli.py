@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from precompute.cli import OneLineParser
+from precompute.console import first_line
 from precompute.report import compare
 from precompute.report import patching_summary
 from precompute.report.condition_tables import KIND_ORDER, ReportError, render
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:  # anything else (a bug, a store DuckDB cannot read): one line, never a traceback
-        text = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-        print(f"error: unexpected {type(err).__name__}: {text}", file=sys.stderr)
+        print(f"error: unexpected {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

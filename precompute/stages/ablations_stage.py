@@ -23,6 +23,7 @@ import precompute.stages.ablation_folder as folder
 from precompute.stages.ablation_folder import CONDITIONS, METRICS, SCORES, SUBSPACE, SUMMARY
 from precompute.stages.base import Stage
 from precompute.store.manifest import AblationsInfo, TableInfo
+from precompute.store.sql import literal
 from precompute.store.writer import StoreError
 
 
@@ -47,8 +48,8 @@ def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
                          "relevant pairs and easy negatives); name the heads instead, e.g. --subspace-heads 3.5,4.1")
     import duckdb
 
-    path = str(ctx.writer.table_path("head_contrasts")).replace("'", "''")
-    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet('{path}') WHERE contrast = '{TOP_CONTRAST}' AND metric = "
+    path = literal(ctx.writer.table_path("head_contrasts"))
+    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet({path}) WHERE contrast = '{TOP_CONTRAST}' AND metric = "
                       f"'{TOP_METRIC}' AND cohen_d IS NOT NULL ORDER BY cohen_d DESC, layer, head LIMIT {target}")
     return [(int(layer), int(head)) for layer, head in rows.fetchall()]
 

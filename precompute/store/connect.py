@@ -17,6 +17,7 @@ from precompute.metrics import MATCHING_METRICS, METRICS
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA
 from precompute.store.schema import TABLES
+from precompute.store.sql import literal
 
 CATALOG = "atlas.duckdb"
 
@@ -83,7 +84,7 @@ def _statements(run: Path) -> list[str]:
     run = Path(run).resolve()
     present = [name for name in TABLES if (run / f"{name}.parquet").exists()]
     out = [
-        f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{_sql_str(str(run / f'{name}.parquet'))}')"
+        f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({literal(run / f'{name}.parquet')})"
         for name in present
     ]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items() if set(needs) <= set(present)]
@@ -119,5 +120,3 @@ def write_catalog(run: Path | str) -> Path:
     return target
 
 
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
