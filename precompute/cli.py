@@ -1,4 +1,8 @@
-"""Command line of the precompute job. Imports nothing heavy until work starts, so --help is instant."""
+"""Command line of the precompute job, generated from the settings JobConfig declares (:mod:`precompute.config`).
+
+Imports nothing heavy until work starts, so a flag error comes at once; ``--help`` reads the model families' registry
+for the --model help, which imports torch (about 2 s) as long as the families do.
+"""
 
 from __future__ import annotations
 

@@ -163,3 +163,18 @@ def test_the_identity_is_generated_from_the_declarations():
                               "candidates": None, "max_queries": 3})
     assert S.from_identity(JobConfig, old.to_dict()) == {"prompt_template": "Q: {query} D: {document}",
                                                          "answer_tokens": ("yes", "no"), "depth": 100, "max_queries": 3}
+
+
+def test_the_readmes_flag_table_names_declared_flags_only():
+    """README's table of the flags used most: each flag it names exists (a renamed flag fails here)."""
+    import re
+
+    from tests.conftest import REPO
+
+    readme = REPO / "README.md"
+    if not readme.exists():
+        pytest.skip("no README.md")
+    text = readme.read_text()
+    table = text[text.index("| flag | what |"):].split("\n\n", 1)[0]
+    named = set(re.findall(r"`(--[a-z][a-z-]*)", table))
+    assert named and named <= {s.flag for s in SETTINGS}, named - {s.flag for s in SETTINGS}
