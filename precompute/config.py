@@ -238,6 +238,6 @@ class JobConfig:
 def rerun_command(values: Mapping[str, Any], out: Path | str, **changes: Any) -> str:
     """The command that runs the job of ``values`` (settings by field name, e.g. ``Manifest.job_settings()``) again
     into the run folder ``out``, with ``changes`` replacing settings: ``python -m precompute``, every setting that
-    differs from its default (the dataset and the model always), ``--out out``; shell-quoted. Run on an unfinished
-    folder it resumes it; on a finished one it computes only what ``changes`` add."""
-    return S.rerun_command(JobConfig, {**values, **changes}, out, leave_out=("out", "store"))
+    differs from its default (the dataset, the model and the changed ones always), ``--out out``; shell-quoted. Run on
+    an unfinished folder it resumes it; on a finished one it computes only what ``changes`` add."""
+    return S.rerun_command(JobConfig, {**values, **changes}, out, leave_out=("out", "store"), show=tuple(changes))

@@ -34,7 +34,8 @@ class SettingError(ValueError):
 class Kind:
     """How one kind of value is written: ``parse`` reads the flag's text (ValueError saying what was expected),
     ``show`` writes a value back as that text (``parse(show(v)) == v``), ``json`` is its type in the manifest,
-    ``malformed`` are texts ``parse`` refuses (the CLI test feeds each). ``repeat``: the flag may be given several
+    ``malformed`` are texts the CLI refuses for the setting, by ``parse`` or by the checks of the settings together
+    (the CLI test feeds each). ``repeat``: the flag may be given several
     times, one item each; ``switch``: a flag without a value that sets the opposite of the default."""
 
     parse: Callable[[str], Any]
@@ -350,16 +351,17 @@ def _readable(recorded: Mapping[str, tuple[Setting, Any]]) -> dict[str, Any]:
     return out
 
 
-def rerun_command(config_class: type, values: Mapping[str, Any], out: Path | str, *, leave_out: Sequence[str] = ()) -> str:
-    """``python -m precompute`` with every setting of ``values`` (field name -> value) that differs from its default
-    or is always shown, in declaration order, then ``--out out``; every word shell-quoted. ``leave_out``: settings
-    not written (where the run folder is: --out replaces them)."""
+def rerun_command(config_class: type, values: Mapping[str, Any], out: Path | str, *, leave_out: Sequence[str] = (),
+                  show: Sequence[str] = ()) -> str:
+    """``python -m precompute`` with every setting of ``values`` (field name -> value) that differs from its default,
+    is always shown (dataset, model) or is named in ``show``, in declaration order, then ``--out out``; every word
+    shell-quoted. ``leave_out``: settings not written (where the run folder is: --out replaces them)."""
     words = PROGRAM.split()
     for s in declared(config_class):
         if s.name in leave_out or s.name not in values or not applies(s, values):
             continue
         value = values[s.name]
-        if value != s.default or s.shown:
+        if value != s.default or s.shown or s.name in show:
             words += s.argv(value)
     words += ["--out", str(out)]
     return " ".join(shlex.quote(w) for w in words)

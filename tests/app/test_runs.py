@@ -167,7 +167,8 @@ def test_command_and_model_folder(store):
     cmd = command_for(run, SWEEP_FLAGS)
     assert cmd.startswith("python -m precompute --dataset ../shared/data/trec-dl-2020 --model ")
     assert cmd.endswith(f"--ablations directions,groups,layers,heads --out {run.path}"), cmd
-    assert "--ablations" not in command_for(run, ABLATIONS_FLAGS)  # the default sets: no flag needed
+    assert "--ablations directions,groups --out" in command_for(run, ABLATIONS_FLAGS)  # what the page asks, even a default
+    assert "--ablations" not in command_for(run)
     folder, why = model_folder(run)
     assert folder is None and "not a folder on this machine" in why
 
