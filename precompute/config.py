@@ -232,6 +232,7 @@ class JobConfig:
 
     @classmethod
     def settings(cls) -> tuple[S.Setting, ...]:
+        """Every declared setting, in declaration order (the order of --help and of rerun commands)."""
         return S.declared(cls)
 
 
