@@ -186,7 +186,11 @@ class LayerSweep(_Removal):
         user = request.user_groups()
         for target in request.sweep:
             if target.strip() and target.strip() not in user and target.strip() not in GROUPS:
-                if len(parse_directions(target, user)) != 1:
+                try:
+                    dirs = parse_directions(target, user)
+                except AblationSpecError as err:
+                    raise AblationSpecError(f"--ablation-sweep {err}") from None
+                if len(dirs) != 1:
                     raise AblationSpecError(f"--ablation-sweep {target!r}: name one direction or a group per item")
 
     def conditions(self, request, model):

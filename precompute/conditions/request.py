@@ -9,6 +9,7 @@ from precompute.conditions import subspace_specs as qk
 from precompute.conditions.condition import Condition
 from precompute.conditions.kinds import REGISTRY, ModelShape, check_sets, reserved_names
 from precompute.conditions.vocabulary import DEFAULT_SETS, DEFAULT_SWEEP, AblationSpecError, parse_group, parse_layers
+from precompute.settings import request_values
 
 
 @dataclass
@@ -29,10 +30,8 @@ class AblationRequest:
 
     @classmethod
     def from_config(cls, cfg) -> "AblationRequest":
-        return cls(tuple(cfg.ablations), tuple(cfg.ablation_modes), tuple(cfg.ablation_layers),
-                   tuple(cfg.ablation_groups), tuple(cfg.ablation_sweep), tuple(cfg.ablation_heads),
-                   cfg.component_mode, tuple(cfg.ablation_components), cfg.subspace_heads, cfg.subspace_k,
-                   tuple(cfg.subspace_ops))
+        """The request of a job's settings: each field from the setting declared to feed it (precompute.config)."""
+        return cls(**request_values(cfg))
 
     def check(self) -> None:
         """Validate the flags' syntax without a model (layer and head numbers are checked against the model later).

@@ -106,8 +106,9 @@ def parse_operation(op: str) -> float:
 def parse_ks(spec: str) -> tuple[int, ...]:
     """``1-4`` or ``1,2,8`` -> the k values; AblationSpecError otherwise."""
     m = re.fullmatch(r"(\d+)-(\d+)", spec.strip())
-    ks = list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(t) for t in re.split(r"[,\s]+", spec.strip())
-                                                                        if t.isdigit()]
+    items = [t for t in re.split(r"[,\s]+", spec.strip()) if t]
+    ks = (list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else
+          [int(t) for t in items] if all(t.isdigit() for t in items) else [])  # 1,x is refused, not read as 1
     if not ks or min(ks) < 1:
         raise AblationSpecError(f"--subspace-k {spec!r}: expected a range 1-4 or a list 1,2,8 of positive numbers")
     return tuple(sorted(set(ks)))

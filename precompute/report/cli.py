@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from precompute.cli import OneLineParser
+from precompute.console import first_line
 from precompute.report import compare
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
@@ -16,7 +17,7 @@ USAGE = """Print a run's tables in the form of the paper's Table 1: one line per
 over queries, delta to the unablated baseline, a mark from the Holm-corrected paired t-test; each analysis -
 attention, components, subspace - is its own Holm family), per-layer sweeps and head ablations as grids, component
 ablations as a component x layer grid, QK-subspace conditions with their head's own change, then the activation
-patching summary. Exit codes: 0 printed, 1 unexpected failure (one line), 2 not a finished run, no ablations,
+patching summary and the command that reruns the run. Exit codes: 0 printed, 1 unexpected failure (one line), 2 not a finished run, no ablations,
 unknown measure or scope, or a damaged table."""
 
 
@@ -81,6 +82,13 @@ def _check_tables(run: Path, current: bool) -> None:
             raise ReportError(f"{err}; rerun the job with the same command to rebuild it") from err
 
 
+def rerun_block(manifest, run: Path) -> str:
+    """The report's last lines: the command that reruns the run's last job into ``run`` (the app prints the same)."""
+    from precompute.config import rerun_command
+
+    return f"\nRerun (resumes the run; computes only what it lacks):\n  {rerun_command(manifest.job_settings(), run)}\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m precompute.report", description=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         modes = [args.mode] if args.mode else None
         sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
         sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels))
+        sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:  # anything else (a bug, a store DuckDB cannot read): one line, never a traceback
-        text = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-        print(f"error: unexpected {type(err).__name__}: {text}", file=sys.stderr)
+        print(f"error: unexpected {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from precompute.store.sql import literal
+
 SCORES, CONDITIONS, QUERY_METRICS, SUMMARY = "ablation_scores", "ablation_conditions", "ablation_metrics", "ablation_summary"
 SUBSPACE = "subspace_head_metrics"  # the own head's metrics under each condition whose kind measures it (subspace)
 
@@ -118,7 +120,7 @@ def merge_scores(writer, new: set[str]):
     same one every time (``ORDER BY score``), so identical folders merge to identical bytes.
     """
     parts = writer.root / "_parts" / SCORES
-    ids = ", ".join("'" + cid.replace("'", "''") + "'" for cid in sorted(new))
+    ids = ", ".join(map(literal, sorted(new)))
     pieces = [
         f"SELECT condition_id, pair_id, score FROM parts_scores WHERE condition_id IN ({ids}) "
         "QUALIFY row_number() OVER (PARTITION BY condition_id, pair_id ORDER BY score) = 1"
@@ -133,7 +135,7 @@ def merge_scores(writer, new: set[str]):
 
 def merge_subspace(writer, new: set[str]):
     """Stage subspace_head_metrics: the finished table's conditions + the subspace conditions ``new`` from the parts."""
-    ids = ", ".join("'" + cid.replace("'", "''") + "'" for cid in sorted(new))
+    ids = ", ".join(map(literal, sorted(new)))
     pieces = [f"SELECT * FROM parts_metrics WHERE condition_id IN ({ids}) "
               "QUALIFY row_number() OVER (PARTITION BY condition_id, pair_id ORDER BY q_d) = 1"]
     sources = {"metrics": writer.root / "_parts" / SUBSPACE}

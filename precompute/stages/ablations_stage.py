@@ -13,6 +13,7 @@ Kernel and stack fix the numbers of every score, so a folder keeps the ones it w
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ import precompute.stages.ablation_folder as folder
 from precompute.stages.ablation_folder import CONDITIONS, QUERY_METRICS, SCORES, SUBSPACE, SUMMARY
 from precompute.stages.base import Stage
 from precompute.store.manifest import AblationsInfo, TableInfo
+from precompute.store.sql import literal
 from precompute.store.writer import StoreError
 
 
@@ -46,8 +48,8 @@ def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
                          "relevant pairs and easy negatives); name the heads instead, e.g. --subspace-heads 3.5,4.1")
     import duckdb
 
-    path = str(ctx.writer.table_path("head_contrasts")).replace("'", "''")
-    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet('{path}') WHERE contrast = '{TOP_CONTRAST}' AND metric = "
+    path = literal(ctx.writer.table_path("head_contrasts"))
+    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet({path}) WHERE contrast = '{TOP_CONTRAST}' AND metric = "
                       f"'{TOP_METRIC}' AND cohen_d IS NOT NULL ORDER BY cohen_d DESC, layer, head LIMIT {target}")
     return [(int(layer), int(head)) for layer, head in rows.fetchall()]
 
@@ -261,11 +263,8 @@ class Ablations(Stage):
             measures=measures,
             scopes=scopes,
             groups={r["condition"]: r["directions"].split(",") for r in rows if r["kind"] == "group"},
-            last_request={
-                "sets": list(request.sets), "modes": list(request.modes), "layers": list(request.layers),
-                "groups": list(request.groups), "sweep": list(request.sweep), "heads": list(request.heads),
-                "requested": len(requested), "computed_now": ctx.computed.get(self.name, 0),
-            },
+            last_request={**dataclasses.asdict(request), "requested": len(requested),  # tuples are written as lists
+                          "computed_now": ctx.computed.get(self.name, 0)},
             holm_families=families,
             refused=[c.condition_id for c in refused],
         )

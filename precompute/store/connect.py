@@ -23,6 +23,7 @@ from precompute.metrics import MATCHING_METRICS, METRICS
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA
 from precompute.store.schema import TABLES
+from precompute.store.sql import literal
 
 CATALOG = "atlas.duckdb"
 
@@ -84,7 +85,7 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
 def _statements(run: Path) -> list[str]:
     run = Path(run).resolve()
     present = [name for name in TABLES if (run / f"{name}.parquet").exists()]
-    tables = {name: f"SELECT * FROM read_parquet('{_sql_str(str(run / f'{name}.parquet'))}')" for name in present}
+    tables = {name: f"SELECT * FROM read_parquet({literal(run / f'{name}.parquet')})" for name in present}
     tables.update(_condition_part_views(run, present))
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items() if set(needs) <= set(present)]
@@ -120,10 +121,6 @@ def write_catalog(run: Path | str) -> Path:
     return target
 
 
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
-
-
 _CONDITIONS, _PART_MARK = "ablation_conditions", "component"  # a schema-3 ablation_conditions has this column
 
 
@@ -135,12 +132,12 @@ def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
 
     if _CONDITIONS not in present:
         return {}
-    path = _sql_str(str(run / f"{_CONDITIONS}.parquet"))
+    path = literal(run / f"{_CONDITIONS}.parquet")
     con = duckdb.connect()
     try:
-        if con.execute(f"SELECT count(*) FROM parquet_schema('{path}') WHERE name = '{_PART_MARK}'").fetchone()[0]:
+        if con.execute(f"SELECT count(*) FROM parquet_schema({path}) WHERE name = '{_PART_MARK}'").fetchone()[0]:
             return {}
-        cursor = con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY condition_id")
+        cursor = con.execute(f"SELECT * FROM read_parquet({path}) ORDER BY condition_id")
         names = [d[0] for d in cursor.description]
         stored = [dict(zip(names, values)) for values in cursor.fetchall()]
     finally:
@@ -151,7 +148,7 @@ def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
         if name in present:
             table = TABLES[name]
             columns = ", ".join(f"{'c' if col in parts else 's'}.{col}" for col in table.column_names)
-            views[name] = (f"SELECT {columns} FROM read_parquet('{_sql_str(str(run / f'{name}.parquet'))}') s "
+            views[name] = (f"SELECT {columns} FROM read_parquet({literal(run / f'{name}.parquet')}) s "
                            f"JOIN {_CONDITIONS} c USING (condition_id) ORDER BY "
                            + ", ".join(f"s.{k}" for k in table.sort_key))
     return views
@@ -191,5 +188,5 @@ def _literal(value) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, str):
-        return f"'{_sql_str(value)}'"
+        return literal(value)
     return repr(value)

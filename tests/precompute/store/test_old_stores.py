@@ -25,6 +25,8 @@ def kept(old, new) -> bool:
     """Every key and value of the old manifest is in the round trip's (which may add fields at their defaults)."""
     if isinstance(old, dict):
         return isinstance(new, dict) and all(k in new and kept(v, new[k]) for k, v in old.items())
+    if isinstance(old, list):
+        return isinstance(new, list) and len(old) == len(new) and all(kept(a, b) for a, b in zip(old, new))
     return old == new
 
 
@@ -49,9 +51,22 @@ def test_the_typed_manifest_reads_a_version_2_manifest():
 
 @pytest.mark.parametrize("fixture", ["store-v1", "store-v2"])
 def test_report_prints_what_the_old_code_printed(fixture, monkeypatch, capsys):
+    """The tables as that code printed them, then the command that reruns the run (which that code did not print)."""
     monkeypatch.chdir(REPO)  # the report's first line names the folder as given
     assert report.main([f"tests/fixtures/{fixture}/tiny-dl__tiny-bert"]) == 0
-    assert capsys.readouterr().out == (FIXTURES / fixture / "report.txt").read_text()
+    tables, rerun = capsys.readouterr().out.split("\nRerun ", 1)
+    assert tables == (FIXTURES / fixture / "report.txt").read_text()
+    assert rerun.splitlines()[1].strip().endswith(f"--out tests/fixtures/{fixture}/tiny-dl__tiny-bert")
+
+
+def test_the_rerun_command_of_an_old_run_comes_from_its_identity(monkeypatch, capsys):
+    """Written from the old manifest's identity: the dataset and model as recorded and every non-default setting."""
+    monkeypatch.chdir(REPO)
+    assert report.main(["tests/fixtures/store-v1/tiny-dl__tiny-bert"]) == 0
+    rerun = capsys.readouterr().out.split("\nRerun ", 1)[1]
+    assert rerun.splitlines()[1].strip() == (
+        "python -m precompute --dataset /tmp/exp/v1/tiny-dl --model /tmp/exp/v1/tiny-bert --easy-negatives 2 "
+        "--max-queries 3 --batch-size 4 --chunk-size 8 --out tests/fixtures/store-v1/tiny-dl__tiny-bert")
 
 
 def test_report_reads_the_manifest_through_the_typed_module():
