@@ -14,9 +14,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import charts, state, verification
+from app import charts, state
+from matching_atlas import verification
 from app.slice import Slice
-from app.runs import RunInfo, inspect_run
+from matching_atlas.opening import RunInfo, inspect_run
 from app.text import code
 
 CONTEXT_KEY = "_atlas_context"
