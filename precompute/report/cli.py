@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from precompute.cli import OneLineParser
+from precompute.metrics import METRICS
 from precompute.console import first_line
 from precompute.report import compare
 from precompute.report import patching_summary
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("comparing two runs", "Instead of RUN's tables: RUN and OTHER's per-layer profiles of one "
                              "summary metric, aligned by relative depth or by layer index.")
     c.add_argument("--compare", type=Path, metavar="OTHER", help="a second run folder")
-    c.add_argument("--metric", default="q_d", help="head_attention metric compared. Default: %(default)s")
+    c.add_argument("--metric", default="q_d", help="head_attention metric compared: "
+                   f"{', '.join(METRICS)}. Default: %(default)s")
     c.add_argument("--align", choices=("depth", "layer"), default="depth",
                    help="depth: the deeper model's layers binned into the shallower one's by relative depth; layer: by "
                    "layer index. Default: %(default)s")
