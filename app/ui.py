@@ -48,7 +48,7 @@ def context() -> Context:
 
 
 def verified(run: RunInfo) -> RunInfo:
-    """``run`` once every file of it is verified (``app.verification``), with a progress bar meanwhile (a first
+    """``run`` once every file of it is verified (``matching_atlas.verification``), with a progress bar meanwhile (a first
     opening of a large run); nothing of the run is drawn before. The returned run may carry a problem instead."""
     for _ in range(3):  # a file replaced after it was verified is verified again in its new state
         if run.verified or not run.ok:

@@ -1,7 +1,7 @@
 """Compare runs: two runs side by side (two models on one dataset, or one model on two datasets): the head atlas
 of each and their difference, aligned by layer index (the shared layer x head grid) or by relative depth (each
 layer's mean, or largest, head value against (layer + 0.5) / layers, binned into the shallower model's layers:
-``app.depth``), and the ablation table of each."""
+``matching_atlas.depth``), and the ablation table of each."""
 
 from __future__ import annotations
 
