@@ -68,6 +68,14 @@ class PatchingTables(Reader):
         """)
         return sq.ints(df, "patch_pairs", "null_pairs")
 
+    def patching(self, experiment: str | None = None) -> pd.DataFrame:
+        """The effects themselves (table patching_effects: one row per experiment x patch pair x layer x patched
+        activation), of one experiment or of all; the summaries are :meth:`patching_heads` and
+        :meth:`patching_components`."""
+        where, params = ("WHERE experiment = ?", [experiment]) if experiment is not None else ("", [])
+        return self._frame(f"SELECT * FROM patching_effects {where} "
+                           "ORDER BY experiment, patch_id, layer, component, segment, head", params)
+
     def patching_heads(self, experiment: str, where: Slice | None = None) -> pd.DataFrame:
         """Per layer x head (of the slice): n (non-NULL effects), n_null, mean effect, sd and its 95% confidence
         interval (ci_half, ci_lo, ci_hi)."""

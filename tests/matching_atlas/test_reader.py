@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import matching_atlas as ma
@@ -55,3 +56,13 @@ def test_the_package_imports_neither_streamlit_nor_torch():
             "print(sorted(m for m in ('streamlit', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(V2)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_patching_summaries_are_means_of_the_effects():
+    run = ma.open_run(V2, progress=False)
+    effects = run.patching("tfc1")
+    assert set(effects["experiment"]) == {"tfc1"} and len(effects) < len(run.patching())
+    heads = effects[effects["component"] == "head"].groupby(["layer", "head"])["effect"].mean().reset_index()
+    got = run.patching_heads("tfc1")
+    assert got[["layer", "head"]].values.tolist() == heads[["layer", "head"]].values.tolist()
+    np.testing.assert_allclose(got["mean"], heads["effect"], rtol=1e-5)
