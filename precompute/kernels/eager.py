@@ -40,7 +40,9 @@ def block_rows(batch: int, heads: int, rows: int, keys: int) -> int:
 def _softmax_removing(logits: torch.Tensor, removal: torch.Tensor | None, mode: str | None,
                       key_padding: torch.Tensor) -> torch.Tensor:
     """Softmax over keys with an intervention's (query token, key token) removal [b, r, k] applied, in place:
-    ``logits`` (float32) is consumed and becomes the weights."""
+    ``logits`` (float32) is consumed and becomes the weights (a new tensor when autograd records the pass)."""
+    if torch.is_grad_enabled():  # attribution patching: no interventions, and autograd cannot differentiate out=
+        return torch.softmax(logits, dim=-1)
     if removal is not None and mode == "mask":
         removal = removal | key_padding[:, None, :]  # padding keys must not take the freed mass
         weights = torch.softmax(logits.masked_fill_(removal[:, None], float("-inf")), dim=-1, out=logits)
@@ -61,7 +63,7 @@ def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int
     removal = state.removal(layer)
     mode = state.intervention.mode if state.intervention is not None else None
     step = block_rows(b, h, q, k)
-    sums, outs = None, []
+    sums, outs, kept = None, [], []
     for start in range(0, q, step):
         part = slice(start, min(q, start + step))
         block = logits[:, :, part] if isinstance(logits, torch.Tensor) else logits(part)
@@ -69,9 +71,13 @@ def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int
         if state.summarise:
             partial = metrics.partial_sums(weights, state, part)
             sums = partial if sums is None else sums + partial
+        if "weights" in state.capture:
+            kept.append(weights)
         outs.append(torch.matmul(weights.to(value.dtype), value))  # [batch, head, rows, dv]
     if state.summarise:
         state.summaries[layer] = metrics.finish(sums, state)
+    if kept:  # attribution patching's QK fix reads them (precompute.analyses.attribution)
+        state.captured[("weights", layer)] = kept[0] if len(kept) == 1 else torch.cat(kept, dim=2)
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     heads = state.heads_removed(layer)
     if heads is not None:
@@ -97,7 +103,8 @@ def atlas_attention(module, query, key, value, attention_mask, scaling=None, dro
 
         def logits(rows: slice) -> torch.Tensor:
             shape = (*call.query.shape[:2], len(range(*rows.indices(call.query.shape[2]))), call.key.shape[2])
-            block = call.logits(rows, out=state.scratch.take(shape, call.query.device))
+            buffer = None if torch.is_grad_enabled() else state.scratch.take(shape, call.query.device)
+            block = call.logits(rows, out=buffer)
             return block if correction is None else block.add_(correction[:, :, rows, None] * call.scaling)
 
         out = attend(state, site.layer, logits, call.value, rows=call.query.shape[2])
