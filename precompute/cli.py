@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="auto = bfloat16 on GPU, float32 on CPU; summaries are always reduced in float32. Default: %(default)s")
     from precompute import conditions
+    from precompute.names import PATCHING_METHODS, PATCHING_SCORES
 
     a = p.add_argument_group(
         "ablations",
@@ -127,13 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "run (the run's candidates, with --candidates). Default: pairs, plus run with --candidates")
     t = p.add_argument_group("activation patching", "The corrupted input run with one activation replaced by the clean "
                              "run's; effect = (patched - corrupted) / (clean - corrupted), per layer x component x segment "
-                             "and per layer x head (table patching_effects).")
+                             "and per layer x head (table patching_effects), exactly or to first order (attribution "
+                             "patching, AtP*), summarised robustly with intervals over queries (patching_summary). "
+                             "docs/patching.md.")
     t.add_argument("--patching", default="", metavar="EXPERIMENTS",
-                   help="tfc1 (a query term vs a filler of as many tokens inserted at the passage's start) and/or cls "
-                   "(relevant vs hard negative of a query, patched at the pooling position), comma-separated")
+                   help="comma-separated: tfc1 (a query term vs a filler of as many tokens inserted at the passage's "
+                   "start), tfc2 (the term twice vs the term and a filler), stmc1 (a word related to the term vs a "
+                   "filler), cls (relevant vs hard negative of a query, patched at the pooling position)")
     t.add_argument("--patching-pairs", type=int, default=10, metavar="K",
-                   help="(relevant, hard) combinations per query of the cls experiment, drawn with --seed. "
-                   "Default: %(default)s")
+                   help="input pairs per query of every experiment, drawn with --seed (cls: (relevant, hard) "
+                   "combinations). Default: %(default)s")
+    t.add_argument("--patching-method", choices=PATCHING_METHODS, default="both",
+                   help="exact (a forward pass per patched activation), attribution (first-order estimates of every "
+                   "activation from one backward pass per batch, AtP*), both (attribution everywhere, exact for the "
+                   "--patching-top heads: their agreement is measured on every run). Default: %(default)s")
+    t.add_argument("--patching-top", type=int, default=10, metavar="N",
+                   help="heads patched exactly per experiment under --patching-method both (the top N by attribution's "
+                   "ratio of sums, lower bound). Default: %(default)s")
+    t.add_argument("--patching-score", choices=PATCHING_SCORES, default="logit",
+                   help="the scale scores are patched on: logit (the relevance logit, or the log-odds of relevance of "
+                   "two-label and answer-token models) or probability (of relevance, as MechIR). Default: %(default)s")
+    t.add_argument("--patching-min-delta", type=float, metavar="D",
+                   help="pairs with |clean - corrupted| below D are left out of the thresholded mean (and counted). "
+                   "Default: 0.1 on the logit scale, 0.02 on the probability scale (docs/patching.md)")
+    t.add_argument("--patching-graddrop", action="store_true",
+                   help="add AtP*'s GradDrop score (a guard against cancelling paths) to attribution rows: one more "
+                   "backward pass per layer")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default: <store>/<dataset>__<model>)")
     o.add_argument("--store", type=Path, default=Path("data/store"), help="store root holding one folder per run. Default: %(default)s")
@@ -157,6 +177,13 @@ def _check(args, parser) -> None:
         parser.error(f"--ablation-stack must be at least 1, got {args.ablation_stack}")
     if args.patching_pairs < 1:
         parser.error(f"--patching-pairs must be at least 1, got {args.patching_pairs}")
+    if args.patching_top < 1:
+        parser.error(f"--patching-top must be at least 1, got {args.patching_top}")
+    from precompute.names import PATCHING_EPSILON
+
+    if args.patching_min_delta is not None and not PATCHING_EPSILON <= args.patching_min_delta < float("inf"):
+        parser.error(f"--patching-min-delta must be a number of at least {PATCHING_EPSILON} (the difference below "
+                     f"which a pair has no effect at all), got {args.patching_min_delta}")
     from precompute.names import PATCHING_EXPERIMENTS
 
     bad = [e for e in _split(args.patching) if e not in PATCHING_EXPERIMENTS]
@@ -226,7 +253,9 @@ def config_from_args(args):
         eval_scopes=_split(args.eval_scopes) or None, component_mode=args.component_mode,
         ablation_components=_split(args.ablation_components), subspace_heads=args.subspace_heads,
         subspace_k=args.subspace_k, subspace_ops=_split(args.subspace_ops), patching=_split(args.patching),
-        patching_pairs=args.patching_pairs, prompt_template=args.prompt_template,
+        patching_pairs=args.patching_pairs, patching_method=args.patching_method, patching_top=args.patching_top,
+        patching_score=args.patching_score, patching_min_delta=args.patching_min_delta,
+        patching_graddrop=args.patching_graddrop, prompt_template=args.prompt_template,
         answer_tokens=_answer_tokens(args.answer_tokens) if args.answer_tokens else None,
     )
 

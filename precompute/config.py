@@ -50,8 +50,13 @@ class JobConfig:
     subspace_heads: str = "top:5"  # heads of the 'subspace' set: top:N (Cohen's d of q_d, relevant vs easy) or L.H list
     subspace_k: str = "1-4"  # top singular components removed or scaled
     subspace_ops: tuple[str, ...] = ("remove", "scale=2")
-    patching: tuple[str, ...] = ()  # activation-patching experiments: 'tfc1', 'cls' (precompute.analyses.patching)
-    patching_pairs: int = 10  # (relevant, hard) combinations per query of the cls experiment
+    patching: tuple[str, ...] = ()  # activation-patching experiments: tfc1, tfc2, stmc1, cls (docs/patching.md)
+    patching_pairs: int = 10  # input pairs per query of every experiment, drawn with the seed
+    patching_method: str = "both"  # exact | attribution | both (attribution everywhere, exact for the top heads)
+    patching_top: int = 10  # heads patched exactly per experiment under 'both'
+    patching_score: str = "logit"  # logit | probability: the scale scores are patched on
+    patching_min_delta: float | None = None  # None: the score scale's default (patching_ranking.MIN_DELTA)
+    patching_graddrop: bool = False  # AtP*'s GradDrop score on attribution rows (a backward pass per layer)
     measures: tuple[str, ...] = ("nDCG@10",)  # ablation_metrics measures (ir_measures names)
     eval_scopes: tuple[str, ...] | None = None  # None: ('pairs',), plus 'run' with --candidates
 

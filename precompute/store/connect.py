@@ -59,7 +59,7 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
     "matching_heads": (("head_contrasts",), MATCHING_HEADS_SQL),
     "patching_agg": (
         ("patching_effects", "pairs"),
-        "SELECT e.experiment, e.layer, e.head, e.component, e.segment, p.neg_type, p.grade, count(e.effect) AS n, "
+        "SELECT e.experiment, e.method, e.layer, e.head, e.component, e.segment, p.neg_type, p.grade, count(e.effect) AS n, "
         "avg(e.effect) AS mean_effect, stddev_samp(e.effect) AS sd_effect, count(*) - count(e.effect) AS n_null "
         "FROM patching_effects e JOIN pairs p USING (pair_id) GROUP BY ALL",
     ),
