@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "two-label and answer-token models) or probability (of relevance, as MechIR). Default: %(default)s")
     t.add_argument("--patching-min-delta", type=float, metavar="D",
                    help="pairs with |clean - corrupted| below D are left out of the thresholded mean (and counted). "
-                   "Default: 0.1 on the logit scale, 0.02 on the probability scale (docs/patching.md)")
+                   "Default: 0.05 on the logit scale (odds moved by 5%%), 0.0125 on the probability scale (docs/patching.md)")
     t.add_argument("--patching-graddrop", action="store_true",
                    help="add AtP*'s GradDrop score (a guard against cancelling paths) to attribution rows: one more "
                    "backward pass per layer")

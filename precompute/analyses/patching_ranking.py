@@ -29,9 +29,10 @@ import numpy as np
 from precompute.statistics import BOOTSTRAP_RESAMPLES, CI_LEVEL, bootstrap_over_queries, query_sums, weighted_median
 
 RANK_BY = "ratio_low"  # heads are ranked by the lower interval bound of the ratio of sums
-# --patching-min-delta's default per score scale (docs/patching.md, "Near-zero differences"): a tenth of a logit
-# (odds moved by 10%) and two points of probability.
-MIN_DELTA = {"logit": 0.1, "probability": 0.02}
+# --patching-min-delta's default per score scale (docs/patching.md, "Near-zero differences"): 0.05 logits (the odds of
+# relevance moved by 5%), and on the probability scale what 0.05 logits is where probability moves most (p = 0.5,
+# dp/dlogit = 1/4).
+MIN_DELTA = {"logit": 0.05, "probability": 0.0125}
 STATISTICS = ("median", "ratio", "tmean")  # each stored with _low and _high
 VARIANT_BLOCK = 64  # variants summarised at once (bounds the weighted medians' [resamples, pairs, variants] array)
 
