@@ -1,11 +1,12 @@
-"""The Patching page's SQL: activation-patching effects by layer x head and by layer x component x segment, and the
-patch pairs with the largest effect on one head or component.
+"""The Patching page's SQL: activation-patching effects by layer x head and by layer x component x segment, the
+patch pairs with the largest effect on one head or component, and the robust summary (docs/patching.md).
 
-``patching_effects`` holds one row per experiment x patch pair x layer x patched activation (``component`` 'head'
-with its ``head``, or 'resid' / 'attn' / 'mlp' with a ``segment``); ``effect`` is NULL where |clean - corrupted| is
-below the job's epsilon. Means and standard deviations are over the non-NULL effects only (``count(effect)``); the
-NULL ones are counted (``n_null``), never averaged as 0. The 95% confidence interval of a mean is
-mean +- 1.96 sd / sqrt(n).
+``patching_effects`` holds one row per experiment x method x patch pair x layer x patched activation (``component``
+'head' with its ``head``, or 'resid' / 'attn' / 'mlp' / 'resid_post' with a ``segment``); every query here reads one
+method (exact or attribution). ``effect`` is NULL where |clean - corrupted| is below the job's epsilon. Means and
+standard deviations are over the non-NULL effects only (``count(effect)``); the NULL ones are counted (``n_null``),
+never averaged as 0. The 95% confidence interval of a mean is mean +- 1.96 sd / sqrt(n) over pairs (the slice's
+view); the robust summary's intervals resample queries (``patching_summary``).
 
 The slice: its layers (and heads, for the head map) filter the patched activation; its queries, negative types and
 grades filter the patch pairs: a patch pair is in the slice when its query is, and its corrupted input's run pair
@@ -34,6 +35,32 @@ def patching_experiments(con) -> pd.DataFrame:
                                  "GROUP BY experiment ORDER BY experiment"), "patch_pairs")
 
 
+def patching_methods(con, experiment: str) -> pd.DataFrame:
+    """The methods an experiment was computed with and how many heads each patched (attribution first: it covers every
+    activation; under --patching-method both exact patching covers the top heads)."""
+    return sq.ints(sq.frame(con, f"""
+        SELECT method, count(DISTINCT CASE WHEN component = 'head' THEN (layer, head) END) AS heads
+        FROM patching_effects WHERE experiment = {sq.lit(experiment)} GROUP BY method
+        ORDER BY method <> 'attribution', method"""), "heads")
+
+
+def patching_summary(con, experiment: str, method: str, min_delta: float | None, resamples: int | None,
+                     seed: int | None, score: str | None) -> pd.DataFrame:
+    """The robust summary of one experiment and method over all its input pairs: median, ratio of sums and
+    thresholded mean per activation with their bootstrap intervals over queries, the excluded and raised pairs, and
+    the heads' rank (the stored patching_summary; computed from the effects for stores of schema version 3 and older,
+    with the run's recorded settings, given here as plain values so the result is cached)."""
+    from types import SimpleNamespace
+
+    from precompute.analyses.patching_ranking import read_summary
+
+    info = SimpleNamespace(min_delta=min_delta, resamples=resamples, seed=seed, score=score)
+    frame = read_summary(con, info)
+    if frame.empty:
+        return frame
+    return frame[(frame["experiment"] == experiment) & (frame["method"] == method)].reset_index(drop=True)
+
+
 def _pair_filter(sl: Slice, experiment: str) -> str:
     """`` AND patch_id IN (...)`` for the slice's queries, negative types and grades; empty without such filters."""
     if not (sl.qids or sl.neg_types or sl.grades):
@@ -58,50 +85,54 @@ def _with_ci(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def patching_heads(con, sl: Slice, experiment: str) -> pd.DataFrame:
+def patching_heads(con, sl: Slice, experiment: str, method: str = "exact") -> pd.DataFrame:
     """Per layer x head of the slice: n (non-NULL effects), n_null, mean effect, sd and its 95% confidence interval."""
     sql = f"""
         SELECT layer, head, count(effect) AS n, count(*) - count(effect) AS n_null, avg(effect) AS mean,
                stddev_samp(effect) AS sd
         FROM patching_effects
-        WHERE experiment = {sq.lit(experiment)} AND component = 'head' AND {sq.where(sl, pair_filters=False)}
+        WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND component = 'head'
+              AND {sq.where(sl, pair_filters=False)}
               {_pair_filter(sl, experiment)}
         GROUP BY layer, head ORDER BY layer, head
     """
     return _with_ci(sq.ints(sq.frame(con, sql), "layer", "head", "n", "n_null"))
 
 
-def patching_components(con, sl: Slice, experiment: str) -> pd.DataFrame:
-    """Per layer x component (resid, attn, mlp) x segment of the slice's layers: the same statistics."""
+def patching_components(con, sl: Slice, experiment: str, method: str = "exact") -> pd.DataFrame:
+    """Per layer x component (resid, attn, mlp, resid_post) x segment of the slice's layers: the same statistics."""
     order = ", ".join(sq.lit(s) for s in SEGMENT_ORDER)
     sql = f"""
         SELECT layer, component, segment, count(effect) AS n, count(*) - count(effect) AS n_null,
                avg(effect) AS mean, stddev_samp(effect) AS sd
         FROM patching_effects
-        WHERE experiment = {sq.lit(experiment)} AND component <> 'head'
+        WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND component <> 'head'
               AND {sq.where(sl.with_(heads=()), pair_filters=False)} {_pair_filter(sl, experiment)}
         GROUP BY layer, component, segment
-        ORDER BY list_position(['resid', 'attn', 'mlp'], component), component,
+        ORDER BY list_position(['resid', 'attn', 'mlp', 'resid_post'], component), component,
                  list_position([{order}], segment), segment, layer
     """
     return _with_ci(sq.ints(sq.frame(con, sql), "layer", "n", "n_null"))
 
 
 def patching_top_pairs(con, sl: Slice, experiment: str, layer: int, component: str, segment: str | None,
-                       head: int | None, limit: int = 20, descending: bool = True) -> pd.DataFrame:
+                       head: int | None, limit: int = 20, descending: bool = True,
+                       method: str = "exact") -> pd.DataFrame:
     """The slice's patch pairs with the largest (or smallest) non-NULL effect of one head (component 'head') or one
-    component x segment at one layer: query, passages, term and filler, the three scores and the effect."""
+    component x segment at one layer: query, passages, term, filler and the rule that chose them, the three scores
+    and the effect."""
     target = (f"component = 'head' AND head = {int(head)}" if component == "head"
               else f"component = {sq.lit(component)} AND segment = {sq.lit(segment)}")
     order = "DESC" if descending else "ASC"
     sql = f"""
         WITH top AS (
             SELECT patch_id, pair_id, clean, corrupted, patched, effect FROM patching_effects
-            WHERE experiment = {sq.lit(experiment)} AND layer = {int(layer)} AND {target} AND effect IS NOT NULL
+            WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND layer = {int(layer)}
+                  AND {target} AND effect IS NOT NULL
                   {_pair_filter(sl, experiment)}
             ORDER BY effect {order}, patch_id LIMIT {int(limit)}
         )
-        SELECT top.patch_id, p.qid, p.query, pp.term, pp.filler, top.clean, top.corrupted, top.patched, top.effect,
+        SELECT top.patch_id, p.qid, p.query, pp.term, pp.filler, pp.clean_insert, pp.rule, top.clean, top.corrupted, top.patched, top.effect,
                p.neg_type, p.grade, p.docid, left(p.doc, 240) AS passage, c.docid AS clean_docid,
                left(c.doc, 240) AS clean_passage, c.grade AS clean_grade, top.pair_id, pp.clean_pair_id
         FROM top JOIN patching_pairs pp ON pp.experiment = {sq.lit(experiment)} AND pp.patch_id = top.patch_id

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from precompute.analyses.patching_ranking import columns_table
 from precompute.kernels.block_hooks import FINAL, OUTPUT, PATCH_COMPONENTS, PatchOp, repeat_rows
 from precompute.names import PATCHING_EPSILON, SEGMENTS
 
@@ -232,14 +233,6 @@ def effect_columns(experiment: str, method: str, items: Sequence, clean, corrupt
         np.stack([np.asarray(torch.as_tensor(graddrop[s]).float().cpu()) for s in sites]).ravel(),
     }
     return cols
-
-
-def columns_table(cols: dict):
-    """A pyarrow table of :func:`effect_columns` (masked values as NULL)."""
-    import pyarrow as pa
-
-    return pa.table({name: pa.array(np.ma.getdata(v), mask=np.ma.getmaskarray(v)) if np.ma.isMaskedArray(v)
-                     else pa.array(v) for name, v in cols.items()})
 
 
 def run_chunk(lm, experiment: str, method: str, items: Sequence, sites: Sequence[Site], *, batch_size: int,

@@ -148,3 +148,51 @@ def _summary_of(rows: dict[str, np.ndarray], settings: SummarySettings) -> dict[
         rank[is_head] = rank_heads(stats[RANK_BY][is_head])
     out["rank"] = rank
     return out
+
+
+def settings_of(info) -> SummarySettings:
+    """The summary settings a run recorded (its manifest's ``patching`` section; older runs: the defaults)."""
+    from precompute.names import PATCHING_EPSILON
+
+    scale = getattr(info, "score", None) or "logit"
+    return SummarySettings(
+        min_delta=getattr(info, "min_delta", None) or MIN_DELTA[scale], epsilon=PATCHING_EPSILON,
+        n_resamples=getattr(info, "resamples", None) or BOOTSTRAP_RESAMPLES, seed=getattr(info, "seed", None) or 0,
+        level=getattr(info, "level", None) or CI_LEVEL)
+
+
+def read_summary(con, info):
+    """``patching_summary`` of an open run (:func:`precompute.store.connect.connect`) as a pandas DataFrame: the stored
+    table, or for a store of schema version 3 and older (which has none) the same summary computed from its
+    ``patching_effects`` with the run's recorded settings (``info``: the manifest's patching section, or None)."""
+    import pandas as pd
+
+    names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "patching_summary" in names:
+        return con.execute("SELECT * FROM patching_summary").df()
+    if "patching_effects" not in names:
+        return pd.DataFrame()
+    table = con.execute(
+        "SELECT e.experiment, e.method, e.patch_id, p.qid, e.layer, e.head, e.component, e.segment, e.clean, "
+        "e.corrupted, e.patched FROM patching_effects e JOIN pairs p USING (pair_id)").arrow()
+    columns = summary_columns(rows_of(table), settings_of(info))
+    return pd.DataFrame({k: np.ma.filled(v.astype(float), np.nan) if k in ("head", "rank") else np.ma.getdata(v)
+                         for k, v in columns.items()})
+
+
+def rows_of(table) -> dict[str, np.ndarray]:
+    """The arrays :func:`summary_columns` reads from a pyarrow table of patching_effects rows with a ``qid`` column
+    (each input's query)."""
+    names = ("experiment", "method", "patch_id", "qid", "layer", "component", "segment", "clean", "corrupted",
+             "patched")
+    rows = {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
+    rows["head"] = np.array([np.nan if h is None else h for h in table.column("head").to_pylist()], dtype=float)
+    return rows
+
+
+def columns_table(cols: dict):
+    """A pyarrow table of columns given as numpy arrays (masked values become NULL)."""
+    import pyarrow as pa
+
+    return pa.table({name: pa.array(np.ma.getdata(v), mask=np.ma.getmaskarray(v)) if np.ma.isMaskedArray(v)
+                     else pa.array(v) for name, v in cols.items()})

@@ -40,15 +40,25 @@ def block_rows(batch: int, heads: int, rows: int, keys: int) -> int:
 def _softmax_removing(logits: torch.Tensor, removal: torch.Tensor | None, mode: str | None,
                       key_padding: torch.Tensor) -> torch.Tensor:
     """Softmax over keys with an intervention's (query token, key token) removal [b, r, k] applied, in place:
-    ``logits`` (float32) is consumed and becomes the weights (a new tensor when autograd records the pass)."""
-    if torch.is_grad_enabled():  # attribution patching: no interventions, and autograd cannot differentiate out=
-        return torch.softmax(logits, dim=-1)
+    ``logits`` (float32) is consumed and becomes the weights. Where autograd records the pass (attribution
+    patching: ``logits`` requires grad) the same steps run out of place, as autograd needs."""
+    if logits.requires_grad:
+        return _softmax_removing_recorded(logits, removal, mode, key_padding)
     if removal is not None and mode == "mask":
         removal = removal | key_padding[:, None, :]  # padding keys must not take the freed mass
         weights = torch.softmax(logits.masked_fill_(removal[:, None], float("-inf")), dim=-1, out=logits)
         return weights.masked_fill_(removal.all(-1)[:, None, :, None], 0.0)  # nothing left: output 0, not NaN
     weights = torch.softmax(logits, dim=-1, out=logits)
     return weights if removal is None else weights.masked_fill_(removal[:, None], 0.0)
+
+
+def _softmax_removing_recorded(logits, removal, mode, key_padding):
+    if removal is not None and mode == "mask":
+        removal = removal | key_padding[:, None, :]
+        weights = torch.softmax(logits.masked_fill(removal[:, None], float("-inf")), dim=-1)
+        return weights.masked_fill(removal.all(-1)[:, None, :, None], 0.0)
+    weights = torch.softmax(logits, dim=-1)
+    return weights if removal is None else weights.masked_fill(removal[:, None], 0.0)
 
 
 def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int | None = None) -> torch.Tensor:
@@ -103,7 +113,8 @@ def atlas_attention(module, query, key, value, attention_mask, scaling=None, dro
 
         def logits(rows: slice) -> torch.Tensor:
             shape = (*call.query.shape[:2], len(range(*rows.indices(call.query.shape[2]))), call.key.shape[2])
-            buffer = None if torch.is_grad_enabled() else state.scratch.take(shape, call.query.device)
+            recorded = call.query.requires_grad or call.key.requires_grad  # autograd cannot differentiate out=
+            buffer = None if recorded else state.scratch.take(shape, call.query.device)
             block = call.logits(rows, out=buffer)
             return block if correction is None else block.add_(correction[:, :, rows, None] * call.scaling)
 

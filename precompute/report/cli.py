@@ -40,6 +40,13 @@ def _finished(run: Path):
     return manifest
 
 
+def _patching_only(run: Path) -> bool:
+    """A run with activation patching and no ablations (--ablations none --patching ...): the report prints the
+    patching summary alone."""
+    run = Path(run)
+    return (run / "patching_effects.parquet").exists() and not (run / "ablation_summary.parquet").exists()
+
+
 def load(run: Path, measure: str, scope: str):
     """(manifest, measure, summary rows as dicts) of a finished run; ReportError otherwise."""
     from precompute.store.schema import SCHEMA_VERSION
@@ -121,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise ReportError(str(err)) from err
             return EXIT_OK
-        manifest, measure, rows = load(args.run, args.measure, args.scope)
-        modes = [args.mode] if args.mode else None
-        sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
-        sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels))
+        if _patching_only(args.run):
+            manifest = _finished(args.run)
+            sys.stdout.write(f"{args.run}: no ablations; activation patching only\n")
+        else:
+            manifest, measure, rows = load(args.run, args.measure, args.scope)
+            modes = [args.mode] if args.mode else None
+            sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
+        sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels, manifest))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -29,6 +29,7 @@ def inputs(ctx, experiment: str):
 
 
 def summary_settings(ctx):
+    """The summaries' settings of this job (--patching-min-delta or its scale's default, the run's seed)."""
     from precompute.analyses.patching import EPSILON
     from precompute.analyses.patching_ranking import MIN_DELTA, SummarySettings
 
@@ -50,17 +51,11 @@ def _stored_experiments(writer) -> set[str]:
     return set(pc.unique(pq.read_table(writer.table_path(PAIRS), columns=["experiment"]).column(0)).to_pylist())
 
 
-def _rows_of(table, qid: dict[int, str]) -> dict:
-    """A patching_effects table of one experiment as the arrays patching_ranking reads, with each input's query
-    (``qid``: patch_id -> qid)."""
-    import numpy as np
+def _with_queries(table, qid: dict[int, str]):
+    """A patching_effects table of one experiment with each input's query (``qid``: patch_id -> qid) as a column."""
+    import pyarrow as pa
 
-    rows = {name: table.column(name).to_numpy(zero_copy_only=False) for name in
-            ("experiment", "method", "patch_id", "layer", "head", "component", "segment", "clean", "corrupted",
-             "patched")}
-    rows["head"] = np.array([np.nan if h is None else h for h in table.column("head").to_pylist()], dtype=float)
-    rows["qid"] = np.array([qid[p] for p in rows["patch_id"]], dtype=object)
-    return rows
+    return table.append_column("qid", pa.array([qid[p] for p in table.column("patch_id").to_pylist()], pa.string()))
 
 
 class Patching(Stage):
@@ -144,12 +139,13 @@ class Patching(Stage):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from precompute.analyses.patching_ranking import summary_columns
+        from precompute.analyses.patching_ranking import rows_of, summary_columns
 
         parts = [p for p in ctx.writer.part_paths(EFFECTS) if p.stem.startswith(f"{experiment}-attribution-")]
         table = pa.concat_tables([pq.read_table(p) for p in parts])
         table = table.filter(pa.compute.equal(table.column("component"), "head"))
-        summary = summary_columns(_rows_of(table, {i.patch_id: i.qid for i in items}), summary_settings(ctx))
+        summary = summary_columns(rows_of(_with_queries(table, {i.patch_id: i.qid for i in items})),
+                                  summary_settings(ctx))
         order = sorted(range(len(summary["rank"])), key=lambda i: int(summary["rank"][i]))
         return sorted((int(summary["layer"][i]), int(summary["head"][i])) for i in order[: ctx.cfg.patching_top])
 
@@ -186,15 +182,14 @@ class Patching(Stage):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from precompute.analyses.patching import columns_table
-        from precompute.analyses.patching_ranking import summary_columns
+        from precompute.analyses.patching_ranking import columns_table, rows_of, summary_columns
 
         table = pq.read_table(effects_path)
         out = []
         for experiment in sorted(set(table.column("experiment").to_pylist())):
             part = table.filter(pa.compute.equal(table.column("experiment"), experiment))
             qid = {r["patch_id"]: r["qid"] for r in pair_rows if r["experiment"] == experiment}
-            out.append(columns_table(summary_columns(_rows_of(part, qid), summary_settings(ctx))))
+            out.append(columns_table(summary_columns(rows_of(_with_queries(part, qid)), summary_settings(ctx))))
         return pa.concat_tables(out)
 
     def record(self, ctx) -> None:

@@ -6,6 +6,11 @@ a view named after it (``pairs``, ``head_attention``, ...) plus the derived view
 paths) so the DuckDB CLI reaches them from any working directory::
 
     duckdb -readonly data/store/dl20__minilm-l6-msmarco-ce/atlas.duckdb -c "SELECT count(*) FROM pairs"
+
+Stores of schema version 3 and older hold exact patching rows without ``method`` whose ``resid`` was a layer's
+output: here, and only here, their ``patching_effects`` view reads them as exact rows of the same activation under
+this version's names (``resid`` of the next layer, ``resid_post`` of the last), and their ``patching_pairs`` view
+gains the columns of version 4 (the query from ``pairs``, NULL for how each input was built).
 """
 
 from __future__ import annotations
@@ -82,10 +87,9 @@ def register_view(name: str, needs: tuple[str, ...], sql: str) -> None:
 def _statements(run: Path) -> list[str]:
     run = Path(run).resolve()
     present = [name for name in TABLES if (run / f"{name}.parquet").exists()]
-    out = [
-        f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{_sql_str(str(run / f'{name}.parquet'))}')"
-        for name in present
-    ]
+    tables = {name: f"SELECT * FROM read_parquet('{_sql_str(str(run / f'{name}.parquet'))}')" for name in present}
+    tables.update(_patching_views(run, present))
+    out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items() if set(needs) <= set(present)]
     return out
 
@@ -121,3 +125,34 @@ def write_catalog(run: Path | str) -> Path:
 
 def _sql_str(s: str) -> str:
     return s.replace("'", "''")
+
+
+def _columns(path: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_schema(path).names)
+
+
+def _patching_views(run: Path, present: list[str]) -> dict[str, str]:
+    """patching_effects and patching_pairs of a store of schema version 3 or older in this version's form (module
+    docstring); {} for a current store or one without patching."""
+    if "patching_effects" not in present or "method" in _columns(run / "patching_effects.parquet"):
+        return {}
+    effects = _sql_str(str(run / "patching_effects.parquet"))
+    import pyarrow.parquet as pq
+
+    last = max(pq.read_table(run / "patching_effects.parquet", columns=["layer"]).column(0).to_pylist())
+    views = {"patching_effects": (
+        "SELECT experiment, 'exact' AS method, patch_id, pair_id, "
+        f"CAST(CASE WHEN component = 'resid' AND layer < {last} THEN layer + 1 ELSE layer END AS TINYINT) AS layer, "
+        f"head, CASE WHEN component = 'resid' AND layer = {last} THEN 'resid_post' ELSE component END AS component, "
+        f"segment, clean, corrupted, patched, effect, CAST(NULL AS FLOAT) AS graddrop FROM read_parquet('{effects}')")}
+    if "patching_pairs" in present and "pairs" in present:
+        pairs = _sql_str(str(run / "patching_pairs.parquet"))
+        views["patching_pairs"] = (
+            "SELECT pp.experiment, pp.patch_id, pp.pair_id, pp.clean_pair_id, p.qid, pp.term, pp.filler, "
+            "CAST(NULL AS VARCHAR) AS clean_insert, CAST(NULL AS VARCHAR) AS corrupted_insert, "
+            "CAST(NULL AS VARCHAR) AS rule, CAST(NULL AS FLOAT) AS similarity "
+            f"FROM read_parquet('{pairs}') pp JOIN read_parquet('{_sql_str(str(run / 'pairs.parquet'))}') p "
+            "USING (pair_id) ORDER BY pp.experiment, pp.patch_id")
+    return views
