@@ -182,6 +182,9 @@ _CONDITION_PARTS = (
            nullable=True),
     Column("factor", pa.float64(), "QK subspace: what the components are multiplied by (0 = remove); NULL "
            "otherwise.", nullable=True, bounds=(0, None)),
+    Column("alignments", pa.list_(pa.float32()), "Aligned QK subspace (kind subspace_aligned, 'qk:3.5:a2/remove'): "
+           "the alignment u_k . v_k (svd.alignment) of each component removed or scaled, largest sigma_k * "
+           "alignment_k first; NULL for every other kind and in stores before schema 4.", nullable=True),
 )
 
 ABLATION_CONDITIONS = Table(
