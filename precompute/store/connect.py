@@ -13,6 +13,9 @@ Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``
 (:mod:`precompute.conditions`; legacy ids such as ``mlp:d@3/mean`` included), so every reader sees one schema. The
 stored ids are kept as they are.
 
+Stores of schema version 3 lack ``alignments`` (aligned QK subspaces, schema 4): their ``ablation_conditions`` and
+``ablation_summary`` views get it as NULL.
+
 Stores of schema versions 1 to 3 hold exact patching rows without ``method`` whose ``resid`` was a layer's
 output: here, and only here, their ``patching_effects`` view reads them as exact rows of the same activation under
 this version's names (``resid`` of the next layer, ``resid_post`` of the last), and their ``patching_pairs`` view
@@ -142,7 +145,7 @@ def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
     con = duckdb.connect()
     try:
         if con.execute(f"SELECT count(*) FROM parquet_schema({path}) WHERE name = '{_PART_MARK}'").fetchone()[0]:
-            return {}
+            return _alignments_views(con, run, present)
         cursor = con.execute(f"SELECT * FROM read_parquet({path}) ORDER BY condition_id")
         names = [d[0] for d in cursor.description]
         stored = [dict(zip(names, values)) for values in cursor.fetchall()]
@@ -157,6 +160,22 @@ def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
             views[name] = (f"SELECT {columns} FROM read_parquet({literal(run / f'{name}.parquet')}) s "
                            f"JOIN {_CONDITIONS} c USING (condition_id) ORDER BY "
                            + ", ".join(f"s.{k}" for k in table.sort_key))
+    return views
+
+
+def _alignments_views(con, run: Path, present: list[str]) -> dict[str, str]:
+    """For a store of schema 3 (condition parts as columns, before ``alignments``): ablation_conditions and
+    ablation_summary with a NULL ``alignments`` column in its schema-4 place. {} for a current store."""
+    views = {}
+    for name in ("ablation_conditions", "ablation_summary"):
+        if name not in present:
+            continue
+        path = literal(run / f"{name}.parquet")
+        if con.execute(f"SELECT count(*) FROM parquet_schema({path}) WHERE name = 'alignments'").fetchone()[0]:
+            continue
+        columns = ", ".join("CAST(NULL AS FLOAT[]) AS alignments" if c == "alignments" else c
+                            for c in TABLES[name].column_names)
+        views[name] = f"SELECT {columns} FROM read_parquet({path})"
     return views
 
 
