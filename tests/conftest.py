@@ -26,3 +26,20 @@ def minilm_dir() -> Path:
     if not (MINILM / "config.json").exists():
         pytest.skip("../shared/models/minilm-l6-msmarco-ce is not present")
     return MINILM
+
+
+def read_table(run: Path, table: str, columns: list[str] | None = None):
+    """A whole table of a run folder as one Arrow table, whatever its layout (one file, or one per partition)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from precompute.store import layout
+
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in layout.files(run, table)])
+
+
+def table_files(run: Path) -> list[Path]:
+    """Every finished table file of a run folder (each partition of a partitioned table), sorted: not the resumable
+    parts, the staged tables or temporary files."""
+    run = Path(run)
+    return [p for p in sorted(run.rglob("*.parquet")) if not p.relative_to(run).parts[0].startswith(("_", "."))]
