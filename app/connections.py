@@ -50,15 +50,12 @@ from app.runs import RunInfo
 from app.sql_console import DEFAULT_ROW_LIMIT, SqlError, SqlLimits, SqlResult
 from app.sql_worker import SqlWorker
 from precompute.store.connect import connect
+from precompute.store.sql import literal
 
 AGG_IN_MEMORY_MB = float(os.environ.get("ATLAS_AGG_IN_MEMORY_MB", "2048"))
 THREADS = max(1, min(4, os.cpu_count() or 1))
 
 MAX_SQL_SESSIONS = int(os.environ.get("ATLAS_SQL_SESSIONS", "8"))
-
-
-def _q(path: Path | str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 # -- the run connection of the pages ----------------------------------------------------------------
@@ -71,7 +68,7 @@ def open_run(run: Path | str, *, threads: int | None = None, agg_in_memory_mb: f
     agg = run / "head_attention_agg.parquet"
     if agg.exists() and agg.stat().st_size <= limit * 1e6:
         con.execute("DROP VIEW IF EXISTS head_attention_agg")
-        con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({_q(agg)})")
+        con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({literal(agg)})")
     return con
 
 

@@ -44,7 +44,7 @@ def main() -> int:
     sample = spread(pairs, args.pairs)
     step = max(1, len(pairs) // args.pairs)
     lm = load(args.model, args.device, args.dtype)
-    n_layers, n_heads = lm.config.num_hidden_layers, lm.config.num_attention_heads
+    n_layers, n_heads = lm.shape
     everything = {c.condition_id: c for c in AblationRequest(modes=("zero", "mask")).conditions(n_layers, n_heads)}
     if args.condition not in everything:
         p.error(f"--condition {args.condition!r}: one of {', '.join(everything)}")

@@ -21,6 +21,14 @@ PAIR_KINDS = ("distilbert", "electra", "modernbert", "xlm-roberta", "deberta-v2"
 DECODER_KINDS = ("llama", "qwen2", "mistral", "gemma2")
 ALL_KINDS = (*PAIR_KINDS, "monot5", *(f"{k}-cls" for k in DECODER_KINDS), "qwen3-yesno", "llama-yesno")
 EXTRA_KINDS = ("qwen2-yesno",)  # built on request (spectra of a grouped-query generative model)
+# Every registered family (precompute.families.FAMILIES) -> the tiny kinds that load as it; tests walk this, and
+# tests/tiny_models.py's 'bert' and 'roberta' load as 'bert' too.
+FAMILY_KINDS = {
+    "bert": ("electra", "xlm-roberta"), "distilbert": ("distilbert",), "modernbert": ("modernbert",),
+    "deberta-v2": ("deberta-v2",), "mpnet": ("mpnet",), "monot5": ("monot5",),
+    "decoder-classifier": ("llama-cls", "qwen2-cls", "mistral-cls", "gemma2-cls"),
+    "qwen-yes-no": ("qwen3-yesno", "qwen2-yesno"), "yes-no": ("llama-yesno",),
+}
 
 
 def _vocab() -> dict[str, int]:
@@ -44,7 +52,7 @@ def _byte_level_bpe():
     return tok, tok.get_vocab()
 
 
-def tokenizer(style: str, padding_side: str = "right"):
+def tokenizer(style: str, padding_side: str = "right", pad_token: str = "<pad>"):
     """A fast tokenizer: ``style`` bert ([CLS] q [SEP] d [SEP]), roberta (<s> q </s></s> d </s>), t5 (text </s>),
     llama (<s> text): word level, lower-cased; bpe: byte-level BPE, text as is (Qwen)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -58,7 +66,7 @@ def tokenizer(style: str, padding_side: str = "right"):
         tok.normalizer = normalizers.Lowercase()
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     special = lambda *names: [(n, vocab[n]) for n in names]  # noqa: E731
-    names = dict(pad_token="<pad>", unk_token="<unk>")
+    names = dict(pad_token=pad_token, unk_token="<unk>")
     inputs = ["input_ids", "attention_mask"]
     if style == "bert":
         tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -93,8 +101,9 @@ def _perturb(model, seed: int = 1, scale: float = 0.25) -> None:
 
 
 def build_family(kind: str, folder: Path, *, layers: int = 2, heads: int = 4, hidden: int = 32,
-                 padding_side: str = "right", num_labels: int = 1) -> Path:
-    """Save a tiny random ``kind`` (one of ALL_KINDS) reranker with its tokenizer into ``folder``."""
+                 padding_side: str = "right", num_labels: int = 1, pad_is_eos: bool = False) -> Path:
+    """Save a tiny random ``kind`` (one of ALL_KINDS) reranker with its tokenizer into ``folder`` (``pad_is_eos``:
+    a decoder whose pad token is its eos, as many decoder checkpoints are)."""
     import torch
     import transformers as T
 
@@ -104,7 +113,7 @@ def build_family(kind: str, folder: Path, *, layers: int = 2, heads: int = 4, hi
     n = len(vocab)
     common = dict(vocab_size=n, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   intermediate_size=hidden * 2, max_position_embeddings=128, num_labels=num_labels)
-    ids = dict(pad_token_id=vocab["<pad>"])
+    ids = dict(pad_token_id=vocab["</s>" if pad_is_eos else "<pad>"])
     style = "bert"
     if kind == "distilbert":
         model = T.DistilBertForSequenceClassification(T.DistilBertConfig(
@@ -157,6 +166,6 @@ def build_family(kind: str, folder: Path, *, layers: int = 2, heads: int = 4, hi
     model.eval()
     folder = Path(folder)
     model.save_pretrained(folder)
-    tok, _ = tokenizer(style, padding_side)
+    tok, _ = tokenizer(style, padding_side, "</s>" if pad_is_eos else "<pad>")
     tok.save_pretrained(folder)
     return folder

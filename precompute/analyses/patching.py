@@ -13,8 +13,9 @@ Experiments (``--patching tfc1,cls``):
   stop word; the filler is the first word of :data:`FILLERS` with as many tokens that is not in the query. A pair
   where no such term and filler align (token counts, segments) is skipped and counted.
 * ``cls``: a relevant passage (clean) against a hard negative (corrupted) of the same query, patched at the
-  model's pooling position only (position 0, [CLS], for encoders; the last token for decoder classifiers and
-  yes/no rerankers), so the passages need not align. Up to ``--patching-pairs K`` (relevant, hard) combinations
+  position the model's score is read at only (its family's pooling position: [CLS] for encoders, where
+  transformers pools for decoder classifiers, the answer position of yes/no rerankers; MonoT5 has none and is
+  refused), so the passages need not align. Up to ``--patching-pairs K`` (relevant, hard) combinations
   per query, drawn with the run's seed.
 
 Granularities: per layer x component (``resid`` = the layer's output, ``attn``, ``mlp`` = the blocks' output
@@ -37,9 +38,9 @@ import torch
 
 from precompute.analyses import batching
 from precompute.kernels.block_hooks import PATCH_COMPONENTS, PatchOp, hidden_of, repeat_rows
-from precompute.names import PATCHING_EPSILON, PATCHING_EXPERIMENTS, SEGMENTS
+from precompute.names import PATCHING_EPSILON, SEGMENTS
 
-EXPERIMENTS, EPSILON = PATCHING_EXPERIMENTS, PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the effect is NULL
+EPSILON = PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the effect is NULL
 ALL = "all"  # segment of a patch at every token
 STOP_WORDS = frozenset("a an and are as at be by do does for from how in is it of on or that the to was what when "
                        "where which who why with".split())
@@ -144,16 +145,19 @@ def variants(experiment: str, heads: int) -> list[Variant]:
             + [Variant("head", head_segment, h) for h in range(heads)])
 
 
-def pooling_positions(lm, batch) -> torch.Tensor:
-    """[batch] position the family pools at: 0 ([CLS]) for encoders, the last attended token for decoders."""
-    from precompute.families.templated import last_positions
+def check_pooling(lm) -> None:
+    """Refuse the cls experiment for a model whose score is read at no single encoder position (PatchingError)."""
+    from precompute.families import FamilyError
 
-    if lm.family.causal:
-        return last_positions(batch.inputs["attention_mask"])
-    if lm.family.name == "monot5":
-        raise PatchingError("the cls experiment patches the pooling position, which an encoder-decoder (MonoT5) has "
-                            "not; use tfc1")
-    return torch.zeros(batch.segments.shape[0], dtype=torch.long)
+    try:
+        lm.family.check_pooling(lm.model)
+    except FamilyError as err:
+        raise PatchingError(f"the cls experiment patches the position the score is read at, and {err}; use tfc1") from err
+
+
+def pooling_positions(lm, batch) -> torch.Tensor:
+    """[batch] position each row's score is read at, as the model's family pools it."""
+    return lm.family.pooling_positions(lm.model, batch.inputs)
 
 
 def _positions(lm, experiment: str, variant: Variant, batch) -> torch.Tensor:

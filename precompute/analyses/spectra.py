@@ -22,7 +22,8 @@ Decisions the numbers depend on:
 * **Rank.** Every head keeps head_dim values (k = 0 largest); numerically zero ones carry
   arbitrary alignments but no weight in the head score.
 
-What the matrix is depends on how the family adds positions (``note``, written to the manifest):
+What the matrix is depends on how the model adds positions (its family's ``Architecture.position``; ``note``,
+written to the manifest):
 
 * absolute positions (BERT, RoBERTa, ELECTRA, DistilBERT, XLM-R): the whole content interaction;
 * an additive relative position bias (MPNet, T5): the bias depends on the distance only, not on the
@@ -34,9 +35,11 @@ What the matrix is depends on how the family adds positions (``note``, written t
   position);
 * grouped-query attention: several query heads share one key head; ``svd.kv_head`` says which.
 
-Refused with :class:`SpectraError` (one line, with the reason): BERT's ``relative_key`` positions (content
-times position terms inside the product) and per-head query/key normalisation (Qwen3, Gemma-3), where the
-logit is not a bilinear form of the hidden states.
+Refused with :class:`SpectraError` (one line, with the reason): per-head query/key normalisation (Qwen3, Gemma-3),
+where the logit is not a bilinear form of the hidden states.
+
+The query and key weights, the head counts and the position kind come from the model's family
+(:meth:`precompute.families.base.Family.qk_weights`, :attr:`~precompute.families.loading.LoadedModel.architecture`).
 """
 
 from __future__ import annotations
@@ -44,16 +47,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-from torch import nn
 
+from precompute.families.base import Architecture, QKWeights
 from precompute.store.schema import SVD
-
-# (query attribute, key attribute) of the self-attention modules of every family; ModernBERT fuses them (Wqkv).
-_PROJECTIONS: tuple[tuple[str, str], ...] = (
-    ("query", "key"), ("q_lin", "k_lin"), ("query_proj", "key_proj"), ("q_proj", "k_proj"), ("q", "k"),
-)
-_QK_NORMS = ("q_norm", "k_norm", "q_layernorm", "k_layernorm")
-_ROTARY_CONFIG_KEYS = ("rope_parameters", "rope_theta", "rotary_dim", "rotary_emb_base", "rotary_pct", "global_rope_theta")
 
 NOTE_ABSOLUTE = "W_Q^h (W_K^h)^T, unscaled"
 NOTE_BIAS = ("W_Q^h (W_K^h)^T, unscaled; the relative position bias is added per (head, distance), content-free, and "
@@ -62,17 +58,11 @@ NOTE_DISENTANGLED = ("W_Q^h (W_K^h)^T, unscaled: the content-to-content term onl
                      "position-to-content terms of disentangled attention are left out")
 NOTE_ROTARY = ("position-free W_Q^h (W_K^h)^T, unscaled: rotary embeddings rotate queries and keys by position, so the "
                "logit is x_i^T W_Q R_(j-i) W_K^T x_j; this is the spectrum at distance 0")
+NOTES = {"absolute": NOTE_ABSOLUTE, "bias": NOTE_BIAS, "disentangled": NOTE_DISENTANGLED, "rotary": NOTE_ROTARY}
 
 
 class SpectraError(Exception):
     """The model's attention is not one the spectra can describe (message is one line, for the CLI)."""
-
-
-def qk_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the query and key factors of every query head: (W_Q, W_K), each [heads, d_model, dh], float32 on
-    CPU (under grouped-query attention a query head's W_K is its key head's). SpectraError when not bilinear."""
-    matrix_note(model)
-    return [(wq, wk[kv]) for wq, wk, kv in layer_factors(model)]
 
 
 def head_spectrum(wq: torch.Tensor, wk: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -81,12 +71,12 @@ def head_spectrum(wq: torch.Tensor, wk: torch.Tensor) -> tuple[np.ndarray, np.nd
     return sigma[0].numpy(), alignment[0].numpy()
 
 
-def spectra_table(model: nn.Module) -> tuple[pa.Table, str]:
-    """(the ``svd`` table of ``model``: one row per layer x head x k, sorted by (layer, head, k); the note saying
-    which matrix it is the spectrum of)."""
-    note = matrix_note(model)
+def spectra_table(lm) -> tuple[pa.Table, str]:
+    """(the ``svd`` table of the loaded model ``lm``: one row per layer x head x k, sorted by (layer, head, k); the
+    note saying which matrix it is the spectrum of)."""
+    note = matrix_note(lm)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in SVD.column_names}
-    for layer, (wq, wk, kv) in enumerate(layer_factors(model)):
+    for layer, (wq, wk, kv) in enumerate(layer_factors(lm)):
         sigma, alignment = _spectra(wq, wk[kv])  # [heads, dh] each
         heads, dh = sigma.shape
         columns["layer"].append(np.full(heads * dh, layer, dtype=np.int8))
@@ -129,80 +119,21 @@ def _split_heads(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, out // heads, d_model).transpose(1, 2).contiguous()  # [heads, d_model, dh]
 
 
-def _family(model: nn.Module):
-    from precompute.families import family_for
-
-    return family_for(model.config, architecture=type(model).__name__)
-
-
-def projection_modules(module: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
-    """The separate query and key Linear modules of one attention module, None when they are fused or absent."""
-    for q_name, k_name in _PROJECTIONS:
-        query, key = getattr(module, q_name, None), getattr(module, k_name, None)
-        if isinstance(query, nn.Linear) and isinstance(key, nn.Linear):
-            return query, key
-    return None
+def split_layer(weights: QKWeights, arch: Architecture) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's (W_Q [heads, d_model, dh], W_K [kv_heads, d_model, dh], kv head of each query head [heads])."""
+    return _split_heads(weights.query, arch.heads), _split_heads(weights.key, arch.kv_heads), weights.kv_head
 
 
-def _projections(module: nn.Module, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The query and key Linear weights [out, in] of one attention module."""
-    found = projection_modules(module)
-    if found is not None:
-        return found[0].weight, found[1].weight
-    fused = getattr(module, "Wqkv", None)
-    if isinstance(fused, nn.Linear) and fused.out_features == 3 * hidden:
-        return fused.weight[:hidden], fused.weight[hidden : 2 * hidden]
-    raise SpectraError(f"{type(module).__name__} has no query/key projections the spectra know "
-                       f"({', '.join('/'.join(p) for p in _PROJECTIONS)}, Wqkv)")
+def layer_factors(lm) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`split_layer` of every summarised layer of the loaded model ``lm``."""
+    return [split_layer(weights, lm.architecture) for weights in lm.family.qk_weights(lm.model)]
 
 
-def layer_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per layer: (W_Q [heads, d_model, dh], W_K [kv_heads, d_model, dh], kv head of each query head [heads])."""
-    family = _family(model)
-    _, heads = family.shape(model)
-    out = []
-    for module, site in family.attention_sites(model):
-        if site.role != "self":
-            continue
-        wq, wk = _projections(module, _hidden(model))
-        if wq.shape[0] % heads:
-            raise SpectraError(f"query projection {tuple(wq.shape)} does not split into {heads} heads")
-        dh = wq.shape[0] // heads
-        kv_heads = wk.shape[0] // dh
-        if kv_heads < 1 or wk.shape[0] % dh or heads % kv_heads:
-            raise SpectraError(f"key projection {tuple(wk.shape)} does not split into key heads of size {dh} shared "
-                               f"evenly by {heads} query heads")
-        out.append((_split_heads(wq, heads), _split_heads(wk, kv_heads), torch.arange(heads) // (heads // kv_heads)))
-    return out
-
-
-def _hidden(model: nn.Module) -> int:
-    config = model.config
-    return int(getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "dim"))
-
-
-def matrix_note(model: nn.Module) -> str:
+def matrix_note(lm) -> str:
     """Which matrix the spectrum is of (module docstring); SpectraError for attention that is not bilinear."""
-    config, name = model.config, _model_name(model)
-    position = getattr(config, "position_embedding_type", None) or "absolute"
-    if position not in ("absolute", "rotary"):
-        raise SpectraError(
-            f"{name}: position_embedding_type={position!r} multiplies content by relative positions inside the "
-            "attention logits; its spectra are not defined (position_embedding_type='absolute' is)"
-        )
-    norms = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in _QK_NORMS})
-    if norms:
-        raise SpectraError(f"{name}: queries and keys are normalised per head ({', '.join(norms)}) before their "
-                           "product, so the attention logit is not a bilinear form of the hidden states; no spectra")
-    if getattr(config, "relative_attention", False):
-        return NOTE_DISENTANGLED
-    rotary = [key for key in _ROTARY_CONFIG_KEYS if getattr(config, key, None) is not None]
-    if rotary or any("rotary" in module_name.lower() for module_name, _ in model.named_modules()):
-        return NOTE_ROTARY
-    if getattr(config, "relative_attention_num_buckets", None):  # T5, MPNet
-        return NOTE_BIAS
-    return NOTE_ABSOLUTE
-
-
-def _model_name(model: nn.Module) -> str:
-    return getattr(model.config, "model_type", None) or type(model).__name__
+    arch = lm.architecture
+    if arch.qk_norm:
+        raise SpectraError(f"{type(lm.model).__name__}: queries and keys are normalised per head ({', '.join(arch.qk_norm)}) "
+                           "before their product, so the attention logit is not a bilinear form of the hidden states; "
+                           "no spectra")
+    return NOTES[arch.position]

@@ -12,7 +12,8 @@ head_dim components leaves exactly the bias terms of the logits (tests).
 
 Defined where ``W_Q W_K^T`` is the whole content interaction of the logit: absolute positions and additive
 relative position biases (BERT-style, DistilBERT, MPNet, T5). Rotary models rotate queries by position before
-the product and DeBERTa's position terms share the query projection, so they are refused.
+the product and DeBERTa's position terms share the query projection, so they are refused. The weights, biases and
+position kind are the model family's facts (:meth:`precompute.families.base.Family.qk_weights`).
 """
 
 from __future__ import annotations
@@ -21,22 +22,26 @@ from dataclasses import dataclass
 
 import torch
 
-from precompute.analyses.spectra import NOTE_ABSOLUTE, NOTE_BIAS, SpectraError, core_svd, layer_factors, matrix_note, projection_modules
+from precompute.analyses.spectra import NOTES, SpectraError, core_svd, matrix_note, split_layer
+
+CONTENT_ONLY = ("absolute", "bias")  # position kinds where W_Q W_K^T is the whole content term of the logit
 
 
 class SubspaceError(ValueError):
     """A subspace intervention this model cannot have (one line, for the CLI)."""
 
 
-def check_model(model) -> None:
+def check_model(lm) -> None:
     """Refuse models where the intervention is not the content term alone (module docstring)."""
     try:
-        note = matrix_note(model)
+        matrix_note(lm)
     except SpectraError as err:
         raise SubspaceError(f"QK-subspace interventions need the spectra: {err}") from err
-    if note not in (NOTE_ABSOLUTE, NOTE_BIAS):
+    position = lm.architecture.position
+    if position not in CONTENT_ONLY:
         raise SubspaceError(f"QK-subspace interventions are defined where W_Q W_K^T is the whole content term of the "
-                            f"logit; for this model the spectra are of the {note.split(':')[0]}")
+                            f"logit; for this model ({position} positions) the spectra are of the "
+                            f"{NOTES[position].split(':')[0]}")
 
 
 @dataclass(frozen=True)
@@ -51,20 +56,17 @@ class HeadFactors:
     key_bias: torch.Tensor | None
 
 
-def head_factors(model, layer: int, head: int) -> HeadFactors:
-    from precompute.analyses.spectra import _family
-
-    check_model(model)
-    wq, wk, kv = layer_factors(model)[layer]
-    qq, rq, qk, rk, u, sigma, vh = core_svd(wq[head : head + 1], wk[int(kv[head]) : int(kv[head]) + 1])
+def head_factors(lm, layer: int, head: int) -> HeadFactors:
+    """The factors of one head of the loaded model ``lm`` (SubspaceError where the intervention is not defined)."""
+    check_model(lm)
+    weights = lm.family.qk_weights(lm.model)[layer]
+    wq, wk, kv = split_layer(weights, lm.architecture)
+    kh, dh = int(kv[head]), wq.shape[-1]
+    qq, rq, qk, rk, u, sigma, vh = core_svd(wq[head : head + 1], wk[kh : kh + 1])
     a = torch.linalg.solve_triangular(rq[0], u[0], upper=True)  # Rq^{-1} U
     b = torch.linalg.solve_triangular(rk[0], vh[0].mT, upper=True) * sigma[0]  # Rk^{-1} V S
-    module = [m for m, site in _family(model).attention_sites(model) if site.role == "self"][layer]
-    query, key = projection_modules(module)
-    dh = wq.shape[-1]
-    kh = int(kv[head])
-    q_bias = None if query.bias is None else query.bias.detach()[head * dh : (head + 1) * dh].double().cpu()
-    k_bias = None if key.bias is None else key.bias.detach()[kh * dh : (kh + 1) * dh].double().cpu()
+    q_bias = None if weights.query_bias is None else weights.query_bias[head * dh : (head + 1) * dh].double().cpu()
+    k_bias = None if weights.key_bias is None else weights.key_bias[kh * dh : (kh + 1) * dh].double().cpu()
     return HeadFactors(a, b, sigma[0], q_bias, k_bias)
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 from precompute.metrics import METRICS
 from precompute.store import layout
 from precompute.store.schema import SUBSPACE_EFFECTS
+from precompute.store.sql import literal
 
 
 def effects_table(metrics: Path, heads: Path) -> pa.Table:
@@ -41,14 +42,14 @@ def effects_table(metrics: Path, heads: Path) -> pa.Table:
 
 
 def _conditions(con, metrics: Path) -> list[tuple[str, int, int]]:
-    return con.execute(f"SELECT condition_id, any_value(layer), any_value(head) FROM read_parquet('{_sql_str(metrics)}') "
+    return con.execute(f"SELECT condition_id, any_value(layer), any_value(head) FROM read_parquet({literal(metrics)}) "
                        "GROUP BY condition_id ORDER BY condition_id").fetchall()
 
 
 def _condition_rows(con, metrics: Path, heads: Path, cid: str, layer: int, head: int) -> Iterator[dict]:
     """One row per metric defined on some pair both with and without the condition."""
     cols = ", ".join(METRICS)
-    ids, with_ = _matrix(con, f"SELECT pair_id, {cols} FROM read_parquet('{_sql_str(metrics)}') "
+    ids, with_ = _matrix(con, f"SELECT pair_id, {cols} FROM read_parquet({literal(metrics)}) "
                               f"WHERE condition_id = $1 ORDER BY pair_id", [cid])
     base_ids, without = _matrix(con, f"SELECT pair_id, {cols} FROM {layout.scan_sql(heads, 'head_attention')} "
                                      f"WHERE layer = {int(layer)} AND head = {int(head)} ORDER BY pair_id", [])
@@ -76,7 +77,3 @@ def _matrix(con, sql: str, params: list) -> tuple[np.ndarray, np.ndarray]:
     for j, metric in enumerate(METRICS):
         values[:, j] = table.column(metric).cast(pa.float64()).fill_null(np.nan).to_numpy()
     return ids, values
-
-
-def _sql_str(path: Path) -> str:
-    return str(path).replace("'", "''")

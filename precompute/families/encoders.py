@@ -1,8 +1,8 @@
 """Encoder cross-encoders: ``[CLS] query [SEP] document [SEP]`` through the tokenizer's pair template, scored by
 a sequence-classification head (one logit, or the log-probability of the positive class of two).
 
-* ``bert``: BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA, DistilBERT, ModernBERT (sliding-window local
-  layers: the window is in the mask transformers builds), all through ``AttentionInterface``.
+* ``bert`` (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA), ``distilbert`` and ``modernbert`` (rotary, with
+  sliding-window local layers: the window is in the mask transformers builds) through ``AttentionInterface``.
 * ``deberta-v2``: DeBERTa-v2/v3 (disentangled attention: content-to-position and position-to-content terms).
 * ``mpnet``: MPNet (relative position bias).
 
@@ -24,6 +24,9 @@ from precompute.families.base import Family, FamilyError
 from precompute.kernels.state import KernelError
 
 
+CLASSIFIER_SCORE = "the head's logit (one label) or log-softmax of its positive class (two)"
+
+
 def classifier_relevance(logits):
     """[batch, labels] logits -> [batch] float32: the single logit, or log-softmax[1] of two labels."""
     import torch
@@ -40,6 +43,7 @@ def classifier_relevance(logits):
 @dataclass(frozen=True)
 class PairEncoder(Family):
     def check(self, lm) -> None:
+        super().check(lm)
         labels = lm.model.config.num_labels
         if labels not in (1, 2):
             raise FamilyError(f"model has {labels} labels; a cross-encoder has 1 (score) or 2 (not relevant, relevant)")
@@ -64,6 +68,24 @@ class PairEncoder(Family):
 
     def score_kind(self, lm) -> str:
         return "logit" if lm.model.config.num_labels == 1 else "log_softmax[1]"
+
+    def position_of(self, config) -> str:
+        """BERT-era configs may still ask for ``position_embedding_type`` relative_key(_query), which transformers 5
+        no longer implements: such a checkpoint would run with absolute positions, not as it was trained."""
+        asked = getattr(config, "position_embedding_type", None)
+        if asked not in (None, "absolute"):
+            raise FamilyError(f"its config asks for position_embedding_type={asked!r}, which transformers no longer "
+                              "implements (the model would run with absolute positions, not as trained); use a model "
+                              "trained with absolute positions")
+        return self.position
+
+
+@dataclass(frozen=True)
+class ModernBert(PairEncoder):
+    """ModernBERT reads its score at [CLS] or, with ``classifier_pooling: mean``, from the mean over its tokens."""
+
+    def pooling_of(self, config) -> str:
+        return "mean" if getattr(config, "classifier_pooling", "cls") == "mean" else self.pooling
 
 
 def check_token_types(lm) -> None:
@@ -183,33 +205,43 @@ class SwappedEncoder(PairEncoder):
         return _swap_forwards(model, self, _FACTORIES[self.forward_factory])
 
 
+@dataclass(frozen=True)
+class DebertaV2(SwappedEncoder):
+    """DeBERTa-v2/v3: disentangled attention, unless the config turns its relative attention off."""
+
+    def position_of(self, config) -> str:
+        super().position_of(config)
+        return self.position if getattr(config, "relative_attention", False) else "absolute"
+
+
 _FACTORIES = {"deberta": _deberta_forward, "mpnet": _mpnet_forward}
 
 _BERT_PATHS = dict(layers_path="encoder.layer", attention_path="attention.self",
                    attention_output_path="attention.output.dense", mlp_output_path="output.dense")
+_HEAD = dict(architectures=("ForSequenceClassification",), score=CLASSIFIER_SCORE)
 
 BERT = PairEncoder(
-    name="bert", description="BERT-style encoders (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA)",
-    model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra"),
-    architectures=("ForSequenceClassification",), **_BERT_PATHS,
+    name="bert", models="BERT, MiniLM, RoBERTa, XLM-R, CamemBERT, ELECTRA",
+    model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra"), **_HEAD, **_BERT_PATHS,
+    query_path="query", key_path="key",
 )
 DISTILBERT = PairEncoder(
-    name="distilbert", description="DistilBERT", model_types=("distilbert",), architectures=("ForSequenceClassification",),
+    name="distilbert", models="DistilBERT", model_types=("distilbert",), **_HEAD,
     layers_path="transformer.layer", attention_path="attention", attention_output_path="attention.out_lin",
-    mlp_output_path="ffn.lin2",
+    mlp_output_path="ffn.lin2", query_path="q_lin", key_path="k_lin",
 )
-MODERNBERT = PairEncoder(
-    name="modernbert", description="ModernBERT (global and sliding-window local attention layers)",
-    model_types=("modernbert",), architectures=("ForSequenceClassification",),
-    layers_path="layers", attention_path="attn", attention_output_path="attn.Wo", mlp_output_path="mlp.Wo",
+MODERNBERT = ModernBert(
+    name="modernbert", models="ModernBERT (global and sliding-window local layers: the window is in the mask)",
+    model_types=("modernbert",), **_HEAD, layers_path="layers", attention_path="attn", attention_output_path="attn.Wo",
+    mlp_output_path="mlp.Wo", qkv_path="Wqkv", position="rotary",
 )
-DEBERTA_V2 = SwappedEncoder(
-    name="deberta-v2", description="DeBERTa-v2/v3 (disentangled attention)", model_types=("deberta-v2",),
-    architectures=("ForSequenceClassification",), attention="swap", forward_factory="deberta",
-    **_BERT_PATHS,
+DEBERTA_V2 = DebertaV2(
+    name="deberta-v2", models="DeBERTa-v2/v3", model_types=("deberta-v2",), **_HEAD, **_BERT_PATHS,
+    query_path="query_proj", key_path="key_proj", head_dim_key="attention_head_size", position="disentangled",
+    attention="swap", forward_factory="deberta",
 )
 MPNET = SwappedEncoder(
-    name="mpnet", description="MPNet (relative position bias)", model_types=("mpnet",),
-    architectures=("ForSequenceClassification",), layers_path="encoder.layer", attention_path="attention.attn",
-    attention_output_path="attention.attn.o", mlp_output_path="output.dense", attention="swap", forward_factory="mpnet",
+    name="mpnet", models="MPNet", model_types=("mpnet",), **_HEAD, layers_path="encoder.layer",
+    attention_path="attention.attn", attention_output_path="attention.attn.o", mlp_output_path="output.dense",
+    query_path="q", key_path="k", position="bias", attention="swap", forward_factory="mpnet",
 )

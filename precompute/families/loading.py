@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from precompute.console import first_line
 
 
 class ModelError(Exception):
@@ -40,17 +43,20 @@ class LoadedModel:
     def config(self):
         return self.model.config
 
+    @cached_property
+    def architecture(self):
+        """The model's architecture facts, as its family resolves them (precompute.families.base.Architecture)."""
+        return self.family.architecture(self.model)
+
     @property
     def shape(self) -> tuple[int, int]:
         """(layers, heads) of the summarised attention."""
-        return self.family.shape(self.model)
+        return self.architecture.layers, self.architecture.heads
 
     @property
     def head_dim(self) -> int:
         """Size of one head's query and key vectors (the rank bound of its W_Q W_K^T)."""
-        config = self.config
-        return int(getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
-                   or (getattr(config, "hidden_size", None) or config.d_model) // self.shape[1])
+        return self.architecture.head_dim
 
     def encode(self, queries: list[str], docs: list[str], max_length: int):
         """The pairs as the family feeds them to the model: an EncodedBatch with the five segments (on the CPU)."""
@@ -78,7 +84,7 @@ class LoadedModel:
             "model_type": cfg.model_type,
             "layers": layers,
             "heads": heads,
-            "hidden": getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None),
+            "hidden": self.architecture.hidden,
             "num_labels": cfg.num_labels,
             "score": self.score_kind,
             **self.family.describe(self),
@@ -187,8 +193,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
     try:
         settings = family.settings(tokenizer, template, answer_tokens)
         lm = LoadedModel(model, tokenizer, spec, device, dtype, family, settings, fp)
-        check_layers(lm)
-        family.check(lm)
+        family.check(lm)  # every architecture fact resolves
     except FamilyError as err:
         raise ModelError(f"model {spec!r}: {err}") from err
     report_unused_weights(spec, model, info)
@@ -226,7 +231,7 @@ def load_config(spec: str, offline: bool):
         raw, _ = PretrainedConfig.get_config_dict(spec, local_files_only=offline)
     except OSError as err:  # no config.json, not JSON, no network
         where = "folder" if Path(spec).exists() else "Hugging Face id (no network here?)"
-        raise ModelError(f"model {spec!r} could not be loaded as a {where}: {str(err).splitlines()[0]}; pass a local model folder with --model") from err
+        raise ModelError(f"model {spec!r} could not be loaded as a {where}: {first_line(err)}; pass a local model folder with --model") from err
     try:
         tokenizer_raw = get_tokenizer_config(spec, local_files_only=offline)
     except (OSError, ValueError) as err:
@@ -291,14 +296,6 @@ def check_tokenizer_class(spec: str, config, offline: bool) -> None:
                          "tokenizer_class in tokenizer_config.json to the model's tokenizer, e.g. BertTokenizer")
 
 
-def check_layers(lm: LoadedModel) -> None:
-    """At least one attention layer of at least one head (a config with ``num_hidden_layers: 0`` loads)."""
-    layers, heads = lm.shape
-    if layers < 1 or heads < 1:
-        raise ModelError(f"model {lm.spec!r} has {layers} attention layers of {heads} heads; a cross-encoder has at "
-                         "least one of each: its config.json is damaged (num_hidden_layers, num_attention_heads)")
-
-
 def check_finite_weights(spec: str, model) -> None:
     """Every weight is a number: a NaN or inf anywhere (a diverged training run, a damaged conversion) makes the
     scores, the attention or the spectra NaN. A weight whose sum is finite has none (a NaN or inf would propagate):
@@ -360,20 +357,18 @@ def check_vocabulary(spec: str, tokenizer, model) -> None:
 
 
 def learned_positions(model) -> int | None:
-    """Tokens a model with absolute position embeddings can take (None: relative or rotary positions, no limit
+    """Tokens a model with learned position embeddings can take (None: relative or rotary positions only, no limit
     here). RoBERTa-style embeddings start counting after the padding id: max_position_embeddings - pad - 1."""
     embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
     positions = getattr(embeddings, "position_embeddings", None)
     if positions is None or not hasattr(positions, "num_embeddings"):
-        return None
-    if getattr(model.config, "position_embedding_type", None) not in (None, "absolute"):
         return None
     offset = 0 if positions.padding_idx is None else positions.padding_idx + 1
     return positions.num_embeddings - offset
 
 
 def loading_error(spec: str, err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = first_line(err)
     hint = ""
     if type(err).__name__ == "SafetensorError" or "deserializ" in text.lower():
         hint = "; a weights file is truncated or damaged (an interrupted download?): download it again"

@@ -7,7 +7,8 @@ score is read off the model's output tokens.
   position bias applied); the decoder's cross-attention from its scoring position onto the encoder's five
   segments is summarised on its own (``decoder_cross_attention`` table).
 * ``decoder-classifier``: decoder-only ``*ForSequenceClassification`` rerankers (RankLLaMA style; Llama, Qwen2/3,
-  Mistral, Gemma, Gemma-2), scored by the model's classification head at the last non-padding token.
+  Mistral, Gemma, Gemma-2), scored by the model's classification head where transformers pools it (the last token
+  that is not padding by id), so the stored score is the model's own output.
 * ``qwen-yes-no`` / ``yes-no``: decoder-only ``*ForCausalLM`` rerankers (Qwen3-Reranker style): an instruction
   template, score = log-softmax over {yes, no} of "yes" at the last position.
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from precompute.families.base import TEMPLATE_LABELS, Family, FamilyError, FamilySettings, module_at
-from precompute.families.encoders import classifier_relevance
+from precompute.families.base import TEMPLATE_SEGMENTS, Family, FamilyError, FamilySettings, module_at
+from precompute.families.encoders import CLASSIFIER_SCORE, classifier_relevance
 from precompute.kernels.state import Site
 
 ANSWER_SCORE = "log_softmax[answer]"  # names.SCORE_KINDS: log-probability of the positive answer token vs the negative
@@ -51,12 +52,6 @@ def _answer_ids(tokenizer, tokens: tuple[str, str]) -> tuple[int, int]:
     if ids[0] == ids[1]:
         raise FamilyError(f"answer tokens {tokens!r} map to the same id {ids[0]}")
     return ids[0], ids[1]
-
-
-def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[batch] index of each row's last attended token, whichever side the padding is on."""
-    index = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (index * attention_mask.long()).argmax(-1)
 
 
 def decoder_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -113,9 +108,6 @@ class MonoT5(TemplateFamily):
             sites.append((module_at(block, "layer.1.EncDecAttention"), Site("cross", i)))
         return sites
 
-    def shape(self, model) -> tuple[int, int]:
-        return int(model.config.num_layers), int(model.config.num_heads)
-
     def scores(self, lm, batch):
         inputs = batch.inputs
         start = lm.model.config.decoder_start_token_id
@@ -126,9 +118,12 @@ class MonoT5(TemplateFamily):
 
 @dataclass(frozen=True)
 class DecoderClassifier(TemplateFamily):
-    """``*ForSequenceClassification`` decoders: the head applied at each row's last attended token."""
+    """``*ForSequenceClassification`` decoders: the head applied where transformers pools (the last token that is
+    not padding by id: with pad == eos and a template ending in eos, the token before it), so the score is the
+    model's own ``model(**inputs).logits``."""
 
     def check(self, lm) -> None:
+        super().check(lm)
         if not isinstance(getattr(lm.model, "score", None), torch.nn.Linear):
             raise FamilyError(f"{type(lm.model).__name__} has no linear 'score' head over the hidden states; "
                               "decoder classifiers are read at the last token through it")
@@ -138,8 +133,8 @@ class DecoderClassifier(TemplateFamily):
     def scores(self, lm, batch):
         mask = batch.inputs["attention_mask"]
         hidden = lm.model.base_model(**batch.inputs, position_ids=decoder_position_ids(mask), use_cache=False).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_positions(mask)]
-        return classifier_relevance(lm.model.score(last))
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.pooling_positions(lm.model, batch.inputs)]
+        return classifier_relevance(lm.model.score(pooled))
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,7 @@ class YesNoLM(TemplateFamily):
 
     def scores(self, lm, batch):
         mask = batch.inputs["attention_mask"]
-        last = last_positions(mask)
+        last = self.pooling_positions(lm.model, batch.inputs)
         keep, where = torch.unique(last, return_inverse=True)  # the model's own head (soft-capping included), only there
         logits = lm.model(**batch.inputs, position_ids=decoder_position_ids(mask), logits_to_keep=keep,
                           use_cache=False).logits
@@ -161,25 +156,31 @@ class YesNoLM(TemplateFamily):
 
 
 _DECODER_PATHS = dict(layers_path="layers", attention_path="self_attn", attention_output_path="self_attn.o_proj",
-                      mlp_output_path="mlp.down_proj")
+                      mlp_output_path="mlp.down_proj", query_path="q_proj", key_path="k_proj",
+                      qk_norm_paths=("q_norm", "k_norm"), position="rotary", causal=True, segments=TEMPLATE_SEGMENTS,
+                      attention_note="grouped-query heads, sliding windows and logit soft-capping applied")
 DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2")
 
 MONOT5 = MonoT5(
-    name="monot5", description="MonoT5 (T5ForConditionalGeneration, true/false at the first decoder step)",
-    model_types=("t5", "mt5"), architectures=("ForConditionalGeneration",),
+    name="monot5", models="T5 / mT5 (MonoT5)", model_types=("t5", "mt5"), architectures=("ForConditionalGeneration",),
+    score="log-softmax over {`true`, `false`} of `true`",
     layers_path="encoder.block", attention_path="layer.0.SelfAttention", attention_output_path="layer.0.SelfAttention.o",
-    mlp_output_path="layer.1.DenseReluDense.wo", segment_labels=dict(TEMPLATE_LABELS),
+    mlp_output_path="layer.1.DenseReluDense.wo", query_path="q", key_path="k", position="bias", pooling="none",
+    segments=TEMPLATE_SEGMENTS,
+    attention_note="T5's position bias applied; the decoder's cross-attention onto the five segments in "
+                   "`decoder_cross_attention`",
     default_template="Query: {query} Document: {document} Relevant:", answer_tokens=("true", "false"),
 )
 DECODER_CLASSIFIER = DecoderClassifier(
-    name="decoder-classifier", description="decoder-only sequence classifiers (RankLLaMA style)",
-    model_types=DECODER_TYPES, architectures=("ForSequenceClassification",), causal=True, **_DECODER_PATHS, segment_labels=dict(TEMPLATE_LABELS),
-    default_template="query: {query} document: {document}{eos}",
+    name="decoder-classifier", models="Llama, Qwen2/3, Mistral, Gemma, Gemma-2 (RankLLaMA style)",
+    model_types=DECODER_TYPES, architectures=("ForSequenceClassification",),
+    score=CLASSIFIER_SCORE, **_DECODER_PATHS,
+    pooling="last-non-pad", default_template="query: {query} document: {document}{eos}",
 )
 QWEN_YES_NO = YesNoLM(
-    name="qwen-yes-no", description="Qwen yes/no generative rerankers (Qwen3-Reranker template)",
-    model_types=("qwen2", "qwen3"), architectures=("ForCausalLM",), causal=True, **_DECODER_PATHS,
-    segment_labels=dict(TEMPLATE_LABELS),
+    name="qwen-yes-no", models="Qwen2/3 (Qwen3-Reranker style)", model_types=("qwen2", "qwen3"),
+    architectures=("ForCausalLM",), score="log-softmax over {`yes`, `no`} of `yes`",
+    **_DECODER_PATHS, pooling="last", input="Qwen3-Reranker's instruction template",
     default_template=(
         "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
         "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: "
@@ -189,9 +190,9 @@ QWEN_YES_NO = YesNoLM(
     answer_tokens=("yes", "no"),
 )
 YES_NO = YesNoLM(
-    name="yes-no", description="yes/no generative rerankers on other decoders (Llama, Mistral, Gemma)",
-    model_types=("llama", "mistral", "gemma", "gemma2"), architectures=("ForCausalLM",), causal=True,
-    **_DECODER_PATHS, segment_labels=dict(TEMPLATE_LABELS),
+    name="yes-no", models="Llama, Mistral, Gemma, Gemma-2", model_types=("llama", "mistral", "gemma", "gemma2"),
+    architectures=("ForCausalLM",), score="log-softmax over {` yes`, ` no`} of ` yes`",
+    **_DECODER_PATHS, pooling="last",
     default_template="Query: {query}\nDocument: {document}\nIs the document relevant to the query? Answer yes or no.\nAnswer:",
     answer_tokens=(" yes", " no"),
 )

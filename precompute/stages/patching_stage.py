@@ -11,6 +11,7 @@ from __future__ import annotations
 from precompute import crash
 from precompute.stages.base import Stage
 from precompute.store.manifest import PatchingInfo, TableInfo
+from precompute.store.sql import literal
 
 PAIRS, EFFECTS = "patching_pairs", "patching_effects"
 
@@ -42,10 +43,10 @@ class Patching(Stage):
         return bool(ctx.cfg.patching)
 
     def check(self, ctx) -> None:
-        from precompute.analyses.patching import pooling_positions
+        from precompute.analyses.patching import check_pooling
 
-        if "cls" in ctx.cfg.patching and ctx.lm.family.name == "monot5":
-            pooling_positions(ctx.lm, None)  # raises PatchingError with the reason
+        if "cls" in ctx.cfg.patching:
+            check_pooling(ctx.lm)
 
     def done(self, ctx) -> bool:
         return super().done(ctx) and set(ctx.cfg.patching) <= _stored_experiments(ctx.writer)
@@ -111,9 +112,8 @@ class Patching(Stage):
         from precompute.analyses import patching
 
         writer = ctx.writer
-        path = str(writer.table_path(EFFECTS)).replace("'", "''")
         counts = duckdb.sql(f"SELECT experiment, count(DISTINCT patch_id), count(*) - count(effect) "
-                            f"FROM read_parquet('{path}') GROUP BY 1 ORDER BY 1").fetchall()
+                            f"FROM read_parquet({literal(writer.table_path(EFFECTS))}) GROUP BY 1 ORDER BY 1").fetchall()
         ctx.manifest.patching = PatchingInfo(
             experiments=[e for e, _, _ in counts],
             pairs={e: n for e, n, _ in counts},

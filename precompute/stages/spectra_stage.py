@@ -16,7 +16,7 @@ class Spectra(Stage):
         from precompute.analyses.spectra import SpectraError, spectra_table
 
         try:
-            table, _ = spectra_table(ctx.lm.model)
+            table, _ = spectra_table(ctx.lm)
         except SpectraError as err:  # not a plain bilinear attention: say so (record keeps the reason), go on
             ctx.console.log(f"spectra skipped: {err}")
             return
@@ -30,10 +30,10 @@ class Spectra(Stage):
             import pyarrow.parquet as pq
 
             rows = pq.ParquetFile(ctx.writer.table_path("svd")).metadata.num_rows
-            ctx.manifest.spectra = SpectraInfo(computed=True, rows=rows, matrix=matrix_note(ctx.lm.model))
+            ctx.manifest.spectra = SpectraInfo(computed=True, rows=rows, matrix=matrix_note(ctx.lm))
             return
         try:
-            matrix_note(ctx.lm.model)
+            matrix_note(ctx.lm)
             reason = "not computed"
         except SpectraError as err:
             reason = str(err)

@@ -1,7 +1,7 @@
 """Open a run folder as DuckDB tables and views, by name.
 
 ``connect(run)`` gives an in-memory DuckDB connection where every finished table of the run is
-a view named after it (``pairs``, ``head_attention``, ...) plus the derived views registered in
+a view named after it (``pairs``, ``head_attention``, ...) plus the derived views declared in
 ``VIEWS``. A partitioned table (``head_attention``: one file per layer) is one view over its folder, read with
 ``hive_partitioning`` so that a query on some layers opens only their files; a store of the older one-file layout
 gets the same view over its file (:mod:`precompute.store.layout`). A derived view is defined only where the run does
@@ -10,6 +10,12 @@ older stores). ``write_catalog(run)`` saves the same views into ``<run>/atlas.du
 paths) so the DuckDB CLI reaches them from any working directory::
 
     duckdb -readonly data/store/dl20__minilm-l6-msmarco-ce/atlas.duckdb -c "SELECT count(*) FROM pairs"
+
+Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``, ``analysis``, ``component``,
+``segment``, ``k``, ...) as columns: here, and only here, their ``ablation_conditions``, ``ablation_summary`` and
+``ablation_metrics`` views get those columns, each condition's parts parsed from its stored id by its registered kind
+(:mod:`precompute.conditions`; legacy ids such as ``mlp:d@3/mean`` included), so every reader sees one schema. The
+stored ids are kept as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA
 from precompute.store import layout
 from precompute.store.schema import TABLES
+from precompute.store.sql import literal
 
 CATALOG = "atlas.duckdb"
 
@@ -49,7 +56,7 @@ def candidates_sql(metrics: tuple[str, ...]) -> str:
 # The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
 MATCHING_HEADS_SQL = candidates_sql(CANDIDATE_METRICS)  # the view: one row per candidate matching head and contrast
 
-# Derived views: name -> (tables they need, SQL). Other modules add theirs with register_view.
+# Derived views: name -> (tables they need, SQL).
 VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
     "head_attention_long": (
         ("head_attention",),
@@ -80,16 +87,13 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def register_view(name: str, needs: tuple[str, ...], sql: str) -> None:
-    VIEWS[name] = (needs, sql)
-
-
 def _statements(run: Path) -> list[str]:
     run = Path(run).resolve()
     found = {name: layout.location(run, name) for name in TABLES}
     present = {name: where for name, where in found.items() if where is not None}
-    out = [f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {layout.scan_sql(where, name)}"
-           for name, where in present.items()]
+    tables = {name: f"SELECT * FROM {layout.scan_sql(where, name)}" for name, where in present.items()}
+    tables.update(_condition_part_views(run, list(present)))
+    out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items()
             if set(needs) <= set(present) and name not in present]
     return out
@@ -133,5 +137,72 @@ def write_catalog(run: Path | str) -> Path:
     return target
 
 
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
+_CONDITIONS, _PART_MARK = "ablation_conditions", "component"  # a schema-3 ablation_conditions has this column
+
+
+def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
+    """For a store of schema 1 or 2 (its ablation_conditions lacks the part columns): ablation_conditions with every
+    part parsed from the stored ids, and ablation_summary and ablation_metrics with their condition columns taken from
+    it, each with the columns of schema 3 in their order. {} for a store of schema 3 or without ablations."""
+    import duckdb
+
+    if _CONDITIONS not in present:
+        return {}
+    path = literal(run / f"{_CONDITIONS}.parquet")
+    con = duckdb.connect()
+    try:
+        if con.execute(f"SELECT count(*) FROM parquet_schema({path}) WHERE name = '{_PART_MARK}'").fetchone()[0]:
+            return {}
+        cursor = con.execute(f"SELECT * FROM read_parquet({path}) ORDER BY condition_id")
+        names = [d[0] for d in cursor.description]
+        stored = [dict(zip(names, values)) for values in cursor.fetchall()]
+    finally:
+        con.close()
+    views = {_CONDITIONS: _values_sql(TABLES[_CONDITIONS], [_legacy_parts(row) for row in stored])}
+    parts = set(TABLES[_CONDITIONS].column_names) - {"condition_id"}
+    for name in ("ablation_summary", "ablation_metrics"):
+        if name in present:
+            table = TABLES[name]
+            columns = ", ".join(f"{'c' if col in parts else 's'}.{col}" for col in table.column_names)
+            views[name] = (f"SELECT {columns} FROM read_parquet({literal(run / f'{name}.parquet')}) s "
+                           f"JOIN {_CONDITIONS} c USING (condition_id) ORDER BY "
+                           + ", ".join(f"s.{k}" for k in table.sort_key))
+    return views
+
+
+def _legacy_parts(row: dict) -> dict:
+    """The schema-3 ablation_conditions row of a stored schema-1/2 row: its parts parsed from the id by the kind it
+    was stored with, the stored id, kind and directions kept. A row no kind reads keeps what was stored."""
+    from precompute.conditions import AblationSpecError, Condition, analysis_of
+
+    try:
+        parts = Condition.from_row(row).row()
+    except (AblationSpecError, KeyError):
+        parts = {**dict.fromkeys(TABLES[_CONDITIONS].column_names), **row}
+        try:
+            parts["analysis"] = analysis_of(row["kind"])
+        except KeyError:
+            parts["analysis"] = None
+    return {**parts, "condition_id": row["condition_id"], "kind": row["kind"], "directions": row["directions"]}
+
+
+def _values_sql(table, rows: list[dict]) -> str:
+    """A SELECT of ``rows`` as literal values, typed and named as ``table``'s columns (a view that holds its data)."""
+    import duckdb
+    import pyarrow as pa
+
+    names = table.column_names
+    types = duckdb.from_arrow(pa.Table.from_pylist([], schema=table.schema)).types
+    values = ", ".join("(" + ", ".join(_literal(r[c]) for c in names) + ")" for r in rows) or \
+        "(" + ", ".join("NULL" for _ in names) + ")"
+    columns = ", ".join(f"CAST(v{i} AS {t}) AS {c}" for i, (c, t) in enumerate(zip(names, types)))
+    return (f"SELECT {columns} FROM (VALUES {values}) t({', '.join(f'v{i}' for i in range(len(names)))})"
+            + ("" if rows else " WHERE false"))
+
+
+def _literal(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return literal(value)
+    return repr(value)

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from precompute.store.schema import TABLES, duck_type
+from precompute.store.sql import literal
 
 PARTITION_FILE = "data.parquet"
 
@@ -109,9 +110,9 @@ def scan_sql(found: Path, table: str) -> str:
     column = partition_column(table)
     if column and found.is_dir():
         kind = duck_type(next(c.type for c in TABLES[table].columns if c.name == column))
-        listed = ", ".join(f"'{_sql_str(str(f))}'" for f in files_in(found, table))
+        listed = ", ".join(literal(f) for f in files_in(found, table))
         return f"read_parquet([{listed}], hive_partitioning = true, hive_types = {{'{column}': {kind}}})"
-    return f"read_parquet('{_sql_str(str(found))}')"
+    return f"read_parquet({literal(found)})"
 
 
 def remove(target: Path) -> None:
@@ -128,7 +129,3 @@ def remove_superseded(root: Path, table: str) -> None:
     otherwise hold rows that no longer belong to the run)."""
     if partition_column(table):
         (Path(root) / f"{table}.parquet").unlink(missing_ok=True)
-
-
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")

@@ -29,6 +29,7 @@ from precompute.store import commit as _commit
 from precompute.store import integrity, layout
 from precompute.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from precompute.store.schema import SCHEMA_VERSION, TABLES, Table, duck_type
+from precompute.store.sql import literal
 
 LOCK = ".lock"
 PARTS = "_parts"
@@ -285,14 +286,14 @@ class RunWriter:
         con = duckdb.connect()
         try:
             spill = self.root / PARTS / ".duckdb-tmp"
-            con.execute(f"SET temp_directory = '{_sql_str(str(spill))}'")
+            con.execute(f"SET temp_directory = {literal(spill)}")
             con.execute("SET preserve_insertion_order = true")
             if select_sql is None:  # (a partitioned table's parts lie in its partition folders: ** reaches them)
-                select_sql = (f"SELECT * FROM read_parquet('{_sql_str(str(self.root / PARTS / table))}/**/*.parquet', "
+                select_sql = (f"SELECT * FROM read_parquet({literal(f'{self.root / PARTS / table}/**/*.parquet')}, "
                               "hive_partitioning = false)")
             for name, source in (sources or {}).items():
                 glob = f"{source}/*.parquet" if Path(source).is_dir() else str(source)
-                con.execute(f"CREATE VIEW parts_{name} AS SELECT * FROM read_parquet('{_sql_str(glob)}')")
+                con.execute(f"CREATE VIEW parts_{name} AS SELECT * FROM read_parquet({literal(glob)})")
             casts = ", ".join(f"CAST({_q(c.name)} AS {duck_type(c.type)}) AS {_q(c.name)}" for c in spec.columns)
             order = ", ".join(_q(k) for k in spec.sort_key)
             reader = con.sql(f"SELECT {casts} FROM ({select_sql}) ORDER BY {order}").to_arrow_reader(BATCH_ROWS)
@@ -508,8 +509,3 @@ def _replace_folder(new: Path, target: Path) -> None:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
-

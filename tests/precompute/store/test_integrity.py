@@ -66,7 +66,7 @@ def test_a_damaged_part_is_recomputed(point, table, small_runs, tmp_path, capsys
     config, fresh, _ = small_runs
     cfg = config(tmp_path / "run")
     assert killed_at(cfg, point) < 0
-    part = sorted((cfg.out / "_parts" / table).glob("*.parquet"))[0]
+    part = sorted((cfg.out / "_parts" / table).rglob("*.parquet"))[0]  # (head_attention: in its layer folders)
     flip(part)
     capsys.readouterr()
     run(cfg)
