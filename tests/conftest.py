@@ -43,3 +43,14 @@ def table_files(run: Path) -> list[Path]:
     parts, the staged tables or temporary files."""
     run = Path(run)
     return [p for p in sorted(run.rglob("*.parquet")) if not p.relative_to(run).parts[0].startswith(("_", "."))]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _verification_cache(tmp_path_factory):
+    """The reader's verification cache (matching_atlas.verification) in a folder of the test session, never the
+    repository's data/cache."""
+    from matching_atlas.verification import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("verify-cache")))
+        yield
