@@ -47,9 +47,9 @@ def main() -> int:
 
     from precompute.metrics import METRICS
     from precompute.stages.summary_stage import AGG
-    from precompute.store import integrity
-    from precompute.store.schema import TABLES
-    from precompute.store.writer import BATCH_ROWS as ROW_GROUP_SIZE, RunWriter, _duck_type, _q
+    from precompute.store import integrity, layout
+    from precompute.store.schema import TABLES, duck_type
+    from precompute.store.writer import BATCH_ROWS as ROW_GROUP_SIZE, RunWriter, _q
 
     root = Path(tempfile.mkdtemp(prefix="atlas-integrity-"))
     try:
@@ -75,24 +75,24 @@ def main() -> int:
         parts = root / "_parts" / "head_attention"
 
         def copy() -> None:
-            casts = ", ".join(f"CAST({_q(c.name)} AS {_duck_type(c.type)}) AS {_q(c.name)}" for c in spec.columns)
+            casts = ", ".join(f"CAST({_q(c.name)} AS {duck_type(c.type)}) AS {_q(c.name)}" for c in spec.columns)
             duckdb.connect().execute(
                 f"COPY (SELECT {casts} FROM read_parquet('{parts}/*.parquet') ORDER BY layer, head, pair_id) "
                 f"TO '{root / 'copy.parquet'}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
 
         t_copy = best(copy, args.repeats)
         t_merge = best(lambda: writer.merge_parts("head_attention", staged=True), args.repeats)
-        table = writer.staged_path("head_attention")
-        t_read = best(lambda: pq.read_table(table), args.repeats)
-        t_verify = best(lambda: integrity.verify(table, spec.name, spec.schema), args.repeats)
+        files = layout.files_in(writer.staged_path("head_attention"), "head_attention")  # one per layer
+        t_read = best(lambda: [pq.read_table(f) for f in files], args.repeats)
+        t_verify = best(lambda: [integrity.verify(f, spec.name, spec.schema) for f in files], args.repeats)
         t_parts = best(lambda: [integrity.verify(p, spec.name, spec.schema) for p in sorted(parts.glob("*.parquet"))],
                        args.repeats)
         writer.merge_parts("pairs", staged=True)
         aggregates = {how: aggregate_cost(root, how) for how in ("sum", "ordered", "streamed")}
-        mb = lambda path: path.stat().st_size / 1e6  # noqa: E731
+        mb = lambda *paths: sum(path.stat().st_size for path in paths) / 1e6  # noqa: E731
         print(f"head_attention: {rows:,} rows ({args.pairs:,} pairs x {layers * heads} heads), best of {args.repeats}")
         print(f"merge, DuckDB COPY (no checksums)     : {t_copy:6.2f} s  ({mb(root / 'copy.parquet'):.0f} MB)")
-        print(f"merge, streamed pyarrow + checksums   : {t_merge:6.2f} s  ({mb(table):.0f} MB)")
+        print(f"merge, streamed pyarrow + checksums   : {t_merge:6.2f} s  ({mb(*files):.0f} MB in {len(files)} files)")
         print(f"read, plain pyarrow                   : {t_read:6.2f} s")
         print(f"read, integrity.verify                : {t_verify:6.2f} s")
         print(f"verify every part ({len(list(parts.glob('*.parquet')))} parts)          : {t_parts:6.2f} s")
@@ -111,7 +111,7 @@ sys.path.insert(0, {repo!r})
 import duckdb
 from precompute.metrics import METRICS
 from precompute.stages.aggregate_stage import aggregate_pieces
-heads, pairs, how = {heads!r}, {pairs!r}, {how!r}
+heads, pairs, how = {heads!r}, {pairs!r}, {how!r}  # heads: the files of head_attention, one per layer
 t0 = time.perf_counter()
 if how == "streamed":
     for piece in aggregate_pieces(heads, pairs):
@@ -119,7 +119,7 @@ if how == "streamed":
 else:
     order = " ORDER BY h.pair_id" if how == "ordered" else ""
     cols = ", ".join(f"sum(CAST(h.{{m}} AS DOUBLE){{order}}), sum(CAST(h.{{m}} AS DOUBLE) ^ 2{{order}})" for m in METRICS)
-    duckdb.sql(f"SELECT h.layer, h.head, p.qid, p.neg_type, p.grade, count(*), {{cols}} FROM '{{heads}}' h "
+    duckdb.sql(f"SELECT h.layer, h.head, p.qid, p.neg_type, p.grade, count(*), {{cols}} FROM read_parquet({{heads}}) h "
                f"JOIN '{{pairs}}' p USING (pair_id) GROUP BY ALL").fetchall()
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))  # this process only
 print(time.perf_counter() - t0, int(peak.split()[1]) / 1024)
@@ -131,7 +131,10 @@ def aggregate_cost(root: Path, how: str) -> tuple[float, float]:
     because ru_maxrss would carry this process's own peak over into the child)."""
     import subprocess
 
-    code = AGGREGATE.format(repo=str(REPO), heads=str(root / "_staged" / "head_attention.parquet"),
+    from precompute.store import layout
+
+    heads = [str(f) for f in layout.files_in(root / "_staged" / "head_attention", "head_attention")]
+    code = AGGREGATE.format(repo=str(REPO), heads=heads,
                             pairs=str(root / "_staged" / "pairs.parquet"), how=how)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     seconds, peak = out.strip().splitlines()[-1].split()

@@ -7,11 +7,9 @@
   (``ATLAS_AGG_IN_MEMORY_MB``, default 2048): every head-level result aggregates it, and DuckDB scans
   memory about ten times faster than it decodes Parquet (a real run's is a few MB; the 10^8-row
   bench's ~0.9 GB in memory, ~2 s to load, once);
-* ``atlas_layout`` (one row) and the view ``head_attention_rows`` (head_attention with its
-  ``file_row_number``): when head_attention holds every pair on every head, sorted by (layer, head,
-  pair_id) as the store guarantees, the row of (layer, head, pair) is ``(layer * heads + head) * pairs
-  + pair`` and one pair's summaries are read from the few row groups that hold them
-  (:mod:`matching_atlas.pairs` checks what it reads and falls back otherwise).
+* Parquet footers are cached (``parquet_metadata_cache``): a query on one head or one pair reads the
+  footer of its layer's file once per connection, then only the row groups its statistics select
+  (``head_attention`` is one file per layer, sorted by head and pair_id: docs/store.md, Scale).
 
 One connection serves a process: each query runs on a fresh ``cursor()`` of it (the app's sessions are threads).
 
@@ -52,16 +50,6 @@ def open_connection(run: Path | str, *, threads: int | None = None, agg_in_memor
     if agg.exists() and agg.stat().st_size <= limit * 1e6:
         con.execute("DROP VIEW IF EXISTS head_attention_agg")
         con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({literal(agg)})")
-    ha = run / "head_attention.parquet"
-    if ha.exists() and (run / "pairs.parquet").exists():
-        con.execute(f"CREATE OR REPLACE VIEW head_attention_rows AS SELECT *, file_row_number AS row_number "
-                    f"FROM read_parquet({literal(ha)}, file_row_number = true)")
-        rows = con.execute(f"SELECT num_rows FROM parquet_file_metadata({literal(ha)})").fetchone()[0] or 0
-        pairs, max_id = con.execute("SELECT count(*), max(pair_id) FROM pairs").fetchone()
-        layers, heads = con.execute("SELECT max(layer) + 1, max(head) + 1 FROM head_attention_agg").fetchone()
-        dense = bool(pairs and layers and heads and rows == layers * heads * pairs and max_id == pairs - 1)
-        con.execute("CREATE OR REPLACE TABLE atlas_layout AS SELECT ? AS layers, ? AS heads, ? AS pairs, ? AS dense",
-                    [int(layers or 0), int(heads or 0), int(pairs or 0), dense])
     return con
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from matching_atlas import verification
 from matching_atlas.verification import FileCheck
-from precompute.store import integrity, schema
+from precompute.store import integrity, layout, schema
 from precompute.store.manifest import MANIFEST, DatasetInfo, Manifest, ManifestError, ModelInfo, read_manifest
 
 # Tables a run must have to be opened; the others are optional (pages and methods explain their absence).
@@ -107,7 +107,8 @@ def is_run_folder(path: Path) -> bool:
     """A folder the job wrote into: it has a manifest or Parquet tables (an unreadable folder counts, so that
     ``inspect_run`` says why it cannot be opened)."""
     try:
-        return path.is_dir() and ((path / MANIFEST).exists() or any(path.glob("*.parquet")))
+        return path.is_dir() and ((path / MANIFEST).exists() or any(path.glob("*.parquet"))
+                                  or any(layout.exists(path, t) for t in schema.TABLES if schema.TABLES[t].partition_by))
     except OSError:
         return True
 
@@ -125,7 +126,7 @@ def find_runs(root: Path) -> list[RunInfo]:
 
 
 def _files(path: Path) -> list[Path]:
-    return [path / MANIFEST] + [path / f"{name}.parquet" for name in schema.TABLES]
+    return [path / MANIFEST] + [f for name in schema.TABLES for f in layout.files(path, name)]
 
 
 def eager_bytes(environ: dict[str, str] | None = None) -> int:
@@ -144,7 +145,7 @@ def inspect_run(path: Path, *, verify_below: int | None = None) -> RunInfo:
             st = f.stat()
         except OSError:
             continue
-        signature.append(f"{f.name}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_size}")
+        signature.append(f"{f.relative_to(path)}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_size}")
     info = _inspect(path, "|".join(signature))
     info = with_verification(info)
     limit = eager_bytes() if verify_below is None else verify_below
@@ -211,7 +212,7 @@ def openable(path: Path | str, show: Callable[[RunInfo, verification.Verificatio
 
 @functools.lru_cache(maxsize=256)
 def _inspect(path: Path, token: str) -> RunInfo:
-    tables = frozenset(name for name in schema.TABLES if (path / f"{name}.parquet").exists())
+    tables = frozenset(name for name in schema.TABLES if layout.exists(path, name))
     try:
         manifest = read_manifest(path)
     except ManifestError as err:
@@ -244,19 +245,26 @@ def _footers(path: Path, manifest: Manifest, tables: frozenset[str]) -> tuple[tu
     """Every table file's footer checked (see the module doc): the files and what each must be, and the first
     problem. The run identity is required of every file once one of them records it."""
     current = manifest.schema_version == schema.SCHEMA_VERSION  # older versions may lack later columns
-    files = {name: path / f"{name}.parquet" for name in sorted(tables)}
-    stamped = any(_recorded_identity(f) is not None for f in files.values())
+    files = {name: layout.files(path, name) for name in sorted(tables)}
+    stamped = any(_recorded_identity(f) is not None for table in files.values() for f in table)
     identity = manifest.identity.to_dict() if stamped else None
     checks = []
-    for name, file in files.items():
-        recorded = manifest.tables.get(name)
-        check = FileCheck(file, name, current, getattr(recorded, "rows", None), identity)
-        try:
-            md = integrity.check_footer(file, name, schema.TABLES[name].schema if current else None,
-                                        rows=check.rows, identity=identity)
-        except integrity.CorruptFile as err:
-            return (), f"{err}: delete it and rerun the job's command to rebuild it"
-        checks.append(dataclasses.replace(check, footer_rows=md.num_rows))
+    for name, table_files in files.items():
+        rows = getattr(manifest.tables.get(name), "rows", None)
+        footer_rows = 0
+        for file in table_files:  # one, or one per partition: the manifest's count is the table's, checked below
+            check = FileCheck(file, name, current, rows if len(table_files) == 1 else None, identity)
+            try:
+                md = integrity.check_footer(file, name, schema.TABLES[name].schema if current else None,
+                                            rows=check.rows, identity=identity)
+            except integrity.CorruptFile as err:
+                return (), f"{err}: delete it and rerun the job's command to rebuild it"
+            checks.append(dataclasses.replace(check, footer_rows=md.num_rows))
+            footer_rows += md.num_rows
+        if rows is not None and footer_rows != rows:
+            return (), (f"{layout.location(path, name)} holds {footer_rows:,} rows in {len(table_files)} files, the "
+                        f"manifest recorded {rows:,}: a file was removed, added or replaced; rerun the job's command "
+                        "to rebuild it")
     return tuple(checks), None
 
 

@@ -1,10 +1,10 @@
 """The run's pairs: their counts, scores and nDCG per query, and one pair's rows (the Overview and the Pair explorer).
 
-One pair's summaries are read by position when the store's layout allows it: the reading connection records in
-``atlas_layout`` whether head_attention holds every pair on every head in (layer, head, pair_id) order
-(:mod:`matching_atlas.connection`); then the row of (layer, head, pair) is computed and read through
-``head_attention_rows`` (a few row groups instead of a scan). What is read is checked, and the plain filter is used
-otherwise, so a store without that layout gives the same answers.
+One pair's summaries are read with literal ``pair_id`` (and ``layer``, ``head``) filters: ``head_attention`` is
+sorted by (layer, head, pair_id) with no row group holding two heads, so the row groups' pair_id statistics select the
+one row group per head that holds the pair, and the layer filter selects the layers' files (one file per layer).
+On the 3 x 10^8-row bench this reads 384 row groups of 4,608 for all heads; computing the rows' positions instead
+(``file_row_number``) was slower in one file (0.45 s against 0.38 s for 384 heads) and needs a dense table.
 """
 
 from __future__ import annotations
@@ -95,9 +95,6 @@ class PairTables(Reader):
     def pair_head_metrics(self, pair_id: int, layer: int, head: int) -> pd.DataFrame:
         """The stored summaries (25 masses and matching signals) of one pair on one head (one row)."""
         cols = ", ".join(METRICS)
-        fast = self._pair_rows(int(pair_id), [(int(layer), int(head))], cols)
-        if fast is not None:
-            return fast[list(METRICS)]
         sql = f"""
             SELECT {cols} FROM head_attention
             WHERE layer = {int(layer)} AND head = {int(head)} AND pair_id = {int(pair_id)}
@@ -108,42 +105,8 @@ class PairTables(Reader):
         """One metric of one pair on every layer x head (of the slice's layers and heads)."""
         m = sq.metric(metric)
         sl = where or ALL
-        layout = self._layout()
-        if layout is not None:
-            layers, heads, _ = layout
-            lo, hi = sl.layers if sl.layers is not None else (0, layers - 1)
-            cells = [(l, h) for l in range(lo, hi + 1) for h in (sl.heads or range(heads))]
-            fast = self._pair_rows(int(pair_id), cells, f"{m} AS value")
-            if fast is not None:
-                return sq.ints(fast[["layer", "head", "value"]], "layer", "head")
         sql = f"""
             SELECT layer, head, {m} AS value FROM head_attention
             WHERE pair_id = {int(pair_id)} AND {sq.where(sl, pair_filters=False)} ORDER BY layer, head
         """
         return sq.ints(self._frame(sql), "layer", "head")
-
-    def _layout(self) -> tuple[int, int, int] | None:
-        """(layers, heads, pairs) when head_attention is dense and positions can be computed."""
-        if not self._defined("atlas_layout"):
-            return None
-        row = self._frame("SELECT layers, heads, pairs, dense FROM atlas_layout").iloc[0]
-        return (int(row["layers"]), int(row["heads"]), int(row["pairs"])) if row["dense"] else None
-
-    def _pair_rows(self, pair_id: int, cells: list[tuple[int, int]], columns: str) -> pd.DataFrame | None:
-        """head_attention rows of one pair on the given (layer, head) cells read by row position, or None when the
-        store's layout does not allow it (or what was read is not what was asked)."""
-        layout = self._layout()
-        if layout is None or not cells:
-            return None
-        layers, heads, pairs = layout
-        if not (0 <= pair_id < pairs) or any(not (0 <= l < layers and 0 <= h < heads) for l, h in cells):
-            return None
-        rows = sorted((l * heads + h) * pairs + pair_id for l, h in cells)
-        df = self._frame(f"""
-            SELECT layer, head, pair_id, {columns} FROM head_attention_rows
-            WHERE row_number IN ({', '.join(map(str, rows))}) ORDER BY layer, head
-        """)
-        if len(df) != len(cells) or (df["pair_id"] != pair_id).any() or \
-                sorted(zip(df["layer"].astype(int), df["head"].astype(int))) != sorted(cells):
-            return None
-        return df

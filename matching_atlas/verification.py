@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from precompute.console import first_line
-from precompute.store import integrity, schema
+from precompute.store import integrity, layout, schema
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"  # the read-only data beside the checkout
@@ -54,7 +54,7 @@ _RUNNING_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class FileCheck:
-    """One table file and what it must be."""
+    """One table file and what it must be (a partitioned table has one per partition file: app.runs)."""
 
     path: Path
     table: str
@@ -229,7 +229,7 @@ def verify_file(check: FileCheck, store: Cache | None = None, progress=None) -> 
     problem = check.run(progress)
     if check.key() != key:
         return f"{check.path} changed while it was being verified: reload the page"
-    store.put(key, problem, check.path.parent)
+    store.put(key, problem, layout.run_folder(check.path, check.table))
     return problem
 
 

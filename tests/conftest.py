@@ -28,6 +28,23 @@ def minilm_dir() -> Path:
     return MINILM
 
 
+def read_table(run: Path, table: str, columns: list[str] | None = None):
+    """A whole table of a run folder as one Arrow table, whatever its layout (one file, or one per partition)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from precompute.store import layout
+
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in layout.files(run, table)])
+
+
+def table_files(run: Path) -> list[Path]:
+    """Every finished table file of a run folder (each partition of a partitioned table), sorted: not the resumable
+    parts, the staged tables or temporary files."""
+    run = Path(run)
+    return [p for p in sorted(run.rglob("*.parquet")) if not p.relative_to(run).parts[0].startswith(("_", "."))]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _verification_cache(tmp_path_factory):
     """The reader's verification cache (matching_atlas.verification) in a folder of the test session, never the

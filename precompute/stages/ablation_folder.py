@@ -18,6 +18,7 @@ from precompute.store.sql import literal
 
 SCORES, CONDITIONS, QUERY_METRICS, SUMMARY = "ablation_scores", "ablation_conditions", "ablation_metrics", "ablation_summary"
 SUBSPACE = "subspace_head_metrics"  # the own head's metrics under each condition whose kind measures it (subspace)
+EFFECTS = "subspace_effects"  # their means against the head's head_attention rows, per condition and metric
 
 
 def subspace_rows(conditions, pair_ids: list[int], head_metrics: dict):
@@ -105,6 +106,8 @@ def consistent(writer, ids: set[str], measures: Sequence[str], scopes: Sequence[
 
     if not all(writer.has_table(t) for t in (CONDITIONS, QUERY_METRICS, SUMMARY)) or _ids(writer.table_path(CONDITIONS)) != ids:
         return False
+    if writer.has_table(SUBSPACE) and not writer.has_table(EFFECTS):  # a folder of a version that did not store it
+        return False
     wanted = {(s, str(m)) for s in scopes for m in evaluation.parse_measures(measures)}
     for table in (QUERY_METRICS, SUMMARY):
         sets = significance.condition_sets(writer.table_path(table))
@@ -157,15 +160,20 @@ def commit_tables(writer, ds, pair_set, new: set[str], ids: set[str], definition
 
     scores = merge_scores(writer, new) if new else writer.table_path(SCORES)
     new_subspace = {cid for cid in new if kind_of(definitions[cid]["kind"]).measures_head}
-    if new_subspace:
-        merge_subspace(writer, new_subspace)
+    subspace = merge_subspace(writer, new_subspace) if new_subspace else \
+        writer.table_path(SUBSPACE) if writer.has_table(SUBSPACE) else None
+    effects = subspace is not None and (bool(new_subspace) or not writer.has_table(EFFECTS))
+    if effects:  # materialised with the metrics it summarises, in the same commit
+        from precompute.analyses.subspace_effects import effects_table
+
+        writer.write_table(EFFECTS, effects_table(subspace, writer.table_path("head_attention")), staged=True)
     rows = {cid: definitions[cid] for cid in sorted(ids)}
     writer.write_table(CONDITIONS, pa.Table.from_pylist(list(rows.values())), staged=True)
     metrics, summary = significance.tables(writer.table_path("pairs"), scores, ds, pair_set, measures, scopes, rows)
     writer.write_table(QUERY_METRICS, metrics, staged=True)
     writer.write_table(SUMMARY, summary, staged=True)
-    writer.commit("ablations", [*([SCORES] if new else []), *([SUBSPACE] if new_subspace else []), CONDITIONS,
-                                QUERY_METRICS, SUMMARY])
+    writer.commit("ablations", [*([SCORES] if new else []), *([SUBSPACE] if new_subspace else []),
+                                *([EFFECTS] if effects else []), CONDITIONS, QUERY_METRICS, SUMMARY])
 
 
 def clean_parts(writer, ids: set[str]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from precompute import crash
 from precompute.conditions import AblationRequest, Condition, forward_groups
 import precompute.stages.ablation_folder as folder
-from precompute.stages.ablation_folder import CONDITIONS, QUERY_METRICS, SCORES, SUBSPACE, SUMMARY
+from precompute.stages.ablation_folder import CONDITIONS, EFFECTS, QUERY_METRICS, SCORES, SUBSPACE, SUMMARY
 from precompute.stages.base import Stage
 from precompute.store.manifest import AblationsInfo, TableInfo
 from precompute.store.sql import literal
@@ -122,8 +122,9 @@ class Ablations(Stage):
     name = "ablations"
     sharded = True
     tables = (CONDITIONS, SCORES, QUERY_METRICS, SUMMARY)
+    optional = (EFFECTS,)  # with subspace conditions
     needs = ("pairs",)
-    rebuildable = (CONDITIONS, QUERY_METRICS, SUMMARY)  # from the scores and the known definitions
+    rebuildable = (CONDITIONS, QUERY_METRICS, SUMMARY, EFFECTS)  # from the scores, the known definitions, the head metrics
 
     def way_out(self, table: str) -> str:
         return ("delete it and rerun the same command to score its conditions again (conditions this command does "
@@ -287,7 +288,7 @@ class Ablations(Stage):
         )
         ctx.manifest.tables.update({
             name: TableInfo(rows=pq.ParquetFile(writer.table_path(name)).metadata.num_rows)
-            for name in (*self.tables, SUBSPACE) if writer.has_table(name)
+            for name in (*self.tables, SUBSPACE, EFFECTS) if writer.has_table(name)
         })
 
 

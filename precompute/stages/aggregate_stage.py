@@ -5,10 +5,11 @@ Why not DuckDB's GROUP BY: its parallel sums add in whatever order its threads f
 differed in the last bits (up to 5e-20). ``sum(x ORDER BY pair_id)`` fixes the order but, measured on a
 2-million-row head_attention (bench/integrity.py), took 6.3 s and 2.5 GB of memory against 2.2 s and 0.3 GB
 for the plain sums; this module takes 1.3 s and 0.25 GB.
-Here the file is read one row group at a time: head_attention is sorted by (layer, head, pair_id), each group's
-rows of a row group are summed in that order (a stable sort keeps it), and the row groups' partial sums are added
-in file order. Every step depends only on the file's bytes, and the rebuild of a damaged aggregate reads the same
-file as the merge that wrote it. The rows of one head are handed out as soon as its last row group is read
+Here the files (one per layer) are read one row group at a time: head_attention is sorted by (layer, head, pair_id),
+each group's rows of a row group are summed in that order (a stable sort keeps it), and the row groups' partial sums
+are added in file order. Every step depends only on the files' bytes (the same row groups whether the table is one
+file or one per layer: no row group holds two heads), and the rebuild of a damaged aggregate reads the same files as
+the merge that wrote them. The rows of one head are handed out as soon as its last row group is read
 (:func:`aggregate_pieces`), so memory holds one row group and one head's sums (queries x negative types x grades),
 not the whole aggregate: built as one table (a dict of per-group arrays, then stacked) it took the job's peak
 from 600 to 975 MB on bench/memory.py's 10,000-pair run (160,000 aggregate rows), against 726 MB this way, and
@@ -19,7 +20,7 @@ A metric is NULL where it is undefined; as in SQL, a sum skips NULLs and is NULL
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +32,25 @@ from precompute.metrics import METRICS
 _PAIR_KEYS = ("qid", "neg_type", "grade")
 
 
-def aggregate_pieces(heads: Path, pairs: Path) -> Iterator[pa.Table]:
-    """The head_attention_agg rows of the head_attention file ``heads`` and the pairs file ``pairs``, one
-    (layer, head) at a time in file order, each sorted by the table's sort key (so the pieces follow each other in
-    the table's order: RunWriter.write_pieces)."""
+def aggregate_pieces(heads: Sequence[Path], pairs: Path) -> Iterator[pa.Table]:
+    """The head_attention_agg rows of the head_attention files ``heads`` (in partition order) and the pairs file
+    ``pairs``, one (layer, head) at a time in file order, each sorted by the table's sort key (so the pieces follow
+    each other in the table's order: RunWriter.write_pieces)."""
     code, labels = _pair_codes(pq.read_table(pairs, columns=["pair_id", *_PAIR_KEYS]))
     n_codes = len(labels)
     cell, acc = None, None  # the (layer, head) being summed and its sums
-    file = pq.ParquetFile(heads, pre_buffer=False)
-    for group in range(file.num_row_groups):
-        batch = file.read_row_group(group, columns=["layer", "head", "pair_id", *METRICS])
-        cells = (batch.column("layer").to_numpy().astype(np.int64) << 8) | batch.column("head").to_numpy().astype(np.int64)
-        bounds = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1], True])  # runs of one head (one in the job's files)
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            if int(cells[lo]) != cell:
-                if acc is not None:
-                    yield _table(cell, *acc, labels)
-                cell, acc = int(cells[lo]), _empty_sums(n_codes)
-            _add(acc, batch.slice(lo, hi - lo), code)
+    for path in heads:
+        file = pq.ParquetFile(path, pre_buffer=False)
+        for group in range(file.num_row_groups):
+            batch = file.read_row_group(group, columns=["layer", "head", "pair_id", *METRICS])
+            cells = (batch.column("layer").to_numpy().astype(np.int64) << 8) | batch.column("head").to_numpy().astype(np.int64)
+            bounds = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1], True])  # runs of one head (one in the job's files)
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                if int(cells[lo]) != cell:
+                    if acc is not None:
+                        yield _table(cell, *acc, labels)
+                    cell, acc = int(cells[lo]), _empty_sums(n_codes)
+                _add(acc, batch.slice(lo, hi - lo), code)
     if acc is not None:
         yield _table(cell, *acc, labels)
 

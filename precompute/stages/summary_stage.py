@@ -14,6 +14,7 @@ import time
 from precompute import crash, evaluation
 from precompute.stages.base import Stage
 from precompute.stages.aggregate_stage import aggregate_pieces
+from precompute.store import layout
 from precompute.store.manifest import TableInfo
 
 PAIRS, HEADS, AGG, CROSS = "pairs", "head_attention", "head_attention_agg", "decoder_cross_attention"
@@ -126,14 +127,14 @@ class Summaries(Stage):
         manifest.counts.truncated = int(sum(cols["truncated"]))
         for name in (HEADS, CROSS):
             if writer.has_table(name):
-                manifest.tables[name] = TableInfo(rows=pq.ParquetFile(writer.table_path(name)).metadata.num_rows)
+                manifest.tables[name] = TableInfo(rows=writer.table_rows(name))
         manifest.tables[PAIRS] = TableInfo(rows=table.num_rows)
 
 
 def stage_aggregate(writer, heads, pairs) -> None:
-    """Stage head_attention_agg, summed from the head_attention file ``heads`` one head at a time and written as it
-    comes (see :mod:`.head_aggregate`)."""
-    writer.write_pieces(AGG, aggregate_pieces(heads, pairs), staged=True)
+    """Stage head_attention_agg, summed from head_attention at ``heads`` (its partition folder or file) one head at a
+    time and written as it comes (see :mod:`.aggregate_stage`)."""
+    writer.write_pieces(AGG, aggregate_pieces(layout.files_in(heads, HEADS), pairs), staged=True)
 
 
 STAGE = Summaries()

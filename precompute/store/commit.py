@@ -22,13 +22,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from precompute import crash
+from precompute.store import layout
 
 STAGED = "_staged"
 JOURNAL = "commit.json"
 
 
 def staged_path(root: Path, table: str) -> Path:
-    return Path(root) / STAGED / f"{table}.parquet"
+    """The staged copy of ``table``: a file, or a partition folder (:mod:`precompute.store.layout`)."""
+    return layout.path(Path(root) / STAGED, table)
 
 
 def commit(root: Path, label: str, tables: Sequence[str], drop_parts: Sequence[str],
@@ -80,13 +82,22 @@ def _roll_forward(root: Path, entry: dict, drop: Callable[[str], None]) -> None:
     for table in entry["install"]:
         staged = staged_path(root, table)
         if staged.exists():  # absent: installed before the job was killed
-            os.replace(staged, root / f"{table}.parquet")
+            _install(staged, layout.path(root, table))
             crash.point(f"{label}.installing")
+        layout.remove_superseded(root, table)
     crash.point(f"{label}.installed")
     for table in entry.get("drop_parts", ()):
         drop(table)
     (root / STAGED / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(root / STAGED, ignore_errors=True)
+
+
+def _install(staged: Path, target: Path) -> None:
+    """Rename a staged file or partition folder into place. A folder cannot be renamed over a non-empty one: the old
+    folder is deleted first, which is safe after the journal (a rerun deletes what is left of it and renames)."""
+    if staged.is_dir() and target.exists():
+        layout.remove(target)
+    os.replace(staged, target)
 
 
 def _fsync(path: Path) -> None:

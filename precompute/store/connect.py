@@ -2,7 +2,11 @@
 
 ``connect(run)`` gives an in-memory DuckDB connection where every finished table of the run is
 a view named after it (``pairs``, ``head_attention``, ...) plus the derived views declared in
-``VIEWS``. ``write_catalog(run)`` saves the same views into ``<run>/atlas.duckdb`` (absolute
+``VIEWS``. A partitioned table (``head_attention``: one file per layer) is one view over its folder, read with
+``hive_partitioning`` so that a query on some layers opens only their files; a store of the older one-file layout
+gets the same view over its file (:mod:`precompute.store.layout`). A derived view is defined only where the run does
+not store a table of its name (``subspace_effects``: stored by the job since it is materialised, computed in
+older stores). ``write_catalog(run)`` saves the same views into ``<run>/atlas.duckdb`` (absolute
 paths) so the DuckDB CLI reaches them from any working directory::
 
     duckdb -readonly data/store/dl20__minilm-l6-msmarco-ce/atlas.duckdb -c "SELECT count(*) FROM pairs"
@@ -30,6 +34,7 @@ from pathlib import Path
 from precompute.metrics import MATCHING_METRICS, METRICS
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA
+from precompute.store import layout
 from precompute.store.schema import TABLES
 from precompute.store.sql import literal
 
@@ -92,13 +97,24 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
 
 def _statements(run: Path) -> list[str]:
     run = Path(run).resolve()
-    present = [name for name in TABLES if (run / f"{name}.parquet").exists()]
-    tables = {name: f"SELECT * FROM read_parquet({literal(run / f'{name}.parquet')})" for name in present}
-    tables.update(_condition_part_views(run, present))
-    tables.update(_patching_views(run, present))
+    found = {name: layout.location(run, name) for name in TABLES}
+    present = {name: where for name, where in found.items() if where is not None}
+    tables = {name: f"SELECT * FROM {layout.scan_sql(where, name)}" for name, where in present.items()}
+    tables.update(_condition_part_views(run, list(present)))
+    tables.update(_patching_views(run, list(present)))
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
-    out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items() if set(needs) <= set(present)]
+    out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items()
+            if set(needs) <= set(present) and name not in present]
     return out
+
+
+def is_stored(con, name: str) -> bool:
+    """Whether ``name`` on a connection of :func:`connect` reads a table the run stores (not a derived view computing
+    it, as ``subspace_effects`` in stores written before it was materialised)."""
+    view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ? AND NOT internal", [name]).fetchone()
+    if view is not None:
+        return "read_parquet(" in view[0]  # a table's view (_statements); a derived view reads other views
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
 
 
 def connect(run: Path | str, *, threads: int | None = None):

@@ -30,7 +30,10 @@ MANIFEST_END = "<!-- manifest:end -->"
 def render() -> str:
     out = [f"Schema version: **{SCHEMA_VERSION}**.", ""]
     for table in (t for t in TABLES.values() if not t.internal):
-        out += [f"### `{table.name}`", "", f"{table.doc} Grain: {table.grain}. Sorted by {', '.join(table.sort_key)}.", ""]
+        files = (f" Stored as one file per {table.partition_by}: `{table.name}/{table.partition_by}=<value>/data.parquet` "
+                 f"(see Layout)." if table.partition_by else "")
+        out += [f"### `{table.name}`", "", f"{table.doc} Grain: {table.grain}. Sorted by {', '.join(table.sort_key)}."
+                f"{files}", ""]
         out += ["| column | type | meaning |", "| --- | --- | --- |"]
         for c in table.columns:
             out.append(f"| `{c.name}` | {c.type}{' (nullable)' if c.nullable else ''}{manifest_module.bounds_text(c.bounds)} "
@@ -38,7 +41,8 @@ def render() -> str:
         out.append("")
     out += ["### Views", "", "| view | needs | definition |", "| --- | --- | --- |"]
     for name, (needs, sql) in VIEWS.items():
-        out.append(f"| `{name}` | {', '.join(needs)} | `{_cell(' '.join(sql.split()))}` |")
+        where = " (where the table is not stored)" if name in TABLES else ""
+        out.append(f"| `{name}` | {', '.join(needs)}{where} | `{_cell(' '.join(sql.split()))}` |")
     return "\n".join(out + ["", *render_kinds()]) + "\n"
 
 

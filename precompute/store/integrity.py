@@ -14,8 +14,9 @@ parse, the columns must be the table's, every page's CRC must match, the rows mu
 and to the recorded one, no column chunk's statistics may exclude a value of its data (DuckDB skips row groups
 by their min/max, so a flipped statistic would silently drop rows from a query), and every value must lie in
 the bounds the schema declares for its column (a mass in [0, 1]). Given the run's identity, the file must
-record it (a table copied from another run is refused). :func:`check_footer` is the part of these checks that
-reads the footer only. Files written by older versions carry no checksums, count or identity; the checks that
+record it (a table copied from another run is refused), and a partition file of a partitioned table
+(``head_attention/layer=3/data.parquet``) must hold only its folder's value. :func:`check_footer` is the part of these
+checks that reads the footer only. Files written by older versions carry no checksums, count or identity; the checks that
 apply to them still run.
 
 Cost, measured on a 2-million-row head_attention (``python bench/integrity.py``, 2 CPU cores): merging parts
@@ -38,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from precompute.console import first_line
+from precompute.store import layout
 from precompute.store.schema import TABLES
 
 ROWS, TABLE, IDENTITY = "atlas.rows", "atlas.table", "atlas.identity"
@@ -78,48 +80,56 @@ def write_batches(reader: pa.RecordBatchReader, schema: pa.Schema, path: Path, *
     """Stream record batches of any size into row groups of ``row_group_size`` rows, so memory stays at one row group
     and the file does not depend on how the batches were cut. With ``group_by`` (columns the stream is sorted by) a
     row group also ends wherever their values change: no row group holds two groups, so a query on one group (one
-    head of head_attention) reads only its own row groups."""
+    head of head_attention) reads only its own row groups. Each batch is looked at once (its rows against the current
+    group's values), so many small batches cost what a few large ones do."""
     rows = 0
     pending: list[pa.RecordBatch] = []
     held = 0
     with pq.ParquetWriter(path, schema, **options(schema)) as w:
-        def flush(final: bool) -> None:
-            """Write every row group the pending rows complete (all of them when ``final``)."""
+        def emit() -> None:
+            """Write the pending rows as one row group."""
             nonlocal pending, held, rows
-            while held:
-                change = _first_change(pending, group_by)
-                if change is not None:
-                    cut = min(change, row_group_size)
-                elif held >= row_group_size or final:
-                    cut = min(held, row_group_size)
-                else:
-                    return  # the current group may go on in the next batch
-                block = pa.Table.from_batches(pending, schema=schema)
-                w.write_table(block.slice(0, cut), row_group_size=cut)
-                rest = block.slice(cut)
-                pending, held = rest.to_batches(), rest.num_rows
-                rows += cut
+            if held:
+                w.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=held)
+                rows += held
+            pending, held = [], 0
 
         for batch in reader:
-            pending.append(batch.cast(schema) if batch.schema != schema else batch)
-            held += batch.num_rows
-            flush(final=False)
-        flush(final=True)
+            batch = batch.cast(schema) if batch.schema != schema else batch
+            while batch.num_rows:
+                key = _key(pending[0] if pending else batch, group_by)
+                change = _first_change(batch, group_by, key)
+                part = batch.slice(0, batch.num_rows if change is None else change)
+                while held + part.num_rows >= row_group_size:  # a full row group
+                    pending.append(part.slice(0, row_group_size - held))
+                    part = part.slice(row_group_size - held)
+                    held = row_group_size
+                    emit()
+                if part.num_rows:
+                    pending.append(part)
+                    held += part.num_rows
+                if change is None:
+                    break
+                emit()  # the group ends here
+                batch = batch.slice(change)
+        emit()
         w.add_key_value_metadata(metadata(table, rows, identity))
     return rows
 
 
-def _first_change(batches: list[pa.RecordBatch], keys: tuple[str, ...]) -> int | None:
-    """Index of the first row whose ``keys`` differ from the first row's, over the concatenated batches; None when all
-    rows share them (or no keys)."""
-    if not keys or not batches:
-        return None
-    table = pa.Table.from_batches(batches)
+def _key(batch: pa.RecordBatch, keys: tuple[str, ...]) -> tuple:
+    return tuple(batch.column(k)[0] for k in keys)
+
+
+def _first_change(batch: pa.RecordBatch, keys: tuple[str, ...], values: tuple) -> int | None:
+    """Index of the first row of ``batch`` whose ``keys`` differ from ``values``; None when all rows have them (or
+    no keys)."""
     changed = None
-    for key in keys:
-        column = table.column(key)
-        diff = pc.not_equal(column, column[0])
+    for key, value in zip(keys, values):
+        diff = pc.not_equal(batch.column(key), value)
         changed = diff if changed is None else pc.or_(changed, diff)
+    if changed is None:
+        return None
     index = pc.index(changed, True).as_py()
     return index if index >= 0 else None
 
@@ -172,6 +182,9 @@ def check_footer(path: Path, name: str, expected: pa.Schema | None, *, rows: int
         raise CorruptFile(f"{path} {_column_difference(have, want)}")
     if ROWS in kv and kv[ROWS] != str(md.num_rows):
         raise CorruptFile(f"{path} has {md.num_rows} rows in its footer, {kv[ROWS]} were written")
+    partition = layout.partition_of(path, name)
+    if partition is not None:
+        _check_partition(path, md, *partition)
     if rows is not None and md.num_rows != rows:
         raise CorruptFile(f"{path} has {md.num_rows:,} rows, the manifest recorded {rows:,}: the file was replaced "
                           "or cut short")
@@ -185,6 +198,23 @@ def check_footer(path: Path, name: str, expected: pa.Schema | None, *, rows: int
                 raise CorruptFile(f"{path} was written by another run: its {key} is {_short(stored.get(key))}, "
                                   f"the manifest's is {_short(identity.get(key))}")
     return md
+
+
+def _check_partition(path: Path, md: pq.FileMetaData, column: str, value: str) -> None:
+    """Every row group's statistics of ``column`` say it holds only ``value``, the folder's (``layer=3``): a file moved
+    into another partition's folder would be read as that partition (the reader takes the value from the folder).
+    The statistics themselves are checked against the data by :func:`verify`."""
+    names = [md.schema.column(j).name for j in range(md.num_columns)]
+    if column not in names:
+        raise CorruptFile(f"{path} lacks the column {column} its folder partitions by")
+    j = names.index(column)
+    for i in range(md.num_row_groups):
+        stats = md.row_group(i).column(j).statistics
+        held = (stats.min, stats.max) if stats is not None and stats.has_min_max else None
+        if held is None or str(held[0]) != value or str(held[1]) != value:
+            what = f"{column} {held[0]}..{held[1]}" if held else f"{column} values without statistics"
+            raise CorruptFile(f"{path} holds rows of {what} in row group {i}, its folder says {column}={value}: it "
+                              "was moved from another partition")
 
 
 def verify(path: Path, name: str, expected: pa.Schema | None, *, rows: int | None = None,

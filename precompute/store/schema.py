@@ -14,7 +14,7 @@ import pyarrow as pa
 from precompute.metrics import METRICS, SUMMARY_METRICS
 from precompute.names import SEGMENTS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Versions this checkout reads. Version 2 added decoder_cross_attention, made the summary metrics nullable (NULL
 # where a metric is undefined: directions a causal model cannot attend, empty template segments) and the model
 # family to the manifest; a version-1 store is a version-2 store without NULLs or the new table. Version 3 stores a
@@ -24,7 +24,29 @@ SCHEMA_VERSION = 4
 # Version 4 (issue 19): patching_effects.method and .graddrop, patching_pairs' qid and how each input was built, the
 # materialised patching_summary, and component 'resid' of patching_effects is the stream entering a layer (it was
 # the layer's output: precompute.store.connect shows older rows as the same activation under the new names).
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
+# Version 5 (issue 22): head_attention is one file per layer (head_attention/layer=L/data.parquet) and the job stores
+# subspace_effects; stores of versions 1 to 4 hold head_attention as one file and no subspace_effects (its view
+# computes it). Readers tell the layouts apart by what is on disk; the version tells an older reader, which would
+# find no head_attention.parquet, that the store is newer than it.
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+# The store's Arrow types as DuckDB names them (casts in merges, the partition column of a Hive-style folder).
+_DUCK_TYPES = {
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+def duck_type(t: pa.DataType) -> str:
+    """DuckDB's name of a store column type (lists as lists of their element type)."""
+    return f"{duck_type(t.value_type)}[]" if pa.types.is_list(t) else _DUCK_TYPES[t]
 
 
 # Value ranges a column's values must lie in (inclusive; None = unbounded on that side). Declared once here, checked
@@ -52,6 +74,9 @@ class Table:
     internal: bool = False  # a table of resumable parts only, merged into a public one; not in docs/store.md
     row_groups_by: tuple[str, ...] = ()  # sort-key columns a row group never straddles (one head per row group)
     row_group_rows: int = 122_880  # rows per row group at most (DuckDB's row-group size)
+    # The first sort-key column, when the table is a folder of one file per value of it (Hive style,
+    # <table>/<column>=<value>/data.parquet: precompute.store.layout) rather than one file.
+    partition_by: str | None = None
 
     @property
     def schema(self) -> pa.Schema:
@@ -111,6 +136,12 @@ HEAD_ATTENTION = Table(
     # 1.15 s at 196,608-row groups against 0.45 s at 65,536; on 3e8 rows (bench/app.py) 4.2 s at 10^6 (one thread)
     # against 0.96 s (two). Per-head scans read the same bytes either way, plus more row-group statistics.
     row_group_rows=65_536,
+    # One file per layer (head_attention/layer=L/data.parquet): a query on some layers opens only their files, and
+    # a query on one head checks the statistics of its layer's row groups, not of every row group of the run. On the
+    # 3e8-row bench (bench/app.py, 4,608 row groups in one file) one head's count took 0.25 s in one file, 0.020 s
+    # per layer and 0.005 s per (layer, head) file; per layer keeps the all-heads lookup of one pair on 24 files
+    # (docs/store.md, Scale).
+    partition_by="layer",
     doc="Per-head attention summaries over the five segments CLS, Q, SEP1, D, SEP2 (25 directions) and matching signals.",
     columns=(
         Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id).", bounds=COUNT),
@@ -459,7 +490,7 @@ SUBSPACE_HEAD_METRICS = Table(
     grain="one row per subspace condition x pair",
     sort_key=("condition_id", "pair_id"),
     doc="The summary metrics of a QK-subspace condition's own head (layer, head) on every pair, under the "
-    "intervention; the same head's head_attention row is its value without it (view subspace_effects).",
+    "intervention; the same head's head_attention row is its value without it (their means: subspace_effects).",
     columns=(
         Column("condition_id", pa.string(), "A subspace condition, e.g. 'qk:3.5:k2/remove' (joins ablation_conditions)."),
         Column("pair_id", pa.int32(), "Pair (joins pairs.pair_id).", bounds=COUNT),
@@ -470,11 +501,36 @@ SUBSPACE_HEAD_METRICS = Table(
     ),
 )
 
+SUBSPACE_EFFECTS = Table(
+    name="subspace_effects",
+    grain="one row per subspace condition x metric (metrics NULL on every pair have none)",
+    sort_key=("condition_id", "metric"),
+    doc="What each QK-subspace condition did to its own head, over the run's pairs: per metric, the mean with the "
+    "intervention (subspace_head_metrics), without it (the head's head_attention rows) and the mean and standard "
+    "deviation of the per-pair difference, over the pairs where both are defined. Written by the job with "
+    "subspace_head_metrics (the same commit), so no page aggregates that table; stores written before it have a view "
+    "of the same name and columns computing it (see Views).",
+    columns=(
+        Column("condition_id", pa.string(), "A subspace condition (joins ablation_conditions)."),
+        Column("layer", pa.int8(), "The condition's layer.", bounds=COUNT),
+        Column("head", pa.int8(), "The condition's head.", bounds=COUNT),
+        Column("metric", pa.string(), "A head_attention metric column (e.g. 'q_d')."),
+        Column("n", pa.int64(), "Pairs where the metric is defined with and without the intervention.", bounds=COUNT),
+        Column("mean", pa.float64(), "Mean of the metric under the intervention.", bounds=UNIT),
+        Column("baseline", pa.float64(), "Mean of the metric without it (head_attention), over the same pairs.",
+               bounds=UNIT),
+        Column("delta", pa.float64(), "Mean of the per-pair difference (with - without) = mean - baseline.",
+               bounds=(-1.0, 1.0)),
+        Column("sd_delta", pa.float64(), "Sample standard deviation of the per-pair difference; NULL for one pair.",
+               nullable=True, bounds=(0, None)),
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG, ABLATION_CONDITIONS, ABLATION_SCORES, ABLATION_METRICS,
         ABLATION_SUMMARY, SVD, HEAD_CONTRASTS, DECODER_CROSS_ATTENTION, COMPONENT_MEANS, COMPONENT_SUMS,
-        PATCHING_PAIRS, PATCHING_EFFECTS, PATCHING_SUMMARY, SUBSPACE_HEAD_METRICS,
+        PATCHING_PAIRS, PATCHING_EFFECTS, PATCHING_SUMMARY, SUBSPACE_HEAD_METRICS, SUBSPACE_EFFECTS,
     )
 }

@@ -38,7 +38,12 @@ def _direct(root: Path):
     con = duckdb.connect()
 
     def run(run_name: str, text: str, params=None):
-        tables = {p.stem: f"read_parquet('{p}')" for p in (root / run_name).glob("*.parquet")}
+        folder = root / run_name
+        tables = {p.stem: f"read_parquet('{p}')" for p in folder.glob("*.parquet")}
+        for table in (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(("_", "."))):
+            files = sorted(table.glob("*/*.parquet"))  # a partitioned table: every file, its partition column inside
+            if files:
+                tables[table.name] = "read_parquet([" + ", ".join(f"'{f}'" for f in files) + "])"
         return con.execute(text.format(**tables), params or []).df()
 
     return con, run

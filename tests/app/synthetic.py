@@ -12,7 +12,11 @@ Families (``build_run(family=...)``): ``bert`` (pair template, the default), ``c
 template labels, directions into a later segment NULL in head_attention and so in the aggregate, refused conditions
 in the manifest) and ``monot5`` (template labels and a decoder_cross_attention table). ``v1`` writes a
 schema-version-1 manifest without any family field. Component and QK-subspace conditions, component means and both
-activation-patching experiments are written with the optional tables.
+activation-patching experiments are written with the optional tables; ``subspace_effects`` is DuckDB running the
+store's view of that name over them.
+
+``legacy=True`` (and every ``v1`` run) writes the layout of stores before head_attention was partitioned: one
+head_attention file, no stored subspace_effects (the app computes it).
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import pyarrow.parquet as pq
 from precompute.metrics import METRICS
 from precompute.names import EASY_GRADE, SEGMENTS
 from precompute import conditions as C
+from precompute.store import layout
+from precompute.store.connect import VIEWS
 from precompute.store.schema import SCHEMA_VERSION, TABLES
 from precompute.store.manifest import Identity, Manifest, write_manifest
-from precompute.store.writer import RunWriter
+from precompute.store.writer import RunWriter, write_parquet
 
 OPTIONAL_TABLES = ("ablation_conditions", "ablation_scores", "ablation_metrics", "ablation_summary", "svd",
                    "head_contrasts", "component_means", "subspace_head_metrics", "patching_pairs", "patching_effects",
@@ -103,9 +109,12 @@ def build_run(
     model_id: str | None = None,
     manifest_overrides: dict | None = None,
     family: str = "bert",
+    legacy: bool = False,
 ) -> Path:
-    """Write one run folder ``<store>/<dataset>__<model>`` and return it (``family``: see the module doc)."""
+    """Write one run folder ``<store>/<dataset>__<model>`` and return it (``family``, ``legacy``: see the module
+    doc)."""
     causal = family == "causal"
+    legacy = legacy or family == "v1"
     rng = np.random.default_rng(seed)
     root = Path(store) / f"{dataset}__{model}"
     identity = Identity(model=model_id or f"models/{model}-not-on-this-machine", dataset=f"/nowhere/{dataset}",
@@ -163,7 +172,11 @@ def build_run(
     ha["q_d_other"] = (ha["q_d"] - ha["q_d_exact"]).astype(np.float32)
     if causal:
         ha["q2d_max"] = np.float32(np.nan)  # measures Query->Document, which does not exist
-    w.write_table("head_attention", pa.Table.from_pandas(ha, preserve_index=False))
+    if legacy:  # as RunWriter.write_table wrote it then: one file
+        data = pa.Table.from_pandas(ha, preserve_index=False).sort_by([(k, "ascending") for k in ("layer", "head", "pair_id")])
+        write_parquet(TABLES["head_attention"], data, root / "head_attention.parquet", w.identity)
+    else:
+        w.write_table("head_attention", pa.Table.from_pandas(ha, preserve_index=False))
 
     # -- head_attention_agg: derived with DuckDB from the two tables just written ------------------
     con = duckdb.connect()
@@ -172,7 +185,7 @@ def build_run(
         sumsq = ", ".join(f"sum(CAST(h.{m} AS DOUBLE) * CAST(h.{m} AS DOUBLE)) AS {m}_sumsq" for m in METRICS)
         agg = con.sql(f"""
             SELECT h.layer, h.head, p.qid, p.neg_type, p.grade, count(*) AS n, {sums}, {sumsq}
-            FROM read_parquet('{w.table_path("head_attention")}') h
+            FROM {layout.scan_sql(w.table_path("head_attention"), "head_attention")} h
             JOIN read_parquet('{w.table_path("pairs")}') p USING (pair_id)
             GROUP BY ALL
         """).to_arrow_table()
@@ -184,7 +197,7 @@ def build_run(
         _write_cross_attention(w, pairs, layers, heads, rng)
     refused: list[str] = []
     if optional:
-        refused = _write_ablations(w, pairs, ha, layers, heads, rng, causal=causal)
+        refused = _write_ablations(w, pairs, ha, layers, heads, rng, causal=causal, effects=not legacy)
         _write_svd(w, layers, heads, rng)
         _write_contrasts(w, pairs, ha)
         _write_component_means(w, layers, rng)
@@ -208,7 +221,7 @@ def build_run(
                    "skipped": {"relevant": 0, "hard": 0, "easy": 0}, "truncated": int(pairs["truncated"].sum())},
         "metrics": {"nDCG@10": float(np.mean([
             _ndcg10(g["score"].to_numpy(), g["grade"].to_numpy(), list(g["docid"])) for _, g in pairs.groupby("qid")]))},
-        "tables": {t: {"rows": pq.read_metadata(w.table_path(t)).num_rows} for t in TABLES if w.has_table(t)},
+        "tables": {t: {"rows": w.table_rows(t)} for t in TABLES if w.has_table(t)},
         "versions": {"torch": "none", "transformers": "none"},
         "timings": {"summaries_s": 0.1},
     }
@@ -223,9 +236,10 @@ def build_run(
 
 
 def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers: int, heads: int, rng, *,
-                     causal: bool = False) -> list[str]:
-    """Direction, group, layer-sweep, head, component and QK-subspace conditions; returns the refused ids (causal:
-    direction conditions that remove only directions the model cannot attend)."""
+                     causal: bool = False, effects: bool = True) -> list[str]:
+    """Direction, group, layer-sweep, head, component and QK-subspace conditions (and, with ``effects``, the stored
+    subspace_effects); returns the refused ids (causal: direction conditions that remove only directions the model
+    cannot attend)."""
     def cond(condition_id: str, effect: float, **groups) -> dict:
         """A condition's ablation_conditions row (parsed by its kind, as the job writes it) and its effect."""
         parsed = C.parse(condition_id, groups={k: tuple(v) for k, v in groups.items()} or None)
@@ -311,7 +325,20 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
         adf[c] = pd.array(adf[c], dtype="Float64")
     w.write_table("ablation_summary", pa.Table.from_pandas(adf, preserve_index=False))
     _write_subspace_metrics(w, ha, [c for c in conds if c["kind"] == "subspace"])
+    if effects:
+        _write_subspace_effects(w)
     return refused
+
+
+def _write_subspace_effects(w: RunWriter) -> None:
+    """subspace_effects as the view of that name computes it (precompute.store.connect.VIEWS) over the run's files."""
+    con = duckdb.connect()
+    try:
+        for table in VIEWS["subspace_effects"][0]:
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {layout.scan_sql(w.table_path(table), table)}")
+        w.write_table("subspace_effects", con.sql(VIEWS["subspace_effects"][1]).to_arrow_table())
+    finally:
+        con.close()
 
 
 def _write_subspace_metrics(w: RunWriter, ha: pd.DataFrame, conds: list[dict]) -> None:
@@ -474,10 +501,10 @@ def _write_contrasts(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame) -> Non
 
 
 def build_store(store: Path) -> Path:
-    """The standard test store: two full runs (dl20, dl19) of one model and a dl20 run of a second,
-    smaller model without the optional tables."""
+    """The standard test store: two full runs (dl20; dl19 in the layout before head_attention was partitioned) of one
+    model and a dl20 run of a second, smaller model without the optional tables."""
     build_run(store, dataset="trec-dl-2020", model="tiny-ce", seed=0)
-    build_run(store, dataset="trec-dl-2019", model="tiny-ce", seed=1)
+    build_run(store, dataset="trec-dl-2019", model="tiny-ce", seed=1, legacy=True)
     build_run(store, dataset="trec-dl-2020", model="small-ce", layers=2, heads=4, seed=2, optional=False)
     return Path(store)
 

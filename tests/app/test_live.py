@@ -38,7 +38,8 @@ def job_store(tmp_path_factory):
 
 def stored(run_path, sql: str):
     con = duckdb.connect()
-    tables = {name: f"read_parquet('{run_path / name}.parquet')" for name in ("pairs", "head_attention")}
+    tables = {"pairs": f"read_parquet('{run_path / 'pairs.parquet'}')",
+              "head_attention": f"read_parquet('{run_path / 'head_attention'}/*/*.parquet')"}  # one file per layer
     return con.execute(sql.format(**tables)).df()
 
 

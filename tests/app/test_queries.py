@@ -10,7 +10,7 @@ from matching_atlas.opening import inspect_run
 from matching_atlas.slice import Slice
 from precompute.metrics import METRICS
 from precompute.store.connect import connect
-from tests.app.conftest import DL20
+from tests.app.conftest import DL19, DL20
 
 
 @pytest.fixture(scope="module")
@@ -91,33 +91,20 @@ def test_every_metric_has_a_column(con):
     assert {f"{m}_sum" for m in METRICS} <= cols
 
 
-def test_fast_pair_lookups_equal_the_plain_queries(store, tmp_path):
-    import shutil
-
-    import pyarrow.parquet as pq
-
-    fast, plain = Run(inspect_run(store / DL20)), plain_run(store / DL20)
-    assert fast._layout() == (3, 4, 48) and plain._layout() is None
+def test_pair_lookups_equal_the_rows_of_head_attention(con, joined, store):
+    """One pair's rows as the Pair explorer reads them (pair_id filters over the layers' files) are its rows."""
     for sl in (Slice(), Slice(layers=(1, 2), heads=(0, 3))):
         for pid in (0, 17, 47):
-            a, b = fast.pair_metric_grid(pid, "q_d", where=sl), plain.pair_metric_grid(pid, "q_d", where=sl)
-            pd_testing(a, b)
-    pd_testing(fast.pair_head_metrics(9, 2, 1), plain.pair_head_metrics(9, 2, 1))
+            got = con.pair_metric_grid(pid, "q_d", where=sl)
+            rows = joined[joined["pair_id"] == pid]
+            if sl.layers:
+                rows = rows[rows["layer"].between(*sl.layers) & rows["head"].isin(sl.heads)]
+            want = rows.sort_values(["layer", "head"])[["layer", "head", "q_d"]].rename(columns={"q_d": "value"})
+            pd_testing(got, want)
+    row = joined[(joined["pair_id"] == 9) & (joined["layer"] == 2) & (joined["head"] == 1)]
+    pd_testing(con.pair_head_metrics(9, 2, 1), row[list(METRICS)])
     # the in-memory aggregate gives the same numbers as the Parquet view
-    pd_testing(fast.head_means("q_d", where=Slice()), plain.head_means("q_d", where=Slice()))
-
-    # a run where one pair lacks a head: no positional reads, same answers
-    holey = tmp_path / DL20
-    shutil.copytree(store / DL20, holey)
-    t = pq.read_table(holey / "head_attention.parquet").to_pandas()
-    t = t[~((t["pair_id"] == 5) & (t["layer"] == 0) & (t["head"] == 0))]
-    pq.write_table(pa_table(t), holey / "head_attention.parquet")
-    con = Run(inspect_run(holey))
-    assert con._layout() is None
-    grid = con.pair_metric_grid(6, "q_d", where=Slice())
-    pd_testing(grid, plain.pair_metric_grid(6, "q_d", where=Slice()))
-    assert len(con.pair_metric_grid(5, "q_d", where=Slice())) == 11
-
+    pd_testing(con.head_means("q_d", where=Slice()), plain_run(store / DL20).head_means("q_d", where=Slice()))
 
 def pd_testing(a, b):
     import pandas.testing
@@ -125,17 +112,18 @@ def pd_testing(a, b):
     pandas.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
 
 
-def pa_table(df):
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(df, preserve_index=False)
-
-
 # -- ablations: subspaces; patching --------------------------------------------------------------------
-def test_subspace_deltas_equal_the_view(con):
-    """The Ablations page computes the head's metric changes as two column scans; they equal the store's view
-    subspace_effects (mean over pairs of with - without)."""
-    view = con.execute("SELECT condition_id, metric, n, mean, baseline, delta FROM subspace_effects").df()
+@pytest.mark.parametrize("name", [DL20, DL19])
+def test_subspace_deltas_equal_the_view(store, name):
+    """The Ablations page reads the head's metric changes from the stored subspace_effects (dl20), or computes them as
+    two column scans in a store written before it was stored (dl19); both equal what the view of that name computes
+    (mean over pairs of with - without)."""
+    from precompute.store.connect import VIEWS, is_stored
+
+    con = Run(inspect_run(store / name))
+    assert is_stored(con.connection, "subspace_effects") == (name == DL20)
+    view = con.connection.execute(
+        f"SELECT condition_id, metric, n, mean, baseline, delta FROM ({VIEWS['subspace_effects'][1]})").df()
     ids = sorted(view["condition_id"].unique())
     assert len(ids) == 8
     for cid in ids[:3]:

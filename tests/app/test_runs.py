@@ -87,8 +87,25 @@ def test_corrupt_manifest_is_named(store, tmp_path):
 
 def test_missing_required_table(store, tmp_path):
     run = copy_run(store, tmp_path)
-    (run / "head_attention.parquet").unlink()
+    shutil.rmtree(run / "head_attention")
     assert "lacks the table(s) head_attention" in inspect_run(run).problem
+
+
+def test_a_missing_or_moved_partition_file_makes_the_run_damaged(store, tmp_path):
+    """head_attention is one file per layer: a layer's file deleted leaves too few rows for the manifest; a file moved
+    into another layer's folder (the reader takes the layer from the folder) is named as moved."""
+    run = copy_run(store, tmp_path)
+    (run / "head_attention" / "layer=1" / "data.parquet").unlink()
+    info = inspect_run(run)
+    assert not info.ok and f"{run / 'head_attention'} holds" in info.problem and "the manifest recorded" in info.problem
+    run = copy_run(store, tmp_path / "moved")
+    first, second = run / "head_attention" / "layer=0" / "data.parquet", run / "head_attention" / "layer=1" / "data.parquet"
+    first_bytes = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(first_bytes)
+    info = inspect_run(run)
+    assert not info.ok and info.problem.startswith(f"{first} holds rows of layer 1..1 in row group 0, its folder says "
+                                                   "layer=0: it was moved from another partition"), info.problem
 
 
 @pytest.mark.parametrize("table", ["pairs", "head_attention_agg", "svd", "ablation_summary"])

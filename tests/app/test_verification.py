@@ -17,8 +17,9 @@ from matching_atlas import verification
 from app.runs import run_labels
 from matching_atlas.opening import EAGER_ENV, find_runs, inspect_run
 from matching_atlas.verification import CACHE_ENV, DEFAULT_CACHE, FileCheck
-from precompute.store import integrity
+from precompute.store import integrity, layout
 from precompute.store.schema import TABLES
+from tests.conftest import table_files
 from tests.app.synthetic import build_run
 from tests.precompute.store.test_old_stores import RUN as V1_RUN
 
@@ -43,6 +44,12 @@ def run_a(twins, tmp_path) -> Path:
     return tmp_path / A
 
 
+def file_of(run: Path, table: str) -> Path:
+    """The table's file, or one of its partition files (a middle layer's)."""
+    files = layout.files(run, table)
+    return files[len(files) // 2]
+
+
 def flip_a_bit_in_a_data_page(path: Path) -> None:
     """Flip one bit of the last byte of the largest column chunk of the first row group: the end of its last data
     page's payload (a chunk ends where its last page's data ends), so the footer stays readable."""
@@ -59,14 +66,15 @@ def test_the_twins_hold_every_public_table(twins):
     for name in (A, B):
         run = inspect_run(twins / name)
         assert run.verified and sorted(run.tables) == PUBLIC, (run.problem, sorted(set(PUBLIC) - run.tables))
-    for table in PUBLIC:
-        assert pq.read_metadata(twins / A / f"{table}.parquet").num_rows == \
-            pq.read_metadata(twins / B / f"{table}.parquet").num_rows, table
+    assert [f.relative_to(twins / A) for f in table_files(twins / A)] == \
+        [f.relative_to(twins / B) for f in table_files(twins / B)]
+    for file in table_files(twins / A):
+        assert pq.read_metadata(file).num_rows == pq.read_metadata(twins / B / file.relative_to(twins / A)).num_rows, file
 
 
 @pytest.mark.parametrize("table", PUBLIC)
 def test_a_flipped_bit_in_a_data_page_makes_the_run_unopenable(run_a, table):
-    file = run_a / f"{table}.parquet"
+    file = file_of(run_a, table)
     flip_a_bit_in_a_data_page(file)
     spec = TABLES[table]
     integrity.check_footer(file, table, spec.schema)  # the footer is intact: only reading the pages finds it
@@ -77,8 +85,8 @@ def test_a_flipped_bit_in_a_data_page_makes_the_run_unopenable(run_a, table):
 
 @pytest.mark.parametrize("table", PUBLIC)
 def test_a_table_copied_from_another_run_makes_the_run_unopenable(twins, run_a, table):
-    file = run_a / f"{table}.parquet"
-    shutil.copy(twins / B / f"{table}.parquet", file)  # same columns and row count: only its identity differs
+    file = file_of(run_a, table)
+    shutil.copy(twins / B / file.relative_to(run_a), file)  # same columns and row count: only its identity differs
     run = inspect_run(run_a)
     assert not run.ok and run.problem.startswith(f"{file} was written by another run: its dataset is "
                                                  "'/nowhere/trec-dl-2019', the manifest's is '/nowhere/trec-dl-2020'")
@@ -147,7 +155,7 @@ def restart() -> None:
 
 
 def test_each_file_is_verified_once_per_state(run_a, counted):
-    tables = len(list(run_a.glob("*.parquet")))
+    tables = len(table_files(run_a))  # a partitioned table: each of its files
     assert inspect_run(run_a).verified and len(counted) == tables
     assert inspect_run(run_a).verified and len(counted) == tables  # same process: from memory
     restart()
@@ -169,7 +177,7 @@ def test_a_file_changed_after_verification_with_its_size_and_mtime_kept_is_verif
 
 
 def test_a_forged_or_moved_cache_entry_is_not_verified(run_a, counted):
-    damaged = run_a / "head_attention.parquet"
+    damaged = file_of(run_a, "head_attention")
     flip_a_bit_in_a_data_page(damaged)
     info = inspect_run(run_a, verify_below=0)  # footers only: nothing verified yet
     check = next(c for c in info.checks if c.path == damaged)
@@ -209,7 +217,8 @@ def test_a_large_run_is_verified_when_opened_and_never_shown_before(twins, tmp_p
     good, bad = tmp_path / "good" / A, tmp_path / "bad" / A
     shutil.copytree(twins / A, good)
     shutil.copytree(twins / A, bad)
-    flip_a_bit_in_a_data_page(bad / "head_attention.parquet")
+    damaged = file_of(bad, "head_attention")
+    flip_a_bit_in_a_data_page(damaged)
     listed = find_runs(good.parent)[0]
     assert listed.ok and not listed.verified and run_labels([listed])[A].endswith("(not verified yet)")
     at = app(good.parent)
@@ -217,7 +226,7 @@ def test_a_large_run_is_verified_when_opened_and_never_shown_before(twins, tmp_p
     assert inspect_run(good).verified
     at = app(bad.parent)
     assert not at.exception and at.title[0].value == "Matching Atlas" and not at.get("vega_lite_chart")
-    assert any(f"{bad / 'head_attention.parquet'} is damaged" in e.value for e in at.error)
+    assert any(f"{damaged} is damaged" in e.value for e in at.error)
     assert not inspect_run(bad).ok
 
 

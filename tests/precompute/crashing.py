@@ -30,8 +30,10 @@ def single_thread():
 
 
 def tables(root: Path) -> dict[str, bytes]:
-    """Every finished table of a run folder, as bytes."""
-    return {p.name: p.read_bytes() for p in sorted(Path(root).glob("*.parquet"))}
+    """Every finished table file of a run folder (a partitioned table's files too), by path in the folder, as bytes."""
+    from tests.conftest import table_files
+
+    return {str(p.relative_to(root)): p.read_bytes() for p in table_files(root)}
 
 
 def _child(cfg: JobConfig, point: str) -> None:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from precompute.store.schema import TABLES
+from tests.conftest import table_files
 from tests.precompute.conftest import make_dataset
 from tests.tiny_models import build
 
@@ -52,8 +53,8 @@ def torchrun(args, out: Path, **env) -> subprocess.CompletedProcess:
 
 def assert_same_store(got: Path, want: Path) -> None:
     """Same tables, same rows: integer and text columns bit-identical, floats within 1e-6."""
-    names = sorted(p.name for p in want.glob("*.parquet"))
-    assert sorted(p.name for p in got.glob("*.parquet")) == names and len(names) >= 10
+    names = [str(p.relative_to(want)) for p in table_files(want)]
+    assert [str(p.relative_to(got)) for p in table_files(got)] == names and len(names) >= 10
     for name in names:
         a, b = pq.read_table(got / name), pq.read_table(want / name)
         assert a.schema.equals(b.schema) and a.num_rows == b.num_rows, name
@@ -66,7 +67,7 @@ def assert_same_store(got: Path, want: Path) -> None:
                 np.testing.assert_allclose(np.array(x.to_pylist()), np.array(y.to_pylist()), atol=1e-6, err_msg=name)
             else:
                 assert x.equals(y), f"{name}.{column}"
-    assert {p.stem for p in want.glob("*.parquet")} <= set(TABLES)
+    assert {p.relative_to(want).parts[0].removesuffix(".parquet") for p in table_files(want)} <= set(TABLES)
 
 
 def test_two_ranks_write_the_single_process_store(setup, tmp_path):

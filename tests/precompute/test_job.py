@@ -18,9 +18,10 @@ from precompute.cli import main
 from precompute.job import run
 from precompute.families.loading import load
 from precompute.families.segments import encode
+from precompute.store import layout
 from precompute.store.connect import connect
 from precompute.store.schema import SCHEMA_VERSION, TABLES
-from tests.conftest import REPO
+from tests.conftest import REPO, read_table, table_files
 from tests.precompute.test_datasets import listing
 from tests.precompute.conftest import run_tiny_job
 from tests.tiny_models import build
@@ -52,13 +53,16 @@ def test_tables_and_manifest(finished):
     assert con.execute("SELECT count(*) FROM pairs WHERE neg_type = 'easy'").fetchone()[0] == 3 * manifest["counts"]["queries"]
     assert con.execute("SELECT count(*) FROM pairs WHERE neg_type = 'easy' AND grade <> -1").fetchone()[0] == 0
     for name in ("pairs", "head_attention", "head_attention_agg"):
-        assert pq.read_schema(root / f"{name}.parquet").names == TABLES[name].column_names
+        for path in layout.files(root, name):
+            assert pq.read_schema(path).names == TABLES[name].column_names
+    assert [p.relative_to(root).as_posix() for p in layout.files(root, "head_attention")] == \
+        [f"head_attention/layer={layer}/data.parquet" for layer in range(layers)]
     assert not (root / "_parts").exists()
 
 
 def test_head_attention_is_sorted_and_masses_sum_to_one(finished):
     _, root, _ = finished
-    t = pq.read_table(root / "head_attention.parquet", columns=["layer", "head", "pair_id"]).to_pandas()
+    t = read_table(root, "head_attention", columns=["layer", "head", "pair_id"]).to_pandas()
     assert t.equals(t.sort_values(["layer", "head", "pair_id"]).reset_index(drop=True))
     con = connect(root)
     worst = con.execute(
@@ -126,9 +130,9 @@ def test_duckdb_catalog_answers_from_another_directory(finished, tmp_path):
 
 def test_rerun_is_a_no_op_and_other_parameters_are_refused(finished, capsys):
     cfg, root, _ = finished
-    before = {p.name: p.stat().st_mtime_ns for p in root.glob("*.parquet")}
+    before = {p: p.stat().st_mtime_ns for p in table_files(root)}
     run(cfg)
-    assert {p.name: p.stat().st_mtime_ns for p in root.glob("*.parquet")} == before
+    assert {p: p.stat().st_mtime_ns for p in table_files(root)} == before
     code = main(["--dataset", cfg.dataset, "--model", cfg.model, "--out", str(root), "--seed", "7",
                  "--cache", str(cfg.cache), "--no-progress", "--easy-negatives", "3", "--batch-size", "4"])
     assert code == 2
@@ -136,7 +140,7 @@ def test_rerun_is_a_no_op_and_other_parameters_are_refused(finished, capsys):
 
 
 def _tables(root: Path) -> dict:
-    return {name: pq.read_table(root / f"{name}.parquet") for name in ("pairs", "head_attention", "head_attention_agg")}
+    return {name: read_table(root, name) for name in ("pairs", "head_attention", "head_attention_agg")}
 
 
 @pytest.mark.slow

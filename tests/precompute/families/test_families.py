@@ -292,7 +292,7 @@ def test_a_decoder_run_stores_null_for_impossible_directions(folders, tiny_datas
     out = run(JobConfig(dataset=str(tiny_dataset), model=str(folders("llama-cls")), out=tmp_path / "run",
                         cache=tmp_path / "cache", easy_negatives=2, max_queries=2, batch_size=4, chunk_size=8,
                         progress=False))
-    ha, agg = out / "head_attention.parquet", out / "head_attention_agg.parquet"
+    ha, agg = out / "head_attention" / "*" / "data.parquet", out / "head_attention_agg.parquet"  # one file per layer
     for name in DIRECTIONS:
         nulls = duckdb.sql(f"SELECT count(*) - count({name}), count(*) FROM '{ha}'").fetchall()[0]
         sums = duckdb.sql(f"SELECT count({name}_sum) FROM '{agg}'").fetchall()[0][0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -35,7 +36,7 @@ def files(tmp_path):
 def test_pieces_equal_sql_sums_whatever_the_row_groups(files, row_group):
     root, heads = files
     pq.write_table(heads, root / "head_attention.parquet", row_group_size=row_group)
-    pieces = list(aggregate_pieces(root / "head_attention.parquet", root / "pairs.parquet"))
+    pieces = list(aggregate_pieces([root / "head_attention.parquet"], root / "pairs.parquet"))
     assert len(pieces) == LAYERS * HEADS  # one piece per head
     got = pa.concat_tables(pieces)
     key = list(TABLES["head_attention_agg"].sort_key)
@@ -62,4 +63,17 @@ def test_pair_ids_the_pairs_table_lacks_are_refused(files):
     pq.write_table(pa.table({"pair_id": pa.array([0, 1], pa.int32()), "qid": ["a", "b"], "neg_type": ["hard"] * 2,
                              "grade": pa.array([0, 1], pa.int8())}), root / "pairs.parquet")
     with pytest.raises(ValueError, match="pairs table lacks"):
-        list(aggregate_pieces(root / "head_attention.parquet", root / "pairs.parquet"))
+        list(aggregate_pieces([root / "head_attention.parquet"], root / "pairs.parquet"))
+
+
+def test_one_file_per_layer_gives_the_bits_of_one_file(files):
+    """The job's layout (head_attention/layer=L/data.parquet) and the one-file layout of older stores hold the same
+    row groups (none holds two heads), so the aggregate is the same to the bit."""
+    root, heads = files
+    pq.write_table(heads, root / "head_attention.parquet", row_group_size=PAIRS)
+    layers = []
+    for layer in range(LAYERS):
+        layers.append(root / f"layer={layer}.parquet")
+        pq.write_table(heads.filter(pa.compute.equal(heads.column("layer"), layer)), layers[-1], row_group_size=PAIRS)
+    one = pa.concat_tables(aggregate_pieces([root / "head_attention.parquet"], root / "pairs.parquet"))
+    assert pa.concat_tables(aggregate_pieces(layers, root / "pairs.parquet")).equals(one)

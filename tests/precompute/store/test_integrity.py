@@ -17,7 +17,7 @@ import pytest
 
 from precompute.cli import main
 from precompute.job import run
-from precompute.store import integrity
+from precompute.store import integrity, layout
 from precompute.store.manifest import read_manifest
 from precompute.store.schema import TABLES
 from precompute.store.writer import RunWriter
@@ -66,7 +66,7 @@ def test_a_damaged_part_is_recomputed(point, table, small_runs, tmp_path, capsys
     config, fresh, _ = small_runs
     cfg = config(tmp_path / "run")
     assert killed_at(cfg, point) < 0
-    part = sorted((cfg.out / "_parts" / table).glob("*.parquet"))[0]
+    part = sorted((cfg.out / "_parts" / table).rglob("*.parquet"))[0]  # (head_attention: in its layer folders)
     flip(part)
     capsys.readouterr()
     run(cfg)
@@ -93,14 +93,17 @@ def test_a_damaged_derived_table_is_rebuilt(table, damage, small_runs, tmp_path,
 
 @pytest.mark.parametrize("table", ["pairs", "head_attention", "ablation_scores"])
 def test_a_damaged_table_of_computed_work_is_named(table, small_runs, tmp_path, capsys):
-    """Hours of work are not silently recomputed: one line names the file and says what to do; exit 2."""
+    """Hours of work are not silently recomputed: one line names the file (one layer's file of head_attention) and
+    says what to do; exit 2."""
     config, fresh, _ = small_runs
     root = copy_of(fresh, tmp_path)
-    flip(root / f"{table}.parquet")
+    files = layout.files(root, table)
+    damaged = files[len(files) // 2]
+    flip(damaged)
     capsys.readouterr()
     assert main(args_of(config(root))) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: {root / table}.parquet") and "delete it and rerun" in err, err
+    assert err.startswith(f"error: {damaged}") and "delete it and rerun" in err, err
 
 
 def test_verify_catches_flipped_bytes_anywhere(tmp_path):
@@ -245,20 +248,23 @@ def test_disk_full_on_a_real_small_filesystem(small_runs, tmp_path, capsys):
 def test_head_attention_row_groups_never_straddle_two_heads(tiny_bert_run):
     """Per-head queries read only that head's row groups: each row group of head_attention holds one (layer, head)."""
     _, root = tiny_bert_run
-    f = pq.ParquetFile(root / "head_attention.parquet")
-    heads = set()
-    for i in range(f.metadata.num_row_groups):
-        group = f.read_row_group(i, columns=["layer", "head"]).to_pydict()
-        pairs = set(zip(group["layer"], group["head"]))
-        assert len(pairs) == 1, f"row group {i} holds {sorted(pairs)}"
-        heads |= pairs
-    assert len(heads) == f.metadata.num_row_groups  # the tiny run's heads each fit one row group
+    heads, groups = set(), 0
+    for path in layout.files(root, "head_attention"):  # one file per layer
+        f = pq.ParquetFile(path)
+        for i in range(f.metadata.num_row_groups):
+            group = f.read_row_group(i, columns=["layer", "head"]).to_pydict()
+            pairs = set(zip(group["layer"], group["head"]))
+            assert len(pairs) == 1, f"row group {i} of {path} holds {sorted(pairs)}"
+            assert path.parent.name == f"layer={next(iter(pairs))[0]}"
+            heads |= pairs
+        groups += f.metadata.num_row_groups
+    assert len(heads) == groups  # the tiny run's heads each fit one row group
 
 
 def test_grouped_row_groups_are_cut_at_the_size_limit_within_a_group(tmp_path):
     import pyarrow as pa
 
-    from precompute.store import integrity
+    from precompute.store import integrity, layout
 
     schema = pa.schema([("layer", pa.int8()), ("head", pa.int8()), ("v", pa.float32())])
     rows = [(0, 0)] * 25 + [(0, 1)] * 3 + [(1, 0)] * 10
