@@ -2,8 +2,8 @@
 and QK-subspace conditions, per-query values.
 
 Each function takes the run's DuckDB connection (``app.connections.open_run``) and returns a DataFrame; pages
-call them through ``app.data.query``. Which analysis (and so which Holm family) a row belongs to comes from its
-``kind`` through ``precompute.conditions.condition.ANALYSIS_OF_KIND``, never from a column the store may add later.
+call them through ``app.data.query``. A condition's parts (kind, analysis, component, segment, k, ...) are columns of
+``ablation_summary`` (schema 3; derived for older stores by ``precompute.store.connect``): nothing here parses an id.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pandas as pd
 from app import sqltext as sq
 from app.slice import Slice
 from precompute.conditions import BASELINE
-from precompute.conditions.condition import ANALYSIS_OF_KIND
 from precompute.metrics import METRICS
 from precompute.names import DIRECTIONS, SEGMENTS
 
@@ -95,27 +94,24 @@ def ablation_slice_means(con, sl: Slice, scope: str, measure: str) -> pd.DataFra
 
 
 def analysis_families(con, scope: str, measure: str) -> pd.DataFrame:
-    """Per analysis (ANALYSIS_OF_KIND of each row's kind): conditions and how many were tested (p not NULL)."""
+    """Per analysis (each its own Holm family): conditions and how many were tested (p not NULL)."""
     df = sq.frame(con, """
-        SELECT kind, count(*) AS conditions, count(p) AS tested FROM ablation_summary
-        WHERE scope = ? AND measure = ? AND kind <> 'baseline' GROUP BY kind
+        SELECT analysis, count(*) AS conditions, count(p) AS tested FROM ablation_summary
+        WHERE scope = ? AND measure = ? AND analysis IS NOT NULL GROUP BY analysis ORDER BY analysis
     """, [scope, measure])
-    df["analysis"] = [ANALYSIS_OF_KIND.get(k, k) for k in df["kind"]]
-    out = df.groupby("analysis", as_index=False)[["conditions", "tested"]].sum()
-    return sq.ints(out, "conditions", "tested")
+    return sq.ints(df, "conditions", "tested")
 
 
 # -- Component conditions (kind 'component': mlp@3:d/mean, attn@0-2/zero) ---------------------------
 def component_table(con, scope: str, measure: str) -> pd.DataFrame:
-    """Component conditions in Table-1 form, with the component ('attn', 'mlp') and the segment ('all' or one)
-    read from the condition name (``mlp`` or ``mlp:d``)."""
+    """Component conditions in Table-1 form, with the component ('attn', 'mlp') and the segment ('all' when the
+    condition removes the block's output at every token)."""
     order = ", ".join(sq.lit(s) for s in COMPONENT_SEGMENTS)
     sql = f"""
-        SELECT condition_id, split_part(condition, ':', 1) AS component,
-               CASE WHEN contains(condition, ':') THEN split_part(condition, ':', 2) ELSE 'all' END AS segment,
+        SELECT condition_id, component, coalesce(segment, 'all') AS segment,
                mode, layers, layer, n_queries, mean, baseline, delta, t, p, p_holm
         FROM ablation_summary WHERE scope = ? AND measure = ? AND kind = 'component'
-        ORDER BY layer NULLS LAST, layers, component, list_position([{order}], segment), mode
+        ORDER BY layer NULLS LAST, layers, component, list_position([{order}], coalesce(segment, 'all')), mode
     """
     df = sq.frame(con, sql, [scope, measure])
     df["layer"] = pd.array(df["layer"], dtype="Int64")
@@ -160,8 +156,8 @@ def subspace_table(con, scope: str, measure: str) -> pd.DataFrame:
     keeps its other directions" reads off one row. NaN where the run has no subspace_head_metrics or a metric is
     NULL (a direction the model cannot attend)."""
     sql = """
-        SELECT condition_id, layer, head, CAST(regexp_extract(condition, 'k([0-9]+)', 1) AS INTEGER) AS k,
-               mode AS operation, n_queries, mean, baseline, delta, t, p, p_holm
+        SELECT condition_id, layer, head, CAST(k AS INTEGER) AS k, operation, n_queries, mean, baseline, delta, t, p,
+               p_holm
         FROM ablation_summary WHERE scope = ? AND measure = ? AND kind = 'subspace'
         ORDER BY layer, head, k, operation
     """

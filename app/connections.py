@@ -52,15 +52,12 @@ from app.runs import RunInfo
 from app.sql_console import DEFAULT_ROW_LIMIT, SqlError, SqlLimits, SqlResult
 from app.sql_worker import SqlWorker
 from precompute.store.connect import connect
+from precompute.store.sql import literal
 
 AGG_IN_MEMORY_MB = float(os.environ.get("ATLAS_AGG_IN_MEMORY_MB", "2048"))
 THREADS = max(1, min(4, os.cpu_count() or 1))
 
 MAX_SQL_SESSIONS = int(os.environ.get("ATLAS_SQL_SESSIONS", "8"))
-
-
-def _q(path: Path | str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 # -- the run connection of the pages ----------------------------------------------------------------
@@ -73,12 +70,12 @@ def open_run(run: Path | str, *, threads: int | None = None, agg_in_memory_mb: f
     agg = run / "head_attention_agg.parquet"
     if agg.exists() and agg.stat().st_size <= limit * 1e6:
         con.execute("DROP VIEW IF EXISTS head_attention_agg")
-        con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({_q(agg)})")
+        con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({literal(agg)})")
     ha = run / "head_attention.parquet"
     if ha.exists() and (run / "pairs.parquet").exists():
         con.execute(f"CREATE OR REPLACE VIEW head_attention_rows AS SELECT *, file_row_number AS row_number "
-                    f"FROM read_parquet({_q(ha)}, file_row_number = true)")
-        rows = con.execute(f"SELECT num_rows FROM parquet_file_metadata({_q(ha)})").fetchone()[0] or 0
+                    f"FROM read_parquet({literal(ha)}, file_row_number = true)")
+        rows = con.execute(f"SELECT num_rows FROM parquet_file_metadata({literal(ha)})").fetchone()[0] or 0
         pairs, max_id = con.execute("SELECT count(*), max(pair_id) FROM pairs").fetchone()
         layers, heads = con.execute("SELECT max(layer) + 1, max(head) + 1 FROM head_attention_agg").fetchone()
         dense = bool(pairs and layers and heads and rows == layers * heads * pairs and max_id == pairs - 1)

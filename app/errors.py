@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from precompute.console import first_line
+
 
 def one_line(err: BaseException) -> str:
     """An exception as one line: its message's first line (DuckDB puts the message there and the query
     context after it), prefixed with the exception's type unless the message already names its kind."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    if not lines:
-        return type(err).__name__
-    text = lines[0]
+    text = first_line(err)
     return text if _names_its_kind(err, text) else f"{type(err).__name__}: {text}"
 
 

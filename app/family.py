@@ -87,18 +87,13 @@ class Labels:
 def refused_reason(condition_id: str, groups: dict[str, list[str]] | None, labels: Labels) -> tuple[str, str]:
     """(the directions a refused condition removes, why it was refused), for the Ablations page. The job refuses,
     before the run, conditions that remove only directions the model cannot attend (manifest ablations.refused)."""
-    from precompute.conditions import GROUPS
+    from precompute.conditions import AblationSpecError, parse
 
-    name = condition_id.split("@", 1)[0]
-    if name in DIRECTIONS:
-        dirs: tuple[str, ...] = (name,)
-    elif groups and name in groups:
-        dirs = tuple(groups[name])
-    elif name in GROUPS:
-        dirs = tuple(GROUPS[name][0])
-    else:
+    try:
+        dirs = parse(condition_id, groups={k: tuple(v) for k, v in (groups or {}).items()}).directions or ()
+    except AblationSpecError:
         dirs = ()
-    named = ", ".join(f"{d} ({labels.direction(d)})" for d in dirs) or name
+    named = ", ".join(f"{d} ({labels.direction(d)})" for d in dirs) or condition_id
     return named, ("removes only directions this causal model cannot attend (each goes into a later segment): "
                    "nothing to remove, so it was not run and is not in the Holm family")
 

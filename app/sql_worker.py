@@ -54,6 +54,7 @@ from app.errors import one_line
 from app.sql_console import MAX_ROW_LIMIT, SqlError, SqlLimits, SqlOutOfMemory, SqlResult, execute, show_size
 from app.sql_results import cells, to_frame
 from precompute.store.connect import connect
+from precompute.store.sql import literal
 
 KILL_GRACE_S = 2.0  # after the time limit, before the server kills a worker that did not answer
 ALARM_SLACK_S = 5  # the worker's own alarm, after the server's kill
@@ -66,10 +67,6 @@ MAX_HEADER_BYTES = 2**20
 MAX_CONFIG_BYTES = 2**16
 
 
-def _q(path: Path | str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def open_sql(run: Path | str, spill: Path, *, threads: int = 1, memory_limit: int = SqlLimits().duckdb_memory):
     """A locked in-memory DuckDB connection where the run's tables are views: ``allowed_directories`` = the run
     folder and a private spill folder, ``enable_external_access = false`` (no other file, no Python object, no
@@ -78,9 +75,9 @@ def open_sql(run: Path | str, spill: Path, *, threads: int = 1, memory_limit: in
     run = Path(run).resolve()
     con = connect(run, threads=threads)
     # Directories, with their separator: a sibling <run>-all must stay out of reach (tested).
-    dirs = ", ".join(_q(str(d).rstrip("/") + "/") for d in (run, spill))
+    dirs = ", ".join(literal(str(d).rstrip("/") + "/") for d in (run, spill))
     for setting in (
-        f"SET temp_directory = {_q(spill)}",
+        f"SET temp_directory = {literal(spill)}",
         f"SET max_temp_directory_size = '{SPILL_LIMIT}'",
         f"SET memory_limit = '{int(memory_limit) // 2**20}MiB'",
         "SET parquet_metadata_cache = true",

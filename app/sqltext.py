@@ -11,6 +11,7 @@ import pandas as pd
 
 from app.slice import Slice
 from precompute.metrics import METRICS
+from precompute.store.sql import literal
 
 
 class QueryError(ValueError):
@@ -25,7 +26,7 @@ def lit(value) -> str:
         return str(int(value))
     if isinstance(value, float):
         return repr(float(value))
-    return "'" + str(value).replace("'", "''") + "'"
+    return literal(value)
 
 
 def is_in(col: str, values) -> str:

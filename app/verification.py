@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from precompute.console import first_line
 from precompute.store import integrity, schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +194,7 @@ class Verification:
                 if self.problem:
                     break
         except Exception as err:  # noqa: BLE001 - any failure is the run's reason, in one line, never a hang
-            self.problem = f"the run's files could not be verified ({type(err).__name__}: {err})".splitlines()[0]
+            self.problem = f"the run's files could not be verified ({type(err).__name__}: {first_line(err)})"
         finally:
             self.finished.set()
 

@@ -160,24 +160,25 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
                "ORDER BY l.layer, h.head, g.qid, g.neg_type, g.grade", run / "head_attention_agg.parquet")
     print(f"  head_attention_agg ({time.time() - t1:.0f} s)")
 
-    # ablations: baseline, 25 directions, 6 groups, 3 layer sweeps x layers, every head
-    conds = [("none", "none", "none", "all", "NULL", "NULL", "baseline", "NULL")]
-    conds += [(f"{d}@all/zero", d, "zero", "all", "NULL", "NULL", "direction", f"'{d}'") for d in DIRECTIONS]
-    conds += [(f"{g}@all/zero", g, "zero", "all", "NULL", "NULL", "group", "'q_d,d_q'")
-              for g in ("cross", "q_to_special", "d_to_special", "within", "to_cls", "to_sep")]
-    conds += [(f"{c}@{layer}/zero", c, "zero", str(layer), str(layer), "NULL", "layer_sweep", f"'{c}'")
-              for c in ("q_d", "d_q", "cross") for layer in range(layers)]
-    conds += [(f"head:{layer}.{head}/zero", "head", "zero", str(layer), str(layer), str(head), "head", "NULL")
-              for layer in range(layers) for head in range(heads)]
-    conds += [(f"{n}@{layer}/mean", n, "mean", str(layer), str(layer), "NULL", "component", "NULL")
-              for layer in range(layers) for c in ("mlp", "attn") for n in (c, f"{c}:cls", f"{c}:q", f"{c}:d")]
-    subspace = [(f"qk:{layer}.{head}:k{k}/{op}", f"qk:k{k}", op, str(layer), str(layer), str(head), "subspace", "NULL")
-                for layer, head in SUBSPACE_HEADS for k in range(1, 5) for op in ("remove", "scale=2")]
-    conds += subspace
-    values = ", ".join(f"('{c[0]}', '{c[1]}', '{c[2]}', '{c[3]}', {c[4]}, {c[5]}, '{c[6]}', {c[7]})" for c in conds)
-    con.execute("CREATE TEMP TABLE conds(condition_id VARCHAR, condition VARCHAR, mode VARCHAR, layers VARCHAR, "
-                "layer TINYINT, head TINYINT, kind VARCHAR, directions VARCHAR)")
-    con.execute(f"INSERT INTO conds VALUES {values}")
+    # ablations: baseline, 25 directions, 6 groups, 3 layer sweeps x layers, every head, components, QK subspaces;
+    # every row as the job writes it (parsed by its kind: precompute.conditions)
+    from precompute import conditions as C
+
+    groups = {g: ("q_d", "d_q") for g in ("q_to_special", "d_to_special", "within", "to_cls", "to_sep")}
+    ids = ["none", *(f"{d}@all/zero" for d in DIRECTIONS),
+           *(f"{g}@all/zero" for g in ("cross", "q_to_special", "d_to_special", "within", "to_cls", "to_sep"))]
+    sweeps = [f"{c}@{layer}/zero" for c in ("q_d", "d_q", "cross") for layer in range(layers)]
+    ids += [f"head:{layer}.{head}/zero" for layer in range(layers) for head in range(heads)]
+    ids += [f"{c}@{layer}{seg}/mean" for layer in range(layers) for c in ("mlp", "attn") for seg in ("", ":cls", ":q", ":d")]
+    ids += [f"qk:{layer}.{head}:k{k}/{op}" for layer, head in SUBSPACE_HEADS for k in range(1, 5)
+            for op in ("remove", "scale=2")]
+    rows = [C.parse(i, groups=groups).row() for i in ids] + [{**C.parse(i).row(), "kind": "layer_sweep"} for i in sweeps]
+    conds = rows
+    subspace = [r for r in rows if r["kind"] == "subspace"]
+    import pyarrow as pa
+
+    con.register("cond_rows", pa.Table.from_pylist(rows, schema=TABLES["ablation_conditions"].schema))
+    con.execute("CREATE TEMP TABLE conds AS SELECT * FROM cond_rows")
     _copy(con, f"SELECT {_cast('ablation_conditions', {c: c for c in TABLES['ablation_conditions'].column_names})} "
                "FROM conds ORDER BY condition_id", run / "ablation_conditions.parquet")
     t1 = time.time()
@@ -185,18 +186,15 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
                f"CAST(random() AS FLOAT) AS score FROM (SELECT * FROM conds WHERE kind IN ('baseline', 'direction', "
                f"'group')) c, range({n_pairs}) p(i) ORDER BY condition_id, pair_id", run / "ablation_scores.parquet")
     con.execute("CREATE TEMP TABLE qids AS SELECT DISTINCT qid FROM groups")
-    cond_cols = ["condition_id", "condition", "mode", "layers", "layer", "head"]
+    cond_cols = [c for c in TABLES["ablation_metrics"].column_names if c in TABLES["ablation_conditions"].column_names]
     metrics = {c: f"c.{c}" for c in cond_cols}
     metrics.update({"scope": "s.scope", "qid": "q.qid", "measure": "m.measure",
                     "value": "CASE WHEN c.kind = 'baseline' THEN 0.7 ELSE 0.7 - random() * 0.2 END + random() * 0.1"})
     _copy(con, f"SELECT {_cast('ablation_metrics', metrics)} FROM conds c, qids q, "
                "(VALUES ('pairs'), ('judged')) s(scope), (VALUES ('nDCG@10'), ('RR@10')) m(measure) "
                "ORDER BY condition_id, scope, measure, qid", run / "ablation_metrics.parquet")
-    summary = {c: f"c.{c}" for c in cond_cols}
-    from precompute.conditions.condition import ANALYSIS_OF_KIND
-
-    analysis = " ".join(f"WHEN '{k}' THEN '{a}'" for k, a in ANALYSIS_OF_KIND.items())
-    summary.update({"kind": "c.kind", "analysis": f"CASE c.kind {analysis} END", "scope": "s.scope",
+    summary = {c: f"c.{c}" for c in TABLES["ablation_conditions"].column_names}
+    summary.update({"scope": "s.scope",
                     "measure": "m.measure", "n_queries": str(queries),
                     "mean": "0.7 - random() * 0.2", "baseline": "0.7", "delta": "-random() * 0.2",
                     "t": "-random() * 5", "p": "random() * 0.1", "p_holm": "random() * 0.2"})
@@ -239,14 +237,14 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     return run
 
 
-def _generate_analyses(con, run: Path, *, n_pairs: int, layers: int, heads: int, subspace: list[tuple]) -> None:
+def _generate_analyses(con, run: Path, *, n_pairs: int, layers: int, heads: int, subspace: list[dict]) -> None:
     """component_means, subspace_head_metrics (every subspace condition x pair) and both patching experiments."""
     cm = {"layer": "l.layer", "component": "c.component", "segment": "s.segment", "tokens": "1000000",
           "mean": "list_transform(range(768), lambda x: random() - 0.5)"}
     _copy(con, f"SELECT {_cast('component_means', cm)} FROM range({layers}) l(layer), "
                "(VALUES ('attn'), ('mlp')) c(component), (VALUES ('cls'), ('q'), ('sep1'), ('d'), ('sep2')) s(segment) "
                "ORDER BY 1, 2, 3", run / "component_means.parquet")
-    values = ", ".join(f"('{c[0]}', {c[4]}, {c[5]})" for c in subspace)
+    values = ", ".join(f"('{c['condition_id']}', {c['layer']}, {c['head']})" for c in subspace)
     shm = {"condition_id": "c.condition_id", "pair_id": "p.i", "layer": "c.layer", "head": "c.head"}
     shm.update({m: "random()" for m in METRICS})
     _copy(con, f"SELECT {_cast('subspace_head_metrics', shm)} FROM (VALUES {values}) c(condition_id, layer, head), "

@@ -87,7 +87,7 @@ def measure(name: str, config, args, device, dtype) -> None:
     batch = synthetic_batch(args.batch, args.seq, config.vocab_size, device)
     layers, heads = lm.shape
     q_d = next(c for c in C.AblationRequest(sets=("directions",)).conditions(layers, heads) if c.condition == "q_d")
-    dirs, _ = C.intervention_arrays([q_d], layers, heads)
+    dirs = C.forward_edits([q_d], layers, heads).directions
     iv = Intervention("zero", dirs.to(device).repeat_interleave(args.batch, 0))
     cuda = device.type == "cuda"
 

@@ -40,9 +40,23 @@ def check_max_length(cfg, lm) -> None:
                          f"pass --max-length {limit} or less")
 
 
+def check_patching(cfg, lm) -> None:
+    """The patching experiments asked for exist for the model: cls patches the pooling position, which an
+    encoder-decoder has not (it was refused only after the ablation pass)."""
+    if "cls" not in cfg.patching:
+        return
+    from precompute.families import FamilyError
+
+    try:
+        lm.family.check_pooling(lm.model)
+    except FamilyError as err:
+        raise ModelError(f"--patching cls: the cls experiment patches the pooling position; {err}") from err
+
+
 def check_model_settings(cfg, lm) -> None:
     check_max_length(cfg, lm)
     check_ablation_flags(cfg, lm)
+    check_patching(cfg, lm)
 
 
 def check_pairs_fit(cfg, lm, pair_set) -> None:

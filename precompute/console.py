@@ -10,6 +10,12 @@ import sys
 from dataclasses import dataclass
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first non-empty line (DuckDB, pyarrow and transformers put the query, the
+    context or a hint after it); the exception's type when it has no message."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
 def one_line(err: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, at most ``limit`` characters: libraries (transformers, ir_measures) put
     the detail on a second line, so the lines are joined rather than cut at the first."""

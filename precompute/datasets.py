@@ -21,6 +21,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from precompute.console import first_line
+
 # Without network ir_datasets retries each mirror with a 15 s timeout; fail fast instead.
 # Must be set before ir_datasets reads them (it reads them when a download starts).
 os.environ.setdefault("IR_DATASETS_DL_TRIES", "1")
@@ -186,14 +188,14 @@ class Dataset:
             located = _first_bad_line(Path(self.source) / FOLDER_FILE_OF[what], what)
             if located is not None:
                 return located
-            return f"could not read the {what} of dataset folder {self.source}: {_one_line(error)}"
+            return f"could not read the {what} of dataset folder {self.source}: {first_line(error)}"
         if _is_download_error(error):
             folder = LOCAL_FOLDERS.get(self.name, "PATH/TO/FOLDER")
             return (
                 f"dataset {self.spec} could not be downloaded (no network?); "
                 f"pass a local folder instead: --dataset {folder}"
             )
-        return f"could not read the {what} of dataset {self.spec} ({self.source}): {_one_line(error)}"
+        return f"could not read the {what} of dataset {self.spec} ({self.source}): {first_line(error)}"
 
 
 def resolve(spec: str, cache_root: Path) -> Dataset:
@@ -409,6 +411,3 @@ def _is_download_error(error: Exception) -> bool:
     return isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
 
 
-def _one_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

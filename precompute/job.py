@@ -19,7 +19,8 @@ from pathlib import Path
 
 from precompute import crash
 from precompute.config import JobConfig
-from precompute.console import Console
+from precompute.console import Console, first_line
+from precompute.settings import identity_values, to_record
 from precompute.store.manifest import (STATUS_COMPLETE, STATUS_RUNNING, Counts, DatasetInfo, Identity, Invocation, Manifest,
                                        ModelInfo)
 from precompute.store.writer import RunWriter, StoreError, is_disk_full
@@ -34,11 +35,9 @@ def run_folder(cfg: JobConfig, dataset_name: str) -> Path:
 
 
 def identity_of(cfg: JobConfig, model_identity: str, dataset_source: str) -> Identity:
-    """What fixes the run's numbers: the model, the dataset, the dtype, the pair parameters and a template family's
-    template and answer tokens."""
-    return Identity(model=model_identity, dataset=dataset_source, dtype=cfg.dtype, **cfg.pair_parameters(),
-                    template=cfg.prompt_template,
-                    answer_tokens=list(cfg.answer_tokens) if cfg.answer_tokens is not None else None)
+    """What fixes the run's numbers: every setting declared part of the identity (precompute.config), with the model
+    and the dataset as resolved (an absolute folder, else the hub or ir_datasets id)."""
+    return Identity(**{**identity_values(cfg), "model": model_identity, "dataset": dataset_source})
 
 
 def check_same_run(manifest: Manifest | None, identity: Identity) -> None:
@@ -84,7 +83,7 @@ def run(cfg: JobConfig) -> Path:
     try:
         return _run(cfg, world, coordinator)
     except BaseException as err:
-        coordinator.fail(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        coordinator.fail(f"{type(err).__name__}: {first_line(err)}")
         raise
     finally:
         coordinator.close()
@@ -96,6 +95,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
     from precompute.stages.context import RunContext
 
     started = time.time()
+    cfg.check()  # a config built in code or from a manifest gets the CLI's checks
     console = Console(progress=cfg.progress, quiet=not world.leader)
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
@@ -140,7 +140,7 @@ def _starting_manifest(cfg, lm, ds, pair_set, previous: Manifest | None, identit
     history = list(manifest.invocations)
     if not history and manifest.timings:
         history.append(Invocation(status=manifest.status, timings=dict(manifest.timings)))
-    this = Invocation(started=now, status=STATUS_RUNNING)
+    this = Invocation(started=now, status=STATUS_RUNNING, settings=to_record(cfg))
     return dataclasses.replace(
         manifest,
         status=STATUS_RUNNING,
@@ -150,7 +150,8 @@ def _starting_manifest(cfg, lm, ds, pair_set, previous: Manifest | None, identit
         invocations=[*history, this],
         model=ModelInfo.from_dict(lm.describe()),
         dataset=DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source),
-        parameters={**cfg.pair_parameters(), "device": lm.device, "dtype": lm.dtype, "ranks": _ranks()},
+        parameters={**{k: v for k, v in identity.to_dict().items() if k not in ("model", "dataset")},
+                    "device": lm.device, "dtype": lm.dtype, "ranks": _ranks()},
         counts=Counts(pairs=len(pair_set.pairs), queries=len(pair_set.queries), neg_type=pair_set.counts(),
                       skipped=pair_set.skipped, truncated=manifest.counts.truncated),
         versions=versions(),
@@ -191,5 +192,5 @@ def _disk_full_names(root: Path):
     except Exception as err:
         if not is_disk_full(err):
             raise
-        raise StoreError(f"no space left on the device of {root} ({str(err).splitlines()[0]}); free some space and "
+        raise StoreError(f"no space left on the device of {root} ({first_line(err)}); free some space and "
                          "run the same command again: finished parts are kept") from err

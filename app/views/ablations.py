@@ -1,7 +1,7 @@
 """Ablations: the paper's Table 1 for the run, per-layer sweeps, the head-ablation heatmap, the conditions a causal
 model refused, component conditions (MLP and attention blocks: their table and a layer x segment grid), QK-subspace
 conditions (nDCG change beside the change of the head's own metrics), and the per-query deltas of the condition
-clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ANALYSIS_OF_KIND)."""
+clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ablation_summary.analysis)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from app import ablation_queries as aq, charts, data, state, ui
 from app.commands import ABLATIONS_FLAGS, COMPONENT_FLAGS, SUBSPACE_FLAGS, SWEEP_FLAGS, command_for
 from app.family import labels_of, refused_reason
 from app.text import code, escape
-from precompute.conditions import BASELINE
+from precompute.conditions import BASELINE, kind_of
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA, STARS_LEGEND, stars
 
@@ -113,7 +113,7 @@ if rows:
 
 # -- per-layer sweeps -------------------------------------------------------------------------
 if len(sweeps):
-    st.subheader("Per-layer sweeps")
+    st.subheader(kind_of("layer_sweep").title)
     ui.chart(charts.layer_sweep(sweeps, title=f"{measure} change when one layer is ablated ({run.model_name}, "
                                               f"{run.dataset_name}, {scope})",
                                 y_title=f"Delta {measure} (condition - baseline)"),
@@ -124,7 +124,7 @@ else:
 # -- head ablations ---------------------------------------------------------------------------
 clicked = ui.cell_from_event(st.session_state.get("abl_heads_map"))
 if len(heads):
-    st.subheader("Head ablations")
+    st.subheader(kind_of("head").title)
     hmode = ui.pick_one("abl_head_mode", list(dict.fromkeys(heads["mode"])), "Mode")
     hm = heads[heads["mode"] == hmode].copy()
     hm["significant"] = hm["p_holm"] < ALPHA
@@ -144,7 +144,7 @@ else:
     st.caption(f"No head ablations in this run ({code(SWEEPS_COMMAND)} computes them).")
 
 # -- component conditions ---------------------------------------------------------------------
-st.subheader("Component ablations (MLP and attention blocks)")
+st.subheader(kind_of("component").title)
 if components.empty:
     st.caption(f"No component conditions in this run ({code(command_for(run, COMPONENT_FLAGS))} computes every layer x "
                "{mlp, attn} x {all tokens, cls, q, d}).")
@@ -180,7 +180,7 @@ else:
                  g, f"{run.name}-component-grid-{cmode}-{scope}-{measure}", key="abl_comp_grid")
 
 # -- QK-subspace conditions -------------------------------------------------------------------
-st.subheader("QK-subspace interventions")
+st.subheader(kind_of("subspace").title)
 with st.spinner("Reading the subspace heads' metrics (one pass over subspace_head_metrics; cached afterwards) ..."):
     subspace = data.query(run, aq.subspace_table, scope, measure)
 if subspace.empty:

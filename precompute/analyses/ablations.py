@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from precompute.conditions import KERNELS, Condition, forward_mode, intervention_arrays
+from precompute.conditions import KERNELS, Condition, forward_edits, forward_mode
 
 
 def resolve_kernel(lm, kernel: str) -> str:
@@ -85,23 +85,21 @@ def probe(lm, kernel: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def _subspace_edits(lm, conditions: Sequence[Condition], n: int):
-    """The QK edits of the subspace conditions among ``conditions``, for rows = pairs x conditions (condition-major)."""
+def _qk_edits(lm, edits, n: int):
+    """The QK edits of a forward's :class:`~precompute.conditions.forward.Edits` for rows = pairs x conditions
+    (condition-major, ``n`` pairs per condition)."""
     import torch
 
     from precompute.analyses.subspace import head_factors, qk_edit
 
-    k = len(conditions)
-    edits, factors = [], {}
-    for i, c in enumerate(conditions):
-        if c.kind != "subspace":
-            continue
-        if (c.layer, c.head) not in factors:
-            factors[(c.layer, c.head)] = head_factors(lm, c.layer, c.head)
-        rows = torch.zeros(k * n, dtype=torch.bool)
-        rows[i * n : (i + 1) * n] = True
-        edits.append(qk_edit(factors[(c.layer, c.head)], c.layer, c.head, c.k, c.factor, rows, lm.device))
-    return tuple(edits)
+    out, factors = [], {}
+    for t in edits.qk:
+        if (t.layer, t.head) not in factors:
+            factors[(t.layer, t.head)] = head_factors(lm, t.layer, t.head)
+        rows = torch.zeros(edits.n_conditions * n, dtype=torch.bool)
+        rows[t.row * n : (t.row + 1) * n] = True
+        out.append(qk_edit(factors[(t.layer, t.head)], t.layer, t.head, t.k, t.factor, rows, lm.device))
+    return tuple(out)
 
 
 def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, batch_size: int, max_length: int,
@@ -114,14 +112,14 @@ def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, ba
     ``batch_tokens``, at most ``batch_tokens // len(conditions)`` padded tokens of pairs).
     ``means`` [layers, 2, 5, hidden]: the run's component means (mean-mode component conditions).
     ``head_metrics``: when a dict, the summary kernel scores and fills it with condition_id -> [pairs, metrics] of
-    each subspace condition's own head (what the intervention did to that head's attention).
+    the own head of each condition whose kind measures it (subspace: what the intervention did to that head).
     """
     import contextlib
 
     import numpy as np
 
-    from precompute.conditions.component_specs import component_targets
     from precompute.kernels.block_hooks import ComponentHooks
+    from precompute.metrics import METRICS
     from precompute.kernels.state import Intervention
     from precompute.analyses.batching import length_batches
 
@@ -131,15 +129,14 @@ def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, ba
     kernel = "eager" if summarise else resolve_kernel(lm, kernel)
     k = len(conditions)
     direction_mode, component_mode = forward_mode(conditions)
-    n_layers, n_heads = lm.shape
-    dirs, heads = intervention_arrays(conditions, n_layers, n_heads)
-    comps = component_targets(conditions, n_layers)
+    edits = forward_edits(conditions, *lm.shape)
     on = lambda t: None if t is None else t.to(lm.device)  # noqa: E731
-    dirs, heads, comps, means = on(dirs), on(heads), on(comps), on(means)
+    dirs, heads, comps, means = on(edits.directions), on(edits.heads), on(edits.components), on(means)
     position = {p.pair_id: i for i, p in enumerate(pairs)}
     out = np.full((k, len(pairs)), np.nan, dtype=np.float32)
-    own = [(i, c) for i, c in enumerate(conditions) if c.kind == "subspace"]
-    metrics_out = {c.condition_id: np.full((len(pairs), 29), np.nan, np.float32) for _, c in own} if summarise else {}
+    own = [(i, c) for i, c in enumerate(conditions) if c.spec.measures_head]
+    metrics_out = ({c.condition_id: np.full((len(pairs), len(METRICS)), np.nan, np.float32) for _, c in own}
+                   if summarise else {})
     hooks = ComponentHooks(lm) if comps is not None else contextlib.nullcontext()
     with probe(lm, kernel) as pr, hooks:
         tokens = None if batch_tokens is None else batch_tokens // k
@@ -148,7 +145,7 @@ def score_conditions(lm, pairs: Sequence, conditions: Sequence[Condition], *, ba
             n = len(batch)
             rep = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
             iv = Intervention(direction_mode, rep(dirs), rep(heads), rep(comps), component_mode,
-                              means if component_mode == "mean" else None, _subspace_edits(lm, conditions, n))
+                              means if component_mode == "mean" else None, _qk_edits(lm, edits, n))
             result = pr.run(enc.repeat(k), intervention=iv, summarise=True) if summarise else \
                 pr.run(enc.repeat(k), intervention=iv)
             scores = result[0] if summarise else result
@@ -180,7 +177,7 @@ def seconds_per_scoring(lm, pairs: Sequence, condition: Condition, *, batch_size
 
     sample = typical_batch(pairs, batch_size)
     kw = dict(batch_size=batch_size, max_length=max_length, batch_tokens=batch_tokens, kernel=kernel, means=means,
-              head_metrics={} if condition.kind == "subspace" else None)
+              head_metrics={} if condition.spec.measures_head else None)
     _timing_scorer(lm, sample, [condition], **kw)  # warm-up
     t0 = time.perf_counter()
     _timing_scorer(lm, sample, [condition], **kw)

@@ -172,9 +172,9 @@ def read_summary(con, info):
         return con.execute("SELECT * FROM patching_summary").df()
     if "patching_effects" not in names:
         return pd.DataFrame()
-    table = con.execute(
+    table = con.sql(
         "SELECT e.experiment, e.method, e.patch_id, p.qid, e.layer, e.head, e.component, e.segment, e.clean, "
-        "e.corrupted, e.patched FROM patching_effects e JOIN pairs p USING (pair_id)").arrow()
+        "e.corrupted, e.patched FROM patching_effects e JOIN pairs p USING (pair_id)").to_arrow_table()
     columns = summary_columns(rows_of(table), settings_of(info))
     return pd.DataFrame({k: np.ma.filled(v.astype(float), np.nan) if k in ("head", "rank") else np.ma.getdata(v)
                          for k, v in columns.items()})

@@ -11,9 +11,10 @@ pairs of every query by the condition's scores and evaluate with ir_measures (``
 
 The ideal ranking of nDCG always uses every judgment of the query (``evaluation.qrels_for``), in every scope.
 
-``ablation_summary`` gives per (condition, scope, measure) the mean over queries, the baseline mean over the
-same queries, the delta, a paired two-sided t-test over queries (``scipy.stats.ttest_rel``; condition vs
-baseline) and the Holm-corrected p across all the run's conditions (baseline excluded) of that scope and
+``ablation_summary`` gives per (condition, scope, measure) the condition's parts (its ablation_conditions row), the
+mean over queries, the baseline mean over the same queries, the delta, a paired two-sided t-test over queries
+(``scipy.stats.ttest_rel``; condition vs baseline) and the Holm-corrected p (:func:`precompute.statistics.holm`)
+across the run's conditions of the same analysis (its kind's Holm family; the baseline is in none), scope and
 measure. A condition whose per-query values equal the baseline's everywhere has no t-test (t, p NULL) and is
 not counted in the Holm family. As the run folder gains conditions the family grows, so corrected p-values
 are recomputed whenever conditions are added.
@@ -31,12 +32,18 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from precompute import evaluation, statistics
-from precompute.conditions.condition import ANALYSIS_OF_KIND
-from precompute.conditions.vocabulary import BASELINE
+from precompute import evaluation
+from precompute.conditions import BASELINE
+from precompute.statistics import holm
 
 SCOPES: tuple[str, ...] = ("pairs", "judged", "run")
-_CONDITION_COLUMNS = ("condition_id", "condition", "mode", "layers", "layer", "head")
+
+
+def _condition_columns(table: str) -> list[str]:
+    """The columns ``table`` repeats from ablation_conditions (precompute.store.schema)."""
+    from precompute.store.schema import ABLATION_CONDITIONS, TABLES
+
+    return [c for c in TABLES[table].column_names if c in ABLATION_CONDITIONS.column_names]
 
 
 def resolve_scopes(requested: Sequence[str] | None, candidates: str | None) -> list[str]:
@@ -61,11 +68,6 @@ def scope_mask(scope: str, grade: np.ndarray, run_rank: np.ndarray) -> np.ndarra
     if scope == "run":
         return ~np.isnan(run_rank)
     raise ValueError(f"unknown scope {scope!r}")
-
-
-def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm-adjusted p-values as a list where an untested condition (None) stays None (see statistics.holm)."""
-    return [None if math.isnan(a) else float(a) for a in statistics.holm(pvalues)]
 
 
 def paired_ttest(values: np.ndarray, baseline: np.ndarray) -> tuple[float | None, float | None]:
@@ -138,24 +140,25 @@ def metric_rows(pairs_path, scores_path, ds, pair_set, measures: Sequence[str], 
     n = len(pairs["pair_id"])
     position = np.full(int(pairs["pair_id"].max()) + 1, -1)
     position[pairs["pair_id"]] = np.arange(n)
-    rows = []
+    rows, columns = [], _condition_columns("ablation_metrics")
     for cid, pids, scores in iter_condition_scores(scores_path, n):
         if len(pids) != n:
             raise ValueError(f"condition {cid} has {len(pids)} scores for {n} pairs")
         aligned = np.empty(n, np.float64)
         aligned[position[pids]] = scores
-        base = {k: conditions[cid][k] for k in _CONDITION_COLUMNS}
+        base = {k: conditions[cid][k] for k in columns}
         for (scope, measure), per_q in per_query_metrics(pairs, aligned, ev, scopes).items():
             rows += [{**base, "scope": scope, "measure": measure, "qid": qid, "value": v} for qid, v in per_q.items()]
     return rows
 
 
-def summary_rows(metrics: list[dict], conditions: dict[str, dict]) -> tuple[list[dict], int]:
-    """ablation_summary rows from ablation_metrics rows; also the largest Holm family size."""
+def summary_rows(metrics: list[dict], conditions: dict[str, dict]) -> list[dict]:
+    """ablation_summary rows from ablation_metrics rows and the conditions' ablation_conditions rows. Each analysis is
+    its own Holm family (per scope and measure); the baseline (analysis NULL) is in none."""
     grouped: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in metrics:
         grouped.setdefault((r["scope"], r["measure"]), {}).setdefault(r["condition_id"], {})[r["qid"]] = r["value"]
-    out, family = [], 0
+    out, columns = [], _condition_columns("ablation_summary")
     for (scope, measure), by_cond in sorted(grouped.items()):
         base = by_cond.get(BASELINE)
         if base is None:
@@ -170,19 +173,16 @@ def summary_rows(metrics: list[dict], conditions: dict[str, dict]) -> tuple[list
             mean = float(x.mean()) if len(x) else float("nan")
             baseline = float(y.mean()) if len(y) else float("nan")
             rows.append({
-                **{k: conditions[cid][k] for k in _CONDITION_COLUMNS}, "kind": conditions[cid]["kind"],
-                "analysis": ANALYSIS_OF_KIND[conditions[cid]["kind"]],
+                **{k: conditions[cid][k] for k in columns},
                 "scope": scope, "measure": measure, "n_queries": len(qids), "mean": mean, "baseline": baseline,
-                "delta": mean - baseline, "t": t, "p": p,
+                "delta": mean - baseline, "t": t, "p": p, "p_holm": None,
             })
-        for analysis in sorted({r["analysis"] for r in rows}):  # each analysis is its own Holm family
+        for analysis in sorted({r["analysis"] for r in rows if r["analysis"] is not None}):
             members = [r for r in rows if r["analysis"] == analysis]
-            adjusted = holm([r["p"] for r in members])
-            family = max(family, sum(a is not None for a in adjusted))
-            for r, a in zip(members, adjusted):
-                r["p_holm"] = a
+            for r, a in zip(members, holm([r["p"] for r in members])):
+                r["p_holm"] = None if math.isnan(a) else float(a)
         out += rows
-    return out, family
+    return out
 
 
 def tables(pairs_path, scores_path, ds, pair_set, measures: Sequence[str], scopes: Sequence[str],
@@ -191,7 +191,7 @@ def tables(pairs_path, scores_path, ds, pair_set, measures: Sequence[str], scope
     import pyarrow as pa
 
     metrics = metric_rows(pairs_path, scores_path, ds, pair_set, measures, scopes, conditions)
-    summary, _ = summary_rows(metrics, conditions)
+    summary = summary_rows(metrics, conditions)
     return pa.Table.from_pylist(metrics), pa.Table.from_pylist(summary)
 
 
@@ -210,12 +210,12 @@ def holm_families(summary_path) -> dict[str, int]:
     """analysis -> the largest number of tested conditions in one of its Holm families (scope x measure)."""
     import pyarrow.parquet as pq
 
-    columns = ["scope", "measure", "p_holm", "kind"]
-    summary = pq.read_table(summary_path, columns=columns).to_pylist()
+    summary = pq.read_table(summary_path, columns=["scope", "measure", "p_holm", "analysis"]).to_pylist()
     families: dict[tuple, int] = {}
     for r in summary:
-        key = (ANALYSIS_OF_KIND[r["kind"]], r["scope"], r["measure"])
-        families[key] = families.get(key, 0) + (r["p_holm"] is not None)
+        if r["analysis"] is not None:
+            key = (r["analysis"], r["scope"], r["measure"])
+            families[key] = families.get(key, 0) + (r["p_holm"] is not None)
     out: dict[str, int] = {}
     for (analysis, _, _), n in families.items():
         out[analysis] = max(out.get(analysis, 0), n)

@@ -10,15 +10,70 @@ from __future__ import annotations
 import re
 
 from precompute.conditions.condition import Condition
+from precompute.conditions.kinds import SUBSPACE, ConditionKind, register
 from precompute.conditions.vocabulary import AblationSpecError
 
 TOP_METRIC, TOP_CONTRAST = "q_d", "relevant_vs_easy"  # what --subspace-heads top:N ranks heads by
 _OPERATION = re.compile(r"^(remove|scale=(\d+(?:\.\d+)?))$")  # a plain decimal: no nan, inf, 1e309 or sign
+_ID = re.compile(r"^qk:(\d+)\.(\d+):k(\d+)/(.+)$")
 
 
-def subspace_condition(layer: int, head: int, k: int, operation: str, factor: float) -> Condition:
-    return Condition(f"qk:{layer}.{head}:k{k}/{operation}", f"qk:k{k}", operation, str(layer), layer, head,
-                     "subspace", None, (layer,), k=k, factor=factor)
+class Subspace(ConditionKind):
+    name = "subspace"
+    analysis = SUBSPACE
+    title = "QK subspaces: a head's top-k singular components of W_Q W_K^T removed or scaled"
+    description = "one head's top-k singular components of W_Q W_K^T removed or scaled"
+    condition_set = "subspace"
+    set_help = "every --subspace-heads head x --subspace-k x --subspace-ops"
+    grammar = "qk:<layer>.<head>:k<k>/remove|scale=<f>"
+    example = "qk:3.5:k2/remove"
+    reserved = ("qk",)
+    measures_head = True
+
+    def parse(self, text, groups=None):
+        m = _ID.match(text)
+        if not m:
+            return None
+        layer, head, k, operation = m.groups()
+        if int(k) < 1:
+            raise AblationSpecError(f"condition {text!r}: k counts singular components, from 1")
+        return self.make(int(layer), int(head), int(k), operation)
+
+    def make(self, layer: int, head: int, k: int, operation: str) -> Condition:
+        operation = operation.strip()
+        return Condition(self.name, "qk", operation, str(layer), layer, head, k=k, operation=operation,
+                         factor=parse_operation(operation))
+
+    def format(self, c) -> str:
+        return f"qk:{c.layer}.{c.head}:k{c.k}/{c.operation}"
+
+    def check(self, request) -> None:
+        parse_heads_spec(request.subspace_heads)
+        parse_ks(request.subspace_k)
+        for op in request.subspace_ops:
+            parse_operation(op)
+
+    def conditions(self, request, model):
+        """Every head of ``model.subspace_heads`` (resolved by the stage) x k x operation."""
+        if self.condition_set not in request.asked_sets():
+            return []
+        ks = parse_ks(request.subspace_k)
+        if model.head_dim is not None and max(ks) > model.head_dim:
+            raise AblationSpecError(f"--subspace-k {request.subspace_k!r}: a head has only {model.head_dim} singular "
+                                    f"components; pass k values up to {model.head_dim}")
+        out = []
+        for layer, head in model.subspace_heads:
+            if not (0 <= layer < model.n_layers and 0 <= head < model.n_heads):
+                raise AblationSpecError(f"--subspace-heads {layer}.{head}: the model has layers 0-{model.n_layers - 1} "
+                                        f"and heads 0-{model.n_heads - 1}")
+            out += [self.make(layer, head, k, op) for k in ks for op in request.subspace_ops]
+        return out
+
+    def forward_key(self, c) -> str:
+        return "subspace"
+
+    def apply(self, c, row, edits) -> None:
+        edits.edit_qk(row, c.layer, c.head, c.k, c.factor)
 
 
 def parse_heads_spec(spec: str) -> int | list[tuple[int, int]]:
@@ -51,8 +106,12 @@ def parse_operation(op: str) -> float:
 def parse_ks(spec: str) -> tuple[int, ...]:
     """``1-4`` or ``1,2,8`` -> the k values; AblationSpecError otherwise."""
     m = re.fullmatch(r"(\d+)-(\d+)", spec.strip())
-    ks = list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(t) for t in re.split(r"[,\s]+", spec.strip())
-                                                                        if t.isdigit()]
+    items = [t for t in re.split(r"[,\s]+", spec.strip()) if t]
+    ks = (list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else
+          [int(t) for t in items] if all(t.isdigit() for t in items) else [])  # 1,x is refused, not read as 1
     if not ks or min(ks) < 1:
         raise AblationSpecError(f"--subspace-k {spec!r}: expected a range 1-4 or a list 1,2,8 of positive numbers")
     return tuple(sorted(set(ks)))
+
+
+SUBSPACE_KIND = register(Subspace())

@@ -1,4 +1,5 @@
-"""How users name ablation conditions: sets, modes, kernels, built-in groups, and the parsers of every flag.
+"""How users name what ablation conditions remove: modes, kernels, built-in groups, directions, layers and heads, and
+the parsers of the flags that name them (the kinds of condition are :mod:`precompute.conditions.kinds`).
 
 Imports nothing heavy (no torch, no pyarrow): ``--help`` reads the names from here.
 """
@@ -10,13 +11,12 @@ from collections.abc import Iterable, Sequence
 
 from precompute.names import DIRECTIONS, SEGMENTS, split_direction
 
-CONDITION_SETS: tuple[str, ...] = ("directions", "groups", "layers", "heads", "components", "subspace", "none")
 DEFAULT_SETS: tuple[str, ...] = ("directions", "groups")
 MODES: tuple[str, ...] = ("zero", "mask")
 KERNELS: tuple[str, ...] = ("auto", "sdpa", "eager")  # precompute.analyses.ablations.resolve_kernel
 DEFAULT_SWEEP: tuple[str, ...] = ("q_d", "d_q", "cross")
-BASELINE = "none"
-HEAD_MODE = "zero"
+BASELINE = "none"  # the baseline's condition id
+HEAD_MODE = "zero"  # a head ablation zeroes the head's output
 
 
 def _into(dst: str) -> tuple[str, ...]:
@@ -39,7 +39,7 @@ _SEGMENT_ALIASES = {
     "cls": "cls", "q": "q", "query": "q", "sep1": "sep1", "d": "d", "doc": "d", "document": "d",
     "passage": "d", "p": "d", "sep2": "sep2", "*": "*",
 }
-_NAME = re.compile(r"^[a-z][a-z0-9_+]*$")
+GROUP_NAME = re.compile(r"^[a-z][a-z0-9_+]*$")  # a group's name (and the start of its ids)
 
 
 def short_label(name: str) -> str:
@@ -112,18 +112,19 @@ def _expand(src: str, dst: str) -> tuple[str, ...]:
     return tuple(f"{s}_{d}" for s in srcs for d in dsts)
 
 
-def parse_group(spec: str, groups: dict[str, tuple[str, ...]] | None = None) -> tuple[str, tuple[str, ...]]:
+def parse_group(spec: str, groups: dict[str, tuple[str, ...]] | None = None,
+                reserved: Iterable[str] = ()) -> tuple[str, tuple[str, ...]]:
     """``--ablation-group`` value: ``NAME=DIRS`` or ``DIRS`` (named after its directions, e.g. ``q_d+d_q``,
-    or after the built-in group it equals)."""
+    or after the built-in group it equals). ``reserved``: names other kinds' ids begin with (``head``, ``mlp``)."""
     name, sep, dirs_spec = spec.partition("=")
     if not sep:
         dirs = parse_directions(spec, groups)
         same = [g for g, (gd, _, _) in GROUPS.items() if gd == dirs]
         return (same[0] if same else dirs[0] if len(dirs) == 1 else "+".join(dirs)), dirs
     name = name.strip()
-    if not _NAME.match(name):
+    if not GROUP_NAME.match(name):
         raise AblationSpecError(f"--ablation-group {spec!r}: name {name!r} must be lower case letters, digits, _ or +")
-    if name in DIRECTIONS or name in (BASELINE, "head"):
+    if name in DIRECTIONS or name in set(reserved):
         raise AblationSpecError(f"--ablation-group {spec!r}: {name!r} is a reserved name; pick another")
     dirs = parse_directions(dirs_spec, groups)
     if name in GROUPS and GROUPS[name][0] != dirs:
@@ -149,6 +150,16 @@ def _layer_range(spec: str, where: str) -> tuple[int, int] | None:
 def check_layers(spec: str, *, flag: str | None = None) -> None:
     """The syntax of a layer spec, without a model (layer numbers are checked by :func:`parse_layers`)."""
     _layer_range(spec, flag or f"--ablation-layers {spec!r}")
+
+
+def layer_label(spec: str, where: str) -> tuple[str, int | None]:
+    """(label, the single layer or None) of the layers part of a condition id, without a model: ``all``, ``3``,
+    ``0-5`` (``3-3`` is ``3``); AblationSpecError prefixed by ``where`` otherwise."""
+    bounds = _layer_range(spec, where)
+    if bounds is None:
+        return "all", None
+    lo, hi = bounds
+    return (str(lo), lo) if lo == hi else (f"{lo}-{hi}", None)
 
 
 def parse_layers(spec: str, n_layers: int, *, flag: str | None = None) -> tuple[str, tuple[int, ...]]:
@@ -189,19 +200,6 @@ def parse_heads(specs: Iterable[str], n_layers: int, n_heads: int) -> list[tuple
                         )
                     out.add((l, h))
     return sorted(out)
-
-
-def check_sets(sets: Sequence[str]) -> tuple[str, ...]:
-    """Validate ``--ablations``; () means no ablation stage."""
-    sets = tuple(s.strip() for s in sets if s.strip())
-    bad = [s for s in sets if s not in CONDITION_SETS]
-    if bad:
-        raise AblationSpecError(f"--ablations {','.join(sets)}: unknown set {bad[0]!r}; use any of {', '.join(CONDITION_SETS)}")
-    if "none" in sets:
-        if len(sets) > 1:
-            raise AblationSpecError("--ablations none cannot be combined with other sets")
-        return ()
-    return tuple(dict.fromkeys(sets))
 
 
 def check_modes(modes: Sequence[str]) -> tuple[str, ...]:

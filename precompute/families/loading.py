@@ -13,6 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from precompute.console import first_line
+
 
 class ModelError(Exception):
     """A model that cannot be used (message is one line, for the CLI)."""
@@ -229,7 +231,7 @@ def load_config(spec: str, offline: bool):
         raw, _ = PretrainedConfig.get_config_dict(spec, local_files_only=offline)
     except OSError as err:  # no config.json, not JSON, no network
         where = "folder" if Path(spec).exists() else "Hugging Face id (no network here?)"
-        raise ModelError(f"model {spec!r} could not be loaded as a {where}: {str(err).splitlines()[0]}; pass a local model folder with --model") from err
+        raise ModelError(f"model {spec!r} could not be loaded as a {where}: {first_line(err)}; pass a local model folder with --model") from err
     try:
         tokenizer_raw = get_tokenizer_config(spec, local_files_only=offline)
     except (OSError, ValueError) as err:
@@ -366,7 +368,7 @@ def learned_positions(model) -> int | None:
 
 
 def loading_error(spec: str, err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = first_line(err)
     hint = ""
     if type(err).__name__ == "SafetensorError" or "deserializ" in text.lower():
         hint = "; a weights file is truncated or damaged (an interrupted download?): download it again"

@@ -100,14 +100,14 @@ def cross_masses(weights: torch.Tensor, state: BatchState) -> torch.Tensor:
     return (weights[:, :, 0:1].float() @ state.onehot[:, None])[:, :, 0]
 
 
-def atlas_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def atlas_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Eager attention plus summaries / interventions for the state of the probe's forward pass.
 
     query, key, value: [batch, head, seq, head_dim]; returns ([batch, seq, head, head_dim], None).
     """
     state = current_state()
     site = state.enter(module)
-    call = parse_call(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+    call = parse_call(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, kwargs=kwargs)
     if site.role == "self":
         call.query, correction = state.edit_queries(site.layer, call.query)
 

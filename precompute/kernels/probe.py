@@ -52,7 +52,7 @@ class Probe:
         self.scratch = Scratch()
 
     @staticmethod
-    def attention_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    def attention_function(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         raise NotImplementedError
 
     # -- install / restore ------------------------------------------------------------------------

@@ -40,14 +40,14 @@ def _sdpa_mask(allowed: torch.Tensor | None, position_bias: torch.Tensor | None)
     return bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
 
 
-def ablation_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def ablation_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """SDPA attention with the state's intervention applied (see the module docstring).
 
     query, key, value: [batch, head, seq, head_dim]; returns ([batch, seq, head, head_dim], None).
     """
     state = current_state()
     site = state.enter(module)
-    call = parse_call(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+    call = parse_call(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, kwargs=kwargs)
     if call.softcap is not None:
         raise KernelError("logit soft-capping cannot run in the SDPA ablation kernel; use --ablation-kernel eager")
     if site.role == "self":  # QK-subspace edits; their per-row logit correction cannot change a softmax

@@ -15,6 +15,6 @@ scope / a damaged table.
 from __future__ import annotations
 
 from precompute.report.cli import load, main
-from precompute.report.condition_tables import KIND_ORDER, ReportError, mark, render
+from precompute.report.condition_tables import ReportError, kind_order, mark, render
 
-__all__ = ["KIND_ORDER", "ReportError", "load", "main", "mark", "render"]
+__all__ = ["ReportError", "kind_order", "load", "main", "mark", "render"]

@@ -7,16 +7,17 @@ import sys
 from pathlib import Path
 
 from precompute.cli import OneLineParser
+from precompute.console import first_line
 from precompute.report import compare
 from precompute.report import patching_summary
-from precompute.report.condition_tables import KIND_ORDER, ReportError, render
+from precompute.report.condition_tables import ReportError, kind_order, render
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 USAGE = """Print a run's tables in the form of the paper's Table 1: one line per ablation condition (the measure's mean
 over queries, delta to the unablated baseline, a mark from the Holm-corrected paired t-test; each analysis -
 attention, components, subspace - is its own Holm family), per-layer sweeps and head ablations as grids, component
 ablations as a component x layer grid, QK-subspace conditions with their head's own change, then the activation
-patching summary. Exit codes: 0 printed, 1 unexpected failure (one line), 2 not a finished run, no ablations,
+patching summary and the command that reruns the run. Exit codes: 0 printed, 1 unexpected failure (one line), 2 not a finished run, no ablations,
 unknown measure or scope, or a damaged table."""
 
 
@@ -68,10 +69,7 @@ def load(run: Path, measure: str, scope: str):
         raise ReportError(f"measure {measure!r} is not in this run; it has {', '.join(measures.values())} "
                           "(add one with python -m precompute ... --measures)")
     measure = measures[measure.lower()]
-    cur = con.execute(
-        "SELECT s.*, c.directions FROM ablation_summary s JOIN ablation_conditions c USING (condition_id) "
-        "WHERE scope = ? AND measure = ?", [scope, measure],
-    )
+    cur = con.execute("SELECT * FROM ablation_summary WHERE scope = ? AND measure = ?", [scope, measure])
     cols = [d[0] for d in cur.description]
     rows = [dict(zip(cols, r)) for r in cur.fetchall()]
     return manifest, measure, rows
@@ -91,14 +89,21 @@ def _check_tables(run: Path, current: bool) -> None:
             raise ReportError(f"{err}; rerun the job with the same command to rebuild it") from err
 
 
+def rerun_block(manifest, run: Path) -> str:
+    """The report's last lines: the command that reruns the run's last job into ``run`` (the app prints the same)."""
+    from precompute.config import rerun_command
+
+    return f"\nRerun (resumes the run; computes only what it lacks):\n  {rerun_command(manifest.job_settings(), run)}\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m precompute.report", description=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run folder written by python -m precompute (--out)")
     p.add_argument("--measure", default="nDCG@10", help="ir_measures name stored for the run. Default: %(default)s")
     p.add_argument("--scope", default="pairs", help="pairs, judged or run (as stored). Default: %(default)s")
-    p.add_argument("--kind", default=",".join(KIND_ORDER), help="comma-separated: direction, group, layer_sweep, head, "
-                   "component, subspace. Default: all present")
+    p.add_argument("--kind", default=",".join(kind_order()), help=f"comma-separated: {', '.join(kind_order())}. "
+                   "Default: all present")
     p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
     p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
                    "tables. Default: %(default)s")
@@ -116,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kinds = [k.strip() for k in args.kind.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KIND_ORDER]
+    bad = [k for k in kinds if k not in kind_order()]
     try:
         if bad:
-            raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(KIND_ORDER)}")
+            raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(kind_order())}")
         if args.compare is not None:
             for run in (args.run, args.compare):
                 _finished(run)
@@ -136,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             modes = [args.mode] if args.mode else None
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
         sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels, manifest))
+        sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:  # anything else (a bug, a store DuckDB cannot read): one line, never a traceback
-        text = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-        print(f"error: unexpected {type(err).__name__}: {text}", file=sys.stderr)
+        print(f"error: unexpected {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

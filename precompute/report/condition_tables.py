@@ -2,6 +2,10 @@
 queries, delta to the unablated baseline, a significance mark from the Holm-corrected paired t-test), per-layer
 sweeps as condition x layer grids, head ablations as layer x head grids, component ablations as a component x layer
 grid, QK-subspace interventions with what they did to their head's own attention (view ``subspace_effects``).
+
+One section per registered condition kind (:mod:`precompute.conditions.kinds`: its title, in registry order); a kind
+without a layout of its own here is printed as a Table-1 list of its conditions. Rows are ``ablation_summary`` rows:
+every part of a condition is a column, nothing is parsed from an id.
 """
 
 from __future__ import annotations
@@ -10,16 +14,6 @@ from pathlib import Path
 
 from precompute.statistics import fmt_p as _fmt_p
 from precompute.statistics import stars as mark
-
-KIND_ORDER = ("direction", "group", "layer_sweep", "head", "component", "subspace")
-KIND_TITLES = {
-    "direction": "Directions",
-    "group": "Groups",
-    "layer_sweep": "Per-layer sweeps (delta per layer)",
-    "head": "Heads (delta per head; row = layer)",
-    "component": "Components: attention and MLP block outputs removed",
-    "subspace": "QK subspaces: a head's top-k singular components of W_Q W_K^T removed or scaled",
-}
 SCOPE_TEXT = {
     "pairs": "every pair of the run ranked per query; easy negatives count as non-relevant",
     "judged": "judged pairs only",
@@ -29,6 +23,13 @@ SCOPE_TEXT = {
 
 class ReportError(Exception):
     """Why a folder cannot be reported (one line)."""
+
+
+def kind_order() -> tuple[str, ...]:
+    """The kinds the report prints (every registered kind but the baseline), in registry order."""
+    from precompute.conditions import REGISTRY
+
+    return tuple(name for name, kind in REGISTRY.items() if kind.analysis is not None)
 
 
 def _label(row: dict) -> str:
@@ -51,19 +52,21 @@ def _sort_key(row: dict):
 
 def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict], kinds: list[str],
            modes: list[str] | None, sort: str = "name") -> str:
-    """The report of ``rows`` (ablation_summary joined with the directions) for a run's typed ``manifest``."""
+    """The report of ``rows`` (ablation_summary rows of one scope and measure) for a run's typed ``manifest``."""
+    from precompute.conditions import analyses, kind_of
     from precompute.names import NEG_TYPES
     from precompute.store.manifest import AblationsInfo
 
     base = next((r for r in rows if r["kind"] == "baseline"), None)
     if base is None:
         raise ReportError("ablation_summary has no baseline row ('none'); rerun the job")
+    families = _families(rows)
     rows = [r for r in rows if r["kind"] != "baseline" and (not modes or r["mode"] in modes)]
-    family = sum(r["p_holm"] is not None for r in rows) if not modes else None
     m, c, d = manifest.model, manifest.counts, manifest.dataset
     ab = manifest.ablations or AblationsInfo()
     counts = c.neg_type
     neg = ", ".join(f"{k} {counts[k]:,}" for k in sorted(counts, key=lambda k: (NEG_TYPES.index(k) if k in NEG_TYPES else 99, k)) if counts[k])
+    lead = next((a for a in analyses() if a.name in families), None)  # the family the Test line counts
     out = [
         f"Run       {root}",
         f"Model     {m.name} ({m.architecture}, {m.layers} layers x {m.heads} heads, score {m.score})",
@@ -71,17 +74,21 @@ def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict
         f"Scope     {scope}: {SCOPE_TEXT.get(scope, scope)}",
         f"Baseline  {measure} = {base['mean']:.4f} over {base['n_queries']} queries, no ablation "
         f"(ablation kernel {ab.kernel or '?'}; device {manifest.parameters.get('device', '?')})",
-        "Test      paired two-sided t-test over queries vs the baseline, Holm-corrected across the run's "
-        f"{ab.holm_family if ab.holm_family is not None else family} tested "
-        f"{'attention conditions (each analysis is its own Holm family)' if len(ab.holm_families) > 1 else 'conditions'}"
-        "; * p<0.05  ** p<0.01  *** p<0.001 (corrected)",
+        "Test      paired two-sided t-test over queries vs the baseline, Holm-corrected "
+        + (f"across the run's {families[lead.name]} tested {lead.members} (each analysis is its own Holm family)"
+           if len(families) > 1 else f"across the run's {sum(families.values())} tested conditions")
+        + "; * p<0.05  ** p<0.01  *** p<0.001 (corrected)",
     ]
-    present = [k for k in KIND_ORDER if k in kinds and any(r["kind"] == k for r in rows)]
+    present = [k for k in kind_order() if k in kinds and any(r["kind"] == k for r in rows)]
     if not present:
         out += ["", f"(no conditions of kind {', '.join(kinds)} in this run)"]
     for kind in present:
         sel = [r for r in rows if r["kind"] == kind]
-        out += ["", f"{KIND_TITLES[kind]} ({len(sel)})"]
+        spec = kind_of(kind)
+        out += ["", f"{spec.title} ({len(sel)})"]
+        if len(families) > 1 and spec.analysis is not lead:
+            out.append(f"(their own Holm family: the run's {families.get(spec.analysis.name, 0)} tested "
+                       f"{spec.analysis.members})")
         if kind in ("direction", "group"):
             out += _list_table(sel, measure, sort)
         elif kind == "layer_sweep":
@@ -89,16 +96,27 @@ def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict
             out += _sweep_grid(sel, single)
         elif kind == "head":
             out += _head_grid(sel)
+        elif kind == "component":
+            out += _component_tables(sel, measure, m.segment_labels)
+        elif kind == "subspace":
+            out += _subspace_table(sel, root, measure)
         else:
-            family = (ab.holm_families or {}).get(sel[0]["analysis"], sum(r["p_holm"] is not None for r in sel))
-            out.append(f"(their own Holm family: the run's {family} tested {kind} conditions)")
-            out += _component_tables(sel, measure, m.segment_labels) if kind == "component" else \
-                _subspace_table(sel, root, measure)
+            out += _id_table(sel, measure)
     if ab.refused:
         out += ["", f"Refused before the run ({len(ab.refused)}): they remove only directions a causal model cannot "
                 "attend (into a later segment), so they would change nothing; not in any Holm family", "  " +
                 ", ".join(ab.refused)]
     return "\n".join(out) + "\n"
+
+
+def _families(rows: list[dict]) -> dict[str, int]:
+    """analysis -> its tested conditions (p_holm not NULL) among ``rows`` (one scope and measure), for every analysis
+    with a condition in them."""
+    out: dict[str, int] = {}
+    for r in rows:
+        if r["analysis"] is not None:
+            out[r["analysis"]] = out.get(r["analysis"], 0) + (r["p_holm"] is not None)
+    return out
 
 
 def _list_table(rows: list[dict], measure: str, sort: str) -> list[str]:
@@ -141,11 +159,24 @@ def _sweep_grid(rows: list[dict], single_layer: list[dict]) -> list[str]:
     return lines
 
 
-def _component_label(condition: str, labels: dict[str, str]) -> str:
-    """'mlp:d' -> 'MLP @ Document' (the family's segment words), 'attn' -> 'attention (all tokens)'."""
-    component, _, segment = condition.partition(":")
-    name = {"mlp": "MLP", "attn": "attention"}[component]
+def _component_label(row: dict, labels: dict[str, str]) -> str:
+    """'MLP @ Document' (the family's segment words), 'attention (all tokens)'."""
+    name = {"mlp": "MLP", "attn": "attention"}[row["component"]]
+    segment = row["segment"]
     return f"{name} @ {labels.get(segment, segment)}" if segment else f"{name} (all tokens)"
+
+
+def _component_order(row: dict) -> tuple:
+    return row["component"], row["segment"] or ""
+
+
+def _id_table(rows: list[dict], measure: str) -> list[str]:
+    """One line per condition, by id (Table 1 form): a kind without a layout of its own."""
+    width = max(len("condition"), *(len(r["condition_id"]) for r in rows))
+    head = f"{'condition':<{width}}  {measure:>8}  {'delta':>8}  {'sig':<3}  {'p':>7}  {'p_holm':>7}"
+    return [head, "-" * len(head)] + [
+        f"{r['condition_id']:<{width}}  {r['mean']:>8.4f}  {r['delta']:>+8.4f}  {mark(r['p_holm']):<3}  "
+        f"{_fmt_p(r['p']):>7}  {_fmt_p(r['p_holm']):>7}" for r in sorted(rows, key=lambda r: r["condition_id"])]
 
 
 def _component_tables(rows: list[dict], measure: str, labels: dict[str, str]) -> list[str]:
@@ -156,16 +187,16 @@ def _component_tables(rows: list[dict], measure: str, labels: dict[str, str]) ->
     width = max(len("condition"), *(len(r["condition_id"]) for r in rows))
     head = f"{'condition':<{width}}  {'what':<28}  {measure:>8}  {'delta':>8}  {'sig':<3}  {'p':>7}  {'p_holm':>7}"
     lines = [head, "-" * len(head)]
-    order = lambda r: (r["mode"], r["layer"] if r["layer"] is not None else -1, r["condition"])  # noqa: E731
+    order = lambda r: (r["mode"], r["layer"] if r["layer"] is not None else -1, _component_order(r))  # noqa: E731
     for r in sorted(rows, key=order):
-        lines.append(f"{r['condition_id']:<{width}}  {_component_label(r['condition'], labels):<28}  {r['mean']:>8.4f}  "
+        lines.append(f"{r['condition_id']:<{width}}  {_component_label(r, labels):<28}  {r['mean']:>8.4f}  "
                      f"{r['delta']:>+8.4f}  {mark(r['p_holm']):<3}  {_fmt_p(r['p']):>7}  {_fmt_p(r['p_holm']):>7}")
     single = [r for r in rows if r["layer"] is not None]
     if single:
         layers = sorted({r["layer"] for r in single})
-        targets = sorted({(r["mode"], r["condition"]) for r in single})
-        by = {(r["mode"], r["condition"], r["layer"]): r for r in single}
-        names = {t: f"{_component_label(t[1], labels)} /{t[0]}" for t in targets}
+        targets = sorted({(r["mode"], *_component_order(r)) for r in single})
+        by = {(r["mode"], *_component_order(r), r["layer"]): r for r in single}
+        names = {t: f"{_component_label({'component': t[1], 'segment': t[2] or None}, labels)} /{t[0]}" for t in targets}
         width = max(len("component / layer"), *(len(n) for n in names.values()))
         lines += ["", f"{'component / layer':<{width}}" + "".join(f"{'L' + str(l):>11}" for l in layers)]
         lines += [f"{names[t]:<{width}}" + "".join(f"{_cell(by.get((*t, l))):>11}" for l in layers) for t in targets]
@@ -185,7 +216,7 @@ def _subspace_table(rows: list[dict], root: Path | str, measure: str) -> list[st
     head = (f"{'condition':<22}  {measure:>8}  {'delta':>8}  {'sig':<3}  " + "  ".join(f"{'d ' + m:>11}" for m in shown)
             + f"  {'max |d| other':>13}")
     lines = [head, "-" * len(head), "(d <metric>: the head's own mean over the run's pairs, with minus without)"]
-    for r in sorted(rows, key=lambda r: (r["layer"], r["head"], r["condition"], r["mode"])):
+    for r in sorted(rows, key=lambda r: (r["layer"], r["head"], r["k"], r["mode"])):
         e = effects.get(r["condition_id"], {})
         from precompute.names import DIRECTIONS
 

@@ -14,18 +14,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-SCORES, CONDITIONS, METRICS, SUMMARY = "ablation_scores", "ablation_conditions", "ablation_metrics", "ablation_summary"
-SUBSPACE = "subspace_head_metrics"  # the edited head's own metrics under each subspace condition
+from precompute.store.sql import literal
+
+SCORES, CONDITIONS, QUERY_METRICS, SUMMARY = "ablation_scores", "ablation_conditions", "ablation_metrics", "ablation_summary"
+SUBSPACE = "subspace_head_metrics"  # the own head's metrics under each condition whose kind measures it (subspace)
 
 
 def subspace_rows(conditions, pair_ids: list[int], head_metrics: dict):
-    """subspace_head_metrics rows of one chunk: per subspace condition and pair, the head's metrics [pairs, 29]."""
+    """subspace_head_metrics rows of one chunk: per condition that measures its head and pair, the head's summary
+    metrics (precompute.metrics.METRICS)."""
     import numpy as np
     import pyarrow as pa
 
-    from precompute.metrics import METRICS as NAMES
+    from precompute.metrics import METRICS
 
-    own = [c for c in conditions if c.kind == "subspace"]
+    own = [c for c in conditions if c.spec.measures_head]
     values = np.concatenate([head_metrics[c.condition_id] for c in own]).astype(np.float32)
     n = len(pair_ids)
     columns = {
@@ -34,7 +37,7 @@ def subspace_rows(conditions, pair_ids: list[int], head_metrics: dict):
         "layer": pa.array([c.layer for c in own for _ in range(n)], pa.int8()),
         "head": pa.array([c.head for c in own for _ in range(n)], pa.int8()),
     }
-    columns.update({name: pa.array(values[:, i], pa.float32(), from_pandas=True) for i, name in enumerate(NAMES)})
+    columns.update({name: pa.array(values[:, i], pa.float32(), from_pandas=True) for i, name in enumerate(METRICS)})
     return pa.table(columns)
 
 
@@ -100,10 +103,10 @@ def consistent(writer, ids: set[str], measures: Sequence[str], scopes: Sequence[
     from precompute import evaluation
     from precompute.analyses import significance
 
-    if not all(writer.has_table(t) for t in (CONDITIONS, METRICS, SUMMARY)) or _ids(writer.table_path(CONDITIONS)) != ids:
+    if not all(writer.has_table(t) for t in (CONDITIONS, QUERY_METRICS, SUMMARY)) or _ids(writer.table_path(CONDITIONS)) != ids:
         return False
     wanted = {(s, str(m)) for s in scopes for m in evaluation.parse_measures(measures)}
-    for table in (METRICS, SUMMARY):
+    for table in (QUERY_METRICS, SUMMARY):
         sets = significance.condition_sets(writer.table_path(table))
         if not wanted <= set(sets) or any(held != ids for held in sets.values()):
             return False
@@ -117,7 +120,7 @@ def merge_scores(writer, new: set[str]):
     same one every time (``ORDER BY score``), so identical folders merge to identical bytes.
     """
     parts = writer.root / "_parts" / SCORES
-    ids = ", ".join("'" + cid.replace("'", "''") + "'" for cid in sorted(new))
+    ids = ", ".join(map(literal, sorted(new)))
     pieces = [
         f"SELECT condition_id, pair_id, score FROM parts_scores WHERE condition_id IN ({ids}) "
         "QUALIFY row_number() OVER (PARTITION BY condition_id, pair_id ORDER BY score) = 1"
@@ -132,7 +135,7 @@ def merge_scores(writer, new: set[str]):
 
 def merge_subspace(writer, new: set[str]):
     """Stage subspace_head_metrics: the finished table's conditions + the subspace conditions ``new`` from the parts."""
-    ids = ", ".join("'" + cid.replace("'", "''") + "'" for cid in sorted(new))
+    ids = ", ".join(map(literal, sorted(new)))
     pieces = [f"SELECT * FROM parts_metrics WHERE condition_id IN ({ids}) "
               "QUALIFY row_number() OVER (PARTITION BY condition_id, pair_id ORDER BY q_d) = 1"]
     sources = {"metrics": writer.root / "_parts" / SUBSPACE}
@@ -150,18 +153,19 @@ def commit_tables(writer, ds, pair_set, new: set[str], ids: set[str], definition
     import pyarrow as pa
 
     from precompute.analyses import significance
+    from precompute.conditions import kind_of
 
     scores = merge_scores(writer, new) if new else writer.table_path(SCORES)
-    new_subspace = {cid for cid in new if definitions[cid]["kind"] == "subspace"}
+    new_subspace = {cid for cid in new if kind_of(definitions[cid]["kind"]).measures_head}
     if new_subspace:
         merge_subspace(writer, new_subspace)
     rows = {cid: definitions[cid] for cid in sorted(ids)}
     writer.write_table(CONDITIONS, pa.Table.from_pylist(list(rows.values())), staged=True)
     metrics, summary = significance.tables(writer.table_path("pairs"), scores, ds, pair_set, measures, scopes, rows)
-    writer.write_table(METRICS, metrics, staged=True)
+    writer.write_table(QUERY_METRICS, metrics, staged=True)
     writer.write_table(SUMMARY, summary, staged=True)
-    writer.commit("ablations", [*([SCORES] if new else []), *([SUBSPACE] if new_subspace else []), CONDITIONS, METRICS,
-                                SUMMARY])
+    writer.commit("ablations", [*([SCORES] if new else []), *([SUBSPACE] if new_subspace else []), CONDITIONS,
+                                QUERY_METRICS, SUMMARY])
 
 
 def clean_parts(writer, ids: set[str]) -> None:

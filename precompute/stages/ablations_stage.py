@@ -13,15 +13,17 @@ Kernel and stack fix the numbers of every score, so a folder keeps the ones it w
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 
 from precompute import crash
 from precompute.conditions import AblationRequest, Condition, forward_groups
 import precompute.stages.ablation_folder as folder
-from precompute.stages.ablation_folder import CONDITIONS, METRICS, SCORES, SUBSPACE, SUMMARY
+from precompute.stages.ablation_folder import CONDITIONS, QUERY_METRICS, SCORES, SUBSPACE, SUMMARY
 from precompute.stages.base import Stage
 from precompute.store.manifest import AblationsInfo, TableInfo
+from precompute.store.sql import literal
 from precompute.store.writer import StoreError
 
 
@@ -35,9 +37,9 @@ def _kernel(ctx) -> str:
 def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
     """The heads of the 'subspace' set: those listed, or the top N by the query-level effect of q_d, relevant vs easy
     negatives (d_z; the mean per-query difference breaks ties and ranks alone where d_z is undefined: one query)."""
-    from precompute.conditions.subspace_specs import TOP_CONTRAST, TOP_METRIC
+    from precompute.conditions.subspace_specs import SUBSPACE_KIND, TOP_CONTRAST, TOP_METRIC
 
-    if "subspace" not in request.sets:
+    if SUBSPACE_KIND.condition_set not in request.asked_sets():
         return []
     target = request.subspace_targets()
     if isinstance(target, list):
@@ -47,8 +49,8 @@ def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
                          "relevant pairs and easy negatives); name the heads instead, e.g. --subspace-heads 3.5,4.1")
     import duckdb
 
-    path = str(ctx.writer.table_path("head_contrasts")).replace("'", "''")
-    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet('{path}') WHERE contrast = '{TOP_CONTRAST}' AND metric = "
+    path = literal(ctx.writer.table_path("head_contrasts"))
+    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet({path}) WHERE contrast = '{TOP_CONTRAST}' AND metric = "
                       f"'{TOP_METRIC}' AND effect IS NOT NULL ORDER BY effect_dz DESC NULLS LAST, effect DESC, layer, head "
                       f"LIMIT {target}")
     return [(int(layer), int(head)) for layer, head in rows.fetchall()]
@@ -69,7 +71,7 @@ def conditions_of(ctx) -> tuple[list[Condition], list[Condition]]:
 
 def _means(ctx, conditions: Sequence[Condition]):
     """The run's component means [layers, 2, 5, hidden] when ``conditions`` hold a mean-mode component condition."""
-    if not any(c.kind == "component" and c.mode == "mean" for c in conditions):
+    if not any(c.spec.uses_means(c) for c in conditions):
         return None
     import pyarrow.parquet as pq
 
@@ -104,9 +106,9 @@ def _check_settings(ctx, kernel: str, stack: int) -> None:
 class Ablations(Stage):
     name = "ablations"
     sharded = True
-    tables = (CONDITIONS, SCORES, METRICS, SUMMARY)
+    tables = (CONDITIONS, SCORES, QUERY_METRICS, SUMMARY)
     needs = ("pairs",)
-    rebuildable = (CONDITIONS, METRICS, SUMMARY)  # from the scores and the known definitions
+    rebuildable = (CONDITIONS, QUERY_METRICS, SUMMARY)  # from the scores and the known definitions
 
     def way_out(self, table: str) -> str:
         return ("delete it and rerun the same command to score its conditions again (conditions this command does "
@@ -201,7 +203,7 @@ class Ablations(Stage):
                 missing = [c for c in group if (c.condition_id, key) not in done]
                 if not missing:
                     continue
-                head_metrics = {} if any(c.kind == "subspace" for c in missing) else None
+                head_metrics = {} if any(c.spec.measures_head for c in missing) else None
                 scores = ablations.score_conditions(lm, chunk, missing, batch_size=cfg.batch_size,
                                                    max_length=cfg.max_length, batch_tokens=cfg.batch_tokens,
                                                    kernel=kernel, means=means,
@@ -263,12 +265,8 @@ class Ablations(Stage):
             measures=measures,
             scopes=scopes,
             groups={r["condition"]: r["directions"].split(",") for r in rows if r["kind"] == "group"},
-            last_request={
-                "sets": list(request.sets), "modes": list(request.modes), "layers": list(request.layers),
-                "groups": list(request.groups), "sweep": list(request.sweep), "heads": list(request.heads),
-                "requested": len(requested), "computed_now": ctx.computed.get(self.name, 0),
-            },
-            holm_family=families.get("attention", 0),
+            last_request={**dataclasses.asdict(request), "requested": len(requested),  # tuples are written as lists
+                          "computed_now": ctx.computed.get(self.name, 0)},
             holm_families=families,
             refused=[c.condition_id for c in refused],
         )

@@ -13,7 +13,7 @@ SUMS, MEANS = "component_sums", "component_means"
 def needs_means(ctx) -> bool:
     from precompute.stages.ablations_stage import Ablations
 
-    return bool(ctx.cfg.ablations) and any(c.kind == "component" and c.mode == "mean" for c in Ablations.requested(ctx))
+    return bool(ctx.cfg.ablations) and any(c.spec.uses_means(c) for c in Ablations.requested(ctx))
 
 
 class ComponentMeans(Stage):

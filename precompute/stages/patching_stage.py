@@ -16,6 +16,7 @@ from __future__ import annotations
 from precompute import crash
 from precompute.stages.base import Stage
 from precompute.store.manifest import PatchingInfo, TableInfo
+from precompute.store.sql import literal
 
 PAIRS, EFFECTS, SUMMARY = "patching_pairs", "patching_effects", "patching_summary"
 
@@ -36,10 +37,6 @@ def summary_settings(ctx):
     cfg = ctx.cfg
     min_delta = cfg.patching_min_delta if cfg.patching_min_delta is not None else MIN_DELTA[cfg.patching_score]
     return SummarySettings(min_delta=min_delta, epsilon=EPSILON, seed=cfg.seed)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _stored_experiments(writer) -> set[str]:
@@ -164,7 +161,7 @@ class Patching(Stage):
         committed = [PAIRS, SUMMARY]
         effects = writer.table_path(EFFECTS)
         if writer.part_paths(EFFECTS):  # else only the summary was missing: it is derived again from the table
-            keep = ", ".join(_literal(e) for e in ctx.cfg.patching)
+            keep = ", ".join(literal(e) for e in ctx.cfg.patching)
             pieces = ["SELECT * FROM parts_effects"]
             sources = {"effects": writer.root / "_parts" / EFFECTS}
             if writer.has_table(EFFECTS):
@@ -200,7 +197,7 @@ class Patching(Stage):
         from precompute.statistics import CI_LEVEL
 
         writer, cfg = ctx.writer, ctx.cfg
-        path = _literal(str(writer.table_path(EFFECTS)))
+        path = literal(writer.table_path(EFFECTS))
         counts = duckdb.sql(f"SELECT experiment, count(DISTINCT patch_id), count(*) - count(effect) "
                             f"FROM read_parquet({path}) GROUP BY 1 ORDER BY 1").fetchall()
         exact_heads = duckdb.sql(f"SELECT experiment, list(DISTINCT format('{{}}.{{}}', layer, head) ORDER BY 1) "

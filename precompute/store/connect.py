@@ -1,7 +1,7 @@
 """Open a run folder as DuckDB tables and views, by name.
 
 ``connect(run)`` gives an in-memory DuckDB connection where every finished table of the run is
-a view named after it (``pairs``, ``head_attention``, ...) plus the derived views registered in
+a view named after it (``pairs``, ``head_attention``, ...) plus the derived views declared in
 ``VIEWS``. ``write_catalog(run)`` saves the same views into ``<run>/atlas.duckdb`` (absolute
 paths) so the DuckDB CLI reaches them from any working directory::
 
@@ -11,7 +11,13 @@ Stores of schema version 4 and older hold pooled pair-level head_contrasts (a Ma
 ``head_contrasts`` view has this version's columns, the query-level ones NULL and that p as ``pooled_p``, so no
 star is ever drawn from a pooled test.
 
-Stores of schema version 3 and older hold exact patching rows without ``method`` whose ``resid`` was a layer's
+Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``, ``analysis``, ``component``,
+``segment``, ``k``, ...) as columns: here, and only here, their ``ablation_conditions``, ``ablation_summary`` and
+``ablation_metrics`` views get those columns, each condition's parts parsed from its stored id by its registered kind
+(:mod:`precompute.conditions`; legacy ids such as ``mlp:d@3/mean`` included), so every reader sees one schema. The
+stored ids are kept as they are.
+
+Stores of schema versions 1 to 3 hold exact patching rows without ``method`` whose ``resid`` was a layer's
 output: here, and only here, their ``patching_effects`` view reads them as exact rows of the same activation under
 this version's names (``resid`` of the next layer, ``resid_post`` of the last), and their ``patching_pairs`` view
 gains the columns of version 4 (the query from ``pairs``, NULL for how each input was built).
@@ -26,6 +32,7 @@ from precompute.metrics import MATCHING_METRICS, METRICS
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA, MIN_QUERIES
 from precompute.store.schema import TABLES
+from precompute.store.sql import literal
 
 CATALOG = "atlas.duckdb"
 
@@ -53,7 +60,7 @@ def candidates_sql(metrics: tuple[str, ...]) -> str:
 # The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
 MATCHING_HEADS_SQL = candidates_sql(CANDIDATE_METRICS)  # the view: one row per candidate matching head and contrast
 
-# Derived views: name -> (tables they need, SQL). Other modules add theirs with register_view.
+# Derived views: name -> (tables they need, SQL).
 VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
     "head_attention_long": (
         ("head_attention",),
@@ -84,14 +91,11 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def register_view(name: str, needs: tuple[str, ...], sql: str) -> None:
-    VIEWS[name] = (needs, sql)
-
-
 def _statements(run: Path) -> list[str]:
     run = Path(run).resolve()
     present = [name for name in TABLES if (run / f"{name}.parquet").exists()]
-    tables = {name: f"SELECT * FROM read_parquet('{_sql_str(str(run / f'{name}.parquet'))}')" for name in present}
+    tables = {name: f"SELECT * FROM read_parquet({literal(run / f'{name}.parquet')})" for name in present}
+    tables.update(_condition_part_views(run, present))
     tables.update(_patching_views(run, present))
     tables.update(_contrasts_view(run, present))
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
@@ -128,8 +132,75 @@ def write_catalog(run: Path | str) -> Path:
     return target
 
 
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
+_CONDITIONS, _PART_MARK = "ablation_conditions", "component"  # a schema-3 ablation_conditions has this column
+
+
+def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
+    """For a store of schema 1 or 2 (its ablation_conditions lacks the part columns): ablation_conditions with every
+    part parsed from the stored ids, and ablation_summary and ablation_metrics with their condition columns taken from
+    it, each with the columns of schema 3 in their order. {} for a store of schema 3 or without ablations."""
+    import duckdb
+
+    if _CONDITIONS not in present:
+        return {}
+    path = literal(run / f"{_CONDITIONS}.parquet")
+    con = duckdb.connect()
+    try:
+        if con.execute(f"SELECT count(*) FROM parquet_schema({path}) WHERE name = '{_PART_MARK}'").fetchone()[0]:
+            return {}
+        cursor = con.execute(f"SELECT * FROM read_parquet({path}) ORDER BY condition_id")
+        names = [d[0] for d in cursor.description]
+        stored = [dict(zip(names, values)) for values in cursor.fetchall()]
+    finally:
+        con.close()
+    views = {_CONDITIONS: _values_sql(TABLES[_CONDITIONS], [_legacy_parts(row) for row in stored])}
+    parts = set(TABLES[_CONDITIONS].column_names) - {"condition_id"}
+    for name in ("ablation_summary", "ablation_metrics"):
+        if name in present:
+            table = TABLES[name]
+            columns = ", ".join(f"{'c' if col in parts else 's'}.{col}" for col in table.column_names)
+            views[name] = (f"SELECT {columns} FROM read_parquet({literal(run / f'{name}.parquet')}) s "
+                           f"JOIN {_CONDITIONS} c USING (condition_id) ORDER BY "
+                           + ", ".join(f"s.{k}" for k in table.sort_key))
+    return views
+
+
+def _legacy_parts(row: dict) -> dict:
+    """The schema-3 ablation_conditions row of a stored schema-1/2 row: its parts parsed from the id by the kind it
+    was stored with, the stored id, kind and directions kept. A row no kind reads keeps what was stored."""
+    from precompute.conditions import AblationSpecError, Condition, analysis_of
+
+    try:
+        parts = Condition.from_row(row).row()
+    except (AblationSpecError, KeyError):
+        parts = {**dict.fromkeys(TABLES[_CONDITIONS].column_names), **row}
+        try:
+            parts["analysis"] = analysis_of(row["kind"])
+        except KeyError:
+            parts["analysis"] = None
+    return {**parts, "condition_id": row["condition_id"], "kind": row["kind"], "directions": row["directions"]}
+
+
+def _values_sql(table, rows: list[dict]) -> str:
+    """A SELECT of ``rows`` as literal values, typed and named as ``table``'s columns (a view that holds its data)."""
+    import duckdb
+    import pyarrow as pa
+
+    names = table.column_names
+    types = duckdb.from_arrow(pa.Table.from_pylist([], schema=table.schema)).types
+    values = ", ".join("(" + ", ".join(_literal(r[c]) for c in names) + ")" for r in rows) or \
+        "(" + ", ".join("NULL" for _ in names) + ")"
+    columns = ", ".join(f"CAST(v{i} AS {t}) AS {c}" for i, (c, t) in enumerate(zip(names, types)))
+    return (f"SELECT {columns} FROM (VALUES {values}) t({', '.join(f'v{i}' for i in range(len(names)))})"
+            + ("" if rows else " WHERE false"))
+
+
+def _literal(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return literal(value)
+    return repr(value)
 
 
 def _columns(path: Path) -> set[str]:
@@ -143,12 +214,12 @@ def _contrasts_view(run: Path, present: list[str]) -> dict[str, str]:
     current store or one without the table."""
     if "head_contrasts" not in present or "n_queries" in _columns(run / "head_contrasts.parquet"):
         return {}
-    path = _sql_str(str(run / "head_contrasts.parquet"))
+    path = literal(run / "head_contrasts.parquet")
     nulls = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in (
         ("n_queries", "INTEGER"), ("effect", "DOUBLE"), ("effect_low", "DOUBLE"), ("effect_high", "DOUBLE"),
         ("effect_dz", "DOUBLE"), ("t", "DOUBLE"), ("p", "DOUBLE"), ("p_holm", "DOUBLE"), ("n_resamples", "INTEGER")))
     return {"head_contrasts": f"SELECT layer, head, metric, contrast, {nulls}, n_a, n_b, mean_a, mean_b, diff, cohen_d, u, "
-                              f"p AS pooled_p FROM read_parquet('{path}')"}
+                              f"p AS pooled_p FROM read_parquet({path})"}
 
 
 def _patching_views(run: Path, present: list[str]) -> dict[str, str]:
@@ -156,7 +227,7 @@ def _patching_views(run: Path, present: list[str]) -> dict[str, str]:
     docstring); {} for a current store or one without patching."""
     if "patching_effects" not in present or "method" in _columns(run / "patching_effects.parquet"):
         return {}
-    effects = _sql_str(str(run / "patching_effects.parquet"))
+    effects = literal(run / "patching_effects.parquet")
     import pyarrow.parquet as pq
 
     last = max(pq.read_table(run / "patching_effects.parquet", columns=["layer"]).column(0).to_pylist())
@@ -164,13 +235,13 @@ def _patching_views(run: Path, present: list[str]) -> dict[str, str]:
         "SELECT experiment, 'exact' AS method, patch_id, pair_id, "
         f"CAST(CASE WHEN component = 'resid' AND layer < {last} THEN layer + 1 ELSE layer END AS TINYINT) AS layer, "
         f"head, CASE WHEN component = 'resid' AND layer = {last} THEN 'resid_post' ELSE component END AS component, "
-        f"segment, clean, corrupted, patched, effect, CAST(NULL AS FLOAT) AS graddrop FROM read_parquet('{effects}')")}
+        f"segment, clean, corrupted, patched, effect, CAST(NULL AS FLOAT) AS graddrop FROM read_parquet({effects})")}
     if "patching_pairs" in present and "pairs" in present:
-        pairs = _sql_str(str(run / "patching_pairs.parquet"))
+        pairs = literal(run / "patching_pairs.parquet")
         views["patching_pairs"] = (
             "SELECT pp.experiment, pp.patch_id, pp.pair_id, pp.clean_pair_id, p.qid, pp.term, pp.filler, "
             "CAST(NULL AS VARCHAR) AS clean_insert, CAST(NULL AS VARCHAR) AS corrupted_insert, "
             "CAST(NULL AS VARCHAR) AS rule, CAST(NULL AS FLOAT) AS similarity "
-            f"FROM read_parquet('{pairs}') pp JOIN read_parquet('{_sql_str(str(run / 'pairs.parquet'))}') p "
+            f"FROM read_parquet({pairs}) pp JOIN read_parquet({literal(run / 'pairs.parquet')}) p "
             "USING (pair_id) ORDER BY pp.experiment, pp.patch_id")
     return views

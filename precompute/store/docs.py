@@ -3,8 +3,10 @@
     python -m precompute.store.docs          # print the generated sections
     python -m precompute.store.docs --write  # replace them in docs/store.md
 
-Two generated sections: the tables (from ``schema.py``) and ``manifest.json`` (from the dataclasses of
-``manifest.py``: every section, field, type and description). A test fails when docs/store.md and the code disagree.
+Two generated sections: the tables (from ``schema.py``; internal tables, resumable parts merged into a public one,
+are left out) with the condition kinds (from the registry of ``precompute.conditions``), and ``manifest.json`` (from
+the dataclasses of ``manifest.py``: every section, field, type and description). A test fails when docs/store.md and
+the code disagree.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ MANIFEST_END = "<!-- manifest:end -->"
 
 def render() -> str:
     out = [f"Schema version: **{SCHEMA_VERSION}**.", ""]
-    for table in TABLES.values():
+    for table in (t for t in TABLES.values() if not t.internal):
         out += [f"### `{table.name}`", "", f"{table.doc} Grain: {table.grain}. Sorted by {', '.join(table.sort_key)}.", ""]
         out += ["| column | type | meaning |", "| --- | --- | --- |"]
         for c in table.columns:
@@ -37,7 +39,22 @@ def render() -> str:
     out += ["### Views", "", "| view | needs | definition |", "| --- | --- | --- |"]
     for name, (needs, sql) in VIEWS.items():
         out.append(f"| `{name}` | {', '.join(needs)} | `{_cell(' '.join(sql.split()))}` |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + ["", *render_kinds()]) + "\n"
+
+
+def render_kinds() -> list[str]:
+    """The condition kinds (ablation_conditions.kind): their ids, analysis (Holm family) and --ablations set."""
+    from precompute.conditions import REGISTRY
+
+    out = ["### Condition kinds", "", "Every `kind` of `ablation_conditions`, with the form of its ids (as typed in "
+           "flags and SQL; `<layers>` is `all`, a range `0-5` or a layer `3`), its `analysis` (its Holm family) and "
+           "the `--ablations` set that computes it.", "",
+           "| kind | id | example | analysis | set | removes |", "| --- | --- | --- | --- | --- | --- |"]
+    for kind in REGISTRY.values():
+        out.append(f"| `{kind.name}` | `{_cell(kind.grammar)}` | `{kind.example}` | "
+                   f"{kind.analysis.name if kind.analysis else 'NULL'} | {kind.condition_set or '(always)'} | "
+                   f"{_cell(kind.description)} |")
+    return out
 
 
 def render_manifest() -> str:

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from precompute.console import first_line
 from precompute.store.schema import TABLES
 
 ROWS, TABLE, IDENTITY = "atlas.rows", "atlas.table", "atlas.identity"
@@ -132,7 +133,7 @@ def stored_identity(path: Path) -> dict | None:
     try:
         md = pq.read_metadata(path)
     except (OSError, pa.ArrowException) as err:
-        raise CorruptFile(f"{path} is not a readable Parquet file ({_first_line(err)})") from err
+        raise CorruptFile(f"{path} is not a readable Parquet file ({first_line(err)})") from err
     return _identity(path, _key_values(md))
 
 
@@ -162,7 +163,7 @@ def check_footer(path: Path, name: str, expected: pa.Schema | None, *, rows: int
         md = pq.read_metadata(path)
         have = [(fld.name, fld.type) for fld in md.schema.to_arrow_schema()]
     except (OSError, pa.ArrowException, ValueError, TypeError) as err:
-        raise CorruptFile(f"{path} is damaged ({_first_line(err)})") from err
+        raise CorruptFile(f"{path} is damaged ({first_line(err)})") from err
     kv = _key_values(md)
     if kv.get(TABLE, name) != name:
         raise CorruptFile(f"{path} holds table {kv[TABLE]!r}, not {name!r}")
@@ -202,7 +203,7 @@ def verify(path: Path, name: str, expected: pa.Schema | None, *, rows: int | Non
     except CorruptFile:
         raise
     except (OSError, pa.ArrowException, ValueError, TypeError) as err:
-        raise CorruptFile(f"{path} is damaged ({_first_line(err)})") from err
+        raise CorruptFile(f"{path} is damaged ({first_line(err)})") from err
 
 
 def _bounds(name: str) -> dict[str, tuple[float | None, float | None]]:
@@ -368,6 +369,3 @@ def _listed(names: list[str]) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from precompute import crash
+from precompute.config import JobConfig
+from precompute.settings import from_identity, from_record, from_request, identity_key, values_of
 
 MANIFEST = "manifest.json"
 STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"
@@ -172,30 +174,23 @@ def _dump(value: Any) -> Any:
 # -- sections --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Identity(Section):
-    """What a run folder holds one of: a rerun with another value of any field is refused."""
+def _identity_fields() -> list[tuple]:
+    """The identity's fields, one per setting declared part of it (precompute.config), under the key manifests have
+    always used for it (``template`` for --prompt-template)."""
+    out = []
+    for s in JobConfig.settings():
+        key = identity_key(s)
+        if key:
+            text = s.identity_doc or f"{s.flag} as given: {s.help}."
+            out.append((key, s.kind.json | None, doc(text, bounds=s.kind.bounds)))
+    return out
 
-    model: str | None = doc("The model: absolute path of a local folder, else the Hugging Face id.")
-    dataset: str | None = doc("The dataset's source: absolute path of a local folder, else the ir_datasets id.")
-    dtype: str | None = doc("--dtype as given (auto, float32, bfloat16, float16).")
-    easy_negatives: int | None = doc("--easy-negatives: random passages per query.", bounds=COUNT)
-    seed: int | None = doc("--seed of the easy-negative draw.")
-    candidates: str | None = doc("--candidates run:NAME, or null for the judged set.")
-    depth: int | None = doc("--depth of the candidate run; null without --candidates.", bounds=POSITIVE)
-    max_queries: int | None = doc("--max-queries, or null for every judged query.", bounds=POSITIVE)
-    max_length: int | None = doc("--max-length: tokens per pair (only the document is truncated).",
-                                 bounds=POSITIVE)
-    batch_size: int | None = doc("--batch-size: pairs per forward pass (fixes the float summation order).",
-                                 bounds=POSITIVE)
-    batch_tokens: int | None = doc("--batch-tokens: most padded tokens per forward pass (batches of long pairs hold "
-                                   "fewer pairs); null = --batch-size pairs whatever their length.",
-                                   bounds=POSITIVE)
-    chunk_size: int | None = doc("--chunk-size: pairs per resumable part.", bounds=POSITIVE)
-    template: str | None = doc("--prompt-template of a template family as given; null = the family's default (the "
-                               "template used is model.template).")
-    answer_tokens: list[str] | None = doc("--answer-tokens of a generative reranker as given; null = the family's "
-                                          "default (the tokens used are model.answer_tokens).")
+
+Identity = dataclasses.make_dataclass("Identity", _identity_fields(), bases=(Section,), namespace={
+    "__module__": __name__,
+    "__doc__": "What a run folder holds one of: a rerun with another value of any field is refused. One field per "
+               "setting declared part of the identity (precompute.config.JobConfig).",
+})
 
 
 @dataclass
@@ -288,11 +283,14 @@ class AblationsInfo(Section):
     measures: list[str] = doc("ir_measures names in ablation_metrics.", factory=list)
     scopes: list[str] = doc("Scopes in ablation_metrics (pairs, judged, run).", factory=list)
     groups: dict[str, list[str]] = doc("User and built-in groups computed: name -> directions.", factory=dict)
-    last_request: dict[str, Any] = doc("The ablation flags of the last job that ran the stage, and how many conditions it computed.", factory=dict)
-    holm_family: int | None = doc("Largest number of tested conditions in one Holm family of the attention analysis "
-                                  "(per scope x measure).", bounds=COUNT)
-    holm_families: dict[str, int] = doc("The same for every analysis (attention, components, subspace): each is its "
-                                        "own Holm family.", factory=dict, bounds=COUNT)
+    last_request: dict[str, Any] = doc("The ablation request of the last job that ran the stage (every field of "
+                                       "precompute.conditions.AblationRequest: sets, modes, layers, groups, sweep, heads, "
+                                       "component_mode, components, subspace_heads, subspace_k, subspace_ops; older "
+                                       "versions recorded the first six), how many conditions it requested "
+                                       "(requested) and how many it computed (computed_now).", factory=dict)
+    holm_families: dict[str, int] = doc("Per analysis (attention, components, subspace: each is its own Holm family), "
+                                        "the largest number of tested conditions in one of its families (per scope x "
+                                        "measure).", factory=dict, bounds=COUNT)
     refused: list[str] = doc("Conditions refused before the run because they remove only directions the model cannot "
                              "attend (causal models: into a later segment); they are not in the Holm families.",
                              factory=list)
@@ -346,6 +344,25 @@ class Invocation(Section):
     computed: dict[str, int | None] = doc("Per stage it ran: the units it computed (ablation conditions, pairs of "
                                           "component means or patching); 0 when the stage found its work done, null "
                                           "when it computed but does not count.", factory=dict)
+    settings: dict[str, Any] = doc("Every setting of the job, recorded as it started, by JobConfig field name: the "
+                                   "flags' values as given, defaults included (comma lists as lists, an @FILE "
+                                   "template as its text, folders as given). The job can be rebuilt from them "
+                                   "(precompute.settings.from_record); the app's and the report's rerun command is "
+                                   "written from the last job's. Absent from manifests of older versions.",
+                                   factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "") -> "Invocation":
+        """As every section, and each recorded setting this version declares must be one its flag could give."""
+        invocation = super().from_dict(data, where)
+        declared = {s.name: s for s in JobConfig.settings()}
+        for name, value in invocation.settings.items():
+            if name in declared:
+                try:
+                    declared[name].kind.from_json(value)
+                except ValueError as err:
+                    raise ValueError(f"{where}settings.{name} is {_shown(value)}: {err}") from None
+        return invocation
 
 
 @dataclass
@@ -359,7 +376,9 @@ class Manifest(Section):
     identity: Identity = doc("What fixes the run's numbers; a rerun with other values is refused.", factory=Identity)
     model: ModelInfo = doc("The model, as loaded.", factory=ModelInfo)
     dataset: DatasetInfo = doc("The dataset.", factory=DatasetInfo)
-    parameters: dict[str, Any] = doc("Settings of the last job: the identity's pair parameters plus device and dtype as resolved.", factory=dict)
+    parameters: dict[str, Any] = doc("Settings of the last job: the identity's (but model and dataset, whose sections "
+                                     "say more) with device and dtype as resolved, and the number of ranks.",
+                                     factory=dict)
     counts: Counts = doc("Pair and query counts.", factory=Counts)
     metrics: dict[str, Any] = doc("Effectiveness of the stored scores over the run's pairs (ir_measures): measure -> value, plus 'scope'.", factory=dict)
     tables: dict[str, TableInfo] = doc("Finished tables and their row counts.", factory=dict)
@@ -378,6 +397,22 @@ class Manifest(Section):
     @property
     def complete(self) -> bool:
         return self.status == STATUS_COMPLETE
+
+    def job_settings(self) -> dict[str, Any]:
+        """The settings of the folder's last job, by JobConfig field name: as it recorded them when it started, or,
+        for a manifest older than that record, what the manifest says of them (the dataset and model as given, the
+        identity's other settings, the ablation request of the last job that ran the ablations)."""
+        recorded = self.invocations[-1].settings if self.invocations else {}
+        if recorded:
+            return values_of(from_record(JobConfig, recorded, ignore_unknown=True))
+        identity = {k: v for k, v in self.identity.to_dict().items() if k not in ("model", "dataset")}
+        values = {**from_identity(JobConfig, identity),
+                  **from_request(JobConfig, self.ablations.last_request if self.ablations else {})}
+        for name, given in (("dataset", self.dataset.spec or self.identity.dataset),
+                            ("model", self.model.id or self.identity.model)):
+            if given:
+                values[name] = given
+        return values
 
 
 # -- reading and writing -------------------------------------------------------------------------------

@@ -17,14 +17,17 @@ from precompute.names import SEGMENTS
 SCHEMA_VERSION = 5
 # Versions this checkout reads. Version 2 added decoder_cross_attention, made the summary metrics nullable (NULL
 # where a metric is undefined: directions a causal model cannot attend, empty template segments) and the model
-# family to the manifest; a version-1 store is a version-2 store without NULLs or the new table. Version 4 (issue
-# 19): patching_effects.method and .graddrop, patching_pairs' qid and how each input was built, the materialised
-# patching_summary, and component 'resid' of patching_effects is the stream entering a layer (it was the layer's
-# output: precompute.store.connect shows older rows as the same activation under the new names). Version 5 (issue
-# 18): head_contrasts tests over queries (n_queries, effect and its interval, effect_dz, t, paired p and p_holm), the
-# pooled Mann-Whitney p moved to pooled_p, contrast 'hard_vs_easy'; connect shows older head_contrasts in this form
-# with the query-level columns NULL (no stars from pooled tests).
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 4, 5)
+# family to the manifest; a version-1 store is a version-2 store without NULLs or the new table. Version 3 stores a
+# condition's parts as columns of ablation_conditions and ablation_summary (kind, analysis, directions, component,
+# segment, k, operation, factor), component ids in their documented form (mlp@3:d/mean, not mlp:d@3/mean) and the
+# baseline's analysis as NULL; precompute.store.connect derives those columns for stores of versions 1 and 2.
+# Version 4 (issue 19): patching_effects.method and .graddrop, patching_pairs' qid and how each input was built, the
+# materialised patching_summary, and component 'resid' of patching_effects is the stream entering a layer (it was
+# the layer's output: precompute.store.connect shows older rows as the same activation under the new names).
+# Version 5 (issue 18): head_contrasts tests over queries (n_queries, effect and its interval, effect_dz, t, paired p
+# and p_holm), the pooled Mann-Whitney p moved to pooled_p, contrast 'hard_vs_easy'; connect shows older
+# head_contrasts in this form with the query-level columns NULL (no stars from pooled tests).
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 
 # Value ranges a column's values must lie in (inclusive; None = unbounded on that side). Declared once here, checked
@@ -84,8 +87,11 @@ PAIRS = Table(
         Column("grade", pa.int8(), "NIST relevance grade 0-3; -1 when the passage was never judged for this query."),
         Column("neg_type", pa.string(), "'relevant' (grade >= 1), 'hard' (judged grade 0), 'easy' (random passage from "
                "other queries' candidates), 'unjudged' (run candidate with no judgment; only with --candidates run:NAME)."),
-        Column("score", pa.float32(), "The model's relevance score: the logit of one-label models, the log-probability "
-               "of the positive class for two-label models (MonoBERT)."),
+        Column("score", pa.float32(), "The model's relevance score (what each family scores: the manifest's "
+               "model.score): the logit of one-label classifiers (cross-encoders, decoder classifiers); the "
+               "log-probability of the positive class for two-label classifiers (MonoBERT); for generative rerankers "
+               "the log-softmax over the two answer tokens of the positive one (MonoT5: 'true' vs 'false' at the "
+               "first decoder step; yes/no rerankers: 'yes' vs 'no' at the last token; --answer-tokens)."),
         Column("q_tokens", pa.int16(), "Number of query tokens (segment Q).", bounds=COUNT),
         Column("d_tokens", pa.int16(), "Number of document tokens kept after truncation (segment D).", bounds=COUNT),
         Column("d_tokens_full", pa.int32(), "Number of document tokens before truncation.", bounds=COUNT),
@@ -141,30 +147,52 @@ HEAD_ATTENTION_AGG = Table(
 )
 
 _CONDITION_COLUMNS = (
-    Column("condition_id", pa.string(), "Unique id of the ablation condition, e.g. 'q_d@all/zero', 'cross@3/mask', "
-           "'head:3.5/zero', 'none' for the unablated baseline (joins ablation_conditions)."),
-    Column("condition", pa.string(), "Condition name: a direction (q_d = Query -> Document), a group name "
-           "(see ablation_conditions.directions), 'head' for a head ablation, 'none' for the baseline."),
-    Column("mode", pa.string(), "'zero' (post-softmax weights set to 0, not renormalised; the paper's), 'mask' "
-           "(removed before the softmax), 'none' for the baseline."),
-    Column("layers", pa.string(), "Layers the condition applies to: 'all', a range '0-5', a single layer '3'."),
-    Column("layer", pa.int8(), "The single layer of a per-layer sweep or head ablation; NULL when several layers.", nullable=True,
-           bounds=COUNT),
-    Column("head", pa.int8(), "The ablated head (head ablation); NULL otherwise.", nullable=True, bounds=COUNT),
+    Column("condition_id", pa.string(), "Unique id of the ablation condition, as users type it in flags and SQL (see "
+           "Condition kinds below): 'q_d@all/zero', 'cross@3/mask', 'head:3.5/zero', 'mlp@3:d/mean', "
+           "'qk:3.5:k2/remove', 'none' for the unablated baseline (joins ablation_conditions). Stores of schema "
+           "versions 1 and 2 hold component ids as 'mlp:d@3/mean'."),
+    Column("condition", pa.string(), "What is removed: a direction (q_d = Query -> Document), a group name "
+           "(see ablation_conditions.directions), 'head', 'mlp' or 'attn' (a component), 'qk' (a QK subspace), "
+           "'none' for the baseline."),
+    Column("mode", pa.string(), "How, the id's part after '/': 'zero' (post-softmax weights set to 0, not "
+           "renormalised; the paper's) or 'mask' (removed before the softmax) for directions and groups; 'zero' for "
+           "heads; 'zero' or 'mean' (replaced by component_means) for components; the operation for QK subspaces; "
+           "'none' for the baseline."),
+    Column("layers", pa.string(), "Layers the condition applies to: 'all', a range '0-5', a single layer '3'; "
+           "'none' for the baseline."),
+    Column("layer", pa.int8(), "The single layer of the condition (a per-layer sweep, a head, a component or "
+           "subspace condition at one layer); NULL when several layers.", nullable=True, bounds=COUNT),
+    Column("head", pa.int8(), "The head (head ablation, QK subspace); NULL otherwise.", nullable=True, bounds=COUNT),
+)
+
+# A condition's parts beyond those ablation_metrics repeats: the columns of ablation_conditions and ablation_summary.
+_CONDITION_PARTS = (
+    Column("kind", pa.string(), "The condition's kind (see Condition kinds below): 'baseline', 'direction', 'group', "
+           "'layer_sweep', 'head', 'component' or 'subspace'."),
+    Column("analysis", pa.string(), "The analysis the condition belongs to, its Holm family: 'attention' "
+           "(directions, groups, layer sweeps, heads), 'components' (MLP and attention blocks), 'subspace' (QK "
+           "subspaces); NULL for the baseline, which every family is tested against and which is tested in none.",
+           nullable=True),
+    Column("directions", pa.string(), "Comma-separated attention directions removed (e.g. 'q_d,d_q'); NULL for "
+           "other kinds.", nullable=True),
+    Column("component", pa.string(), "'mlp' or 'attn': the block whose output a component condition removes; NULL "
+           "for other kinds.", nullable=True),
+    Column("segment", pa.string(), "The segment whose tokens a component condition removes the block's output at "
+           "(cls, q, sep1, d, sep2); NULL at every token and for other kinds.", nullable=True),
+    Column("k", pa.int16(), "QK subspace: the top singular components of the head's W_Q W_K^T edited; NULL "
+           "otherwise.", nullable=True, bounds=(1, None)),
+    Column("operation", pa.string(), "QK subspace: 'remove' or 'scale=<f>' (as --subspace-ops); NULL otherwise.",
+           nullable=True),
+    Column("factor", pa.float64(), "QK subspace: what the components are multiplied by (0 = remove); NULL "
+           "otherwise.", nullable=True, bounds=(0, None)),
 )
 
 ABLATION_CONDITIONS = Table(
     name="ablation_conditions",
     grain="one row per ablation condition",
     sort_key=("condition_id",),
-    doc="Every ablation condition computed for the run (and the baseline 'none').",
-    columns=(
-        *_CONDITION_COLUMNS,
-        Column("kind", pa.string(), "'baseline', 'direction', 'group', 'layer_sweep', 'head', 'component' (an MLP or "
-               "attention block's output removed: 'mlp@3:d/mean') or 'subspace' (a head's top-k QK singular components "
-               "removed or scaled: 'qk:3.5:k2/remove')."),
-        Column("directions", pa.string(), "Comma-separated directions removed (e.g. 'q_d,d_q'); NULL for head ablations.", nullable=True),
-    ),
+    doc="Every ablation condition computed for the run (and the baseline 'none'), with its id's parts as columns.",
+    columns=(*_CONDITION_COLUMNS, *_CONDITION_PARTS),
 )
 
 ABLATION_SCORES = Table(
@@ -198,14 +226,12 @@ ABLATION_SUMMARY = Table(
     name="ablation_summary",
     grain="one row per condition x scope x measure",
     sort_key=("scope", "measure", "condition_id"),
-    doc="Run-level effect of each condition: mean over queries, delta to the baseline, paired two-sided t-test "
-    "over queries, Holm-corrected across the run's conditions of the same analysis (per analysis, scope and measure).",
+    doc="Run-level effect of each condition: its parts (as ablation_conditions), mean over queries, delta to the "
+    "baseline, paired two-sided t-test over queries, Holm-corrected across the run's conditions of the same analysis "
+    "(per analysis, scope and measure).",
     columns=(
         *_CONDITION_COLUMNS,
-        Column("kind", pa.string(), "As ablation_conditions.kind."),
-        Column("analysis", pa.string(), "The analysis the condition belongs to, its Holm family: 'attention' (directions, "
-               "groups, layer sweeps, heads), 'components' (MLP and attention blocks), 'subspace' (QK subspaces). "
-               "Absent from schema-version-1 stores (all 'attention')."),
+        *_CONDITION_PARTS,
         Column("scope", pa.string(), "As ablation_metrics.scope."),
         Column("measure", pa.string(), "ir_measures name."),
         Column("n_queries", pa.int32(), "Queries the mean is over.", bounds=COUNT),

@@ -26,6 +26,7 @@ from precompute.store import commit as _commit
 from precompute.store import integrity
 from precompute.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from precompute.store.schema import SCHEMA_VERSION, TABLES, Table
+from precompute.store.sql import literal
 
 LOCK = ".lock"
 PARTS = "_parts"
@@ -225,13 +226,13 @@ class RunWriter:
         con = duckdb.connect()
         try:
             spill = self.root / PARTS / ".duckdb-tmp"
-            con.execute(f"SET temp_directory = '{_sql_str(str(spill))}'")
+            con.execute(f"SET temp_directory = {literal(spill)}")
             con.execute("SET preserve_insertion_order = true")
             if select_sql is None:
-                select_sql = f"SELECT * FROM read_parquet('{_sql_str(str(self.root / PARTS / table))}/*.parquet')"
+                select_sql = f"SELECT * FROM read_parquet({literal(f'{self.root / PARTS / table}/*.parquet')})"
             for name, source in (sources or {}).items():
                 glob = f"{source}/*.parquet" if Path(source).is_dir() else str(source)
-                con.execute(f"CREATE VIEW parts_{name} AS SELECT * FROM read_parquet('{_sql_str(glob)}')")
+                con.execute(f"CREATE VIEW parts_{name} AS SELECT * FROM read_parquet({literal(glob)})")
             casts = ", ".join(f"CAST({_q(c.name)} AS {_duck_type(c.type)}) AS {_q(c.name)}" for c in spec.columns)
             order = ", ".join(_q(k) for k in spec.sort_key)
             reader = con.sql(f"SELECT {casts} FROM ({select_sql}) ORDER BY {order}").to_arrow_reader(BATCH_ROWS)
@@ -291,10 +292,6 @@ class RunWriter:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
 
 
 _DUCK_TYPES = {

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from precompute.metrics import METRICS
 from precompute.names import EASY_GRADE, SEGMENTS
-from precompute.conditions.condition import ANALYSIS_OF_KIND
+from precompute import conditions as C
 from precompute.store.schema import SCHEMA_VERSION, TABLES
 from precompute.store.manifest import Identity, Manifest, write_manifest
 from precompute.store.writer import RunWriter
@@ -226,48 +226,42 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
                      causal: bool = False) -> list[str]:
     """Direction, group, layer-sweep, head, component and QK-subspace conditions; returns the refused ids (causal:
     direction conditions that remove only directions the model cannot attend)."""
-    conds = [dict(condition_id="none", condition="none", mode="none", layers="all", layer=None, head=None,
-                  kind="baseline", directions=None, effect=0.0)]
+    def cond(condition_id: str, effect: float, **groups) -> dict:
+        """A condition's ablation_conditions row (parsed by its kind, as the job writes it) and its effect."""
+        parsed = C.parse(condition_id, groups={k: tuple(v) for k, v in groups.items()} or None)
+        return {**parsed.row(), "effect": effect}
+
+    conds = [cond("none", 0.0)]
     directions = ("d_q", "q_cls", "d_cls", "sep2_d") if causal else ("q_d", "d_q", "q_cls", "d_sep2")
     refused = ["d_sep2@all/zero", "q_d@all/zero"] if causal else []
     for d in directions:
-        conds.append(dict(condition_id=f"{d}@all/zero", condition=d, mode="zero", layers="all", layer=None, head=None,
-                          kind="direction", directions=d, effect=-1.5 if d in ("q_d", "d_q") else -0.3))
-    conds.append(dict(condition_id="cross@all/zero", condition="cross", mode="zero", layers="all", layer=None,
-                      head=None, kind="group", directions="q_d,d_q", effect=-2.0))
+        conds.append(cond(f"{d}@all/zero", -1.5 if d in ("q_d", "d_q") else -0.3))
+    conds.append(cond("cross@all/zero", -2.0))
     sweep = "d_q" if causal else "q_d"
     for layer in range(layers):
-        conds.append(dict(condition_id=f"{sweep}@{layer}/zero", condition=sweep, mode="zero", layers=str(layer),
-                          layer=layer, head=None, kind="layer_sweep", directions=sweep, effect=-0.4 * (layer + 1)))
+        conds.append({**cond(f"{sweep}@{layer}/zero", -0.4 * (layer + 1)), "kind": "layer_sweep"})
         for head in range(heads):
-            conds.append(dict(condition_id=f"head:{layer}.{head}/zero", condition="head", mode="zero",
-                              layers=str(layer), layer=layer, head=head, kind="head", directions=None,
-                              effect=float(rng.normal(0, 0.5))))
+            conds.append(cond(f"head:{layer}.{head}/zero", float(rng.normal(0, 0.5))))
     # components: every layer x {mlp, attn} x {all tokens, cls, q, d} (mean), plus one multi-layer condition
     for layer in range(layers):
         for comp in ("mlp", "attn"):
             for seg in (None, "cls", "q", "d"):
-                name = comp if seg is None else f"{comp}:{seg}"
-                conds.append(dict(condition_id=f"{name}@{layer}/mean", condition=name, mode="mean", layers=str(layer),
-                                  layer=layer, head=None, kind="component", directions=None,
-                                  effect=-(0.8 if comp == "mlp" and seg in (None, "cls") else 0.1) * (layer + 1) / layers))
-    conds.append(dict(condition_id=f"attn@0-{layers - 1}/zero", condition="attn", mode="zero",
-                      layers=f"0-{layers - 1}", layer=None, head=None, kind="component", directions=None, effect=-3.0))
+                conds.append(cond(f"{comp}@{layer}{'' if seg is None else ':' + seg}/mean",
+                                  -(0.8 if comp == "mlp" and seg in (None, "cls") else 0.1) * (layer + 1) / layers))
+    conds.append(cond(f"attn@0-{layers - 1}/zero", -3.0))
     # QK-subspace: two heads x k 1, 2 x remove / scale=2
     sub_heads = [(layers - 1, 1), (0, 0)]
     for layer, head in sub_heads:
         for k in (1, 2):
             for op in ("remove", "scale=2"):
-                conds.append(dict(condition_id=f"qk:{layer}.{head}:k{k}/{op}", condition=f"qk:k{k}", mode=op,
-                                  layers=str(layer), layer=layer, head=head, kind="subspace", directions=None,
-                                  effect=(-0.6 * k if op == "remove" else 0.2)))
-    cdf = pd.DataFrame(conds)
-    cond_cols = ["condition_id", "condition", "mode", "layers", "layer", "head"]
+                conds.append(cond(f"qk:{layer}.{head}:k{k}/{op}", -0.6 * k if op == "remove" else 0.2))
+    cdf = pd.DataFrame(conds).drop(columns="effect")
+    cond_cols = [c for c in TABLES["ablation_metrics"].column_names if c in TABLES["ablation_conditions"].column_names]
+    part_cols = TABLES["ablation_conditions"].column_names
     for c in ("layer", "head"):
         cdf[c] = pd.array(cdf[c], dtype="Int8")
-    w.write_table("ablation_conditions", pa.Table.from_pandas(cdf[cond_cols + ["kind", "directions"]],
-                                                              preserve_index=False))
-
+    cdf["k"] = pd.array(cdf["k"], dtype="Int16")
+    w.write_table("ablation_conditions", pa.Table.from_pandas(cdf, preserve_index=False))
     scores, metrics = [], []
     for c in conds:
         s = pairs["score"].to_numpy() + (0 if c["kind"] == "baseline" else
@@ -289,7 +283,7 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
     w.write_table("ablation_metrics", pa.Table.from_pandas(mdf, preserve_index=False))
 
     summary = []
-    kinds = {c["condition_id"]: c["kind"] for c in conds}
+    parts = {c["condition_id"]: {k: c[k] for k in part_cols} for c in conds}
     for (scope, measure), grp in mdf.groupby(["scope", "measure"]):
         base = grp[grp["condition_id"] == "none"].set_index("qid")["value"]
         rows = []
@@ -299,23 +293,21 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
             n = len(diffs)
             sd = diffs.std(ddof=1) if n > 1 else 0.0
             t = diffs.mean() / (sd / math.sqrt(n)) if sd > 0 else None
-            first = g.iloc[0]
-            rows.append({**{k: first[k] for k in cond_cols}, "kind": kinds[cid], "scope": scope, "measure": measure,
+            rows.append({**parts[cid], "scope": scope, "measure": measure,
                          "n_queries": n, "mean": v.mean(), "baseline": base.reindex(v.index).mean(),
                          "delta": v.mean() - base.reindex(v.index).mean(), "t": t,
-                         "p": None if t is None else float(_fake_p(np.array([t]))[0])})
+                         "p": None if t is None or cid == "none" else float(_fake_p(np.array([t]))[0])})
         block = pd.DataFrame(rows)
         block["p_holm"] = None
-        analysis = block["kind"].map(ANALYSIS_OF_KIND)
-        block["analysis"] = analysis  # written where the schema has the column (write_table keeps its columns)
-        for _, idx in block.groupby(analysis).groups.items():  # each analysis is its own Holm family
+        for _, idx in block.groupby("analysis").groups.items():  # each analysis is its own Holm family
             mask = block.index.isin(idx) & block["p"].notna()
             block.loc[mask, "p_holm"] = _holm(block.loc[mask, "p"].to_numpy(dtype=float))
         summary.append(block)
     adf = pd.concat(summary, ignore_index=True)
     for c in ("layer", "head"):
         adf[c] = pd.array(adf[c], dtype="Int8")
-    for c in ("t", "p", "p_holm"):
+    adf["k"] = pd.array(adf["k"], dtype="Int16")
+    for c in ("t", "p", "p_holm", "factor"):
         adf[c] = pd.array(adf[c], dtype="Float64")
     w.write_table("ablation_summary", pa.Table.from_pandas(adf, preserve_index=False))
     _write_subspace_metrics(w, ha, [c for c in conds if c["kind"] == "subspace"])
@@ -328,8 +320,7 @@ def _write_subspace_metrics(w: RunWriter, ha: pd.DataFrame, conds: list[dict]) -
     out = []
     for c in conds:
         rows = ha[(ha["layer"] == c["layer"]) & (ha["head"] == c["head"])].copy()
-        k = int(c["condition"].removeprefix("qk:k"))
-        factor = 1 - 0.3 * k if c["mode"] == "remove" else 1.2
+        factor = 1 - 0.3 * c["k"] if c["operation"] == "remove" else 1.2
         if rows["q_d"].notna().any():
             moved = rows["q_d"] * (1 - factor)
             rows["q_d"] = rows["q_d"] * factor

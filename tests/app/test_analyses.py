@@ -25,7 +25,7 @@ def test_component_conditions_table_and_grid(app, store, sql):
     assert got["condition_id"].tolist() == direct["condition_id"].tolist()
     np.testing.assert_allclose(got["delta"], direct["delta"], rtol=1e-9)
     rows = comp.set_index("condition_id")
-    assert tuple(rows.loc["mlp:d@1/mean", ["component", "tokens"]]) == ("mlp", "Document")
+    assert tuple(rows.loc["mlp@1:d/mean", ["component", "tokens"]]) == ("mlp", "Document")
     assert tuple(rows.loc["attn@2/mean", ["component", "tokens"]]) == ("attn", "all tokens")
     assert rows.loc["attn@0-2/zero", "layers"] == "0-2"  # a multi-layer condition: in the table, not the grid
     # the grid: one panel per component, layer x {all tokens, cls, q, d}
@@ -40,12 +40,12 @@ def test_component_conditions_table_and_grid(app, store, sql):
     assert f"component conditions: {tested} tested" in text
 
     # a component condition's per-query deltas
-    at.selectbox(key="abl_cond").set_value("mlp:cls@0/mean").run()
+    at.selectbox(key="abl_cond").set_value("mlp@0:cls/mean").run()
     ok(at)
     per_query = frame(at, "qid", "value", "baseline", "delta").sort_values("qid")
     want = sql(DL20, "SELECT c.qid, c.value - b.value AS delta FROM {ablation_metrics} c JOIN {ablation_metrics} b "
                      "ON b.qid = c.qid AND b.condition_id = 'none' AND b.scope = c.scope AND b.measure = c.measure "
-                     "WHERE c.condition_id = 'mlp:cls@0/mean' AND c.scope = 'pairs' ORDER BY c.qid")
+                     "WHERE c.condition_id = 'mlp@0:cls/mean' AND c.scope = 'pairs' ORDER BY c.qid")
     np.testing.assert_allclose(per_query["delta"], want["delta"], atol=1e-12)
 
 

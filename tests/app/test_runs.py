@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 
-from app.commands import (ABLATION_SCORINGS_PER_S, DEFAULT_CONDITIONS, FIRST_TRY_TIME, FULL_PAIRS, PRECOMPUTE_COMMAND,
-                          SUMMARY_PAIRS_PER_S, command_for, full_run_minutes)
+from app.commands import (ABLATION_SCORINGS_PER_S, ABLATIONS_FLAGS, DEFAULT_CONDITIONS, FIRST_TRY_TIME, FULL_PAIRS,
+                          PATCHING_FLAGS, PRECOMPUTE_COMMAND, SUMMARY_PAIRS_PER_S, SWEEP_FLAGS, command_for,
+                          full_run_minutes)
 from app.runs import (DEFAULT_STORE, READABLE_SCHEMA_VERSIONS, REPO, find_runs, inspect_run, model_folder, run_labels,
                       store_from_args)
 from precompute.config import JobConfig
@@ -162,14 +164,17 @@ def test_runs_with_one_label_get_distinct_labels(store, tmp_path):
 
 def test_command_and_model_folder(store):
     run = inspect_run(store / DL20)
-    cmd = command_for(run, "--ablations directions,groups")
+    cmd = command_for(run, SWEEP_FLAGS)
     assert cmd.startswith("python -m precompute --dataset ../shared/data/trec-dl-2020 --model ")
-    assert f"--out {run.path}" in cmd and cmd.endswith("--ablations directions,groups")
+    assert cmd.endswith(f"--ablations directions,groups,layers,heads --out {run.path}"), cmd
+    assert "--ablations directions,groups --out" in command_for(run, ABLATIONS_FLAGS)  # what the page asks, even a default
+    assert "--ablations" not in command_for(run)
     folder, why = model_folder(run)
     assert folder is None and "not a folder on this machine" in why
 
 
 def test_command_repeats_the_identifying_settings(store, tmp_path):
+    """A manifest of an older version (no recorded settings): the command is written from its identity."""
     run = copy_run(store, tmp_path)
     man = json.loads((run / "manifest.json").read_text())
     man["identity"] = {"max_queries": 3, "seed": 0, "easy_negatives": 5, "dtype": "auto", "max_length": 512,
@@ -180,6 +185,53 @@ def test_command_repeats_the_identifying_settings(store, tmp_path):
     assert "--seed" not in cmd and "--dtype" not in cmd and "--depth" not in cmd  # the job's defaults, no candidates
     defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)}
     assert defaults["easy_negatives"] != 5 and defaults["max_queries"] != 3  # so the flags above are not defaults
+
+
+def _parsed(cmd: str) -> JobConfig:
+    """What the job reads from a printed command (its flags parsed and checked as the CLI does; nothing run)."""
+    from precompute.cli import build_parser, config_from_args
+
+    words = shlex.split(cmd)
+    assert words[:3] == ["python", "-m", "precompute"], cmd
+    return config_from_args(build_parser().parse_args(words[3:]))
+
+
+def test_an_older_manifests_template_and_answer_tokens_are_in_the_command(store, tmp_path):
+    """The command guessed flags from identity keys: --template does not exist (KeyError 'template'), and answer
+    tokens printed as a Python list."""
+    run = copy_run(store, tmp_path)
+    man = json.loads((run / "manifest.json").read_text())
+    man["identity"].update(template="Query: {query} Document: {document} it's relevant?", answer_tokens=[" yes", "no"])
+    (run / "manifest.json").write_text(json.dumps(man))
+    cmd = command_for(inspect_run(run))
+    assert "--answer-tokens ' yes,no'" in cmd and "[" not in cmd, cmd
+    cfg = _parsed(cmd)
+    assert cfg.prompt_template == man["identity"]["template"] and cfg.answer_tokens == (" yes", "no")
+    assert cfg.out == run and cfg.easy_negatives == man["identity"]["easy_negatives"]
+
+
+def test_a_running_runs_command_asks_for_what_its_job_asked(store, tmp_path):
+    """A run still being built shows the command of the job building it, every requested analysis included (it
+    showed one without --ablations and --patching: following it computed something else)."""
+    from precompute.settings import to_record
+
+    run = copy_run(store, tmp_path)
+    man = json.loads((run / "manifest.json").read_text())
+    asked = JobConfig(dataset="../shared/data/trec-dl-2020", model=man["model"]["id"], easy_negatives=2,
+                      ablations=("components", "subspace"), subspace_heads="0.1,1.0", subspace_k="1,3",
+                      subspace_ops=("scale=0.5",), component_mode="zero", patching=("cls",), patching_pairs=3,
+                      measures=("nDCG@10", "RR@10"), prompt_template="Query: {query} it's $HOME `x` {document}",
+                      answer_tokens=("yes", "no"), progress=False, out=Path("elsewhere"))
+    man["status"] = "running"
+    man["invocations"] = [{"started": "2026-01-01T00:00:00+00:00", "status": "running", "settings": to_record(asked)}]
+    (run / "manifest.json").write_text(json.dumps(man))
+    cmd = command_for(inspect_run(run), PATCHING_FLAGS)
+    for flag in ("--ablations components,subspace", "--subspace-heads 0.1,1.0", "--component-mode zero",
+                 "--patching tfc1,cls", "--patching-pairs 3", "--measures nDCG@10,RR@10", "--no-progress"):
+        assert flag in cmd, (flag, cmd)
+    parsed = _parsed(cmd)
+    want = dataclasses.replace(asked, out=run, patching=("tfc1", "cls"))  # --out is the run folder; the page's change
+    assert parsed == want
 
 
 def test_full_run_estimate_comes_from_the_measured_throughputs():
@@ -197,3 +249,74 @@ def test_readme_first_try_is_the_welcome_command():
     if not readme.exists():
         pytest.skip("no README.md")
     assert PRECOMPUTE_COMMAND in readme.read_text() and FIRST_TRY_TIME in readme.read_text()
+
+
+# (family, flags beyond the common ones): no family has both a template and a pooling position with QK subspaces
+# (MonoT5 has no pooling position for the cls experiment; rotary decoders have no subspace interventions), so the
+# template and answer tokens ride with tfc1 on MonoT5 and the cls experiment runs on a BERT.
+RESUMED = {
+    "template": ("monot5", ["--prompt-template", "@template.txt", "--answer-tokens", "true,false", "--patching", "tfc1"]),
+    "cls": ("bert", ["--patching", "cls", "--patching-pairs", "2"]),
+}
+
+
+@pytest.mark.parametrize("case", RESUMED)
+def test_the_printed_commands_resume_the_run(case, tmp_path, monkeypatch, capsys):
+    """A run made with --ablations components,subspace and --patching (with --prompt-template @FILE --answer-tokens,
+    or the cls experiment), interrupted before its ablations: the app's command (split as a shell would) resumes it
+    with the same identity and finishes every requested analysis; once finished, the app's and the report's commands
+    are the same, and running it computes nothing and keeps the identity."""
+    from precompute import report
+    from precompute.cli import main
+    from precompute.stages import STAGES
+    from precompute.store.manifest import read_manifest
+    from tests.precompute.conftest import make_dataset
+    from tests.tiny_families import build_family
+    from tests.tiny_models import build
+
+    family, flags = RESUMED[case]
+    monkeypatch.chdir(tmp_path)
+    dataset = make_dataset(tmp_path / "data", n_queries=2)
+    model = (build_family if family != "bert" else build)(family, tmp_path / "model", layers=1)  # fewer conditions
+    (tmp_path / "template.txt").write_text("Query: {query} Document: {document} it's relevant? $HOME\n")
+    argv = ["--dataset", str(dataset), "--model", str(model), "--out", "runs/a run", "--cache", "cache",
+            "--easy-negatives", "2", "--max-length", "128", "--batch-size", "8", "--chunk-size", "16", "--no-progress",
+            "--ablations", "components,subspace", "--component-mode", "zero", "--subspace-heads", "top:1",
+            "--subspace-k", "1", "--subspace-ops", "remove", *flags]
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(STAGES["ablations"], "run", interrupted)
+        assert main(argv) == 130
+    (tmp_path / "template.txt").unlink()  # the command carries the template's text, not the file's name
+    folder = tmp_path / "runs" / "a run"
+    before = read_manifest(folder)
+    assert before.status == "running"
+
+    def execute(command: str) -> int:
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", "precompute"], command
+        return main(words[3:])
+
+    resume = command_for(inspect_run(folder))
+    assert "--ablations components,subspace" in resume and " ".join(flags[-2:]) in resume, resume
+    assert resume.endswith("--out 'runs/a run'") and "[" not in resume, resume
+    if case == "template":
+        assert before.identity.template.endswith("$HOME") and before.identity.answer_tokens == ["true", "false"]
+        assert "--answer-tokens true,false" in resume
+    assert execute(resume) == 0
+    after = read_manifest(folder)
+    assert after.complete and after.identity == before.identity and len(after.invocations) == 2
+    assert {"component", "subspace"} <= set(after.ablations.counts), after.ablations.counts
+    assert after.patching.experiments == [flags[flags.index("--patching") + 1]]
+
+    capsys.readouterr()
+    assert report.main(["runs/a run"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n").rsplit("\n", 1)[-1].strip()
+    assert printed == command_for(inspect_run(folder))
+    assert execute(printed) == 0
+    last = read_manifest(folder)
+    assert last.identity == before.identity and len(last.invocations) == 3
+    assert last.invocations[-1].computed and not any(last.invocations[-1].computed.values()), last.invocations[-1]

@@ -175,7 +175,7 @@ def test_kill_minus_nine_then_rerun_equals_an_uninterrupted_run(dataset, tmp_pat
         (["--dataset", "no-such-dataset"], "unknown dataset"),
         (["--model", "/nonexistent/model"], "model folder /nonexistent/model does not exist"),
         (["--model", "no-such-org/no-such-cross-encoder"], "could not be loaded"),
-        (["--max-queries", "0"], "--max-queries must be at least 1"),
+        (["--max-queries", "0"], "--max-queries '0': expected an integer of at least 1"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(extra, message, dataset, tmp_path, capsys):
@@ -228,28 +228,6 @@ def test_a_second_job_on_the_same_folder_is_refused(dataset, tmp_path, capsys):
                  "--cache", str(tmp_path / "cache"), "--no-progress"])
     assert code == 2
     assert "another precompute job is writing" in capsys.readouterr().err
-
-
-def test_help_explains_every_flag():
-    from precompute.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:
-        assert action.help, f"{action.option_strings} has no help"
-
-
-def test_the_flags_defaults_are_the_configs_defaults():
-    """A default is written in the CLI, in JobConfig and in AblationRequest: a run without flags must be the run
-    JobConfig() describes, and its ablation request the default one (a default changed in one place fails here)."""
-    import dataclasses
-
-    from precompute.cli import build_parser, config_from_args
-    from precompute.conditions import AblationRequest
-    from precompute.config import JobConfig
-
-    from_flags, default = config_from_args(build_parser().parse_args([])), JobConfig()
-    assert {f.name: getattr(from_flags, f.name) for f in dataclasses.fields(JobConfig)} == dataclasses.asdict(default)
-    assert AblationRequest.from_config(default) == AblationRequest()
 
 
 @pytest.mark.parametrize("raised, code, message", [
@@ -335,3 +313,38 @@ def test_an_older_manifest_keeps_its_last_timings_as_the_first_invocation(small_
     older, this = read_manifest(root).invocations
     assert (older.started, older.status, older.timings) == (None, "complete", data["timings"])
     assert this.status == "complete" and this.computed["ablations"] == 0
+
+
+def test_the_cls_experiment_on_a_model_without_a_pooling_position_is_refused_before_any_pass(tmp_path, capfd):
+    """MonoT5 has no pooling position: --patching cls was refused only after the summary and ablation passes."""
+    from tests.precompute.conftest import make_dataset, refused
+    from tests.tiny_families import build_family
+
+    dataset, model = make_dataset(tmp_path / "data", n_queries=2), build_family("monot5", tmp_path / "model")
+    line = refused(dataset, model, tmp_path, capfd, "--patching", "cls", "--max-length", "128")
+    assert line.startswith("error: --patching cls: the cls experiment patches the pooling position"), line
+
+
+def test_a_run_is_rebuilt_from_its_manifest_alone(small_runs, tmp_path):
+    """Every setting of every job is in the manifest: the last job's record alone (into a new folder) gives a run of
+    the same identity with the same conditions and the same scores."""
+    import dataclasses
+
+    from precompute.config import JobConfig
+    from precompute.settings import from_record, to_record
+    from precompute.store.manifest import read_manifest
+    from tests.precompute.crashing import single_thread
+
+    config, _, added = small_runs
+    manifest = read_manifest(added)
+    record = manifest.invocations[-1].settings
+    assert record == to_record(config(added, "all", "1")) and set(record) == {s.name for s in JobConfig.settings()}
+    assert manifest.invocations[0].settings["ablation_layers"] == ["all"]  # each job's own
+    cfg = from_record(JobConfig, record, out=tmp_path / "rebuilt")
+    assert cfg == dataclasses.replace(config(added, "all", "1"), out=tmp_path / "rebuilt")
+    with single_thread():
+        run(cfg)
+    rebuilt = read_manifest(tmp_path / "rebuilt")
+    assert rebuilt.identity == manifest.identity and rebuilt.ablations.conditions == manifest.ablations.conditions
+    for table in ("pairs", "ablation_scores"):
+        assert pq.read_table(tmp_path / "rebuilt" / f"{table}.parquet").equals(pq.read_table(added / f"{table}.parquet"))

@@ -138,7 +138,8 @@ def _conditions(mode: str) -> list[C.Condition]:
 
 def _reference(lm, conditions, mode):
     batch = encode(lm.tokenizer, QUERIES, DOCS, 64)
-    dirs, heads = C.intervention_arrays(conditions, LAYERS, HEADS)
+    edits = C.forward_edits(conditions, LAYERS, HEADS)
+    dirs, heads = edits.directions, edits.heads
     dirs = dirs if dirs is not None else torch.zeros(len(conditions), LAYERS, 5, 5, dtype=torch.bool)
     heads = heads if heads is not None else torch.zeros(len(conditions), LAYERS, HEADS, dtype=torch.bool)
     out = {}
@@ -188,7 +189,7 @@ def test_ablating_nothing_reproduces_the_baseline(tiny):
     pairs_part, _, _ = summarise_chunk(tiny, pairs, batch_size=2, max_length=64)
     stored = dict(zip(pairs_part.column("pair_id").to_pylist(), pairs_part.column("score").to_numpy()))
     stored = np.array([stored[p.pair_id] for p in pairs], np.float32)
-    none = [C.baseline_condition()]
+    none = [C.parse("none")]
     eager = A.score_conditions(tiny, pairs, none, batch_size=2, max_length=64, kernel="eager")["none"]
     assert np.array_equal(eager, stored)
     sdpa = A.score_conditions(tiny, pairs, none, batch_size=2, max_length=64, kernel="sdpa")["none"]
@@ -269,7 +270,9 @@ def test_default_conditions_are_25_directions_and_the_groups():
     assert {f"{d}@all/zero" for d in DIRECTIONS} | {f"{g}@all/zero" for g in C.GROUPS} == set(ids[1:])
     by = {c.condition_id: c for c in conds}
     assert by["q_d@all/zero"].row() == {"condition_id": "q_d@all/zero", "condition": "q_d", "mode": "zero", "layers": "all",
-                                        "layer": None, "head": None, "kind": "direction", "directions": "q_d"}
+                                        "layer": None, "head": None, "kind": "direction", "analysis": "attention",
+                                        "directions": "q_d", "component": None, "segment": None, "k": None,
+                                        "operation": None, "factor": None}
     assert by["cross@all/zero"].directions == ("q_d", "d_q") and by["all@all/zero"].directions == DIRECTIONS
     assert set(by["into_cls@all/zero"].directions) == {f"{s}_cls" for s in SEGMENTS}
 
@@ -281,7 +284,7 @@ def test_layer_sweeps_heads_modes_and_user_groups():
     assert "qd@all/mask" in by and by["qd@all/mask"].directions == ("q_d", "d_q")  # 0-5 covers every layer: 'all'
     assert by["q_d@3/zero"].kind == "direction" and by["q_d@3/zero"].layer == 3  # given first with --ablation-layers 3
     assert by["q_d@4/zero"].kind == "layer_sweep" and by["qd@5/mask"].kind == "layer_sweep"
-    assert by["into_sep2@2-4/zero"].layer_set == (2, 3, 4) and by["into_sep2@2-4/zero"].layer is None  # equals a built-in
+    assert by["into_sep2@2-4/zero"].layer_indices(6) == (2, 3, 4) and by["into_sep2@2-4/zero"].layer is None  # equals a built-in
     heads = sorted((c.layer, c.head) for c in by.values() if c.kind == "head")
     assert heads == sorted({(3, h) for h in range(12)} | {(l, 0) for l in range(6)})
     assert by["head:3.5/zero"].row()["layers"] == "3" and by["head:3.5/zero"].mode == "zero"

@@ -9,7 +9,6 @@ import torch
 from precompute.analyses import ablations
 from precompute import conditions as C
 from precompute.analyses.component_means import means_table, means_tensor, sums_chunk
-from precompute.conditions.component_specs import parse_component
 from precompute.families.loading import load
 from precompute.names import SEGMENTS
 from precompute.pairs import Pair
@@ -69,7 +68,7 @@ def _at(segment: str | None, value):
 
 
 def _score(lm, spec: str, kernel: str, means=None) -> np.ndarray:
-    condition = parse_component(spec, LAYERS)
+    condition = C.parse(spec)
     return ablations.score_conditions(lm, PAIRS, [condition], batch_size=8, max_length=64, kernel=kernel,
                                      means=means)[condition.condition_id]
 
@@ -77,9 +76,9 @@ def _score(lm, spec: str, kernel: str, means=None) -> np.ndarray:
 @pytest.mark.parametrize("kernel", ("sdpa", "eager"))
 @pytest.mark.parametrize("spec", ("mlp@1/zero", "attn@2/zero", "mlp@0-1:d/zero", "attn@1:cls/zero"))
 def test_zero_component_ablation_equals_a_hand_written_forward(tiny, spec, kernel):
-    c = parse_component(spec, LAYERS)
+    c = C.parse(spec)
     zero = _at(c.segment, lambda out, seg: torch.zeros_like(out))
-    want = reference_scores(tiny, {(c.component, layer): zero for layer in c.layer_set})
+    want = reference_scores(tiny, {(c.component, layer): zero for layer in c.layer_indices(LAYERS)})
     np.testing.assert_allclose(_score(tiny, spec, kernel), want, atol=1e-5)
     assert np.abs(want - reference_scores(tiny, {})).max() > 1e-4  # the removal moves the scores
 
@@ -104,7 +103,7 @@ def test_component_means_equal_a_direct_average_and_mean_ablation_uses_them(tiny
 
 
 def test_components_and_directions_do_not_share_a_forward_mode():
-    conds = [parse_component("mlp@1/mean", LAYERS), parse_component("attn@1/zero", LAYERS)]
+    conds = [C.parse("mlp@1/mean"), C.parse("attn@1/zero")]
     assert [len(g) for g in C.forward_groups(conds, 4)] == [1, 1]
     with pytest.raises(ValueError, match="share a mode"):
         C.forward_mode(conds)
@@ -114,13 +113,11 @@ def test_components_and_directions_do_not_share_a_forward_mode():
 
 
 def _subspace(lm, layer, head, k, factor):
-    from precompute.conditions.subspace_specs import subspace_condition
-
-    return subspace_condition(layer, head, k, "remove" if factor == 0 else f"scale={factor:g}", factor)
+    return C.parse(f"qk:{layer}.{head}:k{k}/{'remove' if factor == 0 else f'scale={factor:g}'}")
 
 
 def test_scale_one_changes_nothing(tiny):
-    none = C.baseline_condition()
+    none = C.parse("none")
     conds = [none, _subspace(tiny, 1, 2, 3, 1.0)]
     metrics: dict = {}
     got = ablations.score_conditions(tiny, PAIRS, conds, batch_size=8, max_length=64, head_metrics=metrics)

@@ -1,5 +1,6 @@
-"""Per-query metrics of ablation conditions equal ir_measures run by hand; t-tests equal scipy; Holm equals a hand
-computation; scopes rank the right pairs."""
+"""Per-query metrics of ablation conditions equal ir_measures run by hand; t-tests equal scipy; the stored Holm
+p-values equal a hand computation per analysis (precompute.statistics.holm itself: tests/precompute/test_statistics.py);
+scopes rank the right pairs."""
 
 from __future__ import annotations
 
@@ -13,13 +14,6 @@ from scipy import stats
 from precompute.analyses import significance as S
 from precompute.store.connect import connect
 from tests.precompute.analyses.test_ablations import run_job, sensitive_model
-
-
-def test_holm_by_hand():
-    # m = 4 tests; sorted .005 .01 .03 .04 -> 4*.005=.02, 3*.01=.03, 2*.03=.06, max(.06, 1*.04)=.06
-    assert S.holm([0.01, 0.04, 0.03, 0.005, None]) == pytest.approx([0.03, 0.06, 0.06, 0.02, None])
-    assert S.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1, monotone
-    assert S.holm([]) == [] and S.holm([None]) == [None]
 
 
 def test_paired_ttest_is_scipy_and_undefined_cases():
@@ -111,3 +105,5 @@ def test_summary_equals_scipy_and_holm_by_hand(run_folder):
             assert math.isclose(got, running, rel_tol=1e-12), (cid, got, running)
     assert n_checked > 20  # the sensitive model moves most conditions
     assert {r[10] for r in summary} == {"baseline", "direction", "group"}
+    analysis = dict(con.execute("SELECT kind, any_value(analysis) FROM ablation_summary GROUP BY kind").fetchall())
+    assert analysis == {"baseline": None, "direction": "attention", "group": "attention"}  # the baseline: no family

@@ -311,15 +311,14 @@ def test_components_and_patching_work_for_every_family(kind, folders):
     from precompute.analyses import patching
     from precompute.analyses.attribution import attribute_batch
     from precompute.analyses.patching_inputs import experiment_inputs
-    from precompute.conditions import baseline_condition
-    from precompute.conditions.component_specs import parse_component
+    from precompute.conditions import parse
     from precompute.pairs import Pair
 
     lm = load(str(folders(kind)), device="cpu")
     layers, _ = lm.shape
     pairs = [Pair(i, f"q{i}", f"d{i}", QUERIES[i], DOCS[i], 1, "relevant") for i in range(len(QUERIES))]
-    conditions = [parse_component(f"mlp@{layers - 1}/zero", layers), parse_component("attn@0:d/zero", layers)]
-    base = ablations.score_conditions(lm, pairs, [baseline_condition()], batch_size=8, max_length=MAX_LENGTH)["none"]
+    conditions = [parse(f"mlp@{layers - 1}/zero"), parse("attn@0:d/zero")]
+    base = ablations.score_conditions(lm, pairs, [parse("none")], batch_size=8, max_length=MAX_LENGTH)["none"]
     scores = ablations.score_conditions(lm, pairs, conditions, batch_size=8, max_length=MAX_LENGTH)
     for c in conditions:
         assert np.isfinite(scores[c.condition_id]).all() and np.abs(scores[c.condition_id] - base).max() > 1e-5, c

@@ -130,7 +130,7 @@ def test_blocks_of_query_rows_give_the_same_numbers(kind, tmp_path, monkeypatch)
     layers, heads = lm.shape
     condition = next(c for c in C.AblationRequest(sets=("directions",), modes=("mask",)).conditions(layers, heads)
                      if c.condition_id == "d_q@all/mask")
-    dirs, _ = C.intervention_arrays([condition], layers, heads)
+    dirs = C.forward_edits([condition], layers, heads).directions
     iv = Intervention("mask", dirs.repeat_interleave(len(QUERIES), 0))
 
     def run():

@@ -101,3 +101,27 @@ def test_two_runs_compare_by_relative_depth(tiny_dataset, tmp_path_factory, caps
     for k, b in enumerate(bins):
         assert float(b[4]) == pytest.approx((b_by_layer[2 * k] + b_by_layer[2 * k + 1]) / 2, abs=1e-4)
     assert report.main([str(small), "--compare", str(deep), "--metric", "nope"]) == 2
+
+
+def test_the_test_line_names_the_families_the_run_has():
+    """A run without attention conditions is not "Holm-corrected across the run's 0 tested attention conditions": the
+    Test line counts the first analysis present (registry order), the others say theirs under their tables."""
+    from precompute.report import kind_order, render
+
+    run = REPO / "tests" / "fixtures" / "store-v2" / "tiny-dl__tiny-bert"
+    manifest, measure, rows = report.load(run, "nDCG@10", "pairs")
+
+    def test_line(*kinds: str) -> tuple[str, str]:
+        text = render(manifest, run, measure, "pairs", [r for r in rows if r["kind"] in ("baseline", *kinds)],
+                      list(kind_order()), None)
+        return next(line for line in text.splitlines() if line.startswith("Test")), text
+
+    line, text = test_line("component", "subspace")
+    assert "across the run's 20 tested component conditions (each analysis is its own Holm family)" in line
+    assert "attention conditions" not in text and " 0 tested" not in text
+    assert "(their own Holm family: the run's 8 tested subspace conditions)" in text
+    line, text = test_line("component")
+    assert "across the run's 20 tested conditions;" in line and "their own Holm family" not in text
+    line, _ = test_line("direction", "head", "subspace")
+    tested = sum(r["p_holm"] is not None for r in rows if r["kind"] in ("direction", "head"))
+    assert f"across the run's {tested} tested attention conditions (each analysis is its own Holm family)" in line
