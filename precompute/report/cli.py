@@ -8,6 +8,7 @@ from pathlib import Path
 
 from precompute.cli import OneLineParser
 from precompute.console import first_line
+from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
 from precompute.report import compare
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
@@ -105,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default=",".join(kind_order()), help=f"comma-separated: {', '.join(kind_order())}. "
                    "Default: all present")
     p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
+    p.add_argument("--contrasts", default=DEFAULT_CONTRASTS, metavar="A:B,...",
+                   help="pairs of conditions compared directly, query by query (paired t-test of the measure, "
+                   "bootstrap intervals of the ranking statistics): condition names over all layers or condition ids. "
+                   "Default: %(default)s (titled Q->D vs D->Q)")
     p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
                    "tables. Default: %(default)s")
     c = p.add_argument_group("comparing two runs", "Instead of RUN's tables: RUN and OTHER's per-layer profiles of one "
@@ -139,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             manifest, measure, rows = load(args.run, args.measure, args.scope)
             modes = [args.mode] if args.mode else None
-            sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
+            try:
+                contrasts = parse_contrasts(args.contrasts)
+            except ValueError as err:
+                raise ReportError(str(err)) from err
+            sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
         sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels, manifest))
         sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:
