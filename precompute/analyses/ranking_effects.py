@@ -33,7 +33,7 @@ from precompute.statistics import BOOTSTRAP_RESAMPLES, bootstrap_over_queries, h
 
 STATISTICS: tuple[str, ...] = ("score_change", "pairwise", "pairwise_hard", "pairwise_easy", "ndcg_ties")
 DEFAULT_CONTRASTS = "q_d:d_q"  # the paper's central contrast: Query->Document hurts, Document->Query does not
-CONTRAST_TITLES = {("q_d", "d_q"): "Q->D vs D->Q"}
+CONTRAST_TITLES = {("q_d", "d_q"): "Q->D vs D->Q"}  # by the directions each side removes (a group of one counts)
 
 
 @dataclass
@@ -173,12 +173,13 @@ def compare_conditions(pairs: Sequence[tuple[str, str]], conditions: Sequence[di
     rows = []
     for a_name, b_name in pairs:
         a_all, b_all = resolve(a_name, conditions), resolve(b_name, conditions)
-        title = CONTRAST_TITLES.get((a_name, b_name), f"{a_name} vs {b_name}")
+        title = f"{a_name} vs {b_name}"
         if not a_all or not b_all:
             rows.append({"title": title, "missing": a_name if not a_all else b_name})
             continue
         for a in a_all:
             b = next((c for c in b_all if c["mode"] == a["mode"]), b_all[0])
+            title = CONTRAST_TITLES.get((a.get("directions"), b.get("directions")), title)
             va, vb = measure_values[a["condition_id"]], measure_values[b["condition_id"]]
             qids = sorted(set(va) & set(vb))
             x, y = np.array([va[q] for q in qids]), np.array([vb[q] for q in qids])

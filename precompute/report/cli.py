@@ -9,9 +9,10 @@ from pathlib import Path
 from precompute.cli import OneLineParser
 from precompute.console import first_line
 from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
-from precompute.report import compare
+from precompute.report import compare, head_tables
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
+from precompute.store.connect import connect
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 USAGE = """Print a run's tables in the form of the paper's Table 1: one line per ablation condition (the measure's mean
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise ReportError(str(err)) from err
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
+            sys.stdout.write("".join(line + "\n" for line in head_tables.render(connect(args.run))))
         sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels, manifest))
         sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:

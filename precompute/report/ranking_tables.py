@@ -53,7 +53,7 @@ def render(con, rows: list[dict], measure: str, scope: str, contrasts: list[tupl
     for cid, qid, value in con.execute("SELECT condition_id, qid, value FROM ablation_metrics WHERE scope = ? AND "
                                        "measure = ?", [scope, measure]).fetchall():
         measure_values.setdefault(cid, {})[qid] = value
-    conditions = con.execute("SELECT condition_id, condition, mode, layers FROM ablation_conditions").df().to_dict("records")
+    conditions = con.execute("SELECT condition_id, condition, mode, layers, directions FROM ablation_conditions").df().to_dict("records")
     compared = R.compare_conditions(contrasts, conditions, measure_values, effects, seed=seed)
     out += ["", f"Direct comparisons (a - b per query; paired two-sided t-test of {measure} over queries, Holm across "
             f"these {sum('missing' not in c for c in compared)} rows; intervals: bootstrap over queries)"]

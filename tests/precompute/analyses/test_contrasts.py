@@ -287,3 +287,16 @@ def test_old_pooled_contrasts_show_no_query_level_test():
     rows = con.execute("SELECT * FROM head_contrasts").df()
     assert list(rows.columns) == HEAD_CONTRASTS.column_names
     assert rows["p"].isna().all() and rows["p_holm"].isna().all() and rows["pooled_p"].notna().all()
+
+
+def test_report_section_shows_queries_intervals_and_what_the_pooled_test_said(store, table):
+    """The report's matching-head section (precompute.report.head_tables) on the 12-query store: the planted head
+    first with its number of queries and stars, the pooled numbers beside it as descriptive."""
+    from precompute.report import head_tables
+
+    root = store[0]
+    RunWriter(root).write_table("head_contrasts", table)
+    lines = head_tables.render(connect(root))
+    assert any(l.startswith("Relevant - easy negatives (12 queries)") and "never starred" in l for l in lines)
+    first = lines[lines.index(next(l for l in lines if l.startswith("Relevant - easy"))) + 3]
+    assert first.split()[:3] == ["1.2", "q_d", "12"] and "***" in first and "pooled, descriptive" in first

@@ -54,3 +54,24 @@ def test_contrasts_flag_parses_and_refuses_in_one_line():
     for bad in ("q_d", "q_d:", ":d_q", "a:b:c"):
         with pytest.raises(ValueError, match="expected A:B"):
             parse_contrasts(bad)
+
+
+def test_direct_comparison_is_a_paired_test_over_queries_titled_by_the_directions():
+    from scipy.stats import ttest_rel
+
+    from precompute.analyses.ranking_effects import STATISTICS, RankingEffects, compare_conditions
+
+    rng = np.random.default_rng(2)
+    qids = [f"q{i}" for i in range(12)]
+    a, b = rng.uniform(size=12), rng.uniform(size=12)
+    conditions = [{"condition_id": "qd@all/zero", "condition": "qd", "mode": "zero", "layers": "all", "directions": "q_d"},
+                  {"condition_id": "dq@all/zero", "condition": "dq", "mode": "zero", "layers": "all", "directions": "d_q"}]
+    values = {"qd@all/zero": dict(zip(qids, a)), "dq@all/zero": dict(zip(qids, b))}
+    effects = RankingEffects(qids, {c: rng.uniform(size=(12, len(STATISTICS))) for c in values})
+    (row,) = compare_conditions([("qd", "dq")], conditions, values, effects, n_resamples=200)
+    assert row["title"] == "Q->D vs D->Q" and row["n_queries"] == 12
+    assert row["p"] == pytest.approx(ttest_rel(a, b).pvalue) and row["p_holm"] == pytest.approx(row["p"])
+    diff = effects.values["qd@all/zero"] - effects.values["dq@all/zero"]
+    assert row["pairwise"][0] == pytest.approx(diff[:, 1].mean()) and row["pairwise"][1] <= row["pairwise"][0] <= row["pairwise"][2]
+    (missing,) = compare_conditions([("q_d", "dq")], conditions, values, effects)
+    assert missing["missing"] == "q_d"

@@ -1,0 +1,47 @@
+"""The report's matching heads (``head_contrasts``), tested over queries: per contrast the heads with the largest
+query-level effect on the Query<->Document metrics, with the number of queries, the effect's bootstrap interval, d_z
+and the Holm-corrected paired t-test; then what the pooled pair-level test would have starred instead (its
+Mann-Whitney p, Holm over the same family), so a reader sees which heads keep their stars and which lose them."""
+
+from __future__ import annotations
+
+from precompute.names import CONTRAST_LABELS, CONTRASTS
+from precompute.statistics import ALPHA, MIN_QUERIES, fmt_p, holm
+from precompute.statistics import stars as mark
+from precompute.store.connect import CANDIDATE_METRICS
+
+TOP = 8  # heads shown per contrast
+
+
+def render(con) -> list[str]:
+    """Lines of the matching-head section; [] for a run without head_contrasts or with only pooled (old) tests."""
+    tables = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    if "head_contrasts" not in tables:
+        return []
+    frame = con.execute("SELECT * FROM head_contrasts").df()
+    if frame["n_queries"].isna().all():
+        return ["", "Matching heads: this store holds pooled pair-level tests only (schema 4 and older); rerun the "
+                "job into a new folder for tests over queries. No stars are drawn from pooled tests."]
+    out = ["", "Matching heads (head_contrasts): effect = mean over queries of the per-query difference of group means "
+           "[95% bootstrap interval over queries]; paired t-test over queries, Holm over layers x heads x metrics of "
+           f"the contrast; metrics {', '.join(CANDIDATE_METRICS)}"]
+    for contrast in (c for c in CONTRASTS if c in set(frame["contrast"])):
+        rows = frame[frame["contrast"] == contrast].copy()
+        rows["pooled_holm"] = holm(rows["pooled_p"].to_numpy())
+        n_q = int(rows["n_queries"].max())
+        query_level = (rows["p_holm"] < ALPHA) & (rows["n_queries"] >= MIN_QUERIES)
+        pooled = rows["pooled_holm"] < ALPHA
+        out += ["", f"{CONTRAST_LABELS[contrast]} ({n_q} queries): (head, metric) rows with Holm p < {ALPHA}: pooled "
+                f"pair-level Mann-Whitney {int(pooled.sum())} (never starred), query-level {int(query_level.sum())} (kept {int((pooled & query_level).sum())}, "
+                f"lost {int((pooled & ~query_level).sum())}, gained {int((~pooled & query_level).sum())}) of {len(rows)}"]
+        shown = rows[rows["metric"].isin(CANDIDATE_METRICS)].sort_values(["effect_dz", "effect"], ascending=False,
+                                                                          na_position="last").head(TOP)
+        head = (f"  {'head':<6} {'metric':<10} {'n_q':>4}  {'effect [interval]':>26}  {'d_z':>6}  {'sig':<3} "
+                f"{'p_holm':>7}  | pooled, descriptive: {'cohen_d':>7} {'p_holm':>7}")
+        out += [head, "  " + "-" * (len(head) - 2)]
+        for r in shown.itertuples():
+            interval = f"{r.effect:+.4f} [{r.effect_low:+.4f},{r.effect_high:+.4f}]"
+            out.append(f"  {f'{r.layer}.{r.head}':<6} {r.metric:<10} {r.n_queries:>4}  {interval:>26}  "
+                       f"{r.effect_dz:>+6.2f}  {mark(r.p_holm, n_queries=r.n_queries):<3} {fmt_p(r.p_holm):>7}  | "
+                       f"pooled, descriptive: {r.cohen_d:>+7.2f} {fmt_p(r.pooled_holm):>7}")
+    return out
