@@ -9,7 +9,7 @@ from pathlib import Path
 from precompute.cli import OneLineParser
 from precompute.console import first_line
 from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
-from precompute.report import compare, head_tables
+from precompute.report import compare, head_tables, lexical_tables
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
 from precompute.store.connect import connect
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise ReportError(str(err)) from err
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
-            sys.stdout.write("".join(line + "\n" for line in head_tables.render(connect(args.run))))
+            con = connect(args.run)
+            lines = head_tables.render(con) + lexical_tables.render(con, manifest.identity.seed or 0)
+            sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels, manifest))
         sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:

@@ -300,3 +300,20 @@ def test_report_section_shows_queries_intervals_and_what_the_pooled_test_said(st
     assert any(l.startswith("Relevant - easy negatives (12 queries)") and "never starred" in l for l in lines)
     first = lines[lines.index(next(l for l in lines if l.startswith("Relevant - easy"))) + 3]
     assert first.split()[:3] == ["1.2", "q_d", "12"] and "***" in first and "pooled, descriptive" in first
+
+
+def test_lexical_by_layer_is_the_mean_over_queries_of_per_query_layer_differences(store):
+    """The report's lexical-vs-semantic table (precompute.report.lexical_tables) against numpy on head_attention."""
+    from precompute.report import lexical_tables
+
+    root, neg_types, qids = store
+    con = connect(root)
+    layers, order, means = lexical_tables.layer_means(con, "q_d_exact")
+    assert layers == list(range(LAYERS)) and order == sorted(set(qids))
+    x = np.stack([np.stack([_values(con, "q_d_exact", layer, h) for h in range(HEADS)]) for layer in range(LAYERS)])
+    for layer in range(LAYERS):
+        per_query = [x[layer][:, (qids == q) & (neg_types == "relevant")].mean() - x[layer][:, (qids == q) & (neg_types == "hard")].mean()
+                     for q in order]
+        np.testing.assert_allclose(means[layer, :, 0] - means[layer, :, 1], per_query, rtol=1e-6)
+    lines = lexical_tables.render(con)
+    assert any("relevant - hard (n_q 12)" in line for line in lines)
