@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ReportError(str(err)) from err
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
             con = connect(args.run)
-            lines = head_tables.render(con) + lexical_tables.render(con, manifest.identity.seed or 0)
+            seed = manifest.identity.seed or 0
+            lines = head_tables.render(con) + head_tables.alignment_lines(con, seed) + lexical_tables.render(con, seed)
             sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels, manifest))
         sys.stdout.write(rerun_block(manifest, args.run))
