@@ -30,6 +30,11 @@ def render(con, rows: list[dict], measure: str, scope: str, contrasts: list[tupl
     n = len(effects.qids)
     shown = sorted((r for r in rows if r["kind"] in SHOWN_KINDS), key=lambda r: (r["kind"], r["mode"], r["condition_id"]))
     base = summary["none"]
+    # The ideal ranking of nDCG~ is the judged grades among the run's pairs: every judgment only when the pairs hold
+    # every judged passage (judged mode). A run built from a run file (run_rank set) lacks the judged passages below
+    # its depth, so its nDCG~ would not be comparable with the stored nDCG: not shown.
+    complete = con.execute("SELECT count(run_rank) = 0 FROM pairs").fetchone()[0]
+    ndcg = (lambda s: f"{s['ndcg_ties'][0]:6.4f}") if complete else (lambda s: f"{'n/a':>6}")
     out = ["", f"Table 1, query level ({n} queries; mean over queries [{CI_LEVEL:.0%} percentile bootstrap interval over "
            f"queries, {BOOTSTRAP_RESAMPLES} resamples, seed {seed}])",
            "  d score: mean change of the score; PA: pairwise accuracy (relevant above non-relevant, ties 1/2) and its "
@@ -37,7 +42,9 @@ def render(con, rows: list[dict], measure: str, scope: str, contrasts: list[tupl
            f"{cutoff.group(1) if cutoff else 10} with ties broken at random, in expectation (exact); ir_measures, like "
            "trec_eval, breaks ties by docid",
            f"  baseline: PA {base['pairwise'][0]:.4f}, PA hard {base['pairwise_hard'][0]:.4f}, PA easy "
-           f"{base['pairwise_easy'][0]:.4f}, nDCG~ {base['ndcg_ties'][0]:.4f}"]
+           f"{base['pairwise_easy'][0]:.4f}, nDCG~ {ndcg(base).strip()}"
+           + ("" if complete else " (pairs from a run file: the ideal ranking would lack judged passages below its "
+              "depth, so nDCG~ is not shown)")]
     width = max([len("condition"), *(len(label(r)) for r in shown)])
     head = (f"{'condition':<{width}}  {'mode':<4}  {'d score':>24}  {'PA':>6}  {'d PA':>24}  {'d PA hard':>24}  "
             f"{'d PA easy':>24}  {'nDCG~':>6}")
@@ -48,7 +55,7 @@ def render(con, rows: list[dict], measure: str, scope: str, contrasts: list[tupl
             continue
         out.append(f"{label(r):<{width}}  {r['mode']:<4}  {_ci(s['score_change'])}  {s['pairwise'][0]:6.4f}  "
                    f"{_ci(s['delta_pairwise'])}  {_ci(s['delta_pairwise_hard'])}  {_ci(s['delta_pairwise_easy'])}  "
-                   f"{s['ndcg_ties'][0]:6.4f}")
+                   f"{ndcg(s)}")
     measure_values: dict[str, dict[str, float]] = {}
     for cid, qid, value in con.execute("SELECT condition_id, qid, value FROM ablation_metrics WHERE scope = ? AND "
                                        "measure = ?", [scope, measure]).fetchall():
