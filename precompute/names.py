@@ -54,10 +54,12 @@ EASY_GRADE = -1
 CONTRASTS: dict[str, tuple[str, str]] = {
     "relevant_vs_easy": ("relevant", "easy"),
     "relevant_vs_hard": ("relevant", "hard"),
+    "hard_vs_easy": ("hard", "easy"),
 }
 CONTRAST_LABELS: dict[str, str] = {
     "relevant_vs_easy": "Relevant - easy negatives",
     "relevant_vs_hard": "Relevant - hard negatives",
+    "hard_vs_easy": "Hard - easy negatives",
 }
 
 # What pairs.score is, per manifest model.score value (the app's axis titles and the report read it from here).

@@ -15,6 +15,10 @@ import numpy as np
 ALPHA = 0.05  # family-wise error rate: a Holm-corrected p below it is significant
 MARKS: tuple[tuple[float, str], ...] = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 STARS_LEGEND = "* p<0.05  ** p<0.01  *** p<0.001 (Holm-corrected)"
+# Below this many queries no test earns a star: a t-test over a handful of queries rests on normality it cannot check,
+# and the question (does the effect replicate over queries?) has too few replicates to answer. Tests are still stored.
+MIN_QUERIES = 10
+FEW_QUERIES_WARNING = f"fewer than {MIN_QUERIES} queries: no significance stars are shown (too few replicates)"
 
 
 def holm(pvalues: Sequence[float | None] | np.ndarray) -> np.ndarray:
@@ -35,9 +39,10 @@ def _missing(p: float | None) -> bool:
     return p is None or (isinstance(p, float) and np.isnan(p))
 
 
-def stars(p: float | None, *, not_significant: str = "") -> str:
-    """``***``, ``**``, ``*`` for a corrected p below 0.001, 0.01, 0.05; ``not_significant`` otherwise; "" when untested."""
-    if _missing(p):
+def stars(p: float | None, *, not_significant: str = "", n_queries: int | None = None) -> str:
+    """``***``, ``**``, ``*`` for a corrected p below 0.001, 0.01, 0.05; ``not_significant`` otherwise; "" when untested
+    or when the test rests on fewer than ``MIN_QUERIES`` queries (``n_queries`` given)."""
+    if _missing(p) or (n_queries is not None and n_queries < MIN_QUERIES):
         return ""
     for level, mark in MARKS:
         if p < level:
@@ -101,6 +106,28 @@ def bootstrap_over_queries(statistic, n_queries: int, *, n_resamples: int = BOOT
         warnings.simplefilter("ignore", RuntimeWarning)  # a variant undefined in every resample: NaN, said by NaN
         low, high = np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
     return estimate, low, high
+
+
+def paired_over_queries(differences: np.ndarray) -> dict[str, np.ndarray]:
+    """The paired test over queries of per-query differences ``differences`` [..., n_queries] (one value per query
+    that has both groups; a NaN row gives NaN): mean, sd (ddof=1), the standardised effect d_z = mean / sd and a
+    two-sided one-sample t-test of the mean against 0, which is the paired t-test of the two groups' per-query means.
+    t, p and d_z are NaN below 2 queries or where every query has the same difference (sd = 0)."""
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=np.float64)
+    n = d.shape[-1]
+    mean = d.mean(axis=-1) if n else np.full(d.shape[:-1], np.nan)
+    if n < 2:
+        nan = np.full(d.shape[:-1], np.nan)
+        return {"mean": mean, "sd": nan, "d_z": nan, "t": nan, "p": nan}
+    sd = d.std(axis=-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        defined = sd > 1e-12 * np.maximum(np.abs(mean), 1e-300)
+        t = np.where(defined, mean / (sd / np.sqrt(n)), np.nan)
+        d_z = np.where(defined, mean / sd, np.nan)
+    p = np.where(np.isnan(t), np.nan, 2.0 * stats.t.sf(np.abs(np.nan_to_num(t)), n - 1))
+    return {"mean": mean, "sd": sd, "d_z": d_z, "t": t, "p": p}
 
 
 def query_sums(values: np.ndarray, query_index: np.ndarray, n_queries: int) -> np.ndarray:

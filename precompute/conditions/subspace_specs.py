@@ -1,8 +1,8 @@
 """QK-subspace conditions (the paper's open question 3): ``qk:<layer>.<head>:k<k>/remove`` removes the top-k
 singular components of one head's W_Q W_K^T inside the attention function, ``.../scale=<f>`` multiplies them by f
 (:mod:`precompute.analyses.subspace`). ``--ablations subspace`` runs every head of ``--subspace-heads`` (``top:5`` = the five
-heads with the largest Cohen's d of ``q_d`` for relevant vs easy negatives in ``head_contrasts``, or a list such as
-``3.5,4.1``) x ``--subspace-k`` (default 1-4) x ``--subspace-ops`` (default remove, scale=2).
+heads with the largest query-level effect (d_z) of ``q_d`` for relevant vs easy negatives in ``head_contrasts``, or a
+list such as ``3.5,4.1``) x ``--subspace-k`` (default 1-4) x ``--subspace-ops`` (default remove, scale=2).
 """
 
 from __future__ import annotations

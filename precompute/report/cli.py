@@ -10,7 +10,8 @@ from pathlib import Path
 from precompute.cli import OneLineParser
 from precompute.metrics import METRICS
 from precompute.console import first_line
-from precompute.report import compare
+from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
+from precompute.report import compare, head_tables, lexical_tables
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
 
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default=",".join(kind_order()), help=f"comma-separated: {', '.join(kind_order())}. "
                    "Default: all present")
     p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
+    p.add_argument("--contrasts", default=DEFAULT_CONTRASTS, metavar="A:B,...",
+                   help="pairs of conditions compared directly, query by query (paired t-test of the measure, "
+                   "bootstrap intervals of the ranking statistics): condition names over all layers or condition ids. "
+                   "Default: %(default)s (titled Q->D vs D->Q)")
     p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
                    "tables. Default: %(default)s")
     c = p.add_argument_group("comparing two runs", "Instead of RUN's tables: RUN and OTHER's per-layer profiles of one "
@@ -107,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             manifest, measure, rows = load(args.run, args.measure, args.scope)
             modes = [args.mode] if args.mode else None
-            sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
+            try:
+                contrasts = parse_contrasts(args.contrasts)
+            except ValueError as err:
+                raise ReportError(str(err)) from err
+            sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
+            con = reader.connection
+            seed = manifest.identity.seed or 0
+            lines = head_tables.render(con) + head_tables.alignment_lines(con, seed) + lexical_tables.render(con, seed)
+            sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.write(patching_summary.render(reader, manifest.model.segment_labels))
         sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:

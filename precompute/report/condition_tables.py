@@ -51,8 +51,11 @@ def _sort_key(row: dict):
 
 
 def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict], kinds: list[str],
-           modes: list[str] | None, sort: str = "name") -> str:
-    """The report of ``rows`` (ablation_summary rows of one scope and measure) for a run's typed ``manifest``."""
+           modes: list[str] | None, sort: str = "name", contrasts: list[tuple[str, str]] | None = None) -> str:
+    """The report of ``rows`` (ablation_summary rows of one scope and measure) for a run's typed ``manifest``, with the
+    query-level Table 1 and the direct comparisons ``contrasts`` (report.ranking_tables) after the direction and
+    group tables."""
+    from precompute.statistics import FEW_QUERIES_WARNING, MIN_QUERIES
     from precompute.conditions import analyses, kind_of
     from precompute.names import NEG_TYPES
     from precompute.store.manifest import AblationsInfo
@@ -79,6 +82,8 @@ def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict
            if len(families) > 1 else f"across the run's {sum(families.values())} tested conditions")
         + "; * p<0.05  ** p<0.01  *** p<0.001 (corrected)",
     ]
+    if base["n_queries"] < MIN_QUERIES:
+        out.append(f"Warning   {FEW_QUERIES_WARNING}")
     present = [k for k in kind_order() if k in kinds and any(r["kind"] == k for r in rows)]
     if not present:
         out += ["", f"(no conditions of kind {', '.join(kinds)} in this run)"]
@@ -102,6 +107,12 @@ def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict
             out += _subspace_table(sel, root, measure)
         else:
             out += _id_table(sel, measure)
+    if contrasts is not None and any(k in ("direction", "group") for k in present):
+        from precompute.report import ranking_tables
+        from precompute.store.connect import connect
+
+        out += ranking_tables.render(connect(Path(root)), rows, measure, scope, contrasts, manifest.identity.seed or 0,
+                                     _label)
     if ab.refused:
         out += ["", f"Refused before the run ({len(ab.refused)}): they remove only directions a causal model cannot "
                 "attend (into a later segment), so they would change nothing; not in any Holm family", "  " +
@@ -127,7 +138,7 @@ def _list_table(rows: list[dict], measure: str, sort: str) -> list[str]:
     for r in rows:
         lines.append(
             f"{_label(r):<{width}}  {r['layers']:<6}  {r['mode']:<4}  {r['mean']:>8.4f}  {r['delta']:>+8.4f}  "
-            f"{mark(r['p_holm']):<3}  {_fmt_p(r['p']):>7}  {_fmt_p(r['p_holm']):>7}"
+            f"{mark(r['p_holm'], n_queries=r['n_queries']):<3}  {_fmt_p(r['p']):>7}  {_fmt_p(r['p_holm']):>7}"
         )
     return lines
 
@@ -135,7 +146,7 @@ def _list_table(rows: list[dict], measure: str, sort: str) -> list[str]:
 def _cell(r: dict | None) -> str:
     if r is None:
         return ""
-    return f"{r['delta']:+.3f}{mark(r['p_holm'])}"
+    return f"{r['delta']:+.3f}{mark(r['p_holm'], n_queries=r['n_queries'])}"
 
 
 def _target_label(mode: str, name: str) -> str:
@@ -175,7 +186,7 @@ def _id_table(rows: list[dict], measure: str) -> list[str]:
     width = max(len("condition"), *(len(r["condition_id"]) for r in rows))
     head = f"{'condition':<{width}}  {measure:>8}  {'delta':>8}  {'sig':<3}  {'p':>7}  {'p_holm':>7}"
     return [head, "-" * len(head)] + [
-        f"{r['condition_id']:<{width}}  {r['mean']:>8.4f}  {r['delta']:>+8.4f}  {mark(r['p_holm']):<3}  "
+        f"{r['condition_id']:<{width}}  {r['mean']:>8.4f}  {r['delta']:>+8.4f}  {mark(r['p_holm'], n_queries=r['n_queries']):<3}  "
         f"{_fmt_p(r['p']):>7}  {_fmt_p(r['p_holm']):>7}" for r in sorted(rows, key=lambda r: r["condition_id"])]
 
 
@@ -190,7 +201,7 @@ def _component_tables(rows: list[dict], measure: str, labels: dict[str, str]) ->
     order = lambda r: (r["mode"], r["layer"] if r["layer"] is not None else -1, _component_order(r))  # noqa: E731
     for r in sorted(rows, key=order):
         lines.append(f"{r['condition_id']:<{width}}  {_component_label(r, labels):<28}  {r['mean']:>8.4f}  "
-                     f"{r['delta']:>+8.4f}  {mark(r['p_holm']):<3}  {_fmt_p(r['p']):>7}  {_fmt_p(r['p_holm']):>7}")
+                     f"{r['delta']:>+8.4f}  {mark(r['p_holm'], n_queries=r['n_queries']):<3}  {_fmt_p(r['p']):>7}  {_fmt_p(r['p_holm']):>7}")
     single = [r for r in rows if r["layer"] is not None]
     if single:
         layers = sorted({r["layer"] for r in single})
@@ -209,7 +220,7 @@ def _subspace_table(rows: list[dict], root: Path | str, measure: str) -> list[st
 
     con = connect(Path(root))
     effects: dict[str, dict[str, float]] = {}
-    if "subspace_effects" in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+    if "subspace_effects" in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}:
         for cid, metric, delta in con.execute("SELECT condition_id, metric, delta FROM subspace_effects").fetchall():
             effects.setdefault(cid, {})[metric] = delta
     shown = ("q_d", "d_q", "q_d_exact")
@@ -222,7 +233,7 @@ def _subspace_table(rows: list[dict], root: Path | str, measure: str) -> list[st
 
         other = [abs(v) for k, v in e.items() if k in DIRECTIONS and k not in shown and v is not None]
         cells = "  ".join(f"{e[m]:>+11.4f}" if e.get(m) is not None else f"{'n/a':>11}" for m in shown)
-        lines.append(f"{r['condition_id']:<22}  {r['mean']:>8.4f}  {r['delta']:>+8.4f}  {mark(r['p_holm']):<3}  {cells}  "
+        lines.append(f"{r['condition_id']:<22}  {r['mean']:>8.4f}  {r['delta']:>+8.4f}  {mark(r['p_holm'], n_queries=r['n_queries']):<3}  {cells}  "
                      f"{max(other, default=float('nan')):>13.4f}")
     return lines
 

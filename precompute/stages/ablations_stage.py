@@ -35,7 +35,8 @@ def _kernel(ctx) -> str:
 
 
 def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
-    """The heads of the 'subspace' set: those listed, or the top N by Cohen's d of q_d, relevant vs easy negatives."""
+    """The heads of the 'subspace' set: those listed, or the top N by the query-level effect of q_d, relevant vs easy
+    negatives (d_z; the mean per-query difference breaks ties and ranks alone where d_z is undefined: one query)."""
     from precompute.conditions.subspace_specs import ALIGNED_KIND, SUBSPACE_KIND, TOP_CONTRAST, TOP_METRIC
 
     if not {SUBSPACE_KIND.condition_set, ALIGNED_KIND.condition_set} & set(request.asked_sets()):
@@ -50,7 +51,8 @@ def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
 
     path = literal(ctx.writer.table_path("head_contrasts"))
     rows = duckdb.sql(f"SELECT layer, head FROM read_parquet({path}) WHERE contrast = '{TOP_CONTRAST}' AND metric = "
-                      f"'{TOP_METRIC}' AND cohen_d IS NOT NULL ORDER BY cohen_d DESC, layer, head LIMIT {target}")
+                      f"'{TOP_METRIC}' AND effect IS NOT NULL ORDER BY effect_dz DESC NULLS LAST, effect DESC, layer, head "
+                      f"LIMIT {target}")
     return [(int(layer), int(head)) for layer, head in rows.fetchall()]
 
 

@@ -1,4 +1,5 @@
-"""The contrasts stage: matching-head statistics, relevant vs easy and hard negatives (table ``head_contrasts``)."""
+"""The contrasts stage: matching-head statistics, relevant vs easy and hard negatives and hard vs easy, tested over
+queries (table ``head_contrasts``)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,21 @@ from precompute import crash
 from precompute.stages.base import Stage
 from precompute.store.manifest import ContrastsInfo
 
-TEST = "Mann-Whitney U, two-sided, Holm per contrast"
+TEST = ("paired t-test over queries (per-query group means), two-sided, Holm per contrast; 95% percentile bootstrap "
+        "over queries; pooled Mann-Whitney U descriptive only")
 
 
 class Contrasts(Stage):
     name = "contrasts"
     tables = ("head_contrasts",)
-    needs = ("pairs", "head_attention")
-    rebuildable = ("head_contrasts",)  # from pairs and head_attention
+    needs = ("pairs", "head_attention", "head_attention_agg")
+    rebuildable = ("head_contrasts",)  # from pairs, head_attention and head_attention_agg
 
     def compute(self, ctx) -> None:
         from precompute.analyses.contrasts import contrasts_table
         from precompute.store.connect import connect
 
-        ctx.writer.write_table("head_contrasts", contrasts_table(connect(ctx.writer.root)))
+        ctx.writer.write_table("head_contrasts", contrasts_table(connect(ctx.writer.root), seed=ctx.cfg.seed))
         crash.point("contrasts.written")
 
     def record(self, ctx) -> None:

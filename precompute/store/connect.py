@@ -11,6 +11,10 @@ paths) so the DuckDB CLI reaches them from any working directory::
 
     duckdb -readonly data/store/dl20__minilm-l6-msmarco-ce/atlas.duckdb -c "SELECT count(*) FROM pairs"
 
+Stores of schema version 5 and older hold pooled pair-level head_contrasts (a Mann-Whitney p in ``p``): their
+``head_contrasts`` view has this version's columns, the query-level ones NULL and that p as ``pooled_p``, so no
+star is ever drawn from a pooled test.
+
 Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``, ``analysis``, ``component``,
 ``segment``, ``k``, ...) as columns: here, and only here, their ``ablation_conditions``, ``ablation_summary`` and
 ``ablation_metrics`` views get those columns, each condition's parts parsed from its stored id by its registered kind
@@ -33,7 +37,7 @@ from pathlib import Path
 
 from precompute.metrics import MATCHING_METRICS, METRICS
 from precompute.names import DIRECTIONS
-from precompute.statistics import ALPHA
+from precompute.statistics import ALPHA, MIN_QUERIES
 from precompute.store import layout
 from precompute.store.schema import TABLES
 from precompute.store.sql import literal
@@ -44,21 +48,21 @@ CATALOG = "atlas.duckdb"
 CANDIDATE_METRICS: tuple[str, ...] = ("q_d", "d_q", *MATCHING_METRICS)
 
 _CANDIDATES_SQL = """
-SELECT contrast, layer, head, metric, cohen_d, diff, mean_a, mean_b, p_holm, n_significant,
-       row_number() OVER (PARTITION BY contrast ORDER BY cohen_d DESC, layer, head) AS rank
+SELECT contrast, layer, head, metric, n_queries, effect, effect_low, effect_high, effect_dz, p_holm, n_significant,
+       row_number() OVER (PARTITION BY contrast ORDER BY effect_dz DESC, layer, head) AS rank
 FROM (
     SELECT *,
            count(*) OVER (PARTITION BY contrast, layer, head) AS n_significant,
-           row_number() OVER (PARTITION BY contrast, layer, head ORDER BY cohen_d DESC, metric) AS best
+           row_number() OVER (PARTITION BY contrast, layer, head ORDER BY effect_dz DESC, metric) AS best
     FROM head_contrasts
-    WHERE metric IN ({metrics}) AND p_holm < {alpha} AND cohen_d > 0
+    WHERE metric IN ({metrics}) AND n_queries >= {min_queries} AND p_holm < {alpha} AND effect > 0
 )
 WHERE best = 1
 """
 
 
 def candidates_sql(metrics: tuple[str, ...]) -> str:
-    return _CANDIDATES_SQL.format(metrics=", ".join(f"'{m}'" for m in metrics), alpha=ALPHA)
+    return _CANDIDATES_SQL.format(metrics=", ".join(f"'{m}'" for m in metrics), alpha=ALPHA, min_queries=MIN_QUERIES)
 
 
 # The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
@@ -102,6 +106,7 @@ def _statements(run: Path) -> list[str]:
     tables = {name: f"SELECT * FROM {layout.scan_sql(where, name)}" for name, where in present.items()}
     tables.update(_condition_part_views(run, list(present)))
     tables.update(_patching_views(run, list(present)))
+    tables.update(_contrasts_view(run, list(present)))
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items()
             if set(needs) <= set(present) and name not in present]
@@ -237,6 +242,19 @@ def _columns(path: Path) -> set[str]:
     import pyarrow.parquet as pq
 
     return set(pq.read_schema(path).names)
+
+
+def _contrasts_view(run: Path, present: list[str]) -> dict[str, str]:
+    """head_contrasts of a store of schema version 5 or older in this version's form (module docstring); {} for a
+    current store or one without the table."""
+    if "head_contrasts" not in present or "n_queries" in _columns(run / "head_contrasts.parquet"):
+        return {}
+    path = literal(run / "head_contrasts.parquet")
+    nulls = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in (
+        ("n_queries", "INTEGER"), ("effect", "DOUBLE"), ("effect_low", "DOUBLE"), ("effect_high", "DOUBLE"),
+        ("effect_dz", "DOUBLE"), ("t", "DOUBLE"), ("p", "DOUBLE"), ("p_holm", "DOUBLE"), ("n_resamples", "INTEGER")))
+    return {"head_contrasts": f"SELECT layer, head, metric, contrast, {nulls}, n_a, n_b, mean_a, mean_b, diff, cohen_d, u, "
+                              f"p AS pooled_p FROM read_parquet({path})"}
 
 
 def _patching_views(run: Path, present: list[str]) -> dict[str, str]:

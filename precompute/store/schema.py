@@ -14,7 +14,7 @@ import pyarrow as pa
 from precompute.metrics import METRICS, SUMMARY_METRICS
 from precompute.names import SEGMENTS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Versions this checkout reads. Version 2 added decoder_cross_attention, made the summary metrics nullable (NULL
 # where a metric is undefined: directions a causal model cannot attend, empty template segments) and the model
 # family to the manifest; a version-1 store is a version-2 store without NULLs or the new table. Version 3 stores a
@@ -28,7 +28,10 @@ SCHEMA_VERSION = 5
 # subspace_effects; stores of versions 1 to 4 hold head_attention as one file and no subspace_effects (its view
 # computes it). Readers tell the layouts apart by what is on disk; the version tells an older reader, which would
 # find no head_attention.parquet, that the store is newer than it.
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
+# Version 6 (issue 18): head_contrasts tests over queries (n_queries, effect and its interval, effect_dz, t, paired p
+# and p_holm), the pooled Mann-Whitney p moved to pooled_p, contrast 'hard_vs_easy'; connect shows older
+# head_contrasts in this form with the query-level columns NULL (no stars from pooled tests).
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
 
 
 # The store's Arrow types as DuckDB names them (casts in merges, the partition column of a Hive-style folder).
@@ -302,22 +305,42 @@ HEAD_CONTRASTS = Table(
     name="head_contrasts",
     grain="one row per layer x head x metric x contrast",
     sort_key=("contrast", "metric", "layer", "head"),
-    doc="Matching-head statistics: how each head's summary metric differs between relevant passages and negatives.",
+    doc="Matching-head statistics: how each head's summary metric differs between two kinds of pairs, query by query "
+    "(the query is the unit: effect, interval and test are over queries), with pooled pair-level numbers kept as a "
+    "description only. See 'Statistics' below.",
     columns=(
         Column("layer", pa.int8(), "Layer, 0-based.", bounds=COUNT),
         Column("head", pa.int8(), "Head, 0-based.", bounds=COUNT),
         Column("metric", pa.string(), "A head_attention metric column (e.g. 'q_d', 'q2d_max', 'q_d_exact')."),
-        Column("contrast", pa.string(), "'relevant_vs_easy' or 'relevant_vs_hard'."),
-        Column("n_a", pa.int32(), "Relevant pairs.", bounds=COUNT),
-        Column("n_b", pa.int32(), "Negative pairs.", bounds=COUNT),
-        Column("mean_a", pa.float64(), "Mean over relevant pairs.", bounds=UNIT),
-        Column("mean_b", pa.float64(), "Mean over the negatives.", bounds=UNIT),
-        Column("diff", pa.float64(), "mean_a - mean_b.", bounds=(-1.0, 1.0)),
-        Column("cohen_d", pa.float64(), "Cohen's d (pooled standard deviation); NULL when both groups are constant.", nullable=True),
-        Column("u", pa.float64(), "Mann-Whitney U statistic of the relevant group.", bounds=(0, None)),
-        Column("p", pa.float64(), "Two-sided Mann-Whitney p-value.", bounds=UNIT),
-        Column("p_holm", pa.float64(), "p after Holm correction across all layers x heads x metrics of the contrast.",
-               bounds=UNIT),
+        Column("contrast", pa.string(), "'relevant_vs_easy', 'relevant_vs_hard' or 'hard_vs_easy' (group a vs group b; "
+               "names.CONTRASTS). Schema-version-4 and older stores have no 'hard_vs_easy'."),
+        Column("n_queries", pa.int32(), "Queries with pairs of both groups: what effect, interval and test rest on. "
+               "NULL in stores of schema version 5 and older (pooled tests only).", nullable=True, bounds=COUNT),
+        Column("effect", pa.float64(), "Mean over those queries of (mean of the metric over the query's group-a "
+               "pairs - the same over its group-b pairs). NULL in older stores.", nullable=True, bounds=(-1.0, 1.0)),
+        Column("effect_low", pa.float64(), "Lower end of the 95% percentile bootstrap interval of effect, resampling "
+               "queries (n_resamples, seeded with the run's seed).", nullable=True, bounds=(-1.0, 1.0)),
+        Column("effect_high", pa.float64(), "Upper end of that interval.", nullable=True, bounds=(-1.0, 1.0)),
+        Column("effect_dz", pa.float64(), "Standardised effect d_z = effect / sd of the per-query differences "
+               "(ddof=1); NULL below 2 queries or when the sd is 0.", nullable=True),
+        Column("t", pa.float64(), "Paired t statistic over queries (per-query group means), n_queries - 1 degrees of "
+               "freedom; NULL where effect_dz is.", nullable=True),
+        Column("p", pa.float64(), "Two-sided p-value of that paired t-test; NULL where untested. (Schema version 4 "
+               "and older: read as pooled_p, and p is NULL.)", nullable=True, bounds=UNIT),
+        Column("p_holm", pa.float64(), "p after Holm correction across all layers x heads x metrics of the contrast "
+               "(untested rows not counted). Stars need n_queries >= 10.", nullable=True, bounds=UNIT),
+        Column("n_resamples", pa.int32(), "Bootstrap resamples behind effect_low and effect_high.", nullable=True,
+               bounds=COUNT),
+        Column("n_a", pa.int32(), "Pairs of group a in the run (pooled, descriptive).", bounds=COUNT),
+        Column("n_b", pa.int32(), "Pairs of group b in the run (pooled, descriptive).", bounds=COUNT),
+        Column("mean_a", pa.float64(), "Mean over group-a pairs, pooled across queries (descriptive).", bounds=UNIT),
+        Column("mean_b", pa.float64(), "Mean over group-b pairs, pooled across queries (descriptive).", bounds=UNIT),
+        Column("diff", pa.float64(), "mean_a - mean_b (pooled, descriptive).", bounds=(-1.0, 1.0)),
+        Column("cohen_d", pa.float64(), "Cohen's d over pooled pairs (pooled standard deviation; descriptive: pairs of "
+               "one query are not independent); NULL when both groups are constant.", nullable=True),
+        Column("u", pa.float64(), "Mann-Whitney U statistic of group a over pooled pairs (descriptive).", bounds=(0, None)),
+        Column("pooled_p", pa.float64(), "Two-sided Mann-Whitney p-value over pooled pairs, uncorrected: descriptive "
+               "only, it treats pairs as independent; never starred.", nullable=True, bounds=UNIT),
     ),
 )
 

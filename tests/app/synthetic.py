@@ -480,6 +480,8 @@ def _write_contrasts(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame) -> Non
     ha = ha.assign(neg_type=kind.reindex(ha["pair_id"]).to_numpy())
     rows = []
     for contrast, other in (("relevant_vs_easy", "easy"), ("relevant_vs_hard", "hard")):
+        kinds = pairs.groupby("qid")["neg_type"].agg(set)
+        n_queries = int(sum({"relevant", other} <= k for k in kinds))
         for (layer, head), g in ha.groupby(["layer", "head"]):
             a_all, b_all = g[g["neg_type"] == "relevant"], g[g["neg_type"] == other]
             for m in METRICS:
@@ -489,15 +491,20 @@ def _write_contrasts(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame) -> Non
                 sd = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
                 d = (a.mean() - b.mean()) / sd if sd > 0 else None
                 u = float(sum((x > y) + 0.5 * (x == y) for x in a for y in b))
-                rows.append(dict(layer=layer, head=head, metric=m, contrast=contrast, n_a=len(a), n_b=len(b),
-                                 mean_a=a.mean(), mean_b=b.mean(), diff=a.mean() - b.mean(), cohen_d=d, u=u,
-                                 p=float(_fake_p(np.array([3 * (d or 0)]))[0])))
+                diff = a.mean() - b.mean()
+                p = float(_fake_p(np.array([3 * (d or 0)]))[0])
+                rows.append(dict(layer=layer, head=head, metric=m, contrast=contrast, n_queries=n_queries,
+                                 effect=diff, effect_low=diff - 0.01, effect_high=diff + 0.01, effect_dz=d, t=None, p=p,
+                                 n_resamples=1000, n_a=len(a), n_b=len(b), mean_a=a.mean(), mean_b=b.mean(), diff=diff,
+                                 cohen_d=d, u=u, pooled_p=p))
     df = pd.DataFrame(rows)
     df["p_holm"] = 0.0
     for contrast, idx in df.groupby("contrast").groups.items():
         df.loc[idx, "p_holm"] = _holm(df.loc[idx, "p"].to_numpy())
-    df["cohen_d"] = pd.array(df["cohen_d"], dtype="Float64")
-    w.write_table("head_contrasts", pa.Table.from_pandas(df, preserve_index=False))
+    for column in ("cohen_d", "effect_dz", "t"):
+        df[column] = pd.array(df[column], dtype="Float64")
+    schema = TABLES["head_contrasts"].schema
+    w.write_table("head_contrasts", pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False))
 
 
 def build_store(store: Path) -> Path:

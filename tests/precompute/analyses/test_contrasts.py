@@ -1,30 +1,34 @@
-"""head_contrasts on a tiny store with a planted matching head, checked against numpy and scipy per head."""
+"""head_contrasts on tiny stores with a planted matching head, checked against numpy and scipy per head: the query-level
+test (per-query differences, paired t, bootstrap over queries) and the pooled description."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, ttest_rel
 
 from precompute.analyses.contrasts import CONTRASTS, candidate_heads, compare, contrasts_table, holm
 from precompute.metrics import METRICS
+from precompute.stages.aggregate_stage import aggregate_pieces
+from precompute.statistics import stars
 from precompute.store.connect import connect
 from precompute.store.schema import HEAD_CONTRASTS, PAIRS
 from precompute.store.writer import RunWriter
 
 LAYERS, HEADS = 2, 3
-GROUPS = {"relevant": 14, "hard": 11, "easy": 17, "unjudged": 3}  # unjudged pairs must be left out
-PLANTED = (1, 2, "q_d")  # relevant pairs get much more Q->D mass on layer 1, head 2
+QUERIES = 12
+GROUPS = {"relevant": 2, "hard": 2, "easy": 3, "unjudged": 1}  # per query; unjudged pairs must be left out
+PLANTED = (1, 2, "q_d")  # relevant pairs get much more Q->D mass on layer 1, head 2, in every query
 
 
-def _pairs(neg_types: list[str]) -> pa.Table:
+def _pairs(neg_types: list[str], qids: list[str] | None = None) -> pa.Table:
     n = len(neg_types)
     grade = {"relevant": 2, "hard": 0, "easy": -1, "unjudged": -1}
     return pa.table(
         {
             "pair_id": np.arange(n, dtype=np.int32),
-            "qid": ["q1"] * n,
+            "qid": qids or ["q1"] * n,
             "docid": [f"d{i}" for i in range(n)],
             "query": ["a query"] * n,
             "doc": ["a passage"] * n,
@@ -55,21 +59,30 @@ def _head_attention(neg_types: list[str], rng: np.random.Generator) -> pa.Table:
     return pa.table({"pair_id": pair.astype(np.int32), "layer": layer.astype(np.int8), "head": head.astype(np.int8), **columns})
 
 
+def _write(root, neg_types: list[str], qids: list[str], heads: pa.Table) -> None:
+    """A run folder with pairs, head_attention and the head_attention_agg the job sums from them."""
+    writer = RunWriter(root)
+    writer.write_table("pairs", _pairs(neg_types, qids))
+    writer.write_table("head_attention", heads)
+    writer.write_pieces("head_attention_agg", aggregate_pieces(writer.table_files("head_attention"), writer.table_path("pairs")))
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     rng = np.random.default_rng(0)
-    neg_types = [t for t, n in GROUPS.items() for _ in range(n)]
-    neg_types = list(rng.permutation(neg_types))  # groups interleaved in pair_id order
+    neg_types, qids = [], []
+    for q in range(QUERIES):
+        kinds = list(rng.permutation([t for t, n in GROUPS.items() for _ in range(n)]))  # groups interleaved
+        neg_types += kinds
+        qids += [f"q{q:02d}"] * len(kinds)
     root = tmp_path_factory.mktemp("run")
-    writer = RunWriter(root)
-    writer.write_table("pairs", _pairs(neg_types))
-    writer.write_table("head_attention", _head_attention(neg_types, rng))
-    return root, np.array(neg_types)
+    _write(root, neg_types, qids, _head_attention(neg_types, rng))
+    return root, np.array(neg_types), np.array(qids)
 
 
 @pytest.fixture(scope="module")
 def table(store):
-    return contrasts_table(connect(store[0]))
+    return contrasts_table(connect(store[0]), n_resamples=200)
 
 
 def _values(con, metric: str, layer: int, head: int) -> np.ndarray:
@@ -83,13 +96,15 @@ def test_table_shape_and_schema(table):
     assert table.num_rows == len(CONTRASTS) * len(METRICS) * LAYERS * HEADS
     rows = table.to_pylist()
     assert {r["contrast"] for r in rows} == set(CONTRASTS)
-    assert {(r["n_a"], r["n_b"]) for r in rows if r["contrast"] == "relevant_vs_easy"} == {(14, 17)}
-    assert {(r["n_a"], r["n_b"]) for r in rows if r["contrast"] == "relevant_vs_hard"} == {(14, 11)}
+    n = {kind: QUERIES * count for kind, count in GROUPS.items()}
+    assert {(r["n_a"], r["n_b"]) for r in rows if r["contrast"] == "relevant_vs_easy"} == {(n["relevant"], n["easy"])}
+    assert {(r["n_a"], r["n_b"]) for r in rows if r["contrast"] == "relevant_vs_hard"} == {(n["relevant"], n["hard"])}
+    assert {(r["n_queries"], r["n_resamples"]) for r in rows} == {(QUERIES, 200)}
 
 
 @pytest.mark.parametrize("metric", ["q_d", "d2q_max", "sep2_cls"])
-def test_statistics_match_numpy_and_scipy_per_head(store, table, metric):
-    root, neg_types = store
+def test_pooled_statistics_match_numpy_and_scipy_per_head(store, table, metric):
+    root, neg_types, _ = store
     rows = [r for r in table.to_pylist() if r["metric"] == metric]
     assert len(rows) == len(CONTRASTS) * LAYERS * HEADS
     con = connect(root)
@@ -107,13 +122,34 @@ def test_statistics_match_numpy_and_scipy_per_head(store, table, metric):
             assert r["cohen_d"] == pytest.approx((a.mean() - b.mean()) / pooled, rel=1e-10)
         expected = mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
         assert r["u"] == expected.statistic
-        assert r["p"] == pytest.approx(expected.pvalue, rel=1e-12)
+        assert r["pooled_p"] == pytest.approx(expected.pvalue, rel=1e-12)
 
 
-def test_constant_head_has_null_cohen_d(table):
+@pytest.mark.parametrize("metric", ["q_d", "sep2_cls"])
+def test_query_level_statistics_match_scipy_per_head(store, table, metric):
+    """effect = mean over queries of per-query group-mean differences; t and p = scipy's paired t-test of the per-query
+    group means; the interval holds the effect."""
+    root, neg_types, qids = store
+    con = connect(root)
+    for r in (r for r in table.to_pylist() if r["metric"] == metric):
+        x = _values(con, metric, r["layer"], r["head"])
+        a_type, b_type = CONTRASTS[r["contrast"]]
+        queries = sorted(set(qids))
+        a = np.array([x[(qids == q) & (neg_types == a_type)].mean() for q in queries])
+        b = np.array([x[(qids == q) & (neg_types == b_type)].mean() for q in queries])
+        assert r["effect"] == pytest.approx((a - b).mean(), rel=1e-9, abs=1e-12)
+        expected = ttest_rel(a, b)
+        assert r["t"] == pytest.approx(expected.statistic, rel=1e-6)
+        assert r["p"] == pytest.approx(expected.pvalue, rel=1e-6)
+        assert r["effect_dz"] == pytest.approx((a - b).mean() / (a - b).std(ddof=1), rel=1e-6)
+        assert r["effect_low"] <= r["effect"] <= r["effect_high"]
+
+
+def test_constant_head_has_null_cohen_d_and_no_test(table):
     constant = [r for r in table.to_pylist() if (r["metric"], r["layer"], r["head"]) == ("d2q_max", 0, 0)]
-    assert len(constant) == 2
-    assert all(r["cohen_d"] is None and r["diff"] == 0 and r["p"] == 1 for r in constant)
+    assert len(constant) == len(CONTRASTS)
+    assert all(r["cohen_d"] is None and r["diff"] == 0 and r["pooled_p"] == 1 for r in constant)
+    assert all(r["effect"] == 0 and r["p"] is None and r["p_holm"] is None and r["effect_dz"] is None for r in constant)
 
 
 def test_holm_by_hand():
@@ -126,9 +162,10 @@ def test_holm_by_hand():
 def test_p_holm_is_holm_over_each_contrast(table):
     for contrast in CONTRASTS:
         rows = [r for r in table.to_pylist() if r["contrast"] == contrast]
+        assert len(rows) == len(METRICS) * LAYERS * HEADS
+        rows = [r for r in rows if r["p"] is not None]  # untested rows are not in the family
         p = np.array([r["p"] for r in rows])
         m = len(p)
-        assert m == len(METRICS) * LAYERS * HEADS
         order = np.argsort(p, kind="stable")
         expected = np.empty(m)
         running = 0.0
@@ -142,11 +179,11 @@ def test_planted_head_is_the_top_candidate(store, table):
     root = store[0]
     RunWriter(root).write_table("head_contrasts", table)
     con = connect(root)
-    for contrast in CONTRASTS:
+    for contrast in ("relevant_vs_easy", "relevant_vs_hard"):
         top = candidate_heads(con, contrast=contrast)
         assert (top.loc[0, "layer"], top.loc[0, "head"], top.loc[0, "metric"]) == PLANTED
-        assert top.loc[0, "rank"] == 1 and top.loc[0, "p_holm"] < 0.05 and top.loc[0, "cohen_d"] > 0
-        assert (top["p_holm"] < 0.05).all() and (top["cohen_d"] > 0).all()
+        assert top.loc[0, "rank"] == 1 and top.loc[0, "p_holm"] < 0.05 and top.loc[0, "effect"] > 0
+        assert (top["p_holm"] < 0.05).all() and (top["effect"] > 0).all() and (top["n_queries"] == QUERIES).all()
     assert candidate_heads(con, metric="q2d_max").empty  # random noise: nothing survives Holm
     with pytest.raises(ValueError, match="contrast"):
         candidate_heads(con, contrast="relevant_vs_all")
@@ -164,12 +201,12 @@ def test_compare_vectorised_over_heads_equals_one_at_a_time():
 
 def test_store_without_easy_negatives_gives_only_hard_contrast(tmp_path):
     neg_types = ["relevant"] * 4 + ["hard"] * 5
-    writer = RunWriter(tmp_path)
-    writer.write_table("pairs", _pairs(neg_types))
-    writer.write_table("head_attention", _head_attention(neg_types, np.random.default_rng(1)))
+    _write(tmp_path, neg_types, ["q1"] * len(neg_types), _head_attention(neg_types, np.random.default_rng(1)))
     table = contrasts_table(connect(tmp_path))
     assert set(table.column("contrast").to_pylist()) == {"relevant_vs_hard"}
     assert table.num_rows == len(METRICS) * LAYERS * HEADS
+    rows = table.to_pylist()  # one query: an effect, no test
+    assert all(r["n_queries"] == 1 and r["p"] is None and r["effect"] is not None for r in rows)
 
 
 @pytest.mark.parametrize("heads_per_block", [1, 5])  # one head at a time; blocks that straddle layers
@@ -179,7 +216,7 @@ def test_heads_read_in_blocks_give_the_same_table(store, table, monkeypatch, hea
 
     n_pairs = len(store[1])
     monkeypatch.setattr(contrasts, "BLOCK_VALUES", heads_per_block * n_pairs)
-    blocked = contrasts_table(connect(store[0]))
+    blocked = contrasts_table(connect(store[0]), n_resamples=200)
     assert blocked.schema.equals(table.schema) and blocked.num_rows == table.num_rows
     for name in table.column_names:  # the same rows; statistics to the last bits numpy's vectorised sums may differ in
         got, want = blocked.column(name).to_numpy(zero_copy_only=False), table.column(name).to_numpy(zero_copy_only=False)
@@ -187,3 +224,96 @@ def test_heads_read_in_blocks_give_the_same_table(store, table, monkeypatch, hea
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
         else:
             assert (got == want).all(), name
+
+
+def _one_head_store(root, effects: dict[str, float], sizes: dict[str, tuple[int, int]], seed: int = 0) -> None:
+    """A one-layer, one-head run: query q gets sizes[q] = (relevant, hard) pairs with q_d ~ U(0, 0.4), its relevant pairs
+    raised by effects[q]."""
+    rng = np.random.default_rng(seed)
+    neg_types, qids, q_d = [], [], []
+    for q, (n_rel, n_hard) in sizes.items():
+        neg_types += ["relevant"] * n_rel + ["hard"] * n_hard
+        qids += [q] * (n_rel + n_hard)
+        q_d += list(rng.uniform(0, 0.4, n_rel) + effects.get(q, 0.0)) + list(rng.uniform(0, 0.4, n_hard))
+    n = len(neg_types)
+    columns = {m: np.full(n, 0.1, dtype=np.float32) for m in METRICS}
+    columns["q_d"] = np.minimum(np.array(q_d), 1.0).astype(np.float32)
+    heads = pa.table({"pair_id": np.arange(n, dtype=np.int32), "layer": np.zeros(n, np.int8), "head": np.zeros(n, np.int8),
+                      **columns})
+    _write(root, neg_types, qids, heads)
+
+
+def _q_d_row(root, **kwargs) -> dict:
+    table = contrasts_table(connect(root), **kwargs)
+    return next(r for r in table.to_pylist() if r["metric"] == "q_d" and r["contrast"] == "relevant_vs_hard")
+
+
+def test_one_query_carrying_the_whole_difference_is_pooled_significant_but_not_over_queries(tmp_path):
+    """Query q00 has 60 relevant pairs raised by 0.3 and 60 hard ones, eleven other queries 2 + 2 pairs and no effect:
+    pooled over pairs the head looks matching (Mann-Whitney p tiny); over queries it is not (one query of 12)."""
+    sizes = {f"q{i:02d}": (60, 60) if i == 0 else (2, 2) for i in range(12)}
+    _one_head_store(tmp_path, {"q00": 0.3}, sizes)
+    r = _q_d_row(tmp_path)
+    assert r["pooled_p"] < 1e-6 and r["cohen_d"] > 0.8  # the pooled test: "significant"
+    assert r["n_queries"] == 12 and r["p"] > 0.05 and r["p_holm"] > 0.05 and stars(r["p_holm"], n_queries=12) == ""
+    assert r["effect_low"] < 0 < r["effect_high"]
+
+
+def test_known_per_query_effect_is_recovered_within_its_interval(tmp_path):
+    sizes = {f"q{i:02d}": (3, 4) for i in range(30)}
+    _one_head_store(tmp_path, {q: 0.1 for q in sizes}, sizes, seed=5)
+    r = _q_d_row(tmp_path)
+    assert r["effect_low"] < 0.1 < r["effect_high"] and r["effect_high"] - r["effect_low"] < 0.1
+    assert r["n_queries"] == 30 and r["p_holm"] < 0.001 and stars(r["p_holm"], n_queries=30) == "***"
+
+
+def test_bootstrap_is_seeded_and_reproducible_byte_for_byte(store):
+    a, b = (contrasts_table(connect(store[0]), n_resamples=100, seed=7) for _ in range(2))
+    for name in ("effect_low", "effect_high"):
+        assert a.column(name).to_numpy().tobytes() == b.column(name).to_numpy().tobytes()
+    other = contrasts_table(connect(store[0]), n_resamples=100, seed=8)
+    assert other.column("effect_low").to_numpy().tobytes() != a.column("effect_low").to_numpy().tobytes()
+
+
+def test_no_stars_below_ten_queries():
+    assert stars(1e-9, n_queries=9) == "" and stars(1e-9, n_queries=10) == "***" and stars(1e-9) == "***"
+
+
+def test_old_pooled_contrasts_show_no_query_level_test():
+    """A schema-1 store's head_contrasts (Mann-Whitney p in p) reads with that p as pooled_p and no query-level test."""
+    from tests.conftest import REPO
+
+    con = connect(REPO / "tests" / "fixtures" / "store-v1" / "tiny-dl__tiny-bert")
+    rows = con.execute("SELECT * FROM head_contrasts").df()
+    assert list(rows.columns) == HEAD_CONTRASTS.column_names
+    assert rows["p"].isna().all() and rows["p_holm"].isna().all() and rows["pooled_p"].notna().all()
+
+
+def test_report_section_shows_queries_intervals_and_what_the_pooled_test_said(store, table):
+    """The report's matching-head section (precompute.report.head_tables) on the 12-query store: the planted head
+    first with its number of queries and stars, the pooled numbers beside it as descriptive."""
+    from precompute.report import head_tables
+
+    root = store[0]
+    RunWriter(root).write_table("head_contrasts", table)
+    lines = head_tables.render(connect(root))
+    assert any(l.startswith("Relevant - easy negatives (12 queries)") and "never starred" in l for l in lines)
+    first = lines[lines.index(next(l for l in lines if l.startswith("Relevant - easy"))) + 3]
+    assert first.split()[:3] == ["1.2", "q_d", "12"] and "***" in first and "pooled, descriptive" in first
+
+
+def test_lexical_by_layer_is_the_mean_over_queries_of_per_query_layer_differences(store):
+    """The report's lexical-vs-semantic table (precompute.report.lexical_tables) against numpy on head_attention."""
+    from precompute.report import lexical_tables
+
+    root, neg_types, qids = store
+    con = connect(root)
+    layers, order, means = lexical_tables.layer_means(con, "q_d_exact")
+    assert layers == list(range(LAYERS)) and order == sorted(set(qids))
+    x = np.stack([np.stack([_values(con, "q_d_exact", layer, h) for h in range(HEADS)]) for layer in range(LAYERS)])
+    for layer in range(LAYERS):
+        per_query = [x[layer][:, (qids == q) & (neg_types == "relevant")].mean() - x[layer][:, (qids == q) & (neg_types == "hard")].mean()
+                     for q in order]
+        np.testing.assert_allclose(means[layer, :, 0] - means[layer, :, 1], per_query, rtol=1e-6)
+    lines = lexical_tables.render(con)
+    assert any("relevant - hard (n_q 12)" in line for line in lines)

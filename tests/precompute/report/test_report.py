@@ -33,7 +33,8 @@ def test_table_one_form(finished, capsys):
     assert "condition" in out and "delta" in out and "Q<->D (cross)" in out and "all 25 (all)" in out and "mine" in out
     cross = connect(root).execute("SELECT mean, delta, p_holm FROM ablation_summary WHERE condition_id = 'cross@all/zero'").fetchone()
     line = next(l for l in out.splitlines() if l.startswith("Q<->D (cross)") and " zero " in l)
-    assert f"{cross[0]:.4f}" in line and f"{cross[1]:+.4f}" in line and report.mark(cross[2]) in line
+    n_queries = connect(root).execute("SELECT count(DISTINCT qid) FROM pairs").fetchone()[0]
+    assert f"{cross[0]:.4f}" in line and f"{cross[1]:+.4f}" in line and report.mark(cross[2], n_queries=n_queries) in line
     assert "Per-layer sweeps" in out and "Q->D /zero" in out and "L2" in out
     assert "Heads" in out and "L1" in out and "H3" in out
 
@@ -47,6 +48,30 @@ def test_filters(finished, capsys):
 
 def test_marks():
     assert [report.mark(p) for p in (None, 0.2, 0.04, 0.009, 0.0001)] == ["", "", "*", "**", "***"]
+    assert report.mark(0.0001, n_queries=9) == "" and report.mark(0.0001, n_queries=10) == "***"
+
+
+def test_fewer_than_ten_queries_no_stars_and_the_direct_test(finished, capsys):
+    """The tiny run has fewer than 10 queries: its header says so, no line carries a star even where a corrected p is
+    below 0.05, and Table 1's query-level part and the direct comparisons are printed."""
+    _, _, root = finished
+    con = connect(root)
+    assert con.execute("SELECT count(DISTINCT qid) FROM pairs").fetchone()[0] < 10
+    assert report.main([str(root), "--contrasts", "q_d:d_q,mine:cross"]) == 0
+    out = capsys.readouterr().out
+    header = out.split("\n\n", 1)[0]
+    assert "fewer than 10 queries" in header
+    manifest, measure, rows = report.load(root, "nDCG@10", "pairs")
+    significant = [{**r, "p_holm": None if r["p_holm"] is None else 1e-5} for r in rows]  # as if every test passed
+    printed = report.render(manifest, root, measure, "pairs", significant, list(report.kind_order()), None)
+    legend = "* p<0.05  ** p<0.01  *** p<0.001"
+    assert not any("*" in l.replace(legend, "").replace("*->", "") for l in printed.splitlines())
+    assert "Table 1, query level" in out and "d PA hard" in out and "nDCG~" in out
+    # the run removes Q->D and D->Q only together (group mine): the default comparison says it has no q_d condition
+    # (the titled row on a run that has both: test_ranking_effects and the reference run in the closing note)
+    assert any(l.startswith("q_d vs d_q") and "no condition 'q_d' in this run" in l for l in out.splitlines())
+    assert any(l.startswith("mine vs cross") for l in out.splitlines())
+    assert report.main([str(root), "--contrasts", "q_d"]) == 2 and "expected A:B" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
