@@ -21,7 +21,7 @@ from precompute.conditions import KERNELS, AblationRequest, check_sets, help_tex
 from precompute.conditions.component_specs import COMPONENT_MODES
 from precompute.evaluation import DEFAULT_MEASURES
 from precompute.names import PATCHING_EXPERIMENTS
-from precompute.pairs import RUN_PREFIX
+from precompute.pairs import CANDIDATES_EXPECTED, is_candidate_source, split_depth
 
 DEFAULT_MODEL = "castorini/monobert-large-msmarco"
 _REQUEST = AblationRequest()  # the defaults of the ablation flags
@@ -69,12 +69,15 @@ class JobConfig:
         help="seed of the easy-negative draw (per query, so --max-queries keeps each query's negatives) and of the cls "
              "patching pairs")
     candidates: str | None = S.setting(
-        None, S.text(expected="run:NAME (a run file runs/NAME.trec of the dataset folder)",
-                     check=lambda v: v.startswith(RUN_PREFIX) and len(v) > len(RUN_PREFIX), malformed=("bm25", "run:")),
-        flag="--candidates", group="data", identity=True, metavar="run:NAME",
-        identity_doc="--candidates run:NAME as given, or null for the judged set.",
-        help="take the pairs from a run file's top --depth (e.g. run:bm25 for runs/bm25.trec) instead of the judged "
-             "set; needed for nDCG over a realistic ranking")
+        None, S.text(expected=CANDIDATES_EXPECTED, check=is_candidate_source,
+                     malformed=("bm25", "run:", "scoreddocs:0", "scoreddocs:x")),
+        flag="--candidates", group="data", identity=True, metavar="SOURCE",
+        identity_doc="The candidate source: run:NAME as given, run:PATH with the file's absolute path, scoreddocs; "
+                     "null for the judged set.",
+        help="take the pairs from a first-stage ranking's top --depth instead of the judged set (needed for nDCG over "
+             "a realistic ranking): run:NAME (runs/NAME.trec of a dataset folder, e.g. run:bm25), run:PATH (any TREC "
+             "run file, e.g. run:/runs/bm25.trec) or scoreddocs (the ranking an ir_datasets dataset ships, e.g. the "
+             "official BM25 top-1000 of dl19/dl20; scoreddocs:K = --depth K)")
     depth: int = S.setting(
         100, S.integer(low=1), flag="--depth", group="data", identity=True, needs="candidates",
         identity_doc="--depth of the candidate run; null without --candidates.",
@@ -212,6 +215,17 @@ class JobConfig:
     # Stages, run in this order (precompute.stages.STAGES): patching last, ablations before it (component means must
     # precede the ablations that use them; the others need no scores). Not a flag: tests run fewer.
     stages: tuple[str, ...] = ("summaries", "spectra", "contrasts", "component_means", "ablations", "patching")
+
+    def __post_init__(self) -> None:
+        """``--candidates scoreddocs:K`` is ``--candidates scoreddocs --depth K`` (one identity for one run)."""
+        source, depth = split_depth(self.candidates)
+        if depth is None:
+            return
+        default = next(s.default for s in self.settings() if s.name == "depth")
+        if self.depth not in (default, depth):
+            raise ValueError(f"--candidates {self.candidates} gives the depth {depth} but --depth gives {self.depth}; "
+                             "give one of them")
+        self.candidates, self.depth = source, depth
 
     def check(self) -> None:
         """The checks that need every setting together or a vocabulary beyond the flag's own syntax, without a model

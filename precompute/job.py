@@ -34,10 +34,13 @@ def run_folder(cfg: JobConfig, dataset_name: str) -> Path:
     return Path(cfg.store) / f"{dataset_name}__{Path(cfg.model.rstrip('/')).name}"
 
 
-def identity_of(cfg: JobConfig, model_identity: str, dataset_source: str) -> Identity:
-    """What fixes the run's numbers: every setting declared part of the identity (precompute.config), with the model
-    and the dataset as resolved (an absolute folder, else the hub or ir_datasets id)."""
-    return Identity(**{**identity_values(cfg), "model": model_identity, "dataset": dataset_source})
+def identity_of(cfg: JobConfig, model_identity: str, ds) -> Identity:
+    """What fixes the run's numbers: every setting declared part of the identity (precompute.config), with the model,
+    the dataset and the candidate source as resolved (an absolute folder or file, else the hub or ir_datasets id)."""
+    from precompute.pairs import candidates_identity
+
+    return Identity(**{**identity_values(cfg), "model": model_identity, "dataset": ds.source,
+                       "candidates": candidates_identity(ds, cfg.candidates)})
 
 
 def check_same_run(manifest: Manifest | None, identity: Identity) -> None:
@@ -100,7 +103,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
     checks.check_out_folder(root, ds, cfg.model)
-    identity = identity_of(cfg, loading.identity(cfg.model), ds.source)
+    identity = identity_of(cfg, loading.identity(cfg.model), ds)
     writer = RunWriter(root, identity=identity.to_dict())
     local_rank = world.local_rank if world.distributed else None
     coordinator.start(loading.pick_device(cfg.device, local_rank))
