@@ -60,7 +60,22 @@ class JobConfig:
              "../shared/data/trec-dl-2020)")
     model: str = S.setting(
         DEFAULT_MODEL, S.text(), flag="--model", group="model", identity=True, shown=True,
-        identity_doc="The model: absolute path of a local folder, else the Hugging Face id.", help=_model_help)
+        identity_doc="The model: absolute path of a local folder, else the Hugging Face id (of a PEFT adapter: the "
+                     "adapter's; its base in base_model).", help=_model_help)
+    revision: str | None = S.setting(
+        None, S.text(), flag="--revision", group="model", identity=True, metavar="REV",
+        help="branch, tag or commit of a Hugging Face --model (and of its tokenizer), so a rerun scores with the same "
+             "weights; the commit it resolved to is recorded as model.revision")
+    base_model: str | None = S.setting(
+        None, S.text(), flag="--base-model", group="model", identity=True, metavar="ID_OR_DIR",
+        identity_doc="The base model a PEFT adapter --model was applied to (absolute path of a local folder, else the "
+                     "Hugging Face id); null for a model that is not an adapter.",
+        help="the base model of a PEFT adapter --model (a folder or id with adapter_config.json, e.g. RankLLaMA's "
+             "LoRA): a local copy of it; default: the base_model_name_or_path its adapter_config.json names")
+    trust_remote_code: bool = S.setting(
+        False, S.switch(), flag="--trust-remote-code", group="model",  # a permission: the numbers are the model's
+        help="let a model whose config names classes of its own (auto_map: jina-reranker, gte-multilingual-reranker) "
+             "run the Python in its files; without it such a model is refused. Give it only for files you trust")
     easy_negatives: int = S.setting(
         20, S.integer(low=0), flag="--easy-negatives", group="data", identity=True, metavar="K",
         help="random passages per query drawn from other queries' candidates, never judged for the query (grade -1)")
