@@ -45,7 +45,15 @@ def resolve_store(given: str | None, environ: dict[str, str] | None = None) -> P
     """The store root as an absolute folder (the server's working directory does not matter then); AppError when it
     is not a folder."""
     environ = os.environ if environ is None else environ
-    store = Path(given or environ.get(STORE_ENV) or DEFAULT_STORE).expanduser()
+    text = given or environ.get(STORE_ENV)
+    if text and text.startswith("hf://"):  # a run on the Hub: fetched and verified into the local cache first
+        from matching_atlas.hub import HubError, fetch
+
+        try:
+            return fetch(text).resolve()
+        except HubError as err:
+            raise AppError(str(err)) from err
+    store = Path(text or DEFAULT_STORE).expanduser()
     if not store.is_dir():
         source = "--store" if given else (f"${STORE_ENV}" if environ.get(STORE_ENV) else "the default store")
         raise AppError(f"{source} {store} is not a folder; pass --store with a folder of runs (the job's --store, "

@@ -2,8 +2,9 @@
 publishing, each the same program as its ``python -m`` form.
 
 * ``atlas precompute ...``: ``python -m precompute`` (the same parser, generated from the settings JobConfig declares);
-* ``atlas report RUN ...``: ``python -m precompute.report``;
-* ``atlas app [--store DIR]``: ``streamlit run`` of the app's main.py, wherever the package is installed, on a store;
+* ``atlas report RUN ...``: ``python -m precompute.report`` (RUN may be ``hf://datasets/USER/NAME``);
+* ``atlas app [--store DIR]``: ``streamlit run`` of the app's main.py, wherever the package is installed, on a store
+  (or a run, ``hf://datasets/USER/NAME`` included);
 * ``atlas publish RUN --repo USER/NAME``: a run as a Hugging Face dataset repository (:mod:`matching_atlas.hub`).
 
 Imports nothing heavy: ``atlas --help`` answers at once, and each subcommand imports what it runs.
@@ -34,7 +35,21 @@ def _precompute(argv: list[str]) -> int:
 def _report(argv: list[str]) -> int:
     from precompute.report.cli import main
 
+    try:
+        argv = _local_runs(argv)
+    except Exception as err:  # matching_atlas.hub.HubError: the run on the Hub cannot be fetched or verified
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return main(argv)
+
+
+def _local_runs(argv: list[str]) -> list[str]:
+    """``hf://datasets/...`` arguments as verified local copies (matching_atlas.hub.fetch); the rest as given."""
+    if not any(a.startswith("hf://") for a in argv):
+        return argv
+    from matching_atlas.hub import local_run
+
+    return [local_run(a) for a in argv]
 
 
 def _app(argv: list[str]) -> int:
