@@ -135,3 +135,27 @@ def test_the_kernel_probe_runs_at_the_runs_max_length(tmp_path):
             lm.encode(["what is a query"], ["a short document about a query"], 64)
         check_kernels(lm, MAX_LENGTH)
         check_kernels(lm, 64)  # too short for any pair: the pairs check names the query, the probe still runs
+
+
+@pytest.mark.parametrize("kind", ["qwen3-yesno", "llama-cls-pad-eos"])
+def test_a_job_stores_the_models_own_score(kind, tiny_dataset, tmp_path):
+    """A whole job (summary stage) at the default --max-length: Qwen3-Reranker's default template starts (the probe
+    once refused it), and a pad == eos decoder classifier stores its own ``model(**inputs).logits``."""
+    import pyarrow.parquet as pq
+
+    from precompute.job import run
+
+    folder = build_family(kind.removesuffix("-pad-eos"), tmp_path / "model", pad_is_eos=kind.endswith("pad-eos"))
+    cfg = JobConfig(dataset=str(tiny_dataset), model=str(folder), out=tmp_path / "run", cache=tmp_path / "cache",
+                    easy_negatives=1, max_queries=2, batch_size=4, progress=False, stages=("summaries",))
+    stored = pq.read_table(run(cfg) / "pairs.parquet").to_pandas()
+    lm = load(str(folder), device="cpu", progress=False)
+    batch = lm.encode(list(stored["query"]), list(stored["doc"]), cfg.max_length)
+    with torch.no_grad():
+        if lm.settings.answer_ids is None:
+            own = lm.model(**batch.inputs, use_cache=False).logits[:, 0]
+        else:  # the answer tokens at each row's last attended token
+            last = batch.inputs["attention_mask"].long().cumsum(-1).argmax(-1)
+            logits = lm.model(**batch.inputs, use_cache=False).logits[torch.arange(len(last)), last]
+            own = torch.log_softmax(logits[:, list(lm.settings.answer_ids)].float(), -1)[:, 0]
+    torch.testing.assert_close(torch.tensor(stored["score"].to_numpy()), own.float(), atol=1e-5, rtol=0)
