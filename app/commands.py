@@ -10,12 +10,12 @@ Streamlit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from app.runs import RunInfo
+from matching_atlas.analyses import command_for as reader_command
+from matching_atlas.opening import RunInfo
 from precompute.conditions import AblationRequest
-from precompute.config import JobConfig, rerun_command
+from precompute.config import JobConfig
 
 # The command that builds a first store: the job writes <dataset>__<model> under data/store, where the app looks.
 PRECOMPUTE_COMMAND = (
@@ -53,11 +53,7 @@ def full_run_minutes() -> tuple[float, float]:
 
 def command_for(run: RunInfo, extra: Mapping[str, Any] | None = None) -> str:
     """The precompute command that resumes ``run``: every setting of its last job, read from its manifest, with
-    ``extra`` settings (field name -> value, e.g. :data:`PATCHING_FLAGS`) replacing theirs, and ``--out`` the run's
-    folder (relative to the working folder when inside it). Every word is shell-quoted: a user who copies the
-    command runs the job, whatever the manifest holds."""
-    try:
-        out = run.path.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        out = run.path
-    return rerun_command(run.manifest.job_settings() if run.manifest else {}, out, **(extra or {}))
+    ``extra`` settings (field name -> value, e.g. :data:`PATCHING_FLAGS`) replacing theirs (the reader's
+    :func:`matching_atlas.analyses.command_for`: ``--out`` relative to the working folder when inside it, every word
+    shell-quoted)."""
+    return reader_command(run.path, run.manifest.job_settings() if run.manifest else {}, extra)

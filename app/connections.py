@@ -1,30 +1,14 @@
-"""Every DuckDB connection the app opens, in one place. There are two kinds.
+"""The SQL page's sessions: one worker process per browser session, at most ``MAX_SQL_SESSIONS`` of them.
 
-**The run connection** (``open_run``, shared): one per run and server process, kept by
-``st.cache_resource``; each page query runs on a fresh ``cursor()`` of it (sessions run in threads).
-Only the app's own SQL (``app.queries``) runs on it. It starts from ``precompute.store.connect.connect``
-(every table and view by name) and adds what makes the pages fast on large runs:
-
-* ``head_attention_agg`` becomes an in-memory table when its file is small enough
-  (``ATLAS_AGG_IN_MEMORY_MB``, default 2048): every head-level page aggregates it, and DuckDB scans
-  memory about ten times faster than it decodes Parquet (a real run's is a few MB; the 10^8-row
-  bench's ~0.9 GB in memory, ~2 s to load, once);
-* ``atlas_layout`` (one row) and the view ``head_attention_rows`` (head_attention with its
-  ``file_row_number``): when head_attention holds every pair on every head, sorted by (layer, head,
-  pair_id) as the store guarantees, the row of (layer, head, pair) is ``(layer * heads + head) * pairs
-  + pair`` and one pair's summaries are read from the few row groups that hold them
-  (``app.pair_queries`` checks what it reads and falls back otherwise).
-
-**The SQL sessions** (``SqlSessions``, one per browser session): the SQL page runs a visitor's text
-in a worker process per session (``app.sql_worker``), never in the server: there it is bounded by the
-operating system in memory (``ATLAS_SQL_MEMORY`` per worker) and in time (the worker is killed a
-moment after the time limit if DuckDB did not stop), on its own locked connection (``open_sql``:
-cursors of one connection share one catalog, so a statement that got through on one session could
-otherwise change what every other session sees). :class:`SqlSessions` holds at most
-``MAX_SQL_SESSIONS`` of them: a new session takes the slot of the least recently used idle one (its
-worker is stopped; that session gets a fresh one on its next query), and is refused with a message
-while every slot is running a query. ``run_sql`` is what the SQL page calls; what may run and how a
-result is bounded is decided by ``app.sql_console`` inside the worker.
+The pages' own queries run on the reader's connection (:mod:`matching_atlas.connection`, cached by ``app.data``);
+the SQL page runs a visitor's text in a worker process per session (``app.sql_worker``), never in the server: there
+it is bounded by the operating system in memory (``ATLAS_SQL_MEMORY`` per worker) and in time (the worker is killed
+a moment after the time limit if DuckDB did not stop), on its own locked connection (``open_sql``: cursors of one
+connection share one catalog, so a statement that got through on one session could otherwise change what every other
+session sees). :class:`SqlSessions` holds at most ``MAX_SQL_SESSIONS`` of them: a new session takes the slot of the
+least recently used idle one (its worker is stopped; that session gets a fresh one on its next query), and is
+refused with a message while every slot is running a query. ``run_sql`` is what the SQL page calls; what may run and
+how a result is bounded is decided by ``app.sql_console`` inside the worker.
 
 **Memory budget.** The server keeps per SQL session its last result (at most
 ``SqlLimits.server_bytes``: the received Arrow stream and the frame, 49 MiB), so SQL adds at most
@@ -45,61 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import streamlit as st
-
-from app.errors import one_line
-from app.runs import RunInfo
 from app.sql_console import DEFAULT_ROW_LIMIT, SqlError, SqlLimits, SqlResult
 from app.sql_worker import SqlWorker
-from precompute.store.connect import connect
-from precompute.store.sql import literal
-
-AGG_IN_MEMORY_MB = float(os.environ.get("ATLAS_AGG_IN_MEMORY_MB", "2048"))
-THREADS = max(1, min(4, os.cpu_count() or 1))
+from matching_atlas.errors import error_text
+from matching_atlas.opening import RunInfo
 
 MAX_SQL_SESSIONS = int(os.environ.get("ATLAS_SQL_SESSIONS", "8"))
 
 
-# -- the run connection of the pages ----------------------------------------------------------------
-def open_run(run: Path | str, *, threads: int | None = None, agg_in_memory_mb: float | None = None):
-    """The pages' connection to one run (see the module doc); no Streamlit here, the bench opens it the same way."""
-    run = Path(run).resolve()
-    con = connect(run, threads=threads)
-    con.execute("SET parquet_metadata_cache = true")
-    limit = AGG_IN_MEMORY_MB if agg_in_memory_mb is None else agg_in_memory_mb
-    agg = run / "head_attention_agg.parquet"
-    if agg.exists() and agg.stat().st_size <= limit * 1e6:
-        con.execute("DROP VIEW IF EXISTS head_attention_agg")
-        con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({literal(agg)})")
-    ha = run / "head_attention.parquet"
-    if ha.exists() and (run / "pairs.parquet").exists():
-        con.execute(f"CREATE OR REPLACE VIEW head_attention_rows AS SELECT *, file_row_number AS row_number "
-                    f"FROM read_parquet({literal(ha)}, file_row_number = true)")
-        rows = con.execute(f"SELECT num_rows FROM parquet_file_metadata({literal(ha)})").fetchone()[0] or 0
-        pairs, max_id = con.execute("SELECT count(*), max(pair_id) FROM pairs").fetchone()
-        layers, heads = con.execute("SELECT max(layer) + 1, max(head) + 1 FROM head_attention_agg").fetchone()
-        dense = bool(pairs and layers and heads and rows == layers * heads * pairs and max_id == pairs - 1)
-        con.execute("CREATE OR REPLACE TABLE atlas_layout AS SELECT ? AS layers, ? AS heads, ? AS pairs, ? AS dense",
-                    [int(layers or 0), int(heads or 0), int(pairs or 0), dense])
-    return con
-
-
-@st.cache_resource(max_entries=6, show_spinner="Opening the run ...")
-def _run_connection(path: str, token: str):
-    return open_run(path, threads=THREADS)
-
-
-@contextmanager
-def run_cursor(path: str, token: str) -> Iterator[Any]:
-    """A fresh cursor of the shared connection to the run at ``path`` (version ``token``), closed afterwards."""
-    cur = _run_connection(path, token).cursor()
-    try:
-        yield cur
-    finally:
-        cur.close()
-
-
-# -- the SQL page's sessions ------------------------------------------------------------------------
 class SqlBusy(Exception):
     """No SQL session can be given to this browser session now (message shown to the user)."""
 
@@ -248,4 +185,4 @@ def run_sql(run: RunInfo, text: str, *, explain: str = "", limit: int = DEFAULT_
     except SqlError:
         raise
     except Exception as err:  # noqa: BLE001 - starting the session's worker failed: one line
-        raise SqlError(one_line(err)) from err
+        raise SqlError(error_text(err)) from err

@@ -16,8 +16,9 @@ if str(REPO) not in sys.path:  # `streamlit run app/main.py` puts app/ on the pa
 
 import streamlit as st  # noqa: E402
 
-from app import data, queries, state, ui  # noqa: E402
-from app.runs import STORE_ENV, find_runs, run_labels, store_from_args  # noqa: E402
+from app import data, state, ui  # noqa: E402
+from app.runs import STORE_ENV, run_labels, store_from_args  # noqa: E402
+from matching_atlas.opening import find_runs  # noqa: E402
 from app.text import code, escape  # noqa: E402
 from app.slice import PARAM_KEYS  # noqa: E402
 from app.slice import widgets as slice_widgets  # noqa: E402
@@ -70,11 +71,11 @@ def sidebar() -> ui.Context:
 
     layers, heads = run.model.layers, run.model.heads
     if not isinstance(layers, int) or not isinstance(heads, int):
-        shape = data.query(run, queries.model_shape)
+        shape = data.query(run, "shape")
         layers, heads = int(shape["layers"].iloc[0]), int(shape["heads"].iloc[0])
     ctx.layers, ctx.heads = layers, heads
-    options = data.query(run, queries.slice_options)
-    qdf = data.query(run, queries.query_list)
+    options = data.query(run, "slice_options")
+    qdf = data.query(run, "queries")
     ctx.slice = slice_widgets(layers=layers, heads=heads, neg_types=options["neg_type"].unique(),
                               grades=options["grade"].unique(), queries=dict(zip(qdf["qid"], qdf["query"])))
     sb.caption(f"{escape(run.model_name)} on {escape(run.dataset_name)}: {layers} layers x {heads} heads. "

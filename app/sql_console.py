@@ -32,7 +32,6 @@ past the allow-list could not read other files, load extensions or change settin
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -42,14 +41,14 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from app.errors import one_line
+from matching_atlas.connection import ALLOWED, SqlRefused, check_select
+from matching_atlas.errors import error_text
 from app.sql_results import ResultError, cells, displayable, frame_bytes, to_frame
 
 DEFAULT_ROW_LIMIT = 10_000
 MAX_ROW_LIMIT = 100_000
 BATCH_ROWS = 256  # rows per fetched Arrow batch: the granularity of the byte and value caps
 EXPLAIN_MODES = ("", "EXPLAIN", "EXPLAIN ANALYZE")
-ALLOWED = "SELECT, WITH ... SELECT, FROM ..., VALUES, DESCRIBE, SHOW and SUMMARIZE"
 # What the worker needs besides DuckDB's memory_limit: the interpreter and the imported libraries (~210 MB
 # of data mappings once the connection is open, measured), the result being bounded and converted, and slack.
 WORKER_HEADROOM = 512 * 2**20
@@ -128,38 +127,13 @@ class Bounded:
 
 
 def check(con, text: str) -> str:
-    """The text if it is exactly one SELECT that ``json_serialize_sql`` accepts; SqlError otherwise."""
-    if not text or not text.strip():
-        raise SqlError(f"enter a query ({ALLOWED})")
+    """The text if it is exactly one SELECT the reader lets run (:func:`matching_atlas.connection.check_select`);
+    SqlError otherwise, with the page's plan toggle named for an EXPLAIN."""
     try:
-        statements = con.extract_statements(text)
-        kinds = [s.type for s in statements]
-    except duckdb.Error as err:
-        raise SqlError(one_line(err)) from err
-    except ValueError as err:  # a statement type the Python API cannot name, e.g. UPDATE EXTENSIONS
-        raise SqlError(f"this statement is not allowed here: the SQL page is read-only ({ALLOWED} only)") from err
-    if not kinds:
-        raise SqlError(f"enter a query ({ALLOWED})")
-    if len(kinds) > 1:
-        raise SqlError("one statement at a time: remove the ';' between statements")
-    if kinds[0] != duckdb.StatementType.SELECT:
-        hint = {"EXPLAIN": " (for a plan, write the SELECT and choose a plan under *Show*)",
-                "MULTI": " (PIVOT: write SELECT ... FROM t PIVOT (...))"}.get(kinds[0].name, "")
-        raise SqlError(f"{kinds[0].name} statements are not allowed here: the SQL page is read-only "
-                       f"({ALLOWED} only){hint}")
-    if _serialized(con, text).get("error"):
-        raise SqlError(f"this statement is not allowed here: the SQL page is read-only ({ALLOWED} only)")
-    return text
-
-
-def _serialized(con, text: str) -> dict:
-    try:
-        out = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchall()[0][0])
-    except (duckdb.Error, ValueError, TypeError) as err:
-        raise SqlError(one_line(err)) from err
-    if not isinstance(out, dict) or (not out.get("error") and len(out.get("statements") or []) != 1):
-        return {"error": True}
-    return out
+        return check_select(con, text)
+    except SqlRefused as err:
+        hint = " (for a plan, write the SELECT and choose a plan under *Show*)" if err.kind == "EXPLAIN" else ""
+        raise SqlError(f"{err}{hint}") from err
 
 
 def statement(con, text: str, explain: str = "") -> str:
@@ -172,7 +146,7 @@ def statement(con, text: str, explain: str = "") -> str:
     try:
         rendered = con.execute("SELECT json_deserialize_sql(json_serialize_sql(?))", [text]).fetchall()[0][0]
     except duckdb.Error as err:
-        raise SqlError(one_line(err)) from err
+        raise SqlError(error_text(err)) from err
     return f"{explain} {check(con, rendered)}"
 
 
@@ -199,10 +173,10 @@ def execute(con, text: str, *, explain: str = "", limit: int = DEFAULT_ROW_LIMIT
             raise SqlError(f"the query ran longer than {limits.timeout_s:g} s and was stopped") from err
         if isinstance(err if not isinstance(err, SqlError) else err.__cause__, _OUT_OF_MEMORY):
             raise SqlOutOfMemory(f"the query needs more memory than a SQL session may use "
-                                 f"({show_size(limits.memory)}): {one_line(err)}") from err
+                                 f"({show_size(limits.memory)}): {error_text(err)}") from err
         if isinstance(err, SqlError):
             raise
-        raise SqlError(str(err) if isinstance(err, ResultError) else one_line(err)) from err
+        raise SqlError(str(err) if isinstance(err, ResultError) else error_text(err)) from err
     finally:
         timer.cancel()
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from app.errors import one_line
+from matching_atlas.errors import error_text
 
 
 class ResultError(ValueError):
@@ -74,7 +74,7 @@ def displayable(table: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
                 columns[name] = column.to_pandas()
             except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:
                 raise ResultError(f"column {name!r} ({column.type}) cannot be shown: cast it in the query, "
-                               f"e.g. {name}::VARCHAR ({one_line(err)})") from err
+                               f"e.g. {name}::VARCHAR ({error_text(err)})") from err
         shown.append(column)
     return pa.table(shown, names=table.column_names), pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
 

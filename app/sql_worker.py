@@ -50,9 +50,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from app.errors import one_line
 from app.sql_console import MAX_ROW_LIMIT, SqlError, SqlLimits, SqlOutOfMemory, SqlResult, execute, show_size
 from app.sql_results import cells, to_frame
+from matching_atlas.connection import lock
+from matching_atlas.errors import error_text
 from precompute.store.connect import connect
 from precompute.store.sql import literal
 
@@ -68,26 +69,20 @@ MAX_CONFIG_BYTES = 2**16
 
 
 def open_sql(run: Path | str, spill: Path, *, threads: int = 1, memory_limit: int = SqlLimits().duckdb_memory):
-    """A locked in-memory DuckDB connection where the run's tables are views: ``allowed_directories`` = the run
-    folder and a private spill folder, ``enable_external_access = false`` (no other file, no Python object, no
-    network), no extension install or autoload, a memory and a spill cap, and ``lock_configuration = true`` so
-    no statement can undo any of it. One per session: cursors of one connection share one catalog."""
+    """A locked in-memory DuckDB connection where the run's tables are views: a memory and a spill cap, then the
+    reader's locks (:func:`matching_atlas.connection.lock`: files only in the run folder and the private spill folder,
+    no external access, no extension, the configuration locked so no statement can undo any of it). One per session:
+    cursors of one connection share one catalog."""
     run = Path(run).resolve()
     con = connect(run, threads=threads)
-    # Directories, with their separator: a sibling <run>-all must stay out of reach (tested).
-    dirs = ", ".join(literal(str(d).rstrip("/") + "/") for d in (run, spill))
     for setting in (
         f"SET temp_directory = {literal(spill)}",
         f"SET max_temp_directory_size = '{SPILL_LIMIT}'",
         f"SET memory_limit = '{int(memory_limit) // 2**20}MiB'",
         "SET parquet_metadata_cache = true",
-        f"SET allowed_directories = [{dirs}]",
-        "SET autoinstall_known_extensions = false",
-        "SET autoload_known_extensions = false",
-        "SET enable_external_access = false",
-        "SET lock_configuration = true",
     ):
         con.execute(setting)
+    lock(con, (run, spill))
     return con
 
 
@@ -147,7 +142,7 @@ def _serve(conn: Connection, config: dict) -> None:
         con, failed = open_sql(config["run"], Path(config["spill"]), threads=limits.threads,
                                memory_limit=limits.duckdb_memory), ""
     except Exception as err:  # noqa: BLE001 - told to the server on the first statement
-        con, failed = None, f"the SQL session could not open the run: {one_line(err)}"
+        con, failed = None, f"the SQL session could not open the run: {error_text(err)}"
     while True:
         try:
             request = json.loads(conn.recv_bytes(12 * limits.max_chars + 4096))  # (\uXXXX escapes)
@@ -293,7 +288,7 @@ class SqlWorker:
         except SqlError:
             raise
         except Exception as err:  # noqa: BLE001 - one line, whatever Arrow or pandas raise
-            raise SqlError(one_line(err)) from err
+            raise SqlError(error_text(err)) from err
 
     def _ended(self, reason: str) -> str:
         if reason == "time":

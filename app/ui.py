@@ -14,9 +14,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import charts, state, verification
+from app import charts, state
+from matching_atlas import verification
 from app.slice import Slice
-from app.runs import RunInfo, inspect_run
+from matching_atlas.opening import RunInfo, inspect_run
 from app.text import code
 
 CONTEXT_KEY = "_atlas_context"
@@ -47,7 +48,7 @@ def context() -> Context:
 
 
 def verified(run: RunInfo) -> RunInfo:
-    """``run`` once every file of it is verified (``app.verification``), with a progress bar meanwhile (a first
+    """``run`` once every file of it is verified (``matching_atlas.verification``), with a progress bar meanwhile (a first
     opening of a large run); nothing of the run is drawn before. The returned run may carry a problem instead."""
     for _ in range(3):  # a file replaced after it was verified is verified again in its new state
         if run.verified or not run.ok:

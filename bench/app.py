@@ -14,8 +14,8 @@ range(...)``) and streamed into checksummed Parquet files that carry the run's i
 tables (so the app verifies it as it would a real run: bench/verify.py times that); a few minutes, ~12 GB, reused
 when present. The numbers are uniform noise inside the schema's bounds: only the sizes matter.
 
-Every query is an ``app.queries`` / ``app.pair_queries`` function, called exactly as the pages call it
-(a fresh cursor of the connection ``app.connections.open_run`` makes, as ``app.data`` does), without the
+Every query is a method of the reader (``matching_atlas.Run``), called exactly as the pages call it
+(a fresh cursor of the run's one connection, as ``app.data`` does), without the
 Streamlit result cache: what a user waits for on a cache miss. Each query runs once to warm the
 OS page cache, then ``--repeat`` times; the median and the maximum are printed, and the script
 exits 1 if any median is over ``--budget`` seconds (0.5 s by default).
@@ -41,8 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app import ablation_queries as AQ, pair_queries as P, patching_queries as PQ, queries as Q  # noqa: E402
-from app.slice import Slice  # noqa: E402
+from matching_atlas.slice import Slice  # noqa: E402
 from precompute.metrics import METRICS  # noqa: E402
 from precompute.names import DIRECTIONS  # noqa: E402
 from precompute.store.schema import SCHEMA_VERSION, TABLES  # noqa: E402
@@ -270,8 +269,9 @@ def _generate_analyses(con, run: Path, *, n_pairs: int, layers: int, heads: int,
                "ORDER BY experiment, layer, component, segment, head, patch_id", run / "patching_effects.parquet")
 
 
-def page_queries(con, layers: int, heads: int) -> list[tuple[str, str, object]]:
+def page_queries(run, layers: int, heads: int) -> list[tuple[str, str, object]]:
     """(page, label, thunk) for the queries each page runs, with the default slice and a narrow one."""
+    con = run.connection
     full = Slice()
     qids = [r[0] for r in con.execute("SELECT DISTINCT qid FROM head_attention_agg ORDER BY qid LIMIT 50").fetchall()]
     narrow = Slice(layers=(layers // 3, 2 * layers // 3), neg_types=("relevant", "hard"), qids=tuple(qids))
@@ -280,66 +280,62 @@ def page_queries(con, layers: int, heads: int) -> list[tuple[str, str, object]]:
     qid = qids[0]
     out = []
 
-    def add(page, label, fn, *args):
-        out.append((page, label, lambda: fn(con.cursor(), *args)))
+    def add(page, label, name, *args, **kwargs):
+        out.append((page, label, lambda: getattr(run, name)(*args, **kwargs)))
 
-    add("sidebar", "slice_options", Q.slice_options)
-    add("sidebar", "query_list", Q.query_list)
-    add("overview", "pair_counts (all)", Q.pair_counts, full)
-    add("overview", "ndcg_per_query (all)", Q.ndcg_per_query, full)
-    add("overview", "score_histogram (all)", Q.score_histogram, full, 40)
-    add("overview", "score_summary (all)", Q.score_summary, full)
-    add("overview", "pair_counts (50 queries, rel+hard)", Q.pair_counts, narrow.pairs_only())
-    add("head atlas", "head_means q_d (all)", Q.head_means, full, "q_d")
-    add("head atlas", "head_means q2d_max (narrow)", Q.head_means, narrow, "q2d_max")
-    add("head atlas", "head_difference relevant-easy (all)", Q.head_difference, full, "q_d", "relevant_vs_easy")
-    add("head atlas", "head_difference relevant-hard (narrow)", Q.head_difference, narrow, "q_d_exact", "relevant_vs_hard")
-    add("head atlas", "head_contrasts", Q.head_contrasts, "q_d", "relevant_vs_easy")
-    add("head atlas", f"head_values {L}.{H} (all)", Q.head_values, full, L, H, "q_d")
-    add("head atlas", f"head_values {L}.{H} (narrow)", Q.head_values, narrow, L, H, "q_d")
-    add("head atlas", f"head_histogram {L}.{H} (all)", Q.head_histogram, full, L, H, "q_d", 30)
-    add("head atlas", f"head_top_pairs {L}.{H} (all)", Q.head_top_pairs, full, L, H, "q_d", 20, True)
-    add("head atlas", f"head_top_pairs {L}.{H} (narrow)", Q.head_top_pairs, narrow, L, H, "q_d", 20, False)
-    add("directions", "direction_matrix (all)", Q.direction_matrix, full)
-    add("directions", "direction_matrix (narrow)", Q.direction_matrix, narrow)
-    add("directions", f"direction_matrix head {L}.{H}", Q.direction_matrix, full.with_(layers=(L, L), heads=(H,)))
-    add("directions", "direction_by_layer 8 dirs (all)", Q.direction_by_layer, full,
-        ("q_d", "d_q", "q_q", "d_d", "q_cls", "d_cls", "q_sep2", "d_sep2"))
-    add("directions", "direction_by_layer 25 dirs (narrow)", Q.direction_by_layer, narrow, DIRECTIONS)
-    add("ablations", "ablation_options", AQ.ablation_options)
-    add("ablations", "ablation_table", AQ.ablation_table, "pairs", "nDCG@10")
-    add("ablations", "ablation_layer_sweeps", AQ.ablation_layer_sweeps, "pairs", "nDCG@10")
-    add("ablations", "ablation_heads", AQ.ablation_heads, "pairs", "nDCG@10")
-    add("ablations", "ablation_per_query (all)", AQ.ablation_per_query, full, "q_d@all/zero", "pairs", "nDCG@10")
-    add("ablations", "ablation_slice_means (50 queries)", AQ.ablation_slice_means, narrow, "pairs", "nDCG@10")
-    add("ablations", "analysis_families", AQ.analysis_families, "pairs", "nDCG@10")
-    add("ablations", "component_table", AQ.component_table, "pairs", "nDCG@10")
-    add("ablations", "subspace_table (40 conditions)", AQ.subspace_table, "pairs", "nDCG@10")
+    add("sidebar", "slice_options", "slice_options")
+    add("sidebar", "query_list", "queries")
+    add("overview", "pair_counts (all)", "pair_counts", where=full)
+    add("overview", "ndcg_per_query (all)", "ndcg", where=full)
+    add("overview", "score_histogram (all)", "score_histogram", 40, where=full)
+    add("overview", "score_summary (all)", "score_summary", where=full)
+    add("overview", "pair_counts (50 queries, rel+hard)", "pair_counts", where=narrow.pairs_only())
+    add("head atlas", "head_means q_d (all)", "head_means", "q_d", where=full)
+    add("head atlas", "head_means q2d_max (narrow)", "head_means", "q2d_max", where=narrow)
+    add("head atlas", "head_difference relevant-easy (all)", "head_difference", "q_d", "relevant_vs_easy", where=full)
+    add("head atlas", "head_difference relevant-hard (narrow)", "head_difference", "q_d_exact", "relevant_vs_hard", where=narrow)
+    add("head atlas", "head_contrasts", "head_contrasts", "q_d", "relevant_vs_easy")
+    add("head atlas", f"head_values {L}.{H} (all)", "head_values", L, H, "q_d", where=full)
+    add("head atlas", f"head_values {L}.{H} (narrow)", "head_values", L, H, "q_d", where=narrow)
+    add("head atlas", f"head_histogram {L}.{H} (all)", "head_histogram", L, H, "q_d", 30, where=full)
+    add("head atlas", f"head_top_pairs {L}.{H} (all)", "head_top_pairs", L, H, "q_d", 20, True, where=full)
+    add("head atlas", f"head_top_pairs {L}.{H} (narrow)", "head_top_pairs", L, H, "q_d", 20, False, where=narrow)
+    add("directions", "direction_matrix (all)", "direction_matrix", where=full)
+    add("directions", "direction_matrix (narrow)", "direction_matrix", where=narrow)
+    add("directions", f"direction_matrix head {L}.{H}", "direction_matrix", where=full.with_(layers=(L, L), heads=(H,)))
+    add("directions", "direction_by_layer 8 dirs (all)", "direction_by_layer", ("q_d", "d_q", "q_q", "d_d", "q_cls", "d_cls", "q_sep2", "d_sep2"), where=full)
+    add("directions", "direction_by_layer 25 dirs (narrow)", "direction_by_layer", DIRECTIONS, where=narrow)
+    add("ablations", "ablation_options", "ablation_options")
+    add("ablations", "ablation_table", "table1", measure="nDCG@10", scope="pairs")
+    add("ablations", "ablation_layer_sweeps", "layer_sweeps", measure="nDCG@10", scope="pairs")
+    add("ablations", "ablation_heads", "head_ablations", measure="nDCG@10", scope="pairs")
+    add("ablations", "ablation_per_query (all)", "per_query", "q_d@all/zero", measure="nDCG@10", scope="pairs", where=full)
+    add("ablations", "ablation_slice_means (50 queries)", "slice_means", measure="nDCG@10", scope="pairs", where=narrow)
+    add("ablations", "analysis_families", "holm_families", measure="nDCG@10", scope="pairs")
+    add("ablations", "component_table", "component_effects", measure="nDCG@10", scope="pairs")
+    add("ablations", "subspace_table (40 conditions)", "subspace_effects", measure="nDCG@10", scope="pairs")
     sub = f"qk:{SUBSPACE_HEADS[0][0]}.{SUBSPACE_HEADS[0][1]}:k2/remove"
-    add("ablations", "subspace_metric_deltas (1 condition)", AQ.subspace_metric_deltas, sub)
-    add("patching", "patching_experiments", PQ.patching_experiments)
+    add("ablations", "subspace_metric_deltas (1 condition)", "subspace_metric_deltas", sub)
+    add("patching", "patching_experiments", "patching_experiments")
     for exp in ("tfc1", "cls"):
-        add("patching", f"patching_heads {exp} (all)", PQ.patching_heads, full, exp)
-        add("patching", f"patching_heads {exp} (narrow)", PQ.patching_heads, narrow, exp)
-        add("patching", f"patching_components {exp} (all)", PQ.patching_components, full, exp)
-        add("patching", f"patching_components {exp} (narrow)", PQ.patching_components, narrow, exp)
-    add("patching", f"patching_top_pairs head {L}.{H} tfc1 (all)", PQ.patching_top_pairs, full, "tfc1", L, "head",
-        None, H, 20, True)
-    add("patching", f"patching_top_pairs mlp/d {L} tfc1 (narrow)", PQ.patching_top_pairs, narrow, "tfc1", L, "mlp",
-        "d", None, 20, True)
-    add("patching", f"patching_top_pairs head {L}.{H} cls (narrow)", PQ.patching_top_pairs, narrow, "cls", L, "head",
-        None, H, 20, False)
-    add("spectra", "alignment_scores", Q.alignment_scores, full)
-    add("spectra", f"svd_spectra layer {L}", Q.svd_spectra, full.with_(layers=(L, L)))
-    add("spectra", "alignment_vs_contrast", Q.alignment_vs_contrast, full, "q_d", "relevant_vs_easy")
-    add("spectra", "alignment_vs_slice_difference", Q.alignment_vs_slice_difference, full, "q_d", "relevant_vs_easy")
-    add("pair explorer", "query_pairs", P.query_pairs, full, qid)
-    add("pair explorer", "pair_row", P.pair_row, pair_id)
-    add("pair explorer", f"pair_head_metrics {L}.{H}", P.pair_head_metrics, pair_id, L, H)
-    add("pair explorer", "pair_metric_grid (all heads)", P.pair_metric_grid, full, pair_id, "q_d")
-    add("pair explorer", "pair_metric_grid (narrow)", P.pair_metric_grid, narrow, pair_id, "q2d_max")
-    add("sql", "schema_listing", Q.schema_listing)
-    add("compare", "head_means q_d (second run = same store)", Q.head_means, full, "q_d")
+        add("patching", f"patching_heads {exp} (all)", "patching_heads", exp, where=full)
+        add("patching", f"patching_heads {exp} (narrow)", "patching_heads", exp, where=narrow)
+        add("patching", f"patching_components {exp} (all)", "patching_components", exp, where=full)
+        add("patching", f"patching_components {exp} (narrow)", "patching_components", exp, where=narrow)
+    add("patching", f"patching_top_pairs head {L}.{H} tfc1 (all)", "patching_top_pairs", "tfc1", L, "head", None, H, 20, True, where=full)
+    add("patching", f"patching_top_pairs mlp/d {L} tfc1 (narrow)", "patching_top_pairs", "tfc1", L, "mlp", "d", None, 20, True, where=narrow)
+    add("patching", f"patching_top_pairs head {L}.{H} cls (narrow)", "patching_top_pairs", "cls", L, "head", None, H, 20, False, where=narrow)
+    add("spectra", "alignment_scores", "head_alignment", where=full)
+    add("spectra", f"svd_spectra layer {L}", "spectra", where=full.with_(layers=(L, L)))
+    add("spectra", "alignment_vs_contrast", "alignment_vs_contrast", "q_d", "relevant_vs_easy", where=full)
+    add("spectra", "alignment_vs_slice_difference", "alignment_vs_slice_difference", "q_d", "relevant_vs_easy", where=full)
+    add("pair explorer", "query_pairs", "pairs", qid, where=full)
+    add("pair explorer", "pair_row", "pair", pair_id)
+    add("pair explorer", f"pair_head_metrics {L}.{H}", "pair_head_metrics", pair_id, L, H)
+    add("pair explorer", "pair_metric_grid (all heads)", "pair_metric_grid", pair_id, "q_d", where=full)
+    add("pair explorer", "pair_metric_grid (narrow)", "pair_metric_grid", pair_id, "q2d_max", where=narrow)
+    add("sql", "schema_listing", "columns")
+    add("compare", "head_means q_d (second run = same store)", "head_means", "q_d", where=full)
     return out
 
 
@@ -360,16 +356,18 @@ def main(argv: list[str] | None = None) -> int:
 
     run = generate(args.dir, rows=args.rows, layers=args.layers, heads=args.heads, queries=args.queries,
                    threads=args.threads)
-    from app.connections import open_run
+    from matching_atlas import Run
+    from matching_atlas.opening import inspect_run
 
     t = time.perf_counter()
-    con = open_run(run, threads=min(4, args.threads))  # as app.connections does (once per run and server process)
+    reader = Run(inspect_run(run), threads=min(4, args.threads))  # as app.data does (once per run and server process)
+    con = reader.connection
     setup = time.perf_counter() - t
     n = con.execute("SELECT count(*) FROM head_attention").fetchone()[0]
     print(f"\nrun {run}: {n:,} head_attention rows; {args.threads} cores; median of {args.repeat} after 1 warm-up")
     print(f"connection setup (once per run and server process, cached by st.cache_resource): {setup:.2f} s\n")
     rows = []
-    for page, label, thunk in page_queries(con, args.layers, args.heads):
+    for page, label, thunk in page_queries(reader, args.layers, args.heads):
         t = time.perf_counter()
         thunk()
         first = time.perf_counter() - t
@@ -381,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((page, label, first, statistics.median(times), max(times)))
     if args.sql:
         from app.connections import SqlSessions, run_sql
-        from app.runs import inspect_run
+        from matching_atlas.opening import inspect_run
 
         sql = "SELECT neg_type, count(*) AS n, avg(score) FROM pairs GROUP BY ALL"
         times, sessions, info = [], SqlSessions(limit=1), inspect_run(run)  # as one SQL page session (its worker)

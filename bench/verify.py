@@ -1,4 +1,4 @@
-"""What opening a large run costs now that the app verifies every file first (app/verification.py).
+"""What opening a large run costs, every file verified first (matching_atlas/verification.py).
 
     python bench/verify.py --rows 1e7                 # generate (or reuse) the bench/app.py run, then time
     python bench/verify.py --rows 3e8 --dir /data/x   # ~30 GiB of files
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     run = generate(args.dir, rows=args.rows, layers=12, heads=12, queries=2000, threads=args.threads)
-    from app import runs, verification
+    from matching_atlas import opening as runs, verification
 
     print(f"\n{run}; {os.cpu_count()} cores; {load()}")
     with tempfile.TemporaryDirectory(prefix="atlas-verify-bench-") as cache:

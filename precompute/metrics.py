@@ -138,6 +138,28 @@ BY_NAME: dict[str, SummaryMetric] = {m.name: m for m in SUMMARY_METRICS}
 DIRECTION_INDEX: tuple[int, ...] = tuple(DIRECTIONS.index(m.direction) for m in SUMMARY_METRICS)
 
 
+def declare(group: MetricGroup) -> MetricGroup:
+    """Add a matching metric group (a plugin's, or a test's toy metric) to the declarations above, before the store's
+    schema, its docs or the report read them (they read the tuples when imported): a new metric is this call, or one
+    more entry of ``MATCHING_GROUPS``."""
+    import sys
+
+    global GROUPS, MATCHING_GROUPS, SUMMARY_METRICS, METRICS, MATCHING_METRICS, BY_NAME, DIRECTION_INDEX
+    if "precompute.store.schema" in sys.modules:
+        raise RuntimeError("declare metrics before precompute.store is imported: its schema reads them once")
+    clash = [m.name for m in group.metrics if m.name in BY_NAME]
+    if clash:
+        raise ValueError(f"metric {clash[0]!r} is declared already")
+    MATCHING_GROUPS = (*MATCHING_GROUPS, group)
+    GROUPS = (MASSES, *MATCHING_GROUPS)
+    SUMMARY_METRICS = tuple(m for g in GROUPS for m in g.metrics)
+    METRICS = tuple(m.name for m in SUMMARY_METRICS)
+    MATCHING_METRICS = tuple(m.name for g in MATCHING_GROUPS for m in g.metrics)
+    BY_NAME = {m.name: m for m in SUMMARY_METRICS}
+    DIRECTION_INDEX = tuple(DIRECTIONS.index(m.direction) for m in SUMMARY_METRICS)
+    return group
+
+
 def metric_label(name: str) -> str:
     """Axis/legend label of any summary metric."""
     return BY_NAME[name].label

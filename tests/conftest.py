@@ -26,3 +26,14 @@ def minilm_dir() -> Path:
     if not (MINILM / "config.json").exists():
         pytest.skip("../shared/models/minilm-l6-msmarco-ce is not present")
     return MINILM
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _verification_cache(tmp_path_factory):
+    """The reader's verification cache (matching_atlas.verification) in a folder of the test session, never the
+    repository's data/cache."""
+    from matching_atlas.verification import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("verify-cache")))
+        yield

@@ -9,10 +9,11 @@ import streamlit as st
 
 import pandas as pd
 
-from app import ablation_queries as aq, charts, data, state, ui
+from app import charts, data, state, ui
 from app.commands import ABLATIONS_FLAGS, COMPONENT_FLAGS, SUBSPACE_FLAGS, SWEEP_FLAGS, command_for
 from app.family import labels_of, refused_reason
 from app.text import code, escape
+from matching_atlas.ablations import TABLE1_KINDS
 from precompute.conditions import BASELINE, kind_of
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA, STARS_LEGEND, stars
@@ -53,7 +54,7 @@ if not (run.has("ablation_summary") and run.has("ablation_metrics")):
     ui.missing_table("ablations", ABLATIONS_COMMAND)
     st.stop()
 
-options = data.query(run, aq.ablation_options)
+options = data.query(run, "ablation_options")
 if options.empty:
     ui.missing_table("ablation results", ABLATIONS_COMMAND)
     st.stop()
@@ -71,11 +72,11 @@ c2.selectbox("Measure", measures, key="abl_measure")
 state.publish("abl_measure", default=measures[0])
 measure = st.session_state["abl_measure"]
 
-table = data.query(run, aq.ablation_table, scope, measure)
-sweeps = data.query(run, aq.ablation_layer_sweeps, scope, measure)
-heads = data.query(run, aq.ablation_heads, scope, measure)
-components = data.query(run, aq.component_table, scope, measure)
-families = data.query(run, aq.analysis_families, scope, measure)
+table = data.query(run, "table1", measure=measure, scope=scope, kind=TABLE1_KINDS)
+sweeps = data.query(run, "layer_sweeps", measure=measure, scope=scope)
+heads = data.query(run, "head_ablations", measure=measure, scope=scope)
+components = data.query(run, "component_effects", measure=measure, scope=scope)
+families = data.query(run, "holm_families", measure=measure, scope=scope)
 
 # -- Table 1 ----------------------------------------------------------------------------------
 st.subheader(f"Table 1: {escape(measure)} under each ablation ({escape(scope)})")
@@ -83,7 +84,7 @@ shown = table.copy()
 shown.insert(3, "removes", [lab.direction(c) if c in DIRECTIONS else c for c in shown["condition"]])
 shown["significance"] = [stars(p, not_significant="n.s.") for p in shown["p_holm"]]
 if sl.qids:
-    part = data.query(run, aq.ablation_slice_means, sl, scope, measure)
+    part = data.query(run, "slice_means", measure=measure, scope=scope, where=sl)
     shown = shown.merge(part[["condition_id", "n_queries", "mean", "delta"]].rename(
         columns={"n_queries": "slice_queries", "mean": "slice_mean", "delta": "slice_delta"}),
         on="condition_id", how="left")
@@ -182,7 +183,7 @@ else:
 # -- QK-subspace conditions -------------------------------------------------------------------
 st.subheader(kind_of("subspace").title)
 with st.spinner("Reading the subspace heads' metrics (one pass over subspace_head_metrics; cached afterwards) ..."):
-    subspace = data.query(run, aq.subspace_table, scope, measure)
+    subspace = data.query(run, "subspace_effects", measure=measure, scope=scope)
 if subspace.empty:
     st.caption(f"No QK-subspace conditions in this run ({code(command_for(run, SUBSPACE_FLAGS))} computes them for the "
                "heads of --subspace-heads, default the top 5 by Cohen's d of q_d).")
@@ -211,7 +212,7 @@ else:
     st.selectbox("Condition: every metric of its head", sub_ids, key="abl_sub")
     state.publish("abl_sub", default=sub_ids[0])
     if run.has("subspace_head_metrics"):
-        deltas = data.query(run, aq.subspace_metric_deltas, st.session_state["abl_sub"])
+        deltas = data.query(run, "subspace_metric_deltas", st.session_state["abl_sub"])
         if len(deltas):
             ui.chart(charts.metric_deltas(deltas, title=f"Change of the head's own metrics under "
                                                         f"{st.session_state['abl_sub']} ({run.model_name})",
@@ -236,7 +237,7 @@ state.bind("abl_cond", default, clean=state.choice(conditions, default))
 st.selectbox("Condition", conditions, key="abl_cond")
 state.publish("abl_cond", default=default)
 cond = st.session_state["abl_cond"]
-per_query = data.query(run, aq.ablation_per_query, sl, cond, scope, measure)
+per_query = data.query(run, "per_query", cond, measure=measure, scope=scope, where=sl)
 if per_query.empty:
     st.info("No per-query values for this condition in the slice.")
     st.stop()

@@ -1,14 +1,16 @@
 """Compare runs: two runs side by side (two models on one dataset, or one model on two datasets): the head atlas
 of each and their difference, aligned by layer index (the shared layer x head grid) or by relative depth (each
 layer's mean, or largest, head value against (layer + 0.5) / layers, binned into the shallower model's layers:
-``app.depth``), and the ablation table of each."""
+``matching_atlas.depth``), and the ablation table of each."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from app import ablation_queries as aq, charts, data, depth, queries, state, ui
+from app import charts, data, state, ui
+from matching_atlas import depth
+from matching_atlas.ablations import TABLE1_KINDS
 from precompute.depth import layers_in_span
 from app.commands import ABLATIONS_FLAGS, command_for
 from app.family import labels_of
@@ -107,8 +109,8 @@ if align == "depth" and sl.layers is not None and sl_b.layers != sl.layers:
 
 def grid_of(run, s):
     if view == "mean":
-        return data.query(run, queries.head_means, s, metric), "mean"
-    return data.query(run, queries.head_difference, s, metric, view), "diff"
+        return data.query(run, "head_means", metric, where=s), "mean"
+    return data.query(run, "head_difference", metric, view, where=s), "diff"
 
 
 grid_a, value = grid_of(run_a, sl_a)
@@ -196,8 +198,8 @@ if not (has_a and has_b):
         if not has:
             st.info(f"Run {tag} ({escape(run.name)}) has no ablations yet: {code(command_for(run, ABLATIONS_FLAGS))}")
     st.stop()
-oa = data.query(run_a, aq.ablation_options)
-ob = data.query(run_b, aq.ablation_options)
+oa = data.query(run_a, "ablation_options")
+ob = data.query(run_b, "ablation_options")
 common_options = oa.merge(ob, on=["scope", "measure"])
 if common_options.empty:
     st.info("The two runs share no (scope, measure) of ablation results.")
@@ -207,8 +209,8 @@ state.bind("cmp_abl", combos[0], clean=state.choice(combos, combos[0]))
 st.selectbox("Scope and measure", combos, key="cmp_abl")
 state.publish("cmp_abl", default=combos[0])
 scope, measure = st.session_state["cmp_abl"].split(" · ", 1)
-ta = data.query(run_a, aq.ablation_table, scope, measure)
-tb = data.query(run_b, aq.ablation_table, scope, measure)
+ta = data.query(run_a, "table1", measure=measure, scope=scope, kind=TABLE1_KINDS)
+tb = data.query(run_b, "table1", measure=measure, scope=scope, kind=TABLE1_KINDS)
 table = compare_frames(ta, tb, ["condition_id"], "delta")
 table = table.merge(ta[["condition_id", "mean", "p_holm"]].rename(columns={"mean": "mean_a", "p_holm": "p_holm_a"}),
                     on="condition_id", how="left")

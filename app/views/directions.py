@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, queries, state, ui
+from app import charts, data, state, ui
 from app.family import labels_of
 from app.text import escape
 from precompute.names import CONTRAST_LABELS, CONTRASTS, DIRECTIONS, SEGMENTS
@@ -54,14 +54,14 @@ if scope == "head":
     where = f"head {layer}.{head}"
 
 if show == "mean":
-    matrix = data.query(run, queries.direction_matrix, msl)
+    matrix = data.query(run, "direction_matrix", where=msl)
     value, diverging = "mean", False
     value_title = "Mean attention mass"
     title = f"Segment-to-segment attention, {where} ({run.model_name}, {run.dataset_name})"
 else:
     a, b = CONTRASTS[show]
-    ma = data.query(run, queries.direction_matrix, msl.with_(neg_types=(a,)))
-    mb = data.query(run, queries.direction_matrix, msl.with_(neg_types=(b,), grades=()))
+    ma = data.query(run, "direction_matrix", where=msl.with_(neg_types=(a,)))
+    mb = data.query(run, "direction_matrix", where=msl.with_(neg_types=(b,), grades=()))
     matrix = ma[["src", "dst", "direction"]].copy()
     matrix["mean_a"], matrix["mean_b"] = ma["mean"], mb["mean"]
     matrix["diff"] = matrix["mean_a"] - matrix["mean_b"]
@@ -95,7 +95,7 @@ dirs = tuple(st.session_state["dir_dirs"])
 if not dirs:
     st.info("Choose at least one direction.")
 else:
-    lines = data.query(run, queries.direction_by_layer, sl, dirs)
+    lines = data.query(run, "direction_by_layer", dirs, where=sl)
     empty = [d for d in dirs if lines[lines["direction"] == d]["mean"].isna().all()]
     for d in empty:
         st.info(escape(lab.why_empty(d)), icon=":material/block:")
@@ -117,7 +117,7 @@ if run.has("decoder_cross_attention"):
                "encoder segment (summed over the segment's tokens; the five sum to 1), per decoder layer x head, by "
                "negative type. The slice's queries, negative types and grades apply; its layers and heads are the "
                "encoder's and do not.")
-    cross = data.query(run, queries.cross_attention, sl)
+    cross = data.query(run, "cross_attention", where=sl)
     if cross.empty:
         st.warning("The slice holds no pairs.")
         st.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, queries, state, ui
+from app import charts, data, state, ui
 from app.commands import command_for
 from app.family import labels_of
 from app.text import code, escape
@@ -45,12 +45,12 @@ label = lab.metric(metric)
 
 # -- the heatmap's data -----------------------------------------------------------------------
 if not diff_view:
-    grid = data.query(run, queries.head_means, sl, metric)
+    grid = data.query(run, "head_means", metric, where=sl)
     value, value_title = "mean", f"Mean {metric}"
     title = f"{label} per head: mean over the slice"
     tooltip = ["n", "sd"]
 else:
-    grid = data.query(run, queries.head_difference, sl, metric, view)
+    grid = data.query(run, "head_difference", metric, view, where=sl)
     a, b = CONTRASTS[view]
     value = color_by
     value_title = (f"{metric}: {a} - {b}" if color_by == "diff" else f"Cohen's d of {metric}, {a} vs {b}")
@@ -58,7 +58,7 @@ else:
              else f"Effect size (Cohen's d) of {label}, {a} vs {b} negatives")
     tooltip = ["diff", "cohen_d", "mean_a", "mean_b", "n_a", "n_b"]
     if run.has("head_contrasts"):
-        stats = data.query(run, queries.head_contrasts, metric, view)
+        stats = data.query(run, "head_contrasts", metric, view)
         if len(stats):
             stats = stats[["layer", "head", "cohen_d", "p_holm"]].rename(
                 columns={"cohen_d": "run_cohen_d", "p_holm": "run_p_holm"})
@@ -125,7 +125,7 @@ with h2:
             m[3].metric("p (Holm, run)", fmt_p(row["run_p_holm"], missing="n/a"), stars(row["run_p_holm"]) or None,
                         delta_color="off")
 
-stats = data.query(run, queries.head_values, sl, sel_layer, sel_head, metric)
+stats = data.query(run, "head_values", sel_layer, sel_head, metric, where=sl)
 if stats.empty:
     st.info("No pair of the slice on this head.")
     st.stop()
@@ -137,7 +137,7 @@ with left:
         stats, f"{run.name}-head-{sel_layer}.{sel_head}-{metric}-box", key="atlas_box",
     )
 with right:
-    hist = data.query(run, queries.head_histogram, sl, sel_layer, sel_head, metric, 30)
+    hist = data.query(run, "head_histogram", sel_layer, sel_head, metric, 30, where=sl)
     ui.chart(
         charts.histogram(hist, title=f"Head {sel_layer}.{sel_head}: distribution of {metric} per negative type",
                          x_title=label),
@@ -149,8 +149,7 @@ state.bind("atlas_order", "largest", clean=state.choice(["largest", "smallest"],
 st.radio("Top pairs by", ["largest", "smallest"], key="atlas_order", horizontal=True,
          format_func=lambda o: f"{o} {metric}")
 state.publish("atlas_order", default="largest")
-top = data.query(run, queries.head_top_pairs, sl, sel_layer, sel_head, metric, 20,
-                 st.session_state["atlas_order"] == "largest")
+top = data.query(run, "head_top_pairs", sel_layer, sel_head, metric, 20, st.session_state["atlas_order"] == "largest", where=sl)
 st.dataframe(top, hide_index=True, key="atlas_top",
              column_config={"value": st.column_config.NumberColumn(metric, format="%.4f"),
                             "score": st.column_config.NumberColumn("score", format="%.3f")})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, queries, state, ui
+from app import charts, data, state, ui
 from app.family import labels_of
 from app.text import code, escape
 from app.slice import neg_order
@@ -20,8 +20,8 @@ SCORE_WORDS = SCORE_KINDS.get(str(run.model.score), f"score ({run.model.score or
 st.title(f"Overview: {escape(run.dataset_name)} x {escape(run.model_name)}")
 st.caption(f"Run folder {code(run.path)} · created {escape(man.created or '?')} · slice: {escape(sl.describe())}")
 
-counts = data.query(run, queries.pair_counts, sl.pairs_only())
-ndcg = data.query(run, queries.ndcg_per_query, sl.pairs_only())
+counts = data.query(run, "pair_counts", where=sl.pairs_only())
+ndcg = data.query(run, "ndcg", where=sl.pairs_only())
 n_pairs = int(counts["pairs"].sum()) if len(counts) else 0
 n_queries = int(ndcg["qid"].nunique()) if len(ndcg) else 0
 manifest_ndcg = man.metrics.get("nDCG@10")
@@ -93,14 +93,14 @@ st.subheader("Score distributions by negative type")
 state.bind("ov_bins", 40, parse=int, clean=lambda v: min(100, max(5, int(v))))
 st.slider("Bins", 5, 100, key="ov_bins")
 state.publish("ov_bins", default=40)
-hist = data.query(run, queries.score_histogram, sl.pairs_only(), int(st.session_state["ov_bins"]))
+hist = data.query(run, "score_histogram", int(st.session_state["ov_bins"]), where=sl.pairs_only())
 if len(hist):
     ui.chart(
         charts.histogram(hist, title=f"Model score by negative type ({run.model_name}, {run.dataset_name})",
                          x_title=f"Model {SCORE_WORDS}"),
         hist, f"{run.name}-score-histogram", key="ov_hist",
     )
-    summary = data.query(run, queries.score_summary, sl.pairs_only())
+    summary = data.query(run, "score_summary", where=sl.pairs_only())
     summary = summary.set_index("neg_type").reindex(neg_order(summary["neg_type"]))
     st.dataframe(summary.reset_index(), hide_index=True, key="ov_summary")
 else:

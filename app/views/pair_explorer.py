@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, live, pair_queries, queries, state, ui
-from app.errors import one_line
+from app import charts, data, live, state, ui
+from matching_atlas.errors import error_text
 from app.text import code, escape
 from precompute.config import JobConfig
 from app.family import labels_of
@@ -23,7 +23,7 @@ st.title("Pair explorer")
 st.caption(f"{escape(run.dataset_name)} x {escape(run.model_name)} · queries and passages of the slice: "
            f"{escape(sl.describe())}")
 
-qdf = data.query(run, queries.query_list)
+qdf = data.query(run, "queries")
 if sl.qids:
     qdf = qdf[qdf["qid"].isin(sl.qids)]
 qids = list(qdf["qid"])
@@ -37,7 +37,7 @@ st.selectbox("Query", qids, key="pair_q", format_func=lambda q: f"{q}: {qtext.ge
 state.publish("pair_q", default=qids[0])
 qid = st.session_state["pair_q"]
 
-pairs = data.query(run, pair_queries.query_pairs, sl, qid)
+pairs = data.query(run, "pairs", qid, where=sl)
 if pairs.empty:
     st.warning("This query has no passage in the slice (check the negative types and grades in the sidebar).")
     st.stop()
@@ -51,7 +51,7 @@ st.selectbox(
 )
 state.publish("pair_id", default=ids[0])
 pair_id = int(st.session_state["pair_id"])
-pair = data.query(run, pair_queries.pair_row, pair_id).iloc[0]
+pair = data.query(run, "pair", pair_id).iloc[0]
 
 m = st.columns(5)
 m[0].metric("Model score", f"{pair['score']:.4f}")
@@ -77,7 +77,7 @@ c2.selectbox("Head", head_opts, key="pair_head")
 state.publish("pair_head", default=head_opts[0])
 layer, head = int(st.session_state["pair_layer"]), int(st.session_state["pair_head"])
 
-stored = data.query(run, pair_queries.pair_head_metrics, pair_id, layer, head)
+stored = data.query(run, "pair_head_metrics", pair_id, layer, head)
 left, right = st.columns(2)
 with left:
     if stored.empty:
@@ -100,7 +100,7 @@ with right:
                  format_func=lambda x: f"{x}: {lab.metric(x)}" + ("" if lab.possible(x) else " (not possible: causal)"))
     state.publish("pair_metric", default=default_metric)
     pm = st.session_state["pair_metric"]
-    grid = data.query(run, pair_queries.pair_metric_grid, sl, pair_id, pm)
+    grid = data.query(run, "pair_metric_grid", pair_id, pm, where=sl)
     if len(grid) and grid["value"].isna().all():
         st.info(escape(lab.why_empty(pm)), icon=":material/block:")
     if len(grid):
@@ -128,7 +128,7 @@ max_length = run.manifest.parameters.get("max_length") or run.manifest.identity.
 try:
     pa = live.pair_attention(str(folder), str(pair["query"]), str(pair["doc"]), layer, int(max_length))
 except Exception as err:  # noqa: BLE001 - a model that loads but does not run here: say so in one line, keep the page
-    st.warning(f"The model at {code(folder)} could not be run on this pair: {escape(one_line(err))}")
+    st.warning(f"The model at {code(folder)} could not be run on this pair: {escape(error_text(err))}")
     st.stop()
 if layer >= pa.summaries.shape[0] or head >= pa.summaries.shape[1]:
     st.warning(f"The model at {code(folder)} has {pa.summaries.shape[0]} layers x {pa.summaries.shape[1]} heads; "

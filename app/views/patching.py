@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, patching_queries as pq, state, ui
+from app import charts, data, state, ui
 from app.commands import PATCHING_FLAGS, command_for
 from app.family import labels_of
 from app.text import escape
@@ -33,7 +33,7 @@ if not (run.has("patching_effects") and run.has("patching_pairs")):
     ui.missing_table("activation-patching results", command_for(run, PATCHING_FLAGS))
     st.stop()
 
-experiments = data.query(run, pq.patching_experiments)
+experiments = data.query(run, "patching_experiments")
 if experiments.empty:
     ui.missing_table("activation-patching results", command_for(run, PATCHING_FLAGS))
     st.stop()
@@ -50,8 +50,8 @@ if exp == "cls":
                "the slice's queries apply to both.")
 SEGMENT_NAMES = {"cls": "pooling position"} if exp == "cls" else {"all": "all tokens"}
 
-heads = data.query(run, pq.patching_heads, sl, exp)
-comps = data.query(run, pq.patching_components, sl, exp)
+heads = data.query(run, "patching_heads", exp, where=sl)
+comps = data.query(run, "patching_components", exp, where=sl)
 rows = int(heads["n"].sum() + heads["n_null"].sum() + comps["n"].sum() + comps["n_null"].sum())
 nulls = int(heads["n_null"].sum() + comps["n_null"].sum())
 if rows == 0:
@@ -165,7 +165,7 @@ k[1].metric("95% confidence interval",
             f"{row['ci_lo']:.3f} to {row['ci_hi']:.3f}" if pd.notna(row["ci_lo"]) else "n/a")
 k[2].metric("Pairs with an effect", f"{int(row['n']):,}")
 k[3].metric("NULL effects", f"{int(row['n_null']):,}", help=f"|clean - corrupted| < {EPS}: left out, not counted as 0.")
-top = data.query(run, pq.patching_top_pairs, sl, exp, layer, component, segment, head, 20, descending)
+top = data.query(run, "patching_top_pairs", exp, layer, component, segment, head, 20, descending, where=sl)
 if top.empty:
     st.info(f"No pair of the slice has a defined effect for {escape(what)}.")
     st.stop()

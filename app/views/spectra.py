@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, queries, state, ui
+from app import charts, data, state, ui
 from app.commands import command_for
 from app.family import labels_of
 from app.text import escape
@@ -33,7 +33,7 @@ if not run.has("svd"):
 if spectra_info is not None and spectra_info.matrix:
     st.caption(f"The spectrum is of: {escape(spectra_info.matrix)}")
 
-align = data.query(run, queries.alignment_scores, sl)
+align = data.query(run, "head_alignment", where=sl)
 if align.empty:
     st.warning("No head of the slice has a spectrum.")
     st.stop()
@@ -60,7 +60,7 @@ with right:
     st.caption("Alignment score: the sigma-weighted mean of u_k . v_k over the head's spectrum.")
 
 st.subheader(f"Spectra of layer {sel_layer}")
-spectra = data.query(run, queries.svd_spectra, sl.with_(layers=(sel_layer, sel_layer)))
+spectra = data.query(run, "spectra", where=sl.with_(layers=(sel_layer, sel_layer)))
 c1, c2 = st.columns(2)
 with c1:
     ui.chart(charts.spectrum_lines(spectra, "sigma_rel", title=f"Layer {sel_layer}: singular values of W_Q W_K^T",
@@ -83,10 +83,10 @@ c2.selectbox("Contrast", contrasts, key="spec_contrast", format_func=CONTRAST_LA
 state.publish("spec_contrast", default=contrasts[0])
 metric, contrast = st.session_state["spec_metric"], st.session_state["spec_contrast"]
 if run.has("head_contrasts"):
-    rel = data.query(run, queries.alignment_vs_contrast, sl, metric, contrast)
+    rel = data.query(run, "alignment_vs_contrast", metric, contrast, where=sl)
     source = "the run's matching-head statistics (head_contrasts, all queries)"
 else:
-    rel = data.query(run, queries.alignment_vs_slice_difference, sl, metric, contrast)
+    rel = data.query(run, "alignment_vs_slice_difference", metric, contrast, where=sl)
     source = "the slice (computed from head_attention_agg; the run has no head_contrasts table yet)"
 if rel.empty or rel["cohen_d"].isna().all():
     st.info(escape(lab.why_empty(metric)) if not lab.possible(metric) else "No matching statistic for these heads.")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import data, queries, state, ui
+from app import data, state, ui
 from app.connections import run_sql
-from app.errors import one_line
+from matching_atlas.errors import error_text
 from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError
 from app.text import code, escape
 from precompute.store.schema import TABLES
@@ -29,7 +29,7 @@ PLANS = dict(zip(EXPLAIN_MODES, ("Result", "Plan (EXPLAIN)", "Plan with timings 
 left, right = st.columns([3, 1])
 with right:
     st.markdown("**Tables and columns**")
-    schema = data.query(run, queries.schema_listing)
+    schema = data.query(run, "columns")
     for table, cols in schema.groupby("table", sort=True):
         doc = TABLES[table].doc if table in TABLES else "view"
         with st.expander(f"{table} ({len(cols)})"):
@@ -63,6 +63,6 @@ with left:
         try:
             st.dataframe(result.frame, hide_index=True, key="sql_result")
         except Exception as err:  # noqa: BLE001 - a value the table widget cannot carry: one line, not a traceback
-            st.error(f"The result cannot be shown as a table: {escape(one_line(err))}", icon=":material/block:")
+            st.error(f"The result cannot be shown as a table: {escape(error_text(err))}", icon=":material/block:")
             st.stop()
         ui.table_download(result.frame, f"{run.name}-query", key="sql_csv", label="Download CSV")

@@ -18,7 +18,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from precompute.kernels.state import Site
+from precompute.kernels.site import Site
 
 
 class FamilyError(ValueError):

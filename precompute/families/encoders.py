@@ -21,7 +21,7 @@ import types
 from dataclasses import dataclass
 
 from precompute.families.base import Family, FamilyError
-from precompute.kernels.state import KernelError
+from precompute.kernels.site import KernelError
 
 
 CLASSIFIER_SCORE = "the head's logit (one label) or log-softmax of its positive class (two)"

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from precompute.families.base import TEMPLATE_SEGMENTS, Family, FamilyError, FamilySettings, module_at
 from precompute.families.encoders import CLASSIFIER_SCORE, classifier_relevance
-from precompute.kernels.state import Site
+from precompute.kernels.site import Site
 
 ANSWER_SCORE = "log_softmax[answer]"  # names.SCORE_KINDS: log-probability of the positive answer token vs the negative
 
@@ -89,6 +87,7 @@ class TemplateFamily(Family):
 
 def _answer_relevance(logits: torch.Tensor, ids: tuple[int, int]) -> torch.Tensor:
     """[batch, vocab] -> [batch] float32: log-softmax over the two answer tokens, of the positive one."""
+    import torch
     pair = logits[:, list(ids)].float()
     return torch.log_softmax(pair, dim=-1)[:, 0]
 
@@ -109,6 +108,7 @@ class MonoT5(TemplateFamily):
         return sites
 
     def scores(self, lm, batch):
+        import torch
         inputs = batch.inputs
         start = lm.model.config.decoder_start_token_id
         decoder = torch.full((inputs["input_ids"].shape[0], 1), start, dtype=torch.long, device=inputs["input_ids"].device)
@@ -123,6 +123,7 @@ class DecoderClassifier(TemplateFamily):
     model's own ``model(**inputs).logits``."""
 
     def check(self, lm) -> None:
+        import torch
         super().check(lm)
         if not isinstance(getattr(lm.model, "score", None), torch.nn.Linear):
             raise FamilyError(f"{type(lm.model).__name__} has no linear 'score' head over the hidden states; "
@@ -131,6 +132,7 @@ class DecoderClassifier(TemplateFamily):
             raise FamilyError(f"model has {lm.model.config.num_labels} labels; a reranker has 1 or 2")
 
     def scores(self, lm, batch):
+        import torch
         mask = batch.inputs["attention_mask"]
         hidden = lm.model.base_model(**batch.inputs, position_ids=decoder_position_ids(mask), use_cache=False).last_hidden_state
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.pooling_positions(lm.model, batch.inputs)]
@@ -147,6 +149,7 @@ class YesNoLM(TemplateFamily):
         return AutoModelForCausalLM
 
     def scores(self, lm, batch):
+        import torch
         mask = batch.inputs["attention_mask"]
         last = self.pooling_positions(lm.model, batch.inputs)
         keep, where = torch.unique(last, return_inverse=True)  # the model's own head (soft-capping included), only there

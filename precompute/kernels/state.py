@@ -17,23 +17,11 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from precompute.kernels.site import KernelError, Site  # noqa: F401 - the kernels' names for them
 from precompute.names import CAUSAL_IMPOSSIBLE, SEGMENT_INDEX, SEGMENTS
 
 N_SEG = len(SEGMENTS)
 Q, D = SEGMENT_INDEX["q"], SEGMENT_INDEX["d"]
-
-
-class KernelError(RuntimeError):
-    """An attention call the kernel cannot compute faithfully (message is one line, for the CLI)."""
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where an attention module sits: ``role`` 'self' (an encoder or decoder-only layer: summarised and
-    ablated), 'decoder' (an encoder-decoder's decoder self-attention) or 'cross' (its cross-attention)."""
-
-    role: str
-    layer: int
 
 
 @dataclass

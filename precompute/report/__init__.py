@@ -14,7 +14,7 @@ scope / a damaged table.
 
 from __future__ import annotations
 
-from precompute.report.cli import load, main
+from precompute.report.cli import load, main, records
 from precompute.report.condition_tables import ReportError, kind_order, mark, render
 
 __all__ = ["ReportError", "kind_order", "load", "main", "mark", "render"]

@@ -1,4 +1,5 @@
-"""``python -m precompute.report RUN``: read a finished run and print its tables."""
+"""``python -m precompute.report RUN``: print a run's tables, each read through the reader (:mod:`matching_atlas`:
+the same DataFrames the app's pages show)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from precompute.cli import OneLineParser
+from precompute.metrics import METRICS
 from precompute.console import first_line
 from precompute.report import compare
 from precompute.report import patching_summary
@@ -21,65 +23,37 @@ patching summary and the command that reruns the run. Exit codes: 0 printed, 1 u
 unknown measure or scope, or a damaged table."""
 
 
-def _finished(run: Path):
-    """The typed manifest of a finished run of a readable schema version; ReportError otherwise."""
-    from precompute.store.manifest import STATUS_COMPLETE, ManifestError, read_manifest
-    from precompute.store.schema import READABLE_SCHEMA_VERSIONS
+def open_reader(run: Path):
+    """The run through the reader's opening rule (:func:`matching_atlas.open_run`); ReportError with its reason."""
+    import matching_atlas as ma
 
-    run = Path(run)
     try:
-        manifest = read_manifest(run) if run.is_dir() else None
-    except ManifestError as err:
+        return ma.open_run(run)
+    except ma.RunError as err:
         raise ReportError(str(err)) from err
-    if manifest is None:
-        raise ReportError(f"{run} is not a run folder (no manifest.json); pass the folder the job wrote (--out)")
-    if manifest.schema_version not in READABLE_SCHEMA_VERSIONS:
-        raise ReportError(f"{run} holds a store of schema version {manifest.schema_version}; this report reads "
-                          f"versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (rerun the job into a new folder)")
-    if manifest.status != STATUS_COMPLETE:
-        raise ReportError(f"{run} is not a finished run (status {manifest.status!r}); rerun the job to finish it")
-    return manifest
+
+
+def records(df) -> list[dict]:
+    """A DataFrame's rows as dicts, missing values as None."""
+    return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
 def load(run: Path, measure: str, scope: str):
-    """(manifest, measure, summary rows as dicts) of a finished run; ReportError otherwise."""
-    from precompute.store.schema import SCHEMA_VERSION
-
-    run = Path(run)
-    manifest = _finished(run)
-    if not (run / "ablation_summary.parquet").exists():
+    """(manifest, measure, Table 1 rows as dicts: :meth:`matching_atlas.Run.table1`) of a run the reader opens;
+    ReportError otherwise."""
+    reader = open_reader(run)
+    if not reader.has("ablation_summary"):
         raise ReportError(f"{run} has no ablations; add them with python -m precompute (same flags) --ablations directions,groups")
-    _check_tables(run, current=manifest.schema_version == SCHEMA_VERSION)
-    from precompute.store.connect import connect
-
-    con = connect(run)
-    available = con.execute("SELECT DISTINCT scope, measure FROM ablation_summary ORDER BY ALL").fetchall()
-    scopes = sorted({s for s, _ in available})
+    available = reader.ablation_options()
+    scopes = sorted(set(available["scope"]))
     if scope not in scopes:
         raise ReportError(f"scope {scope!r} is not in this run; it has {', '.join(scopes)}")
-    measures = {m.lower(): m for s, m in available if s == scope}
+    measures = {m.lower(): m for m in available[available["scope"] == scope]["measure"]}
     if measure.lower() not in measures:
         raise ReportError(f"measure {measure!r} is not in this run; it has {', '.join(measures.values())} "
                           "(add one with python -m precompute ... --measures)")
     measure = measures[measure.lower()]
-    cur = con.execute("SELECT * FROM ablation_summary WHERE scope = ? AND measure = ?", [scope, measure])
-    cols = [d[0] for d in cur.description]
-    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-    return manifest, measure, rows
-
-
-def _check_tables(run: Path, current: bool) -> None:
-    """The two tables the report reads are what the job wrote (page checksums, row counts: a damaged file would
-    print numbers of nothing; the columns too when ``current``, a store of this schema version); ReportError naming
-    the file otherwise."""
-    from precompute.store import integrity
-    from precompute.store.schema import TABLES
-
-    for table in ("ablation_summary", "ablation_conditions"):
-        try:
-            integrity.verify(run / f"{table}.parquet", table, TABLES[table].schema if current else None)
-        except integrity.CorruptFile as err:
-            raise ReportError(f"{err}; rerun the job with the same command to rebuild it") from err
+    return reader.info.manifest, measure, records(reader.table1(measure, scope))
 
 
 def rerun_block(manifest, run: Path) -> str:
@@ -103,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("comparing two runs", "Instead of RUN's tables: RUN and OTHER's per-layer profiles of one "
                              "summary metric, aligned by relative depth or by layer index.")
     c.add_argument("--compare", type=Path, metavar="OTHER", help="a second run folder")
-    c.add_argument("--metric", default="q_d", help="head_attention metric compared. Default: %(default)s")
+    c.add_argument("--metric", default="q_d", help="head_attention metric compared: "
+                   f"{', '.join(METRICS)}. Default: %(default)s")
     c.add_argument("--align", choices=("depth", "layer"), default="depth",
                    help="depth: the deeper model's layers binned into the shallower one's by relative depth; layer: by "
                    "layer index. Default: %(default)s")
@@ -119,17 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ReportError(f"--kind {bad[0]!r}: expected any of {', '.join(kind_order())}")
         if args.compare is not None:
-            for run in (args.run, args.compare):
-                _finished(run)
+            runs = [open_reader(run) for run in (args.run, args.compare)]
             try:
-                sys.stdout.write(compare.render(args.run, args.compare, args.metric, args.align, args.neg_type))
+                sys.stdout.write(compare.render(*runs, args.metric, args.align, args.neg_type))
             except ValueError as err:
                 raise ReportError(str(err)) from err
             return EXIT_OK
         manifest, measure, rows = load(args.run, args.measure, args.scope)
         modes = [args.mode] if args.mode else None
         sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
-        sys.stdout.write(patching_summary.render(args.run, manifest.model.segment_labels))
+        sys.stdout.write(patching_summary.render(open_reader(args.run), manifest.model.segment_labels))
         sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,59 +1,33 @@
 """``python -m precompute.report RUN --compare OTHER``: two runs' per-layer profiles of one summary metric side by
 side, aligned by relative depth (a 6-layer MiniLM and a 24-layer MonoBERT-large only compare that way) or by layer
-index. A layer's value is the mean over its heads of the metric's mean over the run's pairs (from
-``head_attention_agg``, every pair, or one negative type); the deeper model's layers are binned into the shallower
-model's (:mod:`precompute.depth`), a bin's value is the mean of its layers'."""
+index. The table is the reader's :meth:`matching_atlas.Run.compare` (the app's Compare runs page computes its own
+from the same functions of :mod:`matching_atlas.depth`); this module only prints it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from precompute.depth import depth_bin
-
-
-def layer_means(run: Path, metric: str, neg_type: str | None) -> dict[int, float | None]:
-    """layer -> mean over heads of the metric's mean over pairs (None: NULL, a direction a causal model lacks)."""
-    from precompute.store.connect import connect
-
-    where = "" if neg_type is None else "WHERE neg_type = ?"
-    rows = connect(run).execute(
-        f'SELECT layer, avg(s / n) FROM (SELECT layer, head, sum("{metric}_sum") AS s, sum(n) AS n '
-        f"FROM head_attention_agg {where} GROUP BY layer, head) GROUP BY layer ORDER BY layer",
-        [] if neg_type is None else [neg_type]).fetchall()
-    return {int(layer): value for layer, value in rows}
-
-
-def render(run_a: Path, run_b: Path, metric: str, align: str, neg_type: str | None) -> str:
+def render(run_a, run_b, metric: str, align: str, neg_type: str | None) -> str:
+    """The comparison of two :class:`matching_atlas.Run` as text."""
     from precompute.metrics import METRICS, metric_label
 
     if metric not in METRICS:
         raise ValueError(f"--metric {metric!r}: expected a head_attention metric such as q_d or q2d_max")
-    a, b = layer_means(run_a, metric, neg_type), layer_means(run_b, metric, neg_type)
-    la, lb = len(a), len(b)
+    table = run_a.compare(run_b, metric=metric, align=align, neg_type=neg_type)
+    la, lb = run_a.layers, run_b.layers
     which = "every pair" if neg_type is None else f"{neg_type} pairs"
-    out = [f"Compare   A {run_a} ({la} layers) vs B {run_b} ({lb} layers)",
+    out = [f"Compare   A {run_a.path} ({la} layers) vs B {run_b.path} ({lb} layers)",
            f"Metric    {metric}: {metric_label(metric)}; layer value = mean over heads of the mean over {which}"]
-    fmt = lambda v: f"{v:>9.4f}" if v is not None else f"{'NULL':>9}"  # noqa: E731
+    fmt = lambda v: f"{v:>9.4f}" if v == v else f"{'NULL':>9}"  # noqa: E731 - NaN: a NULL metric
     if align == "layer":
         out += ["Aligned   by layer index (layers only one run has are left blank)", "",
                 f"{'layer':<7}{'A':>9}{'B':>9}{'B - A':>9}"]
-        for layer in range(max(la, lb)):
-            va, vb = a.get(layer), b.get(layer)
-            diff = fmt(vb - va) if va is not None and vb is not None else f"{'':>9}"
-            out.append(f"{layer:<7}{fmt(va) if layer < la else '':>9}{fmt(vb) if layer < lb else '':>9}{diff}")
+        for r in table.itertuples():
+            a, b = fmt(r.value_a) if r.layer < la else "", fmt(r.value_b) if r.layer < lb else ""
+            diff = fmt(r.diff) if r.diff == r.diff else f"{'':>9}"
+            out.append(f"{r.layer:<7}{a:>9}{b:>9}{diff}")
         return "\n".join(out) + "\n"
-    bins = min(la, lb)
-    out += [f"Aligned   by relative depth: {bins} bins (layer l of L sits at (l + 0.5) / L)", "",
+    out += [f"Aligned   by relative depth: {len(table)} bins (layer l of L sits at (l + 0.5) / L)", "",
             f"{'bin':<5}{'A layers':>10}{'B layers':>10}{'A':>9}{'B':>9}{'B - A':>9}"]
-
-    def binned(values: dict[int, float | None], n: int, k: int) -> tuple[str, float | None]:
-        members = [l for l in range(n) if depth_bin(l, n, bins) == k]
-        kept = [values[l] for l in members if values.get(l) is not None]
-        span = f"{members[0]}-{members[-1]}" if len(members) > 1 else str(members[0])
-        return span, (sum(kept) / len(kept) if kept else None)
-
-    for k in range(bins):
-        (sa, va), (sb, vb) = binned(a, la, k), binned(b, lb, k)
-        diff = fmt(vb - va) if va is not None and vb is not None else f"{'NULL':>9}"
-        out.append(f"{k:<5}{sa:>10}{sb:>10}{fmt(va)}{fmt(vb)}{diff}")
+    for r in table.itertuples():
+        out.append(f"{r.bin:<5}{r.layers_a:>10}{r.layers_b:>10}{fmt(r.value_a)}{fmt(r.value_b)}{fmt(r.diff)}")
     return "\n".join(out) + "\n"

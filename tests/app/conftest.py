@@ -61,16 +61,6 @@ def family_sql(family_store):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _verification_cache(tmp_path_factory):
-    """The app's verification cache in a folder of the test session (never the repository's data/cache)."""
-    from app.verification import CACHE_ENV
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("verify-cache")))
-        yield
-
-
-@pytest.fixture(scope="session", autouse=True)
 def _no_component_scan():
     """AppTest scans every installed distribution for Streamlit v2 component manifests on each new AppTest
     (~0.3 s here, most of a page run); the app uses no such component, so the scan is skipped in these tests."""

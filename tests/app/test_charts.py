@@ -6,42 +6,43 @@ import pytest
 
 import pandas as pd
 
-from app import ablation_queries as AQ, charts as C, depth, patching_queries as PQ, queries as Q
+from app import charts as C
+from matching_atlas import Run, depth
+from matching_atlas.opening import inspect_run
 from app.family import Labels
-from app.slice import Slice
-from precompute.store.connect import connect
+from matching_atlas.slice import Slice
 from tests.app.conftest import DL20
 from tests.app.synthetic import TEMPLATE_LABELS
 
 
 @pytest.fixture(scope="module")
 def con(store):
-    return connect(store / DL20)
+    return Run(inspect_run(store / DL20))
 
 
 def _all_charts(con):
     sl = Slice()
-    diff = Q.head_difference(con, sl, "q_d", "relevant_vs_easy").assign(sig=lambda d: d["cohen_d"] > 1)
-    comp = AQ.component_table(con, "pairs", "nDCG@10").dropna(subset=["layer"])
-    heads = PQ.patching_heads(con, sl, "tfc1")
-    prof = depth.layer_profile(Q.head_means(con, sl, "q_d"), "mean", 3)
+    diff = con.head_difference("q_d", "relevant_vs_easy", where=sl).assign(sig=lambda d: d["cohen_d"] > 1)
+    comp = con.component_effects(measure="nDCG@10", scope="pairs").dropna(subset=["layer"])
+    heads = con.patching_heads("tfc1", where=sl)
+    prof = depth.layer_profile(con.head_means("q_d", where=sl), "mean", 3)
     return {
-        "heatmap": C.head_heatmap(Q.head_means(con, sl, "q_d"), "mean", title="t", value_title="v", selected=(1, 1)),
+        "heatmap": C.head_heatmap(con.head_means("q_d", where=sl), "mean", title="t", value_title="v", selected=(1, 1)),
         "diff": C.head_heatmap(diff, "diff", title="t", value_title="v", diverging=True, mark_significant="sig"),
-        "matrix": C.direction_matrix(Q.direction_matrix(con, sl), title="t"),
-        "hist": C.histogram(Q.score_histogram(con, sl), title="t", x_title="x"),
-        "box": C.box_from_stats(Q.head_values(con, sl, 1, 1, "q_d"), title="t", y_title="y"),
-        "lines": C.direction_lines(Q.direction_by_layer(con, sl, ("q_d", "d_q")), title="t"),
-        "sweep": C.layer_sweep(AQ.ablation_layer_sweeps(con, "pairs", "nDCG@10"), title="t", y_title="y"),
-        "bars": C.delta_bars(AQ.ablation_per_query(con, sl, "q_d@all/zero", "pairs", "nDCG@10"), title="t",
+        "matrix": C.direction_matrix(con.direction_matrix(where=sl), title="t"),
+        "hist": C.histogram(con.score_histogram(where=sl), title="t", x_title="x"),
+        "box": C.box_from_stats(con.head_values(1, 1, "q_d", where=sl), title="t", y_title="y"),
+        "lines": C.direction_lines(con.direction_by_layer(("q_d", "d_q"), where=sl), title="t"),
+        "sweep": C.layer_sweep(con.layer_sweeps(measure="nDCG@10", scope="pairs"), title="t", y_title="y"),
+        "bars": C.delta_bars(con.per_query("q_d@all/zero", measure="nDCG@10", scope="pairs", where=sl), title="t",
                              x_title="x"),
-        "scatter": C.scatter(Q.alignment_vs_contrast(con, sl, "q_d", "relevant_vs_easy"), "alignment_score", "cohen_d",
+        "scatter": C.scatter(con.alignment_vs_contrast("q_d", "relevant_vs_easy", where=sl), "alignment_score", "cohen_d",
                              title="t", x_title="x", y_title="y", color="layer"),
-        "spectrum": C.spectrum_lines(Q.svd_spectra(con, sl), "sigma", title="t", y_title="y"),
+        "spectrum": C.spectrum_lines(con.spectra(where=sl), "sigma", title="t", y_title="y"),
         "components": C.component_grid(comp.astype({"layer": "int64"}), title="t", value_title="v"),
-        "subspace": C.metric_deltas(AQ.subspace_metric_deltas(con, "qk:2.1:k1/remove"), title="t", x_title="x"),
+        "subspace": C.metric_deltas(con.subspace_metric_deltas("qk:2.1:k1/remove"), title="t", x_title="x"),
         "intervals": C.effect_intervals(heads.assign(item=heads["layer"].astype(str)), title="t", x_title="x"),
-        "curves": C.component_curves(PQ.patching_components(con, sl, "tfc1"), title="t", y_title="y"),
+        "curves": C.component_curves(con.patching_components("tfc1", where=sl), title="t", y_title="y"),
         "depth": C.depth_lines(pd.concat([prof.assign(run="A"), prof.assign(run="B")]), title="t", y_title="y"),
         "bins": C.depth_bins(depth.align_by_depth(prof, 3, prof, 3), title="t", x_title="x"),
         "cross": C.cross_attention_maps(pd.DataFrame({"layer": [0, 0], "head": [0, 1], "neg_type": ["relevant", "easy"],
@@ -96,11 +97,11 @@ def test_export_png_and_svg(con):
 def test_null_values_are_drawn_as_such(con):
     """A NULL cell is grey with its reason (matrix: written in the cell; heatmap: in the tooltip), never 0."""
     lab = Labels(names=tuple(TEMPLATE_LABELS[s] for s in ("cls", "q", "sep1", "d", "sep2")), causal=True)
-    m = Q.direction_matrix(con, Slice())
+    m = con.direction_matrix(where=Slice())
     m.loc[m["direction"] == "q_d", "mean"] = float("nan")
     spec = C.direction_matrix(m, title="t", labels=lab).to_dict()
     assert len(spec["layer"]) == 4 and "Prefix" in str(spec) and "CLS" not in str(spec["layer"][0]["encoding"])
-    grid = Q.head_means(con, Slice(), "q_d")
+    grid = con.head_means("q_d", where=Slice())
     grid.loc[0, "mean"] = float("nan")
     spec = C.head_heatmap(grid, "mean", title="t", value_title="v", missing="not possible (causal)").to_dict()
     assert any(isinstance(layer.get("mark"), dict) and layer["mark"].get("color") == C.MISSING_FILL
@@ -109,6 +110,6 @@ def test_null_values_are_drawn_as_such(con):
 
 
 def test_patching_curves_are_clickable(con):
-    spec = C.component_curves(PQ.patching_components(con, Slice(), "tfc1"), title="t", y_title="y").to_dict()
+    spec = C.component_curves(con.patching_components("tfc1", where=Slice()), title="t", y_title="y").to_dict()
     params = spec.get("params") or [p for layer in spec["spec"]["layer"] for p in layer.get("params", [])]
     assert params[0]["name"] == C.POINT and params[0]["select"]["fields"] == ["layer", "component", "segment"]

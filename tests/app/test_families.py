@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import depth
+from matching_atlas import depth
 from app.family import NOT_POSSIBLE, Labels
 from precompute.metrics import METRICS
 from precompute.names import DIRECTIONS, SEGMENTS, split_direction

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.connections import run_sql
-from app.runs import inspect_run
+from matching_atlas.opening import inspect_run
 from app.sql_console import MAX_ROW_LIMIT
 from tests.app.conftest import DL19, DL20, MAIN, SMALL
 from tests.app.statements import ALLOWED, file_hashes, fingerprint, variants
@@ -185,13 +185,12 @@ def test_a_page_query_that_fails_is_one_line(own_store, monkeypatch):
     query): that page says so in one line naming the run, the other pages of the run work."""
     import duckdb
 
-    from app import ablation_queries
+    from matching_atlas import Run
 
-    def ablation_options(con):
+    def ablation_options(self):
         raise duckdb.ConversionException("Conversion Error: Could not convert string 'direction' to INT8")
 
-    ablation_options.__module__ = ablation_queries.__name__  # app.data runs only the query modules' functions
-    monkeypatch.setattr(ablation_queries, "ablation_options", ablation_options)
+    monkeypatch.setattr(Run, "ablation_options", ablation_options)
     at = page(own_store, "ablations", monkeypatch, run=DL20)
     errors = one_line_errors(at)
     assert len(errors) == 1 and DL20 in errors[0] and "Conversion Error" in errors[0], errors

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app import live
-from app.runs import inspect_run
+from matching_atlas.opening import inspect_run
 from precompute.metrics import METRICS
 
 pytest.importorskip("torch")

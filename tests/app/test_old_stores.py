@@ -10,17 +10,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from app import ablation_queries as aq
-from app.connections import open_run
-from app.slice import Slice
+from matching_atlas import Run
+from matching_atlas.ablations import TABLE1_KINDS
+from matching_atlas.opening import inspect_run
+from matching_atlas.slice import Slice
 from tests.app.test_pages import PAGES, frame, ok
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-QUERIES = {  # app.json's names -> the query (scope, measure given)
-    "ablation_table": aq.ablation_table, "ablation_layer_sweeps": aq.ablation_layer_sweeps,
-    "ablation_heads": aq.ablation_heads, "analysis_families": aq.analysis_families,
-    "component_table": aq.component_table, "subspace_table": aq.subspace_table,
-    "slice_means": lambda con, scope, measure: aq.ablation_slice_means(con, Slice(), scope, measure),
+# Table 1's columns when app.json was recorded (table1 now also has every part of a condition as a column)
+RECORDED_TABLE1 = ["condition_id", "kind", "condition", "mode", "layers", "n_queries", "mean", "baseline", "delta", "t",
+                   "p", "p_holm"]
+QUERIES = {  # app.json's names -> the reader's result (scope, measure given)
+    "ablation_table": lambda run, scope, measure: run.table1(measure, scope, kind=TABLE1_KINDS)[RECORDED_TABLE1],
+    "ablation_layer_sweeps": lambda run, scope, measure: run.layer_sweeps(measure, scope),
+    "ablation_heads": lambda run, scope, measure: run.head_ablations(measure, scope),
+    "analysis_families": lambda run, scope, measure: run.holm_families(measure, scope),
+    "component_table": lambda run, scope, measure: run.component_effects(measure, scope),
+    "subspace_table": lambda run, scope, measure: run.subspace_effects(measure, scope),
+    "slice_means": lambda run, scope, measure: run.slice_means(measure, scope, Slice()),
 }
 
 
@@ -32,8 +39,8 @@ def _recorded(df: pd.DataFrame) -> dict:
 @pytest.mark.parametrize("fixture", ["store-v1", "store-v2"])
 def test_the_ablation_queries_return_what_they_did(fixture):
     want = json.loads((FIXTURES / fixture / "app.json").read_text())
-    con = open_run(FIXTURES / fixture / "tiny-dl__tiny-bert")
-    assert _recorded(aq.ablation_options(con)) == want.pop("options")
+    con = Run(inspect_run(FIXTURES / fixture / "tiny-dl__tiny-bert"))
+    assert _recorded(con.ablation_options()) == want.pop("options")
     assert want  # at least one scope / measure
     for key, frames in want.items():
         scope, measure = key.split("/")

@@ -13,8 +13,9 @@ import pytest
 from app.commands import (ABLATION_SCORINGS_PER_S, ABLATIONS_FLAGS, DEFAULT_CONDITIONS, FIRST_TRY_TIME, FULL_PAIRS,
                           PATCHING_FLAGS, PRECOMPUTE_COMMAND, SUMMARY_PAIRS_PER_S, SWEEP_FLAGS, command_for,
                           full_run_minutes)
-from app.runs import (DEFAULT_STORE, READABLE_SCHEMA_VERSIONS, REPO, find_runs, inspect_run, model_folder, run_labels,
-                      store_from_args)
+from app.runs import DEFAULT_STORE, REPO, model_folder, run_labels, store_from_args
+from matching_atlas.opening import find_runs, inspect_run
+from precompute.store.schema import READABLE_SCHEMA_VERSIONS
 from precompute.config import JobConfig
 from precompute.store.schema import SCHEMA_VERSION
 from tests.app.conftest import DL19, DL20, SMALL

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from app.connections import SqlBusy, SqlSessions, run_sql
-from app.runs import inspect_run
+from matching_atlas.opening import inspect_run
 from app.sql_console import MAX_ROW_LIMIT, SqlError, SqlLimits, check
 from app.sql_results import unique_names
 from app.sql_worker import open_sql

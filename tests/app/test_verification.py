@@ -13,9 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from app import verification
-from app.runs import EAGER_ENV, find_runs, inspect_run, run_labels
-from app.verification import CACHE_ENV, DEFAULT_CACHE, FileCheck
+from matching_atlas import verification
+from app.runs import run_labels
+from matching_atlas.opening import EAGER_ENV, find_runs, inspect_run
+from matching_atlas.verification import CACHE_ENV, DEFAULT_CACHE, FileCheck
 from precompute.store import integrity
 from precompute.store.schema import TABLES
 from tests.app.synthetic import build_run

@@ -1,4 +1,5 @@
-"""No import cycle in precompute/ (imports inside functions count: a cycle through them still ties the modules
+"""No import cycle in precompute/, nor across precompute, matching_atlas and app, no upward import, and a --help that
+imports no torch (imports inside functions count: a cycle through them still ties the modules
 together, and job <-> stages <-> ablation once ran through them)."""
 
 from __future__ import annotations
@@ -65,3 +66,29 @@ def test_the_walk_sees_imports_inside_functions(tmp_path):
     known = {"precompute.job": module, "precompute.stages": module, "precompute": module}
     assert imports("x.m", module, known) == {"precompute.job", "precompute.stages"}
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle_and_no_upward_import_across_the_packages():
+    """precompute <- matching_atlas <- app: the reader imports nothing of the app; precompute imports neither, except
+    its report, which prints the reader's tables."""
+    known = {**modules("precompute"), **modules("matching_atlas"), **modules("app")}
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    found = cycle(graph)
+    assert found is None, "import cycle: " + " -> ".join(found)
+    for name, deps in graph.items():
+        if name.startswith("matching_atlas"):
+            assert not {d for d in deps if d.startswith("app")}, name
+        elif name.startswith("precompute"):
+            upward = {d for d in deps if d.startswith(("app", "matching_atlas"))}
+            assert not upward or name.startswith("precompute.report"), (name, upward)
+
+
+def test_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, runpy, sys; sys.argv = ['precompute', '--help']\n"
+            "try:\n    with contextlib.redirect_stdout(io.StringIO()): runpy.run_module('precompute', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

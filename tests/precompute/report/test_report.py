@@ -63,8 +63,8 @@ def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
     summary = damaged / "ablation_summary.parquet"
     summary.write_bytes(summary.read_bytes()[: summary.stat().st_size // 2])
     cases[f"{summary} is damaged"] = [str(damaged)]
-    for what, change in (("schema version", {"schema_version": 999}), ("not a finished run", {"status": "running"})):
-        copy = tmp_path / what.replace(" ", "-")
+    for what, change in (("schema version", {"schema_version": 999}), ("not 'complete'", {"status": "running"})):
+        copy = tmp_path / what.replace(" ", "-").replace("'", "")
         shutil.copytree(root, copy)
         manifest = json.loads((copy / "manifest.json").read_text())
         (copy / "manifest.json").write_text(json.dumps({**manifest, **change}))

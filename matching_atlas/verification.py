@@ -1,13 +1,13 @@
-"""Every table file of a run read whole and checked before the app shows it, once per state of the file.
+"""Every table file of a run read whole and checked before any of it is read, once per state of the file.
 
 The checks are the job's own (:func:`precompute.store.integrity.verify`): page CRCs, row counts (footer, written,
 manifest), the table's name and columns, the run identity every file records against the manifest's, statistics
 that must not exclude data, and the value bounds of ``precompute.store.schema``. A file that fails makes its run
 "cannot open" with the one-line reason naming it.
 
-Reading 3 x 10^8 rows takes minutes, so each outcome is kept, in memory and in a cache folder of the server
+Reading 3 x 10^8 rows takes minutes, so each outcome is kept, in memory and in a cache folder of the machine
 (``$ATLAS_VERIFY_CACHE``, default ``data/cache/verified`` of the repository, never the run folder or the shared
-data), under a key of everything the outcome depends on:
+data; the app, the report and notebooks share it), under a key of everything the outcome depends on:
 
 * the file's state: resolved path, device, inode, size, mtime_ns and ctime_ns (ctime is set by the kernel on any
   write, rename or ``touch``, and cannot be set back by a user, so a file changed after it was verified has
@@ -18,10 +18,11 @@ data), under a key of everything the outcome depends on:
 and each entry carries an HMAC-SHA256 of its key and outcome under a secret made once for the cache folder
 (mode 0600): a cache entry edited by hand, copied from elsewhere or damaged is ignored and the file verified
 again; it can never turn into "verified". A cache folder that cannot be written only costs the reuse across
-server starts.
+processes.
 
-Verification runs in a background thread per run state (:func:`start`), so that a page rerun or a second visitor
-joins the one in progress and sees its progress instead of starting over. Nothing here imports Streamlit.
+Verification runs in a background thread per run state (:func:`start`), so that a page rerun or a second visitor of
+the app joins the one in progress and sees its progress instead of starting over; :func:`matching_atlas.open_run`
+waits for it behind a tqdm bar.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class Cache:
                     pass  # another process made it meanwhile
             secret = path.read_text().strip()
             if len(secret) < 64:
-                raise OSError(f"{path} is not a secret this app made")
+                raise OSError(f"{path} is not a secret the atlas made")
             self._secret = secret.encode()
         return self._secret
 

@@ -1,15 +1,17 @@
-"""SQL text building blocks of the pages' queries (``app.queries``, ``app.pair_queries``).
+"""SQL text building blocks of the reader's queries (:class:`matching_atlas.Run`'s methods).
 
-Everything a user can choose reaches SQL through here: literals are quoted by :func:`lit`, metric
-names are checked against ``precompute.metrics.METRICS`` by :func:`metric`, and the slice becomes a
-``WHERE`` condition in :func:`where`, so no widget value or URL parameter is pasted into SQL as is.
+Everything a user can choose (in the app's widgets and URLs, or in a notebook) reaches SQL through here: literals
+are quoted by :func:`lit`, metric names are checked against ``precompute.metrics.METRICS`` by :func:`metric`, and the
+slice becomes a ``WHERE`` condition in :func:`where`, so no widget value or URL parameter is pasted into SQL as is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 
-from app.slice import Slice
+from matching_atlas.slice import Slice
 from precompute.metrics import METRICS
 from precompute.store.sql import literal
 
@@ -68,11 +70,6 @@ def where(
     return " AND ".join(cond) if cond else "TRUE"
 
 
-def frame(con, sql: str, params: list | None = None) -> pd.DataFrame:
-    """Run ``sql`` with bound ``params`` and return the result as a DataFrame."""
-    return con.execute(sql, params or []).df()
-
-
 def ints(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
     """Cast ``cols`` to int64 (DuckDB returns some counts and ids as other widths or floats)."""
     for c in cols:
@@ -81,8 +78,8 @@ def ints(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
     return df
 
 
-def binned(con, source_sql: str, value: str, group: str, bins: int) -> pd.DataFrame:
-    """Histogram of ``value`` per ``group`` over ``source_sql`` with shared bin edges.
+def binned(read: Callable[[str], pd.DataFrame], source_sql: str, value: str, group: str, bins: int) -> pd.DataFrame:
+    """Histogram of ``value`` per ``group`` over ``source_sql`` with shared bin edges (``read`` runs a query).
 
     Columns: group, bin, bin_start, bin_end, n, share (fraction of the group's rows in the bin).
     """
@@ -100,7 +97,7 @@ def binned(con, source_sql: str, value: str, group: str, bins: int) -> pd.DataFr
                count(*) AS n
         FROM b, rng GROUP BY grp, bin ORDER BY grp, bin
     """
-    df = frame(con, sql)
+    df = read(sql)
     if len(df):
         df["share"] = df["n"] / df.groupby(group)["n"].transform("sum")
         df = ints(df, "bin", "n")

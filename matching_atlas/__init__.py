@@ -1,0 +1,98 @@
+"""Read a run of ``python -m precompute`` as pandas DataFrames: the one reader of the store.
+
+The app's pages, ``python -m precompute.report`` and notebooks all read through it::
+
+    import matching_atlas as ma
+    run = ma.open_run("data/store/<run>")     # RunError (one line) when the run cannot be opened
+    run.table1()                              # Table 1: one row per ablation condition
+    run.analyses()                            # what the run holds, and the command that adds what it lacks
+
+:func:`open_run` applies the opening rule (:mod:`matching_atlas.opening`: manifest, schema version, status,
+required tables, every file verified); each method of :class:`Run` is one table or derived result, defined once in
+the module of its group (:mod:`~matching_atlas.pairs`, :mod:`~matching_atlas.heads`,
+:mod:`~matching_atlas.ablations`, :mod:`~matching_atlas.patching`, :mod:`~matching_atlas.depth`,
+:mod:`~matching_atlas.analyses`). Nothing here imports Streamlit or torch. docs/reader.md has worked examples.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from matching_atlas.ablations import AblationTables
+from matching_atlas.analyses import AnalysisTables
+from matching_atlas.depth import CompareTables
+from matching_atlas.heads import HeadTables
+from matching_atlas.opening import RunError, RunInfo, inspect_run, openable
+from matching_atlas.pairs import PairTables
+from matching_atlas.patching import PatchingTables
+from matching_atlas.slice import Slice
+
+__all__ = ["Run", "RunError", "RunInfo", "Slice", "open_run"]
+
+
+class Run(PairTables, HeadTables, AblationTables, PatchingTables, CompareTables, AnalysisTables):
+    """One opened run (see the module doc). ``info``: what the opening rule found (path, manifest, tables)."""
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.info.path)!r}: {self.info.label})"
+
+    def sql(self, text: str) -> pd.DataFrame:
+        """One read-only SELECT over the run's tables (by name) as a DataFrame, on a connection closed the way the
+        app's SQL page closes its own (:func:`matching_atlas.connection.lock`: no file outside the run, no
+        extension, no setting changed); anything else raises :class:`matching_atlas.connection.SqlRefused`."""
+        from matching_atlas.connection import check_select, lock, open_connection
+
+        con = open_connection(self.info.path, agg_in_memory_mb=0)
+        try:
+            lock(con, (self.info.path,))
+            return con.execute(check_select(con, text)).df()
+        finally:
+            con.close()
+
+
+def open_run(path: str | Path, *, progress: bool | None = None, threads: int | None = None) -> Run:
+    """The run folder at ``path`` once the opening rule accepts it; RunError with the one-line reason otherwise.
+    Files not verified yet are verified first (once per file state, cached); ``progress`` (default: when stderr is a
+    terminal or a notebook) shows a tqdm bar meanwhile."""
+    show = _progress_bar() if (progress if progress is not None else _interactive()) else None
+    return Run(openable(Path(path), show), threads=threads)
+
+
+def _interactive() -> bool:
+    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _progress_bar():
+    """A ``show(info, job)`` callback of :func:`matching_atlas.opening.verify_now` drawing a tqdm bar."""
+    from tqdm.auto import tqdm
+
+    bars = {}
+
+    def show(info: RunInfo, job) -> None:
+        bar = bars.get("bar")
+        if job is None:
+            if bar is not None:
+                bar.close()
+                bars.clear()
+            return
+        if bar is None:
+            bar = bars["bar"] = tqdm(total=int(job.rows_total or 0), desc=f"verifying {info.name}", unit="rows")
+        bar.update(int(job.rows_done or 0) - bar.n)
+
+    return show
+
+
+def inspect(path: str | Path) -> RunInfo:
+    """What the opening rule makes of the folder at ``path`` without verifying a large run (the app's run list)."""
+    return inspect_run(Path(path))

@@ -1,0 +1,135 @@
+"""Activation-patching results: the experiments, the effects by layer x head and by layer x component x segment, and
+the patch pairs with the largest effect on one head or component (the Patching page and the report's summary).
+
+``patching_effects`` holds one row per experiment x patch pair x layer x patched activation (``component`` 'head'
+with its ``head``, or 'resid' / 'attn' / 'mlp' with a ``segment``); ``effect`` is NULL where |clean - corrupted| is
+below the job's epsilon. Means and standard deviations are over the non-NULL effects only (``count(effect)``); the
+NULL ones are counted (``n_null``), never averaged as 0. The 95% confidence interval of a mean is
+mean +- 1.96 sd / sqrt(n). Patching effects are not tested for significance (no Holm family).
+
+The slice: its layers (and heads, for the head map) filter the patched activation; its queries, negative types and
+grades filter the patch pairs: a patch pair is in the slice when its query is, and its corrupted input's run pair
+(``patching_pairs.pair_id``) or, for ``cls``, its clean input's (``clean_pair_id``: the relevant passage) has one of
+the slice's negative types and grades. The filter is a semi-join on the (small) set of patch ids, so the big table
+is read with literal ``experiment``/``component`` filters only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from matching_atlas import sqltext as sq
+from matching_atlas.reading import ALL, Reader
+from matching_atlas.slice import Slice
+from precompute.names import SEGMENTS
+
+Z95 = 1.96
+SEGMENT_ORDER = ("all", *SEGMENTS)
+
+
+def _pair_filter(sl: Slice, experiment: str) -> str:
+    """`` AND patch_id IN (...)`` for the slice's queries, negative types and grades; empty without such filters."""
+    if not (sl.qids or sl.neg_types or sl.grades):
+        return ""
+    q = f"{sq.is_in('p.qid', sl.qids)}" if sl.qids else "TRUE"
+    on_p = sq.where(sl.with_(qids=()), alias="p", layer_head=False)
+    on_c = sq.where(sl.with_(qids=()), alias="c", layer_head=False)
+    return f"""
+        AND patch_id IN (
+            SELECT pp.patch_id FROM patching_pairs pp JOIN pairs p ON p.pair_id = pp.pair_id
+            LEFT JOIN pairs c ON c.pair_id = pp.clean_pair_id
+            WHERE pp.experiment = {sq.lit(experiment)} AND {q}
+              AND (({on_p}) OR (c.pair_id IS NOT NULL AND ({on_c})))
+        )"""
+
+
+def _with_ci(df: pd.DataFrame) -> pd.DataFrame:
+    half = [Z95 * s / math.sqrt(n) if n and n > 1 and pd.notna(s) else float("nan") for s, n in zip(df["sd"], df["n"])]
+    df["ci_half"] = half
+    df["ci_lo"] = df["mean"] - df["ci_half"]
+    df["ci_hi"] = df["mean"] + df["ci_half"]
+    return df
+
+
+class PatchingTables(Reader):
+    """Methods of :class:`matching_atlas.Run` on patching_pairs and patching_effects."""
+
+    def patching_experiments(self) -> pd.DataFrame:
+        """Experiments of the run: their patch pairs (patching_pairs) and how many of those have a NULL effect
+        somewhere (|clean - corrupted| below epsilon)."""
+        df = self._frame("""
+            WITH p AS (SELECT experiment, count(*) AS patch_pairs FROM patching_pairs GROUP BY experiment),
+            e AS (SELECT experiment, count(DISTINCT CASE WHEN effect IS NULL THEN patch_id END) AS null_pairs
+                  FROM patching_effects GROUP BY experiment)
+            SELECT p.experiment, p.patch_pairs, coalesce(e.null_pairs, 0) AS null_pairs
+            FROM p LEFT JOIN e USING (experiment) ORDER BY p.experiment
+        """)
+        return sq.ints(df, "patch_pairs", "null_pairs")
+
+    def patching(self, experiment: str | None = None) -> pd.DataFrame:
+        """The effects themselves (table patching_effects: one row per experiment x patch pair x layer x patched
+        activation), of one experiment or of all; the summaries are :meth:`patching_heads` and
+        :meth:`patching_components`."""
+        where, params = ("WHERE experiment = ?", [experiment]) if experiment is not None else ("", [])
+        return self._frame(f"SELECT * FROM patching_effects {where} "
+                           "ORDER BY experiment, patch_id, layer, component, segment, head", params)
+
+    def patching_heads(self, experiment: str, where: Slice | None = None) -> pd.DataFrame:
+        """Per layer x head (of the slice): n (non-NULL effects), n_null, mean effect, sd and its 95% confidence
+        interval (ci_half, ci_lo, ci_hi)."""
+        sl = where or ALL
+        sql = f"""
+            SELECT layer, head, count(effect) AS n, count(*) - count(effect) AS n_null, avg(effect) AS mean,
+                   stddev_samp(effect) AS sd
+            FROM patching_effects
+            WHERE experiment = {sq.lit(experiment)} AND component = 'head' AND {sq.where(sl, pair_filters=False)}
+                  {_pair_filter(sl, experiment)}
+            GROUP BY layer, head ORDER BY layer, head
+        """
+        return _with_ci(sq.ints(self._frame(sql), "layer", "head", "n", "n_null"))
+
+    def patching_components(self, experiment: str, where: Slice | None = None) -> pd.DataFrame:
+        """Per layer x component (resid, attn, mlp) x segment of the slice's layers: the same statistics."""
+        sl = where or ALL
+        order = ", ".join(sq.lit(s) for s in SEGMENT_ORDER)
+        sql = f"""
+            SELECT layer, component, segment, count(effect) AS n, count(*) - count(effect) AS n_null,
+                   avg(effect) AS mean, stddev_samp(effect) AS sd
+            FROM patching_effects
+            WHERE experiment = {sq.lit(experiment)} AND component <> 'head'
+                  AND {sq.where(sl.with_(heads=()), pair_filters=False)} {_pair_filter(sl, experiment)}
+            GROUP BY layer, component, segment
+            ORDER BY list_position(['resid', 'attn', 'mlp'], component), component,
+                     list_position([{order}], segment), segment, layer
+        """
+        return _with_ci(sq.ints(self._frame(sql), "layer", "n", "n_null"))
+
+    def patching_top_pairs(self, experiment: str, layer: int, component: str, segment: str | None = None,
+                           head: int | None = None, limit: int = 20, descending: bool = True,
+                           where: Slice | None = None) -> pd.DataFrame:
+        """The (slice's) patch pairs with the largest (or smallest) non-NULL effect of one head (component 'head') or
+        one component x segment at one layer: query, passages, term and filler, the three scores and the effect."""
+        sl = where or ALL
+        target = (f"component = 'head' AND head = {int(head)}" if component == "head"
+                  else f"component = {sq.lit(component)} AND segment = {sq.lit(segment)}")
+        order = "DESC" if descending else "ASC"
+        sql = f"""
+            WITH top AS (
+                SELECT patch_id, pair_id, clean, corrupted, patched, effect FROM patching_effects
+                WHERE experiment = {sq.lit(experiment)} AND layer = {int(layer)} AND {target} AND effect IS NOT NULL
+                      {_pair_filter(sl, experiment)}
+                ORDER BY effect {order}, patch_id LIMIT {int(limit)}
+            )
+            SELECT top.patch_id, p.qid, p.query, pp.term, pp.filler, top.clean, top.corrupted, top.patched,
+                   top.effect, p.neg_type, p.grade, p.docid, left(p.doc, 240) AS passage, c.docid AS clean_docid,
+                   left(c.doc, 240) AS clean_passage, c.grade AS clean_grade, top.pair_id, pp.clean_pair_id
+            FROM top JOIN patching_pairs pp ON pp.experiment = {sq.lit(experiment)} AND pp.patch_id = top.patch_id
+            JOIN pairs p ON p.pair_id = top.pair_id LEFT JOIN pairs c ON c.pair_id = pp.clean_pair_id
+            ORDER BY top.effect {order}, top.patch_id
+        """
+        df = sq.ints(self._frame(sql), "patch_id", "grade", "pair_id")
+        for col in ("clean_grade", "clean_pair_id"):
+            df[col] = pd.array(df[col], dtype="Int64")
+        return df
