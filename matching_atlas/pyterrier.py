@@ -148,19 +148,20 @@ class Ablated(pt.Transformer):
 
 
 def stored_scores(run: Path, condition_id: str | None) -> pd.DataFrame:
-    """(qid, docno, score) of a run folder: the stored scores (``condition_id`` None) or one condition's."""
-    import pyarrow.parquet as pq
+    """(qid, docno, score) of a run folder, read through the reader (:func:`matching_atlas.open_run`: every file
+    verified first): the stored scores (``condition_id`` None) or one ablation condition's."""
+    import matching_atlas as ma
+    from precompute.store.sql import literal
 
-    pairs = pq.read_table(Path(run) / "pairs.parquet", columns=["pair_id", "qid", "docid", "score"]).to_pandas()
-    if condition_id is not None:
-        table = pq.read_table(Path(run) / "ablation_scores.parquet", columns=["condition_id", "pair_id", "score"],
-                              filters=[("condition_id", "=", condition_id)]).to_pandas()
-        if table.empty:
-            known = pq.read_table(Path(run) / "ablation_conditions.parquet", columns=["condition_id"]).column(0)
-            raise AtlasError(f"condition {condition_id!r} is not in run {run}; its conditions: "
-                             f"{', '.join(known.to_pylist()[:12])}")
-        pairs = pairs.drop(columns="score").merge(table[["pair_id", "score"]], on="pair_id")
-    return pairs.rename(columns={"docid": "docno"})[["qid", "docno", "score"]]
+    opened = ma.open_run(run, progress=False)
+    if condition_id is None:
+        return opened.sql("SELECT qid, docid AS docno, score FROM pairs")
+    scores = opened.sql("SELECT p.qid, p.docid AS docno, a.score FROM ablation_scores a JOIN pairs p USING (pair_id) "
+                        f"WHERE a.condition_id = {literal(condition_id)}")
+    if scores.empty:
+        known = opened.conditions()["condition_id"].tolist()
+        raise AtlasError(f"condition {condition_id!r} is not in run {run}; its conditions: {', '.join(known[:12])}")
+    return scores
 
 
 def _with_scores(frame: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:

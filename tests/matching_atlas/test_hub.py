@@ -66,6 +66,13 @@ def test_the_report_of_the_hf_run_is_the_local_runs(run, stand_in, capsys):
     assert _table_one(remote) == _table_one(local)
     cached = hub.fetch(URL)
     assert (cached / "pairs.parquet").read_bytes() == (run / "pairs.parquet").read_bytes()
+    import pandas as pd
+
+    import matching_atlas as ma
+    from matching_atlas.app_server import resolve_store
+
+    pd.testing.assert_frame_equal(ma.open_run(URL, progress=False).table1(), ma.open_run(run, progress=False).table1())
+    assert resolve_store(URL, environ={}) == cached.resolve()  # atlas app --store hf://...: the verified copy
 
 
 def test_a_damaged_remote_file_is_refused_and_not_kept(run, stand_in, capsys):
@@ -78,6 +85,10 @@ def test_a_damaged_remote_file_is_refused_and_not_kept(run, stand_in, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {URL}: ") and "pairs.parquet" in err and "\n" not in err
     assert not (hub.cache_root() / REPO.replace("/", "--") / "main" / "pairs.parquet").exists()
+    import matching_atlas as ma
+
+    with pytest.raises(ma.RunError, match="pairs.parquet"):
+        ma.open_run(URL, progress=False)
 
 
 def test_publish_refuses_an_unfinished_run_or_a_bad_repo(tmp_path, capsys):

@@ -44,8 +44,9 @@ def test_a_dataframe_pipeline_builds_a_run_and_experiment_gives_the_reports_numb
     merged = reranked.merge(pairs.rename(columns={"docid": "docno"}), on=["qid", "docno"], suffixes=("", "_stored"))
     assert len(merged) == len(frame) and (merged.score == merged.score_stored).all()
 
-    summary = pq.read_table(atlas.run_folder / "ablation_summary.parquet").to_pandas()
-    summary = summary[(summary.scope == "run") & (summary.measure == "nDCG@10")].set_index("condition_id")
+    import matching_atlas as ma
+
+    summary = ma.open_run(atlas.run_folder).table1(measure="nDCG@10", scope="run").set_index("condition_id")  # the report's
     # the systems are the run's Holm family (the built-in groups and the two asked for), so Holm corrects alike
     conditions = sorted(summary[summary.analysis == "attention"].index)
     assert set(CONDITIONS) <= set(conditions)
