@@ -15,7 +15,6 @@ verified before anything is shown; a file that fails is deleted from the cache a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -211,8 +210,8 @@ def fetch(url: str, *, fs=None, cache: Path | None = None) -> Path:
         raise HubError(f"{url}: no such dataset repository or revision ({first_line(err)})") from err
     if MANIFEST not in listing:
         raise HubError(f"{url} holds no {MANIFEST}: it is not a Matching Atlas run")
-    hashes_file = folder / ".remote-hashes.json"
-    known = json.loads(hashes_file.read_text()) if hashes_file.exists() else {}
+    hashes_file = folder / ".remote-hashes.tsv"
+    known = _read_hashes(hashes_file)
     wanted = [n for n in listing if n == MANIFEST or n.endswith(".parquet")]
     for name in wanted:
         remote = _remote_hash(listing[name])
@@ -222,7 +221,7 @@ def fetch(url: str, *, fs=None, cache: Path | None = None) -> Path:
         fs.get_file(f"{repo_path}/{name}", str(partial))
         partial.replace(folder / name)
         known[name] = remote
-    hashes_file.write_text(json.dumps(known))
+    _write_hashes(hashes_file, known)
     try:
         verify_run(folder)
     except HubError as err:
@@ -230,9 +229,20 @@ def fetch(url: str, *, fs=None, cache: Path | None = None) -> Path:
             if name in str(err):
                 (folder / name).unlink(missing_ok=True)
                 known.pop(name, None)
-        hashes_file.write_text(json.dumps(known))
+        _write_hashes(hashes_file, known)
         raise HubError(f"{url}: {err}") from err
     return folder
+
+
+def _read_hashes(path: Path) -> dict[str, str]:
+    """The cache's record of each cached file's remote hash (``name<TAB>hash`` lines)."""
+    if not path.exists():
+        return {}
+    return dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
+
+
+def _write_hashes(path: Path, known: dict[str, str]) -> None:
+    path.write_text("".join(f"{name}\t{value}\n" for name, value in sorted(known.items())))
 
 
 def _remote_hash(entry: dict) -> str:
