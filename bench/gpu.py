@@ -14,7 +14,12 @@ For each model and bfloat16 it prints pairs/s of
 * the summary pass (the 29 metrics of every head, reduced inside the attention call),
 * one ablation condition (Query -> Document removed at every layer, SDPA ablation kernel),
 * the authors' way (one pair per forward at 128 tokens, output_attentions, masses in numpy),
-their ratios to plain scoring, and the peak GPU memory of each pass (torch.cuda.max_memory_allocated).
+their ratios to plain scoring, and the peak GPU memory of each pass (torch.cuda.max_memory_allocated); then, for
+the MonoBERT-large shape (every model with ``--patching-all``), activation patching of every head (the tfc1 head
+sweep, docs/patching.md) on ``--patch-pairs`` synthetic (clean, corrupted) pairs whose documents differ in their
+first 4 tokens: attribution patching (AtP*, one clean and one corrupted forward and one backward pass per batch),
+exact patching batched (all heads of a layer as rows of one forward, the layers below resumed) and, for one pair,
+the plain loop of one full forward per (pair, head); pairs/s of each and the speed-ups over the loop.
 """
 
 from __future__ import annotations
@@ -125,6 +130,47 @@ def measure(name: str, config, args, device, dtype) -> None:
         gib = 2**30
         print(f"{'':<22} peak GPU memory: plain {m_plain / gib:.2f} GiB, summary {m_summary / gib:.2f} GiB "
               f"({m_summary / m_plain:.2f}x), ablation {m_ablation / gib:.2f} GiB ({m_ablation / m_plain:.2f}x)", flush=True)
+    if args.patching_all or name.startswith(("monobert-large", "bert-tiny")):
+        patching(name, lm, config.vocab_size, device, args)
+
+
+def patching(name: str, lm, vocab: int, device, args) -> None:
+    """pairs/s of attribution, batched exact and the one-forward-per-(pair, head) loop over every head (tfc1)."""
+    import torch
+
+    from precompute.analyses import attribution as A
+    from precompute.analyses import patching as P
+
+    n, seq = args.patch_pairs, min(args.seq, args.patch_seq)
+    clean = synthetic_batch(n, seq, vocab, device)
+    corrupted = synthetic_batch(n, seq, vocab, device)
+    ids = corrupted.inputs["input_ids"]
+    ids[:, 18:22] = torch.randint(1000, vocab, (n, 4), generator=torch.Generator().manual_seed(1)).to(device)
+    layers, heads = lm.shape
+    sites = P.head_sites("tfc1", layers, heads)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def seconds(fn) -> float:
+        fn()  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    with P.Patcher(lm, eager=True) as patcher:
+        t_attr = seconds(lambda: A.attribute_batch(patcher, "tfc1", clean, corrupted, sites))
+    with P.Patcher(lm) as patcher, torch.inference_mode():
+        t_exact = seconds(lambda: P.patch_batch(patcher, "tfc1", clean, corrupted, sites,
+                                                rows_per_forward=args.patch_rows))
+        one_c, one_k = synthetic_batch(1, seq, vocab, device), synthetic_batch(1, seq, vocab, device)
+        one_k.inputs["input_ids"][:, 18:22] = ids[:1, 18:22]
+        t_loop = seconds(lambda: P.patch_batch(patcher, "tfc1", one_c, one_k, sites, rows_per_forward=1,
+                                               resume=False))
+    print(f"{'':<22} patching {layers * heads} heads, {n} pairs x {seq} tokens: attribution {n / t_attr:8.2f} pairs/s, "
+          f"exact batched {n / t_exact:8.3f} pairs/s, loop {1 / t_loop:8.4f} pairs/s: attribution "
+          f"{t_loop * n / t_attr:6.1f}x and exact {t_loop * n / t_exact:5.1f}x the loop", flush=True)
 
 
 def authors_way(lm, vocab: int, device, args) -> float:
@@ -160,13 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--authors-pairs", type=int, default=20)
+    p.add_argument("--patch-pairs", type=int, default=8, help="synthetic tfc1 pairs of the patching figures")
+    p.add_argument("--patch-seq", type=int, default=256, help="tokens per patching pair (at most --seq)")
+    p.add_argument("--patch-rows", type=int, default=128, help="patched rows per forward of exact patching")
+    p.add_argument("--patching-all", action="store_true", help="patching figures for every model, not only MonoBERT-large")
     args = p.parse_args(argv)
 
     import torch
 
     if args.cpu_smoke:
         device, dtype = torch.device("cpu"), torch.float32
-        args.seq, args.batch, args.repeats, args.authors_pairs = 64, 4, 1, 2
+        args.seq, args.batch, args.repeats, args.authors_pairs, args.patch_pairs = 64, 4, 1, 2, 2
     else:
         if not torch.cuda.is_available():
             print("bench/gpu.py: no CUDA device visible; run with --cpu-smoke to check the script on the CPU",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command (bench/gpu.py): plain scoring vs summary pass vs ablation pass, pairs/s and peak GPU
-# memory, on random-weight MonoBERT-large-, MiniLM- and Qwen2-0.5B-shaped models in bfloat16 at 512 tokens.
+# memory, on random-weight MonoBERT-large-, MiniLM- and Qwen2-0.5B-shaped models in bfloat16 at 512 tokens; and
+# attribution vs batched exact vs one-forward-per-(pair, head) patching of every head on the MonoBERT-large shape.
 #
 #   bash bench/gpu.sh               # on a CUDA machine (about 5 minutes on one H100)
 #   bash bench/gpu.sh --cpu-smoke   # end to end on the CPU with tiny sizes

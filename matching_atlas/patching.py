@@ -1,11 +1,14 @@
-"""Activation-patching results: the experiments, the effects by layer x head and by layer x component x segment, and
-the patch pairs with the largest effect on one head or component (the Patching page and the report's summary).
+"""Activation-patching results: the experiments, the effects by layer x head and by layer x component x segment,
+the patch pairs with the largest effect on one head or component, and the robust summary (docs/patching.md) that the
+Patching page and the report show.
 
-``patching_effects`` holds one row per experiment x patch pair x layer x patched activation (``component`` 'head'
-with its ``head``, or 'resid' / 'attn' / 'mlp' with a ``segment``); ``effect`` is NULL where |clean - corrupted| is
-below the job's epsilon. Means and standard deviations are over the non-NULL effects only (``count(effect)``); the
-NULL ones are counted (``n_null``), never averaged as 0. The 95% confidence interval of a mean is
-mean +- 1.96 sd / sqrt(n). Patching effects are not tested for significance (no Holm family).
+``patching_effects`` holds one row per experiment x method x patch pair x layer x patched activation (``component``
+'head' with its ``head``, or 'resid' / 'attn' / 'mlp' / 'resid_post' with a ``segment``); every query here reads one
+method (exact or attribution). ``effect`` is NULL where |clean - corrupted| is below the job's epsilon. Means and
+standard deviations are over the non-NULL effects only (``count(effect)``); the NULL ones are counted (``n_null``),
+never averaged as 0. The 95% confidence interval of a mean is mean +- 1.96 sd / sqrt(n) over pairs (the slice's
+view); the robust summary's intervals resample queries (``patching_summary``). Patching effects are not tested for
+significance (no Holm family).
 
 The slice: its layers (and heads, for the head map) filter the patched activation; its queries, negative types and
 grades filter the patch pairs: a patch pair is in the slice when its query is, and its corrupted input's run pair
@@ -68,6 +71,33 @@ class PatchingTables(Reader):
         """)
         return sq.ints(df, "patch_pairs", "null_pairs")
 
+    def patching_methods(self, experiment: str) -> pd.DataFrame:
+        """The methods an experiment was computed with and how many heads each patched (attribution first: it covers
+        every activation; under --patching-method both, exact patching covers the top heads)."""
+        return sq.ints(self._frame(f"""
+            SELECT method, count(DISTINCT CASE WHEN component = 'head' THEN (layer, head) END) AS heads
+            FROM patching_effects WHERE experiment = {sq.lit(experiment)} GROUP BY method
+            ORDER BY method <> 'attribution', method"""), "heads")
+
+    def patching_summary(self, experiment: str | None = None, method: str | None = None) -> pd.DataFrame:
+        """The robust summary (median, ratio of sums and thresholded mean per activation with their bootstrap
+        intervals over queries, the excluded and raised pairs, the heads' rank): the stored patching_summary,
+        computed from the effects with the run's recorded settings for stores of schema version 3 and older; of one
+        experiment and method, or of all."""
+        from precompute.analyses.patching_ranking import read_summary
+
+        manifest = self.info.manifest
+        cur = self.connection.cursor()
+        try:
+            frame = read_summary(cur, manifest.patching if manifest is not None else None)
+        finally:
+            cur.close()
+        if experiment is not None and not frame.empty:
+            frame = frame[frame["experiment"] == experiment]
+        if method is not None and not frame.empty:
+            frame = frame[frame["method"] == method]
+        return frame.reset_index(drop=True)
+
     def patching(self, experiment: str | None = None) -> pd.DataFrame:
         """The effects themselves (table patching_effects: one row per experiment x patch pair x layer x patched
         activation), of one experiment or of all; the summaries are :meth:`patching_heads` and
@@ -76,7 +106,7 @@ class PatchingTables(Reader):
         return self._frame(f"SELECT * FROM patching_effects {where} "
                            "ORDER BY experiment, patch_id, layer, component, segment, head", params)
 
-    def patching_heads(self, experiment: str, where: Slice | None = None) -> pd.DataFrame:
+    def patching_heads(self, experiment: str, where: Slice | None = None, method: str = "exact") -> pd.DataFrame:
         """Per layer x head (of the slice): n (non-NULL effects), n_null, mean effect, sd and its 95% confidence
         interval (ci_half, ci_lo, ci_hi)."""
         sl = where or ALL
@@ -84,33 +114,35 @@ class PatchingTables(Reader):
             SELECT layer, head, count(effect) AS n, count(*) - count(effect) AS n_null, avg(effect) AS mean,
                    stddev_samp(effect) AS sd
             FROM patching_effects
-            WHERE experiment = {sq.lit(experiment)} AND component = 'head' AND {sq.where(sl, pair_filters=False)}
-                  {_pair_filter(sl, experiment)}
+            WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND component = 'head'
+                  AND {sq.where(sl, pair_filters=False)} {_pair_filter(sl, experiment)}
             GROUP BY layer, head ORDER BY layer, head
         """
         return _with_ci(sq.ints(self._frame(sql), "layer", "head", "n", "n_null"))
 
-    def patching_components(self, experiment: str, where: Slice | None = None) -> pd.DataFrame:
-        """Per layer x component (resid, attn, mlp) x segment of the slice's layers: the same statistics."""
+    def patching_components(self, experiment: str, where: Slice | None = None,
+                            method: str = "exact") -> pd.DataFrame:
+        """Per layer x component (resid, attn, mlp, resid_post) x segment of the slice's layers: the same statistics."""
         sl = where or ALL
         order = ", ".join(sq.lit(s) for s in SEGMENT_ORDER)
         sql = f"""
             SELECT layer, component, segment, count(effect) AS n, count(*) - count(effect) AS n_null,
                    avg(effect) AS mean, stddev_samp(effect) AS sd
             FROM patching_effects
-            WHERE experiment = {sq.lit(experiment)} AND component <> 'head'
+            WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND component <> 'head'
                   AND {sq.where(sl.with_(heads=()), pair_filters=False)} {_pair_filter(sl, experiment)}
             GROUP BY layer, component, segment
-            ORDER BY list_position(['resid', 'attn', 'mlp'], component), component,
+            ORDER BY list_position(['resid', 'attn', 'mlp', 'resid_post'], component), component,
                      list_position([{order}], segment), segment, layer
         """
         return _with_ci(sq.ints(self._frame(sql), "layer", "n", "n_null"))
 
     def patching_top_pairs(self, experiment: str, layer: int, component: str, segment: str | None = None,
                            head: int | None = None, limit: int = 20, descending: bool = True,
-                           where: Slice | None = None) -> pd.DataFrame:
+                           where: Slice | None = None, method: str = "exact") -> pd.DataFrame:
         """The (slice's) patch pairs with the largest (or smallest) non-NULL effect of one head (component 'head') or
-        one component x segment at one layer: query, passages, term and filler, the three scores and the effect."""
+        one component x segment at one layer: query, passages, term, filler and the rule that chose them, the three
+        scores and the effect."""
         sl = where or ALL
         target = (f"component = 'head' AND head = {int(head)}" if component == "head"
                   else f"component = {sq.lit(component)} AND segment = {sq.lit(segment)}")
@@ -118,11 +150,11 @@ class PatchingTables(Reader):
         sql = f"""
             WITH top AS (
                 SELECT patch_id, pair_id, clean, corrupted, patched, effect FROM patching_effects
-                WHERE experiment = {sq.lit(experiment)} AND layer = {int(layer)} AND {target} AND effect IS NOT NULL
-                      {_pair_filter(sl, experiment)}
+                WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND layer = {int(layer)}
+                      AND {target} AND effect IS NOT NULL {_pair_filter(sl, experiment)}
                 ORDER BY effect {order}, patch_id LIMIT {int(limit)}
             )
-            SELECT top.patch_id, p.qid, p.query, pp.term, pp.filler, top.clean, top.corrupted, top.patched,
+            SELECT top.patch_id, p.qid, p.query, pp.term, pp.filler, pp.clean_insert, pp.rule, top.clean, top.corrupted, top.patched,
                    top.effect, p.neg_type, p.grade, p.docid, left(p.doc, 240) AS passage, c.docid AS clean_docid,
                    left(c.doc, 240) AS clean_passage, c.grade AS clean_grade, top.pair_id, pp.clean_pair_id
             FROM top JOIN patching_pairs pp ON pp.experiment = {sq.lit(experiment)} AND pp.patch_id = top.patch_id

@@ -20,7 +20,7 @@ from precompute import settings as S
 from precompute.conditions import KERNELS, AblationRequest, check_sets, help_text, ids_help, sets_help
 from precompute.conditions.component_specs import COMPONENT_MODES
 from precompute.evaluation import DEFAULT_MEASURES
-from precompute.names import PATCHING_EXPERIMENTS
+from precompute.names import PATCHING_EPSILON, PATCHING_EXPERIMENTS, PATCHING_METHODS, PATCHING_SCORES
 from precompute.pairs import CANDIDATES_EXPECTED, is_candidate_source, split_depth
 
 DEFAULT_MODEL = "castorini/monobert-large-msmarco"
@@ -36,7 +36,9 @@ ARGUMENT_GROUPS: dict[str, str | Callable[[], str] | None] = {
                           "every condition).\nCondition ids (<layers>: all, 0-5 or 3):\n" + ids_help() + "\n" + help_text()),
     "activation patching": "The corrupted input run with one activation replaced by the clean run's; effect = "
                            "(patched - corrupted) / (clean - corrupted), per layer x component x segment and per "
-                           "layer x head (table patching_effects).",
+                           "layer x head (table patching_effects), exactly or to first order (attribution patching, "
+                           "AtP*), summarised robustly with intervals over queries (patching_summary). "
+                           "docs/patching.md.",
     "output": None,
 }
 
@@ -209,11 +211,33 @@ class JobConfig:
     # -- activation patching
     patching: tuple[str, ...] = S.setting(
         (), S.items(allowed=PATCHING_EXPERIMENTS, metavar="EXPERIMENTS"), flag="--patching", group="activation patching",
-        help="tfc1 (a query term vs a filler of as many tokens inserted at the passage's start) and/or cls (relevant "
-             "vs hard negative of a query, patched at the pooling position), comma-separated")
+        help="comma-separated: tfc1 (a query term vs a filler of as many tokens inserted at the passage's start), "
+             "tfc2 (the term twice vs the term and a filler), stmc1 (a word related to the term vs a filler), cls "
+             "(relevant vs hard negative of a query, patched at the pooling position)")
     patching_pairs: int = S.setting(
         10, S.integer(low=1), flag="--patching-pairs", group="activation patching", metavar="K",
-        help="(relevant, hard) combinations per query of the cls experiment, drawn with --seed")
+        help="input pairs per query of every experiment, drawn with --seed (cls: (relevant, hard) combinations)")
+    patching_method: str = S.setting(
+        "both", S.choice(PATCHING_METHODS), flag="--patching-method", group="activation patching",
+        help="exact (a forward pass per patched activation), attribution (first-order estimates of every activation "
+             "from one backward pass per batch, AtP*), both (attribution everywhere, exact for the --patching-top "
+             "heads: their agreement is measured on every run)")
+    patching_top: int = S.setting(
+        10, S.integer(low=1), flag="--patching-top", group="activation patching", metavar="N",
+        help="heads patched exactly per experiment under --patching-method both (the top N by attribution's ratio of "
+             "sums, lower bound)")
+    patching_score: str = S.setting(
+        "logit", S.choice(PATCHING_SCORES), flag="--patching-score", group="activation patching",
+        help="the scale scores are patched on: logit (the relevance logit, or the log-odds of relevance of two-label "
+             "and answer-token models) or probability (of relevance, as MechIR)")
+    patching_min_delta: float | None = S.setting(
+        None, S.number(low=PATCHING_EPSILON), flag="--patching-min-delta", group="activation patching", metavar="D",
+        help="pairs with |clean - corrupted| below D are left out of the thresholded mean (and counted). Default: "
+             "0.05 on the logit scale (odds moved by 5%%), 0.0125 on the probability scale (docs/patching.md)")
+    patching_graddrop: bool = S.setting(
+        False, S.switch(), flag="--patching-graddrop", group="activation patching",
+        help="add AtP*'s GradDrop score (a guard against cancelling paths) to attribution rows: one more backward "
+             "pass per layer")
     # -- output
     out: Path | None = S.setting(
         None, S.folder(), flag="--out", group="output", help="run folder (default: <store>/<dataset>__<model>)")

@@ -67,6 +67,10 @@ SCORE_KINDS: dict[str, str] = {
     "log_softmax[answer]": "log-probability of the positive answer token (vs the negative one)",
 }
 
-# Activation-patching experiments (precompute.analyses.patching) and the score difference below which an effect is NULL.
-PATCHING_EXPERIMENTS: tuple[str, ...] = ("tfc1", "cls")
+# Activation-patching experiments (precompute.analyses.patching_inputs; docs/patching.md), how effects are computed
+# (precompute.analyses.patching: exact; .attribution: first order; both: attribution everywhere, exact for the top
+# heads), the scales scores are patched on (families.base.SCALES) and the score difference below which an effect is NULL.
+PATCHING_EXPERIMENTS: tuple[str, ...] = ("tfc1", "tfc2", "stmc1", "cls")
+PATCHING_METHODS: tuple[str, ...] = ("exact", "attribution", "both")
+PATCHING_SCORES: tuple[str, ...] = ("logit", "probability")
 PATCHING_EPSILON = 1e-3

@@ -90,6 +90,23 @@ def integer(low: int | None = None) -> Kind:
                 bounds=None if low is None else (low, None))
 
 
+def number(low: float | None = None) -> Kind:
+    """A finite real number, at least ``low``."""
+    expected = "a number" if low is None else f"a number of at least {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {expected}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (low is not None and value < low):
+            raise ValueError(f"expected {expected}")
+        return value
+
+    return Kind(parse, show=repr, json=float, malformed=("x", "", "nan", "inf") + (() if low is None else (repr(low / 2),)),
+                metavar="X", bounds=None if low is None else (low, None))
+
+
 def text(*, expected: str = "a non-empty value", check: Callable[[str], bool] | None = None,
          malformed: tuple[str, ...] = ()) -> Kind:
     """A non-empty text (stripped), accepted by ``check`` when given."""

@@ -1,7 +1,9 @@
 """Activation patching: how much of the score difference between a clean and a corrupted input one activation
-recovers (effect = (patched - corrupted) / (clean - corrupted)), per layer x head and per layer x component x
-segment, with 95% confidence intervals, and the patch pairs with the largest effect of a clicked head or component.
-NULL effects (|clean - corrupted| < epsilon) are counted and shown as such, never averaged as 0."""
+recovers (effect = (patched - corrupted) / (clean - corrupted)), exactly or to first order (attribution patching):
+the heads ranked by the robust summary (median, ratio of sums, thresholded mean with bootstrap intervals over
+queries; docs/patching.md), per layer x head and per layer x component x segment in the slice, and the patch pairs
+with the largest effect of a clicked head or component. NULL effects (|clean - corrupted| < epsilon) are counted and
+shown as such, never averaged as 0."""
 
 from __future__ import annotations
 
@@ -20,9 +22,13 @@ info = run.manifest.patching if run.manifest else None
 EPS = f"{info.epsilon:g}" if info is not None and info.epsilon is not None else "epsilon"
 EXPERIMENT_WORDS = {
     "tfc1": "tfc1: a query term (clean) vs a filler of as many tokens (corrupted) inserted in the passage",
+    "tfc2": "tfc2: the query term twice (clean) vs the term and a filler (corrupted): a second occurrence",
+    "stmc1": "stmc1: a word related to the query term (clean) vs a filler (corrupted)",
     "cls": "cls: a relevant passage (clean) vs a hard negative (corrupted) of the same query, patched at the pooling "
            "position only",
 }
+METHOD_WORDS = {"attribution": "attribution (first-order estimate of every activation)",
+                "exact": "exact (a forward pass per patched activation)"}
 
 st.title("Activation patching")
 st.caption(f"{escape(run.dataset_name)} x {escape(run.model_name)} · slice: {escape(sl.describe())}. Effect = "
@@ -49,9 +55,45 @@ if exp == "cls":
     st.caption("cls pairs join the slice by their hard negative or their relevant passage (negative types, grades); "
                "the slice's queries apply to both.")
 SEGMENT_NAMES = {"cls": "pooling position"} if exp == "cls" else {"all": "all tokens"}
+methods = data.query(run, "patching_methods", exp)
+method_names = list(methods["method"])
+state.bind("pat_method", method_names[0], clean=state.choice(method_names, method_names[0]))
+st.radio("Method", method_names, key="pat_method", horizontal=True,
+         format_func=lambda m: f"{METHOD_WORDS.get(m, m)} ({int(methods.set_index('method').at[m, 'heads'])} heads)")
+state.publish("pat_method", default=method_names[0])
+method = st.session_state["pat_method"]
 
-heads = data.query(run, "patching_heads", exp, where=sl)
-comps = data.query(run, "patching_components", exp, where=sl)
+# -- robust summary ---------------------------------------------------------------------------------
+st.subheader("Heads ranked by how surely they recover the difference")
+summary = data.query(run, "patching_summary", exp, method)
+ranked = summary[summary["component"] == "head"].sort_values("rank") if not summary.empty else summary
+if ranked.empty:
+    st.info("No head was patched with this method.")
+else:
+    first = ranked.iloc[0]
+    r = st.columns(4)
+    r[0].metric("Input pairs", f"{int(first['n_pairs']):,}", help="Every input pair of the experiment (not the slice).")
+    r[1].metric("Queries", f"{int(first['n_queries']):,}", help="The intervals resample queries, not pairs.")
+    r[2].metric("Excluded from the thresholded mean", f"{int(first['n_excluded']):,}",
+                help="|clean - corrupted| below the run's min delta (--patching-min-delta).")
+    r[3].metric("Corruption raised the score", f"{int(first['n_raised']):,}",
+                help="Pairs with corrupted > clean: kept in every statistic.")
+    table = ranked.assign(head_label=[ui.head_label(int(a), int(b)) for a, b in zip(ranked["layer"], ranked["head"])])
+    st.dataframe(table[["rank", "head_label", "ratio", "ratio_low", "ratio_high", "median", "median_low",
+                        "median_high", "tmean", "tmean_low", "tmean_high", "mean"]],
+                 hide_index=True, key="pat_summary", column_config={
+                     "head_label": "head", "mean": st.column_config.NumberColumn("plain mean", format="%+.3f"),
+                     **{c: st.column_config.NumberColumn(c, format="%+.3f") for c in
+                        ("ratio", "ratio_low", "ratio_high", "median", "median_low", "median_high", "tmean",
+                         "tmean_low", "tmean_high")}})
+    st.caption("Ranked by ratio_low, the lower end of the ratio of sums' interval. ratio = sum(patched - corrupted) / "
+               "sum(clean - corrupted); median = the pairs' median effect; tmean = the mean effect over pairs whose "
+               "|clean - corrupted| reaches the min delta; each with a 95% bootstrap interval over queries. The plain "
+               "mean, dominated by pairs whose corruption barely moved the score, is shown for comparison only.")
+    ui.table_download(table, f"{run.name}-patching-{exp}-{method}-summary", key="pat_summary_csv")
+
+heads = data.query(run, "patching_heads", exp, where=sl, method=method)
+comps = data.query(run, "patching_components", exp, where=sl, method=method)
 rows = int(heads["n"].sum() + heads["n_null"].sum() + comps["n"].sum() + comps["n_null"].sum())
 nulls = int(heads["n_null"].sum() + comps["n_null"].sum())
 if rows == 0:
@@ -62,7 +104,7 @@ m[0].metric("Patched activations x pairs in the slice", f"{rows:,}")
 m[1].metric("NULL effects", f"{nulls:,}", help=f"|clean - corrupted| < {EPS}: the effect is undefined; counted here "
                                                  "and left out of every mean (never averaged as 0).")
 skipped = (info.skipped or {}).get(exp) if info is not None else None
-m[2].metric("Run pairs skipped (no aligned term and filler)", f"{skipped:,}" if isinstance(skipped, int) else "n/a")
+m[2].metric("Run pairs left out (no aligned term and filler)", f"{skipped:,}" if isinstance(skipped, int) else "n/a")
 
 # -- layer x head --------------------------------------------------------------------------------
 st.subheader("Heads")
@@ -123,8 +165,8 @@ else:
                                                   f"{run.model_name}, {run.dataset_name})",
                                      y_title="Mean effect (band: 95% CI)", labels=lab, segment_names=SEGMENT_NAMES),
              comps, f"{run.name}-patching-{exp}-components", key="pat_curves", select=charts.POINT)
-    st.caption("resid = the layer's output (the residual stream), attn / mlp = the blocks' output projections before "
-               "their residual add. Click a point to list its pairs below.")
+    st.caption("resid = the residual stream entering the layer, attn / mlp = the blocks' output projections before "
+               "their residual add, resid_post = the last layer's output. Click a point to list its pairs below.")
     with st.expander("Values per layer x component x segment"):
         st.dataframe(comps, hide_index=True, key="pat_comp_values")
 
@@ -165,16 +207,17 @@ k[1].metric("95% confidence interval",
             f"{row['ci_lo']:.3f} to {row['ci_hi']:.3f}" if pd.notna(row["ci_lo"]) else "n/a")
 k[2].metric("Pairs with an effect", f"{int(row['n']):,}")
 k[3].metric("NULL effects", f"{int(row['n_null']):,}", help=f"|clean - corrupted| < {EPS}: left out, not counted as 0.")
-top = data.query(run, "patching_top_pairs", exp, layer, component, segment, head, 20, descending, where=sl)
+top = data.query(run, "patching_top_pairs", exp, layer, component, segment, head, 20, descending, where=sl,
+                 method=method)
 if top.empty:
     st.info(f"No pair of the slice has a defined effect for {escape(what)}.")
     st.stop()
-cols = ["patch_id", "qid", "query", "term", "filler", "clean", "corrupted", "patched", "effect", "neg_type", "grade",
-        "docid", "passage", "clean_docid", "clean_passage", "clean_grade"]
+cols = ["patch_id", "qid", "query", "term", "clean_insert", "filler", "rule", "clean", "corrupted", "patched", "effect",
+        "neg_type", "grade", "docid", "passage", "clean_docid", "clean_passage", "clean_grade"]
 if exp != "cls":
-    cols = [c for c in cols if not c.startswith("clean_")]
+    cols = [c for c in cols if not c.startswith("clean_") or c == "clean_insert"]
 else:
-    cols = [c for c in cols if c not in ("term", "filler")]
+    cols = [c for c in cols if c not in ("term", "filler", "clean_insert", "rule")]
 st.dataframe(top[cols], hide_index=True, key="pat_top", column_config={
     "effect": st.column_config.NumberColumn("effect", format="%+.4f"),
     "clean": st.column_config.NumberColumn("clean score", format="%.4f"),
@@ -182,8 +225,8 @@ st.dataframe(top[cols], hide_index=True, key="pat_top", column_config={
     "patched": st.column_config.NumberColumn("patched score", format="%.4f"),
     "passage": "corrupted passage" if exp == "cls" else "passage",
     "clean_passage": "clean (relevant) passage"})
-st.caption("tfc1: the clean input is the passage with the query term inserted, the corrupted one with the filler "
-           "at the same position." if exp != "cls" else
+st.caption(f"{exp}: the clean input is the passage with clean_insert at its start, the corrupted one with the filler "
+           "there (tfc2: after one occurrence of the term); rule says how they were chosen." if exp != "cls" else
            "cls: the clean input is the relevant passage, the corrupted one the hard negative; the pooling position "
            "is patched.")
 ui.table_download(top, f"{run.name}-patching-{exp}-{what}-pairs", key="pat_top_csv")

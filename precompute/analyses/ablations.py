@@ -90,7 +90,7 @@ def _qk_edits(lm, edits, n: int):
     (condition-major, ``n`` pairs per condition)."""
     import torch
 
-    from precompute.analyses.subspace import head_factors, qk_edit
+    from precompute.analyses.subspace import aligned_components, head_factors, qk_edit
 
     out, factors = [], {}
     for t in edits.qk:
@@ -98,7 +98,9 @@ def _qk_edits(lm, edits, n: int):
             factors[(t.layer, t.head)] = head_factors(lm, t.layer, t.head)
         rows = torch.zeros(edits.n_conditions * n, dtype=torch.bool)
         rows[t.row * n : (t.row + 1) * n] = True
-        out.append(qk_edit(factors[(t.layer, t.head)], t.layer, t.head, t.k, t.factor, rows, lm.device))
+        f = factors[(t.layer, t.head)]
+        out.append(qk_edit(f, t.layer, t.head, t.k, t.factor, rows, lm.device,
+                           aligned_components(f, t.k) if t.aligned else None))
     return tuple(out)
 
 

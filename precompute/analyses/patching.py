@@ -1,52 +1,48 @@
 """Activation patching over a run's pairs, batched: how much of the score difference between a clean and a corrupted
-input one component recovers.
+input one activation recovers, computed exactly (this module) or to first order (:mod:`precompute.analyses.attribution`).
 
-For a (clean, corrupted) pair of inputs, the corrupted input is run with one activation replaced by the clean run's,
-and ``effect = (patched - corrupted) / (clean - corrupted)`` (1 = the component carries the whole difference, 0 =
-nothing). Where ``|clean - corrupted| < EPSILON`` the effect is NULL (counted, never dropped silently).
+For a (clean, corrupted) input pair (:mod:`precompute.analyses.patching_inputs`), the corrupted input is run with
+one activation replaced by the clean run's, and ``effect = (patched - corrupted) / (clean - corrupted)`` (1 = the
+activation carries the whole difference, 0 = nothing); where ``|clean - corrupted| < EPSILON`` the pair's effect is
+NULL (its scores are kept). Scores are read on the run's patching scale (``--patching-score``: the relevance logit
+or log-odds, or the probability of relevance; families.base.SCALES). Summaries robust to small differences, with
+intervals over queries: :mod:`precompute.analyses.patching_ranking`.
 
-Experiments (``--patching tfc1,cls``):
+What is patched (a *site*: a layer and a :class:`Variant`), as TransformerLens, MechIR and Chen et al. name it:
 
-* ``tfc1``, the term-frequency diagnostic of Chen et al. (SIGIR 2024) and MechIR: for each pair of the run, the
-  clean passage is the passage with one query term inserted at its start, the corrupted one has a filler word of
-  the same token count there instead, so every position aligns. The term is the query's first word that is not a
-  stop word; the filler is the first word of :data:`FILLERS` with as many tokens that is not in the query. A pair
-  where no such term and filler align (token counts, segments) is skipped and counted.
-* ``cls``: a relevant passage (clean) against a hard negative (corrupted) of the same query, patched at the
-  position the model's score is read at only (its family's pooling position: [CLS] for encoders, where
-  transformers pools for decoder classifiers, the answer position of yes/no rerankers; MonoT5 has none and is
-  refused), so the passages need not align. Up to ``--patching-pairs K`` (relevant, hard) combinations
-  per query, drawn with the run's seed.
+* ``resid``: the residual stream entering the layer (TransformerLens' ``resid_pre``), at every token or one segment's;
+* ``attn`` and ``mlp``: the attention and MLP blocks' output projections, before their residual add;
+* ``resid_post``: the last layer's output (the stream the score is read from), at the last layer only (elsewhere a
+  layer's output is the next layer's ``resid``);
+* ``head``: one head's attention output before the output projection, at every position (inserting experiments)
+  or at the pooling position (cls).
 
-Granularities: per layer x component (``resid`` = the layer's output, ``attn``, ``mlp`` = the blocks' output
-projections) x segment (every token, or one segment's; ``cls`` patches only the pooling position), and per layer x
-head (a head's output before the output projection, at every position for ``tfc1`` and at the pooling position for
-``cls``). Patch pairs are batched by token length; all variants of one layer are rows of one forward pass; layers
-below the patched one are not recomputed (their activations are the corrupted run's, resumed from its captured
-outputs). bench/patching.py measures the gain against one full forward per (pair, head).
+Segments: inserting experiments align every position, so block sites are patched at all tokens (``all``) and at
+each segment's; ``cls`` patches the model's pooling position only (its family's: [CLS] for encoders, where
+transformers pools for decoder classifiers, the answer position of yes/no rerankers; MonoT5 has none and is
+refused).
+
+Exact patching is batched: patch pairs of similar token length form a batch; the clean run is captured once per
+batch; all sites of one layer are rows of one forward pass; the layers below the patched one are not recomputed
+(they return the corrupted run's captured output of the layer below, shared, not copied per layer).
+bench/patching.py measures it against one full forward per (pair, head) and against attribution patching.
 """
 
 from __future__ import annotations
 
-import random
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from precompute.analyses import batching
-from precompute.kernels.block_hooks import PATCH_COMPONENTS, PatchOp, hidden_of, repeat_rows
+from precompute.kernels.block_hooks import FINAL, OUTPUT, PATCH_COMPONENTS, PatchOp, repeat_rows
 from precompute.names import PATCHING_EPSILON, SEGMENTS
 
-EPSILON = PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the effect is NULL
+EPSILON = PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the pair's effect is NULL
 ALL = "all"  # segment of a patch at every token
-STOP_WORDS = frozenset("a an and are as at be by do does for from how in is it of on or that the to was what when "
-                       "where which who why with".split())
-FILLERS: tuple[str, ...] = ("the", "and", "of", "to", "in", "was", "for", "on", "with", "as", "by", "at", "from",
-                            "this", "that", "which", "also", "then", "there", "their", "these", "those", "about",
-                            "after", "before", "between", "during", "however", "although", "because", "through")
+POOLED = "cls"  # segment of a patch at the pooling position (the cls experiment)
+METHODS = ("exact", "attribution")
 
 
 class PatchingError(ValueError):
@@ -54,95 +50,41 @@ class PatchingError(ValueError):
 
 
 @dataclass(frozen=True)
-class PatchPair:
-    """One (clean, corrupted) input of an experiment."""
-
-    experiment: str
-    patch_id: int
-    pair_id: int  # the run's pair the corrupted input is (tfc1: the pair itself; cls: the hard negative)
-    clean_pair_id: int | None  # cls: the relevant pair; tfc1: None (the clean input is the pair with the term)
-    query: str
-    clean_doc: str
-    corrupted_doc: str
-    term: str | None = None
-    filler: str | None = None
-
-    def row(self) -> dict:
-        return {"experiment": self.experiment, "patch_id": self.patch_id, "pair_id": self.pair_id,
-                "clean_pair_id": self.clean_pair_id, "term": self.term, "filler": self.filler}
-
-
-# -- building the inputs ---------------------------------------------------------------------------------------------
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[A-Za-z0-9]+", text.lower())
-
-
-def _aligned(lm, query: str, clean: str, corrupted: str, max_length: int) -> bool:
-    """Do the two inputs have the same length and the same segment at every position?"""
-    batch = lm.encode([query, query], [clean, corrupted], max_length)
-    lengths = batch.inputs["attention_mask"].sum(1).tolist()
-    return lengths[0] == lengths[1] and bool(torch.equal(batch.segments[0], batch.segments[1]))
-
-
-def tfc1_pairs(lm, pairs: Sequence, max_length: int) -> tuple[list[PatchPair], int]:
-    """(the tfc1 inputs of ``pairs``, how many pairs had no aligned term and filler)."""
-    out, skipped = [], 0
-    for p in pairs:
-        query_words = set(_words(p.query))
-        found = None
-        for term in (w for w in _words(p.query) if w not in STOP_WORDS):
-            n = len(lm.tokenizer.tokenize(term))
-            for filler in FILLERS:
-                if filler in query_words or len(lm.tokenizer.tokenize(filler)) != n:
-                    continue
-                clean, corrupted = f"{term} {p.doc}", f"{filler} {p.doc}"
-                if _aligned(lm, p.query, clean, corrupted, max_length):
-                    found = (term, filler, clean, corrupted)
-                    break
-            if found:
-                break
-        if found is None:
-            skipped += 1
-            continue
-        term, filler, clean, corrupted = found
-        out.append(PatchPair("tfc1", len(out), p.pair_id, None, p.query, clean, corrupted, term, filler))
-    return out, skipped
-
-
-def cls_pairs(pairs: Sequence, per_query: int, seed: int) -> list[PatchPair]:
-    """Up to ``per_query`` (relevant, hard negative) combinations per query, drawn with ``seed`` (per query)."""
-    by_query: dict[str, tuple[list, list]] = {}
-    for p in pairs:
-        rel, hard = by_query.setdefault(p.qid, ([], []))
-        (rel if p.neg_type == "relevant" else hard if p.neg_type == "hard" else []).append(p)
-    out = []
-    for qid, (rel, hard) in by_query.items():
-        combos = [(r, h) for r in rel for h in hard]
-        picked = random.Random(f"{seed}:{qid}:cls").sample(combos, min(per_query, len(combos)))
-        for r, h in sorted(picked, key=lambda rh: (rh[0].pair_id, rh[1].pair_id)):
-            out.append(PatchPair("cls", len(out), h.pair_id, r.pair_id, h.query, r.doc, h.doc))
-    return out
-
-
-# -- the sweep ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
 class Variant:
-    """One patched activation: component ('resid', 'attn', 'mlp' or 'head'), segment ('all', a segment), head."""
+    """One patched activation of a layer: component ('resid', 'attn', 'mlp', 'resid_post' or 'head'), segment
+    ('all', a segment, or 'cls' = the pooling position), head."""
 
     component: str
     segment: str
     head: int | None = None
 
 
-def variants(experiment: str, heads: int) -> list[Variant]:
-    segments = (ALL, *SEGMENTS) if experiment == "tfc1" else ("cls",)
-    head_segment = ALL if experiment == "tfc1" else "cls"
-    return ([Variant(c, s) for c in PATCH_COMPONENTS for s in segments]
-            + [Variant("head", head_segment, h) for h in range(heads)])
+Site = tuple[int, Variant]  # (layer, variant)
+
+
+def pooled(experiment: str) -> bool:
+    """Is the experiment patched at the pooling position only (its inputs do not align)?"""
+    return experiment == "cls"
+
+
+def segments_of(experiment: str) -> tuple[str, ...]:
+    return (POOLED,) if pooled(experiment) else (ALL, *SEGMENTS)
+
+
+def block_sites(experiment: str, layers: int) -> list[Site]:
+    """Every block site of an experiment: resid, attn, mlp at every layer and resid_post at the last, per segment."""
+    segments = segments_of(experiment)
+    out = [(layer, Variant(c, s)) for layer in range(layers) for c in PATCH_COMPONENTS for s in segments]
+    return out + [(layers - 1, Variant(FINAL, s)) for s in segments]
+
+
+def head_sites(experiment: str, layers: int, heads: int) -> list[Site]:
+    segment = POOLED if pooled(experiment) else ALL
+    return [(layer, Variant("head", segment, h)) for layer in range(layers) for h in range(heads)]
+
+
+def all_sites(experiment: str, layers: int, heads: int) -> list[Site]:
+    return block_sites(experiment, layers) + head_sites(experiment, layers, heads)
 
 
 def check_pooling(lm) -> None:
@@ -160,37 +102,46 @@ def pooling_positions(lm, batch) -> torch.Tensor:
     return lm.family.pooling_positions(lm.model, batch.inputs)
 
 
-def _positions(lm, experiment: str, variant: Variant, batch) -> torch.Tensor:
-    """[batch, seq] bool: where a variant patches."""
+def site_masks(lm, experiment: str, batch) -> dict[str, torch.Tensor]:
+    """segment -> [batch, seq] bool: where a site of that segment patches ``batch`` (the corrupted input)."""
     seg = batch.segments.long()
-    if experiment == "cls":
+    if pooled(experiment):
         where = torch.zeros_like(seg, dtype=torch.bool)
         where[torch.arange(len(seg)), pooling_positions(lm, batch)] = True
-        return where
-    return (seg >= 0) if variant.segment == ALL else (seg == SEGMENTS.index(variant.segment))
+        return {POOLED: where}
+    return {ALL: seg >= 0, **{s: seg == i for i, s in enumerate(SEGMENTS)}}
 
 
-def _source(clean: torch.Tensor, clean_batch, corrupted_batch, lm, experiment: str) -> torch.Tensor:
-    """The clean activation laid out on the corrupted input's positions (cls: its pooling position only)."""
-    if experiment == "tfc1":
+def on_corrupted(lm, experiment: str, clean: torch.Tensor, clean_batch, corrupted_batch) -> torch.Tensor:
+    """A clean activation [n, seq_clean, ...] laid out on the corrupted input's positions: itself where the inputs
+    align; at the corrupted pooling position, the clean pooling position's value (cls; zeros elsewhere)."""
+    if not pooled(experiment):
         return clean
-    out = torch.zeros((*corrupted_batch.segments.shape, *clean.shape[2:]), dtype=clean.dtype, device=clean.device)
+    out = clean.new_zeros((*corrupted_batch.segments.shape, *clean.shape[2:]))
     rows = torch.arange(len(out))
     out[rows, pooling_positions(lm, corrupted_batch)] = clean[rows, pooling_positions(lm, clean_batch)]
     return out
 
 
-class Patcher:
-    """A probe (the SDPA kernel where it computes the family's attention exactly, else the summary kernel's eager
-    path) and the component hooks of a model, installed together for a sweep."""
+def activation(acts: dict, layer: int, variant: Variant) -> torch.Tensor:
+    """The captured activation a site patches: [n, seq, hidden], or [n, seq, head_dim] for a head."""
+    if variant.component == "head":
+        return acts[("head", layer)][:, variant.head]
+    return acts[(variant.component, layer)]
 
-    def __init__(self, lm):
-        from precompute.kernels.sdpa import AblationProbe
+
+class Patcher:
+    """A probe and the component hooks of a model, installed together for a sweep: the SDPA kernel where it computes
+    the family's attention exactly (exact patching), else, and for attribution patching (which needs the attention
+    weights and a graph), the summary kernel's eager path."""
+
+    def __init__(self, lm, *, eager: bool = False):
         from precompute.kernels.block_hooks import ComponentHooks
         from precompute.kernels.eager import SummaryProbe
+        from precompute.kernels.sdpa import AblationProbe
 
         self.lm = lm
-        self.probe = AblationProbe(lm) if lm.family.sdpa_ablation(lm.model) else SummaryProbe(lm)
+        self.probe = AblationProbe(lm) if lm.family.sdpa_ablation(lm.model) and not eager else SummaryProbe(lm)
         self.hooks = ComponentHooks(lm)
 
     def __enter__(self):
@@ -207,46 +158,43 @@ class Patcher:
         self.probe.__exit__(*exc)
 
     def run(self, batch, **state):
-        """(scores, batch state) of one forward pass with the given state options (capture, patches, skipped)."""
+        """(scores, batch state) of one forward pass with the given options (scale, capture, patches, skipped, ...)."""
         return self.probe.forward(batch, **state)
 
 
-def _capture(patcher: Patcher, batch):
-    scores, state = patcher.run(batch, capture=frozenset({*PATCH_COMPONENTS, "head"}))
-    return scores, state.captured
+def _captured_kinds(sites: Sequence[Site]) -> frozenset[str]:
+    return frozenset(v.component for _, v in sites)
 
 
-def patch_batch(patcher: Patcher, experiment: str, clean, corrupted, *, rows_per_forward: int, resume: bool = True,
-                only: str | None = None):
-    """Effects of every variant at every layer for one batch of patch pairs: (clean [n], corrupted [n],
-    patched {(layer, Variant): [n]}). ``resume`` False recomputes the layers below each patched one; ``only`` keeps
-    the variants of one component ('head': the head sweep)."""
+def patch_batch(patcher: Patcher, experiment: str, clean, corrupted, sites: Sequence[Site], *, rows_per_forward: int,
+                scale: str = "logit", resume: bool = True):
+    """Exact patching of ``sites`` for one batch of patch pairs: (clean [n], corrupted [n], patched {site: [n]}).
+    ``resume`` False recomputes the layers below each patched one (the plain way, for comparisons)."""
     lm = patcher.lm
     n = corrupted.segments.shape[0]
-    clean_scores, clean_acts = _capture(patcher, clean)
-    corrupted_scores, corrupted_acts = _capture(patcher, corrupted)
-    layers, heads = lm.shape
-    todo = [v for v in variants(experiment, heads) if only is None or v.component == only]
+    clean_scores, state = patcher.run(clean, scale=scale, capture=_captured_kinds(sites))
+    clean_acts = state.captured
+    corrupted_scores, state = patcher.run(corrupted, scale=scale, capture=frozenset({OUTPUT} if resume else ()))
+    corrupted_out = state.captured
+    masks = site_masks(lm, experiment, corrupted)
     per_forward = max(1, rows_per_forward // n)
-    patched: dict[tuple[int, Variant], torch.Tensor] = {}
-    for layer in range(layers):
+    by_layer: dict[int, list[Variant]] = {}
+    for layer, variant in sites:
+        by_layer.setdefault(layer, []).append(variant)
+    patched: dict[Site, torch.Tensor] = {}
+    for layer, todo in sorted(by_layer.items()):
         for start in range(0, len(todo), per_forward):
             group = todo[start : start + per_forward]
             k = len(group)
-            ops = []
-            for i, v in enumerate(group):
-                where = _positions(lm, experiment, v, corrupted)
-                src = clean_acts[("head", layer)][:, v.head] if v.component == "head" else \
-                    hidden_of(clean_acts[(v.component, layer)])  # [n, seq, head_dim | hidden]
-                ops.append(PatchOp(v.component, layer, slice(i * n, (i + 1) * n), where,
-                                   _source(src, clean, corrupted, lm, experiment), v.head))
+            ops = tuple(PatchOp(v.component, layer, slice(i * n, (i + 1) * n), masks[v.segment],
+                                on_corrupted(lm, experiment, activation(clean_acts, layer, v), clean, corrupted),
+                                v.head) for i, v in enumerate(group))
             batch = corrupted.repeat(k)
             if resume and layer > 0:
-                outputs = {i: repeat_rows(corrupted_acts[("resid", i)], k, n) for i in range(layer)}
-                with patcher.hooks.resume_above(layer, outputs):
-                    scores, _ = patcher.run(batch, patches=tuple(ops), skipped=frozenset(range(layer)))
+                with patcher.hooks.resume_above(layer, repeat_rows(corrupted_out[(OUTPUT, layer - 1)], k, n)):
+                    scores, _ = patcher.run(batch, scale=scale, patches=ops, skipped=frozenset(range(layer)))
             else:
-                scores, _ = patcher.run(batch, patches=tuple(ops))
+                scores, _ = patcher.run(batch, scale=scale, patches=ops)
             for i, v in enumerate(group):
                 patched[(layer, v)] = scores[i * n : (i + 1) * n]
     return clean_scores, corrupted_scores, patched
@@ -259,34 +207,28 @@ def effect(clean: np.ndarray, corrupted: np.ndarray, patched: np.ndarray) -> np.
         return np.where(np.abs(diff) < EPSILON, np.nan, (patched - corrupted) / diff)
 
 
-def effect_rows(experiment: str, items: Sequence[PatchPair], clean, corrupted, patched) -> dict[str, list]:
-    """``patching_effects`` columns of one batch."""
-    clean, corrupted = clean.float().cpu().numpy(), corrupted.float().cpu().numpy()
-    cols: dict[str, list] = {k: [] for k in ("experiment", "patch_id", "pair_id", "layer", "head", "component",
-                                             "segment", "clean", "corrupted", "patched", "effect")}
-    for (layer, v), scores in patched.items():
-        p = scores.float().cpu().numpy()
-        e = effect(clean, corrupted, p)
-        for j, item in enumerate(items):
-            for key, value in (("experiment", experiment), ("patch_id", item.patch_id), ("pair_id", item.pair_id),
-                               ("layer", layer), ("head", v.head), ("component", v.component),
-                               ("segment", v.segment), ("clean", clean[j]), ("corrupted", corrupted[j]),
-                               ("patched", p[j]), ("effect", None if np.isnan(e[j]) else float(e[j]))):
-                cols[key].append(value)
-    return cols
-
-
-def run_experiment(lm, experiment: str, items: Sequence[PatchPair], *, batch_size: int, max_length: int,
-                   batch_tokens: int | None = None, on_batch: Callable[[int], None] | None = None) -> dict[str, list]:
-    """``patching_effects`` columns of ``items`` (batches of pairs as :func:`~precompute.analyses.batching.patch_batches` forms them, every layer
-    and variant each; rows in batch order: the stage's merge sorts them)."""
-    cols: dict[str, list] = {}
-    with Patcher(lm) as patcher:
-        for chunk, clean, corrupted, rows in batching.patch_batches(lm, items, batch_size=batch_size, max_length=max_length,
-                                                           batch_tokens=batch_tokens):
-            clean_s, corrupted_s, patched = patch_batch(patcher, experiment, clean, corrupted, rows_per_forward=rows)
-            for key, values in effect_rows(experiment, chunk, clean_s, corrupted_s, patched).items():
-                cols.setdefault(key, []).extend(values)
-            if on_batch:
-                on_batch(len(chunk))
+def effect_columns(experiment: str, method: str, items: Sequence, clean, corrupted, patched: dict,
+                   graddrop: dict | None = None) -> dict[str, object]:
+    """``patching_effects`` columns of one batch (numpy arrays, site-major): ``patched`` and ``graddrop`` map sites to
+    [n] tensors or arrays."""
+    clean = np.asarray(torch.as_tensor(clean).float().cpu())
+    corrupted = np.asarray(torch.as_tensor(corrupted).float().cpu())
+    sites = list(patched)
+    n, k = len(items), len(sites)
+    values = np.stack([np.asarray(torch.as_tensor(patched[s]).float().cpu()) for s in sites]) if k else \
+        np.zeros((0, n))
+    effects = effect(clean[None], corrupted[None], values)
+    heads = np.array([-1 if v.head is None else v.head for _, v in sites], dtype=np.int32)
+    cols = {
+        "experiment": np.full(n * k, experiment, dtype=object), "method": np.full(n * k, method, dtype=object),
+        "patch_id": np.tile([i.patch_id for i in items], k), "pair_id": np.tile([i.pair_id for i in items], k),
+        "layer": np.repeat([layer for layer, _ in sites], n),
+        "head": np.ma.masked_less(np.repeat(heads, n), 0),
+        "component": np.repeat(np.array([v.component for _, v in sites], dtype=object), n),
+        "segment": np.repeat(np.array([v.segment for _, v in sites], dtype=object), n),
+        "clean": np.tile(clean, k), "corrupted": np.tile(corrupted, k), "patched": values.ravel(),
+        "effect": np.ma.masked_invalid(effects.ravel()),
+        "graddrop": np.ma.masked_all(n * k) if graddrop is None else
+        np.stack([np.asarray(torch.as_tensor(graddrop[s]).float().cpu()) for s in sites]).ravel(),
+    }
     return cols

@@ -47,13 +47,23 @@ def check_model(lm) -> None:
 @dataclass(frozen=True)
 class HeadFactors:
     """One head's query-space directions a [dh, dh], key-space directions b [dh, dh] (sigma folded in), sorted by
-    singular value, with the head's query and key biases."""
+    singular value, with the head's query and key biases and each component's alignment u_k . v_k (the svd table's)."""
 
     a: torch.Tensor
     b: torch.Tensor
     sigma: torch.Tensor
     query_bias: torch.Tensor | None
     key_bias: torch.Tensor | None
+    alignment: torch.Tensor | None = None
+
+
+def aligned_components(factors: HeadFactors, n: int) -> list[int]:
+    """The ``n`` components of one head with the largest sigma-weighted alignment ``sigma_k * (u_k . v_k)`` (largest
+    first; ties by singular value order): the components that give the most logit to a token attending to a token
+    like itself. Sigma-weighted, not the alignment alone: a component with alignment near 1 and sigma near 0 adds
+    nothing to any logit, and removing it would change nothing (docs/patching.md, "Aligned QK subspaces")."""
+    score = (factors.sigma * factors.alignment).tolist()
+    return sorted(range(len(score)), key=lambda k: (-score[k], k))[:n]
 
 
 def head_factors(lm, layer: int, head: int) -> HeadFactors:
@@ -65,16 +75,20 @@ def head_factors(lm, layer: int, head: int) -> HeadFactors:
     qq, rq, qk, rk, u, sigma, vh = core_svd(wq[head : head + 1], wk[kh : kh + 1])
     a = torch.linalg.solve_triangular(rq[0], u[0], upper=True)  # Rq^{-1} U
     b = torch.linalg.solve_triangular(rk[0], vh[0].mT, upper=True) * sigma[0]  # Rk^{-1} V S
+    alignment = ((u[0].mT @ (qq[0].mT @ qk[0])) * vh[0]).sum(-1)  # u_k . v_k (precompute.analyses.spectra)
     q_bias = None if weights.query_bias is None else weights.query_bias[head * dh : (head + 1) * dh].double().cpu()
     k_bias = None if weights.key_bias is None else weights.key_bias[kh * dh : (kh + 1) * dh].double().cpu()
-    return HeadFactors(a, b, sigma[0], q_bias, k_bias)
+    return HeadFactors(a, b, sigma[0], q_bias, k_bias, alignment)
 
 
-def qk_edit(factors: HeadFactors, layer: int, head: int, k: int, factor: float, rows: torch.Tensor, device):
-    """The :class:`~precompute.kernels.state.QKEdit` of the top ``k`` components of one head, for ``rows``."""
+def qk_edit(factors: HeadFactors, layer: int, head: int, k: int, factor: float, rows: torch.Tensor, device,
+            components: list[int] | None = None):
+    """The :class:`~precompute.kernels.state.QKEdit` of the top ``k`` components of one head (or of ``components``,
+    indices in singular value order), for ``rows``."""
     from precompute.kernels.state import QKEdit
 
-    a, b = factors.a[:, :k], factors.b[:, :k]
+    which = list(range(k)) if components is None else list(components)
+    a, b = factors.a[:, which], factors.b[:, which]
     return QKEdit(
         rows=rows.to(device), layer=layer, head=head, a=a.float().to(device), b=b.float().to(device), factor=factor,
         query_bias=None if factors.query_bias is None else factors.query_bias.float().to(device),

@@ -6,7 +6,7 @@ store keeps the parts as columns and no reader parses an id again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from precompute.conditions.kinds import analysis_of, kind_of, parse
@@ -28,6 +28,9 @@ class Condition:
     k: int | None = None  # top singular components (subspace)
     operation: str | None = None  # 'remove' | 'scale=<f>' (subspace)
     factor: float | None = None  # what the components are multiplied by: 0 = remove (subspace)
+    # the alignment u_k . v_k of each component an aligned subspace condition removes, in its order (the model's fact,
+    # not the id's: a condition parsed from its id has None; stored in ablation_conditions.alignments)
+    alignments: tuple[float, ...] | None = field(default=None, compare=False)
 
     @cached_property
     def condition_id(self) -> str:
@@ -60,6 +63,7 @@ class Condition:
             "directions": ",".join(self.directions) if self.directions is not None else None,
             "component": self.component, "segment": self.segment, "k": self.k, "operation": self.operation,
             "factor": self.factor,
+            "alignments": None if self.alignments is None else list(self.alignments),
         }
 
     @classmethod
@@ -68,4 +72,9 @@ class Condition:
         directions name a user group's)."""
         dirs = row.get("directions")
         groups = {row["condition"]: tuple(dirs.split(","))} if dirs else None
-        return parse(row["condition_id"], row["kind"], groups)
+        found = parse(row["condition_id"], row["kind"], groups)
+        if row.get("alignments") is not None:
+            from dataclasses import replace
+
+            found = replace(found, alignments=tuple(float(a) for a in row["alignments"]))
+        return found

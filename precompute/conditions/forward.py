@@ -25,6 +25,7 @@ class QKTarget:
     head: int
     k: int
     factor: float
+    aligned: bool = False  # the k components with the largest sigma-weighted alignment instead of the top k
 
 
 @dataclass
@@ -64,8 +65,8 @@ class Edits:
             self.components = torch.full((self.n_conditions, self.n_layers, len(COMPONENTS)), -1, dtype=torch.int8)
         self.components[row, layer, COMPONENTS.index(component)] = ALL_TOKENS if segment is None else SEGMENT_INDEX[segment]
 
-    def edit_qk(self, row: int, layer: int, head: int, k: int, factor: float) -> None:
-        self.qk.append(QKTarget(row, layer, head, k, factor))
+    def edit_qk(self, row: int, layer: int, head: int, k: int, factor: float, *, aligned: bool = False) -> None:
+        self.qk.append(QKTarget(row, layer, head, k, factor, aligned))
 
 
 def forward_edits(conditions: Sequence, n_layers: int, n_heads: int) -> Edits:

@@ -53,6 +53,9 @@ class ModelShape:
     n_heads: int
     head_dim: int | None = None
     subspace_heads: tuple[tuple[int, int], ...] = ()  # the 'subspace' set's heads, resolved by the stage (top:N)
+    # (layer, head, n) -> the alignments u_k . v_k of the n components an aligned subspace condition removes (the
+    # stage reads them from the weights; None: not known, e.g. without a model)
+    alignments: object = None
 
 
 class ConditionKind:

@@ -68,14 +68,16 @@ class AblationRequest:
         return qk.parse_heads_spec(self.subspace_heads)
 
     def conditions(self, n_layers: int, n_heads: int, *, subspace_heads: list[tuple[int, int]] = (),
-                   head_dim: int | None = None) -> list[Condition]:
+                   head_dim: int | None = None, alignments=None) -> list[Condition]:
         """Every condition requested, baseline first, then each registered kind's, deduplicated by id (the first kind
         keeps an id two produce), in a stable order.
 
-        ``subspace_heads``: the heads of the 'subspace' set, resolved by the stage (``top:N`` needs head_contrasts)."""
+        ``subspace_heads``: the heads of the 'subspace' and 'aligned' sets, resolved by the stage (``top:N`` needs
+        head_contrasts); ``alignments``: (layer, head, n) -> the alignments of the components an aligned condition
+        removes (:attr:`~precompute.conditions.kinds.ModelShape.alignments`)."""
         if not self.asked_sets():
             return []
-        model = ModelShape(n_layers, n_heads, head_dim, tuple(subspace_heads))
+        model = ModelShape(n_layers, n_heads, head_dim, tuple(subspace_heads), alignments)
         out: dict[str, Condition] = {}
         for kind in REGISTRY.values():
             for c in kind.conditions(self, model):

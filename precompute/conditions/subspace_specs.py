@@ -18,6 +18,9 @@ _OPERATION = re.compile(r"^(remove|scale=(\d+(?:\.\d+)?))$")  # a plain decimal:
 _ID = re.compile(r"^qk:(\d+)\.(\d+):k(\d+)/(.+)$")
 
 
+_ALIGNED_ID = re.compile(r"^qk:(\d+)\.(\d+):a(\d+)/(.+)$")
+
+
 class Subspace(ConditionKind):
     name = "subspace"
     analysis = SUBSPACE
@@ -76,6 +79,60 @@ class Subspace(ConditionKind):
         edits.edit_qk(row, c.layer, c.head, c.k, c.factor)
 
 
+class AlignedSubspace(Subspace):
+    """The components of a head's W_Q W_K^T chosen by alignment instead of by singular value: ``qk:L.H:aN/remove``
+    removes (``scale=f`` scales) the N components with the largest sigma-weighted alignment ``sigma_k (u_k . v_k)``
+    (:func:`precompute.analyses.subspace.aligned_components`), the part of the head that matches a token to tokens
+    like itself; the alignment of every removed component is stored with the condition
+    (``ablation_conditions.alignments``). Same heads, N values and operations as the 'subspace' set
+    (--subspace-heads, --subspace-k, --subspace-ops), same Holm family."""
+
+    name = "subspace_aligned"
+    title = "QK subspaces by alignment: a head's N most aligned components of W_Q W_K^T removed or scaled"
+    description = ("one head's N components of W_Q W_K^T with the largest sigma_k * (u_k . v_k) removed or scaled "
+                   "(the alignments stored)")
+    condition_set = "aligned"
+    set_help = "every --subspace-heads head x N in --subspace-k x --subspace-ops, components chosen by alignment"
+    grammar = "qk:<layer>.<head>:a<n>/remove|scale=<f>"
+    example = "qk:3.5:a2/remove"
+    reserved = ()
+
+    def parse(self, text, groups=None):
+        m = _ALIGNED_ID.match(text)
+        if not m:
+            return None
+        layer, head, n, operation = m.groups()
+        if int(n) < 1:
+            raise AblationSpecError(f"condition {text!r}: a<n> counts aligned components, from 1")
+        return self.make(int(layer), int(head), int(n), operation)
+
+    def make(self, layer: int, head: int, k: int, operation: str, alignments=None) -> Condition:
+        operation = operation.strip()
+        return Condition(self.name, "qk", operation, str(layer), layer, head, k=k, operation=operation,
+                         factor=parse_operation(operation), alignments=alignments)
+
+    def format(self, c) -> str:
+        return f"qk:{c.layer}.{c.head}:a{c.k}/{c.operation}"
+
+    def conditions(self, request, model):
+        if self.condition_set not in request.asked_sets():
+            return []
+        base = [c for c in SUBSPACE_KIND.conditions(_asking(request, SUBSPACE_KIND.condition_set), model)]
+        known = model.alignments
+        return [self.make(c.layer, c.head, c.k, c.operation,
+                          None if known is None else tuple(known(c.layer, c.head, c.k))) for c in base]
+
+    def apply(self, c, row, edits) -> None:
+        edits.edit_qk(row, c.layer, c.head, c.k, c.factor, aligned=True)
+
+
+def _asking(request, condition_set: str):
+    """``request`` asking for ``condition_set`` (so a kind can expand another kind's set with the same flags)."""
+    from dataclasses import replace
+
+    return replace(request, sets=(*request.sets, condition_set))
+
+
 def parse_heads_spec(spec: str) -> int | list[tuple[int, int]]:
     """``top:N`` -> N; ``3.5,4.1`` -> [(3, 5), (4, 1)]; AblationSpecError otherwise."""
     spec = spec.strip().lower()
@@ -115,3 +172,4 @@ def parse_ks(spec: str) -> tuple[int, ...]:
 
 
 SUBSPACE_KIND = register(Subspace())
+ALIGNED_KIND = register(AlignedSubspace())

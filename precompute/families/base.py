@@ -67,6 +67,27 @@ POOLINGS = {
 }
 
 
+# What a family's ``scores`` return: 'score' is pairs.score (the logit of one-label classifiers, the log-probability
+# of relevance of two-way ones); 'logit' the relevance logit (one label) or the log-odds of the positive class
+# against the negative one (two labels, two answer tokens), unbounded; 'probability' the probability of relevance
+# (the sigmoid of the logit, the softmax of the positive class).
+SCALES = ("score", "logit", "probability")
+
+
+def two_way(logits, positive: int, scale: str):
+    """[batch, 2] float32 logits of a two-way choice -> [batch] relevance of class ``positive`` on ``scale``."""
+    import torch
+
+    if scale == "score":
+        return torch.log_softmax(logits, dim=-1)[:, positive]
+    log_odds = logits[:, positive] - logits[:, 1 - positive]
+    if scale == "logit":
+        return log_odds
+    if scale == "probability":
+        return log_odds.sigmoid()
+    raise ValueError(f"score scale {scale!r}: expected one of {', '.join(SCALES)}")
+
+
 def module_at(root, path: str):
     """The submodule at a dotted ``path`` ('' = root itself); FamilyError naming the path when it is missing."""
     module = root
@@ -285,8 +306,9 @@ class Family:
         """Token count of each pair's input (at most ``max_length``): batches group pairs of similar length."""
         return self.encode(lm, queries, docs, max_length).inputs["attention_mask"].sum(1).tolist()
 
-    def scores(self, lm, batch):
-        """[batch] float32 relevance scores of one forward pass of ``batch`` (run inside a probe, or plain)."""
+    def scores(self, lm, batch, scale: str = "score"):
+        """[batch] float32 relevance scores of one forward pass of ``batch`` (run inside a probe, or plain), on
+        ``scale`` (:data:`SCALES`: pairs.score by default)."""
         raise NotImplementedError
 
     def score_kind(self, lm) -> str:

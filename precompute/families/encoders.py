@@ -20,22 +20,21 @@ import math
 import types
 from dataclasses import dataclass
 
-from precompute.families.base import Family, FamilyError
+from precompute.families.base import Family, FamilyError, two_way
 from precompute.kernels.site import KernelError
 
 
 CLASSIFIER_SCORE = "the head's logit (one label) or log-softmax of its positive class (two)"
 
 
-def classifier_relevance(logits):
-    """[batch, labels] logits -> [batch] float32: the single logit, or log-softmax[1] of two labels."""
-    import torch
-
+def classifier_relevance(logits, scale: str = "score"):
+    """[batch, labels] logits -> [batch] float32 on ``scale`` (families.base.SCALES): the score is the single logit,
+    or log-softmax[1] of two labels."""
     logits = logits.float()
     if logits.shape[-1] == 1:
-        return logits[:, 0]
+        return logits[:, 0] if scale != "probability" else logits[:, 0].sigmoid()
     if logits.shape[-1] == 2:
-        return torch.log_softmax(logits, dim=-1)[:, 1]
+        return two_way(logits, 1, scale)
     raise FamilyError(f"the model has {logits.shape[-1]} output labels; a cross-encoder has 1 (score) or 2 "
                       "(not relevant, relevant)")
 
@@ -63,8 +62,8 @@ class PairEncoder(Family):
         return lm.tokenizer(queries, docs, truncation="only_second", max_length=max_length, return_length=True,
                             return_attention_mask=False, return_token_type_ids=False)["length"]
 
-    def scores(self, lm, batch):
-        return classifier_relevance(lm.model(**batch.inputs).logits)
+    def scores(self, lm, batch, scale="score"):
+        return classifier_relevance(lm.model(**batch.inputs).logits, scale)
 
     def score_kind(self, lm) -> str:
         return "logit" if lm.model.config.num_labels == 1 else "log_softmax[1]"

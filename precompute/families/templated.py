@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from precompute.families.base import TEMPLATE_SEGMENTS, Family, FamilyError, FamilySettings, module_at
+from precompute.families.base import TEMPLATE_SEGMENTS, Family, FamilyError, FamilySettings, module_at, two_way
 from precompute.families.encoders import CLASSIFIER_SCORE, classifier_relevance
 from precompute.kernels.site import Site
 
@@ -85,11 +85,10 @@ class TemplateFamily(Family):
                                                                      else "log_softmax[1]")
 
 
-def _answer_relevance(logits: torch.Tensor, ids: tuple[int, int]) -> torch.Tensor:
-    """[batch, vocab] -> [batch] float32: log-softmax over the two answer tokens, of the positive one."""
-    import torch
-    pair = logits[:, list(ids)].float()
-    return torch.log_softmax(pair, dim=-1)[:, 0]
+def _answer_relevance(logits: torch.Tensor, ids: tuple[int, int], scale: str = "score") -> torch.Tensor:
+    """[batch, vocab] -> [batch] float32 on ``scale``: the score is the log-softmax over the two answer tokens, of the
+    positive one."""
+    return two_way(logits[:, list(ids)].float(), 0, scale)
 
 
 @dataclass(frozen=True)
@@ -107,13 +106,13 @@ class MonoT5(TemplateFamily):
             sites.append((module_at(block, "layer.1.EncDecAttention"), Site("cross", i)))
         return sites
 
-    def scores(self, lm, batch):
+    def scores(self, lm, batch, scale="score"):
         import torch
         inputs = batch.inputs
         start = lm.model.config.decoder_start_token_id
         decoder = torch.full((inputs["input_ids"].shape[0], 1), start, dtype=torch.long, device=inputs["input_ids"].device)
         logits = lm.model(**inputs, decoder_input_ids=decoder, use_cache=False).logits[:, 0]  # [batch, vocab]: the first decoder step
-        return _answer_relevance(logits, lm.settings.answer_ids)
+        return _answer_relevance(logits, lm.settings.answer_ids, scale)
 
 
 @dataclass(frozen=True)
@@ -131,12 +130,12 @@ class DecoderClassifier(TemplateFamily):
         if lm.model.config.num_labels not in (1, 2):
             raise FamilyError(f"model has {lm.model.config.num_labels} labels; a reranker has 1 or 2")
 
-    def scores(self, lm, batch):
+    def scores(self, lm, batch, scale="score"):
         import torch
         mask = batch.inputs["attention_mask"]
         hidden = lm.model.base_model(**batch.inputs, position_ids=decoder_position_ids(mask), use_cache=False).last_hidden_state
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.pooling_positions(lm.model, batch.inputs)]
-        return classifier_relevance(lm.model.score(pooled))
+        return classifier_relevance(lm.model.score(pooled), scale)
 
 
 @dataclass(frozen=True)
@@ -148,14 +147,15 @@ class YesNoLM(TemplateFamily):
 
         return AutoModelForCausalLM
 
-    def scores(self, lm, batch):
+    def scores(self, lm, batch, scale="score"):
         import torch
         mask = batch.inputs["attention_mask"]
         last = self.pooling_positions(lm.model, batch.inputs)
         keep, where = torch.unique(last, return_inverse=True)  # the model's own head (soft-capping included), only there
         logits = lm.model(**batch.inputs, position_ids=decoder_position_ids(mask), logits_to_keep=keep,
                           use_cache=False).logits
-        return _answer_relevance(logits[torch.arange(len(last), device=logits.device), where], lm.settings.answer_ids)
+        return _answer_relevance(logits[torch.arange(len(last), device=logits.device), where], lm.settings.answer_ids,
+                                 scale)
 
 
 _DECODER_PATHS = dict(layers_path="layers", attention_path="self_attn", attention_output_path="self_attn.o_proj",

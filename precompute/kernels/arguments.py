@@ -57,7 +57,9 @@ class AttentionCall:
         else:
             logits = torch.matmul(query, self.key.transpose(2, 3)).float()
         logits.mul_(self.scaling)
-        if self.softcap is not None:
+        if self.softcap is not None and logits.requires_grad:  # autograd keeps tanh's output: not in place
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        elif self.softcap is not None:
             logits.div_(self.softcap).tanh_().mul_(self.softcap)
         if self.position_bias is not None:
             logits.add_(_rows(self.position_bias, rows))

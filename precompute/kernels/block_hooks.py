@@ -1,5 +1,6 @@
-"""Forward hooks on a family's components, for one forward pass at a time: the attention block's output projection
-(``attn``), the MLP block's output projection (``mlp``) and each layer's output, the residual stream (``resid``).
+"""Hooks on a family's components, for one forward pass at a time: the residual stream entering each layer
+(``resid``, TransformerLens' ``resid_pre``), the attention block's output projection (``attn``), the MLP block's
+output projection (``mlp``) and the last layer's output (``resid_post``, the stream the score is read from).
 
 What the hooks do is read from the batch state in flight (:class:`~precompute.kernels.state.BatchState`):
 
@@ -8,13 +9,19 @@ What the hooks do is read from the batch state in flight (:class:`~precompute.ke
   removal point is the projection's output, before the block adds it to the residual stream (post-LN BERT:
   ``LayerNorm(dense(x) + residual)`` keeps its residual and LayerNorm; pre-LN decoders: the block's
   ``o_proj``/``down_proj`` output before the add);
-* **capture** (activation patching): keep the outputs of a clean or corrupted run;
-* **patch**: replace the outputs of chosen rows at chosen positions by captured ones;
-* **resume**: layers below a patched one return the corrupted run's captured outputs instead of computing them
-  (their activations are the corrupted run's anyway), which is where batched patching saves its time.
+* **capture** (activation patching): keep the activations of a clean or corrupted run (and every layer's whole
+  output, ``output``, for resuming);
+* **patch**: replace the activations of chosen rows at chosen positions by captured ones;
+* **resume**: layers below a patched one return the corrupted run's captured output instead of computing
+  (their activations are the corrupted run's anyway), which is where batched patching saves its time;
+* **gradients** (attribution patching): the first layer's input becomes a leaf that requires grad, so every
+  activation after it is in the autograd graph; each block output passes a gate whose backward can drop that
+  layer's gradient (AtP*'s GradDrop, :class:`GradGates`);
+* **stop**: a forward pass ends right after one layer's attention, for the attention weights of a patched input
+  (:class:`Stopped`).
 
 Head outputs (a head's attention output before the output projection) are captured and patched inside the
-attention kernel (:func:`precompute.kernels.eager.attend`), not here.
+attention kernels (:func:`head_outputs`), not by a module hook.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ import torch
 from precompute.kernels.probe import current_state
 
 COMPONENTS: tuple[str, ...] = ("attn", "mlp")  # what component ablations remove
-PATCH_COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")  # what activation patching replaces
+PATCH_COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")  # what activation patching replaces at every layer
+FINAL = "resid_post"  # the last layer's output: patched at that layer only (it is the next layer's resid elsewhere)
+OUTPUT = "output"  # capture kind of every layer's whole output (what a resumed layer returns)
 ALL_TOKENS = -2  # component target: every (non-padding) token; 0..4 = one segment's tokens; -1 = nothing
 
 
@@ -38,7 +47,7 @@ class PatchOp:
     """Replace the ``kind`` output of ``layer`` (head ``head`` for kind 'head') of the batch rows ``rows`` at
     ``positions`` by ``source`` (both given for those rows only)."""
 
-    kind: str  # 'resid' | 'attn' | 'mlp' | 'head'
+    kind: str  # 'resid' | 'attn' | 'mlp' | 'resid_post' | 'head'
     layer: int
     rows: slice  # the batch rows patched (one variant's block of rows = pairs x variants, variant-major)
     positions: torch.Tensor  # [rows, seq] bool
@@ -96,20 +105,98 @@ def _remove(state, kind: str, layer: int, out: torch.Tensor) -> torch.Tensor:
     return torch.where(where[..., None], replacement, out)
 
 
-def _hook(kind: str, layer: int):
+class Stopped(Exception):
+    """Raised after the attention of ``state.stop_after`` ran: the rest of the forward pass is not needed. Carries
+    the pass's state (what it captured)."""
+
+    def __init__(self, state):
+        super().__init__(f"stopped after the attention of layer {state.stop_after}")
+        self.state = state
+
+
+class GradGates:
+    """AtP*'s GradDrop: every block output of the forward pass goes through an identity whose backward multiplies
+    the gradient by 0 while ``dropped`` is its layer, so one forward pass serves a backward pass per dropped layer
+    (set ``dropped``, then ask autograd for the gradients again)."""
+
+    def __init__(self):
+        self.dropped: int | None = None
+
+    def __call__(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        return _Gate.apply(x, self, layer)
+
+
+class _Gate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gates, layer):
+        ctx.gates, ctx.layer = gates, layer
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad * 0 if ctx.gates.dropped == ctx.layer else grad), None, None
+
+
+def _patched(state, kind: str, layer: int, out: torch.Tensor) -> torch.Tensor:
+    """``out`` with the state's patches of (kind, layer) applied, captured when asked."""
+    ops = [op for op in state.patches if op.kind == kind and op.layer == layer]
+    if ops:
+        out = out.clone()
+        for op in ops:
+            op.apply(out)
+    if kind in state.capture:
+        state.captured[(kind, layer)] = out
+    return out
+
+
+def _block_hook(kind: str, layer: int):
     def hook(module, args, output):
         state = current_state()
         out = hidden_of(output)
-        if kind in COMPONENTS and state.intervention is not None and state.intervention.components is not None:
+        if state.intervention is not None and state.intervention.components is not None:
             out = _remove(state, kind, layer, out)
-        ops = [op for op in state.patches if op.kind == kind and op.layer == layer]
-        if ops:
-            out = out.clone()
-            for op in ops:
-                op.apply(out)
-        if kind in state.capture:
-            state.captured[(kind, layer)] = output if kind == "resid" else out
+        out = _patched(state, kind, layer, out)
+        if state.gates is not None:  # after the capture: dropping this layer drops the gradient of its outputs too
+            out = state.gates(out, layer)
         return with_hidden(output, out)
+
+    return hook
+
+
+def _input_hook(layer: int):
+    """The residual stream entering ``layer``: its first argument (or ``hidden_states``)."""
+
+    def hook(module, args, kwargs):
+        state = current_state()
+        positional = bool(args)
+        hidden = args[0] if positional else kwargs["hidden_states"]
+        if layer == 0 and state.gates is not None:  # attribution: the graph starts here
+            hidden = hidden.detach().requires_grad_(True)
+        hidden = _patched(state, "resid", layer, hidden)
+        if positional:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    return hook
+
+
+def _output_hook(layer: int, last: bool):
+    def hook(module, args, output):
+        state = current_state()
+        if last:
+            output = with_hidden(output, _patched(state, FINAL, layer, hidden_of(output)))
+        if OUTPUT in state.capture:
+            state.captured[(OUTPUT, layer)] = output
+        return output
+
+    return hook
+
+
+def _attention_hook(layer: int):
+    def hook(module, args, output):
+        state = current_state()
+        if state.stop_after == layer:
+            raise Stopped(state)
 
     return hook
 
@@ -120,23 +207,33 @@ class ComponentHooks:
     def __init__(self, lm):
         self.layers = lm.family.layers(lm.model)
         self.modules: dict[tuple[str, int], torch.nn.Module] = lm.family.component_modules(lm.model)
+        self.attentions = lm.family.self_attentions(lm.model)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self):
+        last = len(self.layers) - 1
         for (kind, layer), module in self.modules.items():
-            self._stack.callback(module.register_forward_hook(_hook(kind, layer)).remove)
+            if kind == "resid":  # the layer itself: its input is the stream entering it, its output the next one's
+                self._stack.callback(module.register_forward_pre_hook(_input_hook(layer), with_kwargs=True).remove)
+                self._stack.callback(module.register_forward_hook(_output_hook(layer, layer == last)).remove)
+            else:
+                self._stack.callback(module.register_forward_hook(_block_hook(kind, layer)).remove)
+        for layer, module in enumerate(self.attentions):
+            self._stack.callback(module.register_forward_hook(_attention_hook(layer)).remove)
         return self
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
     @contextlib.contextmanager
-    def resume_above(self, first: int, outputs: dict[int, Any]):
-        """Layers below ``first`` return ``outputs[layer]`` (a captured corrupted output) instead of computing."""
+    def resume_above(self, first: int, output: Any):
+        """Layers below ``first`` return ``output`` (the corrupted run's output of layer ``first - 1``, for the
+        forward's rows) instead of computing: each ignores its input, so the layers before the last resumed one can
+        return the same object (a T5 block also passes on the position bias, the same at every layer)."""
         swapped = self.layers[:first]
         try:
-            for i, layer in enumerate(swapped):
-                layer.forward = types.MethodType(lambda self, *a, _out=outputs[i], **k: _out, layer)
+            for layer in swapped:
+                layer.forward = types.MethodType(lambda self, *a, **k: output, layer)
             yield
         finally:
             for layer in swapped:

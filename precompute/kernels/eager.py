@@ -40,13 +40,25 @@ def block_rows(batch: int, heads: int, rows: int, keys: int) -> int:
 def _softmax_removing(logits: torch.Tensor, removal: torch.Tensor | None, mode: str | None,
                       key_padding: torch.Tensor) -> torch.Tensor:
     """Softmax over keys with an intervention's (query token, key token) removal [b, r, k] applied, in place:
-    ``logits`` (float32) is consumed and becomes the weights."""
+    ``logits`` (float32) is consumed and becomes the weights. Where autograd records the pass (attribution
+    patching: ``logits`` requires grad) the same steps run out of place, as autograd needs."""
+    if logits.requires_grad:
+        return _softmax_removing_recorded(logits, removal, mode, key_padding)
     if removal is not None and mode == "mask":
         removal = removal | key_padding[:, None, :]  # padding keys must not take the freed mass
         weights = torch.softmax(logits.masked_fill_(removal[:, None], float("-inf")), dim=-1, out=logits)
         return weights.masked_fill_(removal.all(-1)[:, None, :, None], 0.0)  # nothing left: output 0, not NaN
     weights = torch.softmax(logits, dim=-1, out=logits)
     return weights if removal is None else weights.masked_fill_(removal[:, None], 0.0)
+
+
+def _softmax_removing_recorded(logits, removal, mode, key_padding):
+    if removal is not None and mode == "mask":
+        removal = removal | key_padding[:, None, :]
+        weights = torch.softmax(logits.masked_fill(removal[:, None], float("-inf")), dim=-1)
+        return weights.masked_fill(removal.all(-1)[:, None, :, None], 0.0)
+    weights = torch.softmax(logits, dim=-1)
+    return weights if removal is None else weights.masked_fill(removal[:, None], 0.0)
 
 
 def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int | None = None) -> torch.Tensor:
@@ -61,7 +73,7 @@ def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int
     removal = state.removal(layer)
     mode = state.intervention.mode if state.intervention is not None else None
     step = block_rows(b, h, q, k)
-    sums, outs = None, []
+    sums, outs, kept = None, [], []
     for start in range(0, q, step):
         part = slice(start, min(q, start + step))
         block = logits[:, :, part] if isinstance(logits, torch.Tensor) else logits(part)
@@ -69,9 +81,13 @@ def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int
         if state.summarise:
             partial = metrics.partial_sums(weights, state, part)
             sums = partial if sums is None else sums + partial
+        if "weights" in state.capture:
+            kept.append(weights)
         outs.append(torch.matmul(weights.to(value.dtype), value))  # [batch, head, rows, dv]
     if state.summarise:
         state.summaries[layer] = metrics.finish(sums, state)
+    if kept:  # attribution patching's QK fix reads them (precompute.analyses.attribution)
+        state.captured[("weights", layer)] = kept[0] if len(kept) == 1 else torch.cat(kept, dim=2)
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     heads = state.heads_removed(layer)
     if heads is not None:
@@ -97,7 +113,9 @@ def atlas_attention(module, query, key, value, attention_mask, dropout=0.0, scal
 
         def logits(rows: slice) -> torch.Tensor:
             shape = (*call.query.shape[:2], len(range(*rows.indices(call.query.shape[2]))), call.key.shape[2])
-            block = call.logits(rows, out=state.scratch.take(shape, call.query.device))
+            recorded = call.query.requires_grad or call.key.requires_grad  # autograd cannot differentiate out=
+            buffer = None if recorded else state.scratch.take(shape, call.query.device)
+            block = call.logits(rows, out=buffer)
             return block if correction is None else block.add_(correction[:, :, rows, None] * call.scaling)
 
         out = attend(state, site.layer, logits, call.value, rows=call.query.shape[2])

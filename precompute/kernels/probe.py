@@ -82,8 +82,10 @@ class Probe:
         self._exit.callback(self.model.set_attn_implementation, previous or "eager")
 
     # -- one forward pass ---------------------------------------------------------------------------
-    def forward(self, batch, **state_options) -> tuple[Any, BatchState]:
-        """(scores [batch] float32, state) of one forward pass of ``batch`` (an EncodedBatch on the model's device)."""
+    def forward(self, batch, *, scale: str = "score", **state_options) -> tuple[Any, BatchState]:
+        """(scores [batch] float32, state) of one forward pass of ``batch`` (an EncodedBatch on the model's device).
+        ``scale``: what score is returned (families.base.SCALES). With ``gates`` among the state options (attribution
+        patching) the pass builds an autograd graph instead of running in inference mode."""
         import torch
 
         global _ACTIVE
@@ -91,8 +93,8 @@ class Probe:
                            scratch=self.scratch, **state_options)
         _ACTIVE = state
         try:
-            with torch.inference_mode():
-                scores = self.family.scores(self.lm, batch)
+            with torch.enable_grad() if state.gates is not None else torch.inference_mode():
+                scores = self.family.scores(self.lm, batch, scale)
         finally:
             _ACTIVE = None
         self._check_calls(state)

@@ -112,7 +112,7 @@ class BatchState:
     def __init__(self, segments: torch.Tensor, input_ids: torch.Tensor, *, sites: dict[int, Site],
                  summarise: bool = False, intervention: Intervention | None = None, causal: bool = False,
                  capture: frozenset[str] = frozenset(), patches: tuple = (), skipped: frozenset[int] = frozenset(),
-                 scratch: Scratch | None = None):
+                 gates=None, stop_after: int | None = None, scratch: Scratch | None = None):
         self.segments = segments.long()  # [batch, seq], -1 = padding
         self.input_ids = input_ids  # [batch, seq]
         self.sites = sites  # id(attention module) -> Site
@@ -122,10 +122,13 @@ class BatchState:
         self.summaries: dict[int, torch.Tensor] = {}  # layer -> [batch, head, N_METRICS]
         self.cross: dict[int, torch.Tensor] = {}  # decoder layer -> [batch, head, 5]: cross-attention masses
         self.calls: Counter[Site] = Counter()
-        self.capture = capture  # output kinds to keep: 'resid', 'attn', 'mlp' (kernels.components), 'head'
-        self.captured: dict[tuple[str, int], object] = {}  # (kind, layer) -> output
-        self.patches = patches  # kernels.components.PatchOp, applied where their kind and layer come by
+        self.capture = capture  # what to keep (kernels.block_hooks): 'resid', 'attn', 'mlp', 'resid_post', 'head',
+        # 'output' (each layer's whole output), 'weights' (attention weights, eager kernel)
+        self.captured: dict[tuple[str, int], object] = {}  # (kind, layer) -> activation
+        self.patches = patches  # kernels.block_hooks.PatchOp, applied where their kind and layer come by
         self.skipped = skipped  # layers resumed from captured outputs (their attention does not run)
+        self.gates = gates  # kernels.block_hooks.GradGates of an attribution pass (its forward builds a graph)
+        self.stop_after = stop_after  # end the pass after this layer's attention (kernels.block_hooks.Stopped)
         self._masks_cache: tuple | None = None
         self.scratch = scratch or Scratch()  # the probe's, kept across its forward passes
 

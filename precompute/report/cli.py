@@ -100,10 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise ReportError(str(err)) from err
             return EXIT_OK
-        manifest, measure, rows = load(args.run, args.measure, args.scope)
-        modes = [args.mode] if args.mode else None
-        sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
-        sys.stdout.write(patching_summary.render(open_reader(args.run), manifest.model.segment_labels))
+        reader = open_reader(args.run)
+        if reader.has("patching_effects") and not reader.has("ablation_summary"):
+            manifest = reader.info.manifest
+            sys.stdout.write(f"{args.run}: no ablations; activation patching only\n")
+        else:
+            manifest, measure, rows = load(args.run, args.measure, args.scope)
+            modes = [args.mode] if args.mode else None
+            sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort))
+        sys.stdout.write(patching_summary.render(reader, manifest.model.segment_labels))
         sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)

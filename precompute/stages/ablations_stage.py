@@ -36,9 +36,9 @@ def _kernel(ctx) -> str:
 
 def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
     """The heads of the 'subspace' set: those listed, or the top N by Cohen's d of q_d, relevant vs easy negatives."""
-    from precompute.conditions.subspace_specs import SUBSPACE_KIND, TOP_CONTRAST, TOP_METRIC
+    from precompute.conditions.subspace_specs import ALIGNED_KIND, SUBSPACE_KIND, TOP_CONTRAST, TOP_METRIC
 
-    if SUBSPACE_KIND.condition_set not in request.asked_sets():
+    if not {SUBSPACE_KIND.condition_set, ALIGNED_KIND.condition_set} & set(request.asked_sets()):
         return []
     target = request.subspace_targets()
     if isinstance(target, list):
@@ -54,13 +54,30 @@ def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
     return [(int(layer), int(head)) for layer, head in rows.fetchall()]
 
 
+def _alignments(lm):
+    """(layer, head, n) -> the alignments u_k . v_k of the n components an aligned subspace condition removes, read
+    from the weights (each head's factors computed once)."""
+    from precompute.analyses.subspace import aligned_components, head_factors
+
+    factors = {}
+
+    def alignments(layer: int, head: int, n: int) -> tuple[float, ...]:
+        if (layer, head) not in factors:
+            factors[(layer, head)] = head_factors(lm, layer, head)
+        f = factors[(layer, head)]
+        return tuple(float(f.alignment[k]) for k in aligned_components(f, n))
+
+    return alignments
+
+
 def conditions_of(ctx) -> tuple[list[Condition], list[Condition]]:
     """(the conditions the run asks for and can have, those refused: they remove only directions a causal model
     cannot attend, so they would change nothing and only dilute their Holm family)."""
     from precompute.names import CAUSAL_IMPOSSIBLE
 
     request = AblationRequest.from_config(ctx.cfg)
-    every = request.conditions(*ctx.lm.shape, subspace_heads=_subspace_heads(ctx, request), head_dim=ctx.lm.head_dim)
+    every = request.conditions(*ctx.lm.shape, subspace_heads=_subspace_heads(ctx, request), head_dim=ctx.lm.head_dim,
+                               alignments=_alignments(ctx.lm))
     if not ctx.lm.family.causal:
         return every, []
     impossible = [c for c in every if c.directions and set(c.directions) <= CAUSAL_IMPOSSIBLE]

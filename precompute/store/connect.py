@@ -12,6 +12,14 @@ Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``
 ``ablation_metrics`` views get those columns, each condition's parts parsed from its stored id by its registered kind
 (:mod:`precompute.conditions`; legacy ids such as ``mlp:d@3/mean`` included), so every reader sees one schema. The
 stored ids are kept as they are.
+
+Stores of schema version 3 lack ``alignments`` (aligned QK subspaces, schema 4): their ``ablation_conditions`` and
+``ablation_summary`` views get it as NULL.
+
+Stores of schema versions 1 to 3 hold exact patching rows without ``method`` whose ``resid`` was a layer's
+output: here, and only here, their ``patching_effects`` view reads them as exact rows of the same activation under
+this version's names (``resid`` of the next layer, ``resid_post`` of the last), and their ``patching_pairs`` view
+gains the columns of version 4 (the query from ``pairs``, NULL for how each input was built).
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
     "matching_heads": (("head_contrasts",), MATCHING_HEADS_SQL),
     "patching_agg": (
         ("patching_effects", "pairs"),
-        "SELECT e.experiment, e.layer, e.head, e.component, e.segment, p.neg_type, p.grade, count(e.effect) AS n, "
+        "SELECT e.experiment, e.method, e.layer, e.head, e.component, e.segment, p.neg_type, p.grade, count(e.effect) AS n, "
         "avg(e.effect) AS mean_effect, stddev_samp(e.effect) AS sd_effect, count(*) - count(e.effect) AS n_null "
         "FROM patching_effects e JOIN pairs p USING (pair_id) GROUP BY ALL",
     ),
@@ -87,6 +95,7 @@ def _statements(run: Path) -> list[str]:
     present = [name for name in TABLES if (run / f"{name}.parquet").exists()]
     tables = {name: f"SELECT * FROM read_parquet({literal(run / f'{name}.parquet')})" for name in present}
     tables.update(_condition_part_views(run, present))
+    tables.update(_patching_views(run, present))
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items() if set(needs) <= set(present)]
     return out
@@ -136,7 +145,7 @@ def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
     con = duckdb.connect()
     try:
         if con.execute(f"SELECT count(*) FROM parquet_schema({path}) WHERE name = '{_PART_MARK}'").fetchone()[0]:
-            return {}
+            return _alignments_views(con, run, present)
         cursor = con.execute(f"SELECT * FROM read_parquet({path}) ORDER BY condition_id")
         names = [d[0] for d in cursor.description]
         stored = [dict(zip(names, values)) for values in cursor.fetchall()]
@@ -151,6 +160,22 @@ def _condition_part_views(run: Path, present: list[str]) -> dict[str, str]:
             views[name] = (f"SELECT {columns} FROM read_parquet({literal(run / f'{name}.parquet')}) s "
                            f"JOIN {_CONDITIONS} c USING (condition_id) ORDER BY "
                            + ", ".join(f"s.{k}" for k in table.sort_key))
+    return views
+
+
+def _alignments_views(con, run: Path, present: list[str]) -> dict[str, str]:
+    """For a store of schema 3 (condition parts as columns, before ``alignments``): ablation_conditions and
+    ablation_summary with a NULL ``alignments`` column in its schema-4 place. {} for a current store."""
+    views = {}
+    for name in ("ablation_conditions", "ablation_summary"):
+        if name not in present:
+            continue
+        path = literal(run / f"{name}.parquet")
+        if con.execute(f"SELECT count(*) FROM parquet_schema({path}) WHERE name = 'alignments'").fetchone()[0]:
+            continue
+        columns = ", ".join("CAST(NULL AS FLOAT[]) AS alignments" if c == "alignments" else c
+                            for c in TABLES[name].column_names)
+        views[name] = f"SELECT {columns} FROM read_parquet({path})"
     return views
 
 
@@ -190,3 +215,34 @@ def _literal(value) -> str:
     if isinstance(value, str):
         return literal(value)
     return repr(value)
+
+
+def _columns(path: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_schema(path).names)
+
+
+def _patching_views(run: Path, present: list[str]) -> dict[str, str]:
+    """patching_effects and patching_pairs of a store of schema version 3 or older in this version's form (module
+    docstring); {} for a current store or one without patching."""
+    if "patching_effects" not in present or "method" in _columns(run / "patching_effects.parquet"):
+        return {}
+    effects = literal(run / "patching_effects.parquet")
+    import pyarrow.parquet as pq
+
+    last = max(pq.read_table(run / "patching_effects.parquet", columns=["layer"]).column(0).to_pylist())
+    views = {"patching_effects": (
+        "SELECT experiment, 'exact' AS method, patch_id, pair_id, "
+        f"CAST(CASE WHEN component = 'resid' AND layer < {last} THEN layer + 1 ELSE layer END AS TINYINT) AS layer, "
+        f"head, CASE WHEN component = 'resid' AND layer = {last} THEN 'resid_post' ELSE component END AS component, "
+        f"segment, clean, corrupted, patched, effect, CAST(NULL AS FLOAT) AS graddrop FROM read_parquet({effects})")}
+    if "patching_pairs" in present and "pairs" in present:
+        pairs = literal(run / "patching_pairs.parquet")
+        views["patching_pairs"] = (
+            "SELECT pp.experiment, pp.patch_id, pp.pair_id, pp.clean_pair_id, p.qid, pp.term, pp.filler, "
+            "CAST(NULL AS VARCHAR) AS clean_insert, CAST(NULL AS VARCHAR) AS corrupted_insert, "
+            "CAST(NULL AS VARCHAR) AS rule, CAST(NULL AS FLOAT) AS similarity "
+            f"FROM read_parquet({pairs}) pp JOIN read_parquet({literal(run / 'pairs.parquet')}) p "
+            "USING (pair_id) ORDER BY pp.experiment, pp.patch_id")
+    return views

@@ -301,17 +301,37 @@ class AblationsInfo(Section):
 
 @dataclass
 class PatchingInfo(Section):
-    """The patching stage: which experiments the folder holds and what was left out."""
+    """The patching stage: which experiments the folder holds, how they were computed and summarised."""
 
-    experiments: list[str] = doc("Experiments in patching_effects (tfc1, cls).", factory=list)
+    experiments: list[str] = doc("Experiments in patching_effects (tfc1, tfc2, stmc1, cls).", factory=list)
     pairs: dict[str, int] = doc("Input pairs per experiment.", factory=dict, bounds=COUNT)
-    skipped: dict[str, int] = doc("Run pairs without an aligned term and filler, per experiment (tfc1).", factory=dict,
+    skipped: dict[str, int] = doc("Run pairs drawn for an experiment but left out for want of aligned inputs (no "
+                                  "content word with a filler of its token count; docs/patching.md).", factory=dict,
                                   bounds=COUNT)
     null_effects: dict[str, int] = doc("Rows whose effect is NULL (|clean - corrupted| < epsilon), per experiment.",
                                        factory=dict, bounds=COUNT)
     epsilon: float | None = doc("Score difference below which an effect is NULL.", bounds=(0, None))
-    cls_pairs_per_query: int | None = doc("--patching-pairs: (relevant, hard) combinations drawn per query (cls).",
+    cls_pairs_per_query: int | None = doc("--patching-pairs of stores of schema version 3 and older: (relevant, hard) "
+                                          "combinations drawn per query (cls; tfc1 then ran on every pair).",
                                           bounds=POSITIVE)
+    pairs_per_query: int | None = doc("--patching-pairs: input pairs drawn per query for every experiment (with "
+                                      "--seed); null in older stores.", bounds=POSITIVE)
+    score: str | None = doc("--patching-score: the scale of clean, corrupted and patched ('logit': the relevance "
+                            "logit, or the log-odds of relevance for two-label and answer-token models; "
+                            "'probability'); null in older stores (the pairs.score scale).")
+    methods: dict[str, str] = doc("--patching-method each experiment was computed with: 'exact', 'attribution', or "
+                                  "'both' (attribution for every site, exact for the top heads).", factory=dict)
+    top: int | None = doc("--patching-top: heads patched exactly per experiment under method 'both'.",
+                          bounds=POSITIVE)
+    exact_heads: dict[str, list[str]] = doc("Per experiment computed with 'both': the heads patched exactly ('L.H'), "
+                                            "the top --patching-top by attribution's ratio_low.", factory=dict)
+    graddrop: bool | None = doc("--patching-graddrop: whether attribution rows carry AtP*'s GradDrop score.")
+    min_delta: float | None = doc("--patching-min-delta: |clean - corrupted| below which a pair is left out of the "
+                                  "thresholded mean (patching_summary.tmean).", bounds=(0, None))
+    resamples: int | None = doc("Bootstrap resamples of the intervals of patching_summary (queries resampled).",
+                                bounds=POSITIVE)
+    seed: int | None = doc("Seed of those resamples (the run's --seed).")
+    level: float | None = doc("Coverage of those intervals (percentile bootstrap).", bounds=(0, 1))
 
 
 @dataclass

@@ -14,14 +14,17 @@ import pyarrow as pa
 from precompute.metrics import METRICS, SUMMARY_METRICS
 from precompute.names import SEGMENTS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions this checkout reads. Version 2 added decoder_cross_attention, made the summary metrics nullable (NULL
 # where a metric is undefined: directions a causal model cannot attend, empty template segments) and the model
 # family to the manifest; a version-1 store is a version-2 store without NULLs or the new table. Version 3 stores a
 # condition's parts as columns of ablation_conditions and ablation_summary (kind, analysis, directions, component,
 # segment, k, operation, factor), component ids in their documented form (mlp@3:d/mean, not mlp:d@3/mean) and the
 # baseline's analysis as NULL; precompute.store.connect derives those columns for stores of versions 1 and 2.
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
+# Version 4 (issue 19): patching_effects.method and .graddrop, patching_pairs' qid and how each input was built, the
+# materialised patching_summary, and component 'resid' of patching_effects is the stream entering a layer (it was
+# the layer's output: precompute.store.connect shows older rows as the same activation under the new names).
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
 
 
 # Value ranges a column's values must lie in (inclusive; None = unbounded on that side). Declared once here, checked
@@ -179,6 +182,9 @@ _CONDITION_PARTS = (
            nullable=True),
     Column("factor", pa.float64(), "QK subspace: what the components are multiplied by (0 = remove); NULL "
            "otherwise.", nullable=True, bounds=(0, None)),
+    Column("alignments", pa.list_(pa.float32()), "Aligned QK subspace (kind subspace_aligned, 'qk:3.5:a2/remove'): "
+           "the alignment u_k . v_k (svd.alignment) of each component removed or scaled, largest sigma_k * "
+           "alignment_k first; NULL for every other kind and in stores before schema 4.", nullable=True),
 )
 
 ABLATION_CONDITIONS = Table(
@@ -339,44 +345,112 @@ PATCHING_PAIRS = Table(
     name="patching_pairs",
     grain="one row per experiment x patch pair",
     sort_key=("experiment", "patch_id"),
-    doc="The (clean, corrupted) inputs of each activation-patching experiment (precompute/analyses/patching.py): tfc1 = a pair "
-    "with a query term (clean) or a filler of as many tokens (corrupted) inserted at the passage's start; cls = a "
-    "relevant passage (clean) against a hard negative (corrupted) of the same query.",
+    doc="The (clean, corrupted) inputs of each activation-patching experiment and how each was built "
+    "(precompute/analyses/patching_inputs.py; docs/patching.md): tfc1 = a query term (clean) or a filler of as many "
+    "tokens (corrupted) inserted at the passage's start; tfc2 = the term twice, or the term and a filler; stmc1 = a "
+    "word related to the term (not a query word) or a filler; cls = a relevant passage (clean) against a hard "
+    "negative (corrupted) of the same query.",
     columns=(
-        Column("experiment", pa.string(), "'tfc1' or 'cls'."),
+        Column("experiment", pa.string(), "'tfc1', 'tfc2', 'stmc1' or 'cls'."),
         Column("patch_id", pa.int32(), "The input pair within the experiment (joins patching_effects).", bounds=COUNT),
-        Column("pair_id", pa.int32(), "The run's pair the corrupted input is (tfc1: the pair whose passage got the "
-               "filler; cls: the hard negative). Joins pairs.", bounds=COUNT),
-        Column("clean_pair_id", pa.int32(), "cls: the relevant pair (the clean input); NULL for tfc1.", nullable=True,
+        Column("pair_id", pa.int32(), "The run's pair the corrupted input is (tfc1, tfc2, stmc1: the pair whose "
+               "passage got the corrupted insert; cls: the hard negative). Joins pairs.", bounds=COUNT),
+        Column("clean_pair_id", pa.int32(), "cls: the relevant pair (the clean input); NULL otherwise.", nullable=True,
                bounds=COUNT),
-        Column("term", pa.string(), "tfc1: the query term inserted in the clean passage; NULL for cls.", nullable=True),
-        Column("filler", pa.string(), "tfc1: the filler inserted in the corrupted passage; NULL for cls.", nullable=True),
+        Column("qid", pa.string(), "The query (the unit the summaries' intervals resample). Absent from stores of "
+               "schema version 3 and older (join pairs on pair_id).", nullable=True),
+        Column("term", pa.string(), "The query term the input is about (tfc1, tfc2, stmc1); NULL for cls.",
+               nullable=True),
+        Column("filler", pa.string(), "The filler word of the corrupted input (as many tokens as what it stands for); "
+               "NULL for cls.", nullable=True),
+        Column("clean_insert", pa.string(), "The words inserted at the start of the clean passage (tfc1: the term; "
+               "tfc2: the term twice; stmc1: the related word); NULL for cls and in older stores.", nullable=True),
+        Column("corrupted_insert", pa.string(), "The words inserted at the start of the corrupted passage (tfc1, "
+               "stmc1: the filler; tfc2: the term and the filler); NULL for cls and in older stores.", nullable=True),
+        Column("rule", pa.string(), "Why this term, filler and related word: 'the query's first content word', or "
+               "which content word was taken and which earlier ones were skipped and why; stmc1 adds the related "
+               "word's cosine; cls says what it pairs. NULL in older stores.", nullable=True),
+        Column("similarity", pa.float32(), "stmc1: cosine between the related word's and the term's input embeddings "
+               "(the term's tokens averaged); NULL otherwise.", nullable=True, bounds=(-1.0, 1.0)),
     ),
 )
 
 PATCHING_EFFECTS = Table(
     name="patching_effects",
-    grain="one row per experiment x patch pair x layer x patched activation",
-    sort_key=("experiment", "layer", "component", "segment", "head", "patch_id"),
-    doc="Activation patching: the corrupted input run with one activation replaced by the clean run's. effect = "
-    "(patched - corrupted) / (clean - corrupted), the share of the score difference the activation recovers.",
+    grain="one row per experiment x method x patch pair x layer x patched activation",
+    sort_key=("experiment", "method", "layer", "component", "segment", "head", "patch_id"),
+    doc="Activation patching: the corrupted input run with one activation replaced by the clean run's, computed "
+    "exactly or to first order (attribution patching, AtP*). effect = (patched - corrupted) / (clean - corrupted), the "
+    "share of the score difference the activation recovers; scores on the run's patching scale (manifest "
+    "patching.score). Robust summaries per activation: patching_summary.",
     columns=(
-        Column("experiment", pa.string(), "'tfc1' or 'cls' (see patching_pairs)."),
+        Column("experiment", pa.string(), "'tfc1', 'tfc2', 'stmc1' or 'cls' (see patching_pairs)."),
+        Column("method", pa.string(), "'exact' (a forward pass with the activation patched) or 'attribution' (the "
+               "first-order estimate (a_clean - a_corrupted) . d score / d a from the corrupted run's gradient, with "
+               "AtP*'s QK fix for resid; patched = corrupted + estimate). Stores of schema version 3 and older hold "
+               "exact rows only (the column reads 'exact')."),
         Column("patch_id", pa.int32(), "The input pair (joins patching_pairs).", bounds=COUNT),
         Column("pair_id", pa.int32(), "The run's pair the corrupted input is (joins pairs: neg_type, grade).", bounds=COUNT),
         Column("layer", pa.int8(), "Layer of the patched activation, 0-based.", bounds=COUNT),
         Column("head", pa.int8(), "The patched head (component 'head'); NULL for block components.", nullable=True,
                bounds=COUNT),
-        Column("component", pa.string(), "'resid' (the layer's output: the residual stream), 'attn' and 'mlp' (the "
-               "blocks' output projections, before their residual add), 'head' (one head's attention output before "
-               "the output projection)."),
-        Column("segment", pa.string(), "Where it is patched: 'all' tokens or one segment's (tfc1; the inputs align), "
-               "'cls' = the model's pooling position only (cls experiment)."),
+        Column("component", pa.string(), "'resid' (the residual stream entering the layer, TransformerLens' "
+               "resid_pre), 'attn' and 'mlp' (the blocks' output projections, before their residual add), "
+               "'resid_post' (the last layer's output, the stream the score is read from; last layer only), 'head' "
+               "(one head's attention output before the output projection). In stores of schema version 3 and older "
+               "'resid' was the layer's output: the reader shows those rows as 'resid' of the next layer (and "
+               "'resid_post' of the last), which is the same activation."),
+        Column("segment", pa.string(), "Where it is patched: 'all' tokens or one segment's (tfc1, tfc2, stmc1; the "
+               "inputs align), 'cls' = the model's pooling position only (cls experiment)."),
         Column("clean", pa.float32(), "Score of the clean input."),
         Column("corrupted", pa.float32(), "Score of the corrupted input."),
-        Column("patched", pa.float32(), "Score of the corrupted input with the activation patched in."),
+        Column("patched", pa.float32(), "Score of the corrupted input with the activation patched in (attribution: "
+               "corrupted + the first-order estimate)."),
         Column("effect", pa.float32(), "(patched - corrupted) / (clean - corrupted); NULL where |clean - corrupted| < "
                "1e-3 (precompute.analyses.patching.EPSILON).", nullable=True),
+        Column("graddrop", pa.float32(), "attribution rows with --patching-graddrop: AtP*'s GradDrop score, the mean "
+               "over dropped layers l of |estimate with the gradient through layer l's blocks dropped| (sum / (L - 1)); "
+               "large where the plain estimate may hide cancelling paths. NULL otherwise.", nullable=True,
+               bounds=(0, None)),
+    ),
+)
+
+_INTERVAL = "bootstrap interval over queries (manifest patching.resamples resamples, seed patching.seed, percentile)"
+
+PATCHING_SUMMARY = Table(
+    name="patching_summary",
+    grain="one row per experiment x method x layer x patched activation",
+    sort_key=("experiment", "method", "layer", "component", "segment", "head"),
+    doc="Patching effects summarised so that a near-zero score difference cannot dominate them "
+    "(precompute/analyses/patching_ranking.py): median, ratio of sums and thresholded mean, each with a "
+    f"{_INTERVAL}; the plain mean for comparison; heads ranked by the ratio of sums' lower bound. Written with "
+    "patching_effects.",
+    columns=(
+        Column("experiment", pa.string(), "As patching_effects.experiment."),
+        Column("method", pa.string(), "As patching_effects.method."),
+        Column("layer", pa.int8(), "Layer, 0-based.", bounds=COUNT),
+        Column("head", pa.int8(), "The head (component 'head'); NULL for block components.", nullable=True,
+               bounds=COUNT),
+        Column("component", pa.string(), "As patching_effects.component."),
+        Column("segment", pa.string(), "As patching_effects.segment."),
+        Column("n_queries", pa.int32(), "Queries the input pairs come from (the unit the intervals resample).",
+               bounds=COUNT),
+        Column("n_pairs", pa.int32(), "Input pairs.", bounds=COUNT),
+        Column("n_excluded", pa.int32(), "Pairs with |clean - corrupted| below the min delta (manifest "
+               "patching.min_delta, --patching-min-delta): left out of the thresholded mean only.", bounds=COUNT),
+        Column("n_raised", pa.int32(), "Pairs where the corruption raised the score (corrupted > clean); kept in "
+               "every statistic.", bounds=COUNT),
+        Column("mean", pa.float64(), "Plain mean of the pairs' effects (pairs with an effect): shown for comparison, "
+               "dominated by near-zero differences.", nullable=True),
+        *(Column(f"{name}{part}", pa.float64(), f"{text}{suffix}", nullable=True)
+          for name, text in (("median", "Median of the pairs' effects"),
+                             ("ratio", "Ratio of sums: sum(patched - corrupted) / sum(clean - corrupted) over the pairs"),
+                             ("tmean", "Mean effect over the pairs with |clean - corrupted| >= the min delta"))
+          for part, suffix in (("", "."), ("_low", f": lower end of its {_INTERVAL}."),
+                               ("_high", ": upper end of the same interval."))),
+        Column("rank", pa.int16(), "Heads: rank within (experiment, method) by ratio_low, largest first (1 = the "
+               "head whose recovered share is surely largest); NULL for block components.", nullable=True,
+               bounds=(1, None)),
     ),
 )
 
@@ -401,6 +475,6 @@ TABLES: dict[str, Table] = {
     for t in (
         PAIRS, HEAD_ATTENTION, HEAD_ATTENTION_AGG, ABLATION_CONDITIONS, ABLATION_SCORES, ABLATION_METRICS,
         ABLATION_SUMMARY, SVD, HEAD_CONTRASTS, DECODER_CROSS_ATTENTION, COMPONENT_MEANS, COMPONENT_SUMS,
-        PATCHING_PAIRS, PATCHING_EFFECTS, SUBSPACE_HEAD_METRICS,
+        PATCHING_PAIRS, PATCHING_EFFECTS, PATCHING_SUMMARY, SUBSPACE_HEAD_METRICS,
     )
 }

@@ -35,7 +35,8 @@ from precompute.store.manifest import Identity, Manifest, write_manifest
 from precompute.store.writer import RunWriter
 
 OPTIONAL_TABLES = ("ablation_conditions", "ablation_scores", "ablation_metrics", "ablation_summary", "svd",
-                   "head_contrasts", "component_means", "subspace_head_metrics", "patching_pairs", "patching_effects")
+                   "head_contrasts", "component_means", "subspace_head_metrics", "patching_pairs", "patching_effects",
+                   "patching_summary")
 PAIR_LABELS = {"cls": "CLS", "q": "Query", "sep1": "SEP1", "d": "Document", "sep2": "SEP2"}
 TEMPLATE_LABELS = {"cls": "Prefix", "q": "Query", "sep1": "Middle", "d": "Document", "sep2": "Suffix"}
 FAMILIES = {
@@ -383,8 +384,11 @@ def _write_patching(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int, 
     for exp, pair_id, clean_id, term, filler in items:
         patch_id = counters[exp]
         counters[exp] += 1
-        pp.append(dict(experiment=exp, patch_id=patch_id, pair_id=pair_id, clean_pair_id=clean_id, term=term,
-                       filler=filler))
+        pp.append(dict(experiment=exp, patch_id=patch_id, pair_id=pair_id, clean_pair_id=clean_id,
+                       qid=str(pairs.set_index("pair_id").at[pair_id, "qid"]), term=term, filler=filler,
+                       clean_insert=term, corrupted_insert=filler,
+                       rule="the query's first content word" if term else "a relevant passage and a hard negative",
+                       similarity=None))
         corrupted = float(score[pair_id])
         if patch_id % 5 == 2:  # the clean input scores (almost) the same: effects undefined
             clean = corrupted + 0.0004
@@ -404,7 +408,8 @@ def _write_patching(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int, 
             for head in range(heads):
                 e = (0.33 if (layer, head) == (layers - 1, 1) else 0.02) + rng.normal(0, 0.05)
                 fx.append((exp, patch_id, pair_id, layer, head, "head", head_seg, clean, corrupted, e))
-    w.write_table("patching_pairs", pa.Table.from_pandas(pd.DataFrame(pp).astype({"clean_pair_id": "Int32"}),
+    w.write_table("patching_pairs", pa.Table.from_pandas(pd.DataFrame(pp).astype({"clean_pair_id": "Int32",
+                                                                                   "similarity": "Float32"}),
                                                          preserve_index=False))
     df = pd.DataFrame(fx, columns=["experiment", "patch_id", "pair_id", "layer", "head", "component", "segment",
                                    "clean", "corrupted", "true_effect"])
@@ -415,7 +420,21 @@ def _write_patching(w: RunWriter, pairs: pd.DataFrame, layers: int, heads: int, 
     eff = (df["patched"].astype(np.float64) - corrupted.astype(np.float64)) / gap
     df["effect"] = eff.where(gap.abs() >= EPSILON).astype(np.float32)
     df["clean"], df["corrupted"] = clean, corrupted
-    w.write_table("patching_effects", pa.Table.from_pandas(df.drop(columns="true_effect"), preserve_index=False))
+    df["method"], df["graddrop"] = "exact", pd.array([None] * len(df), dtype="Float32")
+    effects = pa.Table.from_pandas(df.drop(columns="true_effect"), preserve_index=False)
+    w.write_table("patching_effects", effects)
+    _write_patching_summary(w, effects, pd.DataFrame(pp))
+
+
+def _write_patching_summary(w: RunWriter, effects: pa.Table, pp: pd.DataFrame) -> None:
+    """patching_summary as the job derives it (precompute.analyses.patching_ranking, numpy only), 200 resamples."""
+    from precompute.analyses.patching_ranking import SummarySettings, columns_table, rows_of, summary_columns
+
+    qid = {(e, p): q for e, p, q in zip(pp["experiment"], pp["patch_id"], pp["qid"])}
+    keys = zip(effects.column("experiment").to_pylist(), effects.column("patch_id").to_pylist())
+    rows = rows_of(effects.append_column("qid", pa.array([qid[k] for k in keys], pa.string())))
+    settings = SummarySettings(min_delta=0.05, epsilon=EPSILON, n_resamples=200, seed=0)
+    w.write_table("patching_summary", columns_table(summary_columns(rows, settings)))
 
 
 def _write_svd(w: RunWriter, layers: int, heads: int, rng) -> None:

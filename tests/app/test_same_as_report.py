@@ -43,9 +43,12 @@ def test_the_reports_numbers_are_the_readers_cells(run, capsys):
         line = next(l for l in out.splitlines() if f" {r.mode} " in l and f"{r.mean:.4f}" in l
                     and f"{r.delta:+.4f}" in l and report.mark(r.p_holm) in l)
         assert line
-    heads = run.patching_heads("cls").sort_values("mean", ascending=False).head(3)
+    summary = run.patching_summary("cls")  # what the Patching page's robust summary shows
+    heads = summary[summary["component"] == "head"].sort_values("rank").head(3)
+    assert len(heads)
     for h in heads.itertuples():
-        assert f"L{h.layer}.H{h.head:<3} {h.mean:+.3f}  [{h.ci_lo:+.3f}, {h.ci_hi:+.3f}]  n={h.n}" in out
+        head = f"L{int(h.layer)}.H{int(h.head)}"
+        assert f"{int(h.rank):>4} {head:<7} {h.ratio:+.3f} [{h.ratio_low:+.3f}, {h.ratio_high:+.3f}]" in out
 
 
 def test_compare_prints_the_readers_table(run, capsys):

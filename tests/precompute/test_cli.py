@@ -85,6 +85,8 @@ def _everything_changed(tmp_path: Path) -> JobConfig:
         ablation_heads=("0.1", "1.*"), ablation_stack=2, ablation_kernel="eager", ablation_components=("mlp@1:d/mean",),
         component_mode="zero", subspace_heads="0.1,1.0", subspace_k="1,3", subspace_ops=("scale=0.5",),
         measures=("nDCG@10", "RR@10"), eval_scopes=("pairs", "run"), patching=("tfc1", "cls"), patching_pairs=3,
+        patching_method="exact", patching_top=4, patching_score="probability", patching_min_delta=0.125,
+        patching_graddrop=True,
         out=tmp_path / "run", store=tmp_path / "store", cache=tmp_path / "cache", chunk_size=8, progress=False,
     )
     default = JobConfig()

@@ -272,7 +272,7 @@ def test_default_conditions_are_25_directions_and_the_groups():
     assert by["q_d@all/zero"].row() == {"condition_id": "q_d@all/zero", "condition": "q_d", "mode": "zero", "layers": "all",
                                         "layer": None, "head": None, "kind": "direction", "analysis": "attention",
                                         "directions": "q_d", "component": None, "segment": None, "k": None,
-                                        "operation": None, "factor": None}
+                                        "operation": None, "factor": None, "alignments": None}
     assert by["cross@all/zero"].directions == ("q_d", "d_q") and by["all@all/zero"].directions == DIRECTIONS
     assert set(by["into_cls@all/zero"].directions) == {f"{s}_cls" for s in SEGMENTS}
 

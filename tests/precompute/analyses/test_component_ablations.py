@@ -162,6 +162,40 @@ def test_subspace_metrics_of_the_edited_head_are_recorded(tiny):
     np.testing.assert_allclose(got[:, :25].reshape(-1, 5, 5).sum(-1), 1.0, atol=1e-5)
 
 
+def test_aligned_subspace_removes_the_most_aligned_components_and_stores_their_alignments(tiny):
+    """qk:L.H:aN picks the N components with the largest sigma_k * (u_k . v_k) (the svd table's alignment), removing
+    them is removing exactly those components (the same edit built by hand from their indices), and the set's
+    conditions carry the alignment of every removed component into their stored row."""
+    from precompute.analyses.spectra import head_spectrum
+    from precompute.analyses.subspace import aligned_components, head_factors, qk_edit
+    from precompute.stages.ablations_stage import _alignments
+
+    factors = head_factors(tiny, 1, 2)
+    att = _base(tiny.model).encoder.layer[1].attention.self
+    dh = att.attention_head_size
+    wq, wk = (w.weight[2 * dh : 3 * dh].T.detach().double() for w in (att.query, att.key))
+    sigma, alignment = head_spectrum(wq, wk)
+    np.testing.assert_allclose(factors.alignment.numpy(), alignment, atol=1e-8)  # the svd table's alignment
+    chosen = aligned_components(factors, 3)
+    assert chosen == sorted(range(dh), key=lambda k: -sigma[k] * alignment[k])[:3]
+    edit = qk_edit(factors, 1, 2, 3, 0.0, torch.tensor([True]), "cpu", chosen)
+    by_hand = qk_edit(factors, 1, 2, dh, 0.0, torch.tensor([True]), "cpu")
+    np.testing.assert_array_equal(edit.a.numpy(), by_hand.a[:, chosen].numpy())
+    req = C.AblationRequest(sets=("aligned",), subspace_k="3", subspace_ops=("remove",))
+    conds = req.conditions(2, 4, subspace_heads=[(1, 2)], head_dim=dh, alignments=_alignments(tiny))
+    assert [c.kind for c in conds] == ["baseline", "subspace_aligned"]
+    cond = conds[1]
+    assert cond.condition_id == "qk:1.2:a3/remove" and cond.kind == "subspace_aligned"
+    np.testing.assert_allclose(cond.row()["alignments"], [alignment[k] for k in chosen], atol=1e-6)
+    assert C.Condition.from_row(cond.row()).alignments == cond.alignments
+    none = C.parse("none")
+    got = ablations.score_conditions(tiny, PAIRS, [none, cond, _subspace(tiny, 1, 2, 3, 0.0)], batch_size=8,
+                                     max_length=64)
+    assert np.abs(got[cond.condition_id] - got["none"]).max() > 1e-6
+    if chosen != [0, 1, 2]:  # other components than the top 3 by sigma: another intervention
+        assert np.abs(got[cond.condition_id] - got["qk:1.2:k3/remove"]).max() > 1e-7
+
+
 def test_subspace_is_refused_for_rotary_and_disentangled_models(tmp_path):
     from precompute.analyses.subspace import SubspaceError, check_model
     from tests.tiny_families import build_family

@@ -1,6 +1,7 @@
-"""Activation patching: self-patching changes nothing, the last residual stream gives the clean score, and the batched
-sweep (resumed layers, variants as rows) equals a plain loop of one full forward per patched activation, written
-here with ordinary forward hooks on the Hugging Face modules."""
+"""Activation patching: self-patching changes nothing, the last residual stream gives the clean score, the stream
+entering the first layer at every token gives it too, and the batched sweep (resumed layers, sites as rows) equals a
+plain loop of one full forward per patched activation, written here with ordinary hooks on the Hugging Face
+modules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from precompute.analyses import patching as P
+from precompute.analyses import patching_inputs as I
 from precompute.families.loading import load
 from precompute.names import SEGMENTS
 from precompute.pairs import Pair
@@ -29,25 +31,19 @@ def _batches(lm, items):
     return clean, corrupted
 
 
-def _sweep(lm, experiment, clean, corrupted, **kw):
+def _sweep(lm, experiment, clean, corrupted, sites=None, **kw):
+    layers, heads = lm.shape
+    sites = sites or P.all_sites(experiment, layers, heads)
     with P.Patcher(lm) as patcher:
-        return P.patch_batch(patcher, experiment, clean, corrupted, rows_per_forward=kw.pop("rows", 64), **kw)
+        return P.patch_batch(patcher, experiment, clean, corrupted, sites, rows_per_forward=kw.pop("rows", 64), **kw)
 
 
-def test_tfc1_inputs_align_and_insert_a_query_term(tiny):
-    items, skipped = P.tfc1_pairs(tiny, PAIRS, 64)
-    assert skipped == 0 and [i.term for i in items] == ["cat", "hi", "average", "dog"]
-    for item in items:
-        assert item.clean_doc.startswith(item.term + " ") and item.corrupted_doc.startswith(item.filler + " ")
-        assert item.filler not in item.query.split()
-    clean, corrupted = _batches(tiny, items)
-    assert torch.equal(clean.segments, corrupted.segments)
-    assert not torch.equal(clean.inputs["input_ids"], corrupted.inputs["input_ids"])
+def _tfc1(lm):
+    return I.experiment_inputs("tfc1", lm, PAIRS, 64, per_query=10, seed=0)[0]
 
 
 def test_patching_a_run_with_its_own_activations_changes_nothing(tiny):
-    items, _ = P.tfc1_pairs(tiny, PAIRS, 64)
-    _, corrupted = _batches(tiny, items)
+    _, corrupted = _batches(tiny, _tfc1(tiny))
     _, base, patched = _sweep(tiny, "tfc1", corrupted, corrupted)
     for scores in patched.values():
         torch.testing.assert_close(scores, base, atol=1e-6, rtol=0)
@@ -56,23 +52,25 @@ def test_patching_a_run_with_its_own_activations_changes_nothing(tiny):
 @pytest.mark.parametrize("experiment", ["tfc1", "cls"])
 def test_the_last_residual_stream_gives_exactly_the_clean_score(tiny, experiment):
     if experiment == "tfc1":
-        items, _ = P.tfc1_pairs(tiny, PAIRS, 64)
+        items = _tfc1(tiny)
     else:
         pairs = [Pair(i, "q", f"d{i}", QUERIES[0], DOCS[i], g, t) for i, (g, t) in
                  enumerate([(2, "relevant"), (0, "hard"), (1, "relevant"), (0, "hard")])]
-        items = P.cls_pairs(pairs, per_query=4, seed=0)
+        items = I.cls_pairs(pairs, per_query=4, seed=0)
         assert sorted((i.clean_pair_id, i.pair_id) for i in items) == [(0, 1), (0, 3), (2, 1), (2, 3)]
     clean, corrupted = _batches(tiny, items)
     clean_scores, corrupted_scores, patched = _sweep(tiny, experiment, clean, corrupted)
     layers, _ = tiny.shape
-    last = P.Variant("resid", "all" if experiment == "tfc1" else "cls")
+    last = P.Variant("resid_post", P.segments_of(experiment)[0])
     torch.testing.assert_close(patched[(layers - 1, last)], clean_scores, atol=1e-5, rtol=0)
     assert (clean_scores - corrupted_scores).abs().max() > 1e-3  # the experiment moves the score
+    if experiment == "tfc1":  # the stream entering the first layer at every token: the clean run from there on
+        torch.testing.assert_close(patched[(0, P.Variant("resid", "all"))], clean_scores, atol=1e-5, rtol=0)
 
 
 def _module(lm, layer: int, component: str):
     base = lm.model.base_model.encoder.layer[layer]
-    return {"resid": base, "attn": base.attention.output.dense, "mlp": base.output.dense}[component]
+    return {"resid": base, "resid_post": base, "attn": base.attention.output.dense, "mlp": base.output.dense}[component]
 
 
 def _plain_loop(lm, clean, corrupted, variants):
@@ -94,8 +92,9 @@ def _plain_loop(lm, clean, corrupted, variants):
 
     handles = []
     for layer in range(model.config.num_hidden_layers):
-        for component in ("resid", "attn", "mlp"):
+        for component in ("resid_post", "attn", "mlp"):
             handles.append(_module(lm, layer, component).register_forward_hook(keep((component, layer))))
+        handles.append(_module(lm, layer, "resid").register_forward_pre_hook(keep_heads(("resid", layer))))
         handles.append(_module(lm, layer, "attn").register_forward_pre_hook(keep_heads(("heads", layer))))
     with torch.no_grad():
         model(**clean.inputs)
@@ -114,6 +113,10 @@ def _plain_loop(lm, clean, corrupted, variants):
                 x[..., part] = torch.where(_where[..., None], clean_acts[("heads", _layer)][..., part], x[..., part])
                 return (x,)
             handle = _module(lm, layer, "attn").register_forward_pre_hook(patch)
+        elif v.component == "resid":
+            def patch(module, args, _key=("resid", layer), _where=where):
+                return (torch.where(_where[..., None], clean_acts[_key], args[0]), *args[1:])
+            handle = _module(lm, layer, "resid").register_forward_pre_hook(patch)
         else:
             def patch(module, args, output, _key=(v.component, layer), _where=where):
                 hidden = output[0] if isinstance(output, tuple) else output
@@ -127,11 +130,10 @@ def _plain_loop(lm, clean, corrupted, variants):
 
 
 def test_the_batched_sweep_equals_a_plain_loop_of_full_forwards(tiny):
-    items, _ = P.tfc1_pairs(tiny, PAIRS, 64)
-    clean, corrupted = _batches(tiny, items)
-    _, corrupted_scores, patched = _sweep(tiny, "tfc1", clean, corrupted, rows=10_000)
+    clean, corrupted = _batches(tiny, _tfc1(tiny))
+    _, corrupted_scores, patched = _sweep(tiny, "tfc1", clean, corrupted, rows=10_000, scale="score")
     want = _plain_loop(tiny, clean, corrupted, list(patched))
-    assert len(patched) == 3 * (3 * 6 + 4)  # layers x (components x segments + heads)
+    assert len(patched) == 3 * (3 * 6 + 4) + 6  # layers x (components x segments + heads) + resid_post's segments
     for key, scores in patched.items():
         torch.testing.assert_close(scores, want[key], atol=1e-5, rtol=0, msg=str(key))
     heads = [s for k, s in patched.items() if k[1].component == "head"]

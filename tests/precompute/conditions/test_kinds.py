@@ -25,9 +25,11 @@ IDS = {  # an id of each kind and shape -> the parts it must parse to (besides c
                              operation="remove", factor=0.0),
     "qk:0.11:k12/scale=0.5": dict(kind="subspace", condition="qk", mode="scale=0.5", layers="0", layer=0, head=11,
                                   k=12, operation="scale=0.5", factor=0.5),
+    "qk:3.5:a2/remove": dict(kind="subspace_aligned", condition="qk", mode="remove", layers="3", layer=3, head=5, k=2,
+                             operation="remove", factor=0.0),
 }
 ANALYSIS = {"baseline": None, "direction": "attention", "group": "attention", "layer_sweep": "attention",
-            "head": "attention", "component": "components", "subspace": "subspace"}
+            "head": "attention", "component": "components", "subspace": "subspace", "subspace_aligned": "subspace"}
 
 
 @pytest.mark.parametrize("condition_id", IDS)
@@ -48,7 +50,8 @@ def test_every_registered_kind_reads_its_example_and_is_documented_in_order():
         c = C.parse(kind.example, kind.name)
         assert c.kind == kind.name and c.condition_id == kind.example and c.analysis == ANALYSIS[kind.name]
     assert [a.name for a in C.analyses()] == ["attention", "components", "subspace"]
-    assert C.condition_sets() == ("directions", "groups", "layers", "heads", "components", "subspace", "none")
+    assert C.condition_sets() == ("directions", "groups", "layers", "heads", "components", "subspace", "aligned",
+                                  "none")
 
 
 def test_a_layer_sweep_shares_the_grammar_of_directions_and_groups():

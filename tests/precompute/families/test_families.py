@@ -305,9 +305,12 @@ def test_a_decoder_run_stores_null_for_impossible_directions(folders, tiny_datas
 
 @pytest.mark.parametrize("kind", ["distilbert", "deberta-v2", "mpnet", "monot5", "llama-cls", "qwen3-yesno"])
 def test_components_and_patching_work_for_every_family(kind, folders):
-    """Component ablations move the scores, and patching the whole last residual stream gives the clean score."""
+    """Component ablations move the scores, patching the whole residual stream entering the first layer or leaving the
+    last gives the clean score, and attribution patching (with GradDrop) gives finite estimates that move."""
     from precompute.analyses import ablations
     from precompute.analyses import patching
+    from precompute.analyses.attribution import attribute_batch
+    from precompute.analyses.patching_inputs import experiment_inputs
     from precompute.conditions import parse
     from precompute.pairs import Pair
 
@@ -319,11 +322,18 @@ def test_components_and_patching_work_for_every_family(kind, folders):
     scores = ablations.score_conditions(lm, pairs, conditions, batch_size=8, max_length=MAX_LENGTH)
     for c in conditions:
         assert np.isfinite(scores[c.condition_id]).all() and np.abs(scores[c.condition_id] - base).max() > 1e-5, c
-    items, _ = patching.tfc1_pairs(lm, pairs, MAX_LENGTH)
+    items, _ = experiment_inputs("tfc1", lm, pairs, MAX_LENGTH, per_query=10, seed=0)
     assert items, "no tfc1 input could be aligned"
     clean = lm.encode([i.query for i in items], [i.clean_doc for i in items], MAX_LENGTH)
     corrupted = lm.encode([i.query for i in items], [i.corrupted_doc for i in items], MAX_LENGTH)
+    whole = [(0, patching.Variant("resid", "all")), (layers - 1, patching.Variant("resid_post", "all"))]
     with patching.Patcher(lm) as patcher:
-        clean_scores, _, patched = patching.patch_batch(patcher, "tfc1", clean, corrupted, rows_per_forward=256,
-                                                        only="resid")
-    torch.testing.assert_close(patched[(layers - 1, patching.Variant("resid", "all"))], clean_scores, atol=1e-5, rtol=0)
+        clean_scores, _, patched = patching.patch_batch(patcher, "tfc1", clean, corrupted, whole, rows_per_forward=256)
+    for site in whole:  # the whole stream entering the first layer, or leaving the last: the clean score
+        torch.testing.assert_close(patched[site], clean_scores, atol=1e-5, rtol=0)
+    sites = patching.all_sites("tfc1", *lm.shape)
+    with patching.Patcher(lm, eager=True) as patcher:  # attribution patching runs for every family
+        _, corrupted_scores, estimated, dropped = attribute_batch(patcher, "tfc1", clean, corrupted, sites,
+                                                                  graddrop=True)
+    assert all(bool(torch.isfinite(estimated[s]).all() and torch.isfinite(dropped[s]).all()) for s in sites)
+    assert max(float((estimated[s] - corrupted_scores).abs().max()) for s in sites) > 1e-4
