@@ -62,9 +62,17 @@ class Run(PairTables, HeadTables, AblationTables, PatchingTables, CompareTables,
 
 
 def open_run(path: str | Path, *, progress: bool | None = None, threads: int | None = None) -> Run:
-    """The run folder at ``path`` once the opening rule accepts it; RunError with the one-line reason otherwise.
+    """The run folder at ``path`` (or ``hf://datasets/USER/NAME``) once the opening rule accepts it; RunError with
+    the one-line reason otherwise.
     Files not verified yet are verified first (once per file state, cached); ``progress`` (default: when stderr is a
     terminal or a notebook) shows a tqdm bar meanwhile."""
+    if str(path).startswith("hf://"):  # a run on the Hub: copied into a local cache and verified (matching_atlas.hub)
+        from matching_atlas.hub import fetch
+
+        try:
+            path = fetch(str(path))
+        except Exception as err:  # hub.HubError, or huggingface_hub missing
+            raise RunError(str(err)) from err
     show = _progress_bar() if (progress if progress is not None else _interactive()) else None
     return Run(openable(Path(path), show), threads=threads)
 

@@ -10,6 +10,7 @@ pairs; each raises one line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from precompute.conditions import AblationRequest
@@ -83,15 +84,30 @@ def _fits(lm, pair, max_length: int) -> bool:
     return batch.d_tokens[0] >= 1
 
 
-def check_kernels(lm) -> None:
+@dataclass(frozen=True)
+class _Pair:
+    query: str
+    doc: str
+
+
+_PROBE_PAIR = _Pair("what is a query", "a short document about a query")
+_UNTRUNCATED = 1 << 16  # a length no probe pair reaches: the pair as it is
+
+
+def check_kernels(lm, max_length: int) -> None:
     """One tiny pair through the summary kernel (and the SDPA ablation kernel where the run would use it), so an
     architecture that passes an attention argument the kernels do not implement, or that calls attention other
-    than once per layer, is refused in one line before any pass, not hours into it."""
+    than once per layer, is refused in one line before any pass, not hours into it. The pair is encoded at the run's
+    own ``max_length`` (--max-length): a long template (Qwen3-Reranker's default, a 66-token MonoT5 prompt) fits
+    wherever the run's pairs would. Where even this pair does not fit, it is probed at its own length: whether the
+    run's pairs fit is :func:`check_pairs_fit`'s to say, naming the query."""
     from precompute.kernels.sdpa import AblationProbe
     from precompute.kernels.state import KernelError
     from precompute.kernels.eager import SummaryProbe
 
-    batch = lm.encode(["what is a query"], ["a short document about a query"], 64).to(lm.device)
+    pair = _PROBE_PAIR
+    length = max_length if _fits(lm, pair, max_length) else _UNTRUNCATED
+    batch = lm.encode([pair.query], [pair.doc], length).to(lm.device)
     try:
         with SummaryProbe(lm) as probe:
             probe.run(batch, summarise=True)

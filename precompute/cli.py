@@ -43,14 +43,14 @@ class OneLineParser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """The parser of every setting JobConfig declares (precompute.config): its flag in its group, its help with the
     declared default. Every flag's value is read as text (None when not given) and parsed by its declaration in
     :func:`config_from_args`, so every bad value gets the same kind of one-line error."""
     from precompute.config import ARGUMENT_GROUPS, JobConfig
 
     p = OneLineParser(
-        prog=PROGRAM,
+        prog=prog,
         description="Run a cross-encoder over TREC DL query-passage pairs and write per-pair, per-head attention "
         "summaries (25 segment directions + matching signals), scores and nDCG@10 into a Parquet store.",
         epilog=EPILOG,
@@ -90,8 +90,10 @@ def config_from_args(args):
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
+    """Run the job of ``argv``; ``prog`` names the command in --help and errors (``atlas precompute`` is the same
+    parser under another name)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -21,7 +21,7 @@ from precompute.conditions import KERNELS, AblationRequest, check_sets, help_tex
 from precompute.conditions.component_specs import COMPONENT_MODES
 from precompute.evaluation import DEFAULT_MEASURES
 from precompute.names import PATCHING_EPSILON, PATCHING_EXPERIMENTS, PATCHING_METHODS, PATCHING_SCORES
-from precompute.pairs import RUN_PREFIX
+from precompute.pairs import CANDIDATES_EXPECTED, is_candidate_source, split_depth
 
 DEFAULT_MODEL = "castorini/monobert-large-msmarco"
 _REQUEST = AblationRequest()  # the defaults of the ablation flags
@@ -62,7 +62,22 @@ class JobConfig:
              "../shared/data/trec-dl-2020)")
     model: str = S.setting(
         DEFAULT_MODEL, S.text(), flag="--model", group="model", identity=True, shown=True,
-        identity_doc="The model: absolute path of a local folder, else the Hugging Face id.", help=_model_help)
+        identity_doc="The model: absolute path of a local folder, else the Hugging Face id (of a PEFT adapter: the "
+                     "adapter's; its base in base_model).", help=_model_help)
+    revision: str | None = S.setting(
+        None, S.text(), flag="--revision", group="model", identity=True, metavar="REV",
+        help="branch, tag or commit of a Hugging Face --model (and of its tokenizer), so a rerun scores with the same "
+             "weights; the commit it resolved to is recorded as model.revision")
+    base_model: str | None = S.setting(
+        None, S.text(), flag="--base-model", group="model", identity=True, metavar="ID_OR_DIR",
+        identity_doc="The base model a PEFT adapter --model was applied to (absolute path of a local folder, else the "
+                     "Hugging Face id); null for a model that is not an adapter.",
+        help="the base model of a PEFT adapter --model (a folder or id with adapter_config.json, e.g. RankLLaMA's "
+             "LoRA): a local copy of it; default: the base_model_name_or_path its adapter_config.json names")
+    trust_remote_code: bool = S.setting(
+        False, S.switch(), flag="--trust-remote-code", group="model",  # a permission: the numbers are the model's
+        help="let a model whose config names classes of its own (auto_map: jina-reranker, gte-multilingual-reranker) "
+             "run the Python in its files; without it such a model is refused. Give it only for files you trust")
     easy_negatives: int = S.setting(
         20, S.integer(low=0), flag="--easy-negatives", group="data", identity=True, metavar="K",
         help="random passages per query drawn from other queries' candidates, never judged for the query (grade -1)")
@@ -71,12 +86,15 @@ class JobConfig:
         help="seed of the easy-negative draw (per query, so --max-queries keeps each query's negatives) and of the cls "
              "patching pairs")
     candidates: str | None = S.setting(
-        None, S.text(expected="run:NAME (a run file runs/NAME.trec of the dataset folder)",
-                     check=lambda v: v.startswith(RUN_PREFIX) and len(v) > len(RUN_PREFIX), malformed=("bm25", "run:")),
-        flag="--candidates", group="data", identity=True, metavar="run:NAME",
-        identity_doc="--candidates run:NAME as given, or null for the judged set.",
-        help="take the pairs from a run file's top --depth (e.g. run:bm25 for runs/bm25.trec) instead of the judged "
-             "set; needed for nDCG over a realistic ranking")
+        None, S.text(expected=CANDIDATES_EXPECTED, check=is_candidate_source,
+                     malformed=("bm25", "run:", "scoreddocs:0", "scoreddocs:x")),
+        flag="--candidates", group="data", identity=True, metavar="SOURCE",
+        identity_doc="The candidate source: run:NAME as given, run:PATH with the file's absolute path, scoreddocs; "
+                     "null for the judged set.",
+        help="take the pairs from a first-stage ranking's top --depth instead of the judged set (needed for nDCG over "
+             "a realistic ranking): run:NAME (runs/NAME.trec of a dataset folder, e.g. run:bm25), run:PATH (any TREC "
+             "run file, e.g. run:/runs/bm25.trec) or scoreddocs (the ranking an ir_datasets dataset ships, e.g. the "
+             "official BM25 top-1000 of dl19/dl20; scoreddocs:K = --depth K)")
     depth: int = S.setting(
         100, S.integer(low=1), flag="--depth", group="data", identity=True, needs="candidates",
         identity_doc="--depth of the candidate run; null without --candidates.",
@@ -236,6 +254,17 @@ class JobConfig:
     # Stages, run in this order (precompute.stages.STAGES): patching last, ablations before it (component means must
     # precede the ablations that use them; the others need no scores). Not a flag: tests run fewer.
     stages: tuple[str, ...] = ("summaries", "spectra", "contrasts", "component_means", "ablations", "patching")
+
+    def __post_init__(self) -> None:
+        """``--candidates scoreddocs:K`` is ``--candidates scoreddocs --depth K`` (one identity for one run)."""
+        source, depth = split_depth(self.candidates)
+        if depth is None:
+            return
+        default = next(s.default for s in self.settings() if s.name == "depth")
+        if self.depth not in (default, depth):
+            raise ValueError(f"--candidates {self.candidates} gives the depth {depth} but --depth gives {self.depth}; "
+                             "give one of them")
+        self.candidates, self.depth = source, depth
 
     def check(self) -> None:
         """The checks that need every setting together or a vocabulary beyond the flag's own syntax, without a model

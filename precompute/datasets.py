@@ -86,14 +86,30 @@ class Dataset:
         return sorted(p.stem for p in self.runs_dir.glob("*.trec"))
 
     def run(self, name: str) -> Run:
-        """qid -> [(docid, rank, score)] sorted by rank, for one run of runs/*.trec."""
+        """qid -> [(docid, rank, score)] by rank, for one run of runs/*.trec (:func:`read_run`)."""
         if name not in self._runs:
             names = self.run_names()
             if name not in names:
                 available = ", ".join(names) if names else f"none (runs come only with {FOLDER_HINT})"
                 raise DatasetError(f"dataset {self.spec} has no run {name!r}; available runs: {available}")
-            self._runs[name] = _read_run(self.runs_dir / f"{name}.trec")
+            self._runs[name] = read_run(self.runs_dir / f"{name}.trec")
         return self._runs[name]
+
+    def has_scoreddocs(self) -> bool:
+        """Whether the dataset ships a first-stage ranking (ir_datasets' scoreddocs: the official BM25 top-1000 of
+        TREC DL); local folders name their runs instead (runs/*.trec)."""
+        return self.doc_store_path is None and self.handle.has_scoreddocs()
+
+    def scoreddocs(self) -> Run:
+        """The dataset's own first-stage ranking (ir_datasets ``scoreddocs_iter``), ranked as :func:`read_run` ranks."""
+        if not self.has_scoreddocs():
+            hint = "name a run of the folder (run:NAME) or a run file (run:PATH)" if self.doc_store_path is not None \
+                else "pass a run file with --candidates run:PATH"
+            raise DatasetError(f"dataset {self.spec} has no scoreddocs (a first-stage ranking of its own); {hint}")
+        if "scoreddocs" not in self._runs:
+            with self._reading("scoreddocs"):
+                self._runs["scoreddocs"] = ranked(self.handle.scoreddocs_iter())
+        return self._runs["scoreddocs"]
 
     def where(self, what: str, key: Any) -> str:
         """Where a record of ``what`` (queries: key qid; qrels: key (qid, docid)) is, for an error message:
@@ -287,24 +303,51 @@ def _in_registry(dataset_id: str) -> bool:
     return True
 
 
-def _read_run(path: Path) -> Run:
-    """TREC run lines ``qid Q0 docid rank score tag``; ir_datasets' TrecScoredDocs drops the rank, so parse here."""
-    run: Run = {}
-    with path.open(encoding="utf-8-sig") as f:
+def read_run(path: Path) -> Run:
+    """A TREC run file (``qid Q0 docid rank score tag``; gzipped when its name ends in .gz), read with ir_measures'
+    reader and ranked by :func:`ranked`. A line the reader rejects is named by file and line."""
+    import gzip
+
+    import ir_measures
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
+            return ranked(ir_measures.read_trec_run(f))
+    except OSError as err:
+        raise DatasetError(f"run file {path} cannot be read ({err.strerror or type(err).__name__}); pass an existing "
+                           "TREC run file") from err
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetError(_bad_run_line(path, opener) or f"{path}: not a TREC run file ({first_line(err)})") from err
+
+
+def ranked(scored: Iterable[Any]) -> Run:
+    """qid -> [(docid, rank, score)] of scored documents (ir_measures' ScoredDoc, ir_datasets' scoreddocs), each
+    query's ranked as trec_eval and ir_measures rank a run: by score, high first, ties by docid, high first. The rank
+    column of a run file is not read (trec_eval ignores it too), so a file and the same ranking from any other source
+    give the same candidates."""
+    by_query: dict[str, list[tuple[float, str]]] = {}
+    for doc in scored:
+        by_query.setdefault(doc.query_id, []).append((float(doc.score), doc.doc_id))
+    return {qid: [(docid, rank, score) for rank, (score, docid) in enumerate(sorted(entries, reverse=True), 1)]
+            for qid, entries in by_query.items()}
+
+
+def _bad_run_line(path: Path, opener) -> str | None:
+    """``path:line: ...`` for the first line that is not ``qid Q0 docid rank score tag``, read only to word an error."""
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             cols = line.split()
             if not cols:
                 continue
             try:
-                qid, _, docid, rank, score, _ = cols
-                run.setdefault(qid, []).append((docid, int(rank), float(score)))
-            except ValueError as e:
-                raise DatasetError(
-                    f"{path}:{lineno}: expected a TREC run line 'qid Q0 docid rank score tag', got {line.strip()!r}"
-                ) from e
-    for entries in run.values():
-        entries.sort(key=lambda entry: entry[1])
-    return run
+                if len(cols) != 6:
+                    raise ValueError
+                float(cols[4])
+            except ValueError:
+                return f"{path}:{lineno}: expected a TREC run line 'qid Q0 docid rank score tag', got {line.strip()!r}"
+    return None
 
 
 def _first_bad_line(path: Path, what: str) -> str | None:

@@ -34,10 +34,16 @@ def run_folder(cfg: JobConfig, dataset_name: str) -> Path:
     return Path(cfg.store) / f"{dataset_name}__{Path(cfg.model.rstrip('/')).name}"
 
 
-def identity_of(cfg: JobConfig, model_identity: str, dataset_source: str) -> Identity:
-    """What fixes the run's numbers: every setting declared part of the identity (precompute.config), with the model
-    and the dataset as resolved (an absolute folder, else the hub or ir_datasets id)."""
-    return Identity(**{**identity_values(cfg), "model": model_identity, "dataset": dataset_source})
+def identity_of(cfg: JobConfig, model_identity: str, ds) -> Identity:
+    """What fixes the run's numbers: every setting declared part of the identity (precompute.config), with the model,
+    the dataset, the candidate source and a PEFT adapter's base as resolved (an absolute folder or file, else the hub
+    or ir_datasets id)."""
+    from precompute.families.loading import base_identity
+    from precompute.pairs import candidates_identity
+
+    return Identity(**{**identity_values(cfg), "model": model_identity, "dataset": ds.source,
+                       "candidates": candidates_identity(ds, cfg.candidates),
+                       "base_model": base_identity(cfg.model, cfg.revision, cfg.base_model)})
 
 
 def check_same_run(manifest: Manifest | None, identity: Identity) -> None:
@@ -100,7 +106,7 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
     ds = datasets.resolve(cfg.dataset, Path(cfg.cache))
     root = run_folder(cfg, ds.name)
     checks.check_out_folder(root, ds, cfg.model)
-    identity = identity_of(cfg, loading.identity(cfg.model), ds.source)
+    identity = identity_of(cfg, loading.identity(cfg.model), ds)
     writer = RunWriter(root, identity=identity.to_dict())
     local_rank = world.local_rank if world.distributed else None
     coordinator.start(loading.pick_device(cfg.device, local_rank))
@@ -113,9 +119,10 @@ def _run(cfg: JobConfig, world, coordinator) -> Path:
         previous = writer.read_manifest()
 
         lm = loading.load(cfg.model, cfg.device, cfg.dtype, template=cfg.prompt_template, answer_tokens=cfg.answer_tokens,
-                          local_rank=local_rank, progress=cfg.progress and world.leader)
+                          local_rank=local_rank, progress=cfg.progress and world.leader, revision=cfg.revision,
+                          base_model=cfg.base_model, trust_remote_code=cfg.trust_remote_code)
         checks.check_model_settings(cfg, lm)
-        checks.check_kernels(lm)
+        checks.check_kernels(lm, cfg.max_length)
         pair_set = pairs_mod.build_pairs(
             ds, easy_negatives=cfg.easy_negatives, seed=cfg.seed, candidates=cfg.candidates,
             depth=cfg.depth, max_queries=cfg.max_queries, progress=cfg.progress and world.leader,

@@ -1,8 +1,9 @@
 """Build the query-passage pairs the model will score: relevant, hard and easy negatives, or a run's candidates.
 
 Judged mode pairs every judged query with its judged passages (relevant: grade >= 1, hard: grade 0) plus K
-easy negatives, passages judged for other queries. Run mode takes a run's top-``depth`` candidates instead,
-labelled by their judgment. Pair ids are deterministic so stores built twice join row for row, and a query's
+easy negatives, passages judged for other queries. Run mode takes a first-stage ranking's top-``depth`` candidates
+instead, labelled by their judgment; the ranking comes from a candidate source (:func:`candidate_run`): a run of a
+local dataset folder (``run:NAME``), any TREC run file (``run:PATH``) or a registry dataset's own (``scoreddocs``). Pair ids are deterministic so stores built twice join row for row, and a query's
 easy negatives depend only on (seed, qid), never on --max-queries or --depth. Pairs whose passage text is
 missing are counted in ``skipped``, never silently dropped.
 """
@@ -12,13 +13,48 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
-from precompute.datasets import Dataset, DatasetError
+from precompute.datasets import Dataset, DatasetError, read_run
 from precompute.names import EASY_GRADE, UNJUDGED
 
 JUDGED_TYPES: tuple[str, ...] = ("relevant", "hard", "easy")
 RUN_TYPES: tuple[str, ...] = ("relevant", "hard", UNJUDGED, "easy")
 RUN_PREFIX = "run:"
+SCOREDDOCS = "scoreddocs"
+CANDIDATES_EXPECTED = "run:NAME (runs/NAME.trec of the dataset folder), run:PATH (a TREC run file) or scoreddocs[:K]"
+
+
+def is_candidate_source(text: str) -> bool:
+    """Whether ``text`` is a candidate source as --candidates takes it (the source itself is looked up later)."""
+    if text.startswith(RUN_PREFIX):
+        return len(text) > len(RUN_PREFIX)
+    source, colon, k = text.partition(":")
+    return source == SCOREDDOCS and (not colon or (k.isdigit() and int(k) >= 1))
+
+
+def split_depth(candidates: str | None) -> tuple[str | None, int | None]:
+    """``scoreddocs:K`` -> (``scoreddocs``, K): K is the depth, written with the source as PyTerrier's ``% K``; any
+    other source -> (itself, None)."""
+    if candidates is not None and candidates.startswith(SCOREDDOCS + ":"):
+        return SCOREDDOCS, int(candidates.partition(":")[2])
+    return candidates, None
+
+
+def run_path(ds: Dataset, candidates: str) -> Path | None:
+    """The file of ``run:PATH`` (None for ``run:NAME`` of the folder's runs and for scoreddocs): a name of the
+    dataset folder's runs/ wins over a file of that name."""
+    if not candidates.startswith(RUN_PREFIX):
+        return None
+    name = candidates[len(RUN_PREFIX):]
+    return None if name in ds.run_names() else Path(name).expanduser()
+
+
+def candidates_identity(ds: Dataset, candidates: str | None) -> str | None:
+    """The candidate source as the run identity records it: ``run:PATH`` with the file's absolute path (a run file
+    names the same ranking from any working directory), anything else as given."""
+    path = None if candidates is None else run_path(ds, candidates)
+    return candidates if path is None else f"{RUN_PREFIX}{path.resolve()}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +109,7 @@ def build_pairs(
 ) -> PairSet:
     """All pairs of the first ``max_queries`` judged queries, in pair_id order; see the module docstring.
 
-    ``candidates`` is None (judged mode) or ``run:NAME`` (a run of ``ds.run_names()``). ``progress`` shows a
+    ``candidates`` is None (judged mode) or a candidate source (module docstring). ``progress`` shows a
     bar over the queries on stderr; ir_datasets reports its own doc-store build.
     """
     run = _parse_candidates(ds, candidates)
@@ -122,13 +158,21 @@ def _judged_queries(ds: Dataset, max_queries: int | None) -> list[str]:
 
 
 def _parse_candidates(ds: Dataset, candidates: str | None) -> dict[str, list[tuple[str, int, float]]] | None:
-    """None in judged mode, else the named run (ds.run names the available runs when NAME is unknown)."""
+    """None in judged mode, else the ranking of the candidate source (module docstring); DatasetError naming what
+    is available when the source does not exist."""
     if candidates is None:
         return None
-    if not candidates.startswith(RUN_PREFIX) or not candidates[len(RUN_PREFIX):]:
+    if candidates == SCOREDDOCS:
+        return ds.scoreddocs()
+    path = run_path(ds, candidates) if is_candidate_source(candidates) else None
+    if path is None and is_candidate_source(candidates):  # run:NAME of the folder's runs
+        return ds.run(candidates[len(RUN_PREFIX):])
+    if path is None or not path.is_file():
         names = ", ".join(ds.run_names()) or f"none for dataset {ds.spec}"
-        raise DatasetError(f"--candidates {candidates!r}: expected run:NAME with NAME one of: {names}")
-    return ds.run(candidates[len(RUN_PREFIX):])
+        what = f"{path} is not a file" if path is not None else f"expected {CANDIDATES_EXPECTED}"
+        raise DatasetError(f"--candidates {candidates!r}: {what}; the dataset's runs: {names}"
+                           + ("; it has scoreddocs" if ds.has_scoreddocs() else ""))
+    return read_run(path)
 
 
 def _judged_candidates(judged: dict[str, int]) -> list[_Candidate]:

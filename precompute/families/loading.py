@@ -30,6 +30,7 @@ class LoadedModel:
     family: Any = None  # precompute.families.Family
     settings: Any = None  # precompute.families.FamilySettings: template and answer tokens of template families
     footprint: Any = None  # precompute.memory.Footprint: weights' size and the device's free memory (None: unknown)
+    adapter: Any = None  # precompute.families.adapters.Adapter merged into the weights (None: not an adapter)
 
     def __post_init__(self):
         if self.family is None:  # a model built in code: its family from its config
@@ -80,6 +81,7 @@ class LoadedModel:
             "path": str(local.resolve()) if local.exists() else None,
             "name": self.name,
             "revision": getattr(cfg, "_commit_hash", None),
+            "adapter": None if self.adapter is None else self.adapter.describe(),
             "architecture": (cfg.architectures or [type(self.model).__name__])[0],
             "model_type": cfg.model_type,
             "layers": layers,
@@ -115,13 +117,27 @@ def pick_dtype(requested: str, device: str) -> str:
     return requested
 
 
-def _in_hub_cache(spec: str) -> bool:
+def _in_hub_cache(spec: str, revision: str | None = None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+        return any(isinstance(try_to_load_from_cache(spec, name, revision=revision), str)
+                   for name in ("config.json", "adapter_config.json"))
     except ValueError:  # not a valid repo id
         return False
+
+
+def check_revision(spec: str, revision: str | None) -> None:
+    """--revision names a commit of a hub repository: a local folder has none (its files are what they are)."""
+    if revision is not None and Path(spec).expanduser().exists():
+        raise ModelError(f"--revision {revision} is for Hugging Face ids, but model {spec} is a local folder; drop "
+                         "--revision (a folder is recorded by its path)")
+
+
+def _has_tokenizer(spec: str) -> bool:
+    """Whether an adapter ships its own tokenizer (a local folder with tokenizer files); else its base's is used."""
+    folder = Path(spec)
+    return folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -143,47 +159,85 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def identity(spec: str) -> str:
     """What names a model across working directories: the absolute path of a local folder, else the hub id."""
-    local = Path(spec)
+    local = Path(spec).expanduser()
     return str(local.resolve()) if local.exists() else spec
+
+
+def base_identity(spec: str, revision: str | None = None, base_model: str | None = None) -> str | None:
+    """The base model a PEFT adapter ``spec`` is applied to, as the run identity records it (:func:`identity`);
+    None when ``spec`` is not an adapter. Reads only adapter_config.json (ModelError when it cannot be used)."""
+    from precompute.families.adapters import AdapterError, find
+
+    offline = not Path(spec).exists() and not _in_hub_cache(spec, revision) and not _hub_reachable()
+    try:
+        adapter = find(spec, revision, base_model, offline)
+    except AdapterError as err:
+        raise ModelError(str(err)) from err
+    return None if adapter is None else identity(adapter.base)
 
 
 def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str | None = None,
          answer_tokens: tuple[str, str] | None = None, local_rank: int | None = None,
-         progress: bool = True) -> LoadedModel:
-    """Load model and fast tokenizer from a Hugging Face id or local folder, eval mode, on ``device``, with the
-    family its config names (template and answer tokens for template families; their defaults when None).
+         progress: bool = True, revision: str | None = None, base_model: str | None = None,
+         trust_remote_code: bool = False) -> LoadedModel:
+    """Load model and fast tokenizer from a Hugging Face id (at ``revision``) or local folder, eval mode, on
+    ``device``, with the family its config names (template and answer tokens for template families; their defaults
+    when None). A PEFT adapter (:mod:`precompute.families.adapters`) is loaded on its base (``base_model``, else the
+    one it names) and merged.
 
-    Never runs code shipped with a model: ``trust_remote_code=False`` everywhere, and a model whose config names
-    its own classes (``auto_map``) is refused. transformers' own log is silenced while it loads (its report of
-    unused weights becomes one line); ``progress`` keeps its loading bar."""
+    Runs code shipped with a model only when ``trust_remote_code`` (--trust-remote-code) is given: otherwise a model
+    whose config names its own classes (``auto_map``) is refused. transformers' own log is silenced while it loads
+    (its report of unused weights becomes one line); ``progress`` keeps its loading bar."""
     import torch
     from transformers import AutoTokenizer
 
     from precompute.families import FamilyError, family_for
+    from precompute.families.adapters import AdapterError, find
     from precompute.memory import footprint, refusal
 
     device = pick_device(device, local_rank)
     dtype = pick_dtype(dtype, device)
     check_local_path(spec)
-    offline = not Path(spec).exists() and not _in_hub_cache(spec) and not _hub_reachable()
+    check_revision(spec, revision)
+    offline = not Path(spec).exists() and not _in_hub_cache(spec, revision) and not _hub_reachable()
+    try:
+        adapter = find(spec, revision, base_model, offline)
+    except AdapterError as err:
+        raise ModelError(str(err)) from err
+    weights, weights_revision = (adapter.base, adapter.base_revision) if adapter else (spec, revision)
+    if adapter is not None:
+        check_local_path(weights)
+        offline = offline or (not Path(weights).exists() and not _in_hub_cache(weights, weights_revision)
+                              and not _hub_reachable())
+    tokenizer_spec, tokenizer_revision = (spec, revision) if adapter is None or _has_tokenizer(spec) \
+        else (weights, weights_revision)
+    hub = dict(trust_remote_code=trust_remote_code, local_files_only=offline)
     with quiet_transformers(progress):
-        config = load_config(spec, offline)
+        config = load_config(weights, offline, revision=weights_revision, trust_remote_code=trust_remote_code)
         try:
+            if adapter is not None:
+                adapter.prepare(config)
             family = family_for(config)
-        except FamilyError as err:
+        except (FamilyError, AdapterError) as err:
             raise ModelError(f"model {spec!r}: {err}") from err
-        check_tokenizer_files(spec)
-        check_tokenizer_class(spec, config, offline)
+        check_tokenizer_files(tokenizer_spec)
+        check_tokenizer_class(tokenizer_spec, config, offline, tokenizer_revision)
         fp = footprint(family.auto_class(), config, device, dtype)
         if fp is not None and not fp.fits:
             raise ModelError(refusal(spec, fp))
         try:
             model, info = family.auto_class().from_pretrained(
-                spec, dtype=getattr(torch, dtype), attn_implementation="eager", output_loading_info=True,
-                ignore_mismatched_sizes=True, trust_remote_code=False)  # mismatched weights: refused below, by name
-            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+                weights, config=config, revision=weights_revision, dtype=getattr(torch, dtype),
+                attn_implementation="eager", output_loading_info=True,
+                ignore_mismatched_sizes=True, **hub)  # mismatched weights: refused below, by name
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_spec, revision=tokenizer_revision, **hub)
         except Exception as err:  # a damaged file: transformers, safetensors, torch and pickle raise unrelated classes
-            raise ModelError(loading_error(spec, err)) from err
+            raise ModelError(loading_error(weights, err)) from err
+    if adapter is not None:
+        try:
+            model, info = adapter.apply(model, info)
+        except AdapterError as err:
+            raise ModelError(str(err)) from err
     check_loaded_weights(spec, info)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {spec!r} has no fast tokenizer (tokenizer.json); segments need one")
@@ -192,7 +246,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", *, template: str 
     check_finite_weights(spec, model)
     try:
         settings = family.settings(tokenizer, template, answer_tokens)
-        lm = LoadedModel(model, tokenizer, spec, device, dtype, family, settings, fp)
+        lm = LoadedModel(model, tokenizer, spec, device, dtype, family, settings, fp, adapter)
         family.check(lm)  # every architecture fact resolves
     except FamilyError as err:
         raise ModelError(f"model {spec!r}: {err}") from err
@@ -218,32 +272,33 @@ def quiet_transformers(progress: bool):
             hf_logging.enable_progress_bar()
 
 
-def load_config(spec: str, offline: bool):
-    """The model's config, read without running any code of the model's: its JSON is read first and a config that
-    names classes of its own (``auto_map``, which transformers would import from the model folder after asking
-    "Do you wish to run the custom code?") is refused; then transformers builds it with ``trust_remote_code=False``."""
+def load_config(spec: str, offline: bool, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's config, read without running any code of the model's unless ``trust_remote_code``: its JSON is
+    read first and a config that names classes of its own (``auto_map``, which transformers would import from the
+    model's files) is refused, naming --trust-remote-code; then transformers builds it."""
     from transformers import AutoConfig, PretrainedConfig
     from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
     from precompute.console import one_line
 
     try:
-        raw, _ = PretrainedConfig.get_config_dict(spec, local_files_only=offline)
+        raw, _ = PretrainedConfig.get_config_dict(spec, local_files_only=offline, revision=revision)
     except OSError as err:  # no config.json, not JSON, no network
         where = "folder" if Path(spec).exists() else "Hugging Face id (no network here?)"
         raise ModelError(f"model {spec!r} could not be loaded as a {where}: {first_line(err)}; pass a local model folder with --model") from err
     try:
-        tokenizer_raw = get_tokenizer_config(spec, local_files_only=offline)
+        tokenizer_raw = get_tokenizer_config(spec, local_files_only=offline, revision=revision)
     except (OSError, ValueError) as err:
         raise ModelError(f"model {spec!r}: its tokenizer_config.json cannot be read ({one_line(err)}); restore it") from err
     for name, data in (("config.json", raw), ("tokenizer_config.json", tokenizer_raw)):
-        if isinstance(data, dict) and data.get("auto_map"):
+        if isinstance(data, dict) and data.get("auto_map") and not trust_remote_code:
             classes = ", ".join(sorted(str(v) for v in _flat(data["auto_map"])))[:120]
             raise ModelError(f"model {spec!r}: its {name} names code of its own (auto_map: {classes}), which would run "
-                             "Python from the model's files; this tool never runs a model's code: use a model whose "
-                             "architecture transformers ships")
+                             "Python from the model's files; refused by default: pass --trust-remote-code if you "
+                             "trust them, or use a model whose architecture transformers ships")
     try:
-        return AutoConfig.from_pretrained(spec, local_files_only=offline, trust_remote_code=False)
+        return AutoConfig.from_pretrained(spec, local_files_only=offline, revision=revision,
+                                          trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers' validation raises ValueError, TypeError, AttributeError, its own classes
         raise ModelError(f"model {spec!r}: transformers rejects its config.json ({one_line(err)}); restore the "
                          "config the model was saved with") from err
@@ -284,12 +339,12 @@ def check_tokenizer_files(spec: str) -> None:
                          "copy the tokenizer the model was trained with into it")
 
 
-def check_tokenizer_class(spec: str, config, offline: bool) -> None:
+def check_tokenizer_class(spec: str, config, offline: bool, revision: str | None = None) -> None:
     """A ``tokenizer_class`` transformers does not know makes it fall back, silently, to a generic tokenizer that may
     differ from the trained one (no ``token_type_ids``: different scores); refuse it by name."""
     from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
 
-    name = get_tokenizer_config(spec, local_files_only=offline).get("tokenizer_class") or getattr(config, "tokenizer_class", None)
+    name = get_tokenizer_config(spec, local_files_only=offline, revision=revision).get("tokenizer_class") or getattr(config, "tokenizer_class", None)
     if name and tokenizer_class_from_name(name) is None:
         raise ModelError(f"model {spec!r}: its tokenizer_class {name!r} is not a tokenizer transformers knows (it would "
                          "fall back to a generic one that may encode pairs differently from training); set "

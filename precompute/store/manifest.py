@@ -224,6 +224,9 @@ class ModelInfo(Section):
                                "the tokenizer's special tokens).")
     answer_tokens: list[str] = doc("Generative rerankers: the (positive, negative) answer token strings.", factory=list)
     answer_ids: list[int] = doc("Their token ids.", factory=list, bounds=COUNT)
+    adapter: dict | None = doc("A PEFT adapter --model, merged into its base before anything ran: id, peft_type, "
+                               "task_type, base (the base model's folder or hub id), base_revision, r, target_modules; "
+                               "null for a model that is not an adapter.")
 
 
 @dataclass

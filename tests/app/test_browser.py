@@ -85,14 +85,15 @@ def hostile_server(driver, tmp_path_factory):
 
 
 def _serve(store: Path, tmp_path_factory):
-    """A Streamlit server of the app over ``store``: its URL, for the life of the module."""
+    """A Streamlit server of the app over ``store``, started as users start it (``atlas app``, which becomes
+    ``streamlit run`` of the app's main.py): its URL, for the life of the module."""
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
     env = dict(os.environ, ATLAS_STORE=str(store), ATLAS_SQL_TIMEOUT="15")  # (the heavy-links test waits for it)
     repo = Path(MAIN).parents[1]
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(MAIN), "--server.port", str(port),
+            [sys.executable, "-m", "matching_atlas.cli", "app", "--store", str(store), "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
              "--server.fileWatcherType", "none"],
             cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,

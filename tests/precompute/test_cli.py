@@ -76,7 +76,8 @@ def test_no_flag_given_is_the_default_config():
 def _everything_changed(tmp_path: Path) -> JobConfig:
     """A config in which every setting differs from its default (the test checks that it does)."""
     cfg = JobConfig(
-        dataset="../data/a b", model="models/it's", easy_negatives=3, seed=7, candidates="run:bm25", depth=50,
+        dataset="../data/a b", model="models/it's", revision="v 1", base_model="../base model", trust_remote_code=True,
+        easy_negatives=3, seed=7, candidates="run:bm25", depth=50,
         max_queries=2, prompt_template="Query: {query} $HOME `x` \"{document}\" it's", answer_tokens=(" yes", "no"),
         max_length=128, batch_size=4, batch_tokens=4096, device="cpu", dtype="float32",
         ablations=("directions", "layers", "heads", "components", "subspace"), ablation_modes=("zero", "mask"),
@@ -159,7 +160,7 @@ def test_the_identity_is_generated_from_the_declarations():
 
     keys = [f.name for f in dataclasses.fields(Identity) if f.name != "extra"]
     assert keys == [S.identity_key(s) for s in SETTINGS if s.identity]
-    assert set(keys) == {"model", "dataset", "dtype", "easy_negatives", "seed", "candidates", "depth", "max_queries",
+    assert set(keys) == {"model", "revision", "base_model", "dataset", "dtype", "easy_negatives", "seed", "candidates", "depth", "max_queries",
                          "max_length", "batch_size", "batch_tokens", "chunk_size", "template", "answer_tokens"}
     old = Identity.from_dict({"template": "Q: {query} D: {document}", "answer_tokens": ["yes", "no"], "depth": 100,
                               "candidates": None, "max_queries": 3})

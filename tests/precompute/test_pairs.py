@@ -93,7 +93,8 @@ def test_run_depth(tiny: Dataset) -> None:
 
 @pytest.mark.parametrize(
     ("candidates", "message"),
-    [("x", r"expected run:NAME with NAME one of: x"), ("run:", "expected run:NAME"), ("run:bm25", "available runs: x")],
+    [("x", r"expected run:NAME .*; the dataset's runs: x"), ("run:", "expected run:NAME"),
+         ("run:bm25", "bm25 is not a file; the dataset's runs: x"), ("scoreddocs", "has no scoreddocs")],
 )
 def test_bad_candidates(tiny: Dataset, candidates: str, message: str) -> None:
     with pytest.raises(DatasetError, match=message):

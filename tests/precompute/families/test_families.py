@@ -105,7 +105,7 @@ def test_masses_and_scores_equal_the_architectures_own(kind, folders):
     scores, got, cross = _summaries(lm, batch)
     want_scores, attentions, cross_attentions = own_outputs(lm, batch)
     np.testing.assert_allclose(got, _expected(lm, batch, attentions), atol=1e-4, equal_nan=True)
-    np.testing.assert_allclose(scores.numpy(), want_scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores.numpy(), want_scores.numpy(), atol=1e-5, rtol=0)  # the stored score is the model's own
     layers, heads = lm.shape
     assert got.shape == (len(QUERIES), layers, heads, 29)
     masses = got[..., :25].reshape(*got.shape[:3], 5, 5)

@@ -237,7 +237,7 @@ def test_a_model_with_its_own_code_is_refused_without_running_it(model_type, whe
     edit_json(model / where, auto_map=auto_map)
     monkeypatch.setattr(builtins, "input", lambda *a: pytest.fail("transformers asked whether to run the model's code"))
     line = refused(tiny_dataset, model, tmp_path, capsys)
-    assert f"its {where} names code of its own (auto_map: evil." in line and "never runs a model's code" in line
+    assert f"its {where} names code of its own (auto_map: evil." in line and "refused by default: pass --trust-remote-code" in line
     assert not (model / "ran").exists()
 
 
