@@ -153,6 +153,17 @@ def statement(con, text: str, explain: str = "") -> str:
 _OUT_OF_MEMORY = (duckdb.OutOfMemoryException, MemoryError, pa.ArrowMemoryError)
 
 
+def _out_of_memory(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it was raised from is an allocation that failed: one of the memory errors, or
+    DuckDB's "Out of Memory Error" wherever it surfaces (a check of the statement may wrap it in a plain duckdb.Error
+    or a SqlError without its cause)."""
+    while err is not None:
+        if isinstance(err, _OUT_OF_MEMORY) or str(err).startswith("Out of Memory Error"):
+            return True
+        err = err.__cause__
+    return False
+
+
 def execute(con, text: str, *, explain: str = "", limit: int = DEFAULT_ROW_LIMIT,
             limits: SqlLimits = SqlLimits()) -> Bounded:
     """Check and run ``text`` on a locked connection: its result as the page shows it, bounded (see the module doc)."""
@@ -171,7 +182,7 @@ def execute(con, text: str, *, explain: str = "", limit: int = DEFAULT_ROW_LIMIT
     except Exception as err:  # noqa: BLE001 - whatever DuckDB, Arrow or pandas raise, the page shows one line
         if timed_out.is_set():  # (an interrupt can surface as DuckDB's, Arrow's OSError or a SqlError of check)
             raise SqlError(f"the query ran longer than {limits.timeout_s:g} s and was stopped") from err
-        if isinstance(err if not isinstance(err, SqlError) else err.__cause__, _OUT_OF_MEMORY):
+        if _out_of_memory(err):
             raise SqlOutOfMemory(f"the query needs more memory than a SQL session may use "
                                  f"({show_size(limits.memory)}): {error_text(err)}") from err
         if isinstance(err, SqlError):

@@ -80,8 +80,10 @@ class HeadTables(Reader):
 
     def head_contrasts(self, metric: str | None = None, contrast: str | None = None) -> pd.DataFrame:
         """The job's matching-head statistics over the whole run (table head_contrasts): per metric, contrast, layer
-        and head, the two groups' means, their difference, Cohen's d, the Mann-Whitney U, p and Holm's p. ``metric``
-        and ``contrast`` narrow it to one of each."""
+        and head, the test over queries (n_queries with both groups, the mean per-query difference ``effect`` with its
+        bootstrap interval, d_z, the paired t, p and Holm's p; NULL in stores before schema version 6) and, as
+        description only, the pooled pair-level numbers (group sizes and means, diff, Cohen's d, Mann-Whitney U and
+        its pooled_p). ``metric`` and ``contrast`` narrow it to one of each."""
         cond, params = ["TRUE"], []
         if metric is not None:
             cond.append("metric = ?")
@@ -90,10 +92,14 @@ class HeadTables(Reader):
             cond.append("contrast = ?")
             params.append(contrast)
         sql = f"""
-            SELECT metric, contrast, layer, head, n_a, n_b, mean_a, mean_b, diff, cohen_d, u, p, p_holm
+            SELECT metric, contrast, layer, head, n_queries, effect, effect_low, effect_high, effect_dz, t, p, p_holm,
+                   n_resamples, n_a, n_b, mean_a, mean_b, diff, cohen_d, u, pooled_p
             FROM head_contrasts WHERE {' AND '.join(cond)} ORDER BY contrast, metric, layer, head
         """
-        return sq.ints(self._frame(sql, params), "layer", "head", "n_a", "n_b")
+        df = self._frame(sql, params)
+        for col in ("n_queries", "n_resamples"):
+            df[col] = pd.array(df[col], dtype="Int64")
+        return sq.ints(df, "layer", "head", "n_a", "n_b")
 
     def matching_heads(self, contrast: str | None = None) -> pd.DataFrame:
         """The candidate matching heads (view matching_heads): per contrast, each head with a Holm-significant positive
@@ -207,7 +213,7 @@ class HeadTables(Reader):
     def alignment_vs_contrast(self, metric: str, contrast: str, where: Slice | None = None) -> pd.DataFrame:
         """Alignment score beside the job's matching statistics (head_contrasts) of each head."""
         sql = f"""
-            SELECT a.layer, a.head, a.alignment_score, c.diff, c.cohen_d, c.p_holm
+            SELECT a.layer, a.head, a.alignment_score, c.diff, c.cohen_d, c.p_holm, c.n_queries
             FROM head_alignment a JOIN head_contrasts c ON c.layer = a.layer AND c.head = a.head
             WHERE c.metric = ? AND c.contrast = ? AND {sq.where(where or ALL, alias='a', pair_filters=False)}
             ORDER BY a.layer, a.head

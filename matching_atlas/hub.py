@@ -38,7 +38,7 @@ class HubError(Exception):
 def verify_run(run: Path) -> tuple[Any, list[str], list[str]]:
     """(manifest, its tables, the checks that passed: one line per table) of a finished run; HubError naming the first file that
     fails. The same checks the app runs before showing a run (precompute.store.integrity)."""
-    from precompute.store import integrity, schema
+    from precompute.store import integrity, layout, schema
     from precompute.store.manifest import ManifestError, read_manifest
 
     run = Path(run)
@@ -53,21 +53,44 @@ def verify_run(run: Path) -> tuple[Any, list[str], list[str]]:
     current = manifest.schema_version == schema.SCHEMA_VERSION
     identity = manifest.identity.to_dict()
     passed = []
-    names = sorted(set(manifest.tables) | {p.stem for p in run.glob("*.parquet")})  # + derived (head_attention_agg)
+    names = sorted(set(manifest.tables) | {name for name in schema.TABLES if layout.location(run, name) is not None}
+                   | {p.stem for p in run.glob("*.parquet")})  # + derived (head_attention_agg)
     for name in names:
-        info, path = manifest.tables.get(name), run / f"{name}.parquet"
-        stamped = integrity.stored_identity(path) is not None if path.exists() else False
-        try:
-            rows = integrity.verify(path, name, schema.TABLES[name].schema if current and name in schema.TABLES else None,
-                                    rows=getattr(info, "rows", None), identity=identity if stamped else None)
-        except (integrity.CorruptFile, OSError) as err:
-            raise HubError(f"{first_line(err)}; rerun the job's command to rebuild it") from err
-        passed.append(f"{name}: {rows:,} rows; page checksums, row count, column types and bounds"
-                      + (", run identity" if stamped else ""))
+        info, paths = manifest.tables.get(name), layout.files(run, name) or [layout.path(run, name)]
+        expected = getattr(info, "rows", None)
+        rows, stamped = 0, False
+        for path in paths:
+            stamped = integrity.stored_identity(path) is not None if path.exists() else False
+            try:
+                rows += integrity.verify(path, name, schema.TABLES[name].schema if current and name in schema.TABLES
+                                         else None, rows=expected if len(paths) == 1 else None,
+                                         identity=identity if stamped else None)
+            except (integrity.CorruptFile, OSError) as err:
+                raise HubError(f"{first_line(err)}; rerun the job's command to rebuild it") from err
+        if expected is not None and rows != expected:
+            raise HubError(f"{layout.path(run, name)} holds {rows:,} rows where the manifest records {expected:,}; "
+                           "rerun the job's command to rebuild it")
+        passed.append(f"{name}: {rows:,} rows" + (f" in {len(paths)} files" if len(paths) > 1 else "")
+                      + "; page checksums, row count, column types and bounds" + (", run identity" if stamped else ""))
     return manifest, names, passed
 
 
 # -- publishing --------------------------------------------------------------------------------------------------
+
+
+def _data_files(table: str) -> str:
+    """The table's files in the repository as the card's ``data_files`` pattern: its file, or its partition files."""
+    from precompute.store import layout
+
+    column = layout.partition_column(table)
+    return f"{table}/{column}=*/*.parquet" if column else f"{table}.parquet"
+
+
+def _table_files(run: Path, tables: list[str]) -> list[str]:
+    """Every data file of ``tables`` in ``run``, relative to it (partitioned tables: one file per partition)."""
+    from precompute.store import layout
+
+    return [str(path.relative_to(run)) for name in tables for path in layout.files(run, name)]
 
 
 def card(manifest, tables: list[str], passed: list[str]) -> str:
@@ -77,7 +100,7 @@ def card(manifest, tables: list[str], passed: list[str]) -> str:
     model, dataset = manifest.model, manifest.dataset
     front = ["---", "tags:", "- matching-atlas", "- information-retrieval", "- interpretability", "configs:"]
     for name in tables:
-        front += [f"- config_name: {name}", f"  data_files: {name}.parquet"]
+        front += [f"- config_name: {name}", f"  data_files: {_data_files(name)}"]
     front.append("---")
     adapter = getattr(model, "adapter", None)
     lines = [
@@ -114,7 +137,7 @@ def publish(run: Path, repo: str, *, api=None, private: bool = False, message: s
         from huggingface_hub import HfApi
 
         api = HfApi()
-    files = [MANIFEST, *(f"{name}.parquet" for name in tables)]
+    files = [MANIFEST, *_table_files(run, tables)]
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(run / name)) for name in files]
     operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card(manifest, tables, passed).encode()))
     try:
@@ -205,7 +228,8 @@ def fetch(url: str, *, fs=None, cache: Path | None = None) -> Path:
     folder = (cache or cache_root()) / repo[len(DATASETS):].replace("/", "--") / (revision or "main")
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        listing = {Path(e["name"]).name: e for e in fs.ls(repo_path, detail=True) if e.get("type") == "file"}
+        found = fs.find(repo_path, detail=True)
+        listing = {name[len(repo_path):].lstrip("/"): e for name, e in found.items() if e.get("type") == "file"}
     except (FileNotFoundError, OSError) as err:
         raise HubError(f"{url}: no such dataset repository or revision ({first_line(err)})") from err
     if MANIFEST not in listing:
@@ -217,9 +241,11 @@ def fetch(url: str, *, fs=None, cache: Path | None = None) -> Path:
         remote = _remote_hash(listing[name])
         if known.get(name) == remote and (folder / name).exists():
             continue
-        partial = folder / f".{name}.part"
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")
         fs.get_file(f"{repo_path}/{name}", str(partial))
-        partial.replace(folder / name)
+        partial.replace(target)
         known[name] = remote
     _write_hashes(hashes_file, known)
     try:

@@ -13,7 +13,7 @@ from app.family import labels_of
 from app.text import code, escape
 from precompute.metrics import METRICS
 from precompute.names import CONTRAST_LABELS, CONTRASTS
-from precompute.statistics import ALPHA, fmt_p, stars
+from precompute.statistics import ALPHA, FEW_QUERIES_WARNING, MIN_QUERIES, fmt_p, stars
 
 ctx, run = ui.require_run()
 sl = ctx.slice
@@ -60,11 +60,13 @@ else:
     if run.has("head_contrasts"):
         stats = data.query(run, "head_contrasts", metric, view)
         if len(stats):
-            stats = stats[["layer", "head", "cohen_d", "p_holm"]].rename(
-                columns={"cohen_d": "run_cohen_d", "p_holm": "run_p_holm"})
+            stats = stats[["layer", "head", "effect_dz", "p_holm", "n_queries"]].rename(
+                columns={"effect_dz": "run_effect_dz", "p_holm": "run_p_holm", "n_queries": "run_n_queries"})
             grid = grid.merge(stats, on=["layer", "head"], how="left")
-            grid["significant"] = grid["run_p_holm"] < ALPHA
-            tooltip += ["run_cohen_d", "run_p_holm"]
+            n_queries = int(stats["run_n_queries"].max()) if stats["run_n_queries"].notna().any() else 0
+            # a star only from a test over at least MIN_QUERIES queries (never from the pooled pair-level numbers)
+            grid["significant"] = (grid["run_p_holm"] < ALPHA) & (grid["run_n_queries"].fillna(0) >= MIN_QUERIES)
+            tooltip += ["run_effect_dz", "run_p_holm", "run_n_queries"]
 
 if grid.empty:
     st.warning("The slice holds no pairs for this view (check the negative types and grades in the sidebar).")
@@ -89,9 +91,12 @@ if diff_view:
     notes = ["Differences and Cohen's d are computed for the slice from head_attention_agg "
              "(the slice's grade filter applies to the relevant side)."]
     if "significant" in grid:
-        notes.append("Stars mark heads significant in the run's matching-head statistics (Mann-Whitney, "
-                     f"Holm-corrected p < {ALPHA}, all queries).")
+        notes.append("Stars mark heads significant in the run's matching-head statistics: a paired t-test over the "
+                     f"queries that have both groups (the query is the unit; up to {n_queries} here), Holm-corrected "
+                     f"across the contrast's heads and metrics, p < {ALPHA}; never below {MIN_QUERIES} queries.")
     st.caption(" ".join(notes))
+    if "significant" in grid and n_queries < MIN_QUERIES:
+        st.warning(f"The run's matching-head tests rest on {n_queries} queries: {FEW_QUERIES_WARNING}.")
     if not run.has("head_contrasts"):
         st.caption("This run has no matching-head statistics (head_contrasts) yet, so no significance is shown; "
                    f"compute them with {code(command_for(run))} (it resumes the run and adds what is missing).")
@@ -122,8 +127,10 @@ with h2:
         m[1].metric("Cohen's d (slice)", f"{row['cohen_d']:+.3f}" if pd.notna(row["cohen_d"]) else "n/a")
         m[2].metric("Pairs (relevant / negative)", f"{int(row['n_a'])} / {int(row['n_b'])}")
         if "run_p_holm" in row:
-            m[3].metric("p (Holm, run)", fmt_p(row["run_p_holm"], missing="n/a"), stars(row["run_p_holm"]) or None,
-                        delta_color="off")
+            n_q = None if pd.isna(row["run_n_queries"]) else int(row["run_n_queries"])
+            m[3].metric("p (Holm, run)", fmt_p(row["run_p_holm"], missing="n/a"),
+                        stars(row["run_p_holm"], n_queries=n_q or 0) or None, delta_color="off",
+                        help=f"Paired t-test over {n_q or 0} queries, Holm-corrected (head_contrasts).")
 
 stats = data.query(run, "head_values", sel_layer, sel_head, metric, where=sl)
 if stats.empty:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from precompute.names import DIRECTIONS
+from precompute.statistics import MIN_QUERIES
 from precompute.store.schema import SCHEMA_VERSION
 from tests.app.conftest import DL19, DL20, SMALL
 
@@ -169,6 +170,10 @@ def test_head_atlas_difference_and_one_head(app, store, sql):
                    "AND contrast = 'relevant_vs_hard' ORDER BY layer, head")
     np.testing.assert_allclose(shown["cohen_d"], hc["cohen_d"], rtol=1e-6)
     assert "run_p_holm" in shown.columns
+    # the stars come from the test over queries, and never from fewer than MIN_QUERIES of them
+    n_q = sql(DL20, "SELECT max(n_queries) AS n FROM {head_contrasts}")["n"][0]
+    assert n_q < MIN_QUERIES and not shown["significant"].any()
+    assert any("fewer than 10 queries" in w.value for w in at.warning)
 
     at.radio(key="atlas_color").set_value("cohen_d").run()
     ok(at)

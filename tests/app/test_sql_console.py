@@ -412,3 +412,15 @@ def test_a_result_is_cut_to_its_size_as_a_table(run, sessions):
                   session="s")
     assert "MB as a table" in res.truncated and 0 < len(res.frame) < 100_000
     assert frame_bytes(res.frame) <= sessions.limits.max_frame_bytes < frame_bytes(res.frame) * 100_000 / len(res.frame)
+
+
+def test_an_allocation_that_failed_is_named_however_it_surfaces():
+    """DuckDB's "Out of Memory Error" may reach the page as a plain duckdb.Error or a SqlError without its cause (seen
+    for a WHERE of 60,000 OR terms under load): it is still told as the session's memory cap, not as a bare error."""
+    from app.sql_console import SqlError, _out_of_memory
+
+    assert _out_of_memory(SqlError("Out of Memory Error: Failed to allocate block of 16777216 bytes (bad allocation)"))
+    wrapped = SqlError("check failed")
+    wrapped.__cause__ = duckdb.OutOfMemoryException("could not allocate")
+    assert _out_of_memory(wrapped) and _out_of_memory(MemoryError())
+    assert not _out_of_memory(SqlError("Parser Error: syntax error at or near \"SELEC\""))

@@ -46,12 +46,17 @@ def _table_one(text: str) -> str:
 def test_publish_writes_the_run_and_a_card_whose_configs_name_every_table(run, stand_in, capsys):
     assert hub.main([str(run), "--repo", REPO], api=hub.LocalHub(stand_in)) == 0
     published = stand_in / "datasets" / REPO
-    tables = sorted(p.stem for p in run.glob("*.parquet"))
-    assert sorted(p.stem for p in published.glob("*.parquet")) == tables and (published / "manifest.json").exists()
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*.parquet"))
+    assert any(f.startswith("head_attention/layer=") for f in files)  # a partitioned table: one file per layer
+    assert sorted(str(p.relative_to(published)) for p in published.rglob("*.parquet")) == files
+    assert (published / "manifest.json").exists()
+    tables = sorted({f.split("/")[0].removesuffix(".parquet") for f in files})
     text = (published / "README.md").read_text()
     front = yaml.safe_load(text.split("---")[1])
     assert [c["config_name"] for c in front["configs"]] == tables
-    assert all(c["data_files"] == f"{c['config_name']}.parquet" for c in front["configs"])
+    patterns = {c["config_name"]: c["data_files"] for c in front["configs"]}
+    assert patterns.pop("head_attention") == "head_attention/layer=*/*.parquet"
+    assert all(pattern == f"{name}.parquet" for name, pattern in patterns.items())
     assert "python -m precompute" in text and "store schema version" in text and "page checksums" in text
     assert f"published {run} as {URL}" in capsys.readouterr().out
 
