@@ -11,7 +11,7 @@ from precompute.cli import OneLineParser
 from precompute.metrics import METRICS
 from precompute.console import first_line
 from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
-from precompute.report import compare, head_tables, lexical_tables
+from precompute.report import compare, head_tables, lexical_tables, value_weighted_tables
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
 
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
             con = reader.connection
             seed = manifest.identity.seed or 0
-            lines = head_tables.render(con) + head_tables.alignment_lines(con, seed) + lexical_tables.render(con, seed)
+            lines = (head_tables.render(con) + head_tables.alignment_lines(con, seed) + lexical_tables.render(con, seed)
+                     + value_weighted_tables.render(con))
             sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.write(patching_summary.render(reader, manifest.model.segment_labels))
         sys.stdout.write(rerun_block(manifest, args.run))
