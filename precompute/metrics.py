@@ -53,12 +53,13 @@ def _masses(w, state, rows):
 
 
 def _value_weighted(w, state, rows):
-    """The value-weighted masses' sums (Kobayashi et al., EMNLP 2020): each weight a_ij scaled by ||W_O^h v_j|| (the
-    layer's ``state.value_norms`` [b, h, k], set by the kernel before its blocks), renormalised per source row so that
-    a row's five shares sum to 1, then summed like the masses: [b, h, 25]."""
-    scaled = w * state.value_norms[:, :, None, :]
-    total = scaled.sum(-1, keepdim=True).clamp_min_(1e-30)  # a row with no weight left (all removed): shares 0
-    return _masses(scaled / total if scaled.requires_grad else scaled.div_(total), state, rows)
+    """The value-weighted masses' sums (Kobayashi et al., EMNLP 2020): with ||a_ij W_O^h v_j|| = a_ij n_j (n_j the
+    layer's ``state.value_norms`` [b, h, k], set by the kernel before its blocks), each source row's share of segment T
+    is sum_{j in T} a_ij n_j / sum_j a_ij n_j, one product with the norm-weighted segment one-hot (no [b, h, r, k]
+    temporary); summed over the block's rows of each src segment like the masses: [b, h, 25]."""
+    weighted = w @ (state.value_norms[..., None] * state.onehot[:, None])  # [b, h, r, 5]
+    total = weighted.sum(-1, keepdim=True).clamp_min(1e-30)  # a row with no weight left (all removed): shares 0
+    return (state.onehot[:, rows].transpose(1, 2)[:, None] @ (weighted / total)).flatten(2)  # [b, h, 5 src, 5 dst]
 
 
 def _mass_counts(state):

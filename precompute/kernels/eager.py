@@ -35,7 +35,7 @@ BLOCK_MB = float(os.environ.get("ATLAS_ATTENTION_BLOCK_MB", "512"))
 def block_rows(batch: int, heads: int, rows: int, keys: int) -> int:
     """Query rows per block so that a block's float32 logits, weights and reductions stay within ATLAS_ATTENTION_BLOCK_MB
     (512 by default): a 24-layer model at batch 64 x 512 tokens never holds a [batch, head, seq, seq] tensor."""
-    per_row = batch * heads * keys * 4 * 4  # logits/weights, the value-weighted shares, reductions' temporaries
+    per_row = batch * heads * keys * 4 * 3
     return max(1, min(rows, int(BLOCK_MB * 2**20) // per_row))
 
 
