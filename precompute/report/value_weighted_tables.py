@@ -29,15 +29,15 @@ def layer_values(con, src: str, dsts: tuple[str, ...], prefix: str = "") -> tupl
 
 
 def render(con) -> list[str]:
-    """Lines of the section; [] for a run without head_attention_agg, one line for a store without the shares."""
+    """Lines of the section; [] for a run without head_attention_agg or without the shares (a store of schema
+    version 6 or older: its report prints what it printed before)."""
     views = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if "head_attention_agg" not in views:
         return []
     stored = con.execute("SELECT count(vw_q_cls_sum) FROM head_attention_agg").fetchone()[0]
-    title = "No-op check: attention mass vs value-weighted share into CLS and SEP by layer"
     if not stored:
-        return ["", f"{title}: not stored (value-weighted shares are in stores of schema version 7 and later)"]
-    out = ["", f"{title} (relevant pairs; mean over the layer's heads, the query's pairs, then queries; SEP = both "
+        return []
+    out = ["", "No-op check: attention mass vs value-weighted share into CLS and SEP by layer (relevant pairs; mean over the layer's heads, the query's pairs, then queries; SEP = both "
            "separators; share = sum over target tokens of ||a_ij W_O^h v_j|| / sum over all tokens, per source token; "
            "ratio < 1: attended more than it contributes)"]
     for src, label in SOURCES:
