@@ -48,8 +48,9 @@ class EffectTables(Reader):
         statistic of :data:`precompute.analyses.ranking_effects.STATISTICS` (score_change, pairwise, pairwise_hard,
         pairwise_easy, ndcg_ties), its mean over queries under the condition and ``delta_<statistic>`` its mean
         per-query change from the baseline, each with ``_low`` / ``_high`` (95% percentile bootstrap over queries,
-        seeded). ``ndcg_ties`` is nDCG@k of ``measure`` with ties broken at random, in expectation. Empty without
-        ablation_scores."""
+        seeded). ``ndcg_ties`` is nDCG@k of ``measure`` with ties broken at random, in expectation; NaN for a run built
+        from a run file (its pairs lack the judged passages below the depth, so the ideal ranking would differ from
+        the stored nDCG's). Empty without ablation_scores."""
         columns = ["condition_id", "n_queries"]
         if not self.has("ablation_scores"):
             return pd.DataFrame(columns=columns)
@@ -60,7 +61,14 @@ class EffectTables(Reader):
             for name in (*R.STATISTICS, *(f"delta_{x}" for x in R.STATISTICS)):
                 row.update(_spread(name, s[name]))
             rows.append(row)
-        return sq.ints(pd.DataFrame(rows), "n_queries")
+        df = pd.DataFrame(rows)
+        if not self._judged_complete():
+            df[[c for c in df.columns if "ndcg_ties" in c]] = float("nan")
+        return sq.ints(df, "n_queries")
+
+    def _judged_complete(self) -> bool:
+        """Whether the pairs hold every judged passage of their queries (no pair comes from a run file)."""
+        return bool(self._frame("SELECT count(run_rank) = 0 AS complete FROM pairs")["complete"].iloc[0])
 
     def condition_contrasts(self, contrasts: str | list[tuple[str, str]] = R.DEFAULT_CONTRASTS,
                             measure: str = MEASURE, scope: str = SCOPE, seed: int | None = None) -> pd.DataFrame:

@@ -34,10 +34,8 @@ def render(run, rows: list[dict], measure: str, scope: str, contrasts: list[tupl
     n = int(effects.loc["none", "n_queries"])
     shown = sorted((r for r in rows if r["kind"] in SHOWN_KINDS), key=lambda r: (r["kind"], r["mode"], r["condition_id"]))
     base = summary["none"]
-    # The ideal ranking of nDCG~ is the judged grades among the run's pairs: every judgment only when the pairs hold
-    # every judged passage (judged mode). A run built from a run file (run_rank set) lacks the judged passages below
-    # its depth, so its nDCG~ would not be comparable with the stored nDCG: not shown.
-    complete = bool(run.sql("SELECT count(run_rank) = 0 AS complete FROM pairs")["complete"].iloc[0])
+    # A run built from a run file lacks the judged passages below its depth: the reader leaves its nDCG~ undefined.
+    complete = base["ndcg_ties"] == base["ndcg_ties"]  # NaN: the reader leaves it undefined
     ndcg = (lambda s: f"{s['ndcg_ties']:6.4f}") if complete else (lambda s: f"{'n/a':>6}")
     out = ["", f"Table 1, query level ({n} queries; mean over queries [{CI_LEVEL:.0%} percentile bootstrap interval over "
            f"queries, {BOOTSTRAP_RESAMPLES} resamples, seed {seed}])",

@@ -288,6 +288,40 @@ def test_ablations_table_and_per_query(app, store, sql):
     assert len(charts(at)) >= 3
 
 
+def test_ablations_query_level_table_and_named_contrasts(app, store):
+    import matching_atlas as ma
+
+    reader = ma.open_run(store / DL20, progress=False)
+    at = app(store, "ablations", run=DL20)
+    ok(at)
+    table = frame(at, "condition_id", "n_queries", "score_change", "delta_pairwise_easy", "ndcg_ties")
+    want = reader.ranking_effects().set_index("condition_id").loc[table["condition_id"]]
+    np.testing.assert_allclose(table["delta_pairwise_easy_low"], want["delta_pairwise_easy_low"], rtol=1e-12)
+    assert (table["n_queries"] == want["n_queries"].to_numpy()).all()
+    assert frame(at, "title", "measure_diff")["title"].tolist() == ["Q->D vs D->Q"]
+
+    at.text_input(key="abl_contrasts").input("cross:all, q_d:cross").run()  # parsed as the report's --contrasts
+    ok(at)
+    shown = frame(at, "title", "measure_diff", "significance")
+    assert shown["title"].tolist() == ["Q->D vs D->Q", "cross vs all", "q_d vs cross"]
+    want = reader.condition_contrasts("q_d:d_q,cross:all,q_d:cross")
+    np.testing.assert_allclose(shown["p_holm"], want["p_holm"], rtol=1e-12)
+    n = int(shown["n_queries"].min())
+    assert (n < MIN_QUERIES) == any("fewer than 10 queries" in w.value for w in at.warning)
+    if n < MIN_QUERIES:
+        assert set(shown["significance"]) == {""}
+    assert at.query_params["abl_contrasts"] == "cross:all, q_d:cross"  # shareable
+
+    at.text_input(key="abl_contrasts").input("cross").run()  # malformed: one line, the default row still shown
+    assert not at.exception
+    assert [e.value for e in at.error] == ["'cross': expected A:B, two condition names or ids (q_d:d_q)"]
+    assert frame(at, "title", "measure_diff")["title"].tolist() == ["Q->D vs D->Q"]
+
+    at.text_input(key="abl_contrasts").input("nothing:d_q").run()
+    ok(at)
+    assert frame(at, "title", "missing")["missing"].tolist()[-1] == "nothing"
+
+
 def test_ablations_absent_is_explained(app, store):
     at = app(store, "ablations", run=SMALL)
     ok(at)
