@@ -104,9 +104,10 @@ class EffectTables(Reader):
 
     def lexical_by_layer(self, seed: int | None = None) -> pd.DataFrame:
         """Lexical vs semantic matching by layer (:func:`precompute.analyses.lexical_layers.by_layer`): one row per
-        metric (q_d_exact, q_d_other, q2d_max, d2q_max) x layer with the mean for relevant, hard and easy pairs and
+        metric (q_d_exact, q_d_other, q2d_max, d2q_max) x layer with the mean for relevant, hard and easy pairs (each
+        with ``_low`` / ``_high`` and ``n_queries_<kind>``) and
         ``relevant_minus_hard`` / ``relevant_minus_easy`` (means over queries of per-query differences, ``_low`` /
-        ``_high`` bootstrap interval over queries, ``n_queries_hard`` / ``n_queries_easy``). Empty without
+        ``_high`` bootstrap interval over queries, ``n_queries_relevant_minus_hard`` / ``_easy``). Empty without
         head_attention."""
         from precompute.analyses.lexical_layers import by_layer
 

@@ -41,8 +41,9 @@ def interval(per_query: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, 
 
 def by_layer(con, seed: int = 0) -> list[dict]:
     """One record per metric of :data:`METRICS` x layer: the mean over queries of the query's mean for relevant pairs,
-    hard and easy negatives, and the per-query differences relevant - hard and relevant - easy averaged over the
-    queries that have both kinds (``n_queries_hard``, ``n_queries_easy``), with their bootstrap intervals."""
+    hard and easy negatives (each with ``_low`` / ``_high``, its bootstrap interval over the ``n_queries_<kind>``
+    queries that have such pairs), and the per-query differences relevant - hard and relevant - easy averaged over the
+    queries that have both kinds (``n_queries_relevant_minus_hard``, ``..._easy``), with their bootstrap intervals."""
     out = []
     for metric in METRICS:
         layers, _, means = layer_means(con, metric)
@@ -50,10 +51,15 @@ def by_layer(con, seed: int = 0) -> list[dict]:
         rel_easy = interval(means[:, :, 0] - means[:, :, 2], seed)
         with np.errstate(invalid="ignore"):
             by_kind = [np.nanmean(means[:, :, k], axis=1) for k in range(len(KINDS))]
+        spread = [interval(means[:, :, k], seed) for k in range(len(KINDS))]
         for i, layer in enumerate(layers):
             row = {"metric": metric, "layer": layer, **{k: float(by_kind[j][i]) for j, k in enumerate(KINDS)}}
+            for j, k in enumerate(KINDS):
+                row.update({f"{k}_low": float(spread[j][1][i]), f"{k}_high": float(spread[j][2][i]),
+                            f"n_queries_{k}": int(spread[j][3])})
             for name, d in (("hard", rel_hard), ("easy", rel_easy)):
                 row.update({f"relevant_minus_{name}": float(d[0][i]), f"relevant_minus_{name}_low": float(d[1][i]),
-                            f"relevant_minus_{name}_high": float(d[2][i]), f"n_queries_{name}": int(d[3])})
+                            f"relevant_minus_{name}_high": float(d[2][i]),
+                            f"n_queries_relevant_minus_{name}": int(d[3])})
             out.append(row)
     return out

@@ -15,7 +15,7 @@ def render(run, seed: int = 0) -> list[str]:
            "over queries of the query's mean; differences: mean over queries with both kinds of the per-query "
            "difference [95% bootstrap interval over queries])"]
     for metric, rows in frame.groupby("metric", sort=False):
-        n_hard, n_easy = int(rows["n_queries_hard"].iloc[0]), int(rows["n_queries_easy"].iloc[0])
+        n_hard, n_easy = (int(rows[f"n_queries_relevant_minus_{k}"].iloc[0]) for k in ("hard", "easy"))
         head = (f"  {metric:<10} {'layer':>5}  {'relevant':>8}  {'hard':>8}  {'easy':>8}  "
                 f"{'relevant - hard (n_q ' + str(n_hard) + ')':>30}  {'relevant - easy (n_q ' + str(n_easy) + ')':>30}")
         out += ["", head, "  " + "-" * (len(head) - 2)]

@@ -225,6 +225,27 @@ def test_head_click_event_is_parsed():
 
 
 # -- directions -------------------------------------------------------------------------------
+def test_directions_lexical_vs_semantic_chart_is_the_readers_table_and_query_level(app, store, sql):
+    import matching_atlas as ma
+
+    at = app(store, "directions", run=DL20)
+    ok(at)
+    shown = frame(at, "metric", "layer", "relevant_minus_hard", "easy_low")
+    assert sorted(set(shown["metric"])) == ["q_d_exact", "q_d_other"]
+    want = ma.open_run(store / DL20, progress=False).lexical_by_layer()
+    want = want[want["metric"].isin(["q_d_exact", "q_d_other"])]
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
+    per_query = sql(DL20, "SELECT p.qid, p.neg_type, avg(h.q_d_other) AS m FROM {head_attention} h JOIN {pairs} p "
+                          "USING (pair_id) WHERE h.layer = 1 AND p.neg_type IN ('relevant', 'hard') GROUP BY ALL")
+    wide = per_query.pivot(index="qid", columns="neg_type", values="m").dropna()
+    row = shown[(shown["metric"] == "q_d_other") & (shown["layer"] == 1)].iloc[0]
+    assert row["relevant_minus_hard"] == pytest.approx((wide["relevant"] - wide["hard"]).mean(), rel=1e-6)
+    assert row["n_queries_relevant_minus_hard"] == len(wide)
+    assert row["relevant_minus_hard_low"] <= row["relevant_minus_hard"] <= row["relevant_minus_hard_high"]
+    assert any("Lexical vs semantic matching by layer" in (c.get("title") or "") for c in charts(at)
+               if isinstance(c.get("title"), str))
+
+
 def test_directions_matrix_and_lines(app, store, sql):
     at = app(store, "directions", run=DL20)
     ok(at)

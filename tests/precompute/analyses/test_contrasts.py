@@ -317,7 +317,7 @@ def test_lexical_by_layer_is_the_mean_over_queries_of_per_query_layer_difference
                      for q in order]
         np.testing.assert_allclose(means[layer, :, 0] - means[layer, :, 1], per_query, rtol=1e-6)
     rows = [r for r in lexical_layers.by_layer(con) if r["metric"] == "q_d_exact"]
-    assert [r["layer"] for r in rows] == list(range(LAYERS)) and {r["n_queries_hard"] for r in rows} == {12}
+    assert [r["layer"] for r in rows] == list(range(LAYERS)) and {r["n_queries_relevant_minus_hard"] for r in rows} == {12}
     for r in rows:
         d = means[r["layer"], :, 0] - means[r["layer"], :, 1]
         assert r["relevant_minus_hard"] == pytest.approx(np.nanmean(d))
