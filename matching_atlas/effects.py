@@ -115,14 +115,14 @@ class EffectTables(Reader):
             return pd.DataFrame(columns=["metric", "layer"])
         return sq.ints(pd.DataFrame(by_layer(self.connection.cursor(), self._seed(seed))), "layer")
 
-    def alignment_behaviour(self, seed: int | None = None) -> pd.DataFrame:
+    def alignment_behaviour(self, metric: str = "q_d", seed: int | None = None) -> pd.DataFrame:
         """Alignment vs behaviour (:func:`precompute.analyses.alignment_behaviour.correlations`): per head contrast,
         Spearman's rho across heads between the QK alignment score and the query-level effect d_z of q_d, its two-sided
         permutation ``p``, its bootstrap interval over heads (``low``, ``high``), the number of ``heads`` and the
         ``n_queries`` the effects rest on. Empty without head_alignment (spectra) or query-level head_contrasts."""
         from precompute.analyses.alignment_behaviour import correlations
 
-        columns = ["contrast", "label", "heads", "n_queries", "rho", "p", "low", "high"]
+        columns = ["contrast", "label", "metric", "heads", "n_queries", "rho", "p", "low", "high"]
         if not (self._defined("head_alignment") and self._defined("head_contrasts")):
             return pd.DataFrame(columns=columns)
-        return pd.DataFrame(correlations(self.connection.cursor(), self._seed(seed)), columns=columns)
+        return pd.DataFrame(correlations(self.connection.cursor(), self._seed(seed), sq.metric(metric)), columns=columns)

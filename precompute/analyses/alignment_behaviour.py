@@ -35,19 +35,21 @@ def spearman_with_tests(x, y, *, seed: int = 0, permutations: int = PERMUTATIONS
     return observed, float(p), float(low), float(high)
 
 
-def correlations(con, seed: int = 0) -> list[dict]:
-    """One record per contrast: contrast, label, heads, n_queries (the most any head's test rests on), rho, p, low,
-    high; [] without both tables or without a defined effect."""
+def correlations(con, seed: int = 0, metric: str = ALIGNMENT_METRIC) -> list[dict]:
+    """One record per contrast: contrast, label, metric, heads, n_queries (the most any head's test rests on), rho, p,
+    low, high; [] without both tables or without a defined effect. ``metric``: the head_contrasts metric whose d_z is
+    correlated (the report's is :data:`ALIGNMENT_METRIC`)."""
     views = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if not {"head_alignment", "head_contrasts"} <= views:
         return []
     frame = con.execute(
         "SELECT c.contrast, a.alignment_score, c.effect_dz, c.n_queries FROM head_alignment a JOIN head_contrasts c "
         "ON c.layer = a.layer AND c.head = a.head WHERE c.metric = ? AND c.effect_dz IS NOT NULL "
-        "ORDER BY c.contrast, a.layer, a.head", [ALIGNMENT_METRIC]).df()
+        "ORDER BY c.contrast, a.layer, a.head", [metric]).df()
     out = []
     for contrast, rows in frame.groupby("contrast", sort=False):
         r, p, low, high = spearman_with_tests(rows["alignment_score"], rows["effect_dz"], seed=seed)
-        out.append({"contrast": contrast, "label": CONTRAST_LABELS.get(contrast, contrast), "heads": len(rows),
+        out.append({"contrast": contrast, "label": CONTRAST_LABELS.get(contrast, contrast), "metric": metric,
+                    "heads": len(rows),
                     "n_queries": int(rows["n_queries"].max()), "rho": r, "p": p, "low": low, "high": high})
     return out

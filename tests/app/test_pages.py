@@ -367,6 +367,32 @@ def test_spectra(app, store, sql):
     assert len(charts(at)) == 4
 
 
+def test_spectra_alignment_vs_query_level_effect_with_spearman(app, store):
+    import matching_atlas as ma
+    from scipy.stats import spearmanr
+
+    from precompute.statistics import fmt_p
+
+    at = app(store, "spectra", run=DL20)
+    ok(at)
+    scatter = next(c for c in charts(at) if "d_z" in str(c.get("title")))
+    assert scatter["encoding"]["y"]["field"] == "effect_dz"
+    assert scatter["encoding"]["y"]["title"].startswith("Query-level effect d_z of q_d")
+    at.selectbox(key="spec_contrast").set_value("relevant_vs_hard").run()
+    ok(at)
+    reader = ma.open_run(store / DL20, progress=False)
+    row = reader.alignment_behaviour("q_d").set_index("contrast").loc["relevant_vs_hard"]
+    heads = reader.sql("SELECT a.alignment_score, c.effect_dz FROM head_alignment a JOIN head_contrasts c "
+                       "USING (layer, head) WHERE c.metric = 'q_d' AND c.contrast = 'relevant_vs_hard' "
+                       "AND c.effect_dz IS NOT NULL")
+    assert row["rho"] == pytest.approx(spearmanr(heads["alignment_score"], heads["effect_dz"]).statistic, abs=1e-12)
+    assert row["heads"] == len(heads) and row["low"] <= row["rho"] <= row["high"]
+    assert metric(at, "Spearman's rho") == f"{row['rho']:+.3f}"
+    assert metric(at, "Permutation p") == fmt_p(row["p"])
+    assert metric(at, "95% interval") == f"[{row['low']:+.3f}, {row['high']:+.3f}]"
+    assert metric(at, "Heads / queries") == f"{int(row['heads'])} / {int(row['n_queries'])}"
+
+
 def test_spectra_absent_is_explained(app, store):
     at = app(store, "spectra", run=SMALL)
     ok(at)

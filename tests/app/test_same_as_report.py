@@ -9,6 +9,7 @@ import pytest
 import matching_atlas as ma
 from matching_atlas.ablations import TABLE1_KINDS
 from precompute import report
+from precompute.statistics import fmt_p
 from tests.conftest import REPO
 
 RUN = REPO / "tests" / "fixtures" / "store-v2" / "tiny-dl__tiny-bert"
@@ -106,3 +107,16 @@ def test_the_report_prints_the_readers_lexical_table(run, capsys):
         cells = f"{r.relevant:8.4f}  {r.hard:8.4f}  {r.easy:8.4f}"
         diff = f"{r.relevant_minus_hard:+.4f} [{r.relevant_minus_hard_low:+.4f},{r.relevant_minus_hard_high:+.4f}]"
         assert any(cells in l and diff in l and l.split()[0] == str(r.layer) for l in out), (r.metric, r.layer)
+
+
+def test_the_report_prints_the_alignment_test_the_spectra_page_shows(store, capsys):
+    from tests.app.conftest import DL20
+
+    reader = ma.open_run(store / DL20, progress=False)
+    table = reader.alignment_behaviour()  # q_d, the report's metric
+    assert len(table)
+    assert report.main([str(store / DL20)]) == 0
+    out = capsys.readouterr().out
+    for r in table.itertuples():
+        assert (f"  {r.label:<28} heads {r.heads:>4}  rho {r.rho:+.3f} [{r.low:+.3f},{r.high:+.3f}]  "
+                f"p {fmt_p(r.p)}") in out
