@@ -108,10 +108,10 @@ def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict
         else:
             out += _id_table(sel, measure)
     if contrasts is not None and any(k in ("direction", "group") for k in present):
+        import matching_atlas as ma
         from precompute.report import ranking_tables
-        from precompute.store.connect import connect
 
-        out += ranking_tables.render(connect(Path(root)), rows, measure, scope, contrasts, manifest.identity.seed or 0,
+        out += ranking_tables.render(ma.open_run(Path(root), progress=False), rows, measure, scope, contrasts, manifest.identity.seed or 0,
                                      _label)
     if ab.refused:
         out += ["", f"Refused before the run ({len(ab.refused)}): they remove only directions a causal model cannot "

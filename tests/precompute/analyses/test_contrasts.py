@@ -303,17 +303,22 @@ def test_report_section_shows_queries_intervals_and_what_the_pooled_test_said(st
 
 
 def test_lexical_by_layer_is_the_mean_over_queries_of_per_query_layer_differences(store):
-    """The report's lexical-vs-semantic table (precompute.report.lexical_tables) against numpy on head_attention."""
-    from precompute.report import lexical_tables
+    """The lexical-vs-semantic table (precompute.analyses.lexical_layers, which the reader and the report show) against
+    numpy on head_attention."""
+    from precompute.analyses import lexical_layers
 
     root, neg_types, qids = store
     con = connect(root)
-    layers, order, means = lexical_tables.layer_means(con, "q_d_exact")
+    layers, order, means = lexical_layers.layer_means(con, "q_d_exact")
     assert layers == list(range(LAYERS)) and order == sorted(set(qids))
     x = np.stack([np.stack([_values(con, "q_d_exact", layer, h) for h in range(HEADS)]) for layer in range(LAYERS)])
     for layer in range(LAYERS):
         per_query = [x[layer][:, (qids == q) & (neg_types == "relevant")].mean() - x[layer][:, (qids == q) & (neg_types == "hard")].mean()
                      for q in order]
         np.testing.assert_allclose(means[layer, :, 0] - means[layer, :, 1], per_query, rtol=1e-6)
-    lines = lexical_tables.render(con)
-    assert any("relevant - hard (n_q 12)" in line for line in lines)
+    rows = [r for r in lexical_layers.by_layer(con) if r["metric"] == "q_d_exact"]
+    assert [r["layer"] for r in rows] == list(range(LAYERS)) and {r["n_queries_relevant_minus_hard"] for r in rows} == {12}
+    for r in rows:
+        d = means[r["layer"], :, 0] - means[r["layer"], :, 1]
+        assert r["relevant_minus_hard"] == pytest.approx(np.nanmean(d))
+        assert r["relevant_minus_hard_low"] <= r["relevant_minus_hard"] <= r["relevant_minus_hard_high"]
