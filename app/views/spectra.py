@@ -91,7 +91,7 @@ else:
     rel = data.query(run, "alignment_vs_slice_difference", metric, contrast, where=sl)
     source = "the slice (computed from head_attention_agg; the run has no head_contrasts table yet)"
 # The query-level effect d_z (mean over queries of the per-query difference / its sd) where the run has it; the
-# pooled pair-level Cohen's d only for a store of schema 4 and older or a slice, and the axis says which.
+# pooled pair-level Cohen's d only for a store written before schema version 6 or a slice, and the axis says which.
 query_level = "effect_dz" in rel and rel["effect_dz"].notna().any()
 y, y_title = (("effect_dz", f"Query-level effect d_z of {metric}, {CONTRAST_LABELS[contrast]}") if query_level else
               ("cohen_d", f"Cohen's d of {metric} pooled over pairs (descriptive), {CONTRAST_LABELS[contrast]}"))

@@ -21,8 +21,9 @@ def render(con) -> list[str]:
         return []
     frame = con.execute("SELECT * FROM head_contrasts").df()
     if frame["n_queries"].isna().all():
-        return ["", "Matching heads: this store holds pooled pair-level tests only (schema 4 and older); rerun the "
-                "job into a new folder for tests over queries. No stars are drawn from pooled tests."]
+        return ["", "Matching heads: this store holds pooled pair-level tests only (stores written before schema "
+                "version 6); rerun the job into a new folder for tests over queries. No stars are drawn from pooled "
+                "tests."]
     out = ["", "Matching heads (head_contrasts): effect = mean over queries of the per-query difference of group means "
            "[95% bootstrap interval over queries]; paired t-test over queries, Holm over layers x heads x metrics of "
            f"the contrast; metrics {', '.join(CANDIDATE_METRICS)}"]
