@@ -232,6 +232,51 @@ def direction_lines(df: pd.DataFrame, *, title: str, columns: int = 5, labels: L
     return chart
 
 
+LEXICAL_KINDS = ("relevant", "hard", "easy")
+
+
+def lexical_semantic(df: pd.DataFrame, *, title: str, labels: Labels | None = None) -> alt.VConcatChart:
+    """Lexical vs semantic matching by layer from :meth:`matching_atlas.Run.lexical_by_layer` rows of two metrics
+    (q_d_exact, q_d_other): top, the mass per layer for relevant pairs, hard and easy negatives with their bootstrap
+    intervals over queries; bottom, relevant - hard and relevant - easy (means of per-query differences) with theirs,
+    around a zero line. One column per metric."""
+    labels = labels or Labels()
+    names = {"q_d_exact": f"{labels.direction('q_d')}, exact-match document tokens",
+             "q_d_other": f"{labels.direction('q_d')}, other document tokens"}
+    order = [names.get(m, m) for m in dict.fromkeys(df["metric"])]
+    kinds = pd.concat([df.assign(series=k, value=df[k], low=df[f"{k}_low"], high=df[f"{k}_high"],
+                                 n_queries=df[f"n_queries_{k}"]) for k in LEXICAL_KINDS])
+    diffs = pd.concat([df.assign(series=f"relevant - {k}", value=df[f"relevant_minus_{k}"],
+                                 low=df[f"relevant_minus_{k}_low"], high=df[f"relevant_minus_{k}_high"],
+                                 n_queries=df[f"n_queries_relevant_minus_{k}"]) for k in ("hard", "easy")])
+
+    def panel(d: pd.DataFrame, y_title: str, colors: alt.Scale, zero: bool) -> alt.FacetChart:
+        d = d.assign(metric_label=d["metric"].map(lambda m: names.get(m, m)))[
+            ["metric_label", "layer", "series", "value", "low", "high", "n_queries"]]
+        x = alt.X("layer:O", title="Layer", axis=alt.Axis(labelAngle=0))
+        color = alt.Color("series:N", title=None, scale=colors)
+        tips = [alt.Tooltip("metric_label:N", title="metric"), alt.Tooltip("layer:O"), alt.Tooltip("series:N"),
+                alt.Tooltip("value:Q", title="mean over queries", format="+.4f"),
+                alt.Tooltip("low:Q", title="95% CI low", format="+.4f"),
+                alt.Tooltip("high:Q", title="95% CI high", format="+.4f"), alt.Tooltip("n_queries:Q", title="queries")]
+        line = alt.Chart().mark_line(point=True).encode(
+            x=x, y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)), color=color, tooltip=tips)
+        band = alt.Chart().mark_errorbar(ticks=True).encode(x=x, y=alt.Y("low:Q", title=y_title), y2="high:Q",
+                                                              color=color)
+        layers = [band, line]
+        if zero:
+            layers.insert(0, alt.Chart().mark_rule(color="gray", strokeDash=[4, 4]).encode(y=alt.datum(0)))
+        return (alt.layer(*layers, data=d).properties(width=260, height=150)
+                .facet(column=alt.Column("metric_label:N", title=None, sort=order)))
+
+    kind_colors = neg_type_scale(list(LEXICAL_KINDS))
+    diff_colors = alt.Scale(domain=["relevant - hard", "relevant - easy"],
+                            range=[NEG_TYPE_COLORS["hard"], NEG_TYPE_COLORS["easy"]])
+    top = panel(kinds, "Mean attention mass (per query, then over queries)", kind_colors, zero=False)
+    bottom = panel(diffs, "Relevant minus negative (mean per-query difference)", diff_colors, zero=True)
+    return alt.vconcat(top, bottom).resolve_scale(color="independent").properties(title=title)
+
+
 def layer_sweep(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
     """Delta of the measure when a condition is applied to one layer at a time."""
     d = df.copy()

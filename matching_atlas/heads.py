@@ -211,9 +211,11 @@ class HeadTables(Reader):
         return sq.ints(self._frame(sql), "layer", "head", "n_sigma")
 
     def alignment_vs_contrast(self, metric: str, contrast: str, where: Slice | None = None) -> pd.DataFrame:
-        """Alignment score beside the job's matching statistics (head_contrasts) of each head."""
+        """Alignment score beside the job's matching statistics (head_contrasts) of each head: the pooled descriptive
+        diff and cohen_d, and the query-level effect, effect_dz, p_holm and n_queries (NULL in a store of schema 4 and
+        older, whose tests were pooled)."""
         sql = f"""
-            SELECT a.layer, a.head, a.alignment_score, c.diff, c.cohen_d, c.p_holm, c.n_queries
+            SELECT a.layer, a.head, a.alignment_score, c.diff, c.cohen_d, c.effect, c.effect_dz, c.p_holm, c.n_queries
             FROM head_alignment a JOIN head_contrasts c ON c.layer = a.layer AND c.head = a.head
             WHERE c.metric = ? AND c.contrast = ? AND {sq.where(where or ALL, alias='a', pair_filters=False)}
             ORDER BY a.layer, a.head

@@ -230,8 +230,11 @@ def fetch(url: str, *, fs=None, cache: Path | None = None) -> Path:
     try:
         found = fs.find(repo_path, detail=True)
         listing = {name[len(repo_path):].lstrip("/"): e for name, e in found.items() if e.get("type") == "file"}
-    except (FileNotFoundError, OSError) as err:
+    except FileNotFoundError as err:
         raise HubError(f"{url}: no such dataset repository or revision ({first_line(err)})") from err
+    except Exception as err:  # network, authentication: huggingface_hub / httpx raise their own classes
+        raise HubError(f"{url}: the Hub could not be reached ({first_line(err)}); check the network and HF_TOKEN, "
+                       "or pass a local run folder") from err
     if MANIFEST not in listing:
         raise HubError(f"{url} holds no {MANIFEST}: it is not a Matching Atlas run")
     hashes_file = folder / ".remote-hashes.tsv"

@@ -187,6 +187,13 @@ def declare(group: MetricGroup) -> MetricGroup:
     return group
 
 
+def holm_family(name: str) -> str:
+    """The multiple-comparison family a metric's head tests belong to: the value-weighted shares are a second,
+    separate question about the same heads (what a target contributes, not how much it is attended), so their
+    Holm correction runs over themselves and adding them leaves the attention metrics' corrected p unchanged."""
+    return "value-weighted" if name in VALUE_WEIGHTED_METRICS else "attention"
+
+
 def metric_label(name: str) -> str:
     """Axis/legend label of any summary metric."""
     return BY_NAME[name].label

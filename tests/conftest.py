@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# The tests run tiny models (2 layers, 32 wide): one torch thread computes them as fast as two, and OpenMP's
+# second thread only spins, several times the CPU (and, on a shared machine, the wall time) of the whole job.
+# Set before anything imports torch (conftest is read first), and inherited by the tests' subprocesses; a value the
+# caller set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ATLAS_SHARED", REPO.parent / "shared"))
 DL20 = SHARED / "data" / "trec-dl-2020"

@@ -16,7 +16,8 @@ from app.text import code, escape
 from matching_atlas.ablations import TABLE1_KINDS
 from precompute.conditions import BASELINE, kind_of
 from precompute.names import DIRECTIONS
-from precompute.statistics import ALPHA, STARS_LEGEND, stars
+from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
+from precompute.statistics import ALPHA, FEW_QUERIES_WARNING, MIN_QUERIES, STARS_LEGEND, stars
 
 ctx, run = ui.require_run()
 ABLATIONS_COMMAND = command_for(run, ABLATIONS_FLAGS)
@@ -35,6 +36,95 @@ def show_refused() -> None:
     st.dataframe(pd.DataFrame(rows, columns=["condition_id", "removes", "reason"]), hide_index=True,
                  key="abl_refused")
     st.caption("Listed in the manifest (ablations.refused): refused before the run, so they never dilute a Holm family.")
+
+
+CI = "95% percentile bootstrap interval over queries (seeded with the run's seed)"
+CONTRAST_TEXT_LIMIT = 300  # characters of the contrasts field (a shared link is untrusted input)
+
+
+def interval_columns(names: dict[str, str], fmt: str = "%+.4f") -> dict:
+    """column_config for each statistic ``name`` -> title and its ``_low`` / ``_high`` bounds."""
+    out = {}
+    for name, title in names.items():
+        out[name] = st.column_config.NumberColumn(title, format=fmt)
+        out[f"{name}_low"] = st.column_config.NumberColumn("low", format=fmt)
+        out[f"{name}_high"] = st.column_config.NumberColumn("high", format=fmt)
+    return out
+
+
+QUERY_LEVEL_COLUMNS = ["n_queries", "score_change", "score_change_low", "score_change_high", "pairwise",
+                       *(f"delta_{s}{x}" for s in ("pairwise", "pairwise_hard", "pairwise_easy") for x in ("", "_low", "_high")),
+                       "ndcg_ties", "delta_ndcg_ties"]
+
+
+def query_level_table() -> pd.DataFrame:
+    """The Table 1 conditions (baseline first) with the reader's query-level ranking effects, as the page shows them."""
+    effects = data.query(run, "ranking_effects", measure=measure, scope=scope)
+    parts = table[["condition_id", "kind", "mode"]].copy()
+    parts.insert(1, "removes", [lab.direction(c) if c in DIRECTIONS else c for c in table["condition"]])
+    return parts.merge(effects, on="condition_id", how="inner")[list(parts.columns) + QUERY_LEVEL_COLUMNS]
+
+
+def show_query_level() -> None:
+    if not run.has("ablation_scores"):
+        return
+    st.subheader("Table 1 at query level: score change, pairwise accuracy, nDCG with ties in expectation")
+    q = query_level_table()
+    st.dataframe(q, hide_index=True, key="abl_query_level", column_config={
+        "n_queries": st.column_config.NumberColumn("Queries", format="%d"),
+        **interval_columns({"score_change": "Mean score change"}),
+        "pairwise": st.column_config.NumberColumn("Pairwise accuracy", format="%.4f"),
+        **interval_columns({"delta_pairwise": "Delta PA", "delta_pairwise_hard": "Delta PA vs hard",
+                            "delta_pairwise_easy": "Delta PA vs easy"}),
+        "ndcg_ties": st.column_config.NumberColumn("nDCG (ties in expectation)", format="%.4f"),
+        "delta_ndcg_ties": st.column_config.NumberColumn("Delta nDCG (ties in expectation)", format="%+.4f")})
+    st.caption("Per query, then the mean over queries with its " + CI + ". Pairwise accuracy (PA): share of a "
+               "query's (relevant, non-relevant) pairs scored in the right order, a tie counting 1/2; vs hard / vs "
+               "easy: only hard or only easy negatives as the non-relevant side (semantic vs lexical matching). "
+               "nDCG with ties in expectation: ties broken at random, exactly in expectation (ir_measures, like "
+               "trec_eval, breaks them by docid); empty for a run built from a run file (its pairs lack the judged "
+               "passages below the depth).")
+    ui.table_download(q, f"{run.name}-table1-query-level-{scope}-{measure}", key="abl_query_level_csv")
+
+
+def contrasts_table(text: str) -> pd.DataFrame:
+    """``Q->D vs D->Q`` and the contrasts named in ``text`` (parsed by the report's parser), as the page shows them."""
+    pairs = parse_contrasts(DEFAULT_CONTRASTS) + parse_contrasts(text)
+    shown = data.query(run, "condition_contrasts", list(dict.fromkeys(pairs)), measure=measure, scope=scope).copy()
+    shown.insert(shown.columns.get_loc("p_holm") + 1, "significance",
+                 [stars(p, not_significant="n.s.", n_queries=int(n)) if pd.notna(n) else ""
+                  for p, n in zip(shown["p_holm"], shown["n_queries"])])
+    return shown
+
+
+def show_contrasts() -> None:
+    if not run.has("ablation_scores"):
+        return
+    st.subheader("Direct comparisons of two conditions")
+    state.bind("abl_contrasts", "", clean=lambda v: str(v)[:CONTRAST_TEXT_LIMIT])
+    st.text_input("Compare conditions (A:B, comma-separated: condition names over all layers or condition ids)",
+                  key="abl_contrasts", max_chars=CONTRAST_TEXT_LIMIT, placeholder="cross:all, q_d@all/zero:d_q@all/zero",
+                  help="The same syntax as the report's --contrasts. Q->D vs D->Q is always shown.")
+    state.publish("abl_contrasts", default="")
+    try:
+        shown = contrasts_table(st.session_state["abl_contrasts"])
+    except ValueError as err:
+        st.error(escape(str(err).replace("--contrasts ", "")), icon=":material/error:")
+        shown = contrasts_table("")
+    st.dataframe(shown, hide_index=True, key="abl_contrasts_table", column_config={
+        "title": "Comparison", "missing": "Condition not in this run",
+        "n_queries": st.column_config.NumberColumn("Queries", format="%d"),
+        "measure_diff": st.column_config.NumberColumn(f"Delta {measure} (a - b)", format="%+.4f"),
+        "t": st.column_config.NumberColumn("t", format="%.2f"), "p": st.column_config.NumberColumn("p", format="%.3g"),
+        "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.3g"),
+        **interval_columns({"score_change": "Delta score", "pairwise": "Delta PA", "pairwise_hard": "Delta PA vs hard",
+                            "pairwise_easy": "Delta PA vs easy", "ndcg_ties": "Delta nDCG (ties in expectation)"})})
+    st.caption(f"a - b per query: paired two-sided t-test of {escape(measure)} over the queries both hold, Holm across "
+               f"the rows shown; the ranking statistics' differences with their {CI}. {STARS_LEGEND}; no stars below "
+               f"{MIN_QUERIES} queries.")
+    tested = shown["n_queries"].dropna()
+    if len(tested) and int(tested.min()) < MIN_QUERIES:
+        st.warning(FEW_QUERIES_WARNING, icon=":material/warning:")
 
 
 def family_note(analysis: str, kinds: str) -> str:
@@ -82,7 +172,7 @@ families = data.query(run, "holm_families", measure=measure, scope=scope)
 st.subheader(f"Table 1: {escape(measure)} under each ablation ({escape(scope)})")
 shown = table.copy()
 shown.insert(3, "removes", [lab.direction(c) if c in DIRECTIONS else c for c in shown["condition"]])
-shown["significance"] = [stars(p, not_significant="n.s.") for p in shown["p_holm"]]
+shown["significance"] = [stars(p, not_significant="n.s.", n_queries=n) for p, n in zip(shown["p_holm"], shown["n_queries"])]
 if sl.qids:
     part = data.query(run, "slice_means", measure=measure, scope=scope, where=sl)
     shown = shown.merge(part[["condition_id", "n_queries", "mean", "delta"]].rename(
@@ -102,7 +192,11 @@ st.caption("Delta = condition - baseline, mean over queries; paired t-test over 
            + family_note("attention", "directions, groups, layer sweeps, heads")
            + " Select a row to see its per-query deltas below.")
 ui.table_download(shown, f"{run.name}-table1-{scope}-{measure}", key="abl_table_csv")
+if len(table) and int(table["n_queries"].max()) < MIN_QUERIES:
+    st.warning(FEW_QUERIES_WARNING, icon=":material/warning:")
 show_refused()
+show_query_level()
+show_contrasts()
 
 picked = None
 try:

@@ -27,6 +27,7 @@ if lab.causal:
                "shown as such, not 0).")
 
 SCOPES = {"slice": "Averaged over the slice's layers and heads", "head": "One head"}
+LEXICAL_METRICS = ("q_d_exact", "q_d_other")  # the chart's two metrics (lexical, semantic)
 SHOW = {"mean": "Mean mass", **CONTRAST_LABELS}
 
 c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
@@ -108,6 +109,26 @@ else:
                  shown, f"{run.name}-directions-by-layer", key="dir_lines")
     with st.expander("Values of the lines"):
         st.dataframe(lines, hide_index=True, key="dir_lines_values")
+
+# -- lexical vs semantic matching by layer (the paper's first finding) -------------------------
+st.divider()
+st.subheader("Lexical vs semantic matching by layer")
+lexical = data.query(run, "lexical_by_layer")
+lexical = lexical[lexical["metric"].isin(LEXICAL_METRICS)] if len(lexical) else lexical
+if lexical.empty:
+    st.info("This run holds no summary metrics to split exact-match from other document tokens.")
+else:
+    st.caption(f"{escape(lab.direction('q_d'))} mass on document tokens that repeat a query token exactly "
+               "(q_d_exact, lexical matching) and on the others (q_d_other, semantic matching), per layer (mean over "
+               "the layer's heads), for every pair of the run: per query the mean over its pairs of a kind, then the "
+               "mean over queries with its 95% bootstrap interval over queries; below, relevant - hard and relevant - "
+               "easy as means over queries of per-query differences. The slice does not apply (the query is the "
+               "unit; the report prints the same table).")
+    ui.chart(charts.lexical_semantic(lexical, title=f"Lexical vs semantic matching by layer ({run.model_name}, "
+                                                    f"{run.dataset_name})", labels=lab),
+             lexical, f"{run.name}-lexical-semantic-by-layer", key="dir_lexical")
+    with st.expander("Values of the lexical vs semantic chart"):
+        st.dataframe(lexical, hide_index=True, key="dir_lexical_values")
 
 # -- decoder cross-attention (encoder-decoder families: MonoT5) --------------------------------
 if run.has("decoder_cross_attention"):

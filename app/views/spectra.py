@@ -10,7 +10,9 @@ from app.commands import command_for
 from app.family import labels_of
 from app.text import escape
 from precompute.metrics import METRICS
+from precompute.analyses.alignment_behaviour import PERMUTATIONS
 from precompute.names import CONTRAST_LABELS, CONTRASTS
+from precompute.statistics import FEW_QUERIES_WARNING, MIN_QUERIES, fmt_p
 
 ctx, run = ui.require_run()
 sl = ctx.slice
@@ -88,15 +90,44 @@ if run.has("head_contrasts"):
 else:
     rel = data.query(run, "alignment_vs_slice_difference", metric, contrast, where=sl)
     source = "the slice (computed from head_attention_agg; the run has no head_contrasts table yet)"
-if rel.empty or rel["cohen_d"].isna().all():
+# The query-level effect d_z (mean over queries of the per-query difference / its sd) where the run has it; the
+# pooled pair-level Cohen's d only for a store written before schema version 6 or a slice, and the axis says which.
+query_level = "effect_dz" in rel and rel["effect_dz"].notna().any()
+y, y_title = (("effect_dz", f"Query-level effect d_z of {metric}, {CONTRAST_LABELS[contrast]}") if query_level else
+              ("cohen_d", f"Cohen's d of {metric} pooled over pairs (descriptive), {CONTRAST_LABELS[contrast]}"))
+if rel.empty or rel[y].isna().all():
     st.info(escape(lab.why_empty(metric)) if not lab.possible(metric) else "No matching statistic for these heads.")
     st.stop()
 rel = rel.assign(head_label=[ui.head_label(a, b) for a, b in zip(rel["layer"], rel["head"])])
-corr = rel[["alignment_score", "cohen_d"]].corr().iloc[0, 1]
-ui.chart(charts.scatter(rel, "alignment_score", "cohen_d",
-                        title=f"Alignment score vs Cohen's d of {metric} ({CONTRAST_LABELS[contrast]}; {run.model_name})",
-                        x_title="Alignment score of the head", y_title=f"Cohen's d of {metric}, {CONTRAST_LABELS[contrast]}",
-                        color="layer", color_title="Layer", tooltip=["head_label", "alignment_score", "cohen_d", "diff",
-                                                                     "p_holm"]),
+ui.chart(charts.scatter(rel, "alignment_score", y,
+                        title=f"Alignment score vs {'d_z' if query_level else 'pooled Cohen' + chr(39) + 's d'} of "
+                              f"{metric} ({CONTRAST_LABELS[contrast]}; {run.model_name})",
+                        x_title="Alignment score of the head", y_title=y_title,
+                        color="layer", color_title="Layer",
+                        tooltip=["head_label", "alignment_score", y, "n_queries", "p_holm"] if query_level else
+                        ["head_label", "alignment_score", "cohen_d", "diff", "p_holm"]),
          rel, f"{run.name}-alignment-vs-{metric}-{contrast}", key="spec_scatter")
-st.caption(f"Each point is a head; effect sizes from {source}. Pearson correlation over the heads: {corr:+.3f}.")
+st.caption(f"Each point is a head of the slice; effects from {source}."
+           + (" d_z: the mean over queries of the per-query difference of group means, divided by its standard "
+              "deviation over queries (the query is the unit)." if query_level else
+              " This store holds pooled pair-level statistics only: Cohen's d over pairs pooled across queries, "
+              "descriptive (rerun the job into a new folder for query-level effects)."))
+
+tested = data.query(run, "alignment_behaviour", metric) if query_level else None
+if tested is not None:
+    row = tested[tested["contrast"] == contrast]
+    if row.empty:
+        st.info("No head has a defined query-level effect for this metric and contrast: no correlation to test.")
+    else:
+        r = row.iloc[0]
+        m = st.columns(4)
+        m[0].metric("Spearman's rho", f"{r['rho']:+.3f}")
+        m[1].metric("Permutation p", fmt_p(r["p"]))
+        m[2].metric("95% interval", f"[{r['low']:+.3f}, {r['high']:+.3f}]")
+        m[3].metric("Heads / queries", f"{int(r['heads'])} / {int(r['n_queries'])}")
+        st.caption(f"Spearman's rank correlation across every head of the run (not only the slice's) between the "
+                   f"alignment score and d_z of {escape(metric)}; two-sided p from {PERMUTATIONS:,} seeded permutations "
+                   "of the effects; interval: 95% percentile bootstrap resampling heads (seeded). The effects rest on "
+                   f"up to {int(r['n_queries'])} queries each. The report prints the same test for q_d.")
+        if int(r["n_queries"]) < MIN_QUERIES:
+            st.warning(FEW_QUERIES_WARNING, icon=":material/warning:")

@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
             con = reader.connection
             seed = manifest.identity.seed or 0
-            lines = (head_tables.render(con) + head_tables.alignment_lines(con, seed) + lexical_tables.render(con, seed)
-                     + value_weighted_tables.render(con))
+            lines = (head_tables.render(con) + head_tables.alignment_lines(reader, seed) + lexical_tables.render(reader, seed)
+                     + value_weighted_tables.render(reader, seed))
             sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.write(patching_summary.render(reader, manifest.model.segment_labels))
         sys.stdout.write(rerun_block(manifest, args.run))

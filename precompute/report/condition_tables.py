@@ -104,14 +104,13 @@ def render(manifest, root: Path | str, measure: str, scope: str, rows: list[dict
         elif kind == "component":
             out += _component_tables(sel, measure, m.segment_labels)
         elif kind == "subspace":
-            out += _subspace_table(sel, root, measure)
+            out += _subspace_table(sel, _run(root), measure, scope)
         else:
             out += _id_table(sel, measure)
     if contrasts is not None and any(k in ("direction", "group") for k in present):
         from precompute.report import ranking_tables
-        from precompute.store.connect import connect
 
-        out += ranking_tables.render(connect(Path(root)), rows, measure, scope, contrasts, manifest.identity.seed or 0,
+        out += ranking_tables.render(_run(root), rows, measure, scope, contrasts, manifest.identity.seed or 0,
                                      _label)
     if ab.refused:
         out += ["", f"Refused before the run ({len(ab.refused)}): they remove only directions a causal model cannot "
@@ -214,27 +213,32 @@ def _component_tables(rows: list[dict], measure: str, labels: dict[str, str]) ->
     return lines
 
 
-def _subspace_table(rows: list[dict], root: Path | str, measure: str) -> list[str]:
-    """One line per condition: the measure's change, and the change of its own head's attention (subspace_effects)."""
-    from precompute.store.connect import connect
+def _run(root: Path | str):
+    """The run at ``root`` through the reader (its verification is cached per file state, so a second call costs a
+    listing): the tables the report shares with the app come from its methods."""
+    import matching_atlas as ma
 
-    con = connect(Path(root))
-    effects: dict[str, dict[str, float]] = {}
-    if "subspace_effects" in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}:
-        for cid, metric, delta in con.execute("SELECT condition_id, metric, delta FROM subspace_effects").fetchall():
-            effects.setdefault(cid, {})[metric] = delta
-    shown = ("q_d", "d_q", "q_d_exact")
+    return ma.open_run(Path(root), progress=False)
+
+
+def _subspace_table(rows: list[dict], run, measure: str, scope: str) -> list[str]:
+    """One line per condition: the measure's change, and the change of its own head's attention
+    (:meth:`matching_atlas.Run.subspace_effects`, what the Ablations page shows)."""
+    import math
+
+    from matching_atlas.ablations import SUBSPACE_NAMED as shown
+
+    effects = run.subspace_effects(measure, scope).set_index("condition_id")
     head = (f"{'condition':<22}  {measure:>8}  {'delta':>8}  {'sig':<3}  " + "  ".join(f"{'d ' + m:>11}" for m in shown)
             + f"  {'max |d| other':>13}")
     lines = [head, "-" * len(head), "(d <metric>: the head's own mean over the run's pairs, with minus without)"]
     for r in sorted(rows, key=lambda r: (r["layer"], r["head"], r["k"], r["mode"])):
-        e = effects.get(r["condition_id"], {})
-        from precompute.names import DIRECTIONS
-
-        other = [abs(v) for k, v in e.items() if k in DIRECTIONS and k not in shown and v is not None]
-        cells = "  ".join(f"{e[m]:>+11.4f}" if e.get(m) is not None else f"{'n/a':>11}" for m in shown)
+        e = effects.loc[r["condition_id"]] if r["condition_id"] in effects.index else None
+        deltas = [math.nan if e is None else float(e[f"delta_{m}"]) for m in shown]
+        cells = "  ".join(f"{v:>+11.4f}" if v == v else f"{'n/a':>11}" for v in deltas)
+        other = math.nan if e is None else abs(float(e["other_delta"]))
         lines.append(f"{r['condition_id']:<22}  {r['mean']:>8.4f}  {r['delta']:>+8.4f}  {mark(r['p_holm'], n_queries=r['n_queries']):<3}  {cells}  "
-                     f"{max(other, default=float('nan')):>13.4f}")
+                     f"{other:>13.4f}")
     return lines
 
 

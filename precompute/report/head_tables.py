@@ -5,6 +5,7 @@ Mann-Whitney p, Holm over the same family), so a reader sees which heads keep th
 
 from __future__ import annotations
 
+from precompute.analyses.alignment_behaviour import ALIGNMENT_METRIC, PERMUTATIONS
 from precompute.names import CONTRAST_LABELS, CONTRASTS
 from precompute.statistics import ALPHA, MIN_QUERIES, fmt_p, holm
 from precompute.statistics import stars as mark
@@ -20,8 +21,9 @@ def render(con) -> list[str]:
         return []
     frame = con.execute("SELECT * FROM head_contrasts").df()
     if frame["n_queries"].isna().all():
-        return ["", "Matching heads: this store holds pooled pair-level tests only (schema 4 and older); rerun the "
-                "job into a new folder for tests over queries. No stars are drawn from pooled tests."]
+        return ["", "Matching heads: this store holds pooled pair-level tests only (stores written before schema "
+                "version 6); rerun the job into a new folder for tests over queries. No stars are drawn from pooled "
+                "tests."]
     out = ["", "Matching heads (head_contrasts): effect = mean over queries of the per-query difference of group means "
            "[95% bootstrap interval over queries]; paired t-test over queries, Holm over layers x heads x metrics of "
            f"the contrast; metrics {', '.join(CANDIDATE_METRICS)}"]
@@ -47,52 +49,15 @@ def render(con) -> list[str]:
     return out
 
 
-ALIGNMENT_METRIC = "q_d"  # the effect correlated with each head's QK alignment score
-PERMUTATIONS = 10_000
-
-
-def spearman_with_tests(x, y, *, seed: int = 0, permutations: int = PERMUTATIONS, resamples: int = 1000):
-    """(rho, two-sided permutation p, low, high): Spearman's rho of x and y, its p from ``permutations`` seeded
-    shuffles of y ((count of |rho_perm| >= |rho|) + 1) / (permutations + 1), and a 95% percentile bootstrap interval
-    resampling the (x, y) pairs (here heads), seeded."""
-    import numpy as np
-    from scipy.stats import rankdata
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-
-    def rho(a, b):  # rows of b against a: Pearson of ranks, vectorised over rows
-        a, b = rankdata(a, axis=-1), rankdata(b, axis=-1)
-        a, b = a - a.mean(axis=-1, keepdims=True), b - b.mean(axis=-1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-
-    rng = np.random.Generator(np.random.PCG64(seed))
-    observed = float(rho(x, y))
-    shuffled = rho(x[None], np.stack([rng.permutation(y) for _ in range(permutations)]))
-    p = (np.sum(np.abs(shuffled) >= abs(observed) - 1e-12) + 1) / (permutations + 1)
-    draws = rng.integers(0, len(x), size=(resamples, len(x)))
-    boot = rho(x[draws], y[draws])
-    low, high = np.nanpercentile(boot, [2.5, 97.5])
-    return observed, float(p), float(low), float(high)
-
-
-def alignment_lines(con, seed: int = 0) -> list[str]:
-    """Alignment vs behaviour: Spearman's rho across heads between the QK alignment score (view head_alignment) and the
-    query-level effect d_z of q_d, per contrast; [] without both tables."""
-    views = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if not {"head_alignment", "head_contrasts"} <= views:
-        return []
-    frame = con.execute(
-        "SELECT c.contrast, a.alignment_score, c.effect_dz FROM head_alignment a JOIN head_contrasts c "
-        "ON c.layer = a.layer AND c.head = a.head WHERE c.metric = ? AND c.effect_dz IS NOT NULL "
-        "ORDER BY c.contrast, a.layer, a.head", [ALIGNMENT_METRIC]).df()
+def alignment_lines(run, seed: int = 0) -> list[str]:
+    """Alignment vs behaviour: the rows of :meth:`matching_atlas.Run.alignment_behaviour` (Spearman's rho across heads
+    between the QK alignment score and the query-level effect d_z of q_d, per contrast); [] without them."""
+    frame = run.alignment_behaviour(seed=seed)
     if frame.empty:
         return []
     out = ["", f"Alignment vs behaviour: Spearman's rho across heads between the QK alignment score and the query-level "
            f"effect d_z of {ALIGNMENT_METRIC} (two-sided permutation p, {PERMUTATIONS} seeded shuffles; 95% bootstrap "
            "interval over heads)"]
-    for contrast, rows in frame.groupby("contrast", sort=False):
-        r, p, low, high = spearman_with_tests(rows["alignment_score"], rows["effect_dz"], seed=seed)
-        out.append(f"  {CONTRAST_LABELS.get(contrast, contrast):<28} heads {len(rows):>4}  rho {r:+.3f} "
-                   f"[{low:+.3f},{high:+.3f}]  p {fmt_p(p)}")
+    for r in frame.itertuples():
+        out.append(f"  {r.label:<28} heads {r.heads:>4}  rho {r.rho:+.3f} [{r.low:+.3f},{r.high:+.3f}]  p {fmt_p(r.p)}")
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-from precompute.analyses import ranking_effects as R
 from precompute.statistics import BOOTSTRAP_RESAMPLES, CI_LEVEL, fmt_p
 from precompute.statistics import stars as mark
 
@@ -21,28 +20,31 @@ def _ci(value: tuple[float, float, float], signed: bool = True) -> str:
     return f"{e:{sign}8.4f} [{lo:{sign}.3f},{hi:{sign}.3f}]".rjust(24)
 
 
-def render(con, rows: list[dict], measure: str, scope: str, contrasts: list[tuple[str, str]], seed: int,
+def _triple(row, name: str) -> tuple[float, float, float]:
+    return row[name], row[f"{name}_low"], row[f"{name}_high"]
+
+
+def render(run, rows: list[dict], measure: str, scope: str, contrasts: list[tuple[str, str]], seed: int,
            label) -> list[str]:
-    """Lines of the query-level Table 1 for ``rows`` (ablation_summary rows of the scope and measure)."""
+    """Lines of the query-level Table 1 for ``rows`` (ablation_summary rows of the scope and measure): the cells of
+    ``run``'s (a :class:`matching_atlas.Run`) ranking_effects and condition_contrasts."""
     cutoff = re.fullmatch(r"(?i)ndcg@(\d+)", measure)
-    effects = R.per_query(con, scope, k=int(cutoff.group(1)) if cutoff else 10)
-    summary = R.summarise(effects, seed=seed)
-    n = len(effects.qids)
+    effects = run.ranking_effects(measure, scope, seed=seed).set_index("condition_id")
+    summary = {cid: r for cid, r in effects.iterrows()}
+    n = int(effects.loc["none", "n_queries"])
     shown = sorted((r for r in rows if r["kind"] in SHOWN_KINDS), key=lambda r: (r["kind"], r["mode"], r["condition_id"]))
     base = summary["none"]
-    # The ideal ranking of nDCG~ is the judged grades among the run's pairs: every judgment only when the pairs hold
-    # every judged passage (judged mode). A run built from a run file (run_rank set) lacks the judged passages below
-    # its depth, so its nDCG~ would not be comparable with the stored nDCG: not shown.
-    complete = con.execute("SELECT count(run_rank) = 0 FROM pairs").fetchone()[0]
-    ndcg = (lambda s: f"{s['ndcg_ties'][0]:6.4f}") if complete else (lambda s: f"{'n/a':>6}")
+    # A run built from a run file lacks the judged passages below its depth: the reader leaves its nDCG~ undefined.
+    complete = base["ndcg_ties"] == base["ndcg_ties"]  # NaN: the reader leaves it undefined
+    ndcg = (lambda s: f"{s['ndcg_ties']:6.4f}") if complete else (lambda s: f"{'n/a':>6}")
     out = ["", f"Table 1, query level ({n} queries; mean over queries [{CI_LEVEL:.0%} percentile bootstrap interval over "
            f"queries, {BOOTSTRAP_RESAMPLES} resamples, seed {seed}])",
            "  d score: mean change of the score; PA: pairwise accuracy (relevant above non-relevant, ties 1/2) and its "
            "change, overall, vs hard and vs easy negatives; nDCG~: nDCG@"
            f"{cutoff.group(1) if cutoff else 10} with ties broken at random, in expectation (exact); ir_measures, like "
            "trec_eval, breaks ties by docid",
-           f"  baseline: PA {base['pairwise'][0]:.4f}, PA hard {base['pairwise_hard'][0]:.4f}, PA easy "
-           f"{base['pairwise_easy'][0]:.4f}, nDCG~ {ndcg(base).strip()}"
+           f"  baseline: PA {base['pairwise']:.4f}, PA hard {base['pairwise_hard']:.4f}, PA easy "
+           f"{base['pairwise_easy']:.4f}, nDCG~ {ndcg(base).strip()}"
            + ("" if complete else " (pairs from a run file: the ideal ranking would lack judged passages below its "
               "depth, so nDCG~ is not shown)")]
     width = max([len("condition"), *(len(label(r)) for r in shown)])
@@ -53,25 +55,23 @@ def render(con, rows: list[dict], measure: str, scope: str, contrasts: list[tupl
         s = summary.get(r["condition_id"])
         if s is None:
             continue
-        out.append(f"{label(r):<{width}}  {r['mode']:<4}  {_ci(s['score_change'])}  {s['pairwise'][0]:6.4f}  "
-                   f"{_ci(s['delta_pairwise'])}  {_ci(s['delta_pairwise_hard'])}  {_ci(s['delta_pairwise_easy'])}  "
+        out.append(f"{label(r):<{width}}  {r['mode']:<4}  {_ci(_triple(s, 'score_change'))}  {s['pairwise']:6.4f}  "
+                   f"{_ci(_triple(s, 'delta_pairwise'))}  {_ci(_triple(s, 'delta_pairwise_hard'))}  "
+                   f"{_ci(_triple(s, 'delta_pairwise_easy'))}  "
                    f"{ndcg(s)}")
-    measure_values: dict[str, dict[str, float]] = {}
-    for cid, qid, value in con.execute("SELECT condition_id, qid, value FROM ablation_metrics WHERE scope = ? AND "
-                                       "measure = ?", [scope, measure]).fetchall():
-        measure_values.setdefault(cid, {})[qid] = value
-    conditions = con.execute("SELECT condition_id, condition, mode, layers, directions FROM ablation_conditions").df().to_dict("records")
-    compared = R.compare_conditions(contrasts, conditions, measure_values, effects, seed=seed)
+    frame = run.condition_contrasts(contrasts, measure, scope, seed=seed)
+    compared = frame.astype(object).where(frame.notna(), None).to_dict("records")
     out += ["", f"Direct comparisons (a - b per query; paired two-sided t-test of {measure} over queries, Holm across "
-            f"these {sum('missing' not in c for c in compared)} rows; intervals: bootstrap over queries)"]
+            f"these {sum(not c['missing'] for c in compared)} rows; intervals: bootstrap over queries)"]
     head = (f"{'comparison':<22}  {'n_q':>4}  {'d ' + measure:>10}  {'sig':<3}  {'p':>7}  {'p_holm':>7}  {'d score':>24}  "
             f"{'d PA':>24}  {'d PA hard':>24}  {'d PA easy':>24}")
     out += [head, "-" * len(head)]
     for c in compared:
-        if "missing" in c:
+        if c['missing']:
             out.append(f"{c['title']:<22}  (no condition {c['missing']!r} in this run)")
             continue
         out.append(f"{c['title']:<22}  {c['n_queries']:>4}  {c['measure_diff']:>+10.4f}  "
                    f"{mark(c['p_holm'], n_queries=c['n_queries']):<3}  {fmt_p(c['p']):>7}  {fmt_p(c['p_holm']):>7}  "
-                   f"{_ci(c['score_change'])}  {_ci(c['pairwise'])}  {_ci(c['pairwise_hard'])}  {_ci(c['pairwise_easy'])}")
+                   f"{_ci(_triple(c, 'score_change'))}  {_ci(_triple(c, 'pairwise'))}  "
+                   f"{_ci(_triple(c, 'pairwise_hard'))}  {_ci(_triple(c, 'pairwise_easy'))}")
     return out

@@ -331,7 +331,8 @@ HEAD_CONTRASTS = Table(
         Column("p", pa.float64(), "Two-sided p-value of that paired t-test; NULL where untested. (Schema version 4 "
                "and older: read as pooled_p, and p is NULL.)", nullable=True, bounds=UNIT),
         Column("p_holm", pa.float64(), "p after Holm correction across all layers x heads x metrics of the contrast "
-               "(untested rows not counted). Stars need n_queries >= 10.", nullable=True, bounds=UNIT),
+               "within the metric's family (the attention metrics; the value-weighted shares vw_*, schema 7, a family "
+               "of their own); untested rows not counted. Stars need n_queries >= 10.", nullable=True, bounds=UNIT),
         Column("n_resamples", pa.int32(), "Bootstrap resamples behind effect_low and effect_high.", nullable=True,
                bounds=COUNT),
         Column("n_a", pa.int32(), "Pairs of group a in the run (pooled, descriptive).", bounds=COUNT),

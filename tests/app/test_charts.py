@@ -45,13 +45,14 @@ def _all_charts(con):
         "curves": C.component_curves(con.patching_components("tfc1", where=sl), title="t", y_title="y"),
         "depth": C.depth_lines(pd.concat([prof.assign(run="A"), prof.assign(run="B")]), title="t", y_title="y"),
         "bins": C.depth_bins(depth.align_by_depth(prof, 3, prof, 3), title="t", x_title="x"),
+        "lexical": C.lexical_semantic(con.lexical_by_layer().query("metric in ('q_d_exact', 'q_d_other')"), title="t"),
         "cross": C.cross_attention_maps(pd.DataFrame({"layer": [0, 0], "head": [0, 1], "neg_type": ["relevant", "easy"],
                                                       "mean": [0.2, 0.4], "n": [3, 3]}), title="t", value_title="v"),
     }
 
 
 def _encodings(spec):
-    for key in ("layer", "spec"):
+    for key in ("layer", "spec", "vconcat", "hconcat"):
         if key in spec:
             for sub in spec[key] if isinstance(spec[key], list) else [spec[key]]:
                 yield from _encodings(sub)

@@ -225,6 +225,27 @@ def test_head_click_event_is_parsed():
 
 
 # -- directions -------------------------------------------------------------------------------
+def test_directions_lexical_vs_semantic_chart_is_the_readers_table_and_query_level(app, store, sql):
+    import matching_atlas as ma
+
+    at = app(store, "directions", run=DL20)
+    ok(at)
+    shown = frame(at, "metric", "layer", "relevant_minus_hard", "easy_low")
+    assert sorted(set(shown["metric"])) == ["q_d_exact", "q_d_other"]
+    want = ma.open_run(store / DL20, progress=False).lexical_by_layer()
+    want = want[want["metric"].isin(["q_d_exact", "q_d_other"])]
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
+    per_query = sql(DL20, "SELECT p.qid, p.neg_type, avg(h.q_d_other) AS m FROM {head_attention} h JOIN {pairs} p "
+                          "USING (pair_id) WHERE h.layer = 1 AND p.neg_type IN ('relevant', 'hard') GROUP BY ALL")
+    wide = per_query.pivot(index="qid", columns="neg_type", values="m").dropna()
+    row = shown[(shown["metric"] == "q_d_other") & (shown["layer"] == 1)].iloc[0]
+    assert row["relevant_minus_hard"] == pytest.approx((wide["relevant"] - wide["hard"]).mean(), rel=1e-6)
+    assert row["n_queries_relevant_minus_hard"] == len(wide)
+    assert row["relevant_minus_hard_low"] <= row["relevant_minus_hard"] <= row["relevant_minus_hard_high"]
+    assert any("Lexical vs semantic matching by layer" in (c.get("title") or "") for c in charts(at)
+               if isinstance(c.get("title"), str))
+
+
 def test_directions_matrix_and_lines(app, store, sql):
     at = app(store, "directions", run=DL20)
     ok(at)
@@ -288,6 +309,40 @@ def test_ablations_table_and_per_query(app, store, sql):
     assert len(charts(at)) >= 3
 
 
+def test_ablations_query_level_table_and_named_contrasts(app, store):
+    import matching_atlas as ma
+
+    reader = ma.open_run(store / DL20, progress=False)
+    at = app(store, "ablations", run=DL20)
+    ok(at)
+    table = frame(at, "condition_id", "n_queries", "score_change", "delta_pairwise_easy", "ndcg_ties")
+    want = reader.ranking_effects().set_index("condition_id").loc[table["condition_id"]]
+    np.testing.assert_allclose(table["delta_pairwise_easy_low"], want["delta_pairwise_easy_low"], rtol=1e-12)
+    assert (table["n_queries"] == want["n_queries"].to_numpy()).all()
+    assert frame(at, "title", "measure_diff")["title"].tolist() == ["Q->D vs D->Q"]
+
+    at.text_input(key="abl_contrasts").input("cross:all, q_d:cross").run()  # parsed as the report's --contrasts
+    ok(at)
+    shown = frame(at, "title", "measure_diff", "significance")
+    assert shown["title"].tolist() == ["Q->D vs D->Q", "cross vs all", "q_d vs cross"]
+    want = reader.condition_contrasts("q_d:d_q,cross:all,q_d:cross")
+    np.testing.assert_allclose(shown["p_holm"], want["p_holm"], rtol=1e-12)
+    n = int(shown["n_queries"].min())
+    assert (n < MIN_QUERIES) == any("fewer than 10 queries" in w.value for w in at.warning)
+    if n < MIN_QUERIES:
+        assert set(shown["significance"]) == {""}
+    assert at.query_params["abl_contrasts"] == "cross:all, q_d:cross"  # shareable
+
+    at.text_input(key="abl_contrasts").input("cross").run()  # malformed: one line, the default row still shown
+    assert not at.exception
+    assert [e.value for e in at.error] == ["'cross': expected A:B, two condition names or ids (q_d:d_q)"]
+    assert frame(at, "title", "measure_diff")["title"].tolist() == ["Q->D vs D->Q"]
+
+    at.text_input(key="abl_contrasts").input("nothing:d_q").run()
+    ok(at)
+    assert frame(at, "title", "missing")["missing"].tolist()[-1] == "nothing"
+
+
 def test_ablations_absent_is_explained(app, store):
     at = app(store, "ablations", run=SMALL)
     ok(at)
@@ -310,6 +365,32 @@ def test_spectra(app, store, sql):
     ok(at)
     assert at.query_params["spec_metric"] == "q2d_max"
     assert len(charts(at)) == 4
+
+
+def test_spectra_alignment_vs_query_level_effect_with_spearman(app, store):
+    import matching_atlas as ma
+    from scipy.stats import spearmanr
+
+    from precompute.statistics import fmt_p
+
+    at = app(store, "spectra", run=DL20)
+    ok(at)
+    scatter = next(c for c in charts(at) if "d_z" in str(c.get("title")))
+    assert scatter["encoding"]["y"]["field"] == "effect_dz"
+    assert scatter["encoding"]["y"]["title"].startswith("Query-level effect d_z of q_d")
+    at.selectbox(key="spec_contrast").set_value("relevant_vs_hard").run()
+    ok(at)
+    reader = ma.open_run(store / DL20, progress=False)
+    row = reader.alignment_behaviour("q_d").set_index("contrast").loc["relevant_vs_hard"]
+    heads = reader.sql("SELECT a.alignment_score, c.effect_dz FROM head_alignment a JOIN head_contrasts c "
+                       "USING (layer, head) WHERE c.metric = 'q_d' AND c.contrast = 'relevant_vs_hard' "
+                       "AND c.effect_dz IS NOT NULL")
+    assert row["rho"] == pytest.approx(spearmanr(heads["alignment_score"], heads["effect_dz"]).statistic, abs=1e-12)
+    assert row["heads"] == len(heads) and row["low"] <= row["rho"] <= row["high"]
+    assert metric(at, "Spearman's rho") == f"{row['rho']:+.3f}"
+    assert metric(at, "Permutation p") == fmt_p(row["p"])
+    assert metric(at, "95% interval") == f"[{row['low']:+.3f}, {row['high']:+.3f}]"
+    assert metric(at, "Heads / queries") == f"{int(row['heads'])} / {int(row['n_queries'])}"
 
 
 def test_spectra_absent_is_explained(app, store):

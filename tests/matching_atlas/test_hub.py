@@ -101,3 +101,14 @@ def test_publish_refuses_an_unfinished_run_or_a_bad_repo(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     assert hub.main([str(tmp_path), "--repo", "nouser"]) == 2
     assert "expected USER/NAME" in capsys.readouterr().err
+
+
+def test_an_unreachable_hub_is_one_line_naming_the_path(tmp_path):
+    """A network or authentication failure (httpx raises its own classes, not OSError) is a HubError naming the run's
+    path and what to check, never a bare "[Errno -2] Name or service not known"."""
+    class Offline:
+        def find(self, path, detail=False):
+            raise RuntimeError("[Errno -2] Name or service not known")
+
+    with pytest.raises(hub.HubError, match=r"hf://datasets/someone/none: the Hub could not be reached .*HF_TOKEN"):
+        hub.fetch("hf://datasets/someone/none", fs=Offline(), cache=tmp_path)

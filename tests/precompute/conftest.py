@@ -55,13 +55,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 def run_tiny_job(kind: str, dataset: Path, tmp_path_factory, **overrides):
-    """(config, run folder) of a finished job of a tiny random ``kind`` model over ``dataset``."""
+    """(config, run folder) of a finished job of a tiny random ``kind`` model over the first 3 queries of ``dataset``
+    (about 35 pairs in 3 chunks: every stage still sees several chunks and several queries)."""
     from precompute.config import JobConfig
     from precompute.job import run
 
     model = build(kind, tmp_path_factory.mktemp(kind))
     settings = dict(dataset=str(dataset), model=str(model), out=tmp_path_factory.mktemp("run") / "store",
-                    cache=tmp_path_factory.mktemp("cache"), easy_negatives=3, batch_size=4, chunk_size=16, progress=False)
+                    cache=tmp_path_factory.mktemp("cache"), easy_negatives=3, max_queries=3, batch_size=4, chunk_size=16,
+                    progress=False)
     cfg = JobConfig(**{**settings, **overrides})
     return cfg, run(cfg)
 

@@ -108,6 +108,7 @@ def test_aggregates_are_exact_and_do_not_depend_on_thread_timing(tmp_path):
 
     from precompute.metrics import METRICS
     from precompute.stages.summary_stage import AGG, HEADS, PAIRS, stage_aggregate
+    from precompute.store import layout
     from precompute.store.schema import TABLES
     from precompute.store.writer import RunWriter
 
@@ -136,7 +137,8 @@ def test_aggregates_are_exact_and_do_not_depend_on_thread_timing(tmp_path):
     want = duckdb.sql(
         "SELECT h.layer, h.head, p.qid, p.neg_type, p.grade, count(*) AS n, "
         + ", ".join(f"sum(CAST(h.{m} AS DOUBLE)) AS {m}_sum, sum(CAST(h.{m} AS DOUBLE) ^ 2) AS {m}_sumsq" for m in METRICS)
-        + f" FROM '{writer.staged_path(HEADS)}' h JOIN '{writer.staged_path(PAIRS)}' p USING (pair_id) GROUP BY ALL ORDER BY ALL"
+        + f" FROM {layout.scan_sql(writer.staged_path(HEADS), HEADS)} h JOIN '{writer.staged_path(PAIRS)}' p"
+        " USING (pair_id) GROUP BY ALL ORDER BY ALL"
     ).fetchnumpy()
     for name, column in want.items():
         if name.endswith(("_sum", "_sumsq")):

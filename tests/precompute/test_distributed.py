@@ -64,7 +64,12 @@ def assert_same_store(got: Path, want: Path) -> None:
                 np.testing.assert_allclose(x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False),
                                            atol=1e-6, rtol=0, equal_nan=True, err_msg=f"{name}.{column}")
             elif pa.types.is_list(x.type):
-                np.testing.assert_allclose(np.array(x.to_pylist()), np.array(y.to_pylist()), atol=1e-6, err_msg=name)
+                xs, ys = x.to_pylist(), y.to_pylist()
+                assert [v is None for v in xs] == [v is None for v in ys], f"{name}.{column}"
+                for u, v in zip(xs, ys):
+                    if u is not None:
+                        np.testing.assert_allclose(np.array(u, dtype=float), np.array(v, dtype=float), atol=1e-6,
+                                                   rtol=0, equal_nan=True, err_msg=f"{name}.{column}")
             else:
                 assert x.equals(y), f"{name}.{column}"
     assert {p.relative_to(want).parts[0].removesuffix(".parquet") for p in table_files(want)} <= set(TABLES)

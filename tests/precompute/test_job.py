@@ -32,7 +32,10 @@ def dataset(tiny_dataset) -> Path:
     return tiny_dataset
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta"])
+# The RoBERTa job is a second whole job (slow): its family's numbers have unit-level twins in the inner loop
+# (analyses/test_ablations.py's hand-written forwards, test_patching.py's plain loop and tests/app/test_live.py, each
+# [roberta]); the whole-job checks run there on the BERT job.
+@pytest.fixture(scope="module", params=["bert", pytest.param("roberta", marks=pytest.mark.slow)])
 def finished(request, tiny_dataset, tiny_bert_run, tmp_path_factory):
     """A finished run of a tiny model over the tiny dataset: (config, run folder, dataset listing before)."""
     before = listing(tiny_dataset)

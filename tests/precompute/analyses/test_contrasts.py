@@ -159,20 +159,26 @@ def test_holm_by_hand():
     np.testing.assert_allclose(holm(np.array([0.5, 0.9])), [1.0, 1.0])
 
 
-def test_p_holm_is_holm_over_each_contrast(table):
+def test_p_holm_is_holm_over_each_contrast_and_family(table):
+    """Holm's textbook loop over one contrast's tested rows of one family: the attention metrics' p_holm does not
+    depend on the value-weighted shares (a family of their own), and vice versa."""
+    from precompute.metrics import VALUE_WEIGHTED_METRICS
+
     for contrast in CONTRASTS:
         rows = [r for r in table.to_pylist() if r["contrast"] == contrast]
         assert len(rows) == len(METRICS) * LAYERS * HEADS
-        rows = [r for r in rows if r["p"] is not None]  # untested rows are not in the family
-        p = np.array([r["p"] for r in rows])
-        m = len(p)
-        order = np.argsort(p, kind="stable")
-        expected = np.empty(m)
-        running = 0.0
-        for i, j in enumerate(order):  # the textbook loop
-            running = max(running, min(1.0, (m - i) * p[j]))
-            expected[j] = running
-        np.testing.assert_allclose([r["p_holm"] for r in rows], expected, rtol=1e-12)
+        for family in (True, False):
+            members = [r for r in rows if (r["metric"] in VALUE_WEIGHTED_METRICS) == family and r["p"] is not None]
+            assert members  # both families are tested here
+            p = np.array([r["p"] for r in members])
+            m = len(p)
+            order = np.argsort(p, kind="stable")
+            expected = np.empty(m)
+            running = 0.0
+            for i, j in enumerate(order):  # the textbook loop
+                running = max(running, min(1.0, (m - i) * p[j]))
+                expected[j] = running
+            np.testing.assert_allclose([r["p_holm"] for r in members], expected, rtol=1e-12)
 
 
 def test_planted_head_is_the_top_candidate(store, table):
@@ -303,17 +309,22 @@ def test_report_section_shows_queries_intervals_and_what_the_pooled_test_said(st
 
 
 def test_lexical_by_layer_is_the_mean_over_queries_of_per_query_layer_differences(store):
-    """The report's lexical-vs-semantic table (precompute.report.lexical_tables) against numpy on head_attention."""
-    from precompute.report import lexical_tables
+    """The lexical-vs-semantic table (precompute.analyses.lexical_layers, which the reader and the report show) against
+    numpy on head_attention."""
+    from precompute.analyses import lexical_layers
 
     root, neg_types, qids = store
     con = connect(root)
-    layers, order, means = lexical_tables.layer_means(con, "q_d_exact")
+    layers, order, means = lexical_layers.layer_means(con, "q_d_exact")
     assert layers == list(range(LAYERS)) and order == sorted(set(qids))
     x = np.stack([np.stack([_values(con, "q_d_exact", layer, h) for h in range(HEADS)]) for layer in range(LAYERS)])
     for layer in range(LAYERS):
         per_query = [x[layer][:, (qids == q) & (neg_types == "relevant")].mean() - x[layer][:, (qids == q) & (neg_types == "hard")].mean()
                      for q in order]
         np.testing.assert_allclose(means[layer, :, 0] - means[layer, :, 1], per_query, rtol=1e-6)
-    lines = lexical_tables.render(con)
-    assert any("relevant - hard (n_q 12)" in line for line in lines)
+    rows = [r for r in lexical_layers.by_layer(con) if r["metric"] == "q_d_exact"]
+    assert [r["layer"] for r in rows] == list(range(LAYERS)) and {r["n_queries_relevant_minus_hard"] for r in rows} == {12}
+    for r in rows:
+        d = means[r["layer"], :, 0] - means[r["layer"], :, 1]
+        assert r["relevant_minus_hard"] == pytest.approx(np.nanmean(d))
+        assert r["relevant_minus_hard_low"] <= r["relevant_minus_hard"] <= r["relevant_minus_hard_high"]

@@ -108,6 +108,8 @@ def test_module_entry_point(finished):
     assert res.returncode == 0 and "Groups" in res.stdout, res.stderr
 
 
+@pytest.mark.slow  # two whole jobs; the binning and its numbers stay in the inner loop: tests/app/test_families.py
+# (test_depth_bins, test_compare_by_relative_depth) and tests/app/test_same_as_report.py (the report's --compare table)
 def test_two_runs_compare_by_relative_depth(tiny_dataset, tmp_path_factory, capsys):
     """A 2-layer and a 4-layer model: the 4-layer one's layers 0-1 and 2-3 fall into the 2-layer one's bins 0 and 1,
     and each bin's value is the mean of its layers' (checked against the per-layer table of --align layer)."""

@@ -61,6 +61,7 @@ def copy_of(fresh: Path, tmp_path: Path) -> Path:
 # -- parts -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # crash injection: the job is killed at a crash point, then rerun
 @pytest.mark.parametrize("point, table", [("summaries.chunk:2", "head_attention"), ("ablations.part:3", "ablation_scores")])
 def test_a_damaged_part_is_recomputed(point, table, small_runs, tmp_path, capsys):
     config, fresh, _ = small_runs

@@ -1,4 +1,4 @@
-"""Alignment vs behaviour (precompute.report.head_tables.spearman_with_tests) against scipy, seeded."""
+"""Alignment vs behaviour (precompute.analyses.alignment_behaviour.spearman_with_tests) against scipy, seeded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from precompute.report.head_tables import spearman_with_tests
+from precompute.analyses.alignment_behaviour import spearman_with_tests
 
 
 def test_spearman_matches_scipy_with_a_permutation_p_and_an_interval():

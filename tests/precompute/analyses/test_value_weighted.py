@@ -1,12 +1,12 @@
-"""The report's no-op check (precompute.report.value_weighted_tables) against numpy on head_attention, and nothing
-for a store written before the value-weighted shares."""
+"""The no-op check (precompute.analyses.value_weighted, which the reader and the report show) against numpy on
+head_attention, and nothing for a store written before the value-weighted shares."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from precompute.report import value_weighted_tables
+from precompute.analyses.value_weighted import noop_by_layer
 from precompute.store.connect import connect
 from tests.conftest import REPO
 from tests.precompute.analyses.test_contrasts import HEADS, LAYERS, QUERIES, _head_attention, _write
@@ -35,17 +35,22 @@ def _by_layer(con, column: str, neg_types, qids) -> np.ndarray:
 def test_shares_and_masses_by_layer_are_means_over_queries(store):
     root, neg_types, qids = store
     con = connect(root)
-    layers, share, n_q = value_weighted_tables.layer_values(con, "q", ("sep1", "sep2"), prefix="vw_")
+    rows = noop_by_layer(con)
+    assert len(rows) == 2 * 2 * LAYERS and {r["n_queries"] for r in rows} == {QUERIES}
+    pick = lambda source, target: sorted((r for r in rows if (r["source"], r["target"]) == (source, target)),  # noqa: E731
+                                         key=lambda r: r["layer"])
+    sep = pick("Query", "SEP")
+    assert [r["layer"] for r in sep] == list(range(LAYERS))
     want = _by_layer(con, "vw_q_sep1", neg_types, qids) + _by_layer(con, "vw_q_sep2", neg_types, qids)
-    assert layers == list(range(LAYERS)) and n_q == QUERIES
-    np.testing.assert_allclose(share, want, rtol=1e-6)
-    _, mass, _ = value_weighted_tables.layer_values(con, "d", ("cls",))
-    np.testing.assert_allclose(mass, _by_layer(con, "d_cls", neg_types, qids), rtol=1e-6)
-    lines = value_weighted_tables.render(con)
-    assert lines[1].startswith("No-op check") and sum(f"(n_q {QUERIES})" in line for line in lines) == 2
-    assert f"{share[0]:9.4f}" in lines[lines.index(next(l for l in lines if l.strip().startswith("Query ->"))) + 2]
+    np.testing.assert_allclose([r["share"] for r in sep], want, rtol=1e-6)
+    cls = pick("Document", "CLS")
+    np.testing.assert_allclose([r["mass"] for r in cls], _by_layer(con, "d_cls", neg_types, qids), rtol=1e-6)
+    for r in rows:
+        assert r["mass_low"] <= r["mass"] <= r["mass_high"] and r["share_low"] <= r["share"] <= r["share_high"]
+        assert r["ratio"] == pytest.approx(r["share"] / r["mass"])
+    assert noop_by_layer(con, seed=3) == noop_by_layer(con, seed=3)
 
 
-def test_a_store_without_the_shares_prints_no_section():
+def test_a_store_without_the_shares_gives_no_rows():
     con = connect(REPO / "tests" / "fixtures" / "store-v2" / "tiny-dl__tiny-bert")
-    assert value_weighted_tables.render(con) == []  # its report prints what it printed before (test_old_stores)
+    assert noop_by_layer(con) == []  # its report prints what it printed before (test_old_stores)
