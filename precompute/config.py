@@ -18,6 +18,7 @@ from typing import Any
 
 from precompute import settings as S
 from precompute.conditions import KERNELS, AblationRequest, check_sets, help_text, ids_help, sets_help
+from precompute.conditions import contrasts as C
 from precompute.conditions.component_specs import COMPONENT_MODES
 from precompute.evaluation import DEFAULT_MEASURES
 from precompute.names import PATCHING_EPSILON, PATCHING_EXPERIMENTS, PATCHING_METHODS, PATCHING_SCORES
@@ -208,6 +209,13 @@ class JobConfig:
         None, S.items(metavar="SCOPES", malformed=("bogus", "run")), flag="--eval-scopes", group="ablations",
         help="pairs ranked per query: pairs (all; easy negatives non-relevant), judged (judged pairs only), run (the "
              "run's candidates, with --candidates). Default: pairs, plus run with --candidates")
+    contrasts: tuple[str, ...] = S.setting(
+        (C.DEFAULT_CONTRASTS,), S.items(normalise=C.normalise, metavar="A:B,...", malformed=("q_d", "a:b:c", "a:")),
+        flag="--contrasts", group="ablations",
+        help="pairs of conditions the report and the Ablations page compare directly, query by query (paired t-test "
+             "of the measure, bootstrap intervals of the ranking statistics): condition names over all layers or "
+             "condition ids, e.g. q_d:d_q,cross:all. Q->D vs D->Q (q_d:d_q) is always compared. Computed from the "
+             "stored scores when read, so a later report can name others")
     # -- activation patching
     patching: tuple[str, ...] = S.setting(
         (), S.items(allowed=PATCHING_EXPERIMENTS, metavar="EXPERIMENTS"), flag="--patching", group="activation patching",

@@ -10,7 +10,7 @@ from pathlib import Path
 from precompute.cli import OneLineParser
 from precompute.metrics import METRICS
 from precompute.console import first_line
-from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
+from precompute.conditions.contrasts import with_default
 from precompute.report import compare, head_tables, lexical_tables, value_weighted_tables
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
@@ -73,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default=",".join(kind_order()), help=f"comma-separated: {', '.join(kind_order())}. "
                    "Default: all present")
     p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
-    p.add_argument("--contrasts", default=DEFAULT_CONTRASTS, metavar="A:B,...",
+    p.add_argument("--contrasts", metavar="A:B,...",
                    help="pairs of conditions compared directly, query by query (paired t-test of the measure, "
-                   "bootstrap intervals of the ranking statistics): condition names over all layers or condition ids. "
-                   "Default: %(default)s (titled Q->D vs D->Q)")
+                   "bootstrap intervals of the ranking statistics): condition names over all layers or condition ids, "
+                   "after Q->D vs D->Q (q_d:d_q), which is always compared. Default: the run's job --contrasts")
     p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
                    "tables. Default: %(default)s")
     c = p.add_argument_group("comparing two runs", "Instead of RUN's tables: RUN and OTHER's per-layer profiles of one "
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest, measure, rows = load(args.run, args.measure, args.scope)
             modes = [args.mode] if args.mode else None
             try:
-                contrasts = parse_contrasts(args.contrasts)
+                contrasts = reader.declared_contrasts() if args.contrasts is None else with_default(args.contrasts)
             except ValueError as err:
                 raise ReportError(str(err)) from err
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
