@@ -191,8 +191,8 @@ class JobConfig:
     subspace_heads: str = S.setting(
         _REQUEST.subspace_heads, S.text(malformed=("bogus", "top:0")), flag="--subspace-heads", group="ablations",
         request="subspace_heads", metavar="HEADS",
-        help="heads of the 'subspace' set: top:N (largest query-level effect d_z of q_d, relevant vs easy "
-             "negatives, in head_contrasts) or LAYER.HEAD items (3.5,4.1)")
+        help="heads of the 'subspace' set: top:N (largest lower bound of the query-level effect of q_d, relevant vs "
+             "easy negatives, in head_contrasts: its 95% bootstrap interval over queries) or LAYER.HEAD items (3.5,4.1)")
     subspace_k: str = S.setting(
         _REQUEST.subspace_k, S.text(malformed=("bogus", "0", "1,x")), flag="--subspace-k", group="ablations",
         request="subspace_k", metavar="KS",
