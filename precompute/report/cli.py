@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise ReportError(str(err)) from err
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
-            con = reader.connection
             seed = manifest.identity.seed or 0
-            lines = (head_tables.render(con) + head_tables.alignment_lines(reader, seed) + lexical_tables.render(reader, seed)
+            contrasts_frame = reader.head_contrasts() if reader.has("head_contrasts") else None
+            lines = (head_tables.render(contrasts_frame) + head_tables.alignment_lines(reader, seed) + lexical_tables.render(reader, seed)
                      + value_weighted_tables.render(reader, seed))
             sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.write(patching_summary.render(reader, manifest.model.segment_labels))

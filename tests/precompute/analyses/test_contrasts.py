@@ -302,9 +302,11 @@ def test_report_section_shows_queries_intervals_and_what_the_pooled_test_said(st
 
     root = store[0]
     RunWriter(root).write_table("head_contrasts", table)
-    lines = head_tables.render(connect(root))
-    assert any(l.startswith("Relevant - easy negatives (12 queries)") and "never starred" in l for l in lines)
-    first = lines[lines.index(next(l for l in lines if l.startswith("Relevant - easy"))) + 3]
+    lines = head_tables.render(connect(root).execute("SELECT * FROM head_contrasts").df())
+    assert any(l.startswith("Relevant - easy negatives (12 queries), attention metrics") and "never starred" in l
+               for l in lines)
+    assert any(l.startswith("Relevant - easy negatives (12 queries), value-weighted metrics") for l in lines)
+    first = lines[lines.index(next(l for l in lines if l.startswith("Relevant - easy"))) + 4]
     assert first.split()[:3] == ["1.2", "q_d", "12"] and "***" in first and "pooled, descriptive" in first
 
 
