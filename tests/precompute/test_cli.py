@@ -182,3 +182,15 @@ def test_the_readmes_flag_table_names_declared_flags_only():
     table = text[text.index("| flag | what |"):].split("\n\n", 1)[0]
     named = set(re.findall(r"`(--[a-z][a-z-]*)", table))
     assert named and named <= {s.flag for s in SETTINGS}, named - {s.flag for s in SETTINGS}
+
+
+@pytest.mark.parametrize("low", [1e-6, 0.0, -2.0, 3])
+def test_every_bounded_kind_offers_a_malformed_value_below_its_bound(low):
+    """The malformed-value test above draws its examples from each kind: a bound of 0 or less must still give one."""
+    from precompute import settings as S
+
+    kind = S.number(low) if isinstance(low, float) else S.integer(low)
+    below = kind.malformed[-1]
+    assert float(below) < low
+    with pytest.raises(ValueError, match="at least"):
+        kind.parse(below)
