@@ -126,11 +126,11 @@ class EffectTables(Reader):
             return pd.DataFrame(columns=["metric", "layer"])
         return sq.ints(pd.DataFrame(by_layer(self.connection.cursor(), self._seed(seed))), "layer")
 
-    def noop_shares(self, seed: int | None = None) -> pd.DataFrame:
-        """The no-op check (:func:`precompute.analyses.value_weighted.noop_by_layer`): one row per source (Query,
-        Document) x target (CLS, SEP = both separators) x layer with the relevant pairs' attention ``mass`` and
-        value-weighted ``share`` (each with ``_low`` / ``_high``, a bootstrap interval over the ``n_queries``
-        queries), and ``ratio`` = share / mass. Empty for runs without the shares (schema 6 and older)."""
+    def noop_targets(self, seed: int | None = None) -> pd.DataFrame:
+        """The no-op check (:func:`precompute.analyses.value_weighted.noop_by_layer`): one row per source (``q``, ``d``)
+        x target (``cls``; ``sep`` = both separators) x layer with the relevant pairs' attention ``mass`` and
+        value-weighted ``share`` (each with ``_low`` / ``_high``, a bootstrap interval over the ``n_queries`` queries),
+        and ``ratio`` = share / mass; shares NaN for runs without them (schema 6 and older)."""
         from precompute.analyses.value_weighted import noop_by_layer
 
         columns = ["source", "target", "layer", "mass", "mass_low", "mass_high", "share", "share_low", "share_high",
@@ -139,6 +139,12 @@ class EffectTables(Reader):
             return pd.DataFrame(columns=columns)
         return sq.ints(pd.DataFrame(noop_by_layer(self.connection.cursor(), self._seed(seed)), columns=columns),
                        "layer")
+
+    def has_value_weighted(self) -> bool:
+        """Whether the run holds the value-weighted shares ``vw_*`` (schema 7 and later)."""
+        from precompute.analyses.value_weighted import stored
+
+        return self._defined("head_attention_agg") and stored(self.connection.cursor())
 
     def alignment_behaviour(self, metric: str = "q_d", seed: int | None = None) -> pd.DataFrame:
         """Alignment vs behaviour (:func:`precompute.analyses.alignment_behaviour.correlations`): per head contrast,

@@ -5,7 +5,7 @@ small share of the output norm is read as a no-op: measured, not inferred from a
 
 Relevant pairs only. Per layer the mean over its heads, per query the mean over its relevant pairs, then the mean
 over queries with a seeded bootstrap interval over queries (as :mod:`precompute.analyses.lexical_layers`, whose
-per-query layer means it reuses). Read by :meth:`matching_atlas.Run.noop_shares`."""
+per-query layer means it reuses). Read by :meth:`matching_atlas.Run.noop_targets`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 
 from precompute.analyses.lexical_layers import KINDS, interval, layer_means
 
-SOURCES = (("q", "Query"), ("d", "Document"))
-TARGETS = (("CLS", ("cls",)), ("SEP", ("sep1", "sep2")))  # SEP: both separators (sep1 + sep2)
+SOURCES = ("q", "d")  # the tokens whose attention is read: query and document
+TARGETS = {"cls": ("cls",), "sep": ("sep1", "sep2")}  # 'sep': both separators together
 RELEVANT = KINDS.index("relevant")
 
 
@@ -34,22 +34,22 @@ def _per_query(con, src: str, dsts: tuple[str, ...], prefix: str) -> tuple[list[
 
 
 def noop_by_layer(con, seed: int = 0) -> list[dict]:
-    """One record per source (q, d) x target (CLS, SEP) x layer: ``mass`` and ``share`` (each with ``_low`` /
-    ``_high``, the bootstrap interval over the ``n_queries`` queries with relevant pairs), and ``ratio`` = share /
-    mass (below 1: the target is attended more than it contributes). [] for a run without the shares."""
-    if not stored(con):
-        return []
+    """One record per source (``q``, ``d``) x target (``cls``, ``sep``) x layer: ``mass`` and ``share`` (each with
+    ``_low`` / ``_high``, the bootstrap interval over the ``n_queries`` queries with relevant pairs), and ``ratio`` =
+    share / mass (below 1: the target is attended more than it contributes). A run without the shares (schema 6 and
+    older) gets the masses with NaN shares."""
+    shares = stored(con)
     out = []
-    for src, source in SOURCES:
-        for target, dsts in TARGETS:
+    for src in SOURCES:
+        for target, dsts in TARGETS.items():
             layers, mass = _per_query(con, src, dsts, "")
-            _, share = _per_query(con, src, dsts, "vw_")
-            keep = ~(np.isnan(mass).any(axis=0) | np.isnan(share).any(axis=0))  # same queries for both
-            m, s = interval(mass[:, keep], seed), interval(share[:, keep], seed)
+            keep = ~np.isnan(mass).any(axis=0)
+            m = interval(mass[:, keep], seed)
+            s = interval(_per_query(con, src, dsts, "vw_")[1][:, keep], seed) if shares else (np.full(len(layers), np.nan),) * 3
             for i, layer in enumerate(layers):
                 with np.errstate(invalid="ignore", divide="ignore"):
                     ratio = float(s[0][i] / m[0][i])
-                out.append({"source": source, "target": target, "layer": layer,
+                out.append({"source": src, "target": target, "layer": layer,
                             "mass": float(m[0][i]), "mass_low": float(m[1][i]), "mass_high": float(m[2][i]),
                             "share": float(s[0][i]), "share_low": float(s[1][i]), "share_high": float(s[2][i]),
                             "ratio": ratio, "n_queries": int(m[3])})

@@ -112,7 +112,7 @@ def test_the_report_prints_the_readers_lexical_table(run, capsys):
 def test_the_report_prints_the_readers_noop_check(store, capsys):
     from tests.app.conftest import DL20
 
-    table = ma.open_run(store / DL20, progress=False).noop_shares()
+    table = ma.open_run(store / DL20, progress=False).noop_targets()
     assert report.main([str(store / DL20)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(table) and "No-op check" in "\n".join(out)
