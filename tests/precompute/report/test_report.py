@@ -100,8 +100,6 @@ def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
     cases["--kind"] = [str(root), "--kind", "layers"]
     cases["measure 'P@5' is not in this run"] = [str(root), "--measure", "P@5"]
     cases["scope 'run' is not in this run"] = [str(root), "--scope", "run"]
-    _, plain = run_job(dataset, model, tmp_path / "plain", ablations=())
-    cases["has no ablations"] = [str(plain)]
     damaged = tmp_path / "damaged"
     shutil.copytree(root, damaged)
     summary = damaged / "ablation_summary.parquet"
@@ -118,6 +116,18 @@ def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
         assert report.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_a_run_without_ablations_prints_its_head_sections(finished, tmp_path, capsys):
+    """No Table 1 without ablations, said in one line with what adds them; the sections that need none still print."""
+    dataset, model, _ = finished
+    _, plain = run_job(dataset, model, tmp_path / "plain", ablations=(), stages=("summaries", "contrasts"))
+    capsys.readouterr()
+    assert report.main([str(plain)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{plain}: no ablations, so no Table 1 (add them: rerun the command below with --ablations directions,groups)"
+    assert "Lexical vs semantic matching by layer" in out and "No-op check" in out and "Rerun" in out
+    assert "Table 1," not in out and "Direct comparisons" not in out
 
 
 def test_module_entry_point(finished):
