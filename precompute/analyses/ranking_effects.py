@@ -148,11 +148,20 @@ def resolve(name: str, conditions: Sequence[dict]) -> list[dict]:
     return exact or [c for c in conditions if c["condition"] == name and c["layers"] == "all"]
 
 
+def _pair_of(row: dict) -> tuple[str, str] | None:
+    """The direction pair a missing row's title names (``q_d vs d_q``): left out when another pair of conditions of
+    the run (user groups removing the same directions) already gives that contrast its title."""
+    a, _, b = row["title"].partition(" vs ")
+    return a, b
+
+
 def compare_conditions(pairs: Sequence[tuple[str, str]], conditions: Sequence[dict], measure_values: dict[str, dict],
                        effects: RankingEffects, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[dict]:
     """One row per (a, b) contrast (per mode when a name covers both): the per-query difference a - b of the stored
     measure (``measure_values[cid][qid]``) with a paired t-test, Holm across the rows, and of the ranking statistics
-    with bootstrap intervals. A side that names no condition of the run gives a row with ``missing`` set."""
+    with bootstrap intervals. A side that names no condition of the run gives a row with ``missing`` set, unless
+    another row already carries that contrast's title (``Q->D vs D->Q`` from user groups removing the same
+    directions)."""
     from precompute.analyses.significance import paired_ttest
 
     rows = []
@@ -175,6 +184,8 @@ def compare_conditions(pairs: Sequence[tuple[str, str]], conditions: Sequence[di
             rows.append({"title": title if len(a_all) == 1 else f"{title} /{a['mode']}", "a": a["condition_id"],
                          "b": b["condition_id"], "n_queries": len(qids), "measure_diff": float((x - y).mean()) if len(qids) else math.nan,
                          "t": t, "p": p, **{s: (e, lo, hi) for s, e, lo, hi in zip(STATISTICS, est, low, high)}})
+    titled = {r["title"] for r in rows if "missing" not in r}
+    rows = [r for r in rows if not ("missing" in r and CONTRAST_TITLES.get(_pair_of(r)) in titled)]
     tested = [r for r in rows if "missing" not in r]
     for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
         r["p_holm"] = None if math.isnan(adjusted) else float(adjusted)

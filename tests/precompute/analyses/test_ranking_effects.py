@@ -76,3 +76,7 @@ def test_direct_comparison_is_a_paired_test_over_queries_titled_by_the_direction
     assert row["pairwise"][0] == pytest.approx(diff[:, 1].mean()) and row["pairwise"][1] <= row["pairwise"][0] <= row["pairwise"][2]
     (missing,) = compare_conditions([("q_d", "dq")], conditions, values, effects)
     assert missing["missing"] == "q_d"
+    # the default pair the run cannot resolve is left out when user groups give the same contrast its title
+    assert [r["title"] for r in compare_conditions([("q_d", "d_q"), ("qd", "dq")], conditions, values, effects)] == \
+        ["Q->D vs D->Q"]
+    assert [r.get("missing") for r in compare_conditions([("q_d", "d_q")], conditions, values, effects)] == ["q_d"]
