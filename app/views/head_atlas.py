@@ -129,7 +129,7 @@ with h2:
         if "run_p_holm" in row:
             n_q = None if pd.isna(row["run_n_queries"]) else int(row["run_n_queries"])
             m[3].metric("p (Holm, run)", fmt_p(row["run_p_holm"], missing="n/a"),
-                        stars(row["run_p_holm"], n_queries=n_q or 0) or None, delta_color="off",
+                        escape(stars(row["run_p_holm"], n_queries=n_q or 0)) or None, delta_color="off",
                         help=f"Paired t-test over {n_q or 0} queries, Holm-corrected (head_contrasts).")
 
 stats = data.query(run, "head_values", sel_layer, sel_head, metric, where=sl)
