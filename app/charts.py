@@ -82,13 +82,27 @@ def neg_type_scale(values=None) -> alt.Scale:
     return alt.Scale(domain=names + extra, range=[NEG_TYPE_COLORS[n] for n in names] + ["#9467bd"] * len(extra))
 
 
+# Fixed colour ranges of head heatmaps, per kind of value: every metric of the store is an attention mass or weight
+# in [0, 1], so a difference of two lies in [-1, 1]; an effect size has no bound and is clamped to [-2, 2] (a
+# "large" d is 0.8). One range per kind lets two maps, or one map under two metrics, be read on one scale.
+FIXED_DOMAINS: dict[str, tuple[float, float]] = {"mass": (0.0, 1.0), "difference": (-1.0, 1.0),
+                                                 "effect size": (-2.0, 2.0)}
+
+
+def fixed_domain(kind: str, value_title: str) -> tuple[tuple[float, float], str]:
+    """The fixed colour range of ``kind`` (a key of FIXED_DOMAINS) and the legend title that states it."""
+    lo, hi = FIXED_DOMAINS[kind]
+    clamp = ", clamped" if kind == "effect size" else ""
+    return (lo, hi), f"{value_title} (colour fixed to [{lo:g}, {hi:g}]{clamp})"
+
+
 def color_scale(values: pd.Series | None = None, *, diverging: bool = False,
                 domain: tuple[float, float] | None = None) -> alt.Scale:
     """Sequential viridis, or a diverging red-blue scale centred on 0 with a symmetric domain.
 
     ``domain`` fixes the range (two maps drawn side by side then share one colour scale)."""
     if not diverging:
-        return alt.Scale(scheme=SEQUENTIAL, domain=list(domain)) if domain else alt.Scale(scheme=SEQUENTIAL)
+        return alt.Scale(scheme=SEQUENTIAL, domain=list(domain), clamp=True) if domain else alt.Scale(scheme=SEQUENTIAL)
     if domain is not None:
         values = pd.Series([float(domain[0]), float(domain[1])])
     bound = 0.0
@@ -96,7 +110,7 @@ def color_scale(values: pd.Series | None = None, *, diverging: bool = False,
         vals = pd.to_numeric(values, errors="coerce").abs()
         bound = float(vals.max()) if vals.notna().any() else 0.0
     bound = bound if bound > 0 and math.isfinite(bound) else 1.0
-    return alt.Scale(scheme=DIVERGING, reverse=True, domainMid=0, domain=[-bound, bound])
+    return alt.Scale(scheme=DIVERGING, reverse=True, domainMid=0, domain=[-bound, bound], clamp=domain is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,11 +128,13 @@ def head_heatmap(
     mark_significant: str | None = None,
     selected: tuple[int, int] | None = None,
     domain: tuple[float, float] | None = None,
+    legend_title: str | None = None,
     missing: str = "no value",
 ) -> alt.Chart:
     """Layer x head heatmap of ``value`` (layer 0 on top). ``mark_significant``: a boolean column
     whose true cells get a star. ``selected``: the (layer, head) drawn with a black outline. Cells whose
-    value is NULL are grey with a cross, ``missing`` (e.g. "not possible (causal)") in their tooltip."""
+    value is NULL are grey with a cross, ``missing`` (e.g. "not possible (causal)") in their tooltip. ``domain``
+    fixes the colour range (see fixed_domain), ``legend_title`` says so."""
     tips = [alt.Tooltip("layer:O", title="layer"), alt.Tooltip("head:O", title="head"),
             alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")]
     for col in tooltip or []:
@@ -132,7 +148,7 @@ def head_heatmap(
     base = alt.Chart(df).encode(x=x, y=y)
     valid = df[value].notna() if value in df else pd.Series(dtype=bool)
     rect = base.mark_rect().encode(
-        color=alt.Color(f"{value}:Q", title=value_title,
+        color=alt.Color(f"{value}:Q", title=legend_title or value_title,
                         legend=alt.Legend(titleLimit=320, orient="right") if valid.any() else None,
                         scale=color_scale(df[value] if value in df else None, diverging=diverging, domain=domain)),
         tooltip=tips,

@@ -42,6 +42,11 @@ if diff_view:
     state.publish("atlas_color", default="diff")
 color_by = st.session_state.get("atlas_color", "diff") if diff_view else "mean"
 label = lab.metric(metric)
+state.bind("atlas_fixed", True, parse=lambda raw: raw != "0", clean=bool)
+st.toggle("Fixed colour range", key="atlas_fixed",
+          help="One colour range per kind of value, the same for every metric and head: [0, 1] for a mass, [-1, 1] "
+               "for a difference, [-2, 2] (clamped) for Cohen's d; off, the map spans its own values.")
+state.publish("atlas_fixed", fmt=lambda on: "1" if on else "0", default=True)
 
 # -- the heatmap's data -----------------------------------------------------------------------
 if not diff_view:
@@ -80,9 +85,14 @@ default_head = heads[int(pd.to_numeric(grid[value], errors="coerce").abs().filln
 
 sel_layer, sel_head = ui.selected_head("atlas_map", "atlas_head", heads, default_head)
 
+domain = legend_title = None
+if st.session_state["atlas_fixed"]:
+    kind = "mass" if not diff_view else ("difference" if color_by == "diff" else "effect size")
+    domain, legend_title = charts.fixed_domain(kind, value_title)
 ui.chart(
     charts.head_heatmap(grid, value, title=f"{title} ({run.model_name}, {run.dataset_name})",
-                        value_title=value_title, diverging=diff_view, tooltip=tooltip,
+                        value_title=value_title, diverging=diff_view, tooltip=tooltip, domain=domain,
+                        legend_title=legend_title,
                         mark_significant="significant" if "significant" in grid else None,
                         selected=(sel_layer, sel_head), missing=lab.missing(metric)),
     grid, f"{run.name}-head-atlas-{metric}-{view}-{color_by}", key="atlas_map", select=charts.CELL,

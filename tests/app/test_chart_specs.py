@@ -174,3 +174,24 @@ def test_the_rule_catches_overlap_removal_and_crowded_axes():
     assert any("30 labels get 7 px" in p for p in problems(crowded))
     assert any("40 labels" in p for p in problems(wide))
     assert problems(good) == []
+
+
+def test_head_atlas_colour_range_is_fixed_per_kind_of_value_by_default(app, store):
+    """Switching metrics keeps one colour scale: [0, 1] for a mean mass, [-1, 1] for a difference, [-2, 2] clamped
+    for Cohen's d, each stated in the legend title; the toggle (``atlas_fixed=0`` in a link) gives the map its own."""
+    def scale(at):
+        spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+        color = spec["layer"][0]["encoding"]["color"]
+        return color["scale"].get("domain"), color["title"]
+
+    at = app(store, "head_atlas", run=DL20)
+    assert scale(at) == ([0.0, 1.0], "Mean q_d (colour fixed to [0, 1])")
+    at = app(store, "head_atlas", run=DL20, atlas_view="relevant_vs_hard")
+    assert scale(at) == ([-1.0, 1.0], "q_d: relevant - hard (colour fixed to [-1, 1])")
+    at = app(store, "head_atlas", run=DL20, atlas_view="relevant_vs_hard", atlas_color="cohen_d")
+    assert scale(at)[0] == [-2.0, 2.0] and "clamped" in scale(at)[1]
+    at = app(store, "head_atlas", run=DL20, atlas_fixed="0")
+    domain, title = scale(at)
+    assert title == "Mean q_d" and domain is None
+    at.toggle(key="atlas_fixed").set_value(True).run()
+    assert scale(at)[0] == [0.0, 1.0] and "atlas_fixed" not in at.query_params
