@@ -344,24 +344,27 @@ def lexical_semantic(df: pd.DataFrame, *, title: str, labels: Labels | None = No
 
 
 def layer_sweep(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
-    """Delta of the measure when a condition is applied to one layer at a time."""
+    """Delta of the measure when a condition is applied to one layer at a time, with its 95% interval over queries
+    where the frame has ``delta_low`` / ``delta_high`` (Run.delta_intervals)."""
     d = df.copy()
     d["condition_mode"] = d["condition"] + " / " + d["mode"]
-    line = (
-        alt.Chart(d)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:Q", title="Ablated layer", axis=LAYER_AXIS),
-            y=alt.Y("delta:Q", title=wrapped(y_title, 280 - FIT_DECORATION_PX)),
-            color=alt.Color("condition_mode:N", title="Condition / mode"),
-            tooltip=[alt.Tooltip("condition_id:N", title="condition"), alt.Tooltip("layer:O"),
-                     alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("delta:Q", format="+.4f"),
-                     alt.Tooltip("p_holm:Q", title="p (Holm)", format=".3g")],
-        )
-    )
+    x = alt.X("layer:Q", title="Ablated layer", axis=LAYER_AXIS)
+    y_title = wrapped(y_title, 280 - FIT_DECORATION_PX)
+    color = alt.Color("condition_mode:N", title="Condition / mode")
+    tips = [alt.Tooltip("condition_id:N", title="condition"), alt.Tooltip("layer:O"),
+            alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("delta:Q", format="+.4f"),
+            alt.Tooltip("p_holm:Q", title="p (Holm)", format=".3g")]
+    line = alt.Chart(d).mark_line(point=True).encode(x=x, y=alt.Y("delta:Q", title=y_title), color=color)
     zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(
-        y=alt.Y("y:Q", title=wrapped(y_title, 280 - FIT_DECORATION_PX)))
-    return alt.layer(zero, line).properties(title=title, height=280)
+        y=alt.Y("y:Q", title=y_title))
+    layers = [zero]
+    if {"delta_low", "delta_high"} <= set(d.columns):  # the delta's 95% interval over queries
+        tips += [alt.Tooltip("delta_low:Q", title="95% CI low", format="+.4f"),
+                 alt.Tooltip("delta_high:Q", title="95% CI high", format="+.4f")]
+        layers.append(alt.Chart(d).mark_errorbar(ticks=True).encode(
+            x=x, y=alt.Y("delta_low:Q", title=y_title), y2="delta_high:Q", color=color))
+    layers.append(line.encode(tooltip=tips))
+    return alt.layer(*layers).properties(title=title, height=280)
 
 
 def delta_bars(df: pd.DataFrame, *, title: str, x_title: str, label: str = "qid", value: str = "delta") -> alt.Chart:
@@ -506,22 +509,29 @@ def metric_deltas(df: pd.DataFrame, *, title: str, x_title: str, labels: Labels 
     return _diverging_bars(d, "label", "Metric of the head", "delta", x_title, tooltip, title=title, step=MIN_STEP)
 
 
-def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str = "item") -> alt.Chart:
-    """Mean effect with its 95% confidence interval (columns ``label``, ``mean``, ``ci_lo``, ``ci_hi``, ``n``,
-    ``n_null``), one row per item, largest first."""
+PATCHING_COUNTS = {"n": "pairs with an effect", "n_null": "NULL effects"}
+
+
+def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str = "item", value: str = "mean",
+                     low: str = "ci_lo", high: str = "ci_hi", y_title: str = "Patched activation",
+                     counts: dict[str, str] | None = None) -> alt.Chart:
+    """An estimate with its 95% confidence interval, one row per item (``label``), largest first: a point at
+    ``value`` on a rule from ``low`` to ``high``, around a dashed zero. ``counts``: columns shown in the tooltip with
+    their titles (default: a patching effect's pairs)."""
     d = df.copy()
-    order = list(d.sort_values("mean", ascending=False)[label].astype(str))
+    order = list(d.sort_values(value, ascending=False)[label].astype(str))
     d[label] = d[label].astype(str)
-    tips = [alt.Tooltip(f"{label}:N"), alt.Tooltip("mean:Q", title="mean effect", format="+.4f"),
-            alt.Tooltip("ci_lo:Q", title="95% CI low", format="+.4f"),
-            alt.Tooltip("ci_hi:Q", title="95% CI high", format="+.4f"),
-            alt.Tooltip("n:Q", title="pairs with an effect"), alt.Tooltip("n_null:Q", title="NULL effects")]
-    base = alt.Chart(d).encode(y=alt.Y(f"{label}:N", sort=order, title="Patched activation", axis=band_axis()),
-                               tooltip=tips)
-    bar = base.mark_rule(strokeWidth=2, color="#555555").encode(x=alt.X("ci_lo:Q", title=x_title), x2="ci_hi:Q")
-    point = base.mark_point(filled=True, size=60).encode(
-        x=alt.X("mean:Q", title=x_title),
-        color=alt.Color("mean:Q", title=x_title, scale=color_scale(d["mean"], diverging=True)))
+    tips = [alt.Tooltip(f"{label}:N", title=y_title), alt.Tooltip(f"{value}:Q", title=x_title, format="+.4f"),
+            alt.Tooltip(f"{low}:Q", title="95% CI low", format="+.4f"),
+            alt.Tooltip(f"{high}:Q", title="95% CI high", format="+.4f")]
+    tips += [alt.Tooltip(f"{c}:Q", title=t) for c, t in (PATCHING_COUNTS if counts is None else counts).items()
+             if c in d.columns]
+    base = alt.Chart(d).encode(y=alt.Y(f"{label}:N", sort=order, title=y_title, axis=band_axis()), tooltip=tips)
+    bar = base.mark_rule(strokeWidth=2, color="#555555").encode(x=alt.X(f"{low}:Q", title=x_title), x2=f"{high}:Q")
+    # the colour repeats the position (no legend); the outline keeps a point near 0 (white) visible
+    point = base.mark_point(filled=True, size=60, stroke="#333333", strokeWidth=0.6).encode(
+        x=alt.X(f"{value}:Q", title=x_title),
+        color=alt.Color(f"{value}:Q", legend=None, scale=color_scale(d[value], diverging=True)))
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(
         x=alt.X("x:Q", title=x_title))
     return alt.layer(zero, bar, point).properties(title=title, height=alt.Step(MIN_STEP))
