@@ -1,7 +1,9 @@
 """Ablations: the paper's Table 1 for the run, per-layer sweeps, the head-ablation heatmap, the conditions a causal
 model refused, component conditions (MLP and attention blocks: their table and a layer x segment grid), QK-subspace
 conditions (nDCG change beside the change of the head's own metrics), and the per-query deltas of the condition
-clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ablation_summary.analysis)."""
+clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ablation_summary.analysis);
+each kind of condition is also a sorted chart of its deltas with their intervals over queries. Over 360 lines: one
+page per kind of result the job writes, and each kind of condition is a section of it."""
 
 from __future__ import annotations
 
