@@ -33,19 +33,16 @@ def _frames(element) -> dict[str, pd.DataFrame]:
     return {d.name: pa.ipc.open_stream(d.data.data).read_pandas() for d in element.proto.datasets}
 
 
-@pytest.fixture(scope="module")
-def page_specs(store, tmp_path_factory) -> list[tuple[str, dict, dict]]:
-    """(where, spec, datasets) of every chart of every page on both runs, and of the Pair explorer's live token map
-    (the model does not run in tests: built from a frame of the page's shape)."""
+def _drive(store, runs) -> list[tuple[str, dict, dict]]:
+    """(where, spec, datasets) of every chart every page draws on each of ``runs`` of ``store`` (AppTest)."""
     from streamlit.testing.v1 import AppTest
 
     from tests.app.conftest import MAIN
 
     found = []
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ATLAS_STORE", str(store))
-    try:
-        for run in (DL20, SMALL):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATLAS_STORE", str(store))
+        for run in runs:
             at = AppTest.from_file(str(MAIN), default_timeout=60)
             at.query_params["run"] = run
             at.run()
@@ -54,8 +51,14 @@ def page_specs(store, tmp_path_factory) -> list[tuple[str, dict, dict]]:
                 assert not at.exception, [e.value for e in at.exception]
                 for i, el in enumerate(at.get("vega_lite_chart")):
                     found.append((f"{run}/{page}#{i}", json.loads(el.proto.spec), _frames(el)))
-    finally:
-        mp.undo()
+    return found
+
+
+@pytest.fixture(scope="module")
+def page_specs(store) -> list[tuple[str, dict, dict]]:
+    """Every chart of every page on both runs, and the Pair explorer's live token map both ways round (the model
+    does not run in tests: built from a frame of the page's shape)."""
+    found = _drive(store, (DL20, SMALL))
     for n_src, n_dst in ((6, 40), (40, 6)):
         frame = pd.DataFrame([{"src_pos": s, "dst_pos": 10 + d, "src_token": f"tok{s}", "dst_token": f"word{d}",
                                "weight": 1.0 / n_dst, "exact": s == d} for s in range(n_src) for d in range(n_dst)])
@@ -140,18 +143,37 @@ def _problems(spec: dict, datasets: dict) -> list[str]:
     return out
 
 
+def _all_problems(specs) -> dict[str, list[str]]:
+    bad = {}
+    for w, spec, datasets in specs:
+        problems = _problems(spec, datasets)
+        if problems:
+            bad[f"{w} {str(spec.get('title'))[:60]!r}"] = problems
+    return bad
+
+
+@pytest.mark.slow
+def test_every_label_shows_on_a_bert_base_sized_run_and_other_families(tmp_path, family_store):
+    """The same rule (fast twin: the test below) on a 12 x 12 run with every optional table (the real MiniLM/BERT
+    grid: 20 heads of the patching chart, 12 heads across a half column), a causal decoder and a MonoT5-like run
+    (decoder cross-attention maps)."""
+    from tests.app.synthetic import build_run
+
+    big = build_run(tmp_path, model="base-ce", layers=12, heads=12, n_queries=3, seed=7)
+    specs = _drive(tmp_path, [big.name]) + _drive(family_store, ["trec-dl-2020__tiny-decoder",
+                                                                 "trec-dl-2020__tiny-monot5"])
+    assert any("cross" in w.lower() or "Cross-attention" in str(s.get("title")) for w, s, _ in specs)
+    assert any("The 20 heads" in str(s.get("title")) for _, s, _ in specs)
+    bad = _all_problems(specs)
+    assert not bad, json.dumps(bad, indent=1)
+
+
 def test_every_categorical_axis_shows_every_label(page_specs):
     where = {w for w, _, _ in page_specs}
     # the charts of the issue's offenders are among those checked
     assert {f"{DL20}/patching#1", f"{DL20}/ablations#3", f"{DL20}/ablations#4", f"{DL20}/head_atlas#1"} <= where
-    checked = 0
-    bad = {}
-    for w, spec, datasets in page_specs:
-        problems = _problems(spec, datasets)
-        checked += sum(1 for _ in _axes(spec))
-        if problems:
-            bad[f"{w} {str(spec.get('title'))[:60]!r}"] = problems
-    assert checked > 40
+    assert sum(1 for _, spec, _ in page_specs for _ in _axes(spec)) > 40
+    bad = _all_problems(page_specs)
     assert not bad, json.dumps(bad, indent=1)
 
 
