@@ -65,13 +65,15 @@ else:
     if run.has("head_contrasts"):
         stats = data.query(run, "head_contrasts", metric, view)
         if len(stats):
-            stats = stats[["layer", "head", "effect_dz", "p_holm", "n_queries"]].rename(
-                columns={"effect_dz": "run_effect_dz", "p_holm": "run_p_holm", "n_queries": "run_n_queries"})
+            # the query-level effect with its bootstrap interval over queries, in the cell's tooltip
+            stats = stats[["layer", "head", "effect", "effect_low", "effect_high", "effect_dz", "p_holm",
+                           "n_queries"]].rename(columns=lambda c: c if c in ("layer", "head") else f"run_{c}")
             grid = grid.merge(stats, on=["layer", "head"], how="left")
             n_queries = int(stats["run_n_queries"].max()) if stats["run_n_queries"].notna().any() else 0
             # a star only from a test over at least MIN_QUERIES queries (never from the pooled pair-level numbers)
             grid["significant"] = (grid["run_p_holm"] < ALPHA) & (grid["run_n_queries"].fillna(0) >= MIN_QUERIES)
-            tooltip += ["run_effect_dz", "run_p_holm", "run_n_queries"]
+            tooltip += ["run_effect", "run_effect_low", "run_effect_high", "run_effect_dz", "run_p_holm",
+                        "run_n_queries"]
 
 if grid.empty:
     st.warning("The slice holds no pairs for this view (check the negative types and grades in the sidebar).")

@@ -210,6 +210,8 @@ def test_head_atlas_colour_range_is_fixed_per_kind_of_value_by_default(app, stor
     assert scale(at) == ([0.0, 1.0], "Mean q_d (colour fixed to [0, 1])")
     at = app(store, "head_atlas", run=DL20, atlas_view="relevant_vs_hard")
     assert scale(at) == ([-1.0, 1.0], "q_d: relevant - hard (colour fixed to [-1, 1])")
+    tips = json.dumps(json.loads(at.get("vega_lite_chart")[0].proto.spec)["layer"][0]["encoding"]["tooltip"])
+    assert all(c in tips for c in ("run_effect_low", "run_effect_high"))  # the run's interval over queries
     at = app(store, "head_atlas", run=DL20, atlas_view="relevant_vs_hard", atlas_color="cohen_d")
     assert scale(at)[0] == [-2.0, 2.0] and "clamped" in scale(at)[1]
     at = app(store, "head_atlas", run=DL20, atlas_fixed="0")
