@@ -28,6 +28,52 @@ NEG_TYPE_COLORS = {"relevant": "#2ca02c", "hard": "#ff7f0e", "easy": "#1f77b4", 
 CELL = "cell"  # name of the (layer, head) selection of head heatmaps
 POINT = "point"  # name of the (layer, component, segment) selection of the patching curves
 MISSING_FILL = "#d0d0d0"  # cells whose value is NULL (not possible, undefined)
+# Every label of a categorical axis is drawn (tests/app/test_chart_specs.py): Streamlit's theme draws axis labels at
+# 12 px, which Vega needs about 20 px of axis per label to keep apart, so a categorical axis gets at least MIN_STEP
+# pixels per category. A chart stretched to its column has, in the narrowest column the pages use at 1280 px (half
+# the main area, ~400 px), about NARROW_PLOT pixels of plot once its axis and legend are drawn.
+MIN_STEP = 20
+NARROW_PLOT = 240
+LABEL_LIMIT = 180  # px of a label of a vertical axis before it is cut ("…"); the full text is in the tooltip
+
+
+def band_axis(**kwargs) -> alt.Axis:
+    """A categorical axis that draws every label (Vega-Lite's default removes the ones that overlap) and cuts a long
+    one at ``labelLimit`` (the marks' tooltips carry the full text)."""
+    return alt.Axis(**{"labelOverlap": False, "labelLimit": LABEL_LIMIT, **kwargs})
+
+
+def x_band(n: int, **kwargs) -> tuple[alt.Axis, alt.Step | None]:
+    """(axis, width) of a categorical x axis of ``n`` categories with horizontal labels: stretched to its column
+    while each category has ``MIN_STEP`` pixels of ``NARROW_PLOT`` there, else one ``MIN_STEP`` per category (the
+    chart is then drawn at its own width, app.ui.chart); each label is cut at its share of the axis."""
+    stretched = n * MIN_STEP <= NARROW_PLOT
+    limit = NARROW_PLOT // max(n, 1) if stretched else MIN_STEP
+    axis = band_axis(**{"labelAngle": 0, "labelLimit": max(limit - 2, 8), **kwargs})
+    return axis, (None if stretched else alt.Step(MIN_STEP))
+
+
+TITLE_CHAR_PX = 7  # width of a character of an axis title in Streamlit's theme (12 px font), rounded up
+
+
+def wrapped(text: str, px: float) -> str | list[str]:
+    """``text`` in lines of at most ``px`` pixels (a list: Vega draws one line each). A vertical axis title longer
+    than its plot is drawn past the chart's top under Streamlit's autosize ("fit"), over the title and whatever
+    sits above the chart."""
+    per_line = max(int(px // TITLE_CHAR_PX), 8)
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= per_line:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines[0] if len(lines) == 1 else lines
+
+
+FIT_DECORATION_PX = 90  # a fitted chart's height less its plot: its title, the x axis and its title
+
+
+LAYER_AXIS = alt.Axis(format="d", tickMinStep=1)  # layers on a line chart: a number line, whatever the depth
 
 
 def neg_type_scale(values=None) -> alt.Scale:
@@ -36,13 +82,27 @@ def neg_type_scale(values=None) -> alt.Scale:
     return alt.Scale(domain=names + extra, range=[NEG_TYPE_COLORS[n] for n in names] + ["#9467bd"] * len(extra))
 
 
+# Fixed colour ranges of head heatmaps, per kind of value: every metric of the store is an attention mass or weight
+# in [0, 1], so a difference of two lies in [-1, 1]; an effect size has no bound and is clamped to [-2, 2] (a
+# "large" d is 0.8). One range per kind lets two maps, or one map under two metrics, be read on one scale.
+FIXED_DOMAINS: dict[str, tuple[float, float]] = {"mass": (0.0, 1.0), "difference": (-1.0, 1.0),
+                                                 "effect size": (-2.0, 2.0)}
+
+
+def fixed_domain(kind: str, value_title: str) -> tuple[tuple[float, float], str]:
+    """The fixed colour range of ``kind`` (a key of FIXED_DOMAINS) and the legend title that states it."""
+    lo, hi = FIXED_DOMAINS[kind]
+    clamp = ", clamped" if kind == "effect size" else ""
+    return (lo, hi), f"{value_title} (colour fixed to [{lo:g}, {hi:g}]{clamp})"
+
+
 def color_scale(values: pd.Series | None = None, *, diverging: bool = False,
                 domain: tuple[float, float] | None = None) -> alt.Scale:
     """Sequential viridis, or a diverging red-blue scale centred on 0 with a symmetric domain.
 
     ``domain`` fixes the range (two maps drawn side by side then share one colour scale)."""
     if not diverging:
-        return alt.Scale(scheme=SEQUENTIAL, domain=list(domain)) if domain else alt.Scale(scheme=SEQUENTIAL)
+        return alt.Scale(scheme=SEQUENTIAL, domain=list(domain), clamp=True) if domain else alt.Scale(scheme=SEQUENTIAL)
     if domain is not None:
         values = pd.Series([float(domain[0]), float(domain[1])])
     bound = 0.0
@@ -50,7 +110,7 @@ def color_scale(values: pd.Series | None = None, *, diverging: bool = False,
         vals = pd.to_numeric(values, errors="coerce").abs()
         bound = float(vals.max()) if vals.notna().any() else 0.0
     bound = bound if bound > 0 and math.isfinite(bound) else 1.0
-    return alt.Scale(scheme=DIVERGING, reverse=True, domainMid=0, domain=[-bound, bound])
+    return alt.Scale(scheme=DIVERGING, reverse=True, domainMid=0, domain=[-bound, bound], clamp=domain is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,11 +128,13 @@ def head_heatmap(
     mark_significant: str | None = None,
     selected: tuple[int, int] | None = None,
     domain: tuple[float, float] | None = None,
+    legend_title: str | None = None,
     missing: str = "no value",
 ) -> alt.Chart:
     """Layer x head heatmap of ``value`` (layer 0 on top). ``mark_significant``: a boolean column
     whose true cells get a star. ``selected``: the (layer, head) drawn with a black outline. Cells whose
-    value is NULL are grey with a cross, ``missing`` (e.g. "not possible (causal)") in their tooltip."""
+    value is NULL are grey with a cross, ``missing`` (e.g. "not possible (causal)") in their tooltip. ``domain``
+    fixes the colour range (see fixed_domain), ``legend_title`` says so."""
     tips = [alt.Tooltip("layer:O", title="layer"), alt.Tooltip("head:O", title="head"),
             alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")]
     for col in tooltip or []:
@@ -80,20 +142,19 @@ def head_heatmap(
             kind = "Q" if pd.api.types.is_numeric_dtype(df[col]) else "N"
             tips.append(alt.Tooltip(f"{col}:{kind}", title=col, format=".4g") if kind == "Q"
                         else alt.Tooltip(f"{col}:{kind}", title=col))
-    base = alt.Chart(df).encode(
-        x=alt.X("head:O", title="Head", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("layer:O", title="Layer", sort="ascending"),
-    )
+    x_axis, width = x_band(df["head"].nunique() if "head" in df else 0)
+    x = alt.X("head:O", title="Head", axis=x_axis)
+    y = alt.Y("layer:O", title="Layer", sort="ascending", axis=band_axis())
+    base = alt.Chart(df).encode(x=x, y=y)
     valid = df[value].notna() if value in df else pd.Series(dtype=bool)
     rect = base.mark_rect().encode(
-        color=alt.Color(f"{value}:Q", title=value_title,
+        color=alt.Color(f"{value}:Q", title=legend_title or value_title,
                         legend=alt.Legend(titleLimit=320, orient="right") if valid.any() else None,
                         scale=color_scale(df[value] if value in df else None, diverging=diverging, domain=domain)),
         tooltip=tips,
     )
     layers = [rect]
-    empty = _missing_cells(df[~valid], ["layer", "head"], missing,
-                           x=alt.X("head:O", title="Head"), y=alt.Y("layer:O", title="Layer")) if len(valid) else []
+    empty = _missing_cells(df[~valid], ["layer", "head"], missing, x=x, y=y) if len(valid) else []
     if selectable:
         sel = alt.selection_point(name=CELL, fields=["layer", "head"], on="click", clear="dblclick", toggle=False)
         rect = rect.add_params(sel).encode(
@@ -109,11 +170,11 @@ def head_heatmap(
     if selected is not None:
         sel_df = pd.DataFrame([{"layer": int(selected[0]), "head": int(selected[1])}])
         layers.append(
-            alt.Chart(sel_df).mark_rect(fill=None, stroke="black", strokeWidth=2.5)
-            .encode(x=alt.X("head:O", title="Head"), y=alt.Y("layer:O", title="Layer"))
+            alt.Chart(sel_df).mark_rect(fill=None, stroke="black", strokeWidth=2.5).encode(x=x, y=y)
         )
     chart = alt.layer(*layers) if len(layers) > 1 else layers[0]
-    return chart.properties(title=title, height=alt.Step(30))
+    chart = chart.properties(title=title, height=alt.Step(30))
+    return chart.properties(width=width) if width is not None else chart
 
 
 def _missing_cells(df: pd.DataFrame, keys: list[str], text: str, *, x: alt.X, y: alt.Y) -> list[alt.Chart]:
@@ -140,8 +201,10 @@ def direction_matrix(df: pd.DataFrame, *, title: str, value: str = "mean", value
     d["status"] = ["" if pd.notna(v) else labels.missing(x) for v, x in zip(d[value], d["direction"])]
     d["status_text"] = d["status"].str.replace(" (", "\n(", regex=False)
     order = list(labels.names)
-    x = alt.X("to:N", sort=order, title="Attended segment (keys)", axis=alt.Axis(labelAngle=0))
-    y = alt.Y("from:N", sort=order, title="Attending segment (queries of attention)")
+    # stretched to its column (a half column too): the names are vertical so that five fit a narrow one apart
+    x = alt.X("to:N", sort=order, title="Attended segment (keys)",
+              axis=band_axis(labelAngle=-90, labelLimit=NARROW_PLOT // 2))
+    y = alt.Y("from:N", sort=order, title="Attending segment (queries of attention)", axis=band_axis())
     tips = [alt.Tooltip("direction:N"), alt.Tooltip("direction_label:N", title="meaning"),
             alt.Tooltip(f"{value}:Q", title=value_title, format=".4f"), alt.Tooltip("status:N", title="note")]
     base = alt.Chart(d).encode(x=x, y=y)
@@ -160,7 +223,7 @@ def direction_matrix(df: pd.DataFrame, *, title: str, value: str = "mean", value
         layers += [miss.mark_rect(color=MISSING_FILL).encode(tooltip=tips),
                    miss.mark_text(baseline="middle", fontSize=10, color="#333333", lineBreak="\n").encode(
                        text=alt.Text("status_text:N"))]
-    return alt.layer(*layers).properties(title=title, width=alt.Step(80), height=alt.Step(44))
+    return alt.layer(*layers).properties(title=title, height=alt.Step(44))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +237,8 @@ def histogram(df: pd.DataFrame, *, title: str, x_title: str, group: str = "neg_t
         .encode(
             x=alt.X("bin_start:Q", title=x_title, bin="binned"),
             x2="bin_end:Q",
-            y=alt.Y("share:Q", title="Share of the group's pairs", stack=None, axis=alt.Axis(format="%")),
+            y=alt.Y("share:Q", title=wrapped("Share of the group's pairs", 260 - FIT_DECORATION_PX), stack=None,
+                    axis=alt.Axis(format="%")),
             color=alt.Color(f"{group}:N", title="Negative type", scale=neg_type_scale(list(df[group].unique()))),
             tooltip=[alt.Tooltip(f"{group}:N", title="Negative type"),
                      alt.Tooltip("bin_start:Q", title="from", format=".3f"),
@@ -193,15 +257,16 @@ def box_from_stats(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
     d["_order"] = [(rank.get(n, 99), -g) for n, g in zip(d["neg_type"], d["grade"])]
     order = list(d.sort_values("_order")["group"])
     d = d.drop(columns="_order")
-    x = alt.X("group:N", title="Negative type and grade", sort=order, axis=alt.Axis(labelAngle=-30))
+    # one row per group (horizontal boxes): the group names read in full, however many groups the slice keeps
+    y = alt.Y("group:N", title="Negative type and grade", sort=order, axis=band_axis())
     color = alt.Color("neg_type:N", title="Negative type", scale=neg_type_scale(list(d["neg_type"].unique())))
     tips = [alt.Tooltip("group:N", title="group"), alt.Tooltip("n:Q", title="pairs")] + [
         alt.Tooltip(f"{c}:Q", format=".4f") for c in ("min", "q1", "median", "mean", "q3", "max")]
-    base = alt.Chart(d).encode(x=x, tooltip=tips)
-    whisker = base.mark_rule().encode(y=alt.Y("min:Q", title=y_title, scale=alt.Scale(zero=False)), y2="max:Q")
-    box = base.mark_bar(size=22, opacity=0.8).encode(y=alt.Y("q1:Q", title=y_title), y2="q3:Q", color=color)
-    median = base.mark_tick(color="black", size=22, thickness=2).encode(y=alt.Y("median:Q", title=y_title))
-    return alt.layer(whisker, box, median).properties(title=title, height=280)
+    base = alt.Chart(d).encode(y=y, tooltip=tips)
+    whisker = base.mark_rule().encode(x=alt.X("min:Q", title=y_title, scale=alt.Scale(zero=False)), x2="max:Q")
+    box = base.mark_bar(size=18, opacity=0.8).encode(x=alt.X("q1:Q", title=y_title), x2="q3:Q", color=color)
+    median = base.mark_tick(color="black", size=18, thickness=2).encode(x=alt.X("median:Q", title=y_title))
+    return alt.layer(whisker, box, median).properties(title=title, height=alt.Step(30))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +282,8 @@ def direction_lines(df: pd.DataFrame, *, title: str, columns: int = 5, labels: L
         alt.Chart(d)
         .mark_line(point=True)
         .encode(
-            x=alt.X("layer:O", title="Layer", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("mean:Q", title="Mean attention mass", scale=alt.Scale(zero=False)),
+            x=alt.X("layer:Q", title="Layer", axis=LAYER_AXIS),
+            y=alt.Y("mean:Q", title=wrapped("Mean attention mass", 130), scale=alt.Scale(zero=False)),
             color=alt.Color("neg_type:N", title="Negative type", scale=neg_type_scale(list(d["neg_type"].unique()))),
             tooltip=[alt.Tooltip("direction_label:N", title="direction"), alt.Tooltip("layer:O"),
                      alt.Tooltip("neg_type:N", title="negative type"), alt.Tooltip("mean:Q", format=".4f"),
@@ -251,9 +316,10 @@ def lexical_semantic(df: pd.DataFrame, *, title: str, labels: Labels | None = No
                                  n_queries=df[f"n_queries_relevant_minus_{k}"]) for k in ("hard", "easy")])
 
     def panel(d: pd.DataFrame, y_title: str, colors: alt.Scale, zero: bool) -> alt.FacetChart:
+        y_title = wrapped(y_title, 150)
         d = d.assign(metric_label=d["metric"].map(lambda m: names.get(m, m)))[
             ["metric_label", "layer", "series", "value", "low", "high", "n_queries"]]
-        x = alt.X("layer:O", title="Layer", axis=alt.Axis(labelAngle=0))
+        x = alt.X("layer:Q", title="Layer", axis=LAYER_AXIS)
         color = alt.Color("series:N", title=None, scale=colors)
         tips = [alt.Tooltip("metric_label:N", title="metric"), alt.Tooltip("layer:O"), alt.Tooltip("series:N"),
                 alt.Tooltip("value:Q", title="mean over queries", format="+.4f"),
@@ -278,24 +344,27 @@ def lexical_semantic(df: pd.DataFrame, *, title: str, labels: Labels | None = No
 
 
 def layer_sweep(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
-    """Delta of the measure when a condition is applied to one layer at a time."""
+    """Delta of the measure when a condition is applied to one layer at a time, with its 95% interval over queries
+    where the frame has ``delta_low`` / ``delta_high`` (Run.delta_intervals)."""
     d = df.copy()
     d["condition_mode"] = d["condition"] + " / " + d["mode"]
-    line = (
-        alt.Chart(d)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:O", title="Ablated layer", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("delta:Q", title=y_title),
-            color=alt.Color("condition_mode:N", title="Condition / mode"),
-            tooltip=[alt.Tooltip("condition_id:N", title="condition"), alt.Tooltip("layer:O"),
-                     alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("delta:Q", format="+.4f"),
-                     alt.Tooltip("p_holm:Q", title="p (Holm)", format=".3g")],
-        )
-    )
+    x = alt.X("layer:Q", title="Ablated layer", axis=LAYER_AXIS)
+    y_title = wrapped(y_title, 280 - FIT_DECORATION_PX)
+    color = alt.Color("condition_mode:N", title="Condition / mode")
+    tips = [alt.Tooltip("condition_id:N", title="condition"), alt.Tooltip("layer:O"),
+            alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("delta:Q", format="+.4f"),
+            alt.Tooltip("p_holm:Q", title="p (Holm)", format=".3g")]
+    line = alt.Chart(d).mark_line(point=True).encode(x=x, y=alt.Y("delta:Q", title=y_title), color=color)
     zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(
         y=alt.Y("y:Q", title=y_title))
-    return alt.layer(zero, line).properties(title=title, height=280)
+    layers = [zero]
+    if {"delta_low", "delta_high"} <= set(d.columns):  # the delta's 95% interval over queries
+        tips += [alt.Tooltip("delta_low:Q", title="95% CI low", format="+.4f"),
+                 alt.Tooltip("delta_high:Q", title="95% CI high", format="+.4f")]
+        layers.append(alt.Chart(d).mark_errorbar(ticks=True).encode(
+            x=x, y=alt.Y("delta_low:Q", title=y_title), y2="delta_high:Q", color=color))
+    layers.append(line.encode(tooltip=tips))
+    return alt.layer(*layers).properties(title=title, height=280)
 
 
 def delta_bars(df: pd.DataFrame, *, title: str, x_title: str, label: str = "qid", value: str = "delta") -> alt.Chart:
@@ -311,12 +380,12 @@ def delta_bars(df: pd.DataFrame, *, title: str, x_title: str, label: str = "qid"
         alt.Chart(d)
         .mark_bar()
         .encode(
-            y=alt.Y(f"{label}:N", sort=order, title="Query"),
+            y=alt.Y(f"{label}:N", sort=order, title="Query", axis=band_axis()),
             x=alt.X(f"{value}:Q", title=x_title),
             color=alt.Color(f"{value}:Q", title=x_title, scale=color_scale(d[value], diverging=True)),
             tooltip=tips,
         )
-        .properties(title=title, height=alt.Step(14))
+        .properties(title=title, height=alt.Step(MIN_STEP))
     )
 
 
@@ -326,14 +395,15 @@ def grouped_deltas(df: pd.DataFrame, *, title: str, x_title: str) -> alt.Chart:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            y=alt.Y("condition_id:N", title="Condition"),
+            y=alt.Y("condition_id:N", title="Condition", axis=band_axis()),
             yOffset="run:N",
             x=alt.X("delta:Q", title=x_title),
             color=alt.Color("run:N", title="Run", legend=alt.Legend(orient="bottom", direction="vertical")),
             tooltip=[alt.Tooltip("condition_id:N", title="condition"), alt.Tooltip("run:N"),
                      alt.Tooltip("delta:Q", format="+.4f")],
         )
-        .properties(title=title, height=alt.Step(9))
+        # one step per condition (not per bar of the offset): 12 px per run's bar, at least MIN_STEP for its label
+        .properties(title=title, height=alt.Step(max(MIN_STEP, 12 * max(df["run"].nunique(), 1)), **{"for": "position"}))
     )
 
 
@@ -343,13 +413,16 @@ def scatter(df: pd.DataFrame, x: str, y: str, *, title: str, x_title: str, y_tit
             for c in (tooltip or []) if c in df.columns]
     enc = dict(
         x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(zero=False)),
-        y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)),
+        y=alt.Y(f"{y}:Q", title=wrapped(y_title, 320 - FIT_DECORATION_PX), scale=alt.Scale(zero=False)),
         tooltip=tips,
     )
     if color:
         enc["color"] = alt.Color(f"{color}:O", title=color_title or color, scale=alt.Scale(scheme="viridis"))
     points = alt.Chart(df).mark_circle(size=70, opacity=0.8).encode(**enc)
     return points.properties(title=title, height=320)
+
+
+SPECTRUM_HEIGHT = 320  # a half column's spectrum keeps ~230 px of plot beside a 12-head legend at 1280 x 800
 
 
 def spectrum_lines(df: pd.DataFrame, y: str, *, title: str, y_title: str) -> alt.Chart:
@@ -362,34 +435,39 @@ def spectrum_lines(df: pd.DataFrame, y: str, *, title: str, y_title: str) -> alt
         .mark_line(point=alt.OverlayMarkDef(size=18))
         .encode(
             x=alt.X("k:Q", title="Singular value index k (0 = largest)"),
-            y=alt.Y(f"{y}:Q", title=y_title),
+            y=alt.Y(f"{y}:Q", title=wrapped(y_title, SPECTRUM_HEIGHT - FIT_DECORATION_PX)),
             color=alt.Color("head_label:N", title="Head", sort=order,
                             legend=alt.Legend(columns=2 if len(order) > 8 else 1, symbolLimit=64)),
             tooltip=[alt.Tooltip("head_label:N", title="head"), alt.Tooltip("k:Q"),
                      alt.Tooltip("sigma:Q", format=".4f"), alt.Tooltip("alignment:Q", format=".3f")],
         )
-        .properties(title=title, height=260)
+        .properties(title=title, height=SPECTRUM_HEIGHT)
     )
 
 
 def token_heatmap(df: pd.DataFrame, *, title: str, x_title: str, y_title: str) -> alt.Chart:
-    """Token-level attention weights: rows = attending tokens, columns = attended tokens (in input order)."""
+    """Token-level attention weights in input order: attending tokens (``y_title``) against attended ones
+    (``x_title``). The side with more tokens (a passage) runs down the rows, one ``MIN_STEP`` each, the other along
+    the columns with vertical labels: every token is labelled, whatever the passage's length."""
     d = df.copy()
     d["row"] = d["src_pos"].astype(str).str.zfill(3) + " " + d["src_token"]
     d["col"] = d["dst_pos"].astype(str).str.zfill(3) + " " + d["dst_token"]
+    rows, cols, row_title, col_title = "row", "col", y_title, x_title
+    if d["col"].nunique() > d["row"].nunique():
+        rows, cols, row_title, col_title = "col", "row", x_title, y_title
     return (
         alt.Chart(d)
         .mark_rect()
         .encode(
-            x=alt.X("col:N", title=x_title, sort=sorted(d["col"].unique()),
-                    axis=alt.Axis(labelExpr="slice(datum.label, 4)", labelAngle=-60, labelOverlap=False)),
-            y=alt.Y("row:N", title=y_title, sort=sorted(d["row"].unique()),
-                    axis=alt.Axis(labelExpr="slice(datum.label, 4)")),
+            x=alt.X(f"{cols}:N", title=col_title, sort=sorted(d[cols].unique()),
+                    axis=band_axis(labelExpr="slice(datum.label, 4)", labelAngle=-90, labelLimit=120)),
+            y=alt.Y(f"{rows}:N", title=row_title, sort=sorted(d[rows].unique()),
+                    axis=band_axis(labelExpr="slice(datum.label, 4)", labelLimit=120)),
             color=alt.Color("weight:Q", title="Attention weight", scale=alt.Scale(scheme="viridis")),
             tooltip=[alt.Tooltip("src_token:N", title="from token"), alt.Tooltip("dst_token:N", title="to token"),
                      alt.Tooltip("weight:Q", format=".4f"), alt.Tooltip("exact:N", title="same token id")],
         )
-        .properties(title=title, height=alt.Step(16), width=alt.Step(12))
+        .properties(title=title, height=alt.Step(MIN_STEP), width=alt.Step(MIN_STEP))
     )
 
 
@@ -407,8 +485,8 @@ def component_grid(df: pd.DataFrame, *, title: str, value_title: str, labels: La
     tips = [alt.Tooltip("condition_id:N", title="condition"), alt.Tooltip("layer:O"), alt.Tooltip("where:N", title="tokens"),
             alt.Tooltip("delta:Q", title=value_title, format="+.4f"), alt.Tooltip("p_holm:Q", title="p (Holm)", format=".3g")]
     base = alt.Chart().encode(
-        x=alt.X("where:N", title="Removed at", sort=order, axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("layer:O", title="Layer", sort="ascending"),
+        x=alt.X("where:N", title="Removed at", sort=order, axis=band_axis(labelAngle=0, labelLimit=66)),
+        y=alt.Y("layer:O", title="Layer", sort="ascending", axis=band_axis()),
     )
     rect = base.mark_rect().encode(
         color=alt.Color("delta:Q", title=value_title, scale=color_scale(d["delta"], diverging=True)), tooltip=tips)
@@ -428,27 +506,35 @@ def metric_deltas(df: pd.DataFrame, *, title: str, x_title: str, labels: Labels 
     d["label"] = [f"{m}: {labels.metric(m)}" for m in d["metric"]]
     tooltip = [alt.Tooltip("label:N", title="metric"), alt.Tooltip("baseline:Q", title="without", format=".4f"),
                alt.Tooltip("mean:Q", title="with", format=".4f"), alt.Tooltip("delta:Q", format="+.4f")]
-    return _diverging_bars(d, "label", "Metric of the head", "delta", x_title, tooltip, title=title, step=14)
+    return _diverging_bars(d, "label", "Metric of the head", "delta", x_title, tooltip, title=title, step=MIN_STEP)
 
 
-def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str = "item") -> alt.Chart:
-    """Mean effect with its 95% confidence interval (columns ``label``, ``mean``, ``ci_lo``, ``ci_hi``, ``n``,
-    ``n_null``), one row per item, largest first."""
+PATCHING_COUNTS = {"n": "pairs with an effect", "n_null": "NULL effects"}
+
+
+def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str = "item", value: str = "mean",
+                     low: str = "ci_lo", high: str = "ci_hi", y_title: str = "Patched activation",
+                     counts: dict[str, str] | None = None) -> alt.Chart:
+    """An estimate with its 95% confidence interval, one row per item (``label``), largest first: a point at
+    ``value`` on a rule from ``low`` to ``high``, around a dashed zero. ``counts``: columns shown in the tooltip with
+    their titles (default: a patching effect's pairs)."""
     d = df.copy()
-    order = list(d.sort_values("mean", ascending=False)[label].astype(str))
+    order = list(d.sort_values(value, ascending=False)[label].astype(str))
     d[label] = d[label].astype(str)
-    tips = [alt.Tooltip(f"{label}:N"), alt.Tooltip("mean:Q", title="mean effect", format="+.4f"),
-            alt.Tooltip("ci_lo:Q", title="95% CI low", format="+.4f"),
-            alt.Tooltip("ci_hi:Q", title="95% CI high", format="+.4f"),
-            alt.Tooltip("n:Q", title="pairs with an effect"), alt.Tooltip("n_null:Q", title="NULL effects")]
-    base = alt.Chart(d).encode(y=alt.Y(f"{label}:N", sort=order, title="Patched activation"), tooltip=tips)
-    bar = base.mark_rule(strokeWidth=2, color="#555555").encode(x=alt.X("ci_lo:Q", title=x_title), x2="ci_hi:Q")
-    point = base.mark_point(filled=True, size=60).encode(
-        x=alt.X("mean:Q", title=x_title),
-        color=alt.Color("mean:Q", title=x_title, scale=color_scale(d["mean"], diverging=True)))
+    tips = [alt.Tooltip(f"{label}:N", title=y_title), alt.Tooltip(f"{value}:Q", title=x_title, format="+.4f"),
+            alt.Tooltip(f"{low}:Q", title="95% CI low", format="+.4f"),
+            alt.Tooltip(f"{high}:Q", title="95% CI high", format="+.4f")]
+    tips += [alt.Tooltip(f"{c}:Q", title=t) for c, t in (PATCHING_COUNTS if counts is None else counts).items()
+             if c in d.columns]
+    base = alt.Chart(d).encode(y=alt.Y(f"{label}:N", sort=order, title=y_title, axis=band_axis()), tooltip=tips)
+    bar = base.mark_rule(strokeWidth=2, color="#555555").encode(x=alt.X(f"{low}:Q", title=x_title), x2=f"{high}:Q")
+    # the colour repeats the position (no legend); the outline keeps a point near 0 (white) visible
+    point = base.mark_point(filled=True, size=60, stroke="#333333", strokeWidth=0.6).encode(
+        x=alt.X(f"{value}:Q", title=x_title),
+        color=alt.Color(f"{value}:Q", legend=None, scale=color_scale(d[value], diverging=True)))
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(
         x=alt.X("x:Q", title=x_title))
-    return alt.layer(zero, bar, point).properties(title=title, height=alt.Step(16))
+    return alt.layer(zero, bar, point).properties(title=title, height=alt.Step(MIN_STEP))
 
 
 def component_curves(df: pd.DataFrame, *, title: str, y_title: str, labels: Labels | None = None,
@@ -468,7 +554,8 @@ def component_curves(df: pd.DataFrame, *, title: str, y_title: str, labels: Labe
             alt.Tooltip("ci_lo:Q", title="95% CI low", format="+.4f"),
             alt.Tooltip("ci_hi:Q", title="95% CI high", format="+.4f"),
             alt.Tooltip("n:Q", title="pairs with an effect"), alt.Tooltip("n_null:Q", title="NULL effects")]
-    x = alt.X("layer:O", title="Layer", axis=alt.Axis(labelAngle=0))
+    x = alt.X("layer:Q", title="Layer", axis=LAYER_AXIS)
+    y_title = wrapped(y_title, 200)
     band = alt.Chart().mark_area(opacity=0.15).encode(x=x, y=alt.Y("ci_lo:Q", title=y_title), y2="ci_hi:Q", color=color)
     line = alt.Chart().mark_line().encode(x=x, y=alt.Y("mean:Q", title=y_title), color=color)
     points = alt.Chart().mark_point(filled=True, size=50).encode(
@@ -486,8 +573,7 @@ def depth_lines(df: pd.DataFrame, *, title: str, y_title: str) -> alt.Chart:
     return (
         alt.Chart(d).mark_line(point=True).encode(
             x=alt.X("depth:Q", title="Relative depth ((layer + 0.5) / layers)", scale=alt.Scale(domain=[0, 1])),
-            # a vertical title longer than the height would shrink the plot under Streamlit's autosize: cut it
-            y=alt.Y("layer_value:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(titleLimit=250)),
+            y=alt.Y("layer_value:Q", title=wrapped(y_title, 280 - FIT_DECORATION_PX), scale=alt.Scale(zero=False)),
             color=alt.Color("run:N", title="Run", legend=alt.Legend(labelLimit=360)),  # right: a legend above or
             # below is counted inside the chart's height by Streamlit's autosize and squashes the plot
             tooltip=[alt.Tooltip("run:N"), alt.Tooltip("layer:O"), alt.Tooltip("layers:Q", title="layers"),
@@ -501,7 +587,7 @@ def _diverging_bars(d: pd.DataFrame, y: str, y_title: str, x: str, x_title: str,
     """Horizontal bars of a signed value, in the rows' order, coloured on a diverging scale centred on 0."""
     return (
         alt.Chart(d).mark_bar().encode(
-            y=alt.Y(f"{y}:N", title=y_title, sort=list(d[y])),
+            y=alt.Y(f"{y}:N", title=y_title, sort=list(d[y]), axis=band_axis()),
             x=alt.X(f"{x}:Q", title=x_title),
             color=alt.Color(f"{x}:Q", title=x_title, scale=color_scale(d[x], diverging=True)),
             tooltip=tooltip,
@@ -527,8 +613,8 @@ def cross_attention_maps(df: pd.DataFrame, *, title: str, value_title: str) -> a
             alt.Tooltip("n:Q", title="pairs")]
     return (
         alt.Chart(df).mark_rect().encode(
-            x=alt.X("head:O", title="Head", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("layer:O", title="Decoder layer", sort="ascending"),
+            x=alt.X("head:O", title="Head", axis=band_axis(labelAngle=0, labelLimit=MIN_STEP)),
+            y=alt.Y("layer:O", title="Decoder layer", sort="ascending", axis=band_axis()),
             color=alt.Color("mean:Q", title=value_title, scale=color_scale(df["mean"])),
             tooltip=tips,
         ).properties(width=alt.Step(22), height=alt.Step(22))

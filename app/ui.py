@@ -94,8 +94,11 @@ def chart(
     key: str,
     select: str | None = None,
 ) -> Any:
-    """Draw an Altair chart with PNG, SVG and CSV downloads under it; returns the selection event."""
-    kwargs: dict[str, Any] = {"key": key, "width": "stretch"}
+    """Draw an Altair chart with PNG, SVG and CSV downloads under it; returns the selection event. A chart sized
+    per category (a step width: one column per category, see charts.x_band) is drawn at its own width, which
+    Streamlit's stretching would replace by the column's."""
+    stepped = isinstance(getattr(ch, "width", None), alt.Step)
+    kwargs: dict[str, Any] = {"key": key, "width": "content" if stepped else "stretch"}
     if select:
         kwargs.update(on_select="rerun", selection_mode=[select])
     event = st.altair_chart(ch, **kwargs)

@@ -67,6 +67,42 @@ class EffectTables(Reader):
             df[[c for c in df.columns if "ndcg_ties" in c]] = float("nan")
         return sq.ints(df, "n_queries")
 
+    def delta_intervals(self, measure: str = MEASURE, scope: str = SCOPE, seed: int | None = None) -> pd.DataFrame:
+        """Per ablation condition (the baseline left out): ``n_queries``, ``delta`` (the mean over queries of the
+        measure under the condition minus under the baseline, as Table 1's delta) and ``delta_low`` /
+        ``delta_high``, its 95% percentile bootstrap interval over queries (seeded), from ablation_metrics: the
+        interval drawn around every ablation delta."""
+        import numpy as np
+
+        from precompute.conditions import BASELINE
+        from precompute.statistics import bootstrap_over_queries
+
+        columns = ["condition_id", "n_queries", "delta", "delta_low", "delta_high"]
+        if not self.has("ablation_metrics"):
+            return pd.DataFrame(columns=columns)
+        per_query = self._frame("""
+            SELECT c.condition_id, c.qid, c.value - b.value AS delta
+            FROM ablation_metrics c
+            JOIN ablation_metrics b ON b.qid = c.qid AND b.scope = c.scope AND b.measure = c.measure
+                 AND b.condition_id = ?
+            WHERE c.scope = ? AND c.measure = ? AND c.condition_id <> ?
+            ORDER BY c.condition_id, c.qid
+        """, [BASELINE, scope, measure, BASELINE])
+        if per_query.empty:
+            return pd.DataFrame(columns=columns)
+        wide = per_query.pivot(index="condition_id", columns="qid", values="delta")  # [conditions, queries], sorted
+        values = wide.to_numpy(float)
+        present = ~np.isnan(values)
+        filled = np.where(present, values, 0.0)
+
+        def mean_delta(weights: np.ndarray) -> np.ndarray:  # [r, queries] -> [r, conditions]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return (weights @ filled.T) / (weights @ present.T)
+
+        delta, low, high = bootstrap_over_queries(mean_delta, values.shape[1], seed=self._seed(seed))
+        return pd.DataFrame({"condition_id": wide.index, "n_queries": present.sum(1).astype("int64"),
+                             "delta": delta, "delta_low": low, "delta_high": high})
+
     def _judged_complete(self) -> bool:
         """Whether the pairs hold every judged passage of their queries (no pair comes from a run file)."""
         return bool(self._frame("SELECT count(run_rank) = 0 AS complete FROM pairs")["complete"].iloc[0])

@@ -1,7 +1,9 @@
 """Ablations: the paper's Table 1 for the run, per-layer sweeps, the head-ablation heatmap, the conditions a causal
 model refused, component conditions (MLP and attention blocks: their table and a layer x segment grid), QK-subspace
 conditions (nDCG change beside the change of the head's own metrics), and the per-query deltas of the condition
-clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ablation_summary.analysis)."""
+clicked (or chosen). Each section's stars are Holm-corrected within its own analysis (ablation_summary.analysis);
+each kind of condition is also a sorted chart of its deltas with their intervals over queries. Over 360 lines: one
+page per kind of result the job writes, and each kind of condition is a section of it."""
 
 from __future__ import annotations
 
@@ -129,6 +131,27 @@ def show_contrasts() -> None:
         st.warning(FEW_QUERIES_WARNING, icon=":material/warning:")
 
 
+TOP_DELTAS = 20  # rows of a sorted delta chart beyond which only the largest |delta| are drawn (the table has all)
+
+
+def show_delta_intervals(rows: pd.DataFrame, what: str, key: str) -> None:
+    """The deltas of ``rows``' conditions with their 95% bootstrap intervals over queries, sorted, one row each (the
+    TOP_DELTAS largest |delta| when there are more, the title says of how many)."""
+    shown = rows[["condition_id"]].merge(intervals, on="condition_id", how="inner").dropna(subset=["delta"])
+    if shown.empty:
+        return
+    n = len(shown)
+    if n > TOP_DELTAS:
+        shown = shown.loc[shown["delta"].abs().nlargest(TOP_DELTAS).index]
+    part = f"the {TOP_DELTAS} largest |delta| of {n}; " if n > TOP_DELTAS else ""
+    ui.chart(charts.effect_intervals(
+        shown, label="condition_id", value="delta", low="delta_low", high="delta_high", y_title="Condition",
+        title=f"{what}: delta {measure} with its 95% CI over queries ({part}{run.model_name}, {scope})",
+        x_title=f"Delta {measure} (condition - baseline)", counts={"n_queries": "queries"}),
+        shown, f"{run.name}-{key}-{scope}-{measure}", key=key)
+    st.caption(f"Point: the mean over queries of the per-query delta; bar: its {CI}.")
+
+
 def family_note(analysis: str, kinds: str) -> str:
     """Which Holm family a section's stars use, and its size in this run."""
     fam = families[families["analysis"] == analysis]
@@ -169,6 +192,7 @@ sweeps = data.query(run, "layer_sweeps", measure=measure, scope=scope)
 heads = data.query(run, "head_ablations", measure=measure, scope=scope)
 components = data.query(run, "component_effects", measure=measure, scope=scope)
 families = data.query(run, "holm_families", measure=measure, scope=scope)
+intervals = data.query(run, "delta_intervals", measure=measure, scope=scope)
 
 # -- Table 1 ----------------------------------------------------------------------------------
 st.subheader(f"Table 1: {escape(measure)} under each ablation ({escape(scope)})")
@@ -196,6 +220,7 @@ st.caption("Delta = condition - baseline, mean over queries; paired t-test over 
 ui.table_download(shown, f"{run.name}-table1-{scope}-{measure}", key="abl_table_csv")
 if len(table) and int(table["n_queries"].max()) < MIN_QUERIES:
     st.warning(FEW_QUERIES_WARNING, icon=":material/warning:")
+show_delta_intervals(table, "Table 1", "abl_table_chart")
 show_refused()
 show_query_level()
 show_contrasts()
@@ -211,6 +236,7 @@ if rows:
 # -- per-layer sweeps -------------------------------------------------------------------------
 if len(sweeps):
     st.subheader(kind_of("layer_sweep").title)
+    sweeps = sweeps.merge(intervals[["condition_id", "delta_low", "delta_high"]], on="condition_id", how="left")
     ui.chart(charts.layer_sweep(sweeps, title=f"{measure} change when one layer is ablated ({run.model_name}, "
                                               f"{run.dataset_name}, {scope})",
                                 y_title=f"Delta {measure} (condition - baseline)"),
@@ -260,6 +286,7 @@ else:
                "segment's tokens; 'zero' sets it to 0, 'mean' replaces it by its mean over the run's pairs "
                "(component_means). " + family_note("components", "component conditions"))
     ui.table_download(comp, f"{run.name}-components-{scope}-{measure}", key="abl_comp_csv")
+    show_delta_intervals(comp, "Component conditions", "abl_comp_chart")
     try:
         comp_rows = list(ev["selection"]["rows"])
     except (KeyError, TypeError):
@@ -303,6 +330,7 @@ else:
                "the head's own metrics are means over the run's pairs of (with - without) (view subspace_effects); a "
                "NULL delta is a metric this model does not have. " + family_note("subspace", "QK-subspace conditions"))
     ui.table_download(sub, f"{run.name}-subspace-{scope}-{measure}", key="abl_sub_csv")
+    show_delta_intervals(sub, "QK-subspace conditions", "abl_sub_chart")
     sub_ids = list(sub["condition_id"])
     state.bind("abl_sub", sub_ids[0], clean=state.choice(sub_ids, sub_ids[0]))
     st.selectbox("Condition: every metric of its head", sub_ids, key="abl_sub")

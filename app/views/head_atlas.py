@@ -42,6 +42,11 @@ if diff_view:
     state.publish("atlas_color", default="diff")
 color_by = st.session_state.get("atlas_color", "diff") if diff_view else "mean"
 label = lab.metric(metric)
+state.bind("atlas_fixed", True, parse=lambda raw: raw != "0", clean=bool)
+st.toggle("Fixed colour range", key="atlas_fixed",
+          help="One colour range per kind of value, the same for every metric and head: [0, 1] for a mass, [-1, 1] "
+               "for a difference, [-2, 2] (clamped) for Cohen's d; off, the map spans its own values.")
+state.publish("atlas_fixed", fmt=lambda on: "1" if on else "0", default=True)
 
 # -- the heatmap's data -----------------------------------------------------------------------
 if not diff_view:
@@ -60,13 +65,15 @@ else:
     if run.has("head_contrasts"):
         stats = data.query(run, "head_contrasts", metric, view)
         if len(stats):
-            stats = stats[["layer", "head", "effect_dz", "p_holm", "n_queries"]].rename(
-                columns={"effect_dz": "run_effect_dz", "p_holm": "run_p_holm", "n_queries": "run_n_queries"})
+            # the query-level effect with its bootstrap interval over queries, in the cell's tooltip
+            stats = stats[["layer", "head", "effect", "effect_low", "effect_high", "effect_dz", "p_holm",
+                           "n_queries"]].rename(columns=lambda c: c if c in ("layer", "head") else f"run_{c}")
             grid = grid.merge(stats, on=["layer", "head"], how="left")
             n_queries = int(stats["run_n_queries"].max()) if stats["run_n_queries"].notna().any() else 0
             # a star only from a test over at least MIN_QUERIES queries (never from the pooled pair-level numbers)
             grid["significant"] = (grid["run_p_holm"] < ALPHA) & (grid["run_n_queries"].fillna(0) >= MIN_QUERIES)
-            tooltip += ["run_effect_dz", "run_p_holm", "run_n_queries"]
+            tooltip += ["run_effect", "run_effect_low", "run_effect_high", "run_effect_dz", "run_p_holm",
+                        "run_n_queries"]
 
 if grid.empty:
     st.warning("The slice holds no pairs for this view (check the negative types and grades in the sidebar).")
@@ -80,9 +87,14 @@ default_head = heads[int(pd.to_numeric(grid[value], errors="coerce").abs().filln
 
 sel_layer, sel_head = ui.selected_head("atlas_map", "atlas_head", heads, default_head)
 
+domain = legend_title = None
+if st.session_state["atlas_fixed"]:
+    kind = "mass" if not diff_view else ("difference" if color_by == "diff" else "effect size")
+    domain, legend_title = charts.fixed_domain(kind, value_title)
 ui.chart(
     charts.head_heatmap(grid, value, title=f"{title} ({run.model_name}, {run.dataset_name})",
-                        value_title=value_title, diverging=diff_view, tooltip=tooltip,
+                        value_title=value_title, diverging=diff_view, tooltip=tooltip, domain=domain,
+                        legend_title=legend_title,
                         mark_significant="significant" if "significant" in grid else None,
                         selected=(sel_layer, sel_head), missing=lab.missing(metric)),
     grid, f"{run.name}-head-atlas-{metric}-{view}-{color_by}", key="atlas_map", select=charts.CELL,
@@ -129,7 +141,7 @@ with h2:
         if "run_p_holm" in row:
             n_q = None if pd.isna(row["run_n_queries"]) else int(row["run_n_queries"])
             m[3].metric("p (Holm, run)", fmt_p(row["run_p_holm"], missing="n/a"),
-                        stars(row["run_p_holm"], n_queries=n_q or 0) or None, delta_color="off",
+                        escape(stars(row["run_p_holm"], n_queries=n_q or 0)) or None, delta_color="off",
                         help=f"Paired t-test over {n_q or 0} queries, Holm-corrected (head_contrasts).")
 
 stats = data.query(run, "head_values", sel_layer, sel_head, metric, where=sl)

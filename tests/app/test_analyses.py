@@ -171,3 +171,39 @@ def test_patching_absent_is_explained(app, store):
     assert any("no activation-patching results yet" in i.value for i in at.info)
     assert any("python -m precompute" in c.value and "--patching tfc1,cls" in c.value and "--out" in c.value
                for c in at.code)
+
+
+# -- ablations: deltas with their intervals -------------------------------------------------------------
+def test_ablation_deltas_are_drawn_with_bootstrap_intervals_over_queries(app, store, sql):
+    """Table 1, the component and the subspace conditions are also sorted charts of their deltas with 95% intervals:
+    the delta is Table 1's (ablation_summary), the interval a percentile bootstrap over queries recomputed here from
+    ablation_metrics with the store's seed (precompute.statistics.query_resamples)."""
+    import json
+
+    from matching_atlas import Run
+    from matching_atlas.opening import inspect_run
+    from precompute.statistics import query_resamples
+
+    got = Run(inspect_run(store / DL20)).delta_intervals().set_index("condition_id")
+    summary = sql(DL20, SUMMARY.format(kind="component").replace("WHERE kind = 'component' AND", "WHERE"))
+    summary = summary[summary["condition_id"] != "none"].set_index("condition_id")
+    assert sorted(got.index) == sorted(summary.index)
+    np.testing.assert_allclose(got.loc[summary.index, "delta"], summary["delta"], atol=1e-12)
+    per_query = sql(DL20, "SELECT c.condition_id, c.qid, c.value - b.value AS d FROM {ablation_metrics} c "
+                          "JOIN {ablation_metrics} b ON b.qid = c.qid AND b.scope = c.scope AND b.measure = c.measure "
+                          "AND b.condition_id = 'none' WHERE c.scope = 'pairs' AND c.measure = 'nDCG@10' "
+                          "AND c.condition_id = 'attn@0-2/zero' ORDER BY c.qid")
+    seed = json.loads((store / DL20 / "manifest.json").read_text())["identity"]["seed"]
+    weights = query_resamples(len(per_query), seed=seed)
+    means = weights @ per_query["d"].to_numpy() / len(per_query)
+    low, high = np.percentile(means, [2.5, 97.5])
+    row = got.loc["attn@0-2/zero"]
+    assert row["n_queries"] == len(per_query) and row["delta_low"] < row["delta"] < row["delta_high"]
+    np.testing.assert_allclose([row["delta_low"], row["delta_high"]], [low, high], rtol=1e-12)
+
+    at = app(store, "ablations", run=DL20)
+    ok(at)
+    drawn = {str(c.get("title")).split(":")[0]: c for c in charts(at) if "95% CI over queries" in str(c.get("title"))}
+    assert set(drawn) == {"Table 1", "Component conditions", "QK-subspace conditions"}
+    assert "(the 20 largest |delta| of" in drawn["Component conditions"]["title"]
+    assert "delta_low" in json.dumps(next(c for c in charts(at) if "one layer is ablated" in str(c.get("title"))))

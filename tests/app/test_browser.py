@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.conftest import DL20, MAIN
+from tests.app.conftest import DL20, MAIN, SMALL
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -383,3 +383,92 @@ def test_eight_heavy_sql_links_leave_the_overview_responsive(driver, server):
     assert rss_peak - rss_before < server_bytes, f"the server grew by {(rss_peak - rss_before) >> 20} MiB"
     print(f"\nOverview {overview_s:.2f} s (idle: {idle_s:.2f} s), load {load}; errors {min(took):.1f}-{max(took):.1f} s after the workers "
           f"started; server +{(rss_peak - rss_before) >> 20} MiB")
+
+
+# -- every chart at a laptop's viewport: titles inside their box, every categorical label drawn apart ---------------
+VIEWPORT = (1280, 800)
+# charts each page draws at least on the default-like run (no optional tables: those pages explain what is missing;
+# a page not listed: none required)
+DEFAULT_RUN_CHARTS = {"": 1, "head-atlas": 3, "directions": 2, "ablations": 0, "patching": 0, "spectra": 0,
+                      "pair-explorer": 2, "sql": 0, "compare": 4}
+TITLE_SLACK_PX = 6  # a title's text box overhangs its group by a few pixels (glyph ascent)
+CHART_LAYOUT_JS = """
+const slack = arguments[0], out = [];
+document.querySelectorAll('.vega-embed').forEach((emb) => {
+  const box = (emb.closest('[data-testid="stVegaLiteChart"]') || emb.parentElement).getBoundingClientRect();
+  const root = emb.querySelector('.role-frame.root');
+  const titles = [...emb.querySelectorAll('.role-title')].filter(
+    (t) => t.parentElement.closest('.mark-group') === root);
+  const name = titles.length ? titles[0].textContent.trim() : '(untitled)';
+  for (const t of titles) {
+    const r = t.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;
+    if (r.left < box.left - slack || r.right > box.right + slack || r.top < box.top - slack
+        || r.bottom > box.bottom + slack)
+      out.push(`${name}: title box ${[r.left, r.top, r.right, r.bottom].map(Math.round)} outside its container `
+               + `${[box.left, box.top, box.right, box.bottom].map(Math.round)}`);
+  }
+  emb.querySelectorAll('g[aria-roledescription="axis"]').forEach((axis) => {
+    const label = axis.getAttribute('aria-label') || '';
+    const m = label.match(/discrete scale with (\\d+) value/);
+    if (!m) return;
+    const texts = [...axis.querySelectorAll('.role-axis-label text')];
+    const shown = texts.filter((t) => (t.getAttribute('opacity') ?? '1') !== '0');
+    if (shown.length < +m[1])
+      out.push(`${name}: ${label.split(' for ')[0]} shows ${shown.length} of ${m[1]} labels`);
+    const boxes = shown.map((t) => t.getBoundingClientRect());
+    for (let i = 0; i < boxes.length; i++)
+      for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i], b = boxes[j];
+        if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1)
+          out.push(`${name}: ${label.split(' for ')[0]}: labels '${shown[i].textContent}' and `
+                   + `'${shown[j].textContent}' overlap`);
+      }
+  });
+});
+return [document.querySelectorAll('.vega-embed').length, out];
+"""
+
+
+@pytest.fixture
+def laptop(driver):
+    """The browser at a 1280 x 800 viewport (the CSS pixels a page gets on a common laptop), restored after."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False})
+    yield driver
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+@pytest.mark.parametrize("run", [DL20, SMALL], ids=["full run", "default run"])
+@pytest.mark.parametrize("path, title, charts", PAGES, ids=[p[1] for p in PAGES])
+def test_charts_keep_their_titles_and_labels_at_1280x800(laptop, server, tmp_path_factory, run, path, title, charts):
+    """Every page of both runs at 1280 x 800: each chart's title lies inside its container (a chart squashed by its
+    legend or axis title once pushed it out, under the widgets above), and each categorical axis draws all its
+    labels without two overlapping. Screenshots (the first screen, then every chart) go to a temporary folder."""
+    from selenium.webdriver.common.by import By
+
+    charts = charts if run == DL20 else DEFAULT_RUN_CHARTS.get(path, 0)
+    _load(laptop, f"{server}/{path}?run={run}", title, charts, settle=1.0)
+    shots = tmp_path_factory.mktemp(f"screens-{path or 'overview'}-{run}")
+    laptop.save_screenshot(str(shots / "page.png"))
+    for i, emb in enumerate(laptop.find_elements(By.CSS_SELECTOR, ".vega-embed")):
+        laptop.execute_script("arguments[0].scrollIntoView({block: 'center'});", emb)
+        emb.screenshot(str(shots / f"chart-{i}.png"))
+    drawn, problems = laptop.execute_script(CHART_LAYOUT_JS, TITLE_SLACK_PX)
+    assert drawn >= charts
+    assert not problems, "\n".join(problems) + f"\n(screenshots in {shots})"
+
+
+def test_clipped_titles_and_hidden_labels_are_detected(laptop, server):
+    """Positive control of the check above: a chart whose container is cut below its title, and an axis whose labels
+    Vega removed (opacity 0), are reported."""
+    _load(laptop, f"{server}/patching?run={DL20}", "Activation patching", 3, settle=1.0)
+    laptop.execute_script("""
+      const emb = document.querySelectorAll('.vega-embed')[1];
+      emb.closest('[data-testid="stVegaLiteChart"]').style.cssText += ';height: 20px; overflow: hidden; margin-top: 60px';
+      emb.querySelector('svg').style.marginTop = '-40px';
+      const t = emb.querySelector('g[aria-roledescription="axis"][aria-label*="discrete"] .role-axis-label text');
+      t.setAttribute('opacity', '0');""")
+    _, problems = laptop.execute_script(CHART_LAYOUT_JS, TITLE_SLACK_PX)
+    assert any("title box" in p for p in problems), problems
+    assert any("labels" in p and " of " in p for p in problems), problems

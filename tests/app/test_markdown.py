@@ -113,3 +113,15 @@ def test_the_link_checks_fail_on_raw_text():
     """Positive control: the raw link, placed as the pages placed it before, is caught."""
     assert live(f"The link asks for a run this store does not list ({LINK!r}); showing x instead.") == ["link", "url"]
     assert "link" in live(urllib.parse.unquote(urllib.parse.quote(LINK)))
+
+
+def test_head_atlas_stars_are_shown_not_read_as_emphasis(app, store, monkeypatch):
+    """The head panel's p (Holm) metric once showed "↑" alone: Markdown read its "***" as emphasis. With the test's
+    stars made "***" (the tiny store has too few queries for real ones), the metric's delta is them escaped, which
+    renders as "***"."""
+    import precompute.statistics
+
+    monkeypatch.setattr(precompute.statistics, "stars", lambda p, **kwargs: "***")
+    at = app(store, "head_atlas", run=DL20, atlas_view="relevant_vs_easy")
+    delta = next(m.proto.delta for m in at.metric if m.label == "p (Holm, run)")
+    assert delta == escape("***") == r"\*\*\*"
