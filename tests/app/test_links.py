@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -221,3 +222,69 @@ def test_every_example_query_of_the_docs_runs_in_the_console(app, store):
     ok(at)
     assert at.text_area(key="sql_q").value == found[2].sql
     assert at.query_params["sql_q"] == found[2].sql
+
+
+# -- compare runs -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def twin_store(tmp_path_factory):
+    """Two runs on the same six queries (one seed): a 3-layer model, and a 2-layer one without component conditions."""
+    from tests.app.synthetic import build_run
+
+    root = tmp_path_factory.mktemp("twins")
+    a = build_run(root, dataset="trec-dl-2020", model="tiny-ce", seed=0)
+    b = build_run(root, dataset="trec-dl-2020", model="tiny-ce-2", layers=2, seed=0, without_kinds=("component",))
+    return root, a.name, b.name
+
+
+def test_compare_labels_runs_by_folder_and_tests_b_minus_a_over_shared_queries(app, twin_store):
+    from scipy.stats import ttest_rel
+
+    import matching_atlas as ma
+
+    root, a, b = twin_store
+    at = app(root, "compare", run=a)
+    ok(at)
+    assert at.selectbox(key="cmp_run").value == b
+    # the folder names tell the runs apart in every title (never cut: a title is a list of lines)
+    assert any(f"A: {a}" in c.value for c in at.caption)
+    titles = [s.get("title") for s in charts(at)]
+    assert any(a in json.dumps(t) for t in titles) and any(b in json.dumps(t) for t in titles)
+    assert not any(str(line).endswith("...") for t in titles for line in (t if isinstance(t, list) else [t]))
+    table = frame(at, "condition_id", "kind", "shared_queries", "test_diff", "significance")
+    assert {"component", "subspace", "head", "direction"} <= set(table["kind"])  # every kind of either run
+    assert table["kind"].notna().all()
+    comp = table[table["kind"] == "component"]
+    assert comp["delta_a"].notna().all() and comp["delta_b"].isna().all()
+    assert any("Only run A has" in i.value and "components" in i.value for i in at.info)  # why B has none
+    # B - A tested over shared queries, against a direct computation
+    ra, rb = ma.open_run(root / a, progress=False), ma.open_run(root / b, progress=False)
+    qa, qb = ra.query_deltas(), rb.query_deltas()
+    cid = "q_d@all/zero"
+    x = qa[qa["condition_id"] == cid].set_index("qid")["delta"]
+    y = qb[qb["condition_id"] == cid].set_index("qid")["delta"]
+    row = table.set_index("condition_id").loc[cid]
+    assert row["shared_queries"] == len(x) == 6
+    assert row["test_diff"] == pytest.approx((y - x).mean(), abs=1e-12)
+    assert row["p"] == pytest.approx(ttest_rel(y.loc[x.index], x).pvalue, rel=1e-9)
+    assert row["significance"] == ""  # 6 queries: never a star
+    assert any("rests on 6 shared queries" in w.value for w in at.warning)
+
+
+def test_compare_deltas_is_a_paired_test_over_queries():
+    from scipy.stats import ttest_rel
+
+    from matching_atlas.ablations import compare_deltas
+    from precompute.statistics import MIN_QUERIES
+
+    rng = np.random.default_rng(0)
+    qids = [f"q{i}" for i in range(12)]
+    a = pd.DataFrame({"condition_id": ["c1"] * 12 + ["c2"] * 12, "qid": qids * 2, "delta": rng.normal(0, 1, 24)})
+    b = a.assign(delta=a["delta"] + np.r_[rng.normal(0.8, 0.3, 12), rng.normal(0, 0.3, 12)])
+    b = b[b["qid"] != "q0"]  # B lacks one query: the test uses the 11 both hold
+    got = compare_deltas(a, b).set_index("condition_id")
+    for cid in ("c1", "c2"):
+        x = a[(a["condition_id"] == cid) & (a["qid"] != "q0")]["delta"].to_numpy()
+        y = b[b["condition_id"] == cid]["delta"].to_numpy()
+        assert got.at[cid, "n_queries"] == 11 >= MIN_QUERIES
+        assert got.at[cid, "p"] == pytest.approx(ttest_rel(y, x).pvalue, rel=1e-9)
+    assert got.at["c1", "significance"] == "***" and got.at["c2", "p_holm"] >= got.at["c2", "p"]
