@@ -80,7 +80,7 @@ else:
                 help="Pairs with corrupted > clean: kept in every statistic.")
     table = ranked.assign(head_label=[ui.head_label(int(a), int(b)) for a, b in zip(ranked["layer"], ranked["head"])],
                           open=links.head_column(ranked))
-    st.dataframe(table[["rank", "open", "head_label", "ratio", "ratio_low", "ratio_high", "median", "median_low",
+    st.dataframe(table[["open", "rank", "head_label", "ratio", "ratio_low", "ratio_high", "median", "median_low",
                         "median_high", "tmean", "tmean_low", "tmean_high", "mean"]],
                  hide_index=True, key="pat_summary", column_config={
                      "head_label": "head", "open": links.column("Head", "Open the head in the Head atlas (new tab)"), "mean": st.column_config.NumberColumn("plain mean", format="%+.3f"),
