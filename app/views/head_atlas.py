@@ -120,6 +120,9 @@ h1, h2 = st.columns([1, 3])
 h1.selectbox("Head (layer.head)", heads, key="atlas_head")
 state.publish("atlas_head", default=default_head)
 sel_layer, sel_head = ui.parse_head(st.session_state["atlas_head"])
+if run.has("svd"):
+    h1.link_button(f"Head {sel_layer}.{sel_head} in Spectra", links.to_spectrum(sel_layer, sel_head),
+                   icon=":material/ssid_chart:", type="tertiary")
 row = grid[(grid["layer"] == sel_layer) & (grid["head"] == sel_head)].iloc[0]
 if no_value:
     h2.info(f"Head {sel_layer}.{sel_head}: {metric} is {escape(lab.missing(metric))}; choose another metric to see its "

@@ -33,6 +33,7 @@ if not qids:
     st.warning("The slice holds no query.")
     st.stop()
 
+link = {key: state.asked(key) for key in ("pair_q", "pair_id", "pair_layer", "pair_head")}  # a link's pair and head
 state.bind("pair_q", qids[0], clean=state.choice(qids, qids[0]))
 st.selectbox("Query", qids, key="pair_q", format_func=lambda q: f"{q}: {qtext.get(q, '')}")
 state.publish("pair_q", default=qids[0])
@@ -84,6 +85,12 @@ state.bind("pair_head", head_opts[0], parse=int, clean=state.choice(head_opts, h
 c2.selectbox("Head", head_opts, key="pair_head")
 state.publish("pair_head", default=head_opts[0])
 layer, head = int(st.session_state["pair_layer"]), int(st.session_state["pair_head"])
+shown = {"pair_q": qid, "pair_id": pair_id, "pair_layer": layer, "pair_head": head}
+refused = [f"{key.removeprefix('pair_')} {code(str(value)[:80])}" for key, value in link.items()
+           if value is not None and value != str(shown[key])]
+if refused:
+    st.warning(f"The link asks for {', '.join(refused)}, which this run and slice do not hold (check the slice in the "
+               "sidebar); showing the first one instead.", icon=":material/link_off:")
 
 stored = data.query(run, "pair_head_metrics", pair_id, layer, head)
 left, right = st.columns(2)

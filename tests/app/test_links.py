@@ -69,6 +69,7 @@ def test_head_atlas_top_pairs_open_the_pair_at_that_head(app, store, sql):
     assert at2.selectbox(key="pair_id").value == top["pair_id"].iloc[3]
     assert (at2.selectbox(key="pair_layer").value, at2.selectbox(key="pair_head").value) == (2, 1)
     assert at2.sidebar.multiselect(key="sl_neg").value == ["relevant", "hard"]
+    assert not any("The link asks for" in w.value for w in at2.warning)
     # the stored value the atlas listed is the one the Pair explorer's head shows
     direct = sql(DL20, "SELECT q_d FROM {head_attention} WHERE layer = 2 AND head = 1 AND pair_id = ?",
                  [int(top["pair_id"].iloc[3])])
@@ -123,6 +124,8 @@ def test_a_hostile_link_falls_back_to_the_defaults(app, store):
     first = at.selectbox(key="pair_q").options[0]
     assert at.selectbox(key="pair_q").value == first.split(":")[0]
     assert at.selectbox(key="pair_layer").value == 0 and at.selectbox(key="pair_head").value == 0
+    said = [w.value for w in at.warning if "The link asks for" in w.value]
+    assert said and "<script>" in said[0] and "99999999" in said[0]  # told, as text (a code span)
     at = app(store, "spectra", run=DL20, spec_head="1.2", spec_removed="qk:0.0:k1/remove')--")
     ok(at)
     assert at.selectbox(key="spec_head").value == "1.2"
