@@ -18,9 +18,9 @@ from app.commands import ABLATIONS_FLAGS, command_for
 from app.family import labels_of
 from app.runs import run_labels
 from app.text import code, escape
-from app.slice import Slice
+from app.slice import Slice, sliced_away
 from precompute.metrics import METRICS
-from precompute.names import CONTRAST_LABELS
+from precompute.names import CONTRAST_LABELS, CONTRASTS
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -113,6 +113,11 @@ if align == "depth" and sl.layers is not None and sl_b.layers != sl.layers:
 def grid_of(run, s):
     if view == "mean":
         return data.query(run, "head_means", metric, where=s), "mean"
+    gone = sliced_away(s, data.query(run, "slice_options"), CONTRASTS[view], grades_on=CONTRASTS[view][:1])
+    if gone:  # a difference needs both groups (as on the Head atlas)
+        st.warning(f"Run {'A' if run is run_a else 'B'}: the slice leaves no {' and no '.join(gone)} pairs, so its "
+                   f"{escape(VIEWS[view])} map is not drawn.", icon=":material/filter_alt_off:")
+        return pd.DataFrame(columns=["layer", "head", "diff"]), "diff"
     return data.query(run, "head_difference", metric, view, where=s), "diff"
 
 

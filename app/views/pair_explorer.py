@@ -135,7 +135,7 @@ else:
     ui.chart(charts.segment_matrices(small, title=f"Attention mass of each segment to each segment, every head of "
                                                   f"layer {layer} (this pair)", labels=lab),
              small, f"{run.name}-pair-{pair_id}-layer-{layer}-segments", key="pair_small_multiples")
-    parked = small[small["dst"].isin(SPECIAL) & small["src"].isin(("q", "d"))].groupby("head")["value"].sum() / 2
+    parked = small[small["dst"].isin(SPECIAL) & small["src"].isin(("q", "d"))].groupby("head")["value"].sum(min_count=1) / 2
     if parked.notna().any():
         most = int(parked.idxmax())
         st.caption(f"Rows: the attending segment; columns: the attended one; a row sums to 1. Query and document "

@@ -291,3 +291,11 @@ def test_compare_deltas_is_a_paired_test_over_queries():
         assert got.at[cid, "n_queries"] == 11 >= MIN_QUERIES
         assert got.at[cid, "p"] == pytest.approx(ttest_rel(y, x).pvalue, rel=1e-9)
     assert got.at["c1", "significance"] == "***" and got.at["c2", "p_holm"] >= got.at["c2", "p"]
+
+
+def test_compare_draws_no_contrast_map_for_a_run_whose_slice_removes_a_side(app, store):
+    at = app(store, "compare", run=DL20, cmp_view="relevant_vs_hard", neg="easy")
+    ok(at)
+    assert sum("leaves no relevant and no hard pairs" in w.value for w in at.warning) == 2
+    assert not [c for c in charts(at) if "relevant" in json.dumps(c.get("title", "")).lower()
+                and "ablation" not in json.dumps(c.get("title", "")).lower()]
