@@ -299,3 +299,16 @@ def test_compare_draws_no_contrast_map_for_a_run_whose_slice_removes_a_side(app,
     assert sum("leaves no relevant and no hard pairs" in w.value for w in at.warning) == 2
     assert not [c for c in charts(at) if "relevant" in json.dumps(c.get("title", "")).lower()
                 and "ablation" not in json.dumps(c.get("title", "")).lower()]
+
+
+def test_the_head_atlas_and_spectra_link_their_head_to_each_other(app, store):
+    at = app(store, "head_atlas", run=DL20, atlas_head="1.2")
+    ok(at)
+    (button,) = [b for b in at.get("link_button") if "in Spectra" in b.proto.label]
+    at2, _ = follow(app, store, button.proto.url)
+    ok(at2)
+    assert at2.selectbox(key="spec_head").value == "1.2"
+    (back,) = [b for b in at2.get("link_button") if "in the Head atlas" in b.proto.label]
+    at3, _ = follow(app, store, back.proto.url)
+    ok(at3)
+    assert at3.selectbox(key="atlas_head").value == "1.2"
