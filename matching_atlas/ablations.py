@@ -14,6 +14,7 @@ from matching_atlas import sqltext as sq
 from matching_atlas.reading import ALL, Reader
 from matching_atlas.slice import Slice
 from precompute.conditions import BASELINE, REGISTRY
+from precompute.conditions.subspace_specs import ALIGNED_KIND, SUBSPACE_KIND
 from precompute.metrics import METRICS
 from precompute.names import DIRECTIONS, SEGMENTS
 from precompute.statistics import holm, paired_over_queries, stars
@@ -21,6 +22,7 @@ from precompute.statistics import holm, paired_over_queries, stars
 MEASURE, SCOPE = "nDCG@10", "pairs"  # what the job evaluates by default (--measures, --eval-scopes)
 TABLE1_KINDS = ("baseline", "direction", "group")  # the kinds of the paper's Table 1
 COMPONENT_SEGMENTS = ("all", *SEGMENTS)  # 'all' = the component at every token (condition without ':segment')
+SUBSPACE_KINDS = (SUBSPACE_KIND.name, ALIGNED_KIND.name)  # top-k (qk:L.H:kN) and most aligned (qk:L.H:aN) components
 SUBSPACE_NAMED = ("q_d", "d_q", "q_d_exact")  # the head's own metrics the subspace table shows by name
 # ablation_summary's columns as table1 returns them: the condition, its parts, then its statistics.
 TABLE1_COLUMNS = ("condition_id", "kind", "analysis", "condition", "mode", "layers", "layer", "head", "directions",
@@ -176,11 +178,11 @@ class AblationTables(Reader):
         change among the other directions (which one, and by how much), so that "the head stops matching
         Query->Document but keeps its other directions" reads off one row. NaN where the run has no
         subspace_head_metrics or a metric is NULL (a direction the model cannot attend)."""
-        sql = """
+        sql = f"""
             SELECT condition_id, layer, head, CAST(k AS INTEGER) AS k, operation, n_queries, mean, baseline, delta, t,
                    p, p_holm
-            FROM ablation_summary WHERE scope = ? AND measure = ? AND kind = 'subspace'
-            ORDER BY layer, head, k, operation
+            FROM ablation_summary WHERE scope = ? AND measure = ? AND {sq.is_in("kind", SUBSPACE_KINDS)}
+            ORDER BY layer, head, kind, k, operation
         """
         df = sq.ints(self._frame(sql, [scope, measure]), "layer", "head", "n_queries")
         for m in SUBSPACE_NAMED:

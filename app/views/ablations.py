@@ -302,7 +302,8 @@ else:
         "delta_q_d_exact": st.column_config.NumberColumn("Delta q_d_exact", format="%+.4f"),
         "other_direction": "Largest change among the other directions",
         "other_delta": st.column_config.NumberColumn("its delta", format="%+.4f")})
-    st.caption("Each condition removes (or scales) the top-k singular components of one head's W_Q W_K^T. Deltas of "
+    st.caption("Each condition removes (or scales) k singular components of one head's W_Q W_K^T: qk:L.H:k<k> the k "
+               "largest, qk:L.H:a<k> the k with the largest sigma_k (u_k . v_k) (Spectrum opens them circled). Deltas of "
                "the head's own metrics are means over the run's pairs of (with - without) (view subspace_effects); a "
                "NULL delta is a metric this model does not have. " + family_note("subspace", "QK-subspace conditions"))
     ui.table_download(sub.drop(columns=["spectrum", "head_link"]), f"{run.name}-subspace-{scope}-{measure}",

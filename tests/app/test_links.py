@@ -312,3 +312,25 @@ def test_the_head_atlas_and_spectra_link_their_head_to_each_other(app, store):
     at3, _ = follow(app, store, back.proto.url)
     ok(at3)
     assert at3.selectbox(key="atlas_head").value == "1.2"
+
+
+def test_an_aligned_subspace_condition_opens_its_most_aligned_components(app, tmp_path, sql):
+    import duckdb
+
+    from tests.app.synthetic import build_run
+
+    run = build_run(tmp_path, dataset="trec-dl-2020", model="tiny-ce", seed=0, aligned=True)
+    at = app(tmp_path, "ablations", run=run.name)
+    ok(at)
+    sub = frame(at, "condition_id", "head_label", "spectrum")
+    row = sub[sub["condition_id"].str.contains(":a2/remove")].iloc[0]
+    at2, params = follow(app, tmp_path, row["spectrum"])
+    ok(at2)
+    assert params["spec_removed"] == row["condition_id"]
+    layer, head = (int(x) for x in row["head_label"].split("."))
+    direct = duckdb.connect().execute(
+        f"SELECT k FROM '{run}/svd.parquet' WHERE layer = ? AND head = ? ORDER BY sigma * alignment DESC, k LIMIT 2",
+        [layer, head]).df()
+    removed = frame(at2, "k", "sigma", "alignment")
+    assert list(removed["k"]) == list(direct["k"])  # in the order the condition picks them
+    assert any("with the largest sigma_k (u_k . v_k)" in c.value for c in at2.caption)
