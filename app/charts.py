@@ -226,6 +226,34 @@ def direction_matrix(df: pd.DataFrame, *, title: str, value: str = "mean", value
     return alt.layer(*layers).properties(title=title, height=alt.Step(44))
 
 
+def segment_matrices(df: pd.DataFrame, *, title: str, value_title: str = "Attention mass",
+                     labels: Labels | None = None, columns: int = 4) -> alt.FacetChart:
+    """The 5 x 5 segment matrix of several heads (``head``, ``src``, ``dst``, ``value``), one small panel per head on
+    one fixed [0, 1] colour scale, [CLS] and [SEP] rows and columns included: attention parked on them (the no-op
+    pattern) reads beside Query->Document. A NULL mass (a direction a causal model cannot attend) is left blank."""
+    labels = labels or Labels()
+    d = df.copy()
+    d["from"] = d["src"].map(labels.segment)
+    d["to"] = d["dst"].map(labels.segment)
+    d["panel"] = "head " + d["head"].astype(int).astype(str)
+    order = list(labels.names)
+    base = alt.Chart().encode(
+        x=alt.X("to:N", sort=order, title="Attended segment", axis=alt.Axis(labelAngle=-45, labelOverlap=False)),
+        y=alt.Y("from:N", sort=order, title="Attending segment", axis=alt.Axis(labelOverlap=False)),
+    ).transform_filter("isValid(datum.value) && isFinite(datum.value)")
+    rect = base.mark_rect().encode(
+        color=alt.Color("value:Q", title=value_title, scale=alt.Scale(scheme=SEQUENTIAL, domain=[0, 1])),
+        tooltip=[alt.Tooltip("panel:N", title="head"), alt.Tooltip("from:N"), alt.Tooltip("to:N"),
+                 alt.Tooltip("value:Q", title=value_title, format=".3f")])
+    text = base.mark_text(fontSize=9).encode(text=alt.Text("value:Q", format=".2f"),
+                                             color=alt.condition("datum.value > 0.5", alt.value("black"),
+                                                                 alt.value("white")))
+    panels = list(dict.fromkeys(d.sort_values("head")["panel"]))
+    return (alt.layer(rect, text, data=d).properties(width=alt.Step(30), height=alt.Step(22))
+            .facet(facet=alt.Facet("panel:N", sort=panels, title=None), columns=columns)
+            .properties(title=title))
+
+
 # ---------------------------------------------------------------------------------------------
 # Distributions
 # ---------------------------------------------------------------------------------------------

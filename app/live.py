@@ -100,18 +100,27 @@ def largest_gap(live: dict[str, float], stored: dict[str, float]) -> float:
     return max(gaps)
 
 
-def attention_frame(pa: PairAttention, head: int, src: str, dst: str) -> pd.DataFrame:
-    """Long frame of the weights from ``src`` tokens to ``dst`` tokens on one head (for the token heatmap)."""
+def attention_frame(pa: PairAttention, head: int, src, dst) -> pd.DataFrame:
+    """Long frame of the weights from ``src`` tokens to ``dst`` tokens on one head (for the token heatmap); ``src``
+    and ``dst`` are a segment or several (``("cls", "sep1", "d", "sep2")``: [CLS] and [SEP] as attended tokens too).
+    ``exact``: the document-side token of the cell is a query token (same token id), for cells between the query
+    and the document."""
+    src, dst = ({s} if isinstance(s, str) else set(s) for s in (src, dst))
     seg = np.array(pa.segments)
-    rows = np.where(seg == src)[0]
-    cols = np.where(seg == dst)[0]
+    rows = np.where(np.isin(seg, sorted(src)))[0]
+    cols = np.where(np.isin(seg, sorted(dst)))[0]
     a = pa.attention[int(head)]
-    src_ids = {pa.ids[i] for i in rows}
-    dst_ids = {pa.ids[j] for j in cols}
+    query_ids = {pa.ids[i] for i in np.where(seg == "q")[0]}
+
+    def exact(i: int, j: int) -> bool:
+        kinds = (pa.segments[i], pa.segments[j])
+        if kinds == ("q", "d"):
+            return pa.ids[j] in query_ids
+        return kinds == ("d", "q") and pa.ids[i] in query_ids
+
     out = [
         {"src_pos": int(i), "src_token": pa.tokens[i], "dst_pos": int(j), "dst_token": pa.tokens[j],
-         "weight": float(a[i, j]),
-         "exact": (pa.ids[j] in src_ids) if src == "q" else (pa.ids[i] in dst_ids)}
+         "weight": float(a[i, j]), "exact": exact(i, j)}
         for i in rows for j in cols
     ]
     return pd.DataFrame(out, columns=["src_pos", "src_token", "dst_pos", "dst_token", "weight", "exact"])

@@ -38,6 +38,7 @@ PAGES: list[tuple[str, str, str, str, str]] = [
     ("compare.py", "Compare runs", ":material/difference:", "compare", "cmp_"),
 ]
 WELCOME = ("welcome.py", "Start here", ":material/flag:", "start", "")
+UNSLICED = {"SQL"}  # pages whose results the slice does not filter: they show no slice widgets
 
 
 def sidebar() -> ui.Context:
@@ -74,13 +75,24 @@ def sidebar() -> ui.Context:
         shape = data.query(run, "shape")
         layers, heads = int(shape["layers"].iloc[0]), int(shape["heads"].iloc[0])
     ctx.layers, ctx.heads = layers, heads
+    return ctx
+
+
+def slice_sidebar(ctx: ui.Context, page: str) -> None:
+    """The slice's widgets, on every page that applies the slice (the SQL page runs the visitor's text as written,
+    so it shows no slice: docs/app.md)."""
+    run, sb = ctx.run, st.sidebar
+    if page in UNSLICED:
+        sb.caption(f"{escape(run.model_name)} on {escape(run.dataset_name)}: {ctx.layers} layers x {ctx.heads} heads. "
+                   f"The slice does not apply on the {page} page: a query reads the tables as they are (the other "
+                   "pages keep the slice).")
+        return
     options = data.query(run, "slice_options")
     qdf = data.query(run, "queries")
-    ctx.slice = slice_widgets(layers=layers, heads=heads, neg_types=options["neg_type"].unique(),
+    ctx.slice = slice_widgets(layers=ctx.layers, heads=ctx.heads, neg_types=options["neg_type"].unique(),
                               grades=options["grade"].unique(), queries=dict(zip(qdf["qid"], qdf["query"])))
-    sb.caption(f"{escape(run.model_name)} on {escape(run.dataset_name)}: {layers} layers x {heads} heads. "
+    sb.caption(f"{escape(run.model_name)} on {escape(run.dataset_name)}: {ctx.layers} layers x {ctx.heads} heads. "
                f"Slice: {escape(ctx.slice.describe())}.")
-    return ctx
 
 
 def main() -> None:
@@ -97,6 +109,8 @@ def main() -> None:
     ]
     prefixes = {t: p for (_, t, _, _, p) in specs}
     pg = st.navigation(pages)
+    if ctx.run is not None and ctx.run.ok:
+        slice_sidebar(ctx, pg.title)
     state.prune_params(state.GLOBAL_PARAMS | set(PARAM_KEYS), prefixes.get(pg.title) or None)
     pg.run()
 

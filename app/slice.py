@@ -84,3 +84,19 @@ def widgets(*, layers: int, heads: int, neg_types, grades, queries: dict[str, st
         grades=tuple(st.session_state["sl_grades"]),
         qids=tuple(st.session_state["sl_qids"]),
     )
+
+
+# -- which groups a slice leaves --------------------------------------------------------------------
+def sliced_away(sl: Slice, options, groups, *, grades_on=None) -> list[str]:
+    """The negative types of ``groups`` that the slice leaves without a pair: not among its negative types, or (for
+    the groups in ``grades_on``, default all) none of the group's grades in the run (``options``: the run's
+    (neg_type, grade) rows, ``Run.slice_options``) among its grades. A contrast drawn for the slice needs both sides."""
+    grades_on = set(groups if grades_on is None else grades_on)
+    present = {(str(n), int(g)) for n, g in zip(options["neg_type"], options["grade"])}
+    gone = []
+    for group in groups:
+        kept = [g for n, g in present if n == group and (group not in grades_on or not sl.grades or g in sl.grades)]
+        if (sl.neg_types and group not in sl.neg_types) or not kept:
+            gone.append(group)
+    return gone
+

@@ -58,6 +58,15 @@ def bind(
     return value
 
 
+def asked(key: str, *, param: str | None = None) -> str | None:
+    """The URL's value for ``key`` when the widget takes it from the URL on this run (a link just opened), else None:
+    call before :func:`bind`, compare after it, and say so when a link asked for a value the page cannot show."""
+    param = param or key
+    if key in st.session_state or _kept(key) in st.session_state:
+        return None
+    return st.query_params.get(param)
+
+
 def publish(key: str, *, param: str | None = None, fmt: Callable[[Any], str] = str, default: Any = MISSING) -> Any:
     """Write the widget's current value into the URL and keep it for the next visit of the page."""
     param = param or key

@@ -14,12 +14,15 @@ from matching_atlas import sqltext as sq
 from matching_atlas.reading import ALL, Reader
 from matching_atlas.slice import Slice
 from precompute.conditions import BASELINE, REGISTRY
+from precompute.conditions.subspace_specs import ALIGNED_KIND, SUBSPACE_KIND
 from precompute.metrics import METRICS
 from precompute.names import DIRECTIONS, SEGMENTS
+from precompute.statistics import holm, paired_over_queries, stars
 
 MEASURE, SCOPE = "nDCG@10", "pairs"  # what the job evaluates by default (--measures, --eval-scopes)
 TABLE1_KINDS = ("baseline", "direction", "group")  # the kinds of the paper's Table 1
 COMPONENT_SEGMENTS = ("all", *SEGMENTS)  # 'all' = the component at every token (condition without ':segment')
+SUBSPACE_KINDS = (SUBSPACE_KIND.name, ALIGNED_KIND.name)  # top-k (qk:L.H:kN) and most aligned (qk:L.H:aN) components
 SUBSPACE_NAMED = ("q_d", "d_q", "q_d_exact")  # the head's own metrics the subspace table shows by name
 # ablation_summary's columns as table1 returns them: the condition, its parts, then its statistics.
 TABLE1_COLUMNS = ("condition_id", "kind", "analysis", "condition", "mode", "layers", "layer", "head", "directions",
@@ -115,6 +118,21 @@ class AblationTables(Reader):
         """
         return self._frame(sql, [condition_id, scope, measure])
 
+    def query_deltas(self, measure: str = MEASURE, scope: str = SCOPE, where: Slice | None = None) -> pd.DataFrame:
+        """Per condition (the baseline excepted) and query (of the slice): condition_id, qid, delta = the measure
+        under the condition minus under the baseline (what :func:`compare_deltas` pairs across two runs)."""
+        sl = where or ALL
+        qfilter = f"AND {sq.is_in('c.qid', sl.qids)}" if sl.qids else ""
+        sql = f"""
+            SELECT c.condition_id, c.qid, c.value - b.value AS delta
+            FROM ablation_metrics c
+            JOIN ablation_metrics b ON b.qid = c.qid AND b.scope = c.scope AND b.measure = c.measure
+                 AND b.condition_id = {sq.lit(BASELINE)}
+            WHERE c.scope = ? AND c.measure = ? AND c.condition_id <> {sq.lit(BASELINE)} {qfilter}
+            ORDER BY c.condition_id, c.qid
+        """
+        return self._frame(sql, [scope, measure])
+
     def slice_means(self, measure: str = MEASURE, scope: str = SCOPE, where: Slice | None = None) -> pd.DataFrame:
         """Mean of each condition and of the baseline over the slice's queries (from ablation_metrics)."""
         sl = where or ALL
@@ -160,11 +178,11 @@ class AblationTables(Reader):
         change among the other directions (which one, and by how much), so that "the head stops matching
         Query->Document but keeps its other directions" reads off one row. NaN where the run has no
         subspace_head_metrics or a metric is NULL (a direction the model cannot attend)."""
-        sql = """
+        sql = f"""
             SELECT condition_id, layer, head, CAST(k AS INTEGER) AS k, operation, n_queries, mean, baseline, delta, t,
                    p, p_holm
-            FROM ablation_summary WHERE scope = ? AND measure = ? AND kind = 'subspace'
-            ORDER BY layer, head, k, operation
+            FROM ablation_summary WHERE scope = ? AND measure = ? AND {sq.is_in("kind", SUBSPACE_KINDS)}
+            ORDER BY layer, head, kind, k, operation
         """
         df = sq.ints(self._frame(sql, [scope, measure]), "layer", "head", "n_queries")
         for m in SUBSPACE_NAMED:
@@ -230,3 +248,22 @@ class AblationTables(Reader):
         out = a.merge(b, on=["layer", "head", "metric"], how="left")
         out["delta"] = out["mean"] - out["baseline"]
         return sq.ints(out[["condition_id", "metric", "n", "mean", "baseline", "delta"]], "n")
+
+
+def compare_deltas(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """B - A of each condition's effect, tested over the queries both runs hold (two :meth:`query_deltas` frames):
+    per condition id, ``n_queries`` shared, ``diff`` = the mean over them of delta_B - delta_A, the paired t-test's
+    ``t`` and ``p`` (a one-sample t-test of the per-query differences: the query is the unit), ``p_holm`` across the
+    conditions tested, and ``significance`` (no star below MIN_QUERIES queries)."""
+    both = a.merge(b, on=["condition_id", "qid"], suffixes=("_a", "_b"))
+    rows = []
+    for cid, g in both.groupby("condition_id", sort=True):
+        test = paired_over_queries((g["delta_b"] - g["delta_a"]).to_numpy(dtype="float64"))
+        rows.append({"condition_id": cid, "n_queries": len(g), "diff": float(test["mean"]),
+                     "t": float(test["t"]), "p": float(test["p"])})
+    out = pd.DataFrame(rows, columns=["condition_id", "n_queries", "diff", "t", "p"])
+    out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else pd.Series(dtype=float)
+    out["significance"] = [stars(p, not_significant="n.s.", n_queries=int(n))
+                           for p, n in zip(out["p_holm"], out["n_queries"])]
+    return out
+

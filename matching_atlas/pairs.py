@@ -101,6 +101,16 @@ class PairTables(Reader):
         """
         return self._frame(sql)
 
+    def pair_layer_metrics(self, pair_id: int, layer: int, where: Slice | None = None) -> pd.DataFrame:
+        """The stored summaries of one pair on every head of one layer (of the slice's heads): one row per head,
+        ``head`` then the 25 masses and matching signals (the Pair explorer's small multiples)."""
+        sl = (where or ALL).with_(layers=(int(layer), int(layer)))
+        sql = f"""
+            SELECT head, {", ".join(METRICS)} FROM head_attention
+            WHERE pair_id = {int(pair_id)} AND {sq.where(sl, pair_filters=False)} ORDER BY head
+        """
+        return sq.ints(self._frame(sql), "head")
+
     def pair_metric_grid(self, pair_id: int, metric: str, where: Slice | None = None) -> pd.DataFrame:
         """One metric of one pair on every layer x head (of the slice's layers and heads)."""
         m = sq.metric(metric)

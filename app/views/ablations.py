@@ -11,7 +11,7 @@ import streamlit as st
 
 import pandas as pd
 
-from app import charts, data, state, ui
+from app import charts, data, links, state, ui
 from app.commands import ABLATIONS_FLAGS, COMPONENT_FLAGS, SUBSPACE_FLAGS, SWEEP_FLAGS, command_for
 from app.family import labels_of, refused_reason
 from app.text import code, escape
@@ -315,9 +315,14 @@ else:
     sub.insert(1, "head_label", [ui.head_label(a, b) for a, b in zip(sub["layer"], sub["head"])])
     sub["significance"] = [stars(p, not_significant="n.s.") for p in sub["p_holm"]]
     sub["other_direction"] = [f"{d} ({lab.direction(d)})" if isinstance(d, str) else None for d in sub["other_direction"]]
-    cols = ["condition_id", "head_label", "k", "operation", "mean", "delta", "p_holm", "significance", "delta_q_d",
+    sub["spectrum"] = links.subspace_column(sub["condition_id"])
+    sub["head_link"] = links.head_column(sub)
+    cols = ["spectrum", "head_link", "condition_id", "head_label", "k", "operation", "mean", "delta", "p_holm", "significance", "delta_q_d",
             "delta_d_q", "delta_q_d_exact", "other_direction", "other_delta"]
     st.dataframe(sub[cols], hide_index=True, key="abl_sub_table", column_config={
+        "spectrum": links.column("Spectrum", "Open the head's spectrum in Spectra, the components this condition "
+                                             "removes or scales highlighted (new tab)"),
+        "head_link": links.column("Atlas", "Open the head in the Head atlas (new tab)"),
         "head_label": "Head", "mean": st.column_config.NumberColumn(measure, format="%.4f"),
         "delta": st.column_config.NumberColumn(f"Delta {measure}", format="%+.4f"),
         "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.3g"),
@@ -326,10 +331,12 @@ else:
         "delta_q_d_exact": st.column_config.NumberColumn("Delta q_d_exact", format="%+.4f"),
         "other_direction": "Largest change among the other directions",
         "other_delta": st.column_config.NumberColumn("its delta", format="%+.4f")})
-    st.caption("Each condition removes (or scales) the top-k singular components of one head's W_Q W_K^T. Deltas of "
+    st.caption("Each condition removes (or scales) k singular components of one head's W_Q W_K^T: qk:L.H:k<k> the k "
+               "largest, qk:L.H:a<k> the k with the largest sigma_k (u_k . v_k) (Spectrum opens them circled). Deltas of "
                "the head's own metrics are means over the run's pairs of (with - without) (view subspace_effects); a "
                "NULL delta is a metric this model does not have. " + family_note("subspace", "QK-subspace conditions"))
-    ui.table_download(sub, f"{run.name}-subspace-{scope}-{measure}", key="abl_sub_csv")
+    ui.table_download(sub.drop(columns=["spectrum", "head_link"]), f"{run.name}-subspace-{scope}-{measure}",
+                      key="abl_sub_csv")
     show_delta_intervals(sub, "QK-subspace conditions", "abl_sub_chart")
     sub_ids = list(sub["condition_id"])
     state.bind("abl_sub", sub_ids[0], clean=state.choice(sub_ids, sub_ids[0]))

@@ -10,15 +10,17 @@ import streamlit as st
 
 from app import charts, data, state, ui
 from matching_atlas import depth
-from matching_atlas.ablations import TABLE1_KINDS
+from matching_atlas.ablations import TABLE1_KINDS, compare_deltas
+from precompute.conditions import REGISTRY
+from precompute.statistics import FEW_QUERIES_WARNING, MIN_QUERIES, STARS_LEGEND
 from precompute.depth import layers_in_span
 from app.commands import ABLATIONS_FLAGS, command_for
 from app.family import labels_of
 from app.runs import run_labels
 from app.text import code, escape
-from app.slice import Slice
+from app.slice import Slice, sliced_away
 from precompute.metrics import METRICS
-from precompute.names import CONTRAST_LABELS
+from precompute.names import CONTRAST_LABELS, CONTRASTS
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -46,7 +48,8 @@ default = next((r.name for r in others if r.model_name == run_a.model_name),
                next((r.name for r in others if r.dataset_name == run_a.dataset_name), names[0]))
 state.bind("cmp_run", default, clean=state.choice(names, default))
 c1, c2, c3 = st.columns([2, 2, 2])
-c1.selectbox("Compare the sidebar's run with", names, key="cmp_run", format_func=run_labels(ctx.runs).get)
+c1.selectbox("Compare the sidebar's run with", names, key="cmp_run",
+             format_func=lambda n: f"{n}: {run_labels(ctx.runs)[n]}")
 state.publish("cmp_run", default=default)
 run_b = ui.verified(by_name[st.session_state["cmp_run"]])  # checked before any of its data is shown
 if not run_b.ok:
@@ -81,7 +84,7 @@ st.radio("Align the two models by", list(ALIGN), key="cmp_align", format_func=AL
 state.publish("cmp_align", default=default_align)
 align = st.session_state["cmp_align"]
 
-A, B = f"A: {run_a.label}", f"B: {run_b.label}"
+A, B = f"A: {run_a.name}", f"B: {run_b.name}"  # folder names: unique in a store, whatever model and dataset
 st.caption(f"**{escape(A)}** vs **{escape(B)}** · slice: {escape(sl.describe())}. A and B share one colour scale."
            + ("" if lab_a.names == lab_b.names else
               f" Segment words differ: A {escape(', '.join(lab_a.names))}; B {escape(', '.join(lab_b.names))} (the "
@@ -110,6 +113,11 @@ if align == "depth" and sl.layers is not None and sl_b.layers != sl.layers:
 def grid_of(run, s):
     if view == "mean":
         return data.query(run, "head_means", metric, where=s), "mean"
+    gone = sliced_away(s, data.query(run, "slice_options"), CONTRASTS[view], grades_on=CONTRASTS[view][:1])
+    if gone:  # a difference needs both groups (as on the Head atlas)
+        st.warning(f"Run {'A' if run is run_a else 'B'}: the slice leaves no {' and no '.join(gone)} pairs, so its "
+                   f"{escape(VIEWS[view])} map is not drawn.", icon=":material/filter_alt_off:")
+        return pd.DataFrame(columns=["layer", "head", "diff"]), "diff"
     return data.query(run, "head_difference", metric, view, where=s), "diff"
 
 
@@ -139,15 +147,16 @@ if align == "depth":
         y_title = f"{metric}, {how} over the layer's heads"
         long = pd.concat([prof_a.assign(run=A), prof_b.assign(run=B)], ignore_index=True).dropna(subset=["value"])
         if len(long):
-            ui.chart(charts.depth_lines(long, title=f"{value_title} by relative depth: {run_a.model_name} ({la} "
-                                                    f"layers) vs {run_b.model_name} ({lb} layers)", y_title=y_title),
+            ui.chart(charts.depth_lines(long, title=[f"{value_title} by relative depth",
+                                                     f"{run_a.name} ({la} layers) vs {run_b.name} ({lb} layers)"],
+                                        y_title=y_title),
                      long, f"compare-depth-{run_a.name}-vs-{run_b.name}-{metric}-{view}", key="cmp_depth_lines")
         bins = depth.align_by_depth(prof_a, la, prof_b, lb)
         st.caption(f"Depth bins = the shallower model's {min(la, lb)} layers: layer l of an L-layer model goes to "
                    f"bin floor((l + 0.5) x {min(la, lb)} / L); a bin's value is the mean of its layers' values.")
         valid = bins.dropna(subset=["diff"])
         if len(valid):
-            ui.chart(charts.depth_bins(valid, title=f"B - A by depth bin: {value_title} ({how} over heads)",
+            ui.chart(charts.depth_bins(valid, title=["B - A by depth bin", f"{value_title} ({how} over heads)"],
                                        x_title="B - A"),
                      valid, f"compare-depth-bins-{run_a.name}-vs-{run_b.name}-{metric}-{view}", key="cmp_depth_bins")
         st.dataframe(bins, hide_index=True, key="cmp_depth_values")
@@ -164,7 +173,8 @@ for col, grid, run, tag, key in ((left, grid_a, run_a, "A", "cmp_map_a"), (right
         if grid.empty:
             st.warning(f"Run {tag} has no pairs in the slice for this view.")
             continue
-        ui.chart(charts.head_heatmap(grid, value, title=f"{tag}: {value_title} ({run.model_name}, {run.dataset_name})",
+        ui.chart(charts.head_heatmap(grid, value, title=[f"{tag}: {value_title}", f"{run.name} ({run.model_name} on "
+                                                                                   f"{run.dataset_name})"],
                                      value_title=value_title, diverging=diverging, selectable=False,
                                      domain=shared, missing=labels_of(run).missing(metric)),
                  grid, f"compare-{tag}-{run.name}-{metric}-{view}", key=key)
@@ -179,9 +189,8 @@ if align == "layer" and len(grid_a) and len(grid_b):
     elif common.empty:
         st.info("The two runs share no layer x head with a value.")
     else:
-        ui.chart(charts.head_heatmap(common, "diff", title=f"B - A: {value_title} ({run_b.model_name} on "
-                                                            f"{run_b.dataset_name} minus {run_a.model_name} on "
-                                                            f"{run_a.dataset_name})",
+        ui.chart(charts.head_heatmap(common, "diff", title=[f"B - A: {value_title}",
+                                                            f"{run_b.name} minus {run_a.name}"],
                                      value_title=f"B - A, {value_title}", diverging=True, selectable=False,
                                      tooltip=[f"{value}_a", f"{value}_b"]),
                  common, f"compare-diff-{run_a.name}-vs-{run_b.name}-{metric}-{view}", key="cmp_map_diff")
@@ -209,20 +218,55 @@ state.bind("cmp_abl", combos[0], clean=state.choice(combos, combos[0]))
 st.selectbox("Scope and measure", combos, key="cmp_abl")
 state.publish("cmp_abl", default=combos[0])
 scope, measure = st.session_state["cmp_abl"].split(" · ", 1)
-ta = data.query(run_a, "table1", measure=measure, scope=scope, kind=TABLE1_KINDS)
-tb = data.query(run_b, "table1", measure=measure, scope=scope, kind=TABLE1_KINDS)
+ta = data.query(run_a, "table1", measure=measure, scope=scope)  # every kind: Table 1, sweeps, heads, components ...
+tb = data.query(run_b, "table1", measure=measure, scope=scope)
 table = compare_frames(ta, tb, ["condition_id"], "delta")
-table = table.merge(ta[["condition_id", "mean", "p_holm"]].rename(columns={"mean": "mean_a", "p_holm": "p_holm_a"}),
+for tag, t in (("a", ta), ("b", tb)):
+    table = table.merge(t[["condition_id", "kind", "mean", "p_holm", "n_queries"]].rename(
+        columns={"kind": f"kind_{tag}", "mean": f"mean_{tag}", "p_holm": f"p_holm_{tag}",
+                 "n_queries": f"n_queries_{tag}"}), on="condition_id", how="left")
+table.insert(1, "kind", table["kind_a"].fillna(table["kind_b"]))
+table = table[table["kind"] != "baseline"]
+
+# Kinds only one run computed: said, with the command that adds them, instead of rows of None
+kinds_a, kinds_b = set(ta["kind"]), set(tb["kind"])
+order = list(REGISTRY)
+for kind in sorted((kinds_a ^ kinds_b) - {"baseline"}, key=lambda k: order.index(k) if k in order else len(order)):
+    has, lacks, other = ("A", "B", run_b) if kind in kinds_a else ("B", "A", run_a)
+    spec = REGISTRY.get(kind)
+    flags = {"ablations": (spec.condition_set,)} if spec is not None and spec.condition_set else ABLATIONS_FLAGS
+    st.info(f"Only run {has} has {escape(spec.title if spec else kind)} conditions: run {lacks} "
+            f"({escape(other.name)}) computed none, so they are listed without a B - A difference. Compute them with "
+            f"{code(command_for(other, flags))}.", icon=":material/info:")
+
+# B - A over the queries both runs hold: the paired test per condition
+tests = compare_deltas(data.query(run_a, "query_deltas", measure=measure, scope=scope, where=sl_a),
+                       data.query(run_b, "query_deltas", measure=measure, scope=scope, where=sl_b))
+table = table.merge(tests.rename(columns={"diff": "test_diff", "n_queries": "shared_queries"}),
                     on="condition_id", how="left")
-table = table.merge(tb[["condition_id", "mean", "p_holm"]].rename(columns={"mean": "mean_b", "p_holm": "p_holm_b"}),
-                    on="condition_id", how="left")
-table = table[["condition_id", "mean_a", "delta_a", "p_holm_a", "mean_b", "delta_b", "p_holm_b", "diff"]]
-st.dataframe(table, hide_index=True, key="cmp_ablations",
-             column_config={"diff": st.column_config.NumberColumn("delta B - delta A", format="%+.4f")})
+table = table[["condition_id", "kind", "n_queries_a", "mean_a", "delta_a", "p_holm_a", "n_queries_b", "mean_b",
+               "delta_b", "p_holm_b", "diff", "shared_queries", "test_diff", "t", "p", "p_holm", "significance"]]
+st.dataframe(table, hide_index=True, key="cmp_ablations", column_config={
+    "diff": st.column_config.NumberColumn("delta B - delta A (all queries)", format="%+.4f"),
+    "shared_queries": st.column_config.NumberColumn("Shared queries", format="%d"),
+    "test_diff": st.column_config.NumberColumn("B - A over shared queries", format="%+.4f"),
+    "p_holm": st.column_config.NumberColumn("p (Holm, B - A)", format="%.3g"),
+    "significance": "B - A"})
+shared = tests["n_queries"].max() if len(tests) else 0
+st.caption(f"delta = condition - baseline of {escape(measure)} ({escape(scope)}), mean over each run's queries. B - A "
+           "is tested over the queries both runs hold (the slice's queries where it names some): per query, delta_B - "
+           "delta_A; a paired two-sided t-test over those queries, Holm across the conditions; "
+           f"{STARS_LEGEND}; no star below {MIN_QUERIES} queries.")
+if not len(tests) or shared == 0:
+    st.info(f"The runs share no query ({escape(run_a.dataset_name)} vs {escape(run_b.dataset_name)}): B - A cannot be "
+            "tested query by query, only the two means compared.", icon=":material/info:")
+elif shared < MIN_QUERIES:
+    st.warning(f"B - A rests on {int(shared)} shared queries: {FEW_QUERIES_WARNING}.", icon=":material/warning:")
 ui.table_download(table, f"compare-ablations-{run_a.name}-vs-{run_b.name}", key="cmp_ablations_csv")
 long = table.melt(id_vars=["condition_id"], value_vars=["delta_a", "delta_b"], var_name="run", value_name="delta")
 long["run"] = long["run"].map({"delta_a": A, "delta_b": B})
 long = long.dropna(subset=["delta"])
-ui.chart(charts.grouped_deltas(long, title=f"Ablation effects on {measure} ({scope}), A vs B",
+long = long[long["condition_id"].isin(table.loc[table["kind"].isin(TABLE1_KINDS), "condition_id"])]
+ui.chart(charts.grouped_deltas(long, title=f"Table 1 ablation effects on {measure} ({scope}), A vs B",
                                x_title=f"Delta {measure} (condition - baseline)"),
          long, f"compare-ablation-deltas-{run_a.name}-vs-{run_b.name}", key="cmp_ablation_bars")

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, ui
+from app import charts, data, links, state, ui
 from app.commands import command_for
+from app.slice import sliced_away
 from app.family import labels_of
 from app.text import code, escape
 from precompute.metrics import METRICS
@@ -55,8 +56,16 @@ if not diff_view:
     title = f"{label} per head: mean over the slice"
     tooltip = ["n", "sd"]
 else:
-    grid = data.query(run, "head_difference", metric, view, where=sl)
     a, b = CONTRASTS[view]
+    # the map compares a's pairs of the slice's grades with every b pair (Run.head_difference): both must remain
+    gone = sliced_away(sl, data.query(run, "slice_options"), (a, b), grades_on=(a,))
+    if gone:
+        st.warning(f"The slice ({escape(sl.describe())}) leaves no {' and no '.join(gone)} pairs, so the map of "
+                   f"{a} minus {b} negatives is not drawn: a difference needs both groups. Add "
+                   f"{' and '.join(gone)} pairs to the slice's negative types and grades in the sidebar, or show the "
+                   "mean over the slice.", icon=":material/filter_alt_off:")
+        st.stop()
+    grid = data.query(run, "head_difference", metric, view, where=sl)
     value = color_by
     value_title = (f"{metric}: {a} - {b}" if color_by == "diff" else f"Cohen's d of {metric}, {a} vs {b}")
     title = (f"{label} per head: {a} minus {b} negatives" if color_by == "diff"
@@ -123,6 +132,9 @@ h1, h2 = st.columns([1, 3])
 h1.selectbox("Head (layer.head)", heads, key="atlas_head")
 state.publish("atlas_head", default=default_head)
 sel_layer, sel_head = ui.parse_head(st.session_state["atlas_head"])
+if run.has("svd"):
+    h1.link_button(f"Head {sel_layer}.{sel_head} in Spectra", links.to_spectrum(sel_layer, sel_head),
+                   icon=":material/ssid_chart:", type="tertiary")
 row = grid[(grid["layer"] == sel_layer) & (grid["head"] == sel_head)].iloc[0]
 if no_value:
     h2.info(f"Head {sel_layer}.{sel_head}: {metric} is {escape(lab.missing(metric))}; choose another metric to see its "
@@ -162,6 +174,13 @@ with right:
                          x_title=label),
         hist, f"{run.name}-head-{sel_layer}.{sel_head}-{metric}-hist", key="atlas_hist",
     )
+if diff_view:
+    missing = [g for g in (a, b) if g not in set(stats["neg_type"])]
+    if missing:
+        st.warning(f"The slice's negative types and grades ({escape(sl.describe())}) remove the {' and '.join(missing)} "
+                   f"side of the {a} vs {b} contrast from these distributions: they show "
+                   f"{', '.join(sorted(set(stats['neg_type'])))} pairs only. The map above compares with every {b} "
+                   "pair (the grade filter applies to the relevant side only).", icon=":material/filter_alt:")
 st.dataframe(stats, hide_index=True, key="atlas_head_stats")
 
 state.bind("atlas_order", "largest", clean=state.choice(["largest", "smallest"], "largest"))
@@ -169,7 +188,10 @@ st.radio("Top pairs by", ["largest", "smallest"], key="atlas_order", horizontal=
          format_func=lambda o: f"{o} {metric}")
 state.publish("atlas_order", default="largest")
 top = data.query(run, "head_top_pairs", sel_layer, sel_head, metric, 20, st.session_state["atlas_order"] == "largest", where=sl)
-st.dataframe(top, hide_index=True, key="atlas_top",
-             column_config={"value": st.column_config.NumberColumn(metric, format="%.4f"),
+st.dataframe(top.assign(open=links.pair_column(top, sel_layer, sel_head)), hide_index=True, key="atlas_top",
+             column_order=["open", *top.columns],
+             column_config={"open": links.column("Pair", f"Open the pair in the Pair explorer at head {sel_layer}."
+                                                          f"{sel_head} (new tab)"),
+                            "value": st.column_config.NumberColumn(metric, format="%.4f"),
                             "score": st.column_config.NumberColumn("score", format="%.3f")})
 ui.table_download(top, f"{run.name}-head-{sel_layer}.{sel_head}-{metric}-top-pairs", key="atlas_top_csv")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, ui
+from app import charts, data, links, state, ui
 from app.commands import PATCHING_FLAGS, command_for
 from app.family import labels_of
 from app.text import escape
@@ -78,11 +78,12 @@ else:
                 help="|clean - corrupted| below the run's min delta (--patching-min-delta).")
     r[3].metric("Corruption raised the score", f"{int(first['n_raised']):,}",
                 help="Pairs with corrupted > clean: kept in every statistic.")
-    table = ranked.assign(head_label=[ui.head_label(int(a), int(b)) for a, b in zip(ranked["layer"], ranked["head"])])
-    st.dataframe(table[["rank", "head_label", "ratio", "ratio_low", "ratio_high", "median", "median_low",
+    table = ranked.assign(head_label=[ui.head_label(int(a), int(b)) for a, b in zip(ranked["layer"], ranked["head"])],
+                          open=links.head_column(ranked))
+    st.dataframe(table[["open", "rank", "head_label", "ratio", "ratio_low", "ratio_high", "median", "median_low",
                         "median_high", "tmean", "tmean_low", "tmean_high", "mean"]],
                  hide_index=True, key="pat_summary", column_config={
-                     "head_label": "head", "mean": st.column_config.NumberColumn("plain mean", format="%+.3f"),
+                     "head_label": "head", "open": links.column("Head", "Open the head in the Head atlas (new tab)"), "mean": st.column_config.NumberColumn("plain mean", format="%+.3f"),
                      **{c: st.column_config.NumberColumn(c, format="%+.3f") for c in
                         ("ratio", "ratio_low", "ratio_high", "median", "median_low", "median_high", "tmean",
                          "tmean_low", "tmean_high")}})
@@ -90,7 +91,7 @@ else:
                "sum(clean - corrupted); median = the pairs' median effect; tmean = the mean effect over pairs whose "
                "|clean - corrupted| reaches the min delta; each with a 95% bootstrap interval over queries. The plain "
                "mean, dominated by pairs whose corruption barely moved the score, is shown for comparison only.")
-    ui.table_download(table, f"{run.name}-patching-{exp}-{method}-summary", key="pat_summary_csv")
+    ui.table_download(table.drop(columns="open"), f"{run.name}-patching-{exp}-{method}-summary", key="pat_summary_csv")
 
 heads = data.query(run, "patching_heads", exp, where=sl, method=method)
 comps = data.query(run, "patching_components", exp, where=sl, method=method)
@@ -218,7 +219,14 @@ if exp != "cls":
     cols = [c for c in cols if not c.startswith("clean_") or c == "clean_insert"]
 else:
     cols = [c for c in cols if c not in ("term", "filler", "clean_insert", "rule")]
-st.dataframe(top[cols], hide_index=True, key="pat_top", column_config={
+shown = top[cols].assign(open=links.pair_column(top, layer, head))
+if exp == "cls":  # the clean input is a pair of the run too: its relevant passage
+    shown["open_clean"] = links.pair_column(top, layer, head, pair="clean_pair_id")
+st.dataframe(shown, hide_index=True, key="pat_top", column_order=["open", *(["open_clean"] if exp == "cls" else []), *cols],
+             column_config={
+    "open": links.column("Pair", "Open the run's pair this patch input was built from in the Pair explorer"
+                         + (f" at head {layer}.{head}" if head is not None else f" at layer {layer}") + " (new tab)"),
+    "open_clean": links.column("Clean pair", "Open the clean (relevant) pair in the Pair explorer (new tab)"),
     "effect": st.column_config.NumberColumn("effect", format="%+.4f"),
     "clean": st.column_config.NumberColumn("clean score", format="%.4f"),
     "corrupted": st.column_config.NumberColumn("corrupted score", format="%.4f"),

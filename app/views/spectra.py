@@ -3,14 +3,17 @@ and how it relates to the head's matching statistics."""
 
 from __future__ import annotations
 
+import altair as alt
+import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, ui
+from app import charts, data, links, state, ui
 from app.commands import command_for
 from app.family import labels_of
 from app.text import escape
 from precompute.metrics import METRICS
 from precompute.analyses.alignment_behaviour import PERMUTATIONS
+from precompute.conditions.subspace_specs import aligned_order, removed_components
 from precompute.names import CONTRAST_LABELS, CONTRASTS
 from precompute.statistics import FEW_QUERIES_WARNING, MIN_QUERIES, fmt_p
 
@@ -60,18 +63,66 @@ with right:
     st.metric("Largest singular value", f"{row['sigma_max']:.4f}")
     st.metric("Singular values stored", f"{int(row['n_sigma'])}")
     st.caption("Alignment score: the sigma-weighted mean of u_k . v_k over the head's spectrum.")
+    st.link_button(f"Head {sel_layer}.{sel_head} in the Head atlas", links.to_head(sel_layer, sel_head),
+                   icon=":material/grid_on:", type="tertiary")
 
 st.subheader(f"Spectra of layer {sel_layer}")
 spectra = data.query(run, "spectra", where=sl.with_(layers=(sel_layer, sel_layer)))
+
+# -- the components a QK-subspace condition of this head removes (a link from the Ablations page names one) ----
+conditions = data.query(run, "conditions") if run.has("ablation_conditions") else pd.DataFrame()
+own = [] if conditions.empty else [
+    c for c in conditions["condition_id"] if (removed_components(c) or (None, None))[:2] == (sel_layer, sel_head)]
+state.bind("spec_removed", "", clean=state.choice(["", *own], ""))
+removed = pd.DataFrame()
+if own:
+    st.selectbox("Highlight the components removed by", ["", *own], key="spec_removed",
+                 format_func=lambda c: c or "no condition", help="The QK-subspace conditions of this head (Ablations "
+                 "page): k<n> edits the n largest singular components, a<n> the n with the largest sigma_k (u_k . v_k).")
+    picked = st.session_state["spec_removed"]
+    if picked:
+        _, _, how, n = removed_components(picked)
+        head_spectrum = spectra[(spectra["layer"] == sel_layer) & (spectra["head"] == sel_head)].sort_values("k")
+        ks = (list(range(n)) if how == "top" else
+              aligned_order(head_spectrum["sigma"], head_spectrum["alignment"], n))
+        removed = head_spectrum[head_spectrum["k"].isin(ks)].assign(
+            head_label=f"L{sel_layer}.H{sel_head}", order=lambda d: d["k"].map({k: i for i, k in enumerate(ks)}))
+        stored = [a for a in (conditions.loc[conditions["condition_id"] == picked, "alignments"]
+                              if "alignments" in conditions else []) if isinstance(a, (list, tuple)) or hasattr(a, "shape")]
+        words = ("its " + str(n) + " largest singular components" if how == "top" else
+                 f"its {n} components with the largest sigma_k (u_k . v_k)")
+        st.caption(f"{escape(picked)} edits {words} of head {sel_layer}.{sel_head}: k = "
+                   f"{', '.join(str(k) for k in ks)} (circled in both charts).")
+        if stored and len(stored[0]):
+            st.caption("Alignments the job stored with the condition: "
+                       + ", ".join(f"{float(a):+.3f}" for a in stored[0]) + ".")
+state.publish("spec_removed", default="")
+
+
+def with_removed(chart, y: str):
+    """The chart with the removed components circled (none: the chart as it is)."""
+    if removed.empty:
+        return chart
+    ring = alt.Chart(removed).mark_point(size=220, filled=False, color="black", strokeWidth=2).encode(
+        x="k:Q", y=f"{y}:Q", tooltip=[alt.Tooltip("k:Q", title="removed component k"),
+                                      alt.Tooltip("sigma:Q", format=".4f"), alt.Tooltip("alignment:Q", format=".3f")])
+    return alt.layer(chart, ring)
+
+
 c1, c2 = st.columns(2)
 with c1:
-    ui.chart(charts.spectrum_lines(spectra, "sigma_rel", title=f"Layer {sel_layer}: singular values of W_Q W_K^T",
-                                   y_title="sigma_k / sigma_0 (relative to the head's largest)"),
+    ui.chart(with_removed(charts.spectrum_lines(spectra, "sigma_rel",
+                                                title=f"Layer {sel_layer}: singular values of W_Q W_K^T",
+                                                y_title="sigma_k / sigma_0 (relative to the head's largest)"),
+                          "sigma_rel"),
              spectra, f"{run.name}-spectra-layer-{sel_layer}", key="spec_sigma")
 with c2:
-    ui.chart(charts.spectrum_lines(spectra, "alignment", title=f"Layer {sel_layer}: alignment u_k . v_k",
-                                   y_title="Alignment u_k . v_k (cosine)"),
+    ui.chart(with_removed(charts.spectrum_lines(spectra, "alignment", title=f"Layer {sel_layer}: alignment u_k . v_k",
+                                                y_title="Alignment u_k . v_k (cosine)"), "alignment"),
              spectra, f"{run.name}-alignment-layer-{sel_layer}", key="spec_align")
+if not removed.empty:
+    st.dataframe(removed.sort_values("order")[["k", "sigma", "sigma_rel", "alignment"]], hide_index=True,
+                 key="spec_removed_table")
 
 st.subheader("Alignment and matching")
 c1, c2 = st.columns(2)

@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import data, state, ui
 from app.connections import run_sql
+from app.sql_examples import examples
 from matching_atlas.errors import error_text
 from app.sql_console import ALLOWED, DEFAULT_ROW_LIMIT, EXPLAIN_MODES, MAX_ROW_LIMIT, SqlError
 from app.text import code, escape
@@ -35,7 +36,23 @@ with right:
         with st.expander(f"{table} ({len(cols)})"):
             st.caption(doc)
             st.dataframe(cols[["column", "type"]], hide_index=True, key=f"sql_schema_{table}")
+EXAMPLES = examples()
+
+
+def use_example() -> None:
+    """Put the chosen example into the editor (a callback: it runs before the editor is drawn again)."""
+    picked = st.session_state.get("sql_example")
+    if picked is not None:
+        st.session_state["sql_q"] = EXAMPLES[picked].sql
+        st.session_state["sql_example"] = None
+
+
 with left:
+    if EXAMPLES:
+        st.selectbox("Example queries (from docs/store.md)", list(range(len(EXAMPLES))), index=None,
+                     key="sql_example", on_change=use_example, placeholder="Load an example into the editor",
+                     format_func=lambda i: f"{i + 1}. {EXAMPLES[i].title[:100]}"
+                                           + ("..." if len(EXAMPLES[i].title) > 100 else ""))
     state.bind("sql_q", EXAMPLE, clean=lambda v: str(v))
     st.text_area("Query (Ctrl+Enter runs it)", key="sql_q", height=180)
     state.publish("sql_q", default=EXAMPLE)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from precompute.conditions.subspace_specs import aligned_order
 from precompute.analyses.spectra import NOTES, SpectraError, core_svd, matrix_note, split_layer
 
 CONTENT_ONLY = ("absolute", "bias")  # position kinds where W_Q W_K^T is the whole content term of the logit
@@ -62,8 +63,7 @@ def aligned_components(factors: HeadFactors, n: int) -> list[int]:
     first; ties by singular value order): the components that give the most logit to a token attending to a token
     like itself. Sigma-weighted, not the alignment alone: a component with alignment near 1 and sigma near 0 adds
     nothing to any logit, and removing it would change nothing (docs/patching.md, "Aligned QK subspaces")."""
-    score = (factors.sigma * factors.alignment).tolist()
-    return sorted(range(len(score)), key=lambda k: (-score[k], k))[:n]
+    return aligned_order(factors.sigma.tolist(), factors.alignment.tolist(), n)
 
 
 def head_factors(lm, layer: int, head: int) -> HeadFactors:

@@ -133,6 +133,27 @@ def _asking(request, condition_set: str):
     return replace(request, sets=(*request.sets, condition_set))
 
 
+def aligned_order(sigma, alignment, n: int) -> list[int]:
+    """The ``n`` components (indices k, 0 = largest singular value) an aligned condition ``qk:L.H:a<n>`` edits: the
+    largest sigma-weighted alignment ``sigma_k * (u_k . v_k)`` first, ties by singular value order. A component with
+    alignment near 1 and sigma near 0 adds nothing to any logit, so alignment alone would not do."""
+    score = [float(s) * float(a) for s, a in zip(sigma, alignment)]
+    return sorted(range(len(score)), key=lambda k: (-score[k], k))[:n]
+
+
+def removed_components(condition_id: str) -> tuple[int, int, str, int] | None:
+    """(layer, head, "top" or "aligned", n) of a QK-subspace condition id (``qk:3.5:k2/remove``,
+    ``qk:3.5:a2/scale=2``); None for any other text."""
+    for kind, how in ((SUBSPACE_KIND, "top"), (ALIGNED_KIND, "aligned")):
+        try:
+            c = kind.parse(str(condition_id))
+        except AblationSpecError:
+            return None
+        if c is not None:
+            return c.layer, c.head, how, c.k
+    return None
+
+
 def parse_heads_spec(spec: str) -> int | list[tuple[int, int]]:
     """``top:N`` -> N; ``3.5,4.1`` -> [(3, 5), (4, 1)]; AblationSpecError otherwise."""
     spec = spec.strip().lower()

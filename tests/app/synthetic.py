@@ -110,6 +110,8 @@ def build_run(
     manifest_overrides: dict | None = None,
     family: str = "bert",
     legacy: bool = False,
+    without_kinds: tuple[str, ...] = (),
+    aligned: bool = False,
 ) -> Path:
     """Write one run folder ``<store>/<dataset>__<model>`` and return it (``family``, ``legacy``: see the module
     doc)."""
@@ -202,7 +204,8 @@ def build_run(
         _write_cross_attention(w, pairs, layers, heads, rng)
     refused: list[str] = []
     if optional:
-        refused = _write_ablations(w, pairs, ha, layers, heads, rng, causal=causal, effects=not legacy)
+        refused = _write_ablations(w, pairs, ha, layers, heads, rng, causal=causal, effects=not legacy,
+                                   without_kinds=without_kinds, aligned=aligned)
         _write_svd(w, layers, heads, rng)
         _write_contrasts(w, pairs, ha)
         _write_component_means(w, layers, rng)
@@ -241,10 +244,12 @@ def build_run(
 
 
 def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers: int, heads: int, rng, *,
-                     causal: bool = False, effects: bool = True) -> list[str]:
-    """Direction, group, layer-sweep, head, component and QK-subspace conditions (and, with ``effects``, the stored
-    subspace_effects); returns the refused ids (causal: direction conditions that remove only directions the model
-    cannot attend)."""
+                     causal: bool = False, effects: bool = True, without_kinds: tuple[str, ...] = (),
+                     aligned: bool = False) -> list[str]:
+    """Direction, group, layer-sweep, head, component and QK-subspace conditions (with ``aligned``, also the subspace
+    heads' two most aligned components removed: qk:L.H:a2/remove; but none of ``without_kinds``; and,
+    with ``effects``, the stored subspace_effects); returns the refused ids (causal: direction conditions that remove
+    only directions the model cannot attend)."""
     def cond(condition_id: str, effect: float, **groups) -> dict:
         """A condition's ablation_conditions row (parsed by its kind, as the job writes it) and its effect."""
         parsed = C.parse(condition_id, groups={k: tuple(v) for k, v in groups.items()} or None)
@@ -274,6 +279,9 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
         for k in (1, 2):
             for op in ("remove", "scale=2"):
                 conds.append(cond(f"qk:{layer}.{head}:k{k}/{op}", -0.6 * k if op == "remove" else 0.2))
+        if aligned:
+            conds.append(cond(f"qk:{layer}.{head}:a2/remove", -0.9))
+    conds = [c for c in conds if c["kind"] not in without_kinds]
     cdf = pd.DataFrame(conds).drop(columns="effect")
     cond_cols = [c for c in TABLES["ablation_metrics"].column_names if c in TABLES["ablation_conditions"].column_names]
     part_cols = TABLES["ablation_conditions"].column_names
@@ -329,7 +337,7 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
     for c in ("t", "p", "p_holm", "factor"):
         adf[c] = pd.array(adf[c], dtype="Float64")
     w.write_table("ablation_summary", pa.Table.from_pandas(adf, preserve_index=False))
-    _write_subspace_metrics(w, ha, [c for c in conds if c["kind"] == "subspace"])
+    _write_subspace_metrics(w, ha, [c for c in conds if c["kind"] in ("subspace", "subspace_aligned")])
     if effects:
         _write_subspace_effects(w)
     return refused

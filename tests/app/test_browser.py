@@ -120,10 +120,14 @@ def _serve(store: Path, tmp_path_factory):
 
 
 def _load(driver, url: str, title: str, charts: int, timeout: float = 60.0, settle: float = 0.5) -> None:
+    driver.get(url)
+    _wait_ready(driver, title, charts, timeout, settle)
+
+
+def _wait_ready(driver, title: str, charts: int, timeout: float = 60.0, settle: float = 0.5) -> None:
+    """Wait until the page titled ``title`` has drawn ``charts`` charts and no rerun is running."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
-    driver.get(url)
 
     def ready(d):
         h1 = [e.text for e in d.find_elements(By.CSS_SELECTOR, "h1")]
@@ -179,10 +183,18 @@ def _live_hostile(driver) -> dict[str, list[str]]:
     """Elements the hostile text became (a link, an image, bold text, a colour, math) rather than text."""
     from selenium.webdriver.common.by import By
 
+    def own_link(e) -> bool:
+        """A link of the app to one of its pages (app/links.py): the hostile text is only percent-encoded inside its
+        query string, the link leads nowhere else and shows none of it."""
+        parts = urllib.parse.urlsplit(e.get_attribute("href") or "")
+        return (parts.netloc == urllib.parse.urlsplit(driver.current_url).netloc
+                and "evil" not in parts.path + parts.fragment + e.text)
+
     found = {}
     for name, (selector, text) in LIVE.items():
         hits = [e.get_attribute("outerHTML")[:120] for e in driver.find_elements(By.CSS_SELECTOR, selector)
-                if ("evil" in (e.get_attribute("outerHTML") or "")) if text is None or e.text.strip() == text]
+                if ("evil" in (e.get_attribute("outerHTML") or "")) if text is None or e.text.strip() == text
+                if not (name == "link" and own_link(e))]
         if hits:
             found[name] = hits
     return found
@@ -268,6 +280,121 @@ def test_clicks_on_the_patching_page_open_their_pairs(driver, server):
     WebDriverWait(driver, 30, poll_frequency=0.25).until(
         lambda d: "pat_target=component" in d.current_url and "pat_comp=2.mlp." in d.current_url)
     WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "Mean effect, layer 2 · mlp ·" in main_text(d))
+
+
+def _main_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, "section.stMain, [data-testid='stMain']").text
+
+
+def _open_link_cell(driver, after_key: str, column: int = 0, row: int = 0) -> str:
+    """Click the link cell (``column`` of the link columns at the table's left, each 75 px wide: LinkColumn
+    width "small") of ``row`` in the table drawn just before the element keyed ``after_key`` (its CSV download);
+    the link opens in a new tab, which becomes the driver's window. Returns the new tab's URL."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    table = driver.find_element(By.XPATH, f"//div[contains(@class, 'st-key-{after_key}')]"
+                                          "/preceding::div[@data-testid='stDataFrame'][1]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", table)
+    canvas = table.find_element(By.CSS_SELECTOR, "canvas")
+    w, h = canvas.size["width"], canvas.size["height"]
+    before = set(driver.window_handles)
+    ActionChains(driver).move_to_element_with_offset(canvas, 75 * column + 37 - w / 2,
+                                                     35 * (row + 1) + 17 - h / 2).click().perform()
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: set(d.window_handles) - before)
+    driver.switch_to.window((set(driver.window_handles) - before).pop())
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "?" in d.current_url)
+    return driver.current_url
+
+
+def _close_tab(driver, back: str) -> None:
+    driver.close()
+    driver.switch_to.window(back)
+
+
+def test_every_link_type_lands_on_its_pair_or_head(driver, server, store):
+    """One click per kind of link: a Head atlas top pair and a patched pair open the Pair explorer at that pair and
+    head, a patching head opens the Head atlas at it, a subspace condition opens its head's spectrum with the removed
+    components, the Spectra page's head link opens the Head atlas, and a click on the Pair explorer's every-head grid
+    opens that head (the pairs and heads are checked against the store)."""
+    import duckdb
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def params(url: str) -> dict[str, str]:
+        return {k: v[0] for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).items()}
+
+    def sql(text: str):
+        tables = {t: f"read_parquet('{store / DL20}/{t}/**/*.parquet', hive_partitioning=false)"
+                  if (store / DL20 / t).is_dir() else f"'{store / DL20}/{t}.parquet'"
+                  for t in ("pairs", "head_attention", "patching_effects", "ablation_summary")}
+        return duckdb.connect().execute(text.format(**tables)).fetchall()
+
+    main = driver.current_window_handle
+    wait = WebDriverWait(driver, 30, poll_frequency=0.25)
+    # Head atlas: the first top pair of head 2.1 (largest q_d) -> Pair explorer at that pair and head
+    _load(driver, f"{server}/head-atlas?run={DL20}&atlas_head=2.1", "Head atlas", 3)
+    url = _open_link_cell(driver, "atlas_top_csv")
+    best = sql("SELECT pair_id FROM {head_attention} WHERE layer = 2 AND head = 1 ORDER BY q_d DESC, pair_id LIMIT 1")
+    got = params(url)
+    assert urllib.parse.urlsplit(url).path == "/pair-explorer" and got["run"] == DL20
+    assert (got["pair_id"], got["pair_layer"], got["pair_head"]) == (str(best[0][0]), "2", "1")
+    _wait_ready(driver, "Pair explorer", 2)
+    wait.until(lambda d: "Every head of layer 2" in _main_text(d) and "Token-level attention, head 2.1" in _main_text(d))
+    docid = sql(f"SELECT docid FROM {{pairs}} WHERE pair_id = {int(got['pair_id'])}")[0][0]
+    assert docid in _main_text(driver)
+    # its every-head grid: a click on layer 1, head 3 opens that head
+    cells = driver.find_elements(By.CSS_SELECTOR, ".vega-embed svg g.mark-rect path[aria-label^='Head: 3; Layer: 1;']")
+    assert cells, "no grid cell for layer 1, head 3"
+    ActionChains(driver).move_to_element(cells[0]).click().perform()
+    wait.until(lambda d: "pair_layer=1" in d.current_url and "pair_head=3" in d.current_url)
+    wait.until(lambda d: "Token-level attention, head 1.3" in _main_text(d))
+    assert f"pair_id={got['pair_id']}" in driver.current_url  # the same pair
+    _close_tab(driver, main)
+
+    # Patching: a head of the ranked table -> Head atlas; a pair of head 1.0 -> Pair explorer at that head
+    _load(driver, f"{server}/patching?run={DL20}&pat_head=1.0", "Activation patching", 3)
+    url = _open_link_cell(driver, "pat_summary_csv")
+    head = params(url)["atlas_head"]
+    _wait_ready(driver, "Head atlas", 3)
+    wait.until(lambda d: any(f"Head {head}:" in (e.get_attribute("textContent") or "")
+                             for e in d.find_elements(By.CSS_SELECTOR, ".vega-embed")))
+    _close_tab(driver, main)
+    url = _open_link_cell(driver, "pat_top_csv")
+    got = params(url)
+    assert (got["pair_layer"], got["pair_head"]) == ("1", "0")
+    top = sql("SELECT pair_id FROM {patching_effects} WHERE experiment = 'tfc1' AND layer = 1 AND head = 0 "
+              "AND effect IS NOT NULL ORDER BY effect DESC, patch_id LIMIT 1")
+    assert got["pair_id"] == str(top[0][0])
+    _wait_ready(driver, "Pair explorer", 2)
+    wait.until(lambda d: "Token-level attention, head 1.0" in _main_text(d))
+    _close_tab(driver, main)
+
+    # Ablations: a subspace condition -> Spectra at its head, the removed components named and circled
+    _load(driver, f"{server}/ablations?run={DL20}", "Ablations", 3)
+    url = _open_link_cell(driver, "abl_sub_csv")
+    got = params(url)
+    first = sql("SELECT condition_id, layer, head FROM {ablation_summary} WHERE kind = 'subspace' AND scope = 'pairs' "
+                "AND measure = 'nDCG@10' ORDER BY layer, head, k, operation LIMIT 1")[0]
+    assert (got["spec_removed"], got["spec_head"]) == (first[0], f"{first[1]}.{first[2]}")
+    _wait_ready(driver, "Query-key spectra", 4)
+    wait.until(lambda d: "(circled in both charts)" in _main_text(d))
+    # Spectra: the head's link -> Head atlas at that head
+    before = set(driver.window_handles)
+    link = driver.find_element(By.PARTIAL_LINK_TEXT, f"Head {got['spec_head']} in the Head atlas")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
+    link.click()
+    wait.until(lambda d: set(d.window_handles) - before)
+    spectra_tab = driver.current_window_handle
+    driver.switch_to.window((set(driver.window_handles) - before).pop())
+    _wait_ready(driver, "Head atlas", 3)
+    assert params(driver.current_url)["atlas_head"] == got["spec_head"]
+    _close_tab(driver, spectra_tab)
+    _close_tab(driver, main)
 
 
 def _sql_workers(url: str) -> tuple[int | None, list[int]]:

@@ -455,9 +455,9 @@ def test_compare_runs(app, store, sql):
     np.testing.assert_allclose(diff["diff"], b["mean"] - a["mean"], rtol=1e-6, atol=1e-12)
     table = frame(at, "condition_id", "delta_a", "delta_b", "diff")
     da = sql(DL20, "SELECT condition_id, delta FROM {ablation_summary} WHERE scope = 'pairs' AND measure = 'nDCG@10' "
-                   "AND kind IN ('baseline', 'direction', 'group')")
+                   "AND kind <> 'baseline'")  # every kind: Table 1, sweeps, heads, components, subspaces
     db = sql(DL19, "SELECT condition_id, delta FROM {ablation_summary} WHERE scope = 'pairs' AND measure = 'nDCG@10' "
-                   "AND kind IN ('baseline', 'direction', 'group')")
+                   "AND kind <> 'baseline'")
     want = da.merge(db, on="condition_id", suffixes=("_a", "_b")).sort_values("condition_id")
     np.testing.assert_allclose(table.sort_values("condition_id")["diff"], want["delta_b"] - want["delta_a"], atol=1e-12)
 

@@ -56,6 +56,8 @@ def test_live_token_attention_with_the_real_model(app, tmp_path, minilm_dir):
     assert "Live score" in labels and "Stored mass" in labels
     specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
     assert any("live" in str(s.get("title")) for s in specs)
-    at.radio(key="pair_tokens").set_value("d_q").run(timeout=120)
+    at.multiselect(key="pair_from").set_value(["d"]).run(timeout=120)
+    at.multiselect(key="pair_to").set_value(["cls", "q", "sep1"]).run(timeout=120)  # [CLS] and [SEP] as targets
     assert not at.exception
+    assert "Live Document->CLS + Query + SEP1 mass" in {m.label for m in at.metric}, {m.label for m in at.metric}
 
