@@ -207,7 +207,7 @@ def main() -> int:
                                                          heads_per_layer=sample, batch_size=args.batch_size,
                                                          max_length=args.max_length, device=lm.device)
         rho, overlap = agreement(attributed, exact)
-        rate = lambda t: f"{1 / t[0]:.3f} ({1 / t[1]:.3f})"  # noqa: E731
+        rate = lambda t: f"{1 / t[0]:.3g} ({1 / t[1]:.3g})"  # noqa: E731
         sampled = f"; exact patching timed on {sample} heads per layer, scaled" if sample else ""
         ratio = lambda t: f"{t_l[0] / t[0]:.1f}x ({t_l[1] / t[1]:.1f}x)"  # noqa: E731
         print(f"{name:<28} {len(chosen):>4}/{max(1, n_loop):<4} {rate(t_a):>18} {rate(t_b):>16} {rate(t_l):>16} "
