@@ -58,30 +58,34 @@ def metadata(table: str, rows: int, identity: dict | None) -> dict[str, str]:
     return out
 
 
-# Rows per data page, as bytes (pyarrow's default is 1 MB): with the page index (``write_page_index``) a lookup of
-# one pair decodes the pages that can hold it, not its whole row group. The Pair explorer's grid (one pair on every
-# head) reads one row group per head: on 64 row groups of 65,536 rows, 0.19 s with 1 MB pages and a dictionary-coded
-# pair_id, 0.021 s with 8 KB pages, the page index and a delta-coded pair_id (DuckDB 2.0, 2 threads, load 12); a
-# scan of one head took the same (0.023 / 0.028 s). Smaller pages gained nothing more (32 KB: 0.040 s).
-PAGE_BYTES = 8192
+# Data pages of the tables looked up by one value of their last sort-key column inside row groups of one group
+# (head_attention: one pair on every head, the Pair explorer's grid), as bytes (pyarrow's default is 1 MB): with the
+# page index (``write_page_index``) such a lookup decodes the one page per row group that can hold the pair, not the
+# whole row group. On 64 row groups of 65,536 rows: 0.19 s with 1 MB pages and a dictionary-coded pair_id, 0.021 s
+# with 8 KB pages, the page index and a delta-coded pair_id (DuckDB 2.0, 2 threads, load 12); a scan of one head
+# took the same (0.023 / 0.028 s); 32 KB pages: 0.040 s. Other tables keep 1 MB pages (a full scan of a large table
+# decodes fewer pages).
+LOOKUP_PAGE_BYTES = 8192
 
 
 def options(schema: pa.Schema, table: str | None = None) -> dict:
-    """ParquetWriter options: page checksums, zstd, small pages with a page index, dictionaries only where they pay
-    (keys and strings; a dictionary over random floats doubles the write time and grows the file by half). The last
-    sort-key column of ``table`` (pair_id: one value per row within its row group, where a dictionary is as large as
-    the data) is delta-coded instead: a sorted run of ids takes a few bytes per page."""
+    """ParquetWriter options: page checksums, zstd, dictionaries only where they pay (keys and strings; a dictionary
+    over random floats doubles the write time and grows the file by half). A table whose row groups hold one group
+    each (``row_groups_by``: head_attention) also gets small pages with a page index, and its last sort-key column
+    (pair_id: one value per row within its row group, where a dictionary is as large as the data) is delta-coded
+    instead: a sorted run of ids takes a few bytes per page."""
     spec = TABLES.get(table) if table is not None else None
-    last = spec.sort_key[-1] if spec is not None and spec.sort_key else None
-    delta = [f.name for f in schema if f.name == last and pa.types.is_integer(f.type)]
-    return {
+    lookup = spec is not None and bool(spec.row_groups_by)
+    delta = [f.name for f in schema if lookup and f.name == spec.sort_key[-1] and pa.types.is_integer(f.type)]
+    out = {
         "compression": "zstd",
         "write_page_checksum": True,
-        "write_page_index": True,
-        "data_page_size": PAGE_BYTES,
         "use_dictionary": [f.name for f in schema if not pa.types.is_floating(f.type) and f.name not in delta],
-        "column_encoding": dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
     }
+    if lookup:
+        out.update(write_page_index=True, data_page_size=LOOKUP_PAGE_BYTES,
+                   column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"))
+    return out
 
 
 def write(data: pa.Table, path: Path, *, table: str, identity: dict | None, row_group_size: int) -> None:
