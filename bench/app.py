@@ -57,7 +57,7 @@ from precompute.store.schema import SCHEMA_VERSION, TABLES, duck_type  # noqa: E
 
 RUN_NAME = "bench__synthetic-bert-base"
 ROW_GROUP = 122_880
-BENCH_VERSION = 6  # bumped when the generated tables change: an older bench store is regenerated
+BENCH_VERSION = 7  # bumped when the generated tables change: an older bench store is regenerated
 # The run's identity, recorded in every file as the job records its own (the app checks it when it opens the run)
 IDENTITY = {"model": "synthetic/bert-base-shape", "dataset": "bench/app.py", "dtype": "float32", "seed": 0,
             "max_length": 512}
@@ -233,7 +233,9 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
                "ORDER BY 1, 2, 3", run / "svd.parquet")
     hc = {"layer": "l.layer", "head": "h.head", "metric": "m.metric", "contrast": "c.contrast", "n_a": "60000",
           "n_b": "80000", "mean_a": "random()", "mean_b": "random()", "diff": "random() - 0.5",
-          "cohen_d": "random() * 2 - 1", "u": "random() * 1e9", "p": "random()", "p_holm": "random()"}
+          "cohen_d": "random() * 2 - 1", "u": "random() * 1e9", "p": "random()", "p_holm": "random()",
+          "n_queries": str(queries), "effect": "random() - 0.5", "effect_low": "random() - 1", "effect_high": "random()",
+          "effect_dz": "random() * 2 - 1", "t": "random() * 10 - 5", "n_resamples": "2000", "pooled_p": "random()"}
     mlist = ", ".join(f"('{m}')" for m in METRICS)
     _copy(con, f"SELECT {_cast('head_contrasts', hc)} FROM range({layers}) l(layer), range({heads}) h(head), "
                f"(VALUES {mlist}) m(metric), (VALUES ('relevant_vs_easy'), ('relevant_vs_hard')) c(contrast) "
@@ -283,22 +285,27 @@ def _generate_analyses(con, run: Path, *, n_pairs: int, layers: int, heads: int,
     pp = {"experiment": "e.experiment", "patch_id": "p.i", "pair_id": f"(p.i * 34 + e.k) % {n_pairs}",
           "clean_pair_id": f"CASE WHEN e.experiment = 'cls' THEN (p.i * 34 + 1) % {n_pairs} END",
           "term": "CASE WHEN e.experiment = 'tfc1' THEN 'query' END",
-          "filler": "CASE WHEN e.experiment = 'tfc1' THEN 'the' END"}
+          "filler": "CASE WHEN e.experiment = 'tfc1' THEN 'the' END", "qid": "q.qid",
+          "clean_insert": "CASE WHEN e.experiment = 'tfc1' THEN 'query' END",
+          "corrupted_insert": "CASE WHEN e.experiment = 'tfc1' THEN 'the' END",
+          "rule": "CASE WHEN e.experiment = 'tfc1' THEN 'first query term' ELSE 'same query' END",
+          "similarity": "CASE WHEN e.experiment = 'cls' THEN random() END"}
     _copy(con, f"SELECT {_cast('patching_pairs', pp)} FROM (VALUES ('cls', 2), ('tfc1', 0)) e(experiment, k), "
-               f"range({PATCH_PAIRS}) p(i) ORDER BY 1, 2", run / "patching_pairs.parquet")
+               f"range({PATCH_PAIRS}) p(i) JOIN read_parquet('{run / 'pairs.parquet'}') q "
+               f"ON q.pair_id = (p.i * 34 + e.k) % {n_pairs} ORDER BY 1, 2", run / "patching_pairs.parquet")
     # variants per layer: tfc1 = 3 components x 6 segments + every head; cls = 3 components at 'cls' + every head
     variants = [("tfc1", c, s, "NULL") for c in ("resid", "attn", "mlp") for s in ("all", "cls", "q", "sep1", "d", "sep2")]
     variants += [("tfc1", "head", "all", str(h)) for h in range(heads)]
     variants += [("cls", c, "cls", "NULL") for c in ("resid", "attn", "mlp")] + [("cls", "head", "cls", str(h))
                                                                                   for h in range(heads)]
     vals = ", ".join(f"('{e}', '{c}', '{s}', {h})" for e, c, s, h in variants)
-    pe = {"experiment": "v.experiment", "patch_id": "p.i", "pair_id": f"(p.i * 34 + CASE WHEN v.experiment = 'cls' "
+    pe = {"experiment": "v.experiment", "method": "'exact'", "graddrop": "NULL", "patch_id": "p.i", "pair_id": f"(p.i * 34 + CASE WHEN v.experiment = 'cls' "
           f"THEN 2 ELSE 0 END) % {n_pairs}", "layer": "l.layer", "head": "v.head", "component": "v.component",
           "segment": "v.segment", "clean": "1 + (p.i % 7) * 0.1", "corrupted": "0.5 - (p.i % 5) * 0.1",
           "patched": "random()", "effect": "CASE WHEN p.i % 20 = 0 THEN NULL ELSE random() * 1.2 - 0.1 END"}
     _copy(con, f"SELECT {_cast('patching_effects', pe)} FROM (VALUES {vals}) v(experiment, component, segment, head), "
                f"range({layers}) l(layer), range({PATCH_PAIRS}) p(i) "
-               "ORDER BY experiment, layer, component, segment, head, patch_id", run / "patching_effects.parquet")
+               "ORDER BY experiment, method, layer, component, segment, head, patch_id", run / "patching_effects.parquet")
 
 
 def page_queries(run, layers: int, heads: int) -> list[tuple[str, str, object]]:

@@ -21,7 +21,11 @@ class Contrasts(Stage):
         from precompute.analyses.contrasts import contrasts_table
         from precompute.store.connect import connect
 
-        ctx.writer.write_table("head_contrasts", contrasts_table(connect(ctx.writer.root), seed=ctx.cfg.seed))
+        con = connect(ctx.writer.root)
+        try:  # closed here, not when collected: its buffers are freed before the next stage
+            ctx.writer.write_table("head_contrasts", contrasts_table(con, seed=ctx.cfg.seed))
+        finally:
+            con.close()
         crash.point("contrasts.written")
 
     def record(self, ctx) -> None:

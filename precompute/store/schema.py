@@ -163,6 +163,11 @@ HEAD_ATTENTION_AGG = Table(
     name="head_attention_agg",
     grain="one row per layer x head x qid x neg_type x grade",
     sort_key=("layer", "head", "qid", "neg_type", "grade"),
+    # Written as the job sums it, one head at a time (precompute.stages.aggregate_stage); the writer holds one row group
+    # of 66 columns (8 bytes each) until it is full, so this size bounds the job's memory while it writes the table.
+    # At 122,880 rows that is 65 MB once a run has more than 120,000 rows (bench/memory.py's 10,000 pairs: 160,000);
+    # at 16,384 rows 8.6 MB whatever the run (merge peak at 7,500 pairs: 419 -> 390 MB).
+    row_group_rows=16_384,
     doc="Sums and sums of squares of every head_attention metric per (layer, head, query, negative type, grade). "
     "Means and variances of any slice come from it without scanning head_attention: "
     "mean = sum(<m>_sum) / sum(n), var = sum(<m>_sumsq) / sum(n) - mean^2.",

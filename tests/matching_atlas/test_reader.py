@@ -66,3 +66,20 @@ def test_patching_summaries_are_means_of_the_effects():
     got = run.patching_heads("tfc1")
     assert got[["layer", "head"]].values.tolist() == heads[["layer", "head"]].values.tolist()
     np.testing.assert_allclose(got["mean"], heads["effect"], rtol=1e-5)
+
+
+def test_patching_experiments_count_the_patch_pairs_with_a_null_effect():
+    run = ma.open_run(V2, progress=False)
+    # the fixture's effects are all defined: a third of them made NULL (the view replaced by one over a copy of it)
+    con = run.connection
+    con.execute("CREATE TABLE effects_copy AS SELECT * FROM patching_effects")
+    con.execute("CREATE OR REPLACE VIEW patching_effects AS SELECT * REPLACE (CASE WHEN (patch_id + layer) % 3 = 0 "
+                "THEN NULL ELSE effect END AS effect) FROM effects_copy")
+    effects = run.patching()
+    assert 0 < effects["effect"].isna().sum() < len(effects)
+    pairs = run.connection.execute("SELECT experiment, count(*) FROM patching_pairs GROUP BY 1").fetchall()
+    got = run.patching_experiments().set_index("experiment")
+    for experiment, n in pairs:
+        mine = effects[effects["experiment"] == experiment]
+        assert got.loc[experiment, "patch_pairs"] == n
+        assert got.loc[experiment, "null_pairs"] == mine.loc[mine["effect"].isna(), "patch_id"].nunique()

@@ -265,6 +265,26 @@ def test_head_attention_row_groups_never_straddle_two_heads(tiny_bert_run):
     assert len(heads) == groups  # the tiny run's heads each fit one row group
 
 
+def test_head_attention_pages_let_a_pair_lookup_skip_the_rest_of_its_row_group(tmp_path):
+    """head_attention (one pair looked up on every head) is written in small pages with a page index and a
+    delta-coded pair_id; a table without one-group row groups keeps the defaults (1 MB pages, dictionaries)."""
+    spec = TABLES["head_attention"]
+    n = 20_000
+    data = pa.table({c.name: np.zeros(n, np.float32) for c in spec.columns if c.name not in ("layer", "head", "pair_id")})
+    data = data.append_column("pair_id", pa.array(np.arange(n), pa.int32())).append_column(
+        "layer", pa.array(np.zeros(n, np.int8))).append_column("head", pa.array(np.zeros(n, np.int8)))
+    path = tmp_path / "h.parquet"
+    integrity.write(data.select(spec.column_names).cast(spec.schema), path, table="head_attention", identity=None,
+                    row_group_size=spec.row_group_rows)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(spec.column_names.index("pair_id"))
+    assert "DELTA_BINARY_PACKED" in chunk.encodings and chunk.has_offset_index and chunk.has_column_index
+    assert chunk.total_compressed_size < 2_000  # 20,000 ascending ids in a few bytes a page
+    pages = pq.ParquetFile(path).metadata.row_group(0).column(spec.column_names.index("q_d"))
+    assert pages.has_offset_index
+    plain = integrity.options(TABLES["pairs"].schema, "pairs")
+    assert "write_page_index" not in plain and "pair_id" in plain["use_dictionary"]
+
+
 def test_grouped_row_groups_are_cut_at_the_size_limit_within_a_group(tmp_path):
     import pyarrow as pa
 
