@@ -1,10 +1,9 @@
-"""The Findings page's readings: one sentence per finding of the paper and per open question, its words chosen by the
-numbers of the open run (never canned), with whether the finding holds on this run and the number of queries it
-rests on.
+"""The Findings page's readings of the paper's findings (its open questions: :mod:`app.open_questions`): one sentence
+per finding, its words chosen by the numbers of the open run (never canned), with whether the finding holds on this
+run and the number of queries it rests on.
 
 Each function takes the reader's frames (:class:`matching_atlas.Run`: lexical_by_layer, head_contrasts,
-head_ablations, patching_heads, noop_targets, table1, condition_contrasts, alignment_behaviour, component_effects,
-patching_components, subspace_effects) and returns a :class:`Reading`; nothing here queries the store or imports
+head_ablations, patching_heads, noop_targets, table1, condition_contrasts, alignment_behaviour) and returns a :class:`Reading`; nothing here queries the store or imports
 Streamlit, so tests check the words against direct computations. The rules (what "separates", "few heads" and "no-op"
 mean) are the module's constants and are stated in docs/app.md, section Findings.
 """
@@ -48,7 +47,7 @@ def interval(est: float, low: float, high: float, digits: int = 3) -> str:
     return f"{signed(est, digits)} [{signed(low, digits)}, {signed(high, digits)}]"
 
 
-def _queries(n: int | None) -> str:
+def queries(n: int | None) -> str:
     return f"{n} quer{'y' if n == 1 else 'ies'}"
 
 
@@ -92,7 +91,7 @@ def staged(lex: pd.DataFrame) -> Reading:
     else:
         verdict, holds = ("the semantic signal comes no later than the lexical one: the staged order does not hold "
                           "on this run"), False
-    return Reading(f"{exact}; {other} ({_queries(n)}): {verdict}.", holds, n)
+    return Reading(f"{exact}; {other} ({queries(n)}): {verdict}.", holds, n)
 
 
 # -- matching heads --------------------------------------------------------------------------------------------------
@@ -120,14 +119,14 @@ def matching_heads(contrasts: pd.DataFrame, n_heads: int, ablations: pd.DataFram
     strongest = (f"head {head}, by {interval(top['effect'], top['effect_low'], top['effect_high'])}"
                  + (f" (d_z {top['effect_dz']:.2f})" if pd.notna(top["effect_dz"]) else ""))
     if n < MIN_QUERIES:
-        sentence = (f"With {_queries(n)} (fewer than {MIN_QUERIES}) no head is called significant; the largest "
+        sentence = (f"With {queries(n)} (fewer than {MIN_QUERIES}) no head is called significant; the largest "
                     f"Query->Document difference between relevant passages and easy negatives is {strongest}.")
         holds = None
     else:
         k, k_hard = len(significant_heads(easy)), len(significant_heads(hard))
         share = k / n_heads if n_heads else 0.0
         sentence = (f"{k} of {n_heads} heads ({share:.0%}) give relevant passages more Query->Document attention than "
-                    f"easy negatives after Holm (paired t over {_queries(n)}), {k_hard} more than hard negatives"
+                    f"easy negatives after Holm (paired t over {queries(n)}), {k_hard} more than hard negatives"
                     + (f"; the strongest is {strongest}" if k else f"; the largest difference is {strongest}"))
         if k == 0:
             verdict, holds = "no head carries the matching on this run", False
@@ -187,7 +186,7 @@ def noop(targets: pd.DataFrame, shares_note: str) -> Reading:
                 if peak["share"] < peak["mass"] else f" and {peak['share']:.1%} of the head output there (value-weighted share)"
             no_op.append(bool(peak["share"] < peak["mass"]))
         parts.append(text)
-    sentence = "; ".join(parts) + f" (relevant pairs, {_queries(n)})"
+    sentence = "; ".join(parts) + f" (relevant pairs, {queries(n)})"
     if not no_op:
         return Reading(sentence + f". {shares_note}", None, n)
     if all(no_op):
@@ -248,13 +247,13 @@ def table1(t1: pd.DataFrame, contrasts: pd.DataFrame) -> Reading:
                         f"{PAPER_TABLE1[name][0]})")
         else:
             said.append(f"{what} was not computed")
-    sentence = ", ".join(said) + f" ({_queries(n)})."
+    sentence = ", ".join(said) + f" ({queries(n)})."
     row = contrasts.iloc[0] if len(contrasts) else None
     if row is None or (isinstance(row.get("missing"), str) and row["missing"]) or pd.isna(row["measure_diff"]):
         return Reading(sentence + " The direct paired test Q->D vs D->Q needs both conditions.", None, n)
     cn = int(row["n_queries"])
     test = f" The direct paired test Q->D vs D->Q: {signed(row['measure_diff'])} (Holm p {fmt_p(row['p_holm'])}, " \
-           f"{_queries(cn)})"
+           f"{queries(cn)})"
     if cn < MIN_QUERIES:
         return Reading(sentence + test + f": fewer than {MIN_QUERIES} queries, not tested for significance.", None, cn)
     if row["measure_diff"] < 0 and row["p_holm"] < ALPHA:
@@ -283,86 +282,8 @@ def alignment(df: pd.DataFrame) -> Reading:
 
     rest = [words(r) for _, r in df.iterrows() if r["contrast"] != main["contrast"]]
     sentence = (f"Across {int(main['heads'])} heads, QK alignment rank-correlates with the query-level "
-                f"Query->Document effect ({words(main)}; effects over {_queries(n)})"
+                f"Query->Document effect ({words(main)}; effects over {queries(n)})"
                 + (f"; {'; '.join(rest)}" if rest else ""))
     if main["rho"] > 0 and main["p"] < ALPHA:
         return Reading(sentence + ": heads whose QK circuit aligns query and document match more.", True, n)
     return Reading(sentence + ": alignment does not predict matching behaviour on this run.", False, n)
-
-
-# -- open question 1: other model families -----------------------------------------------------------------------
-def family(model_name: str, family_name: str | None, causal: bool, dataset: str, others: list[str]) -> Reading:
-    """The run's family and the other models' runs on the same dataset in the store (the Compare runs page)."""
-    kind = "causal (each token attends only to earlier ones)" if causal else "bidirectional"
-    sentence = f"This run is {model_name}, a {family_name or 'bert-style encoder'} model ({kind}) on {dataset}"
-    if others:
-        return Reading(sentence + f"; the store also holds {', '.join(others)} on {dataset}: compare the "
-                       "mechanisms across models on the Compare runs page.", None, None)
-    return Reading(sentence + f"; the store holds no other model's run on {dataset}, so nothing to compare it with "
-                   "yet.", None, None)
-
-
-# -- open question 2: components by layer and segment --------------------------------------------------------------
-COMPONENT_WORDS = {"attn": "attention block", "mlp": "MLP", "resid": "residual stream",
-                   "resid_post": "residual stream after the block"}
-SEGMENT_WORDS = {"all": "every token", "cls": "[CLS]", "q": "the query tokens", "sep1": "the first separator",
-                 "d": "the document tokens", "sep2": "the last separator"}
-
-
-def components(comp: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> Reading:
-    """Which block output (attention, MLP) at which layer and tokens the ranking needs most (component_effects, the
-    largest drop), how many component conditions survive Holm, and where patching restores the most of the score
-    gap (patching_components per experiment)."""
-    parts, holds, n = [], None, None
-    single = comp[comp["layer"].notna()] if len(comp) else comp
-    if len(single):
-        n = int(single["n_queries"].max())
-        worst = single.loc[single["delta"].idxmin()]
-        k = int(((single["p_holm"] < ALPHA) & (single["n_queries"] >= MIN_QUERIES)).sum())
-        parts.append(f"Removing the {COMPONENT_WORDS.get(worst['component'], worst['component'])} output at {SEGMENT_WORDS.get(worst['segment'], worst['segment'])} "
-                     f"of layer {int(worst['layer'])} costs the most: nDCG@10 {signed(worst['delta'])} (Holm p "
-                     f"{fmt_p(worst['p_holm'])}, {_queries(int(worst['n_queries']))})")
-        if n < MIN_QUERIES:
-            parts.append(f"with fewer than {MIN_QUERIES} queries none is tested for significance")
-        else:
-            holds = k > 0
-            parts.append(f"{k} of {len(single)} single-layer component conditions change it after Holm"
-                         if k else f"none of the {len(single)} single-layer component conditions changes it after Holm")
-    for experiment, df in patching.items():
-        if len(df):
-            best = df.loc[df["mean"].idxmax()]
-            parts.append(f"patching the {COMPONENT_WORDS.get(best['component'], best['component'])} at {SEGMENT_WORDS.get(best['segment'], best['segment'])} "
-                         f"of layer {int(best['layer'])} restores the most of the score gap "
-                         f"({interval(best['mean'], best['ci_lo'], best['ci_hi'])}, {experiment}, {int(best['n'])} "
-                         "patch pairs)")
-    if not parts:
-        return Reading("This run has neither component ablations nor component patching.", None, None)
-    sentence = "; ".join(parts)
-    return Reading(sentence[0].upper() + sentence[1:] + ".", holds, n)
-
-
-# -- open question 3: QK-subspace interventions --------------------------------------------------------------------
-def subspace(sub: pd.DataFrame) -> tuple[Reading, pd.Series | None]:
-    """The removal that changes its own head's Query->Document mass the most, beside the largest change of the head's
-    other directions and the change of nDCG@10; holds (the intervention is specific and matters) when the own change
-    exceeds the other in size and nDCG@10 changes after Holm over at least MIN_QUERIES queries."""
-    removed = sub[(sub["operation"] == "remove") & sub["delta_q_d"].notna()] if len(sub) else sub
-    if removed.empty:
-        return Reading("This run has no QK-subspace removals with their head's metrics.", None, None), None
-    r = removed.loc[removed["delta_q_d"].idxmin()]
-    n = int(r["n_queries"])
-    other = (f"its largest other change is {r['other_direction']} {signed(r['other_delta'])}"
-             if isinstance(r["other_direction"], str) else "its other directions are not measured")
-    sentence = (f"Removing the top-{int(r['k'])} QK directions of head {int(r['layer'])}.{int(r['head'])} changes its "
-                f"own Query->Document mass by {signed(r['delta_q_d'])} while {other}; nDCG@10 changes by "
-                f"{signed(r['delta'])} (Holm p {fmt_p(r['p_holm'])}, {_queries(n)})")
-    specific = not isinstance(r["other_direction"], str) or abs(r["delta_q_d"]) > abs(r["other_delta"])
-    if n < MIN_QUERIES:
-        return Reading(sentence + f": fewer than {MIN_QUERIES} queries, not tested for significance.", None, n), r
-    matters = bool(r["p_holm"] < ALPHA)
-    if specific and matters:
-        return Reading(sentence + ": the intervention is specific to the head's matching and changes the ranking.",
-                       True, n), r
-    why = ("the intervention is not specific to the head's matching" if not specific
-           else "the ranking does not measurably change")
-    return Reading(sentence + f": {why}.", False, n), r

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, charts_findings, data, findings, ui
+from app import charts, charts_findings, data, findings, open_questions, ui
 from app.findings import Reading
 from app.text import code, escape
 from matching_atlas.findings import VALUE_WEIGHTED_SCHEMA
@@ -47,7 +47,7 @@ def missing(*names: str) -> None:
 
 def link(page: str, label: str, **params: str) -> None:
     """A link to another page of the run with that page's own URL parameters (shared URL state, app.state)."""
-    st.page_link(f"views/{page}.py", label=label, icon=":material/arrow_forward:",
+    st.page_link(f"views/{page}.py", label=escape(label), icon=":material/arrow_forward:",
                  query_params={"run": run.name, **params})
 
 
@@ -137,7 +137,7 @@ else:
 st.header("Open question 1: do other model families match the same way?")
 others = [r for r in ctx.ok_runs if r.name != run.name and r.dataset_name == run.dataset_name
           and r.model_name != run.model_name]
-show(findings.family(run.model_name, run.model.family, bool(run.model.causal), run.dataset_name,
+show(open_questions.family(run.model_name, run.model.family, bool(run.model.causal), run.dataset_name,
                      [r.model_name for r in others]))
 if others:
     link("compare", f"Compare runs: {others[0].model_name} beside {run.model_name}", cmp_run=others[0].name)
@@ -153,7 +153,7 @@ patched = {e: data.query(run, "patching_components", e) for e in patching_presen
 if comp.empty and not any(len(p) for p in patched.values()):
     st.info("This run has neither component ablations nor component patching.")
 else:
-    show(findings.components(comp, patched))
+    show(open_questions.components(comp, patched))
     if len(comp):
         grid = comp[comp["layer"].notna()]
         if len(grid):
@@ -171,7 +171,7 @@ sub = data.query(run, "subspace_effects") if run.has("ablation_summary") else No
 if sub is None or sub.empty:
     st.info("This run has no QK-subspace interventions.")
 else:
-    reading, row = findings.subspace(sub)
+    reading, row = open_questions.subspace(sub)
     show(reading)
     if row is not None:
         link("ablations", f"Ablations: {row['condition_id']}, every metric of its head", abl_sub=row["condition_id"])

@@ -15,7 +15,7 @@ from precompute.statistics import MIN_QUERIES
 from precompute.store.schema import SCHEMA_VERSION
 from tests.app.conftest import DL19, DL20, SMALL
 
-PAGES = ["overview", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
+PAGES = ["overview", "findings", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
