@@ -39,9 +39,12 @@ def components(comp: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> Reading
         n = int(single["n_queries"].max())
         worst = single.loc[single["delta"].idxmin()]
         k = int(((single["p_holm"] < ALPHA) & (single["n_queries"] >= MIN_QUERIES)).sum())
-        parts.append(f"Removing the {COMPONENT_WORDS.get(worst['component'], worst['component'])} output at {SEGMENT_WORDS.get(worst['segment'], worst['segment'])} "
-                     f"of layer {int(worst['layer'])} costs the most: nDCG@10 {signed(worst['delta'])} (Holm p "
-                     f"{fmt_p(worst['p_holm'])}, {queries(int(worst['n_queries']))})")
+        where = (f"the {COMPONENT_WORDS.get(worst['component'], worst['component'])} output at "
+                 f"{SEGMENT_WORDS.get(worst['segment'], worst['segment'])} of layer {int(worst['layer'])}")
+        cost = (f"nDCG@10 {signed(worst['delta'])} (Holm p {fmt_p(worst['p_holm'])}, "
+                f"{queries(int(worst['n_queries']))})")
+        parts.append(f"Removing {where} costs the most: {cost}" if worst["delta"] < 0
+                     else f"No single-layer component removal lowers nDCG@10 (the lowest: {where}, {cost})")
         if n < MIN_QUERIES:
             parts.append(f"with fewer than {MIN_QUERIES} queries none is tested for significance")
         else:
