@@ -46,9 +46,9 @@ def missing(*names: str) -> None:
 
 
 def link(page: str, label: str, **params: str) -> None:
-    """A link to another page of the run with that page's own URL parameters (shared URL state, app.state)."""
-    st.page_link(f"views/{page}.py", label=escape(label), icon=":material/arrow_forward:",
-                 query_params={"run": run.name, **params})
+    """A link to another page with that page's own URL parameters (shared URL state, app.state); the session keeps
+    the run and the slice. ``label`` is the app's own words (no store text: a link label renders Markdown colours)."""
+    st.page_link(f"views/{page}.py", label=label, icon=":material/arrow_forward:", query_params=params or None)
 
 
 def patching_present() -> list[str]:
@@ -140,7 +140,7 @@ others = [r for r in ctx.ok_runs if r.name != run.name and r.dataset_name == run
 show(open_questions.family(run.model_name, run.model.family, bool(run.model.causal), run.dataset_name,
                      [r.model_name for r in others]))
 if others:
-    link("compare", f"Compare runs: {others[0].model_name} beside {run.model_name}", cmp_run=others[0].name)
+    link("compare", "Compare runs: this run beside the first other model's", cmp_run=others[0].name)
 else:
     st.caption("A run of another model on the same dataset adds the comparison, e.g.:")
     st.code(f"python -m precompute --dataset {run.dataset.spec or run.dataset_name} --model MODEL", language="bash",
