@@ -131,6 +131,14 @@ if alignment.empty:
     missing("spectra", "contrasts")
 else:
     show(findings.alignment(alignment))
+    heads = data.query(run, "alignment_vs_contrast", "q_d", "relevant_vs_easy")
+    if len(heads) and heads["effect_dz"].notna().any():
+        ui.chart(charts.scatter(heads, "alignment_score", "effect_dz",
+                                title="QK alignment vs Query->Document effect d_z (relevant - easy), one point per head",
+                                x_title="QK alignment score", y_title="Effect d_z over queries", color="layer",
+                                color_title="Layer", tooltip=["layer", "head", "alignment_score", "effect_dz",
+                                                               "n_queries"]),
+                 heads, f"{run.name}-findings-alignment", key="fnd_alignment")
     link("spectra", "Spectra: alignment against each head's effect")
 
 # -- 6. open question 1: other model families --------------------------------------------------------------------------
