@@ -29,11 +29,12 @@ SEGMENT_WORDS = {"all": "every token", "cls": "[CLS]", "q": "the query tokens", 
                  "d": "the document tokens", "sep2": "the last separator"}
 
 
-def components(comp: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> Reading:
+def components(comp: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> tuple[Reading, pd.Series | None, dict]:
     """Which block output (attention, MLP) at which layer and tokens the ranking needs most (component_effects, the
     largest drop), how many component conditions survive Holm, and where patching restores the most of the score
-    gap (patching_components per experiment)."""
-    parts, holds, n = [], None, None
+    gap (patching_components per experiment). Returns the reading, the largest drop's row (None without component
+    conditions) and, per experiment, the row patching restores the most."""
+    parts, holds, n, worst, bests = [], None, None, None, {}
     single = comp[comp["layer"].notna()] if len(comp) else comp
     if len(single):
         n = int(single["n_queries"].max())
@@ -53,15 +54,15 @@ def components(comp: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> Reading
                          if k else f"none of the {len(single)} single-layer component conditions changes it after Holm")
     for experiment, df in patching.items():
         if len(df):
-            best = df.loc[df["mean"].idxmax()]
-            parts.append(f"patching the {COMPONENT_WORDS.get(best['component'], best['component'])} at {SEGMENT_WORDS.get(best['segment'], best['segment'])} "
-                         f"of layer {int(best['layer'])} restores the most of the score gap "
+            best = bests[experiment] = df.loc[df["mean"].idxmax()]
+            parts.append(f"patching the {COMPONENT_WORDS.get(best['component'], best['component'])} at "
+                         f"{SEGMENT_WORDS.get(best['segment'], best['segment'])} of layer {int(best['layer'])} restores the most of the score gap "
                          f"({interval(best['mean'], best['ci_lo'], best['ci_hi'])}, {experiment}, {int(best['n'])} "
                          "patch pairs)")
     if not parts:
-        return Reading("This run has neither component ablations nor component patching.", None, None)
+        return Reading("This run has neither component ablations nor component patching.", None, None), None, bests
     sentence = "; ".join(parts)
-    return Reading(sentence[0].upper() + sentence[1:] + ".", holds, n)
+    return Reading(sentence[0].upper() + sentence[1:] + ".", holds, n), worst, bests
 
 
 # -- open question 3: QK-subspace interventions --------------------------------------------------------------------

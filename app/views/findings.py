@@ -89,8 +89,12 @@ else:
                  shown[["item", "estimate", "low", "high", "n_queries"]], f"{run.name}-findings-heads",
                  key="fnd_heads")
     if top is not None:
-        link("head_atlas", f"Head atlas: head {int(top['layer'])}.{int(top['head'])}, relevant - easy negatives",
-             atlas_view="relevant_vs_easy", atlas_head=ui.head_label(int(top["layer"]), int(top["head"])))
+        label = ui.head_label(int(top["layer"]), int(top["head"]))
+        link("head_atlas", f"Head atlas: head {label}, relevant - easy negatives", atlas_view="relevant_vs_easy",
+             atlas_head=label)
+        for experiment in patched:
+            link("patching", f"Patching ({experiment}): the pairs of head {label}", pat_exp=experiment,
+                 pat_target="head", pat_head=label)
     missing("ablations:heads", *(f"patching:{e}" for e in ("tfc1", "cls")))
 
 # -- 3. [CLS] / [SEP] as no-op targets -------------------------------------------------------------------------------------
@@ -116,11 +120,13 @@ if table1 is None or table1.empty:
 else:
     pairs = data.query(run, "condition_contrasts")
     show(findings.table1(table1, pairs))
+    removed_qd = findings.table1_rows(table1).get("q_d")
     st.dataframe(findings.paper_table(table1), hide_index=True, key="fnd_table1",
                  column_config={"delta": st.column_config.NumberColumn("delta", format="%+.3f")})
     st.caption("nDCG@10 over the run's pairs; the paper's values: MonoBERT on TREC DL (Vast et al., Table 1). Stars from "
                "Holm's p of the paired t-test over queries, never below 10 queries.")
-    link("ablations", "Ablations: Table 1 at query level and the direct comparisons")
+    link("ablations", "Ablations: Table 1 at query level, the direct comparisons and the per-query deltas of "
+         "Query->Document removed", **({"abl_cond": removed_qd["condition_id"]} if removed_qd is not None else {}))
     missing("ablations:directions", "ablations:groups")
 
 # -- 5. QK alignment vs matching behaviour -----------------------------------------------------------------------------------
@@ -161,16 +167,20 @@ patched = {e: data.query(run, "patching_components", e) for e in patching_presen
 if comp.empty and not any(len(p) for p in patched.values()):
     st.info("This run has neither component ablations nor component patching.")
 else:
-    show(open_questions.components(comp, patched))
+    reading, worst, bests = open_questions.components(comp, patched)
+    show(reading)
     if len(comp):
         grid = comp[comp["layer"].notna()]
         if len(grid):
             ui.chart(charts.component_grid(grid, title="nDCG@10 change when one layer's block output is removed",
                                            value_title="Delta nDCG@10"),
                      grid, f"{run.name}-findings-components", key="fnd_components")
-        link("ablations", "Ablations: component conditions")
-    if patched:
-        link("patching", "Patching: effects by layer, component and segment")
+    if worst is not None:
+        link("ablations", f"Ablations: per-query deltas of {worst['condition_id']}", abl_cond=worst["condition_id"])
+    for experiment, best in bests.items():
+        target = f"{int(best['layer'])}.{best['component']}.{best['segment']}"
+        link("patching", f"Patching ({experiment}): the pairs of layer {target.replace('.', ' · ')}",
+             pat_exp=experiment, pat_target="component", pat_comp=target)
 missing("ablations:components", "patching:tfc1", "patching:cls")
 
 # -- 8. open question 3: QK-subspace interventions -----------------------------------------------------------------

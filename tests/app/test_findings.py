@@ -221,10 +221,19 @@ def test_each_finding_is_marked_holding_or_not(pages, start):
     assert sentence(pages[False], start, mark=True).startswith(":material/cancel: ")
 
 
-def test_links_name_their_page_and_view(pages):
-    links = {e.proto.page: e.proto.query_string for e in pages[True].get("page_link")}
-    assert {"directions", "head-atlas", "ablations", "spectra", "compare", "patching"} <= set(links)
-    assert re.fullmatch(r"atlas_view=relevant_vs_easy&atlas_head=2\.\d", links["head-atlas"])
+def test_links_name_their_page_and_view(pages, sql):
+    links = [(e.proto.page, e.proto.query_string) for e in pages[True].get("page_link")]
+    assert {"directions", "head-atlas", "ablations", "spectra", "compare", "patching"} <= {p for p, _ in links}
+    head = re.search(r"head (\d\.\d), by", sentence(pages[True], "heads (")).group(1)
+    assert ("head-atlas", f"atlas_view=relevant_vs_easy&atlas_head={head}") in links
+    assert ("patching", f"pat_exp=tfc1&pat_target=head&pat_head={head}") in links
+    assert ("ablations", "abl_cond=q_d%40all%2Fzero") in links
+    worst = sql(True, """SELECT condition_id FROM {ablation_summary} WHERE kind = 'component' AND layer IS NOT NULL
+                         AND scope = 'pairs' AND measure = 'nDCG@10' ORDER BY delta LIMIT 1""")["condition_id"][0]
+    assert any(p == "ablations" and q.startswith("abl_cond=") and worst.split("@")[0] in q for p, q in links)
+    assert any(p == "patching" and "pat_target=component&pat_comp=" in q for p, q in links), links
+    sub = re.search(r"QK directions of head (\d\.\d)", sentence(pages[True], "QK directions")).group(1)
+    assert any(p == "ablations" and q.startswith(f"abl_sub=qk%3A{sub}") for p, q in links), links
 
 
 # -- few queries, missing analyses ---------------------------------------------------------------------------------
