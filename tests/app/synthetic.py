@@ -550,6 +550,14 @@ def _shape_findings(ha: pd.DataFrame, pairs: pd.DataFrame, layers: int, rng, *, 
     else:  # exact matches never separate; the rest everywhere, in every head
         exact = 0.08 + rng.uniform(0, 0.1, n) - 0.03 * rel
         other = 0.05 + rng.uniform(0, 0.1, n) + 0.2 * rel
+    if not holds:  # value-weighted shares (when the schema has them): [CLS] and SEP contribute more than attended
+        for src in ("q", "d"):
+            shares = [f"vw_{src}_{dst}" for dst in SEGMENTS]
+            if all(c in ha.columns for c in shares):
+                weighted = ha[[f"{src}_{dst}" for dst in SEGMENTS]].to_numpy() * np.array([3.0, 1.0, 3.0, 1.0, 3.0])
+                weighted /= weighted.sum(axis=1, keepdims=True)
+                for j, c in enumerate(shares):
+                    ha[c] = weighted[:, j].astype(np.float32)
     q_d = exact + other
     rest = [f"q_{d}" for d in SEGMENTS if d != "d"]
     scale = (1 - q_d) / ha[rest].sum(axis=1).to_numpy()
