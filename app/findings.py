@@ -168,19 +168,22 @@ def noop(targets: pd.DataFrame, shares_note: str) -> Reading:
     when the share is below the mass for both sources. ``shares_note``: what to say when the run has no shares."""
     if targets.empty:
         return Reading("This run has no attention summaries by layer.", None, None)
-    both = targets.groupby(["source", "layer"], as_index=False)[["mass", "share"]].sum(min_count=1)
-    n = int(targets["n_queries"].min())
+    defined = targets[targets["mass"].notna()]  # a causal model's query cannot attend the separators after it
+    if defined.empty:
+        return Reading("No attention mass into [CLS] or the separators is defined on this run.", None, None)
+    both = defined.groupby(["source", "layer"], as_index=False)[["mass", "share"]].sum(min_count=1)
+    n = int(defined["n_queries"].min())
     parts, no_op = [], []
     for src in ("q", "d"):
         rows = both[both["source"] == src]
-        if rows.empty or rows["mass"].isna().all():
+        if rows.empty:
             continue
         peak = rows.loc[rows["mass"].idxmax()]
         layer = int(peak["layer"])
-        cls_sep = targets[(targets["source"] == src) & (targets["layer"] == layer)].set_index("target")["mass"]
+        cls_sep = defined[(defined["source"] == src) & (defined["layer"] == layer)].set_index("target")["mass"]
+        names = {"cls": "[CLS]", "sep": "SEP"}
         text = (f"{SOURCE_WORDS[src]} tokens give [CLS] and the separators up to {peak['mass']:.1%} of their "
-                f"attention (layer {layer}: [CLS] {cls_sep.get('cls', math.nan):.1%}, SEP "
-                f"{cls_sep.get('sep', math.nan):.1%})")
+                f"attention (layer {layer}: " + ", ".join(f"{names[t]} {v:.1%}" for t, v in cls_sep.items()) + ")")
         if pd.notna(peak["share"]):
             text += f" but only {peak['share']:.1%} of the head output there (value-weighted share)" \
                 if peak["share"] < peak["mass"] else f" and {peak['share']:.1%} of the head output there (value-weighted share)"

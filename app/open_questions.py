@@ -13,8 +13,8 @@ from precompute.statistics import ALPHA, MIN_QUERIES, fmt_p
 # -- open question 1: other model families -----------------------------------------------------------------------
 def family(model_name: str, family_name: str | None, causal: bool, dataset: str, others: list[str]) -> Reading:
     """The run's family and the other models' runs on the same dataset in the store (the Compare runs page)."""
-    kind = "causal (each token attends only to earlier ones)" if causal else "bidirectional"
-    sentence = f"This run is {model_name}, a {family_name or 'bert-style encoder'} model ({kind}) on {dataset}"
+    kind = "causal: each token attends only to earlier ones" if causal else "bidirectional"
+    sentence = f"This run is {model_name}, a {family_name or 'bert-style encoder'} model ({kind}), on {dataset}"
     if others:
         return Reading(sentence + f"; the store also holds {', '.join(others)} on {dataset}: compare the "
                        "mechanisms across models on the Compare runs page.", None, None)

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, charts_findings, data, findings, open_questions, ui
+from app.family import labels_of
 from app.findings import Reading
 from app.text import code, escape
 from matching_atlas.findings import VALUE_WEIGHTED_SCHEMA
@@ -17,6 +18,7 @@ from precompute.names import PATCHING_EXPERIMENTS
 from precompute.statistics import FEW_QUERIES_WARNING
 
 ctx, run = ui.require_run()
+lab = labels_of(run)
 analyses = data.query(run, "analyses").set_index("analysis")
 
 st.title("Findings")
@@ -58,7 +60,10 @@ def patching_present() -> list[str]:
 # -- 1. staged matching ------------------------------------------------------------------------------------------------
 st.header("Lexical matching early, semantic matching later")
 lexical = data.query(run, "lexical_by_layer")
-if lexical.empty:
+if not lab.possible("q_d"):
+    st.info(f"{lab.why_empty('q_d')} The paper's Query->Document findings do not apply as such; the Directions page "
+            "shows the directions this model can attend.")
+elif lexical.empty:
     st.info("This run has no attention summaries by layer.")
 else:
     show(findings.staged(lexical))
@@ -70,7 +75,9 @@ else:
 # -- 2. matching heads -------------------------------------------------------------------------------------------------
 st.header("A few heads carry Query->Document matching")
 contrasts = data.query(run, "head_contrasts", metric="q_d") if run.has("head_contrasts") else None
-if contrasts is None or contrasts.empty:
+if not lab.possible("q_d"):
+    st.info(lab.why_empty("q_d"))
+elif contrasts is None or contrasts.empty:
     st.info("This run has no matching-head statistics (head_contrasts).")
     missing("contrasts")
 else:

@@ -255,3 +255,15 @@ def test_missing_analyses_print_their_command(app, store):
     assert any("--ablations" in c and "components" in c for c in commands), commands
     assert any("--patching" in c for c in commands), commands
     assert all(c.startswith("python -m precompute ") for c in commands), commands
+
+
+def test_a_causal_model_gets_no_query_to_document_claim(app, family_store):
+    from tests.app.synthetic import CAUSAL
+
+    at = app(family_store, page="findings", run=CAUSAL)
+    assert not at.exception and not at.error
+    assert sum("q_d is not possible (causal)" in i.value for i in at.info) == 2
+    assert not any("Exact-match mass" in m.value or "heads (" in m.value for m in at.markdown)
+    noop = sentence(at, "give [CLS] and the separators")
+    assert "nan" not in noop and "(relevant pairs, 3 queries)" in noop
+    assert "(causal: each token attends only to earlier ones)" in sentence(at, "This run is tiny-decoder")
