@@ -11,7 +11,7 @@ The app's pages, ``python -m precompute.report`` and notebooks all read through 
 required tables, every file verified); each method of :class:`Run` is one table or derived result, defined once in
 the module of its group (:mod:`~matching_atlas.pairs`, :mod:`~matching_atlas.heads`,
 :mod:`~matching_atlas.ablations`, :mod:`~matching_atlas.patching`, :mod:`~matching_atlas.depth`,
-:mod:`~matching_atlas.analyses`, :mod:`~matching_atlas.effects`, :mod:`~matching_atlas.findings`). Nothing here imports Streamlit or torch. docs/reader.md has worked examples.
+:mod:`~matching_atlas.analyses`, :mod:`~matching_atlas.effects`). Nothing here imports Streamlit or torch. docs/reader.md has worked examples.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from matching_atlas.ablations import AblationTables
 from matching_atlas.analyses import AnalysisTables
 from matching_atlas.depth import CompareTables
 from matching_atlas.effects import EffectTables
-from matching_atlas.findings import FindingTables
 from matching_atlas.heads import HeadTables
 from matching_atlas.opening import RunError, RunInfo, inspect_run, openable
 from matching_atlas.pairs import PairTables
@@ -36,7 +35,7 @@ __all__ = ["Run", "RunError", "RunInfo", "Slice", "open_run"]
 
 
 class Run(PairTables, HeadTables, AblationTables, PatchingTables, CompareTables, AnalysisTables,
-          EffectTables, FindingTables):
+          EffectTables):
     """One opened run (see the module doc). ``info``: what the opening rule found (path, manifest, tables)."""
 
     @property

@@ -48,8 +48,10 @@ def open_connection(run: Path | str, *, threads: int | None = None, agg_in_memor
     limit = AGG_IN_MEMORY_MB if agg_in_memory_mb is None else agg_in_memory_mb
     agg = run / "head_attention_agg.parquet"
     if agg.exists() and agg.stat().st_size <= limit * 1e6:
+        # read through the view: an older store's view adds the columns it lacks (NULL, precompute.store.connect)
+        con.execute("CREATE TABLE head_attention_agg_loaded AS SELECT * FROM head_attention_agg")
         con.execute("DROP VIEW IF EXISTS head_attention_agg")
-        con.execute(f"CREATE TABLE head_attention_agg AS SELECT * FROM read_parquet({literal(agg)})")
+        con.execute("ALTER TABLE head_attention_agg_loaded RENAME TO head_attention_agg")
     return con
 
 

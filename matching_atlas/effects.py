@@ -16,6 +16,7 @@ import pandas as pd
 from matching_atlas import sqltext as sq
 from matching_atlas.reading import Reader
 from precompute.analyses import ranking_effects as R
+from precompute.conditions import contrasts as C
 
 MEASURE, SCOPE = "nDCG@10", "pairs"
 
@@ -70,15 +71,25 @@ class EffectTables(Reader):
         """Whether the pairs hold every judged passage of their queries (no pair comes from a run file)."""
         return bool(self._frame("SELECT count(run_rank) = 0 AS complete FROM pairs")["complete"].iloc[0])
 
-    def condition_contrasts(self, contrasts: str | list[tuple[str, str]] = R.DEFAULT_CONTRASTS,
+    def declared_contrasts(self) -> list[tuple[str, str]]:
+        """The comparisons the run's job declared (``--contrasts``), ``Q->D vs D->Q`` first: what the report and the
+        Ablations page compare unless told otherwise."""
+        declared = self.info.manifest.job_settings().get("contrasts") or ()
+        return C.with_default(",".join(declared))
+
+    def condition_contrasts(self, contrasts: str | list[tuple[str, str]] | None = None,
                             measure: str = MEASURE, scope: str = SCOPE, seed: int | None = None) -> pd.DataFrame:
         """Direct paired comparisons a - b of two conditions (``'q_d:d_q,cross:all'`` as parsed by
-        :func:`precompute.analyses.ranking_effects.parse_contrasts`, or a list of pairs), one row per contrast and mode:
+        :func:`precompute.conditions.contrasts.parse_contrasts`, or a list of pairs; None: the run's
+        :meth:`declared_contrasts`), one row per contrast and mode:
         ``title`` (``Q->D vs D->Q`` for the paper's contrast), ``a``, ``b``, ``missing`` (the side naming no condition of
         the run, else None), ``n_queries``, ``measure_diff`` (mean per-query difference of ``measure``), the paired
         t-test's ``t``, ``p`` and ``p_holm`` (Holm across the rows), and each ranking statistic's mean per-query
         difference with its bootstrap interval over queries. ValueError (one line) for a malformed ``contrasts``."""
-        pairs = R.parse_contrasts(contrasts) if isinstance(contrasts, str) else list(contrasts)
+        if contrasts is None:
+            pairs = self.declared_contrasts()
+        else:
+            pairs = C.parse_contrasts(contrasts) if isinstance(contrasts, str) else list(contrasts)
         stats = [f"{s}{suffix}" for s in R.STATISTICS for suffix in ("", "_low", "_high")]
         columns = ["title", "a", "b", "missing", "n_queries", "measure_diff", "t", "p", "p_holm", *stats]
         if not self.has("ablation_scores") or not pairs:
@@ -114,6 +125,26 @@ class EffectTables(Reader):
         if not self._defined("head_attention_agg"):
             return pd.DataFrame(columns=["metric", "layer"])
         return sq.ints(pd.DataFrame(by_layer(self.connection.cursor(), self._seed(seed))), "layer")
+
+    def noop_targets(self, seed: int | None = None) -> pd.DataFrame:
+        """The no-op check (:func:`precompute.analyses.value_weighted.noop_by_layer`): one row per source (``q``, ``d``)
+        x target (``cls``; ``sep`` = both separators) x layer with the relevant pairs' attention ``mass`` and
+        value-weighted ``share`` (each with ``_low`` / ``_high``, a bootstrap interval over the ``n_queries`` queries),
+        and ``ratio`` = share / mass; shares NaN for runs without them (schema 6 and older)."""
+        from precompute.analyses.value_weighted import noop_by_layer
+
+        columns = ["source", "target", "layer", "mass", "mass_low", "mass_high", "share", "share_low", "share_high",
+                   "ratio", "n_queries"]
+        if not self._defined("head_attention_agg"):
+            return pd.DataFrame(columns=columns)
+        return sq.ints(pd.DataFrame(noop_by_layer(self.connection.cursor(), self._seed(seed)), columns=columns),
+                       "layer")
+
+    def has_value_weighted(self) -> bool:
+        """Whether the run holds the value-weighted shares ``vw_*`` (schema 7 and later)."""
+        from precompute.analyses.value_weighted import stored
+
+        return self._defined("head_attention_agg") and stored(self.connection.cursor())
 
     def alignment_behaviour(self, metric: str = "q_d", seed: int | None = None) -> pd.DataFrame:
         """Alignment vs behaviour (:func:`precompute.analyses.alignment_behaviour.correlations`): per head contrast,

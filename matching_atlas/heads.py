@@ -103,7 +103,8 @@ class HeadTables(Reader):
 
     def matching_heads(self, contrast: str | None = None) -> pd.DataFrame:
         """The candidate matching heads (view matching_heads): per contrast, each head with a Holm-significant positive
-        effect on a query-document metric, ranked by its largest Cohen's d (which metric, and on how many)."""
+        effect on a query-document metric over at least 10 queries, ranked by its largest d_z (which metric, and on how
+        many)."""
         where, params = ("WHERE contrast = ?", [contrast]) if contrast is not None else ("", [])
         df = self._frame(f"SELECT * FROM matching_heads {where} ORDER BY contrast, rank", params)
         return sq.ints(df, "layer", "head", "n_significant", "rank")

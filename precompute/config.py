@@ -18,6 +18,7 @@ from typing import Any
 
 from precompute import settings as S
 from precompute.conditions import KERNELS, AblationRequest, check_sets, help_text, ids_help, sets_help
+from precompute.conditions import contrasts as C
 from precompute.conditions.component_specs import COMPONENT_MODES
 from precompute.evaluation import DEFAULT_MEASURES
 from precompute.names import PATCHING_EPSILON, PATCHING_EXPERIMENTS, PATCHING_METHODS, PATCHING_SCORES
@@ -190,8 +191,8 @@ class JobConfig:
     subspace_heads: str = S.setting(
         _REQUEST.subspace_heads, S.text(malformed=("bogus", "top:0")), flag="--subspace-heads", group="ablations",
         request="subspace_heads", metavar="HEADS",
-        help="heads of the 'subspace' set: top:N (largest query-level effect d_z of q_d, relevant vs easy "
-             "negatives, in head_contrasts) or LAYER.HEAD items (3.5,4.1)")
+        help="heads of the 'subspace' set: top:N (largest lower bound of the query-level effect of q_d, relevant vs "
+             "easy negatives, in head_contrasts: its 95% bootstrap interval over queries) or LAYER.HEAD items (3.5,4.1)")
     subspace_k: str = S.setting(
         _REQUEST.subspace_k, S.text(malformed=("bogus", "0", "1,x")), flag="--subspace-k", group="ablations",
         request="subspace_k", metavar="KS",
@@ -208,6 +209,13 @@ class JobConfig:
         None, S.items(metavar="SCOPES", malformed=("bogus", "run")), flag="--eval-scopes", group="ablations",
         help="pairs ranked per query: pairs (all; easy negatives non-relevant), judged (judged pairs only), run (the "
              "run's candidates, with --candidates). Default: pairs, plus run with --candidates")
+    contrasts: tuple[str, ...] = S.setting(
+        (C.DEFAULT_CONTRASTS,), S.items(normalise=C.normalise, metavar="A:B,...", malformed=("q_d", "a:b:c", "a:")),
+        flag="--contrasts", group="ablations",
+        help="pairs of conditions the report and the Ablations page compare directly, query by query (paired t-test "
+             "of the measure, bootstrap intervals of the ranking statistics): condition names over all layers or "
+             "condition ids, e.g. q_d:d_q,cross:all. Q->D vs D->Q (q_d:d_q) is always compared. Computed from the "
+             "stored scores when read, so a later report can name others")
     # -- activation patching
     patching: tuple[str, ...] = S.setting(
         (), S.items(allowed=PATCHING_EXPERIMENTS, metavar="EXPERIMENTS"), flag="--patching", group="activation patching",

@@ -52,6 +52,16 @@ def _masses(w, state, rows):
     return (state.onehot[:, rows].transpose(1, 2)[:, None] @ to_seg).flatten(2)  # [b, h, 5 src, 5 dst]
 
 
+def _value_weighted(w, state, rows):
+    """The value-weighted masses' sums (Kobayashi et al., EMNLP 2020): with ||a_ij W_O^h v_j|| = a_ij n_j (n_j the
+    layer's ``state.value_norms`` [b, h, k], set by the kernel before its blocks), each source row's share of segment T
+    is sum_{j in T} a_ij n_j / sum_j a_ij n_j, one product with the norm-weighted segment one-hot (no [b, h, r, k]
+    temporary); summed over the block's rows of each src segment like the masses: [b, h, 25]."""
+    weighted = w @ (state.value_norms[..., None] * state.onehot[:, None])  # [b, h, r, 5]
+    total = weighted.sum(-1, keepdim=True).clamp_min(1e-30)  # a row with no weight left (all removed): shares 0
+    return (state.onehot[:, rows].transpose(1, 2)[:, None] @ (weighted / total)).flatten(2)  # [b, h, 5 src, 5 dst]
+
+
 def _mass_counts(state):
     return state.counts.repeat_interleave(5, dim=1)  # [b, 25]: src tokens (an empty src segment: 0/0 = NaN, NULL)
 
@@ -111,7 +121,23 @@ def _mass(name: str) -> SummaryMetric:
     )
 
 
+def _value_weighted_mass(name: str) -> SummaryMetric:
+    src, dst = split_direction(name)
+    a, b = SEGMENT_LABELS[src], SEGMENT_LABELS[dst]
+    return SummaryMetric(
+        f"vw_{name}", f"{a}->{b} value-weighted share",
+        f"{a} -> {b}, value-weighted (Kobayashi et al., EMNLP 2020): for each {a} token i, the share of its head's "
+        f"output norm that {b} tokens contribute, sum over {b} tokens j of ||a_ij W_O^h v_j|| / sum over all tokens j "
+        "of ||a_ij W_O^h v_j|| (v_j the head's value vector, W_O^h the head's slice of the attention output "
+        f"projection, its bias left out as it does not depend on j), then averaged over {a} tokens like the mass "
+        f"{name}. The five shares of one src sum to 1. A segment with high attention mass but a low share is read "
+        "without contributing (a no-op target).",
+        name,
+    )
+
+
 MASSES = MetricGroup(tuple(_mass(d) for d in DIRECTIONS), _masses, _mass_counts)
+VALUE_WEIGHTED = MetricGroup(tuple(_value_weighted_mass(d) for d in DIRECTIONS), _value_weighted, _mass_counts)
 MATCHING_GROUPS: tuple[MetricGroup, ...] = (
     MetricGroup((SummaryMetric("q2d_max", "Query->Document max weight",
                                "Mean over query tokens of their largest attention weight on any document token.", "q_d"),),
@@ -129,11 +155,12 @@ MATCHING_GROUPS: tuple[MetricGroup, ...] = (
                                "q_d"),),
                 _query_mass_on("other"), _per_query),
 )
-GROUPS: tuple[MetricGroup, ...] = (MASSES, *MATCHING_GROUPS)
+GROUPS: tuple[MetricGroup, ...] = (MASSES, *MATCHING_GROUPS, VALUE_WEIGHTED)  # value-weighted last: stored columns keep their order
 
 SUMMARY_METRICS: tuple[SummaryMetric, ...] = tuple(m for g in GROUPS for m in g.metrics)
 METRICS: tuple[str, ...] = tuple(m.name for m in SUMMARY_METRICS)  # head_attention's metric columns, in order
 MATCHING_METRICS: tuple[str, ...] = tuple(m.name for g in MATCHING_GROUPS for m in g.metrics)
+VALUE_WEIGHTED_METRICS: tuple[str, ...] = tuple(m.name for m in VALUE_WEIGHTED.metrics)  # schema version 7
 BY_NAME: dict[str, SummaryMetric] = {m.name: m for m in SUMMARY_METRICS}
 DIRECTION_INDEX: tuple[int, ...] = tuple(DIRECTIONS.index(m.direction) for m in SUMMARY_METRICS)
 
@@ -151,13 +178,20 @@ def declare(group: MetricGroup) -> MetricGroup:
     if clash:
         raise ValueError(f"metric {clash[0]!r} is declared already")
     MATCHING_GROUPS = (*MATCHING_GROUPS, group)
-    GROUPS = (MASSES, *MATCHING_GROUPS)
+    GROUPS = (MASSES, *MATCHING_GROUPS, VALUE_WEIGHTED)
     SUMMARY_METRICS = tuple(m for g in GROUPS for m in g.metrics)
     METRICS = tuple(m.name for m in SUMMARY_METRICS)
     MATCHING_METRICS = tuple(m.name for g in MATCHING_GROUPS for m in g.metrics)
     BY_NAME = {m.name: m for m in SUMMARY_METRICS}
     DIRECTION_INDEX = tuple(DIRECTIONS.index(m.direction) for m in SUMMARY_METRICS)
     return group
+
+
+def holm_family(name: str) -> str:
+    """The multiple-comparison family a metric's head tests belong to: the value-weighted shares are a second,
+    separate question about the same heads (what a target contributes, not how much it is attended), so their
+    Holm correction runs over themselves and adding them leaves the attention metrics' corrected p unchanged."""
+    return "value-weighted" if name in VALUE_WEIGHTED_METRICS else "attention"
 
 
 def metric_label(name: str) -> str:

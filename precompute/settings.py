@@ -103,7 +103,8 @@ def number(low: float | None = None) -> Kind:
             raise ValueError(f"expected {expected}")
         return value
 
-    return Kind(parse, show=repr, json=float, malformed=("x", "", "nan", "inf") + (() if low is None else (repr(low / 2),)),
+    below = None if low is None else (low / 2 if low > 0 else low - 1)  # a value under the bound whatever its sign
+    return Kind(parse, show=repr, json=float, malformed=("x", "", "nan", "inf") + (() if below is None else (repr(below),)),
                 metavar="X", bounds=None if low is None else (low, None))
 
 

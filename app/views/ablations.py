@@ -16,7 +16,7 @@ from app.text import code, escape
 from matching_atlas.ablations import TABLE1_KINDS
 from precompute.conditions import BASELINE, kind_of
 from precompute.names import DIRECTIONS
-from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
+from precompute.conditions.contrasts import parse_contrasts
 from precompute.statistics import ALPHA, FEW_QUERIES_WARNING, MIN_QUERIES, STARS_LEGEND, stars
 
 ctx, run = ui.require_run()
@@ -88,8 +88,9 @@ def show_query_level() -> None:
 
 
 def contrasts_table(text: str) -> pd.DataFrame:
-    """``Q->D vs D->Q`` and the contrasts named in ``text`` (parsed by the report's parser), as the page shows them."""
-    pairs = parse_contrasts(DEFAULT_CONTRASTS) + parse_contrasts(text)
+    """The run's declared contrasts (``Q->D vs D->Q`` first) and those named in ``text`` (parsed by the report's
+    parser), as the page shows them."""
+    pairs = data.query(run, "declared_contrasts") + parse_contrasts(text)
     shown = data.query(run, "condition_contrasts", list(dict.fromkeys(pairs)), measure=measure, scope=scope).copy()
     shown.insert(shown.columns.get_loc("p_holm") + 1, "significance",
                  [stars(p, not_significant="n.s.", n_queries=int(n)) if pd.notna(n) else ""
@@ -104,7 +105,8 @@ def show_contrasts() -> None:
     state.bind("abl_contrasts", "", clean=lambda v: str(v)[:CONTRAST_TEXT_LIMIT])
     st.text_input("Compare conditions (A:B, comma-separated: condition names over all layers or condition ids)",
                   key="abl_contrasts", max_chars=CONTRAST_TEXT_LIMIT, placeholder="cross:all, q_d@all/zero:d_q@all/zero",
-                  help="The same syntax as the report's --contrasts. Q->D vs D->Q is always shown.")
+                  help="The same syntax as the report's --contrasts. Q->D vs D->Q and the contrasts the run's job "
+                       "declared (--contrasts) are always shown.")
     state.publish("abl_contrasts", default="")
     try:
         shown = contrasts_table(st.session_state["abl_contrasts"])

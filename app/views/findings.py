@@ -11,9 +11,8 @@ import streamlit as st
 
 from app import charts, charts_findings, data, findings, open_questions, ui
 from app.family import labels_of
-from app.findings import Reading
+from app.findings import VALUE_WEIGHTED_SCHEMA, Reading
 from app.text import code, escape
-from matching_atlas.findings import VALUE_WEIGHTED_SCHEMA
 from precompute.names import PATCHING_EXPERIMENTS
 from precompute.statistics import FEW_QUERIES_WARNING
 

@@ -11,7 +11,8 @@ differences into every contrast. Per query that has both groups we take the diff
 (``effect``), its standardised size d_z (mean / sd of the differences), a two-sided paired t-test
 (``statistics.paired_over_queries``: paired t rather than Wilcoxon signed-rank because the signed-rank test's
 smallest two-sided p over 10 queries is 0.002, which no head could pass after Holm over hundreds of heads) with
-Holm across all layers x heads x metrics of the contrast, and a percentile bootstrap interval over queries
+Holm across all layers x heads x metrics of the contrast within a family of metrics (the attention metrics; the
+value-weighted shares are a family of their own: ``metrics.holm_family``), and a percentile bootstrap interval over queries
 (``statistics.bootstrap_over_queries``, seeded, ``n_resamples`` stored).
 
 The pooled pair-level numbers (group means, Cohen's d with the pooled sd, a Mann-Whitney U test) stay as descriptive
@@ -27,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from precompute.metrics import METRICS
+from precompute.metrics import METRICS, holm_family
 from precompute.names import CONTRASTS
 from precompute.statistics import BOOTSTRAP_RESAMPLES, bootstrap_over_queries, holm, paired_over_queries
 from precompute.store.connect import CANDIDATE_METRICS, candidates_sql
@@ -142,10 +143,14 @@ def candidate_heads(con, contrast: str = "relevant_vs_easy", metric: str | None 
 
 def _contrast_table(name: str, rows: list[dict[str, np.ndarray]]) -> pa.Table:
     """One contrast's rows (one dict per metric and block of heads) as a head_contrasts table, with p_holm across
-    all of them."""
+    the rows of each Holm family (:func:`precompute.metrics.holm_family`: the attention metrics, the value-weighted
+    shares)."""
     columns = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
     columns["contrast"] = np.full(len(columns["p"]), name)
-    columns["p_holm"] = holm(columns["p"])  # NaN (untested) p stays NULL and is not counted
+    family = np.array([holm_family(m) for m in columns["metric"]])
+    columns["p_holm"] = np.full(len(columns["p"]), np.nan)
+    for members in np.unique(family):  # NaN (untested) p stays NULL and is not counted
+        columns["p_holm"][family == members] = holm(columns["p"][family == members])
     arrays = {
         c.name: pa.array(columns[c.name], type=c.type, from_pandas=c.nullable)  # from_pandas: NaN -> NULL
         for c in HEAD_CONTRASTS.columns

@@ -32,7 +32,6 @@ import numpy as np
 from precompute.statistics import BOOTSTRAP_RESAMPLES, bootstrap_over_queries, holm
 
 STATISTICS: tuple[str, ...] = ("score_change", "pairwise", "pairwise_hard", "pairwise_easy", "ndcg_ties")
-DEFAULT_CONTRASTS = "q_d:d_q"  # the paper's central contrast: Query->Document hurts, Document->Query does not
 CONTRAST_TITLES = {("q_d", "d_q"): "Q->D vs D->Q"}  # by the directions each side removes (a group of one counts)
 
 
@@ -42,20 +41,6 @@ class RankingEffects:
 
     qids: list[str]
     values: dict[str, np.ndarray]
-
-
-def parse_contrasts(text: str | None) -> list[tuple[str, str]]:
-    """``'q_d:d_q,cross:all'`` -> [('q_d', 'd_q'), ('cross', 'all')]; ValueError (one line) for a malformed item."""
-    out = []
-    for item in (text or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        a, sep, b = item.partition(":")
-        if not sep or not a.strip() or not b.strip() or ":" in b:
-            raise ValueError(f"--contrasts {item!r}: expected A:B, two condition names or ids (q_d:d_q)")
-        out.append((a.strip(), b.strip()))
-    return list(dict.fromkeys(out))
 
 
 def tie_expected_ndcg(scores: np.ndarray, grades: np.ndarray, k: int) -> float:

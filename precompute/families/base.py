@@ -5,6 +5,7 @@ The family declares where each fact lives (TransformerLens-adapter style) and :m
 them from the loaded model: layers, heads (and the key/value heads of grouped-query attention), head size, hidden
 size, the position kind, per-head q/k normalisation, the pooling position of the score and logit soft-capping;
 :meth:`Family.qk_weights` gives each layer's query and key projections (fused ``Wqkv`` split) and
+:meth:`Family.output_weights` each layer's attention output projection split per head and
 :meth:`Family.pooling_positions` where the score is read. The analyses (spectra, QK subspaces, patching, the
 ablation stage) read these, never a config key or a family name.
 
@@ -148,7 +149,8 @@ class Family:
     score: str  # what the score is, in words (docs)
     layers_path: str  # dotted path, from the model's base model, of the ModuleList of layers
     attention_path: str  # within a layer: the module whose attention the kernels compute
-    attention_output_path: str  # within a layer: the attention block's output projection (before its residual add)
+    attention_output_path: str  # within a layer: the attention block's output projection W_O (before its residual add),
+    # an nn.Linear reading the heads' outputs concatenated head-major (output_weights splits it per head)
     mlp_output_path: str  # within a layer: the MLP block's output projection (before its residual add)
     query_path: str = ""  # within the attention module: the query projection (nn.Linear); "" when fused
     key_path: str = ""  # within the attention module: the key projection (nn.Linear); "" when fused
@@ -273,6 +275,25 @@ class Family:
                                   f"give {arch.heads} query and {arch.kv_heads} key heads of {arch.head_dim} over a "
                                   f"hidden size of {arch.hidden}; the architecture differs from its family's")
             out.append(QKWeights(query, key, q_bias, k_bias, kv_head))
+        return out
+
+    def output_weights(self, model) -> list:
+        """Each summarised layer's attention output projection split per head: [heads, hidden, head_dim] per layer,
+        where head h's slice W_O^h maps that head's attention output (its value vectors' weighted sum) into the
+        residual stream. The projection (``attention_output_path``, an nn.Linear [hidden, heads * head_dim]) reads the
+        heads' outputs concatenated head-major, as every family's attention lays them out (under grouped-query
+        attention too: each query head has its own slice, reading the value head it shares); its bias is added once
+        per token, not per attended token, so it is not part of any head's slice. FamilyError when the projection's
+        shape disagrees with the architecture."""
+        arch = self.architecture(model)
+        out = []
+        for i, layer in enumerate(self.layers(model)):
+            weight = module_at(layer, self.attention_output_path).weight.detach()
+            if tuple(weight.shape) != (arch.hidden, arch.heads * arch.head_dim):
+                raise FamilyError(f"layer {i}: the attention output projection {tuple(weight.shape)} does not read "
+                                  f"{arch.heads} heads of {arch.head_dim} into a hidden size of {arch.hidden}; the "
+                                  "architecture differs from its family's")
+            out.append(weight.view(arch.hidden, arch.heads, arch.head_dim).permute(1, 0, 2))
         return out
 
     def check_pooling(self, model) -> None:

@@ -1,7 +1,9 @@
 """The summary kernel: eager attention that, inside the same call and on the same device,
 
 * reduces each layer's weights ``[batch, head, query_pos, key_pos]`` to the summary metrics of
-  :mod:`precompute.metrics` (full attention tensors never reach the host), and/or
+  :mod:`precompute.metrics` (full attention tensors never reach the host), the value-weighted masses included: the
+  norms ||W_O^h v_j|| of the layer's value vectors are computed once per call (:func:`value_norms`, from the head's
+  Gram matrix W_O^h^T W_O^h) and weight the same blocks of weights, and/or
 * applies an :class:`~precompute.kernels.state.Intervention`: remove (src, dst) segment directions
   (``zero`` after the softmax without renormalising, or ``mask`` before it) and zero whole heads' outputs,
   per batch row, so several ablation conditions share one forward batch and one model load serves all.
@@ -61,6 +63,19 @@ def _softmax_removing_recorded(logits, removal, mode, key_padding):
     return weights if removal is None else weights.masked_fill(removal[:, None], 0.0)
 
 
+def value_norms(value: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """[batch, head, key] float32 norms ||W_O^h v_j|| of value vectors [batch, head, key, dv], from each head's Gram
+    matrix W_O^h^T W_O^h [head, dv, dv] (dv^2 rather than dv * hidden products per token)."""
+    v = value.float()
+    squared = torch.einsum("bhkd,hde,bhke->bhk", v, gram, v)
+    return squared.clamp_min_(0.0).sqrt_()
+
+
+def output_grams(lm) -> list[torch.Tensor]:
+    """Per summarised layer, [head, dv, dv] float32 W_O^h^T W_O^h from the family's per-head output projections."""
+    return [torch.matmul(w.float().transpose(1, 2), w.float()) for w in lm.family.output_weights(lm.model)]
+
+
 def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """Softmax, summaries and interventions of one self-attention layer, in blocks of query rows.
 
@@ -73,6 +88,8 @@ def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int
     removal = state.removal(layer)
     mode = state.intervention.mode if state.intervention is not None else None
     step = block_rows(b, h, q, k)
+    if state.summarise:
+        state.value_norms = value_norms(value, state.output_grams[layer])
     sums, outs, kept = None, [], []
     for start in range(0, q, step):
         part = slice(start, min(q, start + step))
@@ -86,6 +103,7 @@ def attend(state: BatchState, layer: int, logits, value: torch.Tensor, rows: int
         outs.append(torch.matmul(weights.to(value.dtype), value))  # [batch, head, rows, dv]
     if state.summarise:
         state.summaries[layer] = metrics.finish(sums, state)
+        state.value_norms = None
     if kept:  # attribution patching's QK fix reads them (precompute.analyses.attribution)
         state.captured[("weights", layer)] = kept[0] if len(kept) == 1 else torch.cat(kept, dim=2)
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
@@ -137,11 +155,19 @@ class SummaryProbe(Probe):
     implementation = IMPLEMENTATION
     mask_kind = "eager"
     attention_function = staticmethod(atlas_attention)
+    _grams: list[torch.Tensor] | None = None
+
+    def grams(self) -> list[torch.Tensor]:
+        """The model's per-head output Gram matrices (kernel.output_grams), computed once per probe."""
+        if self._grams is None:
+            self._grams = output_grams(self.lm)  # on the weights' device
+        return self._grams
 
     def run(self, batch, *, summarise: bool = False, intervention: Intervention | None = None):
         """One forward pass: (scores [batch], summaries [batch, layer, head, metric] or None,
         cross-attention masses [batch, decoder layer, head, 5] or None)."""
-        scores, state = self.forward(batch, summarise=summarise, intervention=intervention)
+        scores, state = self.forward(batch, summarise=summarise, intervention=intervention,
+                                     output_grams=self.grams() if summarise else None)
         if not summarise:
             return scores, None, None
         summaries = torch.stack([state.summaries[i] for i in sorted(state.summaries)], 1)

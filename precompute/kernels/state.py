@@ -112,7 +112,8 @@ class BatchState:
     def __init__(self, segments: torch.Tensor, input_ids: torch.Tensor, *, sites: dict[int, Site],
                  summarise: bool = False, intervention: Intervention | None = None, causal: bool = False,
                  capture: frozenset[str] = frozenset(), patches: tuple = (), skipped: frozenset[int] = frozenset(),
-                 gates=None, stop_after: int | None = None, scratch: Scratch | None = None):
+                 gates=None, stop_after: int | None = None, scratch: Scratch | None = None,
+                 output_grams: list[torch.Tensor] | None = None):
         self.segments = segments.long()  # [batch, seq], -1 = padding
         self.input_ids = input_ids  # [batch, seq]
         self.sites = sites  # id(attention module) -> Site
@@ -120,6 +121,8 @@ class BatchState:
         self.intervention = intervention
         self.impossible = causal_impossible(segments.device) if causal else None
         self.summaries: dict[int, torch.Tensor] = {}  # layer -> [batch, head, N_METRICS]
+        self.output_grams = output_grams  # per layer [head, dv, dv]: W_O^h^T W_O^h (summaries: value-weighted masses)
+        self.value_norms: torch.Tensor | None = None  # [batch, head, key]: ||W_O^h v_j|| of the layer being summarised
         self.cross: dict[int, torch.Tensor] = {}  # decoder layer -> [batch, head, 5]: cross-attention masses
         self.calls: Counter[Site] = Counter()
         self.capture = capture  # what to keep (kernels.block_hooks): 'resid', 'attn', 'mlp', 'resid_post', 'head',

@@ -10,8 +10,8 @@ from pathlib import Path
 from precompute.cli import OneLineParser
 from precompute.metrics import METRICS
 from precompute.console import first_line
-from precompute.analyses.ranking_effects import DEFAULT_CONTRASTS, parse_contrasts
-from precompute.report import compare, head_tables, lexical_tables
+from precompute.conditions.contrasts import with_default
+from precompute.report import compare, head_tables, lexical_tables, value_weighted_tables
 from precompute.report import patching_summary
 from precompute.report.condition_tables import ReportError, kind_order, render
 
@@ -39,12 +39,13 @@ def records(df) -> list[dict]:
     return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
-def load(run: Path, measure: str, scope: str):
-    """(manifest, measure, Table 1 rows as dicts: :meth:`matching_atlas.Run.table1`) of a run the reader opens;
-    ReportError otherwise."""
-    reader = open_reader(run)
+def load(run, measure: str, scope: str):
+    """(manifest, measure, Table 1 rows as dicts: :meth:`matching_atlas.Run.table1`) of a run (a folder, or a run the
+    reader opened); ReportError otherwise."""
+    reader = open_reader(run) if isinstance(run, (str, Path)) else run
     if not reader.has("ablation_summary"):
-        raise ReportError(f"{run} has no ablations; add them with python -m precompute (same flags) --ablations directions,groups")
+        raise ReportError(f"{reader.path} has no ablations; add them with python -m precompute (same flags) --ablations "
+                          "directions,groups")
     available = reader.ablation_options()
     scopes = sorted(set(available["scope"]))
     if scope not in scopes:
@@ -73,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default=",".join(kind_order()), help=f"comma-separated: {', '.join(kind_order())}. "
                    "Default: all present")
     p.add_argument("--mode", help="only conditions of this mode (zero or mask); default both")
-    p.add_argument("--contrasts", default=DEFAULT_CONTRASTS, metavar="A:B,...",
+    p.add_argument("--contrasts", metavar="A:B,...",
                    help="pairs of conditions compared directly, query by query (paired t-test of the measure, "
-                   "bootstrap intervals of the ranking statistics): condition names over all layers or condition ids. "
-                   "Default: %(default)s (titled Q->D vs D->Q)")
+                   "bootstrap intervals of the ranking statistics): condition names over all layers or condition ids, "
+                   "after Q->D vs D->Q (q_d:d_q), which is always compared. Default: the run's job --contrasts")
     p.add_argument("--sort", choices=("name", "delta"), default="name", help="row order of the direction and group "
                    "tables. Default: %(default)s")
     c = p.add_argument_group("comparing two runs", "Instead of RUN's tables: RUN and OTHER's per-layer profiles of one "
@@ -106,21 +107,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise ReportError(str(err)) from err
             return EXIT_OK
         reader = open_reader(args.run)
-        if reader.has("patching_effects") and not reader.has("ablation_summary"):
-            manifest = reader.info.manifest
-            sys.stdout.write(f"{args.run}: no ablations; activation patching only\n")
-        else:
-            manifest, measure, rows = load(args.run, args.measure, args.scope)
+        manifest = reader.info.manifest
+        if reader.has("ablation_summary"):
+            _, measure, rows = load(reader, args.measure, args.scope)
             modes = [args.mode] if args.mode else None
             try:
-                contrasts = parse_contrasts(args.contrasts)
+                contrasts = reader.declared_contrasts() if args.contrasts is None else with_default(args.contrasts)
             except ValueError as err:
                 raise ReportError(str(err)) from err
             sys.stdout.write(render(manifest, args.run, measure, args.scope, rows, kinds, modes, args.sort, contrasts))
-            con = reader.connection
-            seed = manifest.identity.seed or 0
-            lines = head_tables.render(con) + head_tables.alignment_lines(reader, seed) + lexical_tables.render(reader, seed)
-            sys.stdout.write("".join(line + "\n" for line in lines))
+        else:  # the head sections and patching need no ablations
+            sys.stdout.write(f"{args.run}: no ablations, so no Table 1 (add them: rerun the command below with "
+                             "--ablations directions,groups)\n")
+        seed = manifest.identity.seed or 0
+        contrasts_frame = reader.head_contrasts() if reader.has("head_contrasts") else None
+        lines = (head_tables.render(contrasts_frame) + head_tables.alignment_lines(reader, seed)
+                 + lexical_tables.render(reader, seed) + value_weighted_tables.render(reader, seed))
+        sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.write(patching_summary.render(reader, manifest.model.segment_labels))
         sys.stdout.write(rerun_block(manifest, args.run))
     except ReportError as err:

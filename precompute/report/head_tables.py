@@ -6,6 +6,7 @@ Mann-Whitney p, Holm over the same family), so a reader sees which heads keep th
 from __future__ import annotations
 
 from precompute.analyses.alignment_behaviour import ALIGNMENT_METRIC, PERMUTATIONS
+from precompute.metrics import holm_family
 from precompute.names import CONTRAST_LABELS, CONTRASTS
 from precompute.statistics import ALPHA, MIN_QUERIES, fmt_p, holm
 from precompute.statistics import stars as mark
@@ -14,28 +15,33 @@ from precompute.store.connect import CANDIDATE_METRICS
 TOP = 8  # heads shown per contrast
 
 
-def render(con) -> list[str]:
-    """Lines of the matching-head section; [] for a run without head_contrasts or with only pooled (old) tests."""
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if "head_contrasts" not in tables:
+def render(frame) -> list[str]:
+    """Lines of the matching-head section for a run's :meth:`matching_atlas.Run.head_contrasts` frame; [] for None (a
+    run without head_contrasts), one line for a run with only pooled (old) tests."""
+    if frame is None:
         return []
-    frame = con.execute("SELECT * FROM head_contrasts").df()
+    frame = frame.copy()
     if frame["n_queries"].isna().all():
         return ["", "Matching heads: this store holds pooled pair-level tests only (stores written before schema "
                 "version 6); rerun the job into a new folder for tests over queries. No stars are drawn from pooled "
                 "tests."]
     out = ["", "Matching heads (head_contrasts): effect = mean over queries of the per-query difference of group means "
            "[95% bootstrap interval over queries]; paired t-test over queries, Holm over layers x heads x metrics of "
-           f"the contrast; metrics {', '.join(CANDIDATE_METRICS)}"]
+           f"the contrast within each family of metrics (attention, value-weighted); metrics {', '.join(CANDIDATE_METRICS)}"]
+    frame["family"] = [holm_family(m) for m in frame["metric"]]
     for contrast in (c for c in CONTRASTS if c in set(frame["contrast"])):
         rows = frame[frame["contrast"] == contrast].copy()
-        rows["pooled_holm"] = holm(rows["pooled_p"].to_numpy())
         n_q = int(rows["n_queries"].max())
-        query_level = (rows["p_holm"] < ALPHA) & (rows["n_queries"] >= MIN_QUERIES)
-        pooled = rows["pooled_holm"] < ALPHA
-        out += ["", f"{CONTRAST_LABELS[contrast]} ({n_q} queries): (head, metric) rows with Holm p < {ALPHA}: pooled "
-                f"pair-level Mann-Whitney {int(pooled.sum())} (never starred), query-level {int(query_level.sum())} (kept {int((pooled & query_level).sum())}, "
-                f"lost {int((pooled & ~query_level).sum())}, gained {int((~pooled & query_level).sum())}) of {len(rows)}"]
+        out.append("")
+        for family, members in rows.groupby("family", sort=True):
+            pooled_holm = holm(members["pooled_p"].to_numpy())
+            rows.loc[members.index, "pooled_holm"] = pooled_holm
+            query_level = (members["p_holm"] < ALPHA) & (members["n_queries"] >= MIN_QUERIES)
+            pooled = pooled_holm < ALPHA
+            out.append(f"{CONTRAST_LABELS[contrast]} ({n_q} queries), {family} metrics: (head, metric) rows with Holm "
+                       f"p < {ALPHA}: pooled pair-level Mann-Whitney {int(pooled.sum())} (never starred), query-level "
+                       f"{int(query_level.sum())} (kept {int((pooled & query_level).sum())}, lost "
+                       f"{int((pooled & ~query_level).sum())}, gained {int((~pooled & query_level).sum())}) of {len(members)}")
         shown = rows[rows["metric"].isin(CANDIDATE_METRICS)].sort_values(["effect_dz", "effect"], ascending=False,
                                                                           na_position="last").head(TOP)
         head = (f"  {'head':<6} {'metric':<10} {'n_q':>4}  {'effect [interval]':>26}  {'d_z':>6}  {'sig':<3} "

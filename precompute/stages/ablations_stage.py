@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from precompute import crash
 from precompute.conditions import AblationRequest, Condition, forward_groups
@@ -37,7 +38,7 @@ def _kernel(ctx) -> str:
 def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
     """The heads of the 'subspace' set: those listed, or the top N by the query-level effect of q_d, relevant vs easy
     negatives (d_z; the mean per-query difference breaks ties and ranks alone where d_z is undefined: one query)."""
-    from precompute.conditions.subspace_specs import ALIGNED_KIND, SUBSPACE_KIND, TOP_CONTRAST, TOP_METRIC
+    from precompute.conditions.subspace_specs import ALIGNED_KIND, SUBSPACE_KIND
 
     if not {SUBSPACE_KIND.condition_set, ALIGNED_KIND.condition_set} & set(request.asked_sets()):
         return []
@@ -47,12 +48,20 @@ def _subspace_heads(ctx, request: AblationRequest) -> list[tuple[int, int]]:
     if not ctx.writer.has_table("head_contrasts"):
         raise StoreError(f"--subspace-heads top:{target} ranks heads in head_contrasts, which this run lacks (it needs "
                          "relevant pairs and easy negatives); name the heads instead, e.g. --subspace-heads 3.5,4.1")
+    return top_heads(ctx.writer.table_path("head_contrasts"), target)
+
+
+def top_heads(head_contrasts: Path, n: int) -> list[tuple[int, int]]:
+    """The ``n`` heads of ``--subspace-heads top:N``: largest lower bound of the query-level effect of TOP_METRIC in
+    TOP_CONTRAST (a bound, not d_z, so that a head whose differences barely vary over a few queries cannot rank first
+    on a near-zero sd)."""
     import duckdb
 
-    path = literal(ctx.writer.table_path("head_contrasts"))
-    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet({path}) WHERE contrast = '{TOP_CONTRAST}' AND metric = "
-                      f"'{TOP_METRIC}' AND effect IS NOT NULL ORDER BY effect_dz DESC NULLS LAST, effect DESC, layer, head "
-                      f"LIMIT {target}")
+    from precompute.conditions.subspace_specs import TOP_CONTRAST, TOP_METRIC
+
+    rows = duckdb.sql(f"SELECT layer, head FROM read_parquet({literal(head_contrasts)}) WHERE contrast = "
+                      f"'{TOP_CONTRAST}' AND metric = '{TOP_METRIC}' AND effect IS NOT NULL "
+                      f"ORDER BY effect_low DESC NULLS LAST, effect DESC, layer, head LIMIT {int(n)}")
     return [(int(layer), int(head)) for layer, head in rows.fetchall()]
 
 

@@ -15,6 +15,9 @@ Stores of schema version 5 and older hold pooled pair-level head_contrasts (a Ma
 ``head_contrasts`` view has this version's columns, the query-level ones NULL and that p as ``pooled_p``, so no
 star is ever drawn from a pooled test.
 
+Stores of schema version 6 and older lack the value-weighted shares (``vw_<src>_<dst>``, schema 7): their
+``head_attention``, ``head_attention_agg`` and ``subspace_head_metrics`` views have those columns NULL.
+
 Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``, ``analysis``, ``component``,
 ``segment``, ``k``, ...) as columns: here, and only here, their ``ablation_conditions``, ``ablation_summary`` and
 ``ablation_metrics`` views get those columns, each condition's parts parsed from its stored id by its registered kind
@@ -35,11 +38,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from precompute.metrics import MATCHING_METRICS, METRICS
+from precompute.metrics import MATCHING_METRICS, METRICS, VALUE_WEIGHTED_METRICS
 from precompute.names import DIRECTIONS
 from precompute.statistics import ALPHA, MIN_QUERIES
 from precompute.store import layout
-from precompute.store.schema import TABLES
+from precompute.store.schema import TABLES, duck_type
 from precompute.store.sql import literal
 
 CATALOG = "atlas.duckdb"
@@ -107,6 +110,7 @@ def _statements(run: Path) -> list[str]:
     tables.update(_condition_part_views(run, list(present)))
     tables.update(_patching_views(run, list(present)))
     tables.update(_contrasts_view(run, list(present)))
+    tables.update(_value_weighted_views(present))
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items()
             if set(needs) <= set(present) and name not in present]
@@ -242,6 +246,30 @@ def _columns(path: Path) -> set[str]:
     import pyarrow.parquet as pq
 
     return set(pq.read_schema(path).names)
+
+
+# The tables that gained the value-weighted shares in schema version 7: name -> their columns there.
+_VALUE_WEIGHTED_COLUMNS = {
+    "head_attention": VALUE_WEIGHTED_METRICS,
+    "subspace_head_metrics": VALUE_WEIGHTED_METRICS,
+    "head_attention_agg": tuple(f"{m}_{part}" for part in ("sum", "sumsq") for m in VALUE_WEIGHTED_METRICS),
+}
+
+
+def _value_weighted_views(present: dict[str, Path]) -> dict[str, str]:
+    """The tables of a store of schema version 6 or older that lack the value-weighted columns, with them NULL (module
+    docstring); {} for a current store."""
+    views = {}
+    for name, columns in _VALUE_WEIGHTED_COLUMNS.items():
+        if name not in present:
+            continue
+        stored = _columns(layout.files_in(present[name], name)[0])
+        missing = [c for c in columns if c not in stored]
+        if missing:
+            types = {c.name: c.type for c in TABLES[name].columns}
+            nulls = ", ".join(f"CAST(NULL AS {duck_type(types[c])}) AS {c}" for c in missing)
+            views[name] = f"SELECT *, {nulls} FROM {layout.scan_sql(present[name], name)}"
+    return views
 
 
 def _contrasts_view(run: Path, present: list[str]) -> dict[str, str]:

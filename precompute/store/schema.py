@@ -14,7 +14,7 @@ import pyarrow as pa
 from precompute.metrics import METRICS, SUMMARY_METRICS
 from precompute.names import SEGMENTS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Versions this checkout reads. Version 2 added decoder_cross_attention, made the summary metrics nullable (NULL
 # where a metric is undefined: directions a causal model cannot attend, empty template segments) and the model
 # family to the manifest; a version-1 store is a version-2 store without NULLs or the new table. Version 3 stores a
@@ -31,7 +31,10 @@ SCHEMA_VERSION = 6
 # Version 6 (issue 18): head_contrasts tests over queries (n_queries, effect and its interval, effect_dz, t, paired p
 # and p_holm), the pooled Mann-Whitney p moved to pooled_p, contrast 'hard_vs_easy'; connect shows older
 # head_contrasts in this form with the query-level columns NULL (no stars from pooled tests).
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+# Version 7 (issue 18): the 25 value-weighted shares vw_<src>_<dst> (metrics.VALUE_WEIGHTED) in head_attention,
+# head_attention_agg (their sums and sums of squares) and subspace_head_metrics, and as metrics of head_contrasts and
+# subspace_effects; connect shows older stores' tables with those columns NULL.
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
 
 
 # The store's Arrow types as DuckDB names them (casts in merges, the partition column of a Hive-style folder).
@@ -328,7 +331,8 @@ HEAD_CONTRASTS = Table(
         Column("p", pa.float64(), "Two-sided p-value of that paired t-test; NULL where untested. (Schema version 4 "
                "and older: read as pooled_p, and p is NULL.)", nullable=True, bounds=UNIT),
         Column("p_holm", pa.float64(), "p after Holm correction across all layers x heads x metrics of the contrast "
-               "(untested rows not counted). Stars need n_queries >= 10.", nullable=True, bounds=UNIT),
+               "within the metric's family (the attention metrics; the value-weighted shares vw_*, schema 7, a family "
+               "of their own); untested rows not counted. Stars need n_queries >= 10.", nullable=True, bounds=UNIT),
         Column("n_resamples", pa.int32(), "Bootstrap resamples behind effect_low and effect_high.", nullable=True,
                bounds=COUNT),
         Column("n_a", pa.int32(), "Pairs of group a in the run (pooled, descriptive).", bounds=COUNT),

@@ -172,6 +172,11 @@ def build_run(
         mass /= np.nansum(mass, axis=1, keepdims=True)
         for j, dst in enumerate(SEGMENTS):
             ha[f"{src}_{dst}"] = mass[:, j].astype(np.float32)
+        # value-weighted shares: CLS and the separators contribute little per unit of attention (the no-op pattern)
+        weighted = mass * np.array([0.2, 1.0, 0.3, 1.0, 0.3]) * rng.uniform(0.8, 1.2, (N, 5))
+        weighted /= np.nansum(weighted, axis=1, keepdims=True)
+        for j, dst in enumerate(SEGMENTS):
+            ha[f"vw_{src}_{dst}"] = weighted[:, j].astype(np.float32)
     ha["q2d_max"] = rng.uniform(0, 1, N).astype(np.float32)
     ha["d2q_max"] = rng.uniform(0, 1, N).astype(np.float32)
     share = rng.uniform(0, 1, N)

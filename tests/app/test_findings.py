@@ -127,14 +127,32 @@ def test_noop_targets(pages, sql):
         text = sentence(pages[holds], "give [CLS] and the separators")
         for src, word in (("q", "Query"), ("d", "Document")):
             df = sql(holds, f"""
-                WITH q AS (SELECT h.layer, p.qid, avg(h.{src}_cls) AS cls, avg(h.{src}_sep1 + h.{src}_sep2) AS sep
+                WITH q AS (SELECT h.layer, p.qid, avg(h.{src}_cls) AS cls, avg(h.{src}_sep1 + h.{src}_sep2) AS sep,
+                                  avg(h.vw_{src}_cls + h.vw_{src}_sep1 + h.vw_{src}_sep2) AS share
                            FROM {{head_attention}} h JOIN {{pairs}} p USING (pair_id)
                            WHERE p.neg_type = 'relevant' GROUP BY ALL)
-                SELECT layer, avg(cls) AS cls, avg(sep) AS sep, count(*) AS n FROM q GROUP BY layer ORDER BY layer""")
+                SELECT layer, avg(cls) AS cls, avg(sep) AS sep, avg(share) AS share, count(*) AS n FROM q
+                GROUP BY layer ORDER BY layer""")
             peak = df.loc[(df["cls"] + df["sep"]).idxmax()]
             assert (f"{word} tokens give [CLS] and the separators up to {peak['cls'] + peak['sep']:.1%} of their "
                     f"attention (layer {int(peak['layer'])}: [CLS] {peak['cls']:.1%}, SEP {peak['sep']:.1%})") in text
+            word = "but only" if holds else "and"
+            assert f"{word} {peak['share']:.1%} of the head output there (value-weighted share)" in text
+            assert (peak["share"] < peak["cls"] + peak["sep"]) == holds
         assert "(relevant pairs, 12 queries)" in text
+    assert "attended more than they contribute, read as a no-op" in sentence(pages[True], "give [CLS]")
+    assert "they contribute at least as much as they are attended, not a no-op" in sentence(pages[False], "give [CLS]")
+
+
+def test_a_run_without_shares_says_which_version_adds_them(app):
+    from tests.app.test_old_stores import FIXTURES
+
+    at = app(FIXTURES / "store-v2", page="findings")  # written by the version-2 job: no value-weighted shares
+    assert not at.exception and not at.error
+    noop = sentence(at, "give [CLS] and the separators", mark=True)
+    assert not noop.startswith(":material/")  # neither holds nor fails: undecided
+    assert ("needs the value-weighted shares (vw_<src>_<dst>), which the summary pass stores from store schema "
+            "version 7; this run is version 2") in noop
 
 
 # -- Table 1 ---------------------------------------------------------------------------------------------------------------
@@ -214,7 +232,7 @@ def test_subspace(pages, sql):
     assert "not specific to the head's matching" in sentence(pages[False], "QK directions")
 
 
-@pytest.mark.parametrize("start", ["Exact-match mass", "heads (", "Without ablation", "QK alignment",
+@pytest.mark.parametrize("start", ["Exact-match mass", "heads (", "give [CLS]", "Without ablation", "QK alignment",
                                    "component conditions", "QK directions of head"])
 def test_each_finding_is_marked_holding_or_not(pages, start):
     assert sentence(pages[True], start, mark=True).startswith(":material/check_circle: ")

@@ -109,6 +109,18 @@ def test_the_report_prints_the_readers_lexical_table(run, capsys):
         assert any(cells in l and diff in l and l.split()[0] == str(r.layer) for l in out), (r.metric, r.layer)
 
 
+def test_the_report_prints_the_readers_noop_check(store, capsys):
+    from tests.app.conftest import DL20
+
+    table = ma.open_run(store / DL20, progress=False).noop_targets()
+    assert report.main([str(store / DL20)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(table) and "No-op check" in "\n".join(out)
+    for (source, layer), rows in table.groupby(["source", "layer"]):
+        cells = [f"{r.mass:.4f} [{r.mass_low:.4f},{r.mass_high:.4f}]" for r in rows.itertuples()]
+        assert any(all(c in l for c in cells) and l.split()[0] == str(layer) for l in out), (source, layer)
+
+
 def test_the_report_prints_the_alignment_test_the_spectra_page_shows(store, capsys):
     from tests.app.conftest import DL20
 

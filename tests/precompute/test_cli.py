@@ -84,7 +84,8 @@ def _everything_changed(tmp_path: Path) -> JobConfig:
         ablation_layers=("all", "0-1"), ablation_groups=("x=Q->D", "q_d,d_q"), ablation_sweep=("q_d",),
         ablation_heads=("0.1", "1.*"), ablation_stack=2, ablation_kernel="eager", ablation_components=("mlp@1:d/mean",),
         component_mode="zero", subspace_heads="0.1,1.0", subspace_k="1,3", subspace_ops=("scale=0.5",),
-        measures=("nDCG@10", "RR@10"), eval_scopes=("pairs", "run"), patching=("tfc1", "cls"), patching_pairs=3,
+        measures=("nDCG@10", "RR@10"), eval_scopes=("pairs", "run"), contrasts=("q_d:d_q", "cross:all"),
+        patching=("tfc1", "cls"), patching_pairs=3,
         patching_method="exact", patching_top=4, patching_score="probability", patching_min_delta=0.125,
         patching_graddrop=True,
         out=tmp_path / "run", store=tmp_path / "store", cache=tmp_path / "cache", chunk_size=8, progress=False,
@@ -181,3 +182,15 @@ def test_the_readmes_flag_table_names_declared_flags_only():
     table = text[text.index("| flag | what |"):].split("\n\n", 1)[0]
     named = set(re.findall(r"`(--[a-z][a-z-]*)", table))
     assert named and named <= {s.flag for s in SETTINGS}, named - {s.flag for s in SETTINGS}
+
+
+@pytest.mark.parametrize("low", [1e-6, 0.0, -2.0, 3])
+def test_every_bounded_kind_offers_a_malformed_value_below_its_bound(low):
+    """The malformed-value test above draws its examples from each kind: a bound of 0 or less must still give one."""
+    from precompute import settings as S
+
+    kind = S.number(low) if isinstance(low, float) else S.integer(low)
+    below = kind.malformed[-1]
+    assert float(below) < low
+    with pytest.raises(ValueError, match="at least"):
+        kind.parse(below)

@@ -10,6 +10,7 @@ from precompute.analyses import ablations
 from precompute import conditions as C
 from precompute.analyses.component_means import means_table, means_tensor, sums_chunk
 from precompute.families.loading import load
+from precompute.metrics import METRICS
 from precompute.names import SEGMENTS
 from precompute.pairs import Pair
 from tests.precompute.analyses.test_ablations import LAYERS, sensitive_model
@@ -157,8 +158,8 @@ def test_subspace_metrics_of_the_edited_head_are_recorded(tiny):
     cond = _subspace(tiny, 1, 2, 8, 0.0)
     metrics: dict = {}
     ablations.score_conditions(tiny, PAIRS, [cond], batch_size=8, max_length=64, head_metrics=metrics)
-    got = metrics[cond.condition_id]  # [pairs, 29]: layer 1 head 2 under the intervention
-    assert got.shape == (len(PAIRS), 29) and np.isfinite(got).all()
+    got = metrics[cond.condition_id]  # [pairs, len(METRICS)]: layer 1 head 2 under the intervention
+    assert got.shape == (len(PAIRS), len(METRICS)) and np.isfinite(got).all()
     np.testing.assert_allclose(got[:, :25].reshape(-1, 5, 5).sum(-1), 1.0, atol=1e-5)
 
 

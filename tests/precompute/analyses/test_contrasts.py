@@ -159,20 +159,26 @@ def test_holm_by_hand():
     np.testing.assert_allclose(holm(np.array([0.5, 0.9])), [1.0, 1.0])
 
 
-def test_p_holm_is_holm_over_each_contrast(table):
+def test_p_holm_is_holm_over_each_contrast_and_family(table):
+    """Holm's textbook loop over one contrast's tested rows of one family: the attention metrics' p_holm does not
+    depend on the value-weighted shares (a family of their own), and vice versa."""
+    from precompute.metrics import VALUE_WEIGHTED_METRICS
+
     for contrast in CONTRASTS:
         rows = [r for r in table.to_pylist() if r["contrast"] == contrast]
         assert len(rows) == len(METRICS) * LAYERS * HEADS
-        rows = [r for r in rows if r["p"] is not None]  # untested rows are not in the family
-        p = np.array([r["p"] for r in rows])
-        m = len(p)
-        order = np.argsort(p, kind="stable")
-        expected = np.empty(m)
-        running = 0.0
-        for i, j in enumerate(order):  # the textbook loop
-            running = max(running, min(1.0, (m - i) * p[j]))
-            expected[j] = running
-        np.testing.assert_allclose([r["p_holm"] for r in rows], expected, rtol=1e-12)
+        for family in (True, False):
+            members = [r for r in rows if (r["metric"] in VALUE_WEIGHTED_METRICS) == family and r["p"] is not None]
+            assert members  # both families are tested here
+            p = np.array([r["p"] for r in members])
+            m = len(p)
+            order = np.argsort(p, kind="stable")
+            expected = np.empty(m)
+            running = 0.0
+            for i, j in enumerate(order):  # the textbook loop
+                running = max(running, min(1.0, (m - i) * p[j]))
+                expected[j] = running
+            np.testing.assert_allclose([r["p_holm"] for r in members], expected, rtol=1e-12)
 
 
 def test_planted_head_is_the_top_candidate(store, table):
@@ -296,9 +302,11 @@ def test_report_section_shows_queries_intervals_and_what_the_pooled_test_said(st
 
     root = store[0]
     RunWriter(root).write_table("head_contrasts", table)
-    lines = head_tables.render(connect(root))
-    assert any(l.startswith("Relevant - easy negatives (12 queries)") and "never starred" in l for l in lines)
-    first = lines[lines.index(next(l for l in lines if l.startswith("Relevant - easy"))) + 3]
+    lines = head_tables.render(connect(root).execute("SELECT * FROM head_contrasts").df())
+    assert any(l.startswith("Relevant - easy negatives (12 queries), attention metrics") and "never starred" in l
+               for l in lines)
+    assert any(l.startswith("Relevant - easy negatives (12 queries), value-weighted metrics") for l in lines)
+    first = lines[lines.index(next(l for l in lines if l.startswith("Relevant - easy"))) + 4]
     assert first.split()[:3] == ["1.2", "q_d", "12"] and "***" in first and "pooled, descriptive" in first
 
 

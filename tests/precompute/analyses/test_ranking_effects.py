@@ -9,7 +9,8 @@ import ir_measures
 import numpy as np
 import pytest
 
-from precompute.analyses.ranking_effects import pairwise_accuracy, parse_contrasts, tie_expected_ndcg
+from precompute.analyses.ranking_effects import pairwise_accuracy, tie_expected_ndcg
+from precompute.conditions.contrasts import parse_contrasts
 
 
 def _ndcg_by_order(order: list[int], grades: np.ndarray, k: int) -> float:

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from precompute.families import FamilyError, family_for
+from precompute.families.base import module_at
 from precompute.kernels.state import KernelError, causal_impossible
 from precompute.kernels.eager import SummaryProbe
-from precompute.metrics import DIRECTION_INDEX
+from precompute.metrics import DIRECTION_INDEX, METRICS
 from precompute.families.loading import ModelError, load
 from precompute.names import DIRECTIONS, SEGMENT_INDEX
 from tests import reference
@@ -86,7 +87,7 @@ def own_outputs(lm, batch):
 def _expected(lm, batch, attentions) -> np.ndarray:
     want = reference.summaries(attentions, batch.segments.numpy(), batch.inputs["input_ids"].numpy())
     if lm.family.causal:  # undefined: directions into later segments
-        impossible = causal_impossible().flatten().numpy()[list(DIRECTION_INDEX)]
+        impossible = causal_impossible().flatten().numpy()[list(DIRECTION_INDEX[:want.shape[-1]])]
         want[..., impossible] = np.nan
     return want
 
@@ -104,10 +105,11 @@ def test_masses_and_scores_equal_the_architectures_own(kind, folders):
     batch = lm.encode(QUERIES, DOCS, MAX_LENGTH)
     scores, got, cross = _summaries(lm, batch)
     want_scores, attentions, cross_attentions = own_outputs(lm, batch)
-    np.testing.assert_allclose(got, _expected(lm, batch, attentions), atol=1e-4, equal_nan=True)
+    want = _expected(lm, batch, attentions)
+    np.testing.assert_allclose(got[..., :want.shape[-1]], want, atol=1e-4, equal_nan=True)
     np.testing.assert_allclose(scores.numpy(), want_scores.numpy(), atol=1e-5, rtol=0)  # the stored score is the model's own
     layers, heads = lm.shape
-    assert got.shape == (len(QUERIES), layers, heads, 29)
+    assert got.shape == (len(QUERIES), layers, heads, len(METRICS))
     masses = got[..., :25].reshape(*got.shape[:3], 5, 5)
     np.testing.assert_allclose(np.nansum(masses, -1), 1.0, atol=1e-5)  # over the segments each source can see
     if cross_attentions is not None:
@@ -116,6 +118,35 @@ def test_masses_and_scores_equal_the_architectures_own(kind, folders):
         np.testing.assert_allclose(cross, want_cross, atol=1e-5)
     else:
         assert cross is None
+
+
+# Within each family's layer: the value projection (a fused [q; k; v] one: its last third), for the hand computation.
+VALUE_PATHS = {"bert": "attention.self.value", "distilbert": "attention.v_lin", "modernbert": "attn.Wqkv",
+               "deberta-v2": "attention.self.value_proj", "mpnet": "attention.attn.v",
+               "monot5": "layer.0.SelfAttention.v", "decoder-classifier": "self_attn.v_proj",
+               "qwen-yes-no": "self_attn.v_proj", "yes-no": "self_attn.v_proj"}
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_value_weighted_shares_equal_a_hand_computation(kind, folders):
+    """Every family's vw_* against an explicit loop over (i, j) of ||a_ij W_O^h v_j|| with the model's own value vectors
+    and output projection (grouped-query decoders: query head h reads value head h // group). MonoT5: its encoder's
+    self-attention; the decoder's cross-attention keeps its masses only (decoder_cross_attention)."""
+    lm = load(str(folders(kind)), device="cpu")
+    batch = lm.encode(QUERIES, DOCS, MAX_LENGTH)
+    _, got, _ = _summaries(lm, batch)
+    layers = lm.family.layers(lm.model)
+    (_, attentions, _), values = reference.value_outputs(lambda: own_outputs(lm, batch), layers,
+                                                         VALUE_PATHS[lm.family.name])
+    if lm.family.qkv_path:
+        values = [v[..., 2 * v.shape[-1] // 3:] for v in values]
+    wo = [module_at(layer, lm.family.attention_output_path).weight.detach().float().numpy() for layer in layers]
+    want = reference.value_weighted(attentions, values, wo, batch.segments.numpy())
+    if lm.family.causal:
+        want[..., causal_impossible().flatten().numpy()] = np.nan
+    got_vw = got[..., [METRICS.index(f"vw_{d}") for d in DIRECTIONS]]
+    np.testing.assert_allclose(got_vw, want, atol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(np.isnan(got_vw), np.isnan(got[..., :25]))  # defined exactly where the masses are
 
 
 def test_t5_masses_need_the_position_bias(folders, monkeypatch):

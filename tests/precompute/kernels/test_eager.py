@@ -9,6 +9,7 @@ import torch
 from precompute.families.encoders import classifier_relevance
 from precompute.kernels.eager import SummaryProbe
 from precompute.metrics import METRICS
+from precompute.names import DIRECTIONS
 from precompute.families.loading import load
 from precompute.families.segments import encode
 from tests import reference
@@ -32,9 +33,22 @@ def test_summaries_equal_direct_computation(tiny):
     batch, scores, got = _probe(tiny, QUERIES, DOCS)
     ref_logits, attentions = reference.eager_attentions(tiny.model, batch.inputs)
     want = reference.summaries(attentions, batch.segments.numpy(), batch.inputs["input_ids"].numpy())
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got[..., :want.shape[-1]], want, atol=1e-5)  # the masses and matching signals
     torch.testing.assert_close(scores, ref_logits[:, 0], atol=1e-5, rtol=1e-5)
 
+
+def test_value_weighted_shares_equal_a_hand_computation(tiny):
+    """vw_* against an explicit loop over (i, j) of ||a_ij W_O^h v_j|| with the model's own value vectors and output
+    projection (tests.reference.value_weighted)."""
+    batch, _, got = _probe(tiny, QUERIES, DOCS)
+    layers = tiny.model.base_model.encoder.layer
+    (_, attentions), values = reference.value_outputs(lambda: reference.eager_attentions(tiny.model, batch.inputs),
+                                                      layers, "attention.self.value")
+    wo = [layer.attention.output.dense.weight.detach().numpy() for layer in layers]
+    want = reference.value_weighted(attentions, values, wo, batch.segments.numpy())
+    got_vw = got[..., [METRICS.index(f"vw_{d}") for d in DIRECTIONS]]
+    np.testing.assert_allclose(got_vw, want, atol=1e-5)
+    assert np.abs(got_vw - got[..., :25]).max() > 1e-3  # value weighting moved the shares: the test can fail
 
 def test_masses_of_each_source_sum_to_one(tiny):
     _, _, got = _probe(tiny, QUERIES, DOCS)
@@ -110,7 +124,7 @@ def test_reference_model_on_real_pairs(minilm_dir, dl20_dir):
     batch, scores, got = _probe(lm, [p[0] for p in pairs], [p[1] for p in pairs], max_length=512)
     ref_logits, attentions = reference.eager_attentions(lm.model, batch.inputs)
     want = reference.summaries(attentions, batch.segments.numpy(), batch.inputs["input_ids"].numpy())
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(got[..., :want.shape[-1]], want, atol=1e-4)
     torch.testing.assert_close(scores, ref_logits[:, 0], atol=1e-4, rtol=1e-4)
     masses = got[..., :25].reshape(*got.shape[:3], 5, 5)
     np.testing.assert_allclose(masses.sum(-1), 1.0, atol=1e-4)

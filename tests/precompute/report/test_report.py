@@ -19,8 +19,27 @@ from tests.precompute.analyses.test_ablations import run_job, sensitive_model
 def finished(tiny_dataset, tmp_path_factory):
     model = sensitive_model("bert", tmp_path_factory.mktemp("report-bert"))
     _, root = run_job(tiny_dataset, model, tmp_path_factory.mktemp("report") / "run", ablations=("groups", "layers", "heads"),
-                      ablation_groups=("mine=Q->D,D->Q",), ablation_heads=("1.*",), ablation_modes=("zero", "mask"))
+                      ablation_groups=("mine=Q->D,D->Q",), ablation_heads=("1.*",), ablation_modes=("zero", "mask"),
+                      contrasts=("cross:all",))
     return tiny_dataset, model, root
+
+
+def test_the_jobs_declared_contrasts_are_the_reports_default(finished, capsys):
+    """--contrasts given to the job is recorded with its settings; the report compares those pairs after Q->D vs D->Q
+    unless its own --contrasts names others."""
+    import matching_atlas as ma
+
+    _, _, root = finished
+    assert ma.open_run(root, progress=False).declared_contrasts() == [("q_d", "d_q"), ("cross", "all")]
+    assert report.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("Direct comparisons"):].splitlines()[3:7]
+    assert block[0].startswith("q_d vs d_q") and "no condition 'q_d'" in block[0]  # a run of groups only
+    assert [l.split("/")[0].strip() for l in block[1:3]] == ["cross vs all"] * 2
+    assert report.main([str(root), "--contrasts", "mine:all"]) == 0
+    again = capsys.readouterr().out
+    block = again[again.index("Direct comparisons"):].splitlines()[3:6]
+    assert block[0].startswith("q_d vs d_q") and [l.split("/")[0].strip() for l in block[1:3]] == ["mine vs all"] * 2
 
 
 def test_table_one_form(finished, capsys):
@@ -81,8 +100,6 @@ def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
     cases["--kind"] = [str(root), "--kind", "layers"]
     cases["measure 'P@5' is not in this run"] = [str(root), "--measure", "P@5"]
     cases["scope 'run' is not in this run"] = [str(root), "--scope", "run"]
-    _, plain = run_job(dataset, model, tmp_path / "plain", ablations=())
-    cases["has no ablations"] = [str(plain)]
     damaged = tmp_path / "damaged"
     shutil.copytree(root, damaged)
     summary = damaged / "ablation_summary.parquet"
@@ -99,6 +116,18 @@ def test_errors_are_one_line_with_exit_2(finished, tmp_path, capsys):
         assert report.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_a_run_without_ablations_prints_its_head_sections(finished, tmp_path, capsys):
+    """No Table 1 without ablations, said in one line with what adds them; the sections that need none still print."""
+    dataset, model, _ = finished
+    _, plain = run_job(dataset, model, tmp_path / "plain", ablations=(), stages=("summaries", "contrasts"))
+    capsys.readouterr()
+    assert report.main([str(plain)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{plain}: no ablations, so no Table 1 (add them: rerun the command below with --ablations directions,groups)"
+    assert "Lexical vs semantic matching by layer" in out and "No-op check" in out and "Rerun" in out
+    assert "Table 1," not in out and "Direct comparisons" not in out
 
 
 def test_module_entry_point(finished):
