@@ -1,6 +1,6 @@
-"""Run.noop_targets (the Findings page's no-op check): the mass relevant pairs' query and document tokens give [CLS]
-and the separators by layer equals a direct DuckDB computation on head_attention and pairs; without value-weighted
-columns the shares are NaN."""
+"""Run.noop_targets (the no-op check the Findings page and the report read): the mass relevant pairs' query and
+document tokens give [CLS] and the separators by layer equals a direct DuckDB computation on head_attention and pairs;
+without value-weighted columns the shares are NaN."""
 
 from __future__ import annotations
 
