@@ -270,6 +270,27 @@ def table1(t1: pd.DataFrame, contrasts: pd.DataFrame) -> Reading:
                    "hold on this run.", False, cn)
 
 
+def hard_easy(t1: pd.DataFrame, effects: pd.DataFrame) -> Reading | None:
+    """What removing Query->Document does to the ordering against hard negatives (same words, so semantic matching)
+    and against easy ones (lexical matching): the mean per-query change of pairwise accuracy with its bootstrap
+    interval over queries (ranking_effects); None without the condition."""
+    row = table1_rows(t1).get("q_d")
+    found = effects[effects["condition_id"] == row["condition_id"]] if row is not None and len(effects) else effects
+    if row is None or found.empty:
+        return None
+    e = found.iloc[0]
+    n = int(e["n_queries"])
+    hard, easy = float(e["delta_pairwise_hard"]), float(e["delta_pairwise_easy"])
+    said = (f"Removing Query->Document changes pairwise accuracy against hard negatives by "
+            f"{interval(hard, e['delta_pairwise_hard_low'], e['delta_pairwise_hard_high'])} and against easy negatives "
+            f"by {interval(easy, e['delta_pairwise_easy_low'], e['delta_pairwise_easy_high'])} ({queries(n)})")
+    if math.isnan(hard) or math.isnan(easy):
+        return Reading(said + ".", None, n)
+    which = ("more against hard negatives (semantic matching) than against easy ones" if hard < easy else
+             "more against easy negatives (lexical matching) than against hard ones")
+    return Reading(said + f": it hurts the ordering {which}.", None, n)
+
+
 # -- QK alignment vs matching behaviour ----------------------------------------------------------------------------
 def alignment(df: pd.DataFrame) -> Reading:
     """Spearman's rho across heads between QK alignment and the query-level Query->Document effect, per contrast

@@ -126,6 +126,9 @@ if table1 is None or table1.empty:
 else:
     pairs = data.query(run, "condition_contrasts")
     show(findings.table1(table1, pairs))
+    split = findings.hard_easy(table1, data.query(run, "ranking_effects"))
+    if split is not None:
+        show(split)
     removed_qd = findings.table1_rows(table1).get("q_d")
     st.dataframe(findings.paper_table(table1), hide_index=True, key="fnd_table1",
                  column_config={"delta": st.column_config.NumberColumn("delta", format="%+.3f")})

@@ -285,3 +285,21 @@ def test_a_causal_model_gets_no_query_to_document_claim(app, family_store):
     noop = sentence(at, "give [CLS] and the separators")
     assert "nan" not in noop and "(relevant pairs, 3 queries)" in noop
     assert "(causal: each token attends only to earlier ones)" in sentence(at, "This run is tiny-decoder")
+
+
+def test_hard_easy_split_of_removing_query_to_document(pages, sql):
+    """Pairwise accuracy (a tie counts 1/2) against hard and against easy negatives, per query, under q_d removal
+    minus without: the mean over queries is the sentence's."""
+    scores = sql(True, """SELECT s.condition_id, p.qid, p.neg_type, s.score FROM {ablation_scores} s
+                          JOIN {pairs} p USING (pair_id) WHERE s.condition_id IN ('none', 'q_d@all/zero')""")
+
+    def accuracy(g, versus):
+        rel, neg = g[g["neg_type"] == "relevant"]["score"].to_numpy(), g[g["neg_type"] == versus]["score"].to_numpy()
+        return float(((rel[:, None] > neg[None]) + 0.5 * (rel[:, None] == neg[None])).mean())
+
+    text = sentence(pages[True], "changes pairwise accuracy")
+    for versus in ("hard", "easy"):
+        acc = scores.groupby(["qid", "condition_id"]).apply(accuracy, versus).unstack()
+        change = float((acc["q_d@all/zero"] - acc["none"]).mean())
+        assert f"against {versus} negatives by {change:+.3f} [" in text
+    assert "(12 queries): it hurts the ordering more against hard negatives (semantic matching)" in text
