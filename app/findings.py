@@ -3,8 +3,9 @@ per finding, its words chosen by the numbers of the open run (never canned), wit
 run and the number of queries it rests on.
 
 Each function takes the reader's frames (:class:`matching_atlas.Run`: lexical_by_layer, head_contrasts,
-head_ablations, patching_heads, noop_targets, table1, condition_contrasts, alignment_behaviour) and returns a :class:`Reading`; nothing here queries the store or imports
-Streamlit, so tests check the words against direct computations. The rules (what "separates", "few heads" and "no-op"
+head_ablations, patching_heads, noop_targets, table1, condition_contrasts, ranking_effects, alignment_behaviour) and
+returns a :class:`Reading`; nothing here queries the store or imports Streamlit, so tests check the words against
+direct computations. The rules (what "separates", "few heads" and "no-op"
 mean) are the module's constants and are stated in docs/app.md, section Findings.
 """
 

@@ -41,7 +41,7 @@ def missing(*names: str) -> None:
             row = analyses.loc[name]
             if row["command"]:
                 st.caption(f"Not in this run: {escape(row['title'])}. Add it with:")
-                st.code(row["command"], language="bash", wrap_lines=True)
+                st.code(row["command"], language=None, wrap_lines=True)  # no highlighting: store text stays one text
             elif row["note"]:
                 st.caption(f"{escape(row['title'])}: {escape(row['note'])}")
 
@@ -166,7 +166,7 @@ if others:
     link("compare", "Compare runs: this run beside the first other model's", cmp_run=others[0].name)
 else:
     st.caption("A run of another model on the same dataset adds the comparison, e.g.:")
-    st.code(f"python -m precompute --dataset {run.dataset.spec or run.dataset_name} --model MODEL", language="bash",
+    st.code(f"python -m precompute --dataset {run.dataset.spec or run.dataset_name} --model MODEL", language=None,
             wrap_lines=True)
 
 # -- 7. open question 2: components by layer and segment ---------------------------------------------------------------

@@ -90,7 +90,7 @@ if len(addable):
     st.markdown("**Not computed yet:** " + ", ".join(escape(t) for t in addable["title"])
                 + ". This command resumes the run and adds every one of them (the Findings page names the command "
                 "of each):")
-    st.code(data.query(run, "command", **missing_settings(addable["analysis"])), language="bash", wrap_lines=True)
+    st.code(data.query(run, "command", **missing_settings(addable["analysis"])), language=None, wrap_lines=True)
 
 left, right = st.columns(2)
 with left:

@@ -136,7 +136,10 @@ def _load(driver, url: str, title: str, charts: int, timeout: float = 60.0, sett
         running = d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
         return len(drawn) >= charts and not running
 
-    WebDriverWait(driver, timeout, poll_frequency=0.25).until(ready)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # an element found by one poll may be redrawn by a rerun before its size is read: poll again
+    WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(ready)
     time.sleep(settle)  # let a last rerun settle before looking for error boxes
 
 
