@@ -28,6 +28,7 @@ PAGES_DIR = Path(__file__).resolve().parent / "views"
 # (file, title, icon, url path, URL-parameter prefix of the page's own widgets)
 PAGES: list[tuple[str, str, str, str, str]] = [
     ("overview.py", "Overview", ":material/dashboard:", "overview", "ov_"),
+    ("findings.py", "Findings", ":material/lightbulb:", "findings", "fnd_"),
     ("head_atlas.py", "Head atlas", ":material/grid_on:", "head-atlas", "atlas_"),
     ("directions.py", "Directions", ":material/swap_horiz:", "directions", "dir_"),
     ("ablations.py", "Ablations", ":material/content_cut:", "ablations", "abl_"),

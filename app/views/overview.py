@@ -1,4 +1,5 @@
-"""Overview: model (and its family: segment meanings, template, answer tokens) and dataset of the run, counts by
+"""Overview: provenance of the run (judged pairs skipped and why, queries used, the analyses present and the command
+that adds each missing one), model (and its family: segment meanings, template, answer tokens) and dataset, counts by
 negative type and grade, nDCG@10, score distributions."""
 
 from __future__ import annotations
@@ -10,6 +11,16 @@ from app.family import labels_of
 from app.text import code, escape
 from app.slice import neg_order
 from precompute.names import SCORE_KINDS, SEGMENTS
+
+JUDGED_KINDS = ("relevant", "hard")  # judged for the query (grade >= 1, grade 0); easy negatives are not
+
+
+def missing_settings(names) -> dict:
+    """The job settings that add the analyses ``names`` of ``Run.analyses()`` (``ablations:<set>``,
+    ``patching:<experiment>``; spectra and head statistics come with any resumed job)."""
+    sets = tuple(n.split(":", 1)[1] for n in names if n.startswith("ablations:"))
+    experiments = tuple(n.split(":", 1)[1] for n in names if n.startswith("patching:"))
+    return {**({"ablations": sets} if sets else {}), **({"patching": experiments} if experiments else {})}
 
 ctx, run = ui.require_run()
 sl = ctx.slice
@@ -36,6 +47,50 @@ c[3].metric("nDCG@10 of the slice", f"{ndcg['ndcg'].mean():.4f}" if len(ndcg) el
                  "over the same pairs).")
 c[4].metric("nDCG@10 (manifest)", f"{manifest_ndcg:.4f}" if isinstance(manifest_ndcg, (int, float)) else "n/a",
             help="ir_measures over all pairs of the run and the qrels, as computed by the precompute job.")
+
+st.subheader("Provenance")
+counts_of = man.counts
+kept = {k: int(v) for k, v in (counts_of.neg_type or {}).items()}
+skipped = {k: int(v) for k, v in (counts_of.skipped or {}).items()}
+judged_kept = sum(kept.get(k, 0) for k in JUDGED_KINDS)
+judged_skipped = sum(skipped.get(k, 0) for k in JUDGED_KINDS)
+if judged_skipped:
+    st.warning(
+        f"**{judged_skipped:,} of {judged_kept + judged_skipped:,} judged pairs were skipped** because their passage "
+        "text is missing from the collection ("
+        + ", ".join(f"{k} {skipped.get(k, 0):,}" for k in JUDGED_KINDS) + f"): the model scores, nDCG@10 and every "
+        f"statistic of this run rest on the {judged_kept:,} judged pairs kept.", icon=":material/warning:")
+elif skipped:
+    st.markdown("No judged pair was skipped: every judged passage of the run's queries has its text.")
+else:
+    st.markdown("The manifest records no skipped pairs (a run written before the job counted them).")
+if skipped.get("easy"):
+    st.markdown(f"{skipped['easy']:,} easy negatives drawn had no passage text and were skipped.")
+params = man.parameters or {}
+max_queries = params.get("max_queries")
+source = (f"the top {escape(params.get('depth', '?'))} candidates of {code(params['candidates'])} per query"
+          if params.get("candidates") else
+          f"the judged passages plus {escape(params.get('easy_negatives', '?'))} easy negatives per query")
+st.markdown(
+    f"**{counts_of.queries if counts_of.queries is not None else n_queries:,} queries used**"
+    + (f" (the first {escape(max_queries)} judged queries of the dataset: {code(f'--max-queries {max_queries}')})"
+       if max_queries else " (every judged query of the dataset)") + f"; pairs: {source}.")
+for experiment, n in ((man.patching.skipped if man.patching else None) or {}).items():
+    if n:
+        st.markdown(f"Patching {code(experiment)}: {int(n):,} drawn run pairs left out for want of aligned inputs "
+                    "(docs/patching.md).")
+analyses = data.query(run, "analyses")
+present = analyses[analyses["present"]]
+st.markdown("**Analyses in this run:** " + (", ".join(escape(t) for t in present["title"]) or "none"))
+absent = analyses[~analyses["present"]]
+addable = absent[absent["command"].notna()]
+for row in absent[absent["command"].isna() & absent["note"].notna()].itertuples():
+    st.markdown(f"**Cannot be computed for this model:** {escape(row.title)} ({escape(row.note)}).")
+if len(addable):
+    st.markdown("**Not computed yet:** " + ", ".join(escape(t) for t in addable["title"])
+                + ". This command resumes the run and adds every one of them (the Findings page names the command "
+                "of each):")
+    st.code(data.query(run, "command", **missing_settings(addable["analysis"])), language=None, wrap_lines=True)
 
 left, right = st.columns(2)
 with left:
@@ -67,7 +122,6 @@ with left:
                    "(NULL in the store, shown as 'not possible (causal)').")
 with right:
     st.subheader("Dataset")
-    params = man.parameters
     st.markdown(
         f"**{escape(run.dataset_name)}** · {code(run.dataset.spec or '?')} · max length "
         f"{escape(params.get('max_length', '?'))} · {escape(params.get('easy_negatives', '?'))} easy negatives per "

@@ -15,6 +15,12 @@ schema-version-1 manifest without any family field. Component and QK-subspace co
 activation-patching experiments are written with the optional tables; ``subspace_effects`` is DuckDB running the
 store's view of that name over them.
 
+``findings`` ('hold' or 'fail', bert family): the Findings page's stores. 'hold': exact-match Query->Document mass
+separates judged passages from easy negatives from layer 0 and the rest of the mass separates relevant passages only in
+a few heads of the last layer; removing Query->Document costs more than Document->Query; the heads' QK alignment
+follows their effect; MLP blocks matter; a QK-subspace removal changes its head's Query->Document mass more than any
+other direction and costs nDCG. 'fail': each the other way (or absent).
+
 ``legacy=True`` (and every ``v1`` run) writes the layout of stores before head_attention was partitioned: one
 head_attention file, no stored subspace_effects (the app computes it).
 """
@@ -112,9 +118,10 @@ def build_run(
     legacy: bool = False,
     without_kinds: tuple[str, ...] = (),
     aligned: bool = False,
+    findings: str | None = None,
 ) -> Path:
-    """Write one run folder ``<store>/<dataset>__<model>`` and return it (``family``, ``legacy``: see the module
-    doc)."""
+    """Write one run folder ``<store>/<dataset>__<model>`` and return it (``family``, ``legacy``, ``findings``: see
+    the module doc)."""
     causal = family == "causal"
     legacy = legacy or family == "v1"
     rng = np.random.default_rng(seed)
@@ -179,6 +186,8 @@ def build_run(
     ha["q_d_other"] = (ha["q_d"] - ha["q_d_exact"]).astype(np.float32)
     if causal:
         ha["q2d_max"] = np.float32(np.nan)  # measures Query->Document, which does not exist
+    if findings is not None:
+        _shape_findings(ha, pairs, layers, np.random.default_rng(seed + 99), holds=findings == "hold")
     if legacy:  # as RunWriter.write_table wrote it then: one file
         data = pa.Table.from_pandas(ha, preserve_index=False).sort_by([(k, "ascending") for k in ("layer", "head", "pair_id")])
         write_parquet(TABLES["head_attention"], data, root / "head_attention.parquet", w.identity)
@@ -205,8 +214,9 @@ def build_run(
     refused: list[str] = []
     if optional:
         refused = _write_ablations(w, pairs, ha, layers, heads, rng, causal=causal, effects=not legacy,
-                                   without_kinds=without_kinds, aligned=aligned)
-        _write_svd(w, layers, heads, rng)
+                                   without_kinds=without_kinds, aligned=aligned, findings=findings)
+        _write_svd(w, layers, heads, rng, alignment=None if findings is None else
+                   _alignment_scores(ha, pairs, holds=findings == "hold"))
         _write_contrasts(w, pairs, ha)
         _write_component_means(w, layers, rng)
         _write_patching(w, pairs, layers, heads, rng)
@@ -245,11 +255,13 @@ def build_run(
 
 def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers: int, heads: int, rng, *,
                      causal: bool = False, effects: bool = True, without_kinds: tuple[str, ...] = (),
-                     aligned: bool = False) -> list[str]:
+                     aligned: bool = False, findings: str | None = None) -> list[str]:
     """Direction, group, layer-sweep, head, component and QK-subspace conditions (with ``aligned``, also the subspace
     heads' two most aligned components removed: qk:L.H:a2/remove; but none of ``without_kinds``; and,
     with ``effects``, the stored subspace_effects); returns the refused ids (causal: direction conditions that remove
-    only directions the model cannot attend)."""
+    only directions the model cannot attend). ``findings`` ('hold', 'fail'): the effects of the module doc's findings
+    stores."""
+    fails = findings == "fail"
     def cond(condition_id: str, effect: float, **groups) -> dict:
         """A condition's ablation_conditions row (parsed by its kind, as the job writes it) and its effect."""
         parsed = C.parse(condition_id, groups={k: tuple(v) for k, v in groups.items()} or None)
@@ -258,9 +270,12 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
     conds = [cond("none", 0.0)]
     directions = ("d_q", "q_cls", "d_cls", "sep2_d") if causal else ("q_d", "d_q", "q_cls", "d_sep2")
     refused = ["d_sep2@all/zero", "q_d@all/zero"] if causal else []
+    paper = {"q_d": 0.0 if fails else -2.0, "d_q": -2.0 if fails else 0.0} if findings else {"q_d": -1.5, "d_q": -1.5}
     for d in directions:
-        conds.append(cond(f"{d}@all/zero", -1.5 if d in ("q_d", "d_q") else -0.3))
+        conds.append(cond(f"{d}@all/zero", paper.get(d, -0.3)))
     conds.append(cond("cross@all/zero", -2.0))
+    if findings:
+        conds.append(cond("all@all/zero", -3.0))
     sweep = "d_q" if causal else "q_d"
     for layer in range(layers):
         conds.append({**cond(f"{sweep}@{layer}/zero", -0.4 * (layer + 1)), "kind": "layer_sweep"})
@@ -271,14 +286,17 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
         for comp in ("mlp", "attn"):
             for seg in (None, "cls", "q", "d"):
                 conds.append(cond(f"{comp}@{layer}{'' if seg is None else ':' + seg}/mean",
-                                  -(0.8 if comp == "mlp" and seg in (None, "cls") else 0.1) * (layer + 1) / layers))
+                                  0.0 if fails else
+                                  -((6.0 if findings else 0.8) if comp == "mlp" and seg in (None, "cls") else 0.1)
+                                  * (layer + 1) / layers))
     conds.append(cond(f"attn@0-{layers - 1}/zero", -3.0))
     # QK-subspace: two heads x k 1, 2 x remove / scale=2
     sub_heads = [(layers - 1, 1), (0, 0)]
     for layer, head in sub_heads:
         for k in (1, 2):
             for op in ("remove", "scale=2"):
-                conds.append(cond(f"qk:{layer}.{head}:k{k}/{op}", -0.6 * k if op == "remove" else 0.2))
+                conds.append(cond(f"qk:{layer}.{head}:k{k}/{op}",
+                                  0.0 if fails else (-3.0 if findings else -0.6) * k if op == "remove" else 0.2))
         if aligned:
             conds.append(cond(f"qk:{layer}.{head}:a2/remove", -0.9))
     conds = [c for c in conds if c["kind"] not in without_kinds]
@@ -337,7 +355,8 @@ def _write_ablations(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame, layers
     for c in ("t", "p", "p_holm", "factor"):
         adf[c] = pd.array(adf[c], dtype="Float64")
     w.write_table("ablation_summary", pa.Table.from_pandas(adf, preserve_index=False))
-    _write_subspace_metrics(w, ha, [c for c in conds if c["kind"] in ("subspace", "subspace_aligned")])
+    _write_subspace_metrics(w, ha, [c for c in conds if c["kind"] in ("subspace", "subspace_aligned")],
+                            findings=findings)
     if effects:
         _write_subspace_effects(w)
     return refused
@@ -354,24 +373,32 @@ def _write_subspace_effects(w: RunWriter) -> None:
         con.close()
 
 
-def _write_subspace_metrics(w: RunWriter, ha: pd.DataFrame, conds: list[dict]) -> None:
+def _write_subspace_metrics(w: RunWriter, ha: pd.DataFrame, conds: list[dict], findings: str | None = None) -> None:
     """Each subspace condition's head on every pair: Query->Document falls when its top-k components are removed
-    (more for larger k) and rises when they are scaled; the mass goes to (comes from) Query->Query."""
+    (more for larger k) and rises when they are scaled; the mass goes to (comes from) Query->Query (findings 'hold':
+    spread over the four other targets of the query; 'fail': Query->Document barely changes, Document->Document
+    grows by half)."""
     out = []
     for c in conds:
         rows = ha[(ha["layer"] == c["layer"]) & (ha["head"] == c["head"])].copy()
         factor = 1 - 0.3 * c["k"] if c["operation"] == "remove" else 1.2
+        if findings == "fail":
+            factor = 0.95
         if rows["q_d"].notna().any():
             moved = rows["q_d"] * (1 - factor)
             rows["q_d"] = rows["q_d"] * factor
-            rows["q_q"] = rows["q_q"] + moved
+            if findings == "hold":
+                for t in ("q_cls", "q_q", "q_sep1", "q_sep2"):
+                    rows[t] = rows[t] + moved / 4
+            else:
+                rows["q_q"] = rows["q_q"] + moved
             rows["q_d_exact"] = rows["q_d_exact"] * factor
             rows["q_d_other"] = rows["q_d"] - rows["q_d_exact"]
         else:  # a causal model: its matching runs Document->Query
             moved = rows["d_q"] * (1 - factor)
             rows["d_q"] = rows["d_q"] * factor
             rows["d_d"] = rows["d_d"] + moved
-        rows["d_d"] = rows["d_d"] * 1.01  # a small change elsewhere: the largest "other" direction
+        rows["d_d"] = rows["d_d"] * (1.5 if findings == "fail" else 1.01)  # the largest "other" direction
         for m in METRICS:  # masses stay masses (the schema bounds them to [0, 1])
             rows[m] = rows[m].clip(0, 1)
         rows.insert(0, "condition_id", c["condition_id"])
@@ -477,14 +504,16 @@ def _write_patching_summary(w: RunWriter, effects: pa.Table, pp: pd.DataFrame) -
     w.write_table("patching_summary", columns_table(summary_columns(rows, settings)))
 
 
-def _write_svd(w: RunWriter, layers: int, heads: int, rng) -> None:
+def _write_svd(w: RunWriter, layers: int, heads: int, rng, alignment: dict | None = None) -> None:
+    """Random spectra; ``alignment`` ((layer, head) -> value) gives every component of a head that alignment (so the
+    head's alignment score, view head_alignment, is that value)."""
     rows = []
     for layer in range(layers):
         for head in range(heads):
             sig = np.sort(rng.gamma(2.0, 1.0, 8))[::-1]
             for k, s in enumerate(sig):
-                rows.append(dict(layer=layer, head=head, kv_head=head, k=k, sigma=float(s),
-                             alignment=float(rng.uniform(-1, 1))))
+                a = float(rng.uniform(-1, 1)) if alignment is None else float(alignment[(layer, head)])
+                rows.append(dict(layer=layer, head=head, kv_head=head, k=k, sigma=float(s), alignment=a))
     w.write_table("svd", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
 
 
@@ -518,6 +547,56 @@ def _write_contrasts(w: RunWriter, pairs: pd.DataFrame, ha: pd.DataFrame) -> Non
         df[column] = pd.array(df[column], dtype="Float64")
     schema = TABLES["head_contrasts"].schema
     w.write_table("head_contrasts", pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False))
+
+
+MATCHING_HEADS = (1, 2)  # findings 'hold': the heads of the last layer that carry Query->Document matching
+
+
+def _shape_findings(ha: pd.DataFrame, pairs: pd.DataFrame, layers: int, rng, *, holds: bool) -> None:
+    """Rewrite the Query->Document masses (q_d = q_d_exact + q_d_other; the query's other targets rescaled so its row
+    still sums to 1) so that the paper's findings hold or fail (module doc)."""
+    kind = pairs["neg_type"].to_numpy()[ha["pair_id"].to_numpy()]
+    rel, lexical = kind == "relevant", kind != "easy"  # judged passages share the query's words, easy ones do not
+    layer, head, n = ha["layer"].to_numpy(), ha["head"].to_numpy(), len(ha)
+    if holds:  # exact matches separate from layer 0; the rest only in a few heads of the last layer
+        exact = 0.05 + rng.uniform(0, 0.1, n) + 0.04 * lexical
+        other = 0.05 + rng.uniform(0, 0.1, n) + 0.3 * (rel & (layer == layers - 1) & np.isin(head, MATCHING_HEADS))
+    else:  # exact matches never separate; the rest everywhere, in every head
+        exact = 0.08 + rng.uniform(0, 0.1, n) - 0.03 * rel
+        other = 0.05 + rng.uniform(0, 0.1, n) + 0.2 * rel
+    if not holds:  # value-weighted shares (when the schema has them): [CLS] and SEP contribute more than attended
+        for src in ("q", "d"):
+            shares = [f"vw_{src}_{dst}" for dst in SEGMENTS]
+            if all(c in ha.columns for c in shares):
+                weighted = ha[[f"{src}_{dst}" for dst in SEGMENTS]].to_numpy() * np.array([3.0, 1.0, 3.0, 1.0, 3.0])
+                weighted /= weighted.sum(axis=1, keepdims=True)
+                for j, c in enumerate(shares):
+                    ha[c] = weighted[:, j].astype(np.float32)
+    q_d = exact + other
+    rest = [f"q_{d}" for d in SEGMENTS if d != "d"]
+    scale = (1 - q_d) / ha[rest].sum(axis=1).to_numpy()
+    for c in rest:
+        ha[c] = (ha[c] * scale).astype(np.float32)
+    ha["q_d"], ha["q_d_exact"], ha["q_d_other"] = (v.astype(np.float32) for v in (q_d, exact, other))
+
+
+def _alignment_scores(ha: pd.DataFrame, pairs: pd.DataFrame, *, holds: bool) -> dict:
+    """Per head, its mean Query->Document difference relevant - easy (holds: the alignment score follows it; fails:
+    it runs against it)."""
+    kind = pairs["neg_type"].to_numpy()[ha["pair_id"].to_numpy()]
+    frame = ha.assign(kind=kind)
+    means = frame[frame["kind"].isin(("relevant", "easy"))].groupby(["layer", "head", "kind"])["q_d"].mean().unstack()
+    diff = (means["relevant"] - means["easy"]) / (means["relevant"] - means["easy"]).abs().max()
+    return {key: (1 if holds else -1) * float(v) for key, v in diff.items()}
+
+
+def build_findings_store(store: Path, *, holds: bool) -> Path:
+    """The Findings page's stores: a full run of 12 queries built so that every finding of the paper holds
+    (``holds``), with a second model's run on the same dataset, or so that each fails, alone."""
+    build_run(store, model="tiny-ce", n_queries=12, seed=7, findings="hold" if holds else "fail")
+    if holds:
+        build_run(store, model="other-ce", layers=2, heads=2, n_queries=3, seed=8, optional=False)
+    return Path(store)
 
 
 def build_store(store: Path) -> Path:

@@ -7,6 +7,7 @@ and selenium; skipped, with the reason, when they are absent.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 # url path, title on the page, charts it must draw
 PAGES = [
     ("", "Overview", 1),
+    ("findings", "Findings", 3),
     ("head-atlas", "Head atlas", 3),
     ("directions", "Attention directions", 2),
     ("ablations", "Ablations", 3),
@@ -138,7 +140,10 @@ def _wait_ready(driver, title: str, charts: int, timeout: float = 60.0, settle: 
         running = d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
         return len(drawn) >= charts and not running
 
-    WebDriverWait(driver, timeout, poll_frequency=0.25).until(ready)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # an element found by one poll may be redrawn by a rerun before its size is read: poll again
+    WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(ready)
     time.sleep(settle)  # let a last rerun settle before looking for error boxes
 
 
@@ -227,6 +232,46 @@ def test_hostile_store_text_renders_as_text(driver, hostile_server, path, title,
     _load(driver, f"{hostile_server}/{path}?run={urllib.parse.quote(HOSTILE_FOLDER)}", title, 0)
     assert "evil" in driver.find_element(By.TAG_NAME, "body").text
     assert not _live_hostile(driver), _live_hostile(driver)
+
+
+@pytest.mark.parametrize("run, charts", [(None, 3), (DL20, 3), (SMALL, 2)], ids=["default run", "full run", "no analyses"])
+def test_findings_page_on_each_run(driver, server, run, charts):
+    """The Findings page on the run the app opens by default, on the full run (components, subspace, patching) and on
+    a run without optional tables (its sections print the commands that add them): sentences, charts, no error box."""
+    from selenium.webdriver.common.by import By
+
+    _load(driver, f"{server}/findings" + (f"?run={run}" if run else ""), "Findings", charts)
+    errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ERROR_BOX)]
+    assert not errors, errors
+    page = driver.find_element(By.CSS_SELECTOR, "section.stMain, [data-testid='stMain']").text
+    assert "Exact-match mass" in page and "give [CLS] and the separators" in page
+    if run == SMALL:
+        assert "python -m precompute" in page
+
+
+def test_a_findings_link_opens_its_page_at_its_head(driver, server):
+    """The matching-heads section's link lands on the Head atlas at the strongest head, relevant minus easy."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _load(driver, f"{server}/findings?run={DL20}", "Findings", 3)
+    links = [e for e in driver.find_elements(By.CSS_SELECTOR, "a[data-testid='stPageLink-NavLink']")
+             if "Head atlas: head " in e.text]
+    assert links, "no Head atlas link on the Findings page"
+    head = re.search(r"Head atlas: head (\d+\.\d+),", links[0].text).group(1)
+    driver.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", links[0])
+    try:
+        WebDriverWait(driver, 30, poll_frequency=0.25).until(
+            lambda d: "/head-atlas" in d.current_url and f"atlas_head={head}" in d.current_url
+            and "atlas_view=relevant_vs_easy" in d.current_url)
+        WebDriverWait(driver, 30, poll_frequency=0.25).until(
+            lambda d: any(f"Head {head}:" in (e.get_attribute("textContent") or "")
+                          for e in d.find_elements(By.CSS_SELECTOR, ".vega-embed")))
+    except TimeoutException:
+        pytest.fail(f"the link to head {head} landed on {driver.current_url}")
+    main = driver.find_element(By.CSS_SELECTOR, "section.stMain, [data-testid='stMain']").text
+    assert "relevant minus easy negatives" in main.lower() or "Relevant - easy negatives" in main
 
 
 def test_shared_link_restores_the_view(driver, server):

@@ -15,7 +15,7 @@ from tests.app.conftest import DL20
 from tests.app.synthetic import HOSTILE, HOSTILE_FOLDER, HOSTILE_PIECES, HOSTILE_PLAIN, build_hostile_store
 from tests.app.test_hardening import page
 
-PAGES = ["overview", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
+PAGES = ["overview", "findings", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
 LINK = HOSTILE_PIECES["link"][0]
 
 

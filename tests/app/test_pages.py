@@ -15,7 +15,7 @@ from precompute.statistics import MIN_QUERIES
 from precompute.store.schema import SCHEMA_VERSION
 from tests.app.conftest import DL19, DL20, SMALL
 
-PAGES = ["overview", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
+PAGES = ["overview", "findings", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def test_every_page_renders(app, store, run):
 
 def test_full_run_pages_draw_charts(app, store):
     at = app(store, run=DL20)
-    expected = {"overview": 1, "head_atlas": 3, "directions": 2, "ablations": 5, "patching": 3, "spectra": 4,
+    expected = {"overview": 1, "findings": 5, "head_atlas": 3, "directions": 2, "ablations": 5, "patching": 3, "spectra": 4,
                 "pair_explorer": 2, "compare": 4}
     for page, n in expected.items():
         at.switch_page(f"views/{page}.py").run()
