@@ -21,7 +21,6 @@ from precompute.statistics import ALPHA, MIN_QUERIES, fmt_p, stars
 # The paper's MonoBERT Table 1 (nDCG@10 on TREC DL; * significant): the values shown beside the run's.
 PAPER_TABLE1 = {"none": ("0.81", "baseline"), "d_q": ("0.81", "Document->Query removed"),
                 "q_d": ("0.67*", "Query->Document removed"), "all": ("0.48*", "every direction removed")}
-VALUE_WEIGHTED_SCHEMA = 7  # the store schema version that brought the value-weighted shares (precompute.store.schema)
 FEW_HEADS = 0.25  # "few heads carry the matching": at least one and at most this share of the heads significant
 TABLE1_MODE = "zero"  # the paper's ablation: attention weights set to zero
 

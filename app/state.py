@@ -7,8 +7,9 @@ Pattern for every widget that belongs in the URL::
     state.publish("atlas_metric", default="q_d")
 
 ``bind`` gives the widget its value before it is drawn: the value it had when the user last saw
-this page (pages' widgets are dropped from the session when another page runs), else the URL's,
-else the default. ``publish`` writes the value into the URL (or removes it when it is the default)
+this page (pages' widgets are dropped from the session when another page runs) unless the URL now asks
+for another one than the page last wrote there (a link from another page), else the URL's, else the
+default. ``publish`` writes the value into the URL (or removes it when it is the default)
 and keeps it for the next visit. Page-specific keys start with the page's prefix (``atlas_``,
 ``dir_``, ...); ``prune_params`` drops the other pages' keys from the URL on a page switch.
 """
@@ -27,6 +28,18 @@ def _kept(key: str) -> str:
     return f"_kept_{key}"
 
 
+def _published(key: str) -> str:
+    return f"_published_{key}"
+
+
+def _link_asks(key: str, param: str) -> bool:
+    """Whether the URL holds a value for ``param`` that this session did not write there: a link (from another page
+    of the app, or pasted) asks for it, and it wins over the value kept from the page's last visit."""
+    if param not in st.query_params or key in st.session_state:
+        return False
+    return st.query_params[param] != st.session_state.get(_published(key))
+
+
 def bind(
     key: str,
     default: Any,
@@ -39,7 +52,7 @@ def bind(
     param = param or key
     if key in st.session_state:
         value = st.session_state[key]
-    elif _kept(key) in st.session_state:
+    elif _kept(key) in st.session_state and not _link_asks(key, param):
         value = st.session_state[_kept(key)]
     elif param in st.query_params:
         try:
@@ -62,7 +75,7 @@ def asked(key: str, *, param: str | None = None) -> str | None:
     """The URL's value for ``key`` when the widget takes it from the URL on this run (a link just opened), else None:
     call before :func:`bind`, compare after it, and say so when a link asked for a value the page cannot show."""
     param = param or key
-    if key in st.session_state or _kept(key) in st.session_state:
+    if key in st.session_state or (_kept(key) in st.session_state and not _link_asks(key, param)):
         return None
     return st.query_params.get(param)
 
@@ -72,7 +85,9 @@ def publish(key: str, *, param: str | None = None, fmt: Callable[[Any], str] = s
     param = param or key
     value = st.session_state.get(key)
     st.session_state[_kept(key)] = value
-    set_param(param, None if (default is not MISSING and value == default) else fmt(value))
+    shown = None if (default is not MISSING and value == default) else fmt(value)
+    st.session_state[_published(key)] = shown or None
+    set_param(param, shown)
     return value
 
 

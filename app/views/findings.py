@@ -11,8 +11,9 @@ import streamlit as st
 
 from app import charts, charts_findings, data, findings, open_questions, ui
 from app.family import labels_of
-from app.findings import VALUE_WEIGHTED_SCHEMA, Reading
+from app.findings import Reading
 from app.text import code, escape
+from precompute.analyses.value_weighted import SINCE_SCHEMA
 from precompute.names import PATCHING_EXPERIMENTS
 from precompute.statistics import FEW_QUERIES_WARNING
 
@@ -107,7 +108,7 @@ else:
 st.header("[CLS] and [SEP] as no-op targets")
 targets = data.query(run, "noop_targets")
 shares_note = (f"Whether they are no-ops needs the value-weighted shares (vw_<src>_<dst>), which the summary pass "
-               f"stores from store schema version {VALUE_WEIGHTED_SCHEMA}; this run is version "
+               f"stores from store schema version {SINCE_SCHEMA}; this run is version "
                f"{run.manifest.schema_version}: a new run of this checkout's precompute into a new folder computes them.")
 reading = findings.noop(targets, shares_note)
 show(reading)

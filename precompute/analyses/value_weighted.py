@@ -13,6 +13,7 @@ import numpy as np
 
 from precompute.analyses.lexical_layers import KINDS, interval, layer_means
 
+SINCE_SCHEMA = 7  # the store schema version whose summary pass stores the shares (precompute.store.schema)
 SOURCES = ("q", "d")  # the tokens whose attention is read: query and document
 TARGETS = {"cls": ("cls",), "sep": ("sep1", "sep2")}  # 'sep': both separators together
 RELEVANT = KINDS.index("relevant")
