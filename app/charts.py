@@ -238,8 +238,9 @@ def segment_matrices(df: pd.DataFrame, *, title: str, value_title: str = "Attent
     d["panel"] = "head " + d["head"].astype(int).astype(str)
     order = list(labels.names)
     base = alt.Chart().encode(
-        x=alt.X("to:N", sort=order, title="Attended segment", axis=alt.Axis(labelAngle=-45, labelOverlap=False)),
-        y=alt.Y("from:N", sort=order, title="Attending segment", axis=alt.Axis(labelOverlap=False)),
+        # vertical names: a 30 px column keeps five of them apart (at -45 degrees 'SEP1' and 'Document' overlapped)
+        x=alt.X("to:N", sort=order, title="Attended segment", axis=band_axis(labelAngle=-90, labelLimit=80)),
+        y=alt.Y("from:N", sort=order, title="Attending segment", axis=band_axis(labelLimit=80)),
     ).transform_filter("isValid(datum.value) && isFinite(datum.value)")
     rect = base.mark_rect().encode(
         color=alt.Color("value:Q", title=value_title, scale=alt.Scale(scheme=SEQUENTIAL, domain=[0, 1])),

@@ -6,27 +6,14 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from app.charts import color_scale
+from app.charts import LAYER_AXIS, effect_intervals
 
 
 def estimates(df: pd.DataFrame, *, title: str, x_title: str, y_title: str) -> alt.Chart:
     """Columns ``item``, ``estimate``, ``low``, ``high``, ``n_queries``: a point and its interval per row, largest
-    first, every row labelled (one 18 px step per row), around a zero line."""
-    d = df[["item", "estimate", "low", "high", "n_queries"]].copy()
-    d["item"] = d["item"].astype(str)
-    order = list(d.sort_values("estimate", ascending=False)["item"])
-    tips = [alt.Tooltip("item:N", title=y_title), alt.Tooltip("estimate:Q", format="+.4f"),
-            alt.Tooltip("low:Q", title="95% CI low", format="+.4f"),
-            alt.Tooltip("high:Q", title="95% CI high", format="+.4f"), alt.Tooltip("n_queries:Q", title="queries")]
-    y = alt.Y("item:N", sort=order, title=y_title, axis=alt.Axis(labelOverlap=False))
-    base = alt.Chart(d).encode(y=y, tooltip=tips)
-    rule = base.mark_rule(strokeWidth=2, color="#555555").encode(x=alt.X("low:Q", title=x_title), x2="high:Q")
-    point = base.mark_point(filled=True, size=60).encode(
-        x=alt.X("estimate:Q", title=x_title),
-        color=alt.Color("estimate:Q", title=x_title, scale=color_scale(d["estimate"], diverging=True)))
-    zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="gray", strokeDash=[4, 4]).encode(
-        x=alt.X("x:Q", title=x_title))
-    return alt.layer(zero, rule, point).properties(title=title, height=alt.Step(18))
+    first, every row labelled (:func:`app.charts.effect_intervals`), the queries in the tooltip."""
+    return effect_intervals(df, title=title, x_title=x_title, label="item", value="estimate", low="low", high="high",
+                            y_title=y_title, counts={"n_queries": "queries"})
 
 
 def mass_and_share(df: pd.DataFrame, *, title: str) -> alt.Chart:
@@ -38,12 +25,12 @@ def mass_and_share(df: pd.DataFrame, *, title: str) -> alt.Chart:
     long = long.assign(source_label=long["source"].map(words), target_label=long["target"].map(words))[
         ["source_label", "target_label", "layer", "measure", "value", "n_queries"]]
     line = alt.Chart().mark_line(point=True).encode(
-        x=alt.X("layer:O", title="Layer", axis=alt.Axis(labelAngle=0)),
+        x=alt.X("layer:Q", title="Layer", axis=LAYER_AXIS),  # a number line, as every per-layer chart (app.charts)
         y=alt.Y("value:Q", title="Share of the source's attention / output", axis=alt.Axis(format="%")),
         color=alt.Color("target_label:N", title="Target"),
         strokeDash=alt.StrokeDash("measure:N", title=None),
         tooltip=[alt.Tooltip("source_label:N", title="source"), alt.Tooltip("target_label:N", title="target"),
-                 alt.Tooltip("layer:O"), alt.Tooltip("measure:N"), alt.Tooltip("value:Q", format=".1%"),
+                 alt.Tooltip("layer:Q"), alt.Tooltip("measure:N"), alt.Tooltip("value:Q", format=".1%"),
                  alt.Tooltip("n_queries:Q", title="queries")])
     return (alt.layer(line, data=long).properties(width=280, height=180)
             .facet(column=alt.Column("source_label:N", title=None)).properties(title=title))

@@ -25,7 +25,7 @@ import pytest
 from app import charts as C
 from tests.app.conftest import DL20, SMALL
 
-PAGES = ["overview", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
+PAGES = ["overview", "findings", "head_atlas", "directions", "ablations", "patching", "spectra", "pair_explorer", "sql", "compare"]
 SIZE = {"x": "width", "y": "height"}
 
 
