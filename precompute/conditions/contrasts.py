@@ -31,5 +31,12 @@ def with_default(*texts: str | None) -> list[tuple[str, str]]:
 
 
 def normalise(items: tuple[str, ...]) -> tuple[str, ...]:
-    """The declared setting's items checked and written one way (``a:b``)."""
-    return tuple(f"{a}:{b}" for a, b in parse_contrasts(",".join(items)))
+    """The declared setting's items checked and written one way (``a:b``); the settings framework names the flag and
+    the value in its error, so the message here is what was expected."""
+    pairs = []
+    for item in items:
+        try:
+            pairs += parse_contrasts(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not {EXPECTED}") from None
+    return tuple(dict.fromkeys(f"{a}:{b}" for a, b in pairs))
