@@ -40,7 +40,8 @@ def main() -> int:
         run()
     rounds, cpu = [], []
     for _ in range(args.repeats):
-        rounds.append({}), cpu.append({})
+        rounds.append({})
+        cpu.append({})
         for name, run in passes.items():
             start = time.process_time()  # this process's CPU seconds, all threads: what the pass costs under any load
             rounds[-1][name] = timed(run, lm.device)

@@ -148,13 +148,6 @@ def resolve(name: str, conditions: Sequence[dict]) -> list[dict]:
     return exact or [c for c in conditions if c["condition"] == name and c["layers"] == "all"]
 
 
-def _pair_of(row: dict) -> tuple[str, str] | None:
-    """The direction pair a missing row's title names (``q_d vs d_q``): left out when another pair of conditions of
-    the run (user groups removing the same directions) already gives that contrast its title."""
-    a, _, b = row["title"].partition(" vs ")
-    return a, b
-
-
 def compare_conditions(pairs: Sequence[tuple[str, str]], conditions: Sequence[dict], measure_values: dict[str, dict],
                        effects: RankingEffects, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[dict]:
     """One row per (a, b) contrast (per mode when a name covers both): the per-query difference a - b of the stored
@@ -169,7 +162,8 @@ def compare_conditions(pairs: Sequence[tuple[str, str]], conditions: Sequence[di
         a_all, b_all = resolve(a_name, conditions), resolve(b_name, conditions)
         title = f"{a_name} vs {b_name}"
         if not a_all or not b_all:
-            rows.append({"title": title, "missing": a_name if not a_all else b_name})
+            rows.append({"title": title, "missing": a_name if not a_all else b_name,
+                         "titled": CONTRAST_TITLES.get((a_name, b_name))})  # the title it would carry
             continue
         for a in a_all:
             b = next((c for c in b_all if c["mode"] == a["mode"]), b_all[0])
@@ -185,7 +179,9 @@ def compare_conditions(pairs: Sequence[tuple[str, str]], conditions: Sequence[di
                          "b": b["condition_id"], "n_queries": len(qids), "measure_diff": float((x - y).mean()) if len(qids) else math.nan,
                          "t": t, "p": p, **{s: (e, lo, hi) for s, e, lo, hi in zip(STATISTICS, est, low, high)}})
     titled = {r["title"] for r in rows if "missing" not in r}
-    rows = [r for r in rows if not ("missing" in r and CONTRAST_TITLES.get(_pair_of(r)) in titled)]
+    rows = [r for r in rows if "missing" not in r or r["titled"] not in titled]
+    for r in rows:
+        r.pop("titled", None)
     tested = [r for r in rows if "missing" not in r]
     for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
         r["p_holm"] = None if math.isnan(adjusted) else float(adjusted)
