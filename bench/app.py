@@ -10,9 +10,9 @@ groups of 65,536 rows that never hold two heads, written by the job's own writer
 table of the store schema at a matching size: 348 ablation conditions (96 component and 40 QK-subspace ones among
 them, the latter with 40 x 720,896 subspace_head_metrics rows and their subspace_effects), and activation patching
 of 20,000 tfc1 and 20,000 cls patch pairs (12 layers x (12 heads + 18 components) and 12 x (12 heads + 3
-components): 10,800,000 patching_effects rows). decoder_cross_attention (MonoT5 only) is not generated. It is
-computed by DuckDB (``SELECT ... FROM range(...)``) and streamed into checksummed Parquet files that carry the run's
-identity, as the job writes its tables (so the app verifies it as it would a real run: bench/verify.py times that);
+components): 10,800,000 patching_effects rows, and their patching_summary, whose moments are the effects' own).
+decoder_cross_attention (MonoT5 only) is not generated. It is computed by DuckDB (``SELECT ... FROM range(...)``)
+and streamed into checksummed Parquet files that carry the run's identity, as the job writes its tables (so the app verifies it as it would a real run: bench/verify.py times that);
 memory stays at a few row groups whatever ``--rows``. A few minutes, ~12 GB, reused when present. The numbers are
 uniform noise inside the schema's bounds: only the sizes matter.
 
@@ -57,7 +57,7 @@ from precompute.store.schema import SCHEMA_VERSION, TABLES, duck_type  # noqa: E
 
 RUN_NAME = "bench__synthetic-bert-base"
 ROW_GROUP = 122_880
-BENCH_VERSION = 7  # bumped when the generated tables change: an older bench store is regenerated
+BENCH_VERSION = 8  # bumped when the generated tables change: an older bench store is regenerated
 # The run's identity, recorded in every file as the job records its own (the app checks it when it opens the run)
 IDENTITY = {"model": "synthetic/bert-base-shape", "dataset": "bench/app.py", "dtype": "float32", "seed": 0,
             "max_length": 512}
@@ -196,12 +196,11 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     ids += [f"{c}@{layer}{seg}/mean" for layer in range(layers) for c in ("mlp", "attn") for seg in ("", ":cls", ":q", ":d")]
     ids += [f"qk:{layer}.{head}:k{k}/{op}" for layer, head in SUBSPACE_HEADS for k in range(1, 5)
             for op in ("remove", "scale=2")]
-    rows = [C.parse(i, groups=groups).row() for i in ids] + [{**C.parse(i).row(), "kind": "layer_sweep"} for i in sweeps]
-    conds = rows
-    subspace = [r for r in rows if r["kind"] == "subspace"]
+    conds = [C.parse(i, groups=groups).row() for i in ids] + [{**C.parse(i).row(), "kind": "layer_sweep"} for i in sweeps]
+    subspace = [r for r in conds if r["kind"] == "subspace"]
     import pyarrow as pa
 
-    con.register("cond_rows", pa.Table.from_pylist(rows, schema=TABLES["ablation_conditions"].schema))
+    con.register("cond_rows", pa.Table.from_pylist(conds, schema=TABLES["ablation_conditions"].schema))
     con.execute("CREATE TEMP TABLE conds AS SELECT * FROM cond_rows")
     _copy(con, f"SELECT {_cast('ablation_conditions', {c: c for c in TABLES['ablation_conditions'].column_names})} "
                "FROM conds ORDER BY condition_id", run / "ablation_conditions.parquet")
@@ -241,7 +240,7 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
                f"(VALUES {mlist}) m(metric), (VALUES ('relevant_vs_easy'), ('relevant_vs_hard')) c(contrast) "
                "ORDER BY contrast, metric, layer, head", run / "head_contrasts.parquet")
     t1 = time.time()
-    _generate_analyses(con, run, n_pairs=n_pairs, layers=layers, heads=heads, subspace=subspace)
+    _generate_analyses(con, run, n_pairs=n_pairs, queries=queries, layers=layers, heads=heads, subspace=subspace)
     print(f"  components, subspaces, patching ({time.time() - t1:.0f} s)")
     counts = {t: con.execute(f"SELECT count(*) FROM {layout.scan_sql(layout.location(run, t), t)}").fetchone()[0]
               for t in TABLES if layout.exists(run, t)}
@@ -263,7 +262,8 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     return run
 
 
-def _generate_analyses(con, run: Path, *, n_pairs: int, layers: int, heads: int, subspace: list[dict]) -> None:
+def _generate_analyses(con, run: Path, *, n_pairs: int, queries: int, layers: int, heads: int,
+                       subspace: list[dict]) -> None:
     """component_means, subspace_head_metrics (every subspace condition x pair) and both patching experiments."""
     cm = {"layer": "l.layer", "component": "c.component", "segment": "s.segment", "tokens": "1000000",
           "mean": "list_transform(range(768), lambda x: random() - 0.5)"}
@@ -306,6 +306,21 @@ def _generate_analyses(con, run: Path, *, n_pairs: int, layers: int, heads: int,
     _copy(con, f"SELECT {_cast('patching_effects', pe)} FROM (VALUES {vals}) v(experiment, component, segment, head), "
                f"range({layers}) l(layer), range({PATCH_PAIRS}) p(i) "
                "ORDER BY experiment, method, layer, component, segment, head, patch_id", run / "patching_effects.parquet")
+    # the job's patching_summary: its moments are the effects' own (what the Patching page reads for the whole run);
+    # the robust statistics are noise in their bounds, the heads ranked by ratio_low
+    robust = {f"{s}{part}": f"random(){' - 0.5' if part == '_low' else ' + 0.5' if part == '_high' else ''}"
+              for s in ("median", "ratio", "tmean") for part in ("", "_low", "_high")}
+    ps = {"experiment": "experiment", "method": "method", "layer": "layer", "head": "head", "component": "component",
+          "segment": "segment", "n_queries": f"least(n_pairs, {queries})", "n_pairs": "n_pairs",
+          "n_excluded": "n_null", "n_raised": "0", "mean": "mean", "sd": "sd", "n_null": "n_null", **robust,
+          "ratio_low": "ratio_low",
+          "rank": "CASE WHEN component = 'head' THEN row_number() OVER (PARTITION BY experiment, method, component = "
+                  "'head' ORDER BY ratio_low DESC) END"}
+    _copy(con, f"SELECT {_cast('patching_summary', ps)} FROM (SELECT *, random() - 0.5 AS ratio_low FROM ("
+               "SELECT experiment, method, layer, head, component, segment, count(*) AS n_pairs, "
+               "count(*) - count(effect) AS n_null, avg(effect) AS mean, stddev_samp(effect) AS sd "
+               f"FROM read_parquet('{run / 'patching_effects.parquet'}') GROUP BY ALL)) "
+               "ORDER BY experiment, method, layer, component, segment, head", run / "patching_summary.parquet")
 
 
 def page_queries(run, layers: int, heads: int) -> list[tuple[str, str, object]]:
@@ -356,6 +371,7 @@ def page_queries(run, layers: int, heads: int) -> list[tuple[str, str, object]]:
     sub = f"qk:{SUBSPACE_HEADS[0][0]}.{SUBSPACE_HEADS[0][1]}:k2/remove"
     add("ablations", "subspace_metric_deltas (1 condition)", "subspace_metric_deltas", sub)
     add("patching", "patching_experiments", "patching_experiments")
+    add("patching", "patching_summary tfc1", "patching_summary", "tfc1", "exact")
     for exp in ("tfc1", "cls"):
         add("patching", f"patching_heads {exp} (all)", "patching_heads", exp, where=full)
         add("patching", f"patching_heads {exp} (narrow)", "patching_heads", exp, where=narrow)

@@ -61,16 +61,32 @@ class PatchingTables(Reader):
 
     def patching_experiments(self) -> pd.DataFrame:
         """Experiments of the run: their patch pairs (patching_pairs) and how many of those have a NULL effect
-        somewhere (|clean - corrupted| below epsilon). The NULL effects are filtered before the distinct count, which
-        then hashes only their patch ids (bench/app.py at 3e7, 10.8 M effects: 0.76 -> 0.36 s)."""
-        df = self._frame("""
+        somewhere (|clean - corrupted| below epsilon: a property of the pair, so every activation of a method counts the
+        same pairs). Read from patching_summary's ``n_null`` (the largest over the experiment's methods) where the
+        job stored it (schema 8); counted over patching_effects otherwise, the NULL effects filtered before the
+        distinct count (bench/app.py at 3e7, 10.8 M effects: 0.76 -> 0.36 s; from the summary: a few ms)."""
+        nulls = ("SELECT experiment, max(n_null) AS null_pairs FROM patching_summary GROUP BY experiment"
+                 if self._moments_stored() else
+                 "SELECT experiment, count(DISTINCT patch_id) AS null_pairs FROM patching_effects WHERE effect IS NULL "
+                 "GROUP BY experiment")
+        df = self._frame(f"""
             WITH p AS (SELECT experiment, count(*) AS patch_pairs FROM patching_pairs GROUP BY experiment),
-            e AS (SELECT experiment, count(DISTINCT patch_id) AS null_pairs FROM patching_effects
-                  WHERE effect IS NULL GROUP BY experiment)
+            e AS ({nulls})
             SELECT p.experiment, p.patch_pairs, coalesce(e.null_pairs, 0) AS null_pairs
             FROM p LEFT JOIN e USING (experiment) ORDER BY p.experiment
         """)
         return sq.ints(df, "patch_pairs", "null_pairs")
+
+    def _moments_stored(self, experiment: str | None = None, method: str | None = None) -> bool:
+        """Whether patching_summary holds the pair-level moments (n_null, sd: schema 8) of every activation of the
+        experiment and method (of all when None): then the whole run's means need not scan patching_effects."""
+        if not self.has("patching_summary"):
+            return False
+        where = " AND ".join([f"experiment = {sq.lit(experiment)}"] * (experiment is not None)
+                             + [f"method = {sq.lit(method)}"] * (method is not None)) or "TRUE"
+        rows, known = self._frame(f"SELECT count(*) AS n, count(n_null) AS k FROM patching_summary WHERE {where}"
+                                  ).iloc[0]
+        return bool(rows) and rows == known
 
     def patching_methods(self, experiment: str) -> pd.DataFrame:
         """The methods an experiment was computed with and how many heads each patched (attribution first: it covers
@@ -111,14 +127,8 @@ class PatchingTables(Reader):
         """Per layer x head (of the slice): n (non-NULL effects), n_null, mean effect, sd and its 95% confidence
         interval (ci_half, ci_lo, ci_hi)."""
         sl = where or ALL
-        sql = f"""
-            SELECT layer, head, count(effect) AS n, count(*) - count(effect) AS n_null, avg(effect) AS mean,
-                   stddev_samp(effect) AS sd
-            FROM patching_effects
-            WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND component = 'head'
-                  AND {sq.where(sl, pair_filters=False)} {_pair_filter(sl, experiment)}
-            GROUP BY layer, head ORDER BY layer, head
-        """
+        source = self._moments(experiment, method, sl, f"component = 'head' AND {sq.where(sl, pair_filters=False)}")
+        sql = f"SELECT layer, head, n, n_null, mean, sd FROM ({source}) ORDER BY layer, head"
         return _with_ci(sq.ints(self._frame(sql), "layer", "head", "n", "n_null"))
 
     def patching_components(self, experiment: str, where: Slice | None = None,
@@ -126,17 +136,28 @@ class PatchingTables(Reader):
         """Per layer x component (resid, attn, mlp, resid_post) x segment of the slice's layers: the same statistics."""
         sl = where or ALL
         order = ", ".join(sq.lit(s) for s in SEGMENT_ORDER)
+        source = self._moments(experiment, method, sl,
+                               f"component <> 'head' AND {sq.where(sl.with_(heads=()), pair_filters=False)}")
         sql = f"""
-            SELECT layer, component, segment, count(effect) AS n, count(*) - count(effect) AS n_null,
-                   avg(effect) AS mean, stddev_samp(effect) AS sd
-            FROM patching_effects
-            WHERE experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND component <> 'head'
-                  AND {sq.where(sl.with_(heads=()), pair_filters=False)} {_pair_filter(sl, experiment)}
-            GROUP BY layer, component, segment
+            SELECT layer, component, segment, n, n_null, mean, sd FROM ({source})
             ORDER BY list_position(['resid', 'attn', 'mlp', 'resid_post'], component), component,
                      list_position([{order}], segment), segment, layer
         """
         return _with_ci(sq.ints(self._frame(sql), "layer", "n", "n_null"))
+
+    def _moments(self, experiment: str, method: str, sl: Slice, target: str) -> str:
+        """SQL of n, n_null, mean and sd per patched activation (layer, head, component, segment) of the activations
+        ``target`` (SQL on their columns) selects, over the slice's patch pairs. The whole run's are stored in
+        patching_summary by the job (schema 8): read there, a few hundred rows; a slice of queries, negative types or
+        grades (or an older store) aggregates patching_effects."""
+        pairs = _pair_filter(sl, experiment)
+        keep = f"experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND {target}"
+        if not pairs and self._moments_stored(experiment, method):
+            return (f"SELECT layer, head, component, segment, n_pairs - n_null AS n, n_null, mean, sd "
+                    f"FROM patching_summary WHERE {keep}")
+        return (f"SELECT layer, head, component, segment, count(effect) AS n, count(*) - count(effect) AS n_null, "
+                f"avg(effect) AS mean, stddev_samp(effect) AS sd FROM patching_effects WHERE {keep} {pairs} "
+                "GROUP BY layer, head, component, segment")
 
     def patching_top_pairs(self, experiment: str, layer: int, component: str, segment: str | None = None,
                            head: int | None = None, limit: int = 20, descending: bool = True,

@@ -57,7 +57,7 @@ def candidates_identity(ds: Dataset, candidates: str | None) -> str | None:
     return candidates if path is None else f"{RUN_PREFIX}{path.resolve()}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: no per-pair __dict__ (the job holds every pair for its whole run)
 class Pair:
     pair_id: int
     qid: str

@@ -69,15 +69,27 @@ BOOTSTRAP_RESAMPLES = 1000  # resamples of a bootstrap interval (percentile meth
 CI_LEVEL = 0.95
 
 
-def query_resamples(n_queries: int, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+def query_resamples(n_queries: int, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, *,
+                    chunk: int = 250) -> np.ndarray:
     """[n_resamples, n_queries] int32: how many times each query is drawn in each resample (every row sums to
-    ``n_queries``)."""
+    ``n_queries``).
+
+    The draws are int32 (numpy's bounded generator yields the same values for int32 as for int64 below 2**31, so
+    the resamples are those of earlier versions) and are counted ``chunk`` resamples at a time: at 1,000 queries
+    and 2,000 resamples the int64 draws, their offsets and one bincount of everything held 48 MB at once, a peak
+    that grew with the queries (bench/memory.py); this holds the 8 MB of draws, the 8 MB of counts and one chunk's.
+    """
     if n_queries < 1 or n_resamples < 1:
         raise ValueError(f"a bootstrap needs at least one query and one resample (got {n_queries}, {n_resamples})")
     rng = np.random.Generator(np.random.PCG64(seed))
-    draws = rng.integers(0, n_queries, size=(n_resamples, n_queries))
-    flat = draws + (np.arange(n_resamples) * n_queries)[:, None]
-    return np.bincount(flat.ravel(), minlength=n_resamples * n_queries).reshape(n_resamples, n_queries).astype(np.int32)
+    draws = rng.integers(0, n_queries, size=(n_resamples, n_queries), dtype=np.int32)
+    counts = np.empty((n_resamples, n_queries), dtype=np.int32)
+    for start in range(0, n_resamples, chunk):
+        block = draws[start : start + chunk]
+        flat = block + (np.arange(len(block), dtype=np.int64) * n_queries)[:, None]
+        counts[start : start + len(block)] = np.bincount(flat.ravel(), minlength=len(block) * n_queries).reshape(
+            len(block), n_queries)
+    return counts
 
 
 def bootstrap_over_queries(statistic, n_queries: int, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
@@ -99,8 +111,9 @@ def bootstrap_over_queries(statistic, n_queries: int, *, n_resamples: int = BOOT
     import warnings
 
     estimate = np.asarray(statistic(np.ones((1, n_queries))))[0]
-    weights = query_resamples(n_queries, n_resamples, seed).astype(np.float64)
-    values = np.concatenate([np.asarray(statistic(weights[i : i + chunk])) for i in range(0, n_resamples, chunk)])
+    weights = query_resamples(n_queries, n_resamples, seed, chunk=chunk)  # int32; float64 one chunk at a time
+    values = np.concatenate([np.asarray(statistic(weights[i : i + chunk].astype(np.float64)))
+                             for i in range(0, n_resamples, chunk)])
     tail = (1.0 - level) / 2.0 * 100.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a variant undefined in every resample: NaN, said by NaN

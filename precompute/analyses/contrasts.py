@@ -36,7 +36,10 @@ from precompute.store.schema import HEAD_CONTRASTS
 
 _KINDS = tuple(sorted({g for ab in CONTRASTS.values() for g in ab}))
 _CONTRASTED = f"neg_type IN ({', '.join(repr(k) for k in _KINDS)})"  # SQL filter of the pairs any contrast uses
-BLOCK_VALUES = 1 << 22  # float64 values of one [heads, pairs] matrix (32 MB): heads are read in blocks of this size
+# float64 values of one [heads, pairs] matrix (2 MB): heads are read in blocks of this size. The Mann-Whitney test
+# ranks a block through several copies of it, so a 32 MB block (1 << 22) made the stage's peak grow with the pairs
+# until a run had ~130,000 of them on 32 heads (bench/memory.py); a head larger than this is still read whole.
+BLOCK_VALUES = 1 << 18
 
 
 def contrasts_table(con, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> pa.Table:

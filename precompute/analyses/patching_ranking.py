@@ -51,8 +51,9 @@ class SummarySettings:
 def summarise(query_index: np.ndarray, n_queries: int, diff: np.ndarray, recovered: np.ndarray,
               settings: SummarySettings) -> dict[str, np.ndarray]:
     """The summary of ``k`` patched activations over the same pairs: one value per activation of ``median``,
-    ``ratio``, ``tmean`` (each with ``_low`` and ``_high``), ``mean``, and per-experiment counts (``n_queries``,
-    ``n_pairs``, ``n_excluded``, ``n_raised``).
+    ``ratio``, ``tmean`` (each with ``_low`` and ``_high``), ``mean`` and ``sd`` (the plain moments of the defined
+    effects, so that a page showing the whole run reads them instead of scanning every effect), and per-experiment
+    counts (``n_queries``, ``n_pairs``, ``n_excluded``, ``n_raised``, ``n_null``).
 
     query_index [pairs]: each pair's query (0..n_queries-1); diff [pairs]: clean - corrupted; recovered [pairs, k]:
     patched - corrupted of each activation.
@@ -65,11 +66,13 @@ def summarise(query_index: np.ndarray, n_queries: int, diff: np.ndarray, recover
     with np.errstate(divide="ignore", invalid="ignore"):
         effects = np.where(defined[:, None], recovered / diff[:, None], np.nan)  # [pairs, k]
     out: dict[str, np.ndarray] = {name: np.full(k, np.nan) for name in
-                                  ("mean", *(f"{s}{part}" for s in STATISTICS for part in ("", "_low", "_high")))}
+                                  ("mean", "sd", *(f"{s}{part}" for s in STATISTICS for part in ("", "_low", "_high")))}
     counts = {"n_queries": n_queries, "n_pairs": len(diff), "n_excluded": int((~kept).sum()),
-              "n_raised": int((diff < 0).sum())}
+              "n_raised": int((diff < 0).sum()), "n_null": int((~defined).sum())}
     if defined.any():
         out["mean"] = np.nanmean(effects[defined], axis=0)
+    if defined.sum() > 1:
+        out["sd"] = np.nanstd(effects[defined], axis=0, ddof=1)
     d_q = query_sums(diff, query_index, n_queries)  # [queries]
     kept_q = query_sums(kept.astype(float), query_index, n_queries)
     for start in range(0, k, VARIANT_BLOCK):

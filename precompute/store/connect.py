@@ -16,7 +16,9 @@ Stores of schema version 5 and older hold pooled pair-level head_contrasts (a Ma
 star is ever drawn from a pooled test.
 
 Stores of schema version 6 and older lack the value-weighted shares (``vw_<src>_<dst>``, schema 7): their
-``head_attention``, ``head_attention_agg`` and ``subspace_head_metrics`` views have those columns NULL.
+``head_attention``, ``head_attention_agg`` and ``subspace_head_metrics`` views have those columns NULL. Stores of
+schema version 7 and older lack ``patching_summary.n_null`` and ``.sd`` (schema 8): their view has them NULL, and the
+reader computes those moments from ``patching_effects`` instead.
 
 Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``, ``analysis``, ``component``,
 ``segment``, ``k``, ...) as columns: here, and only here, their ``ablation_conditions``, ``ablation_summary`` and
@@ -110,7 +112,7 @@ def _statements(run: Path) -> list[str]:
     tables.update(_condition_part_views(run, list(present)))
     tables.update(_patching_views(run, list(present)))
     tables.update(_contrasts_view(run, list(present)))
-    tables.update(_value_weighted_views(present))
+    tables.update(_added_column_views(present))
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in tables.items()]
     out += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (needs, sql) in VIEWS.items()
             if set(needs) <= set(present) and name not in present]
@@ -248,19 +250,21 @@ def _columns(path: Path) -> set[str]:
     return set(pq.read_schema(path).names)
 
 
-# The tables that gained the value-weighted shares in schema version 7: name -> their columns there.
-_VALUE_WEIGHTED_COLUMNS = {
+# Columns added to existing tables after their first version, which an older store reads as NULL: name -> columns.
+# Schema 7: the value-weighted shares; schema 8: patching_summary's pair-level moments (n_null, sd).
+_ADDED_COLUMNS = {
     "head_attention": VALUE_WEIGHTED_METRICS,
     "subspace_head_metrics": VALUE_WEIGHTED_METRICS,
     "head_attention_agg": tuple(f"{m}_{part}" for part in ("sum", "sumsq") for m in VALUE_WEIGHTED_METRICS),
+    "patching_summary": ("n_null", "sd"),
 }
 
 
-def _value_weighted_views(present: dict[str, Path]) -> dict[str, str]:
-    """The tables of a store of schema version 6 or older that lack the value-weighted columns, with them NULL (module
+def _added_column_views(present: dict[str, Path]) -> dict[str, str]:
+    """The tables of an older store that lack columns added since (``_ADDED_COLUMNS``), with them NULL (module
     docstring); {} for a current store."""
     views = {}
-    for name, columns in _VALUE_WEIGHTED_COLUMNS.items():
+    for name, columns in _ADDED_COLUMNS.items():
         if name not in present:
             continue
         stored = _columns(layout.files_in(present[name], name)[0])

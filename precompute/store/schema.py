@@ -14,7 +14,7 @@ import pyarrow as pa
 from precompute.metrics import METRICS, SUMMARY_METRICS
 from precompute.names import SEGMENTS
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Versions this checkout reads. Version 2 added decoder_cross_attention, made the summary metrics nullable (NULL
 # where a metric is undefined: directions a causal model cannot attend, empty template segments) and the model
 # family to the manifest; a version-1 store is a version-2 store without NULLs or the new table. Version 3 stores a
@@ -34,7 +34,10 @@ SCHEMA_VERSION = 7
 # Version 7 (issue 18): the 25 value-weighted shares vw_<src>_<dst> (metrics.VALUE_WEIGHTED) in head_attention,
 # head_attention_agg (their sums and sums of squares) and subspace_head_metrics, and as metrics of head_contrasts and
 # subspace_effects; connect shows older stores' tables with those columns NULL.
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
+# Version 8 (issue 22): patching_summary.n_null and .sd, the moments the Patching page shows for the whole run, so that
+# no page scans patching_effects unsliced; connect shows older stores' patching_summary with them NULL, and the reader
+# then computes them from the effects as before.
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 # The store's Arrow types as DuckDB names them (casts in merges, the partition column of a Hive-style folder).
@@ -514,6 +517,13 @@ PATCHING_SUMMARY = Table(
         Column("rank", pa.int16(), "Heads: rank within (experiment, method) by ratio_low, largest first (1 = the "
                "head whose recovered share is surely largest); NULL for block components.", nullable=True,
                bounds=(1, None)),
+        Column("n_null", pa.int32(), "Input pairs whose effect is NULL (|clean - corrupted| < epsilon): out of mean, "
+               "sd and median; n_pairs - n_null pairs have an effect (schema 8; NULL in older stores).",
+               nullable=True, bounds=COUNT),
+        Column("sd", pa.float64(), "Sample standard deviation of the pairs' effects (pairs with an effect; NULL "
+               "below two): with mean and n_pairs - n_null, the whole run's pair-level moments, which the reader "
+               "serves from here instead of scanning patching_effects (schema 8; NULL in older stores).",
+               nullable=True),
     ),
 )
 

@@ -449,6 +449,7 @@ def _concatenated(spec: Table, folder: Path) -> pa.RecordBatchReader | None:
                         if value in piece[1]:
                             offset, length = piece[1][value]
                             yield from piece[0].slice(offset, length).to_batches()
+                del pieces  # before the next read: two budgets' worth held at once otherwise
     return pa.RecordBatchReader.from_batches(spec.schema, batches())
 
 

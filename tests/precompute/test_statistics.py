@@ -54,3 +54,15 @@ def test_stars_and_cells():
     assert [S.stars(p) for p in (None, float("nan"), 0.2, 0.04, 0.009, 0.0001)] == ["", "", "", "*", "**", "***"]
     assert S.stars(0.2, not_significant="n.s.") == "n.s."
     assert [S.fmt_p(p) for p in (None, 0.5, 0.0004)] == ["-", "0.500", "4.0e-04"]
+
+
+@pytest.mark.parametrize("n_queries, n_resamples, seed", [(3, 7, 1), (97, 600, 0), (1000, 300, 5)])
+def test_resamples_are_the_int64_draws_counted_at_once(n_queries, n_resamples, seed):
+    """The chunked int32 counting gives the resamples of the one-shot int64 counting it replaced (same stream)."""
+    from precompute.statistics import query_resamples
+
+    draws = np.random.Generator(np.random.PCG64(seed)).integers(0, n_queries, size=(n_resamples, n_queries))
+    flat = draws + (np.arange(n_resamples) * n_queries)[:, None]
+    expected = np.bincount(flat.ravel(), minlength=n_resamples * n_queries).reshape(n_resamples, n_queries)
+    got = query_resamples(n_queries, n_resamples, seed, chunk=64)
+    assert got.dtype == np.int32 and (got == expected).all() and (got.sum(axis=1) == n_queries).all()

@@ -5,6 +5,7 @@ and are reproducible byte for byte from the seed; heads rank by the lower bound.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from precompute.analyses.patching_ranking import SummarySettings, rank_heads, summarise
 from precompute.statistics import bootstrap_over_queries, query_resamples, weighted_median
@@ -70,3 +71,15 @@ def test_weighted_median_is_the_median_of_the_repeated_sample():
 
 def test_heads_rank_by_the_lower_bound_nan_last():
     assert rank_heads(np.array([0.1, np.nan, 0.5, 0.1])).tolist() == [2, 4, 1, 3]
+
+
+def test_the_stored_moments_are_pandas_count_mean_and_sd_of_the_defined_effects():
+    query_index, diff, recovered = _experiment()
+    diff[[4, 11]] = 1e-7  # below epsilon: these two pairs have no effect
+    out = summarise(query_index, 10, diff, recovered, SETTINGS)
+    effects = pd.DataFrame(recovered / diff[:, None]).where(np.repeat(np.abs(diff)[:, None] >= SETTINGS.epsilon, 2, 1))
+    assert (out["n_null"] == effects.isna().sum().to_numpy()).all() and out["n_null"][0] == 2
+    np.testing.assert_allclose(out["mean"], effects.mean().to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out["sd"], effects.std().to_numpy(), rtol=1e-12)  # pandas: ddof=1, NaN skipped
+    one = summarise(np.zeros(1, dtype=int), 1, np.ones(1), np.ones((1, 2)), SETTINGS)
+    assert np.isnan(one["sd"]).all() and (one["mean"] == 1).all()  # no sd from one pair
