@@ -3,7 +3,7 @@ per finding, its words chosen by the numbers of the open run (never canned), wit
 run and the number of queries it rests on.
 
 Each function takes the reader's frames (:class:`matching_atlas.Run`: lexical_by_layer, head_contrasts,
-head_ablations, patching_heads, noop_targets, table1, condition_contrasts, ranking_effects, alignment_behaviour) and
+head_ablations, patching_summary, noop_targets, table1, condition_contrasts, ranking_effects, alignment_behaviour) and
 returns a :class:`Reading`; nothing here queries the store or imports Streamlit, so tests check the words against
 direct computations. The rules (what "separates", "few heads" and "no-op"
 mean) are the module's constants and are stated in docs/app.md, section Findings.
@@ -107,7 +107,8 @@ def matching_heads(contrasts: pd.DataFrame, n_heads: int, ablations: pd.DataFram
                    patching: dict[str, pd.DataFrame]) -> tuple[Reading, pd.Series | None]:
     """Few heads carry Query->Document matching: head_contrasts of q_d (relevant vs easy, relevant vs hard), the
     strongest head, and its causal weight where the run has head ablations (head_ablations) or patching
-    (patching_heads per experiment). Returns the reading and the strongest head's row (None without statistics)."""
+    (patching_summary per experiment: robust_patching). Returns the reading and the strongest head's row (None
+    without statistics)."""
     easy = contrasts[(contrasts["contrast"] == "relevant_vs_easy") & contrasts["effect"].notna()]
     hard = contrasts[(contrasts["contrast"] == "relevant_vs_hard") & contrasts["effect"].notna()]
     if easy.empty:
@@ -140,20 +141,36 @@ def matching_heads(contrasts: pd.DataFrame, n_heads: int, ablations: pd.DataFram
     return Reading(sentence, holds, n), top
 
 
+def robust_patching(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per patched activation of a ``patching_summary`` (``Run.patching_summary``): the exact method's where it
+    was computed, attribution's elsewhere. Findings quote these rows (the ratio of sums with its bootstrap interval
+    over queries), not the plain mean over pairs, which one pair with a near-zero score difference can dominate."""
+    if summary.empty:
+        return summary
+    exact_first = summary.assign(_other=summary["method"] != "exact").sort_values("_other", kind="stable")
+    return exact_first.drop_duplicates(["layer", "head", "component", "segment"]).drop(columns="_other")
+
+
+def recovered(row: pd.Series, experiment: str) -> str:
+    """``+0.31 [+0.25, +0.37] of the score gap (tfc1, ratio of sums over 12 queries, 340 patch pairs)``."""
+    return (f"{interval(row['ratio'], row['ratio_low'], row['ratio_high'])} of the score gap ({experiment}, ratio of "
+            f"sums over {queries(int(row['n_queries']))}, {int(row['n_pairs'])} patch pairs)")
+
+
 def causal_weight(layer: int, head: int, ablations: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> str:
-    """What removing or patching one head does, from the run's head ablations and patching experiments."""
+    """What removing or patching one head does, from the run's head ablations and patching summaries (experiment ->
+    :func:`robust_patching` rows)."""
     parts = []
     abl = ablations[(ablations["layer"] == layer) & (ablations["head"] == head)] if len(ablations) else ablations
     if len(abl):
         r = abl.sort_values("mode", key=lambda s: s != TABLE1_MODE).iloc[0]
         parts.append(f"ablating it alone ({r['mode']}) changes nDCG@10 by {signed(r['delta'])} (Holm p "
                      f"{fmt_p(r['p_holm'])})")
-    for experiment, effects in patching.items():
-        e = effects[(effects["layer"] == layer) & (effects["head"] == head)] if len(effects) else effects
+    for experiment, rows in patching.items():
+        e = rows[(rows["component"] == "head") & (rows["layer"] == layer) & (rows["head"] == head)] \
+            if len(rows) else rows
         if len(e):
-            r = e.iloc[0]
-            parts.append(f"patching it restores {interval(r['mean'], r['ci_lo'], r['ci_hi'])} of the score gap "
-                         f"({experiment}, {int(r['n'])} patch pairs)")
+            parts.append(f"patching it recovers {recovered(e.iloc[0], experiment)}")
     if not parts:
         return f"This run has no head ablations or patching to weigh head {layer}.{head} causally."
     return f"Causally, head {layer}.{head}: " + "; ".join(parts) + "."

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from app.findings import Reading, interval, queries, signed
+from app.findings import Reading, queries, recovered, signed
 from precompute.statistics import ALPHA, MIN_QUERIES, fmt_p
 
 
@@ -31,9 +31,10 @@ SEGMENT_WORDS = {"all": "every token", "cls": "[CLS]", "q": "the query tokens", 
 
 def components(comp: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> tuple[Reading, pd.Series | None, dict]:
     """Which block output (attention, MLP) at which layer and tokens the ranking needs most (component_effects, the
-    largest drop), how many component conditions survive Holm, and where patching restores the most of the score
-    gap (patching_components per experiment). Returns the reading, the largest drop's row (None without component
-    conditions) and, per experiment, the row patching restores the most."""
+    largest drop), how many component conditions survive Holm, and which block output patching surely restores the
+    most of the score gap (per experiment, :func:`app.findings.robust_patching` rows: the largest lower bound of the
+    ratio of sums over queries). Returns the reading, the largest drop's row (None without component conditions) and,
+    per experiment, that patching row."""
     parts, holds, n, worst, bests = [], None, None, None, {}
     single = comp[comp["layer"].notna()] if len(comp) else comp
     if len(single):
@@ -53,12 +54,12 @@ def components(comp: pd.DataFrame, patching: dict[str, pd.DataFrame]) -> tuple[R
             parts.append(f"{k} of {len(single)} single-layer component conditions change it after Holm"
                          if k else f"none of the {len(single)} single-layer component conditions changes it after Holm")
     for experiment, df in patching.items():
-        if len(df):
-            best = bests[experiment] = df.loc[df["mean"].idxmax()]
+        blocks = df[(df["component"] != "head") & df["ratio_low"].notna()] if len(df) else df
+        if len(blocks):  # the surest share: the largest lower bound, as the job ranks heads
+            best = bests[experiment] = blocks.loc[blocks["ratio_low"].idxmax()]
             parts.append(f"patching the {COMPONENT_WORDS.get(best['component'], best['component'])} at "
-                         f"{SEGMENT_WORDS.get(best['segment'], best['segment'])} of layer {int(best['layer'])} restores the most of the score gap "
-                         f"({interval(best['mean'], best['ci_lo'], best['ci_hi'])}, {experiment}, {int(best['n'])} "
-                         "patch pairs)")
+                         f"{SEGMENT_WORDS.get(best['segment'], best['segment'])} of layer {int(best['layer'])} surely "
+                         f"recovers the largest share: {recovered(best, experiment)}")
     if not parts:
         return Reading("This run has neither component ablations nor component patching.", None, None), None, bests
     sentence = "; ".join(parts)

@@ -82,7 +82,7 @@ elif contrasts is None or contrasts.empty:
     missing("contrasts")
 else:
     ablations = data.query(run, "head_ablations") if run.has("ablation_summary") else pd.DataFrame()
-    patched = {e: data.query(run, "patching_heads", e) for e in patching_present()}
+    patched = {e: findings.robust_patching(data.query(run, "patching_summary", e)) for e in patching_present()}
     reading, top = findings.matching_heads(contrasts, ctx.layers * ctx.heads, ablations, patched)
     show(reading)
     easy = contrasts[(contrasts["contrast"] == "relevant_vs_easy") & contrasts["effect"].notna()]
@@ -173,7 +173,7 @@ else:
 # -- 7. open question 2: components by layer and segment ---------------------------------------------------------------
 st.header("Open question 2: which components, at which layers and tokens?")
 comp = data.query(run, "component_effects") if run.has("ablation_summary") else pd.DataFrame()
-patched = {e: data.query(run, "patching_components", e) for e in patching_present()}
+patched = {e: findings.robust_patching(data.query(run, "patching_summary", e)) for e in patching_present()}
 if comp.empty and not any(len(p) for p in patched.values()):
     st.info("This run has neither component ablations nor component patching.")
 else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from precompute.statistics import bootstrap_over_queries
@@ -110,10 +111,12 @@ def test_matching_heads(pages, sql):
         head = f"{int(top['layer'])}.{int(top['head'])}"
         assert text.startswith(f"{k} of {len(rows)} heads ({k / len(rows):.0%})")
         assert f"head {head}, by {ci(top['effect'], top['effect_low'], top['effect_high'])}" in text
-        patched = sql(holds, f"""SELECT avg(effect) AS mean, count(effect) AS n FROM {{patching_effects}}
+        patched = sql(holds, f"""SELECT ratio, ratio_low, ratio_high, n_queries, n_pairs FROM {{patching_summary}}
             WHERE experiment = 'tfc1' AND method = 'exact' AND component = 'head' AND layer = {int(top['layer'])}
-                  AND head = {int(top['head'])}""").iloc[0]
-        assert f"patching it restores {patched['mean']:+.3f} [" in text and f"(tfc1, {int(patched['n'])} patch pairs)" in text
+                  AND head = {int(top['head'])}""").iloc[0]  # the robust summary, not the plain mean over pairs
+        assert (f"patching it recovers {ci(patched['ratio'], patched['ratio_low'], patched['ratio_high'])} of the score "
+                f"gap (tfc1, ratio of sums over {int(patched['n_queries'])} queries, {int(patched['n_pairs'])} patch "
+                "pairs)") in text
         ablated = sql(holds, f"""SELECT delta FROM {{ablation_summary}} WHERE condition_id = 'head:{head}/zero'
             AND scope = 'pairs' AND measure = 'nDCG@10'""")["delta"].iloc[0]
         assert f"changes nDCG@10 by {ablated:+.3f}" in text
@@ -213,10 +216,12 @@ def test_components(pages, sql):
         assert (f"{k} of {len(rows)} single-layer component conditions change it after Holm" if k else
                 f"none of the {len(rows)} single-layer component conditions changes it after Holm") in text
         assert (k > 0) == holds
-        best = sql(holds, """SELECT layer, component, segment, avg(effect) AS mean FROM {patching_effects}
-            WHERE experiment = 'tfc1' AND method = 'exact' AND component <> 'head' GROUP BY ALL
-            ORDER BY mean DESC LIMIT 1""").iloc[0]
-        assert f"of layer {int(best['layer'])} restores the most of the score gap ({best['mean']:+.3f} [" in text
+        best = sql(holds, """SELECT layer, ratio, ratio_low, ratio_high, n_queries FROM {patching_summary}
+            WHERE experiment = 'tfc1' AND method = 'exact' AND component <> 'head'
+            ORDER BY ratio_low DESC LIMIT 1""").iloc[0]  # surely the most: the largest lower bound over queries
+        assert (f"of layer {int(best['layer'])} surely recovers the largest share: "
+                f"{ci(best['ratio'], best['ratio_low'], best['ratio_high'])} of the score gap (tfc1, ratio of sums "
+                f"over {int(best['n_queries'])} queries") in text
 
 
 def test_subspace(pages, sql):
@@ -303,3 +308,15 @@ def test_hard_easy_split_of_removing_query_to_document(pages, sql):
         change = float((acc["q_d@all/zero"] - acc["none"]).mean())
         assert f"against {versus} negatives by {change:+.3f} [" in text
     assert "(12 queries): it hurts the ordering more against hard negatives (semantic matching)" in text
+
+
+def test_findings_quote_exact_patching_where_computed_and_attribution_elsewhere():
+    from app.findings import robust_patching
+
+    summary = pd.DataFrame({"method": ["attribution", "attribution", "exact", "attribution"],
+                            "layer": [0, 0, 0, 1], "head": [0, 1, 0, None],
+                            "component": ["head", "head", "head", "mlp"], "segment": ["all"] * 4,
+                            "ratio": [0.1, 0.2, 0.3, 0.4]})
+    got = robust_patching(summary).sort_values(["layer", "head"])
+    assert got[["method", "ratio"]].values.tolist() == [["exact", 0.3], ["attribution", 0.2], ["attribution", 0.4]]
+    assert robust_patching(summary.iloc[:0]).empty
