@@ -82,10 +82,10 @@ class PatchingTables(Reader):
         experiment and method (of all when None): then the whole run's means need not scan patching_effects."""
         if not self.has("patching_summary"):
             return False
-        where = " AND ".join([f"experiment = {sq.lit(experiment)}"] * (experiment is not None)
-                             + [f"method = {sq.lit(method)}"] * (method is not None)) or "TRUE"
-        rows, known = self._frame(f"SELECT count(*) AS n, count(n_null) AS k FROM patching_summary WHERE {where}"
-                                  ).iloc[0]
+        chosen = {"experiment": experiment, "method": method}
+        where = " AND ".join(f"{column} = {sq.lit(value)}" for column, value in chosen.items() if value is not None)
+        rows, known = self._frame("SELECT count(*) AS n, count(n_null) AS k FROM patching_summary "
+                                  f"WHERE {where or 'TRUE'}").iloc[0]
         return bool(rows) and rows == known
 
     def patching_methods(self, experiment: str) -> pd.DataFrame:
