@@ -16,93 +16,30 @@ the module of its group (:mod:`~matching_atlas.pairs`, :mod:`~matching_atlas.hea
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import importlib
 
-import pandas as pd
+__all__ = ["Run", "RunError", "RunInfo", "Slice", "inspect", "open_run"]
 
-from matching_atlas.ablations import AblationTables
-from matching_atlas.analyses import AnalysisTables
-from matching_atlas.depth import CompareTables
-from matching_atlas.effects import EffectTables
-from matching_atlas.heads import HeadTables
-from matching_atlas.opening import RunError, RunInfo, inspect_run, openable
-from matching_atlas.pairs import PairTables
-from matching_atlas.patching import PatchingTables
-from matching_atlas.slice import Slice
-
-__all__ = ["Run", "RunError", "RunInfo", "Slice", "open_run"]
+# Where each exported name lives. Loaded on first use (PEP 562), not at import: ``atlas precompute`` imports this
+# package before the job, and the job must choose pyarrow's memory pool before pyarrow is loaded
+# (:func:`precompute.allocator.use_system_pool`); ``atlas --help`` answers without loading pandas.
+_EXPORTS = {"Run": "run", "open_run": "run", "inspect": "run", "RunError": "opening", "RunInfo": "opening",
+            "Slice": "slice"}
 
 
-class Run(PairTables, HeadTables, AblationTables, PatchingTables, CompareTables, AnalysisTables,
-          EffectTables):
-    """One opened run (see the module doc). ``info``: what the opening rule found (path, manifest, tables)."""
-
-    @property
-    def path(self) -> Path:
-        return self.info.path
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    def __repr__(self) -> str:
-        return f"Run({str(self.info.path)!r}: {self.info.label})"
-
-    def sql(self, text: str) -> pd.DataFrame:
-        """One read-only SELECT over the run's tables (by name) as a DataFrame, on a connection closed the way the
-        app's SQL page closes its own (:func:`matching_atlas.connection.lock`: no file outside the run, no
-        extension, no setting changed); anything else raises :class:`matching_atlas.connection.SqlRefused`."""
-        from matching_atlas.connection import check_select, lock, open_connection
-
-        con = open_connection(self.info.path, agg_in_memory_mb=0)
-        try:
-            lock(con, (self.info.path,))
-            return con.execute(check_select(con, text)).df()
-        finally:
-            con.close()
+def __getattr__(name: str):
+    """An exported name (from its module) or a submodule (``ma.depth``), imported on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"matching_atlas.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"matching_atlas.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"matching_atlas.{name}":
+            raise
+        raise AttributeError(f"module 'matching_atlas' has no attribute {name!r}") from None
 
 
-def open_run(path: str | Path, *, progress: bool | None = None, threads: int | None = None) -> Run:
-    """The run folder at ``path`` (or ``hf://datasets/USER/NAME``) once the opening rule accepts it; RunError with
-    the one-line reason otherwise.
-    Files not verified yet are verified first (once per file state, cached); ``progress`` (default: when stderr is a
-    terminal or a notebook) shows a tqdm bar meanwhile."""
-    if str(path).startswith("hf://"):  # a run on the Hub: copied into a local cache and verified (matching_atlas.hub)
-        from matching_atlas.hub import fetch
-
-        try:
-            path = fetch(str(path))
-        except Exception as err:  # hub.HubError, or huggingface_hub missing
-            raise RunError(str(err)) from err
-    show = _progress_bar() if (progress if progress is not None else _interactive()) else None
-    return Run(openable(Path(path), show), threads=threads)
-
-
-def _interactive() -> bool:
-    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-
-def _progress_bar():
-    """A ``show(info, job)`` callback of :func:`matching_atlas.opening.verify_now` drawing a tqdm bar."""
-    from tqdm.auto import tqdm
-
-    bars = {}
-
-    def show(info: RunInfo, job) -> None:
-        bar = bars.get("bar")
-        if job is None:
-            if bar is not None:
-                bar.close()
-                bars.clear()
-            return
-        if bar is None:
-            bar = bars["bar"] = tqdm(total=int(job.rows_total or 0), desc=f"verifying {info.name}", unit="rows")
-        bar.update(int(job.rows_done or 0) - bar.n)
-
-    return show
-
-
-def inspect(path: str | Path) -> RunInfo:
-    """What the opening rule makes of the folder at ``path`` without verifying a large run (the app's run list)."""
-    return inspect_run(Path(path))
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -13,7 +13,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
+import sys
 from functools import cache
+
+POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"  # read by Arrow when pyarrow is loaded
 
 
 @cache
@@ -26,6 +30,19 @@ def _malloc_trim():
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim
+
+
+def use_system_pool() -> None:
+    """Allocate Arrow's buffers with the C library's malloc instead of pyarrow's default mimalloc (see the module
+    docstring), unless ``ARROW_DEFAULT_MEMORY_POOL`` names another pool. Arrow reads that variable once, when pyarrow
+    is loaded: the job's entry point (:func:`precompute.cli.main`) calls this before anything loads pyarrow, so every
+    buffer follows, the C++ core's own included. Called once pyarrow is loaded (the job run from Python), it can
+    only switch the pool that pyarrow's Python functions allocate from."""
+    os.environ.setdefault(POOL_VARIABLE, "system")
+    if "pyarrow" in sys.modules and os.environ[POOL_VARIABLE] == "system":
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def release() -> None:

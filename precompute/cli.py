@@ -93,6 +93,9 @@ def config_from_args(args):
 def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
     """Run the job of ``argv``; ``prog`` names the command in --help and errors (``atlas precompute`` is the same
     parser under another name)."""
+    from precompute.allocator import use_system_pool
+
+    use_system_pool()  # before pyarrow is loaded: Arrow's buffers in malloc, which the job trims between stages
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:

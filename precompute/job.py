@@ -82,8 +82,10 @@ def run(cfg: JobConfig) -> Path:
     Under torchrun or srun (several ranks, :mod:`precompute.distributed`) every rank runs this; a rank that fails
     tells the others, which stop at their next barrier.
     """
+    from precompute.allocator import use_system_pool
     from precompute.distributed import Coordinator, World
 
+    use_system_pool()  # run from Python: cli.main, which loads nothing first, has already chosen the pool
     world = World.from_env()
     coordinator = Coordinator(world)
     try:

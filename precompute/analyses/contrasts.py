@@ -36,10 +36,12 @@ from precompute.store.schema import HEAD_CONTRASTS
 
 _KINDS = tuple(sorted({g for ab in CONTRASTS.values() for g in ab}))
 _CONTRASTED = f"neg_type IN ({', '.join(repr(k) for k in _KINDS)})"  # SQL filter of the pairs any contrast uses
-# float64 values of one [heads, pairs] matrix (2 MB): heads are read in blocks of this size. The Mann-Whitney test
-# ranks a block through several copies of it, so a 32 MB block (1 << 22) made the stage's peak grow with the pairs
-# until a run had ~130,000 of them on 32 heads (bench/memory.py); a head larger than this is still read whole.
-BLOCK_VALUES = 1 << 18
+# float64 values of one [heads, pairs] matrix (512 KB): heads are read in blocks of this size. The Mann-Whitney test
+# ranks a block through several copies of it, and DuckDB hands the block's rows over as arrays, so the stage's peak
+# follows the block: at 2 MB (1 << 18) a run of 1,500 pairs on 32 heads read all heads at once (48,000 values) and
+# one of 15,000 pairs 17 heads at a time (255,000), +62 MB more at its peak (bench/memory.py); at 512 KB both read
+# about 50,000 values a block. A head larger than this is still read whole.
+BLOCK_VALUES = 1 << 16
 
 
 def contrasts_table(con, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> pa.Table:
@@ -175,20 +177,28 @@ def _qids(con) -> np.ndarray:
 
 def _query_means(con, metric: str, heads: np.ndarray, qids: np.ndarray) -> np.ndarray:
     """[heads, queries, kinds] mean of ``metric`` per head, query (``qids`` order) and kind (``_KINDS`` order) from
-    head_attention_agg; NaN where the query has no pair of the kind (or the metric is undefined)."""
+    head_attention_agg; NaN where the query has no pair of the kind (or the metric is undefined). Queries and kinds
+    arrive as their indices (joined with the two orders, registered as small tables): a row per head, query and kind
+    as Python strings held ~10 MB more at 1,000 queries."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
-    rows = con.execute(
-        f'SELECT layer, head, qid, neg_type, sum("{metric}_sum") / sum(n) AS mean FROM head_attention_agg '
-        f"WHERE {_CONTRASTED} GROUP BY layer, head, qid, neg_type"
-    ).fetchnumpy()
+    con.register("_contrast_queries", pa.table({"qid": pa.array(qids, pa.string()),
+                                                "q": pa.array(np.arange(len(qids)), pa.int32())}))
+    con.register("_contrast_kinds", pa.table({"neg_type": pa.array(_KINDS, pa.string()),
+                                              "k": pa.array(np.arange(len(_KINDS)), pa.int8())}))
+    try:
+        rows = con.execute(
+            f'SELECT layer, head, q, k, sum("{metric}_sum") / sum(n) AS mean FROM head_attention_agg '
+            "JOIN _contrast_queries USING (qid) JOIN _contrast_kinds USING (neg_type) GROUP BY layer, head, q, k"
+        ).fetchnumpy()
+    finally:
+        con.unregister("_contrast_queries")
+        con.unregister("_contrast_kinds")
     out = np.full((len(heads), len(qids), len(_KINDS)), np.nan)
     row_of = np.full((heads[:, 0].max() + 1, heads[:, 1].max() + 1), -1)
     row_of[heads[:, 0], heads[:, 1]] = np.arange(len(heads))
     layer, head = np.asarray(rows["layer"], dtype=np.int64), np.asarray(rows["head"], dtype=np.int64)
-    kind = np.searchsorted(np.array(_KINDS, dtype=object), np.asarray(rows["neg_type"], dtype=object))
-    query = np.searchsorted(qids, np.asarray(rows["qid"], dtype=object))
-    out[row_of[layer, head], query, kind] = np.asarray(rows["mean"], dtype=np.float64)
+    out[row_of[layer, head], np.asarray(rows["q"]), np.asarray(rows["k"])] = np.asarray(rows["mean"], dtype=np.float64)
     return out
 
 

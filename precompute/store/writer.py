@@ -34,7 +34,6 @@ from precompute.store.sql import literal
 LOCK = ".lock"
 PARTS = "_parts"
 BATCH_ROWS = 122_880  # rows per Arrow batch streamed out of DuckDB (row groups: schema.Table.row_group_rows)
-MERGE_BUDGET_MB = 256  # a partition's parts held in memory at most while they are concatenated (_concatenated)
 
 
 class StoreError(Exception):
@@ -209,7 +208,10 @@ class RunWriter:
         for value, batches in _partitions(pa.RecordBatchReader.from_batches(spec.schema, data.to_batches()),
                                           spec.partition_by):
             path = self.part_path(table, key, (spec.partition_by, value))
-            write_parquet(spec, pa.Table.from_batches(list(batches), spec.schema), path, self.identity)
+            tmp = _atomic_path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_file(spec, pa.RecordBatchReader.from_batches(spec.schema, batches), tmp)
+            os.replace(tmp, path)
             self._trust(path)
 
     def part_paths(self, table: str) -> list[Path]:
@@ -402,11 +404,15 @@ def _concatenated(spec: Table, folder: Path) -> pa.RecordBatchReader | None:
     sort key (:meth:`RunWriter.write_part`). None otherwise: the caller sorts. Checked first (on the footers, and on
     that one column), so nothing is written when the parts do not follow each other.
 
-    A partitioned table's partition is read part by part and handed out group by group (head by head): the parts'
-    rows of as many heads as ``MERGE_BUDGET_MB`` holds at a time, read again for the next heads when the partition
-    is larger (head_attention of MS MARCO top-100 on a 24 x 16 model: 1.4 GB per layer, 6 reads). Reading each head's
-    rows of each part alone, in row groups of their own, took 11 ms per read (32 column chunks of 256 rows).
+    A partitioned table's partition is handed out group by group (head by head), each group as its row groups of
+    each part in turn (a part holds one row group per head, :meth:`RunWriter.write_part`), so one part's row group is
+    in memory at a time whatever the size of the run: reading a layer's parts whole held +84 MB at 15,000 pairs
+    against +25 MB at 1,500 (bench/memory.py). Only the row groups' head ranges are kept from the footers (60 parts'
+    decoded footers held 28 MB); a read opens its part again: ~2 ms, so ~4 s for 15,000 pairs x 32 heads in 256-pair
+    parts and ~35 min for MS MARCO top-100 on a 24 x 16 model (10^6 row groups), beside a summary pass of hours. A
+    row group holding several groups (parts of older versions) is read for each of them and filtered.
     """
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     if spec.partition_by is None:
@@ -423,41 +429,33 @@ def _concatenated(spec: Table, folder: Path) -> pa.RecordBatchReader | None:
     folders = layout.partition_folders(folder, spec.partition_by)
     if len(groups) != 1 or not folders or any(folder.glob("*.parquet")):
         return None
-    plans = {}
+    group = groups[0]
+    plans = []  # per partition: (part, (min, max) of the group column in each of its row groups)
     for partition in folders:
         parts = sorted(partition.glob("*.parquet"))
-        metadata = [pq.read_metadata(p) for p in parts]
-        if not _ranges_ascending([_range(md, spec.sort_key[-1], None) for md in metadata]):
+        pair_ranges, extents = [], []
+        for part in parts:  # footers are read here and dropped: a part's footer takes ~0.5 MB once decoded
+            md = pq.read_metadata(part)
+            pair_ranges.append(_range(md, spec.sort_key[-1], None))
+            extents.append([_range(md, group, i) for i in range(md.num_row_groups)])
+        if not _ranges_ascending(pair_ranges) or any(e is None for part in extents for e in part):
             return None
-        heads = [_range(md, groups[0], None) for md in metadata]
-        if any(h is None for h in heads):
-            return None
-        size = sum(md.row_group(i).total_byte_size for md in metadata for i in range(md.num_row_groups))
-        plans[partition] = (parts, min(h[0] for h in heads), max(h[1] for h in heads), size)
+        plans.append(list(zip(parts, extents)))
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for parts, low, high, size in plans.values():
-            span = high - low + 1
-            step = max(1, int(span * MERGE_BUDGET_MB * 2**20 // max(size, 1)))
-            for first in range(low, high + 1, step):
-                last = min(high, first + step - 1)
-                pieces = [_group_slices(pq.read_table(p, filters=None if step >= span else
-                                                      [(groups[0], ">=", first), (groups[0], "<=", last)]), groups[0])
-                          for p in parts]
-                for value in range(first, last + 1):
-                    for piece in pieces:
-                        if value in piece[1]:
-                            offset, length = piece[1][value]
-                            yield from piece[0].slice(offset, length).to_batches()
-                del pieces  # before the next read: two budgets' worth held at once otherwise
+        for plan in plans:
+            values = sorted({v for _, extents in plan for lo, hi in extents for v in range(lo, hi + 1)})
+            for value in values:
+                for part, extents in plan:
+                    indices = [i for i, (lo, hi) in enumerate(extents) if lo <= value <= hi]
+                    if not indices:
+                        continue
+                    with pq.ParquetFile(part) as f:
+                        rows = f.read_row_groups(indices)
+                    if any(extents[i] != (value, value) for i in indices):
+                        rows = rows.filter(pc.equal(rows.column(group), value))
+                    yield from rows.to_batches()
     return pa.RecordBatchReader.from_batches(spec.schema, batches())
-
-
-def _group_slices(table: pa.Table, column: str) -> tuple[pa.Table, dict[int, tuple[int, int]]]:
-    """(table, value -> (offset, length) of its rows) of a table sorted by ``column``."""
-    values = table.column(column).to_numpy()
-    bounds = np.flatnonzero(np.r_[True, values[1:] != values[:-1], True]) if len(values) else np.array([0])
-    return table, {int(values[lo]): (int(lo), int(hi - lo)) for lo, hi in zip(bounds[:-1], bounds[1:])}
 
 
 def _range(md, column: str, group: int | None) -> tuple | None:

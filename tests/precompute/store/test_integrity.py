@@ -200,21 +200,24 @@ def test_disk_full_is_one_line_and_the_parts_are_kept(small_runs, tmp_path, caps
     """pyarrow raises OSError(ENOSPC) on the 4th file: one line naming the folder; the rerun finishes the run."""
     config, fresh, _ = small_runs
     cfg = config(tmp_path / "run")
-    real, calls = integrity.write, []
+    calls = []
 
-    def full(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) == 4:
-            raise OSError(errno.ENOSPC, "[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
-        return real(*args, **kwargs)
+    def full(real):
+        def write(*args, **kwargs):
+            calls.append(args[1])
+            if len(calls) == 4:
+                raise OSError(errno.ENOSPC, "[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+            return real(*args, **kwargs)
+        return write
 
-    monkeypatch.setattr(integrity, "write", full)
+    for name in ("write", "write_batches"):  # every Parquet file the writer writes goes through one of these
+        monkeypatch.setattr(integrity, name, full(getattr(integrity, name)))
     capsys.readouterr()
     assert main(args_of(cfg)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: no space left on the device of {cfg.out}") and "finished parts are kept" in err
     assert len(list((cfg.out / "_parts").rglob("*.parquet"))) == 3
-    monkeypatch.setattr(integrity, "write", real)
+    monkeypatch.undo()
     assert main(args_of(cfg)) == 0
     assert tables(cfg.out) == tables(fresh)
 

@@ -71,7 +71,7 @@ def test_a_killed_write_leaves_nothing_that_is_read(tmp_path):
 @pytest.mark.parametrize("table", ["head_attention", "pairs"])
 def test_sorted_parts_merge_by_concatenation_to_the_bytes_of_a_sort(tmp_path, monkeypatch, table):
     """Parts of consecutive pair ranges (the summary pass's chunks) are concatenated, not sorted: the same bytes as
-    DuckDB's sort of the same parts, with a partition's parts read at most MERGE_BUDGET_MB at a time."""
+    DuckDB's sort of the same parts."""
     from precompute.store import writer as writer_module
 
     def parts(root: Path) -> RunWriter:
@@ -95,12 +95,38 @@ def test_sorted_parts_merge_by_concatenation_to_the_bytes_of_a_sort(tmp_path, mo
     sorted_ = parts(tmp_path / "b").merge_parts(table, staged=True)
     assert [f.read_bytes() for f in layout.files_in(concatenated, table)] == \
         [f.read_bytes() for f in layout.files_in(sorted_, table)]
-    if table == "head_attention":
-        monkeypatch.undo()
-        monkeypatch.setattr(writer_module, "MERGE_BUDGET_MB", 1e-6)  # one head at a time: read again per head
-        budget = parts(tmp_path / "c").merge_parts(table, staged=True)
-        assert [f.read_bytes() for f in layout.files_in(budget, table)] == \
-            [f.read_bytes() for f in layout.files_in(sorted_, table)]
+    if table == "head_attention":  # a part holds one row group per head: the merge reads them one at a time
+        for part in (tmp_path / "b" / "_parts" / table).glob("*/*.parquet"):
+            md = pq.read_metadata(part)
+            heads = [md.row_group(i).column(md.schema.names.index("head")).statistics for i in range(md.num_row_groups)]
+            assert md.num_row_groups == HEADS and [(h.min, h.max) for h in heads] == [(h, h) for h in range(HEADS)]
+
+
+def test_parts_of_older_versions_holding_several_heads_per_row_group_merge_to_the_same_bytes(tmp_path):
+    """Parts written before a part held one row group per head (a run resumed with this version) still merge by
+    concatenation, each row group read for each of its heads and filtered, to the bytes of DuckDB's sort."""
+    from precompute.store import integrity
+    from precompute.store.writer import _concatenated
+
+    def parts(root: Path, one_row_group: bool) -> RunWriter:
+        w = RunWriter(root, identity={"model": "m"})
+        for k, start in enumerate(range(0, 20, 6)):
+            w.write_part("head_attention", f"{k:06d}", heads_table(range(start, min(start + 6, 20)), seed=k))
+        if one_row_group:
+            for part in (root / "_parts" / "head_attention").glob("*/*.parquet"):
+                data = pq.read_table(part)
+                integrity.write(data, part, table="head_attention", identity={"model": "m"}, row_group_size=10**6)
+                assert pq.read_metadata(part).num_row_groups == 1
+        return w
+
+    spec = TABLES["head_attention"]
+    old = parts(tmp_path / "old", one_row_group=True)
+    assert _concatenated(spec, tmp_path / "old" / "_parts" / "head_attention") is not None
+    merged = old.merge_parts("head_attention", staged=True)
+    new = parts(tmp_path / "new", one_row_group=False)
+    expected = new.merge_parts("head_attention", staged=True)
+    assert [f.read_bytes() for f in layout.files_in(merged, "head_attention")] == \
+        [f.read_bytes() for f in layout.files_in(expected, "head_attention")]
 
 
 def test_parts_that_do_not_follow_each_other_are_sorted(tmp_path):
