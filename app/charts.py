@@ -538,7 +538,8 @@ def metric_deltas(df: pd.DataFrame, *, title: str, x_title: str, labels: Labels 
     return _diverging_bars(d, "label", "Metric of the head", "delta", x_title, tooltip, title=title, step=MIN_STEP)
 
 
-PATCHING_COUNTS = {"n": "pairs with an effect", "n_null": "NULL effects"}
+PATCHING_COUNTS = {"n_queries": "queries (the interval resamples them)", "n": "pairs with an effect",
+                   "n_null": "NULL effects"}
 
 
 def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str = "item", value: str = "mean",
@@ -568,8 +569,9 @@ def effect_intervals(df: pd.DataFrame, *, title: str, x_title: str, label: str =
 
 def component_curves(df: pd.DataFrame, *, title: str, y_title: str, labels: Labels | None = None,
                      segment_names: dict[str, str] | None = None) -> alt.Chart:
-    """Mean effect per layer with its 95% band, one line per segment, one panel per component (resid, attn, mlp).
-    Points carry a selection named ``point`` on (layer, component, segment): a click opens its pairs."""
+    """The share of the score gap recovered (ratio of sums) per layer with its 95% band (bootstrap over queries), one
+    line per segment, one panel per component (resid, attn, mlp). Points carry a selection named ``point`` on (layer,
+    component, segment): a click opens its pairs."""
     labels = labels or Labels()
     d = df.copy()
     names = dict(segment_names or {})
@@ -579,16 +581,19 @@ def component_curves(df: pd.DataFrame, *, title: str, y_title: str, labels: Labe
                               toggle=False)
     color = alt.Color("where:N", title="Patched at", sort=order)
     tips = [alt.Tooltip("component:N"), alt.Tooltip("where:N", title="tokens"), alt.Tooltip("layer:O"),
-            alt.Tooltip("mean:Q", title="mean effect", format="+.4f"),
-            alt.Tooltip("ci_lo:Q", title="95% CI low", format="+.4f"),
-            alt.Tooltip("ci_hi:Q", title="95% CI high", format="+.4f"),
-            alt.Tooltip("n:Q", title="pairs with an effect"), alt.Tooltip("n_null:Q", title="NULL effects")]
+            alt.Tooltip("ratio:Q", title="share recovered (ratio of sums)", format="+.4f"),
+            alt.Tooltip("ratio_low:Q", title="95% interval low", format="+.4f"),
+            alt.Tooltip("ratio_high:Q", title="95% interval high", format="+.4f"),
+            alt.Tooltip("n_queries:Q", title="queries"), alt.Tooltip("n:Q", title="pairs with an effect"),
+            alt.Tooltip("n_null:Q", title="NULL effects"),
+            alt.Tooltip("mean:Q", title="plain mean over pairs (descriptive)", format="+.4f")]
     x = alt.X("layer:Q", title="Layer", axis=LAYER_AXIS)
     y_title = wrapped(y_title, 200)
-    band = alt.Chart().mark_area(opacity=0.15).encode(x=x, y=alt.Y("ci_lo:Q", title=y_title), y2="ci_hi:Q", color=color)
-    line = alt.Chart().mark_line().encode(x=x, y=alt.Y("mean:Q", title=y_title), color=color)
+    band = alt.Chart().mark_area(opacity=0.15).encode(x=x, y=alt.Y("ratio_low:Q", title=y_title), y2="ratio_high:Q",
+                                                      color=color)
+    line = alt.Chart().mark_line().encode(x=x, y=alt.Y("ratio:Q", title=y_title), color=color)
     points = alt.Chart().mark_point(filled=True, size=50).encode(
-        x=x, y=alt.Y("mean:Q", title=y_title), color=color, tooltip=tips,
+        x=x, y=alt.Y("ratio:Q", title=y_title), color=color, tooltip=tips,
         opacity=alt.condition(sel, alt.value(1.0), alt.value(0.5))).add_params(sel)
     return (alt.layer(band, line, points, data=d).properties(width=230, height=200)
             .facet(column=alt.Column("component:N", title="Patched component", sort=["resid", "attn", "mlp"]))

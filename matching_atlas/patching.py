@@ -6,9 +6,12 @@ Patching page and the report show.
 'head' with its ``head``, or 'resid' / 'attn' / 'mlp' / 'resid_post' with a ``segment``); every query here reads one
 method (exact or attribution). ``effect`` is NULL where |clean - corrupted| is below the job's epsilon. Means and
 standard deviations are over the non-NULL effects only (``count(effect)``); the NULL ones are counted (``n_null``),
-never averaged as 0. The 95% confidence interval of a mean is mean +- 1.96 sd / sqrt(n) over pairs (the slice's
-view); the robust summary's intervals resample queries (``patching_summary``). Patching effects are not tested for
-significance (no Holm family).
+never averaged as 0. Those plain moments (with mean +- 1.96 sd / sqrt(n) over pairs) are descriptive only: one pair
+whose corruption barely moved the score can dominate them. What the page concludes from is the robust summary
+(docs/patching.md): per activation of the slice, the ratio of sums and the thresholded mean, each with its
+bootstrap interval over the slice's queries (``n_queries``), stored for the whole run (``patching_summary``) and
+computed from per-query sums for a slice of its pairs. Patching effects are not tested for significance (no Holm
+family).
 
 The slice: its layers (and heads, for the head map) filter the patched activation; its queries, negative types and
 grades filter the patch pairs: a patch pair is in the slice when its query is, and its corrupted input's run pair
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from matching_atlas import sqltext as sq
@@ -30,22 +34,29 @@ from precompute.names import SEGMENTS
 
 Z95 = 1.96
 SEGMENT_ORDER = ("all", *SEGMENTS)
+COMPONENT_ORDER = ("resid", "attn", "mlp", "resid_post")
+SITE = ["layer", "head", "component", "segment"]  # one patched activation
+MOMENTS = ["n", "n_null", "mean", "sd"]  # plain, over the pairs with an effect: descriptive
+ROBUST = ["n_queries", "ratio", "ratio_low", "ratio_high", "tmean", "tmean_low", "tmean_high"]
+
+
+def _inputs(sl: Slice, experiment: str) -> str:
+    """SQL of the experiment's patch pairs in the slice (its queries, negative types and grades) with their query:
+    (patch_id, qid)."""
+    q = f"{sq.is_in('p.qid', sl.qids)}" if sl.qids else "TRUE"
+    on_p = sq.where(sl.with_(qids=()), alias="p", layer_head=False)
+    on_c = sq.where(sl.with_(qids=()), alias="c", layer_head=False)
+    return f"""
+        SELECT pp.patch_id, p.qid FROM patching_pairs pp JOIN pairs p ON p.pair_id = pp.pair_id
+        LEFT JOIN pairs c ON c.pair_id = pp.clean_pair_id
+        WHERE pp.experiment = {sq.lit(experiment)} AND {q} AND (({on_p}) OR (c.pair_id IS NOT NULL AND ({on_c})))"""
 
 
 def _pair_filter(sl: Slice, experiment: str) -> str:
     """`` AND patch_id IN (...)`` for the slice's queries, negative types and grades; empty without such filters."""
     if not (sl.qids or sl.neg_types or sl.grades):
         return ""
-    q = f"{sq.is_in('p.qid', sl.qids)}" if sl.qids else "TRUE"
-    on_p = sq.where(sl.with_(qids=()), alias="p", layer_head=False)
-    on_c = sq.where(sl.with_(qids=()), alias="c", layer_head=False)
-    return f"""
-        AND patch_id IN (
-            SELECT pp.patch_id FROM patching_pairs pp JOIN pairs p ON p.pair_id = pp.pair_id
-            LEFT JOIN pairs c ON c.pair_id = pp.clean_pair_id
-            WHERE pp.experiment = {sq.lit(experiment)} AND {q}
-              AND (({on_p}) OR (c.pair_id IS NOT NULL AND ({on_c})))
-        )"""
+    return f" AND patch_id IN (SELECT patch_id FROM ({_inputs(sl, experiment)}))"
 
 
 def _with_ci(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,6 +65,11 @@ def _with_ci(df: pd.DataFrame) -> pd.DataFrame:
     df["ci_lo"] = df["mean"] - df["ci_half"]
     df["ci_hi"] = df["mean"] + df["ci_half"]
     return df
+
+
+def _position(order: tuple[str, ...]) -> dict[str, int]:
+    """Sort positions of ``order``'s names (names outside it after them)."""
+    return {name: i for i, name in enumerate(order)}
 
 
 class PatchingTables(Reader):
@@ -124,40 +140,76 @@ class PatchingTables(Reader):
                            "ORDER BY experiment, patch_id, layer, component, segment, head", params)
 
     def patching_heads(self, experiment: str, where: Slice | None = None, method: str = "exact") -> pd.DataFrame:
-        """Per layer x head (of the slice): n (non-NULL effects), n_null, mean effect, sd and its 95% confidence
-        interval (ci_half, ci_lo, ci_hi)."""
+        """Per layer x head (of the slice): the robust summary over the slice's queries (``n_queries``, ``ratio`` and
+        ``tmean`` with their 95% bootstrap intervals) and the plain moments over pairs, descriptive (n: non-NULL
+        effects, n_null, mean, sd and mean +- 1.96 sd / sqrt(n): ci_half, ci_lo, ci_hi); see :meth:`_activations`."""
         sl = where or ALL
-        source = self._moments(experiment, method, sl, f"component = 'head' AND {sq.where(sl, pair_filters=False)}")
-        sql = f"SELECT layer, head, n, n_null, mean, sd FROM ({source}) ORDER BY layer, head"
-        return _with_ci(sq.ints(self._frame(sql), "layer", "head", "n", "n_null"))
+        frame = self._activations(experiment, method, sl, f"component = 'head' AND {sq.where(sl, pair_filters=False)}")
+        frame = sq.ints(frame.drop(columns=["component", "segment"]), "head").sort_values(["layer", "head"])
+        return _with_ci(frame.reset_index(drop=True))[["layer", "head", *MOMENTS, "ci_half", "ci_lo", "ci_hi", *ROBUST]]
 
     def patching_components(self, experiment: str, where: Slice | None = None,
                             method: str = "exact") -> pd.DataFrame:
-        """Per layer x component (resid, attn, mlp, resid_post) x segment of the slice's layers: the same statistics."""
+        """Per layer x component (resid, attn, mlp, resid_post) x segment of the slice's layers: the same columns."""
         sl = where or ALL
-        order = ", ".join(sq.lit(s) for s in SEGMENT_ORDER)
-        source = self._moments(experiment, method, sl,
-                               f"component <> 'head' AND {sq.where(sl.with_(heads=()), pair_filters=False)}")
-        sql = f"""
-            SELECT layer, component, segment, n, n_null, mean, sd FROM ({source})
-            ORDER BY list_position(['resid', 'attn', 'mlp', 'resid_post'], component), component,
-                     list_position([{order}], segment), segment, layer
-        """
-        return _with_ci(sq.ints(self._frame(sql), "layer", "n", "n_null"))
+        frame = self._activations(experiment, method, sl,
+                                  f"component <> 'head' AND {sq.where(sl.with_(heads=()), pair_filters=False)}")
+        frame = frame.drop(columns=["head"]).sort_values(
+            ["component", "segment", "layer"],
+            key=lambda c: c.map(_position(COMPONENT_ORDER)) if c.name == "component" else
+            c.map(_position(SEGMENT_ORDER)) if c.name == "segment" else c)
+        return _with_ci(frame.reset_index(drop=True))[["layer", "component", "segment", *MOMENTS, "ci_half", "ci_lo",
+                                                       "ci_hi", *ROBUST]]
 
-    def _moments(self, experiment: str, method: str, sl: Slice, target: str) -> str:
-        """SQL of n, n_null, mean and sd per patched activation (layer, head, component, segment) of the activations
-        ``target`` (SQL on their columns) selects, over the slice's patch pairs. The whole run's are stored in
-        patching_summary by the job (schema 8): read there, a few hundred rows; a slice of queries, negative types or
-        grades (or an older store) aggregates patching_effects."""
-        pairs = _pair_filter(sl, experiment)
+    def _activations(self, experiment: str, method: str, sl: Slice, target: str) -> pd.DataFrame:
+        """Per patched activation that ``target`` (SQL on patching_effects' columns) selects, over the slice's patch
+        pairs: the plain moments (n, n_null, mean, sd) and the robust columns (``n_queries``; the ratio of sums and
+        the thresholded mean, each with its bootstrap interval over the queries).
+
+        The whole run's are stored in patching_summary by the job (schema 8): a few hundred rows. A slice of queries,
+        negative types or grades (or an older store) reads patching_effects once: per activation and query the sums
+        both need (SQL), then the moments from them and the intervals by resampling the queries
+        (:func:`precompute.analyses.patching_ranking.ratio_and_tmean`, the job's function, with the run's recorded
+        settings): the summary's numbers when the slice holds every pair."""
+        from precompute.analyses.patching_ranking import ratio_and_tmean, settings_of
+
         keep = f"experiment = {sq.lit(experiment)} AND method = {sq.lit(method)} AND {target}"
-        if not pairs and self._moments_stored(experiment, method):
-            return (f"SELECT layer, head, component, segment, n_pairs - n_null AS n, n_null, mean, sd "
-                    f"FROM patching_summary WHERE {keep}")
-        return (f"SELECT layer, head, component, segment, count(effect) AS n, count(*) - count(effect) AS n_null, "
-                f"avg(effect) AS mean, stddev_samp(effect) AS sd FROM patching_effects WHERE {keep} {pairs} "
-                "GROUP BY layer, head, component, segment")
+        if not _pair_filter(sl, experiment) and self._moments_stored(experiment, method):
+            return sq.ints(self._frame(f"SELECT {', '.join(SITE)}, n_pairs - n_null AS n, n_null, mean, sd, "
+                                       f"{', '.join(ROBUST)} FROM patching_summary WHERE {keep}"),
+                           "layer", "n", "n_null", "n_queries")
+        settings = settings_of(self.info.manifest.patching if self.info.manifest is not None else None)
+        diff, recovered = "(CAST(e.clean AS DOUBLE) - e.corrupted)", "(CAST(e.patched AS DOUBLE) - e.corrupted)"
+        kept = f"abs({diff}) >= {float(settings.min_delta)!r}"
+        sums = self._frame(f"""
+            SELECT e.layer, e.head, e.component, e.segment, i.qid, count(e.effect) AS n,
+                   count(*) - count(e.effect) AS n_null, coalesce(sum(CAST(e.effect AS DOUBLE)), 0) AS s1,
+                   coalesce(sum(CAST(e.effect AS DOUBLE) ^ 2), 0) AS s2, sum({diff}) AS diff,
+                   sum({recovered}) AS recovered, count(*) FILTER (WHERE {kept}) AS kept,
+                   coalesce(sum({recovered} / {diff}) FILTER (WHERE {kept}), 0) AS kept_effect
+            FROM patching_effects e JOIN ({_inputs(sl, experiment)}) i ON i.patch_id = e.patch_id
+            WHERE {keep}
+            GROUP BY ALL ORDER BY e.layer, e.head NULLS FIRST, e.component, e.segment, i.qid""")
+        if sums.empty:
+            return pd.DataFrame({c: pd.Series(dtype="float64") for c in SITE + MOMENTS + ROBUST})
+        site_codes = sums.groupby(SITE, sort=False, dropna=False).ngroup().to_numpy()  # in the frame's (sorted) order
+        query_codes, queries = pd.factorize(sums["qid"], sort=True)  # the summary's query order: its resamples
+        matrix = {column: np.zeros((len(queries), site_codes.max() + 1)) for column in ("diff", "recovered", "kept",
+                                                                                        "kept_effect")}
+        for column, values in matrix.items():
+            values[query_codes, site_codes] = sums[column].to_numpy(dtype=np.float64)
+        out = sums.drop_duplicates(subset=SITE)[SITE].reset_index(drop=True)
+        totals = sums.groupby(site_codes)[["n", "n_null", "s1", "s2"]].sum()
+        n, s1, s2 = (totals[c].to_numpy(dtype=np.float64) for c in ("n", "s1", "s2"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["n"], out["n_null"] = totals["n"].to_numpy(), totals["n_null"].to_numpy()
+            out["mean"] = np.where(n > 0, s1 / n, np.nan)
+            out["sd"] = np.where(n > 1, np.sqrt(np.maximum(s2 - s1 * s1 / n, 0) / (n - 1)), np.nan)
+        out["n_queries"] = sums.groupby(site_codes)["qid"].nunique().to_numpy()
+        stats = ratio_and_tmean(matrix["diff"], matrix["kept"], matrix["recovered"], matrix["kept_effect"], settings)
+        for name, (estimate, low, high) in stats.items():
+            out[name], out[f"{name}_low"], out[f"{name}_high"] = estimate, low, high
+        return sq.ints(out, "layer", "n", "n_null", "n_queries")
 
     def patching_top_pairs(self, experiment: str, layer: int, component: str, segment: str | None = None,
                            head: int | None = None, limit: int = 20, descending: bool = True,

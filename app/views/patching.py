@@ -1,12 +1,14 @@
 """Activation patching: how much of the score difference between a clean and a corrupted input one activation
 recovers (effect = (patched - corrupted) / (clean - corrupted)), exactly or to first order (attribution patching):
 the heads ranked by the robust summary (median, ratio of sums, thresholded mean with bootstrap intervals over
-queries; docs/patching.md), per layer x head and per layer x component x segment in the slice, and the patch pairs
-with the largest effect of a clicked head or component. NULL effects (|clean - corrupted| < epsilon) are counted and
-shown as such, never averaged as 0."""
+queries; docs/patching.md), the share each head and each layer x component x segment recovers in the slice (ratio of
+sums with its interval over the slice's queries; the plain mean over pairs only as a descriptive column), and the
+patch pairs with the largest effect of a clicked head or component. NULL effects (|clean - corrupted| < epsilon) are
+counted and shown as such, never averaged as 0."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -113,7 +115,7 @@ head_labels = [ui.head_label(a, b) for a, b in zip(heads["layer"], heads["head"]
 if heads.empty:
     st.info("No head was patched in this experiment and slice.")
 else:
-    default_head = head_labels[int(heads["mean"].abs().fillna(-1).to_numpy().argmax())]
+    default_head = head_labels[int(heads["ratio_low"].fillna(-np.inf).to_numpy().argmax())]
     clicked = ui.cell_from_event(st.session_state.get("pat_heads_map"))
     if clicked is not None and clicked != st.session_state.get("_pat_last_cell"):
         st.session_state["_pat_last_cell"] = clicked
@@ -123,24 +125,30 @@ else:
     state.bind("pat_head", default_head, clean=state.choice(head_labels, default_head))
     sel = ui.parse_head(st.session_state["pat_head"])
     hm = heads.copy()
-    ui.chart(charts.head_heatmap(hm, "mean", title=f"Mean patching effect per head ({exp}; {run.model_name}, "
-                                                   f"{run.dataset_name})",
-                                 value_title="Mean effect", diverging=True,
-                                 tooltip=["ci_lo", "ci_hi", "n", "n_null", "sd"], selected=sel,
-                                 missing=f"undefined: every effect NULL (|clean - corrupted| < {EPS})"),
+    queries = int(heads["n_queries"].max()) if heads["n_queries"].notna().any() else 0
+    ui.chart(charts.head_heatmap(hm, "ratio", title=f"Share of the score gap each head recovers ({exp}; "
+                                                    f"{run.model_name}, {run.dataset_name}; {queries} queries)",
+                                 value_title="Ratio of sums", diverging=True,
+                                 tooltip=["ratio_low", "ratio_high", "n_queries", "n", "n_null", "mean"], selected=sel,
+                                 missing="undefined: the slice's score differences sum to zero"),
              hm, f"{run.name}-patching-{exp}-heads", key="pat_heads_map", select=charts.CELL)
-    st.caption("Tooltip: the 95% confidence interval mean +- 1.96 sd / sqrt(n) over the pairs with an effect, and "
-               "the NULL effects. Click a head to list its pairs below.")
+    st.caption("Ratio of sums = sum(patched - corrupted) / sum(clean - corrupted) over the slice's pairs: the share of "
+               "their total score difference the head recovers (a pair weighs by its difference, so one whose "
+               "corruption barely moved the score weighs nearly nothing). Tooltip: its 95% bootstrap interval over "
+               f"the slice's queries ({queries}), the pairs and NULL effects, and the plain mean over pairs "
+               "(descriptive only). Click a head to list its pairs below.")
     hm["head_label"] = head_labels
-    top = hm.dropna(subset=["mean"]).sort_values("mean", ascending=False).head(20)
+    top = hm.dropna(subset=["ratio_low"]).sort_values("ratio_low", ascending=False).head(20)
     if len(top):
-        ui.chart(charts.effect_intervals(top, label="head_label",
-                                         title=f"The 20 heads with the largest mean effect, with 95% confidence "
-                                               f"intervals ({exp})", x_title="Mean effect"),
+        ui.chart(charts.effect_intervals(top, label="head_label", value="ratio", low="ratio_low", high="ratio_high",
+                                         title=f"The 20 heads whose recovered share is surely largest (ranked by the "
+                                               f"interval's lower end; 95% bootstrap intervals over {queries} "
+                                               f"queries, {exp})", x_title="Ratio of sums"),
                  top, f"{run.name}-patching-{exp}-top-heads", key="pat_top_heads")
-    with st.expander("Values per head (mean, 95% CI, n, NULL effects)"):
-        st.dataframe(hm[["layer", "head", "n", "n_null", "mean", "sd", "ci_lo", "ci_hi"]], hide_index=True,
-                     key="pat_heads_values")
+    with st.expander("Values per head (ratio of sums and thresholded mean with their intervals over queries; plain "
+                     "moments over pairs, descriptive)"):
+        st.dataframe(hm[["layer", "head", "n_queries", "ratio", "ratio_low", "ratio_high", "tmean", "tmean_low",
+                         "tmean_high", "n", "n_null", "mean", "sd"]], hide_index=True, key="pat_heads_values")
 
 # -- components -----------------------------------------------------------------------------------
 st.subheader("Components by layer")
@@ -162,9 +170,10 @@ else:
         if cid in comp_ids:
             st.session_state["pat_comp"] = cid
             st.session_state["pat_target"] = "component"
-    ui.chart(charts.component_curves(comps, title=f"Mean patching effect per layer and component ({exp}; "
+    ui.chart(charts.component_curves(comps, title=f"Share of the score gap recovered per layer and component ({exp}; "
                                                   f"{run.model_name}, {run.dataset_name})",
-                                     y_title="Mean effect (band: 95% CI)", labels=lab, segment_names=SEGMENT_NAMES),
+                                     y_title="Ratio of sums (band: 95% interval over queries)", labels=lab,
+                                     segment_names=SEGMENT_NAMES),
              comps, f"{run.name}-patching-{exp}-components", key="pat_curves", select=charts.POINT)
     st.caption("resid = the residual stream entering the layer, attn / mlp = the blocks' output projections before "
                "their residual add, resid_post = the last layer's output. Click a point to list its pairs below.")
@@ -184,7 +193,7 @@ if len(heads):
     c2.selectbox("Head (layer.head)", head_labels, key="pat_head", disabled=target != "head")
     state.publish("pat_head", default=default_head)
 if len(comps):
-    default_comp = comp_ids[int(comps["mean"].abs().fillna(-1).to_numpy().argmax())]
+    default_comp = comp_ids[int(comps["ratio_low"].fillna(-np.inf).to_numpy().argmax())]
     state.bind("pat_comp", default_comp, clean=state.choice(comp_ids, default_comp))
     c2.selectbox("Component", comp_ids, key="pat_comp", format_func=comp_words, disabled=target != "component")
     state.publish("pat_comp", default=default_comp)
@@ -203,9 +212,12 @@ else:
     stats = comps[(comps["layer"] == layer) & (comps["component"] == component) & (comps["segment"] == segment)]
 row = stats.iloc[0]
 k = st.columns(4)
-k[0].metric(f"Mean effect, {escape(what)}", f"{row['mean']:+.4f}" if pd.notna(row["mean"]) else "undefined (all NULL)")
-k[1].metric("95% confidence interval",
-            f"{row['ci_lo']:.3f} to {row['ci_hi']:.3f}" if pd.notna(row["ci_lo"]) else "n/a")
+k[0].metric(f"Share recovered, {escape(what)}", f"{row['ratio']:+.4f}" if pd.notna(row["ratio"]) else "undefined",
+            help="Ratio of sums over the slice's pairs: sum(patched - corrupted) / sum(clean - corrupted). "
+                 f"Plain mean over pairs (descriptive): {row['mean']:+.4f}." if pd.notna(row["mean"]) else None)
+k[1].metric(f"95% interval over {int(row['n_queries']) if pd.notna(row['n_queries']) else 0} queries",
+            f"{row['ratio_low']:+.3f} to {row['ratio_high']:+.3f}" if pd.notna(row["ratio_low"]) else "n/a",
+            help="Percentile bootstrap over the slice's queries (seeded, the run's resamples).")
 k[2].metric("Pairs with an effect", f"{int(row['n']):,}")
 k[3].metric("NULL effects", f"{int(row['n_null']):,}", help=f"|clean - corrupted| < {EPS}: left out, not counted as 0.")
 top = data.query(run, "patching_top_pairs", exp, layer, component, segment, head, 20, descending, where=sl,

@@ -82,22 +82,40 @@ def summarise(query_index: np.ndarray, n_queries: int, diff: np.ndarray, recover
         e_defined = effects[defined, block]
         q_defined = query_index[defined]
 
-        def ratio(w, n_q=n_q):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return (w @ n_q) / (w @ d_q)[:, None]
-
-        def tmean(w, e_q=e_q):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return (w @ e_q) / (w @ kept_q)[:, None]
-
         def median(w, e=e_defined, q=q_defined):
             return weighted_median(e, w[:, q]) if len(q) else np.full((len(w), e.shape[1]), np.nan)
 
-        for name, statistic in (("median", median), ("ratio", ratio), ("tmean", tmean)):
-            estimate, low, high = bootstrap_over_queries(statistic, n_queries, n_resamples=settings.n_resamples,
-                                                         seed=settings.seed, level=settings.level)
+        estimates = {"median": bootstrap_over_queries(median, n_queries, n_resamples=settings.n_resamples,
+                                                      seed=settings.seed, level=settings.level),
+                     **ratio_and_tmean(d_q, kept_q, n_q, e_q, settings)}
+        for name, (estimate, low, high) in estimates.items():
             out[name][block], out[f"{name}_low"][block], out[f"{name}_high"][block] = estimate, low, high
     return {**out, **{name: np.full(k, value) for name, value in counts.items()}}
+
+
+def ratio_and_tmean(d_q: np.ndarray, kept_q: np.ndarray, n_q: np.ndarray, e_q: np.ndarray, settings: SummarySettings
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(estimate, low, high) of the ratio of sums and of the thresholded mean of ``k`` activations, with their
+    bootstrap intervals over the queries, from per-query sums alone: d_q sum of clean - corrupted, kept_q pairs whose
+    |clean - corrupted| reaches min_delta (each [queries], shared by the activations, or [queries, k]), n_q
+    [queries, k] sum of patched - corrupted, e_q [queries, k] sum of the kept pairs' effects. The job's summary calls
+    it; so does the reader for a slice of the run's pairs, from sums that SQL computes per query."""
+    n_queries = len(d_q)
+
+    def per_activation(total: np.ndarray) -> np.ndarray:
+        return total[:, None] if total.ndim == 1 else total
+
+    def ratio(w):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (w @ n_q) / per_activation(w @ d_q)
+
+    def tmean(w):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (w @ e_q) / per_activation(w @ kept_q)
+
+    return {name: bootstrap_over_queries(statistic, n_queries, n_resamples=settings.n_resamples, seed=settings.seed,
+                                         level=settings.level)
+            for name, statistic in (("ratio", ratio), ("tmean", tmean))}
 
 
 def rank_heads(values: np.ndarray) -> np.ndarray:

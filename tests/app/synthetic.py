@@ -63,6 +63,7 @@ FAMILIES = {
     "v1": {},
 }
 EPSILON = 1e-3  # as precompute.analyses.patching.EPSILON (that module imports torch)
+SUMMARY_SETTINGS = {"min_delta": 0.05, "resamples": 200, "seed": 0}  # patching_summary's, recorded in the manifest as the job does
 TFC1_SKIP = 7  # pairs with pair_id % 7 == 3 have no aligned term and filler (tfc1)
 
 
@@ -246,7 +247,7 @@ def build_run(
     if optional:
         manifest["ablations"] = {"kernel": "sdpa", "stack": 8, "refused": refused,
                                  "groups": {"cross": ["q_d", "d_q"]}}
-        manifest["patching"] = {"experiments": ["tfc1", "cls"], "epsilon": EPSILON,
+        manifest["patching"] = {"experiments": ["tfc1", "cls"], "epsilon": EPSILON, **SUMMARY_SETTINGS,
                                 "skipped": {"tfc1": int((pairs["pair_id"] % TFC1_SKIP == 3).sum())}}
     manifest.update(manifest_overrides or {})
     write_manifest(root, Manifest.from_dict(manifest))
@@ -500,7 +501,8 @@ def _write_patching_summary(w: RunWriter, effects: pa.Table, pp: pd.DataFrame) -
     qid = {(e, p): q for e, p, q in zip(pp["experiment"], pp["patch_id"], pp["qid"])}
     keys = zip(effects.column("experiment").to_pylist(), effects.column("patch_id").to_pylist())
     rows = rows_of(effects.append_column("qid", pa.array([qid[k] for k in keys], pa.string())))
-    settings = SummarySettings(min_delta=0.05, epsilon=EPSILON, n_resamples=200, seed=0)
+    settings = SummarySettings(min_delta=SUMMARY_SETTINGS["min_delta"], epsilon=EPSILON,
+                               n_resamples=SUMMARY_SETTINGS["resamples"], seed=SUMMARY_SETTINGS["seed"])
     w.write_table("patching_summary", columns_table(summary_columns(rows, settings)))
 
 

@@ -81,7 +81,8 @@ def test_subspace_conditions_read_off_one_row(app, store, sql):
 # -- patching -----------------------------------------------------------------------------------------
 HEADS = """
     SELECT layer, head, count(effect) AS n, count(*) - count(effect) AS n_null, avg(effect) AS mean,
-           stddev_samp(effect) AS sd
+           stddev_samp(effect) AS sd,
+           sum(CAST(patched AS DOUBLE) - corrupted) / sum(CAST(clean AS DOUBLE) - corrupted) AS ratio
     FROM {{patching_effects}} WHERE experiment = '{exp}' AND component = 'head' GROUP BY ALL ORDER BY layer, head
 """
 
@@ -90,13 +91,16 @@ def test_patching_heads_components_and_nulls(app, store, sql):
     at = app(store, "patching", run=DL20)
     ok(at)
     assert at.radio(key="pat_exp").value == "tfc1"
-    heads = frame(at, "layer", "head", "n", "n_null", "mean", "ci_lo", "ci_hi")
+    heads = frame(at, "layer", "head", "n_queries", "ratio", "ratio_low", "ratio_high", "n", "n_null", "mean", "sd")
     direct = sql(DL20, HEADS.format(exp="tfc1"))
     assert heads[["layer", "head", "n", "n_null"]].values.tolist() == direct[["layer", "head", "n", "n_null"]].values.tolist()
-    np.testing.assert_allclose(heads["mean"], direct["mean"], rtol=1e-6)
-    half = 1.96 * direct["sd"] / np.sqrt(direct["n"])
-    np.testing.assert_allclose(heads["ci_lo"], direct["mean"] - half, rtol=1e-6)
-    np.testing.assert_allclose(heads["ci_hi"], direct["mean"] + half, rtol=1e-6)
+    np.testing.assert_allclose(heads[["mean", "sd"]], direct[["mean", "sd"]], rtol=1e-6)
+    # what the page concludes from: the ratio of sums, its interval over the run's queries
+    np.testing.assert_allclose(heads["ratio"], direct["ratio"], rtol=1e-6)
+    assert ((heads["ratio_low"] <= heads["ratio"]) & (heads["ratio"] <= heads["ratio_high"])).all()
+    queries = sql(DL20, "SELECT count(DISTINCT p.qid) AS n FROM {patching_pairs} pp JOIN {pairs} p USING (pair_id) "
+                        "WHERE pp.experiment = 'tfc1'")["n"][0]
+    assert (heads["n_queries"] == queries).all() and queries >= 3
     # NULL effects are counted and left out of the mean, never averaged as 0
     assert (direct["n_null"] > 0).all()
     as_zero = sql(DL20, "SELECT avg(coalesce(effect, 0)) AS m FROM {patching_effects} WHERE experiment = 'tfc1' AND "
@@ -123,7 +127,7 @@ def test_patching_heads_components_and_nulls(app, store, sql):
     np.testing.assert_allclose(top[["clean", "corrupted", "patched", "effect"]], best[["clean", "corrupted", "patched",
                                                                                       "effect"]], rtol=1e-6)
     assert set(top["term"]) == {"topic"} and set(top["filler"]) == {"the"}
-    assert metric(at, "Mean effect, head 2.1") == f"{direct.set_index(['layer', 'head']).loc[(2, 1), 'mean']:+.4f}"
+    assert metric(at, "Share recovered, head 2.1") == f"{direct.set_index(['layer', 'head']).loc[(2, 1), 'ratio']:+.4f}"
 
     # drill-down of a component, smallest effects first
     at.radio(key="pat_target").set_value("component").run()

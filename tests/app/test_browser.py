@@ -315,7 +315,7 @@ def test_clicks_on_the_patching_page_open_their_pairs(driver, server):
     assert cells, "no patching heatmap cell for layer 1, head 0"
     ActionChains(driver).move_to_element(cells[0]).click().perform()
     WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "pat_head=1.0" in d.current_url)
-    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "Mean effect, head 1.0" in main_text(d))
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "Share recovered, head 1.0" in main_text(d))
 
     points = [e for e in driver.find_elements(By.CSS_SELECTOR, ".vega-embed svg g.mark-symbol path[aria-label]")
               if "component: mlp" in (e.get_attribute("aria-label") or "")
@@ -324,7 +324,7 @@ def test_clicks_on_the_patching_page_open_their_pairs(driver, server):
     ActionChains(driver).move_to_element(points[0]).click().perform()
     WebDriverWait(driver, 30, poll_frequency=0.25).until(
         lambda d: "pat_target=component" in d.current_url and "pat_comp=2.mlp." in d.current_url)
-    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "Mean effect, layer 2 · mlp ·" in main_text(d))
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(lambda d: "Share recovered, layer 2 · mlp ·" in main_text(d))
 
 
 def _main_text(driver) -> str:
