@@ -183,7 +183,13 @@ def generate(root: Path, *, rows: int, layers: int, heads: int, queries: int, th
     agg.update({f"{m}_sumsq": "g.n * (0.1 + random() * 0.2)" for m in METRICS})
     _copy(con, f"SELECT {_cast('head_attention_agg', agg)} FROM range({layers}) l(layer), range({heads}) h(head), groups g "
                "ORDER BY l.layer, h.head, g.qid, g.neg_type, g.grade", run / "head_attention_agg.parquet")
-    print(f"  head_attention_agg ({time.time() - t1:.0f} s)")
+    # head_attention_totals: the job's query over the aggregate (precompute.store.connect.totals_sql)
+    from precompute.store.connect import totals_sql
+
+    con.execute(f"CREATE TEMP VIEW agg_file AS SELECT * FROM read_parquet('{run / 'head_attention_agg.parquet'}')")
+    _copy(con, f"SELECT * FROM ({totals_sql('agg_file')}) ORDER BY layer, head, neg_type, grade",
+          run / "head_attention_totals.parquet")
+    print(f"  head_attention_agg and its totals ({time.time() - t1:.0f} s)")
 
     # ablations: baseline, 25 directions, 6 groups, 3 layer sweeps x layers, every head, components, QK subspaces;
     # every row as the job writes it (parsed by its kind: precompute.conditions)

@@ -18,6 +18,7 @@ from precompute.store import layout
 from precompute.store.manifest import TableInfo
 
 PAIRS, HEADS, AGG, CROSS = "pairs", "head_attention", "head_attention_agg", "decoder_cross_attention"
+TOTALS = "head_attention_totals"
 
 
 def has_cross_attention(ctx) -> bool:
@@ -43,9 +44,9 @@ def estimate(ctx, pairs) -> float:
 class Summaries(Stage):
     name = "summaries"
     sharded = True
-    tables = (PAIRS, HEADS, AGG)
+    tables = (PAIRS, HEADS, AGG, TOTALS)
     optional = (CROSS,)
-    rebuildable = (AGG,)  # from pairs and head_attention
+    rebuildable = (AGG, TOTALS)  # from pairs and head_attention
 
     def done(self, ctx) -> bool:
         return super().done(ctx) and (not has_cross_attention(ctx) or ctx.writer.has_table(CROSS))
@@ -57,7 +58,8 @@ class Summaries(Stage):
 
     @classmethod
     def pass_finished(cls, ctx) -> bool:
-        """The pass's own tables are finished: only a table derived from them (the aggregate) is missing."""
+        """The pass's own tables are finished: only the tables derived from them (the aggregate, its totals) are
+        missing."""
         return all(ctx.writer.has_table(t) for t in cls.part_tables(ctx))
 
     def compute(self, ctx) -> None:
@@ -105,13 +107,13 @@ class Summaries(Stage):
         writer = ctx.writer
         if self.pass_finished(ctx):
             stage_aggregate(writer, writer.table_path(HEADS), writer.table_path(PAIRS))
-            writer.commit(self.name, [AGG])
+            writer.commit(self.name, [AGG, TOTALS])
             return
         tables = self.part_tables(ctx)
         for table in tables:
             writer.merge_parts(table, staged=True)
         stage_aggregate(writer, writer.staged_path(HEADS), writer.staged_path(PAIRS))
-        writer.commit(self.name, [*tables, AGG], drop_parts=list(tables))
+        writer.commit(self.name, [*tables, AGG, TOTALS], drop_parts=list(tables))
 
     def record(self, ctx) -> None:
         """Counts and nDCG@10 of the stored scores (ir_measures over the stored table, not in-memory copies)."""
@@ -133,8 +135,13 @@ class Summaries(Stage):
 
 def stage_aggregate(writer, heads, pairs) -> None:
     """Stage head_attention_agg, summed from head_attention at ``heads`` (its partition folder or file) one head at a
-    time and written as it comes (see :mod:`.aggregate_stage`)."""
+    time and written as it comes (see :mod:`.aggregate_stage`), and head_attention_totals, its sums over queries
+    (DuckDB over the staged file, one thread so that its float sums are the same bytes on every run)."""
+    from precompute.store.connect import totals_sql
+
     writer.write_pieces(AGG, aggregate_pieces(layout.files_in(heads, HEADS), pairs), staged=True)
+    writer.merge_parts(TOTALS, select_sql=totals_sql("parts_agg"), sources={"agg": writer.staged_path(AGG)},
+                       staged=True, threads=1)
 
 
 STAGE = Summaries()

@@ -18,7 +18,9 @@ star is ever drawn from a pooled test.
 Stores of schema version 6 and older lack the value-weighted shares (``vw_<src>_<dst>``, schema 7): their
 ``head_attention``, ``head_attention_agg`` and ``subspace_head_metrics`` views have those columns NULL. Stores of
 schema version 7 and older lack ``patching_summary.n_null`` and ``.sd`` (schema 8): their view has them NULL, and the
-reader computes those moments from ``patching_effects`` instead.
+reader computes those moments from ``patching_effects`` instead. Stores of schema version 8 and older lack
+``head_attention_totals`` (schema 9): their view of that name sums ``head_attention_agg`` over queries (the same
+query the job stores it with, :func:`totals_sql`).
 
 Stores of schema versions 1 and 2 lack the condition parts of schema 3 (``kind``, ``analysis``, ``component``,
 ``segment``, ``k``, ...) as columns: here, and only here, their ``ablation_conditions``, ``ablation_summary`` and
@@ -73,8 +75,19 @@ def candidates_sql(metrics: tuple[str, ...]) -> str:
 # The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
 MATCHING_HEADS_SQL = candidates_sql(CANDIDATE_METRICS)  # the view: one row per candidate matching head and contrast
 
+def totals_sql(source: str) -> str:
+    """``head_attention_totals`` from the head_attention_agg rows of ``source`` (a table or view name): the job stores
+    it from this query (precompute.stages.summary_stage) and stores of schema 8 and older get it as a view."""
+    totals = TABLES["head_attention_totals"]
+    keys = [k for k in totals.sort_key]
+    sums = ", ".join(f'CAST(sum("{c.name}") AS {duck_type(c.type)}) AS "{c.name}"' for c in totals.columns
+                     if c.name not in keys)
+    return f"SELECT {', '.join(keys)}, {sums} FROM {source} GROUP BY {', '.join(keys)}"
+
+
 # Derived views: name -> (tables they need, SQL).
 VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
+    "head_attention_totals": (("head_attention_agg",), totals_sql("head_attention_agg")),
     "head_attention_long": (
         ("head_attention",),
         "SELECT pair_id, layer, head, split_part(direction, '_', 1) AS src, split_part(direction, '_', 2) AS dst, mass "

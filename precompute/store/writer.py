@@ -266,7 +266,7 @@ class RunWriter:
         return path
 
     def merge_parts(self, table: str, *, select_sql: str | None = None, sources: dict[str, Path] | None = None,
-                    staged: bool = False) -> Path:
+                    staged: bool = False, threads: int | None = None) -> Path:
         """Merge every part of ``table`` into ``<table>.parquet`` (or its staged copy), sorted by its sort key.
 
         ``select_sql`` (optional) derives the table from other data: it may name ``parts_<name>`` for each entry
@@ -277,6 +277,9 @@ class RunWriter:
         of consecutive pair ranges: the summary pass's chunks) are concatenated instead, one row group at a time:
         DuckDB's sort would hold the whole table in memory up to its memory limit (+180 MB for 480,000
         head_attention rows, measured), the concatenation holds one row group (:func:`_concatenated`).
+
+        ``threads`` (DuckDB's, default all): 1 makes sums of floating-point values add in the sources' order, so the
+        file is the same bytes on every run.
         """
         import duckdb
 
@@ -290,6 +293,8 @@ class RunWriter:
             spill = self.root / PARTS / ".duckdb-tmp"
             con.execute(f"SET temp_directory = {literal(spill)}")
             con.execute("SET preserve_insertion_order = true")
+            if threads:
+                con.execute(f"SET threads = {int(threads)}")
             if select_sql is None:  # (a partitioned table's parts lie in its partition folders: ** reaches them)
                 select_sql = (f"SELECT * FROM read_parquet({literal(f'{self.root / PARTS / table}/**/*.parquet')}, "
                               "hive_partitioning = false)")

@@ -41,7 +41,7 @@ from precompute.metrics import METRICS
 from precompute.names import EASY_GRADE, SEGMENTS
 from precompute import conditions as C
 from precompute.store import layout
-from precompute.store.connect import VIEWS
+from precompute.store.connect import VIEWS, totals_sql
 from precompute.store.schema import SCHEMA_VERSION, TABLES
 from precompute.store.manifest import Identity, Manifest, write_manifest
 from precompute.store.writer import RunWriter, write_parquet
@@ -206,9 +206,13 @@ def build_run(
             JOIN read_parquet('{w.table_path("pairs")}') p USING (pair_id)
             GROUP BY ALL
         """).to_arrow_table()
+        w.write_table("head_attention_agg", agg)
+        # -- head_attention_totals: the job's query over it (schema 9)
+        con.execute(f"CREATE VIEW agg AS SELECT * FROM read_parquet('{w.table_path('head_attention_agg')}')")
+        totals = con.sql(totals_sql("agg")).to_arrow_table()
     finally:
         con.close()
-    w.write_table("head_attention_agg", agg)
+    w.write_table("head_attention_totals", totals)
 
     if family == "monot5":
         _write_cross_attention(w, pairs, layers, heads, rng)

@@ -42,8 +42,8 @@ def test_the_typed_manifest_reads_a_version_1_manifest():
 
 def test_the_typed_manifest_reads_a_version_2_manifest():
     manifest = read_manifest(RUN_V2)
-    assert manifest.schema_version == 2 and manifest.status == "complete" and SCHEMA_VERSION == 8
-    assert {1, 2, 3, 4, 5, 6, 7, 8} == set(READABLE_SCHEMA_VERSIONS)
+    assert manifest.schema_version == 2 and manifest.status == "complete" and SCHEMA_VERSION == 9
+    assert {1, 2, 3, 4, 5, 6, 7, 8, 9} == set(READABLE_SCHEMA_VERSIONS)
     assert len(manifest.ablations.conditions) == 85 and "mlp:d@0/mean" in manifest.ablations.conditions
     assert manifest.ablations.extra == {"holm_family": 47}  # a field this checkout dropped is kept, not lost
     assert kept(json.loads((RUN_V2 / "manifest.json").read_text()), manifest.to_dict())
