@@ -75,11 +75,12 @@ def candidates_sql(metrics: tuple[str, ...]) -> str:
 # The ``matching_heads`` view: per contrast, one row per candidate matching head (see candidate_heads).
 MATCHING_HEADS_SQL = candidates_sql(CANDIDATE_METRICS)  # the view: one row per candidate matching head and contrast
 
+
 def totals_sql(source: str) -> str:
     """``head_attention_totals`` from the head_attention_agg rows of ``source`` (a table or view name): the job stores
     it from this query (precompute.stages.summary_stage) and stores of schema 8 and older get it as a view."""
     totals = TABLES["head_attention_totals"]
-    keys = [k for k in totals.sort_key]
+    keys = list(totals.sort_key)
     sums = ", ".join(f'CAST(sum("{c.name}") AS {duck_type(c.type)}) AS "{c.name}"' for c in totals.columns
                      if c.name not in keys)
     return f"SELECT {', '.join(keys)}, {sums} FROM {source} GROUP BY {', '.join(keys)}"

@@ -53,11 +53,15 @@ def _atomic_path(path: Path) -> Path:
 
 
 def write_parquet(table: Table, data: pa.Table, path: Path, identity: dict | None = None) -> None:
-    """Validate ``data`` against ``table``'s schema and write it to ``path`` atomically, checksummed."""
+    """Validate ``data`` against ``table``'s schema and write it to ``path`` atomically, checksummed, in the table's
+    row groups (``row_groups_by``: a head's rows in row groups of their own, parts included, which the partitioned
+    merge reads one at a time)."""
     data = data.select(table.column_names).cast(table.schema)
     tmp = _atomic_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    integrity.write(data, tmp, table=table.name, identity=identity, row_group_size=table.row_group_rows)
+    integrity.write_batches(pa.RecordBatchReader.from_batches(table.schema, data.to_batches()), table.schema, tmp,
+                            table=table.name, identity=identity, row_group_size=table.row_group_rows,
+                            group_by=table.row_groups_by)
     os.replace(tmp, path)
 
 
@@ -208,10 +212,7 @@ class RunWriter:
         for value, batches in _partitions(pa.RecordBatchReader.from_batches(spec.schema, data.to_batches()),
                                           spec.partition_by):
             path = self.part_path(table, key, (spec.partition_by, value))
-            tmp = _atomic_path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_file(spec, pa.RecordBatchReader.from_batches(spec.schema, batches), tmp)
-            os.replace(tmp, path)
+            write_parquet(spec, pa.Table.from_batches(list(batches), spec.schema), path, self.identity)
             self._trust(path)
 
     def part_paths(self, table: str) -> list[Path]:
