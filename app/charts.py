@@ -18,7 +18,7 @@ import altair as alt
 import pandas as pd
 
 from app.family import Labels
-from precompute.names import SEGMENTS
+from precompute.names import PATCH_COMPONENTS, SEGMENTS
 
 alt.data_transformers.disable_max_rows()
 
@@ -596,7 +596,7 @@ def component_curves(df: pd.DataFrame, *, title: str, y_title: str, labels: Labe
         x=x, y=alt.Y("ratio:Q", title=y_title), color=color, tooltip=tips,
         opacity=alt.condition(sel, alt.value(1.0), alt.value(0.5))).add_params(sel)
     return (alt.layer(band, line, points, data=d).properties(width=230, height=200)
-            .facet(column=alt.Column("component:N", title="Patched component", sort=["resid", "attn", "mlp"]))
+            .facet(column=alt.Column("component:N", title="Patched component", sort=list(PATCH_COMPONENTS)))
             .properties(title=title))
 
 

@@ -30,11 +30,11 @@ import pandas as pd
 from matching_atlas import sqltext as sq
 from matching_atlas.reading import ALL, Reader
 from matching_atlas.slice import Slice
-from precompute.names import SEGMENTS
+from precompute.names import FINAL_COMPONENT, PATCH_COMPONENTS, SEGMENTS
 
 Z95 = 1.96
 SEGMENT_ORDER = ("all", *SEGMENTS)
-COMPONENT_ORDER = ("resid", "attn", "mlp", "resid_post")
+COMPONENT_ORDER = (*PATCH_COMPONENTS, FINAL_COMPONENT)
 SITE = ["layer", "head", "component", "segment"]  # one patched activation
 MOMENTS = ["n", "n_null", "mean", "sd"]  # plain, over the pairs with an effect: descriptive
 ROBUST = ["n_queries", "ratio", "ratio_low", "ratio_high", "tmean", "tmean_low", "tmean_high"]

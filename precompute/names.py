@@ -76,3 +76,7 @@ PATCHING_EXPERIMENTS: tuple[str, ...] = ("tfc1", "tfc2", "stmc1", "cls")
 PATCHING_METHODS: tuple[str, ...] = ("exact", "attribution", "both")
 PATCHING_SCORES: tuple[str, ...] = ("logit", "probability")
 PATCHING_EPSILON = 1e-3
+# The block activations patched at every layer (patching_effects.component besides 'head'), in the order pages and the
+# report show them, and the last layer's output, patched at that layer only (elsewhere it is the next layer's resid).
+PATCH_COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")
+FINAL_COMPONENT = "resid_post"

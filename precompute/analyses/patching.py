@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from precompute.kernels.block_hooks import FINAL, OUTPUT, PATCH_COMPONENTS, PatchOp, repeat_rows
-from precompute.names import PATCHING_EPSILON, SEGMENTS
+from precompute.kernels.block_hooks import FINAL, OUTPUT, PatchOp, repeat_rows
+from precompute.names import PATCH_COMPONENTS, PATCHING_EPSILON, SEGMENTS
 
 EPSILON = PATCHING_EPSILON  # |clean - corrupted| below EPSILON: the pair's effect is NULL
 ALL = "all"  # segment of a patch at every token

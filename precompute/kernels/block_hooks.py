@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from precompute.kernels.probe import current_state
+from precompute.names import FINAL_COMPONENT
 
 COMPONENTS: tuple[str, ...] = ("attn", "mlp")  # what component ablations remove
-PATCH_COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")  # what activation patching replaces at every layer
-FINAL = "resid_post"  # the last layer's output: patched at that layer only (it is the next layer's resid elsewhere)
+FINAL = FINAL_COMPONENT  # the last layer's output: patched at that layer only (it is the next layer's resid elsewhere)
 OUTPUT = "output"  # capture kind of every layer's whole output (what a resumed layer returns)
 ALL_TOKENS = -2  # component target: every (non-padding) token; 0..4 = one segment's tokens; -1 = nothing
 

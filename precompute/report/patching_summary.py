@@ -10,6 +10,8 @@ stored effects (precompute.analyses.patching_ranking.read_summary).
 
 from __future__ import annotations
 
+from precompute.names import FINAL_COMPONENT, PATCH_COMPONENTS
+
 TOP_HEADS = 10
 SCALES = {"logit": "the relevance logit (log-odds of relevance for two-way models)", "probability":
           "the probability of relevance", None: "the pairs.score scale"}
@@ -102,7 +104,7 @@ def _components(experiment: str, part, labels) -> list[str]:
     out = [f"  components ({where}), ratio of sums by layer:",
            "    " + f"{'component':<11}" + "".join(f"{'L' + str(int(layer)):>8}" for layer in layers)]
     by = {(r.component, r.layer): r.ratio for r in blocks.itertuples()}
-    for component in ("resid", "attn", "mlp", "resid_post"):
+    for component in (*PATCH_COMPONENTS, FINAL_COMPONENT):
         if any((component, layer) in by for layer in layers):
             out.append("    " + f"{component:<11}" + "".join(
                 f"{by[(component, layer)]:>+8.3f}" if (component, layer) in by else f"{'':>8}" for layer in layers))
